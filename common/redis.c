@@ -1,0 +1,504 @@
+/* The Redis client wrapper (see redis.h). Owns one hiredis async context at a time, a tick
+ * timer (command timeouts, connect timeout, reconnect backoff) and the list of commands in
+ * flight. hiredis replies in order, so the oldest command is the head of the list and one timer
+ * suffices; a command cannot be cancelled, so the first timeout drops the connection. */
+#include "redis.h"
+#include "redis_url.h"
+#include "uvredis.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <hiredis/async.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { ST_DOWN, ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_UP, ST_CLOSED } state_t;
+
+typedef struct cmd {
+    sb_redis_t *r;
+    sb_redis_cb cb;
+    void *data;
+    int64_t started_ms;
+    struct cmd *prev, *next;
+} cmd_t;
+
+typedef struct resolve_req {
+    uv_getaddrinfo_t req;
+    sb_redis_t *r;
+    unsigned gen;
+} resolve_req_t;
+
+struct sb_redis {
+    sb_redis_opts_t o;
+    char *url, *name;
+    sb_redis_url_t u;
+    redisAsyncContext *ac;
+    state_t state;
+    unsigned gen;         /* connection attempt number: stale resolutions are ignored */
+    int refs;             /* the client itself + each resolution in flight */
+    cmd_t *head, *tail;   /* commands in flight, oldest first */
+    int npending;
+    const char *drop_why; /* error given to callbacks of a connection we drop */
+    uv_timer_t tick;
+    int64_t attempt_deadline; /* connect/handshake must finish by then */
+    int64_t retry_at;         /* next attempt (ST_DOWN) */
+    int64_t backoff_ms;
+    char **channels;
+    int nchannels;
+    int handshake_left;
+};
+
+static void connect_now(sb_redis_t *r);
+
+static void unref(sb_redis_t *r);
+
+static void on_tick_close(uv_handle_t *h)
+{
+    unref(h->data);
+}
+
+static void unref(sb_redis_t *r)
+{
+    if (--r->refs > 0)
+        return;
+    for (int i = 0; i < r->nchannels; i++)
+        free(r->channels[i]);
+    free(r->channels);
+    sb_redis_url_free(&r->u);
+    free(r->url);
+    free(r->name);
+    free(r);
+}
+
+static void link_cmd(sb_redis_t *r, cmd_t *c)
+{
+    c->prev = r->tail;
+    c->next = NULL;
+    if (r->tail)
+        r->tail->next = c;
+    else
+        r->head = c;
+    r->tail = c;
+    r->npending++;
+}
+
+static void unlink_cmd(sb_redis_t *r, cmd_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        r->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        r->tail = c->prev;
+    r->npending--;
+}
+
+/* Schedules the next attempt with jittered exponential backoff: 50 ms doubling to 1 s. */
+static void schedule_retry(sb_redis_t *r)
+{
+    if (r->state == ST_CLOSED)
+        return;
+    r->state = ST_DOWN;
+    r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : 50;
+    if (r->backoff_ms > 1000)
+        r->backoff_ms = 1000;
+    /* Jitter in [backoff/2, backoff]: many nodes restarting together do not reconnect in step. */
+    int64_t delay = r->backoff_ms / 2 + (int64_t)(random() % (r->backoff_ms / 2 + 1));
+    r->retry_at = sb_mono_ms() + delay;
+}
+
+/* The connection went away (ours or hiredis's doing): report once, then retry. */
+static void went_down(sb_redis_t *r, const char *why)
+{
+    int was_up = r->state == ST_UP;
+    schedule_retry(r);
+    if (was_up)
+        sb_warn("redis %s: connection lost: %s", r->name, why);
+    else
+        sb_debug("redis %s: connect failed: %s", r->name, why);
+    if (r->o.on_down && r->state != ST_CLOSED)
+        r->o.on_down(r, why, r->o.data);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    cmd_t *c = privdata;
+    sb_redis_t *r = c->r;
+    unlink_cmd(r, c);
+    const char *err = NULL;
+    if (!reply)
+        err = r->drop_why ? r->drop_why : (ac->errstr[0] ? ac->errstr : "disconnected");
+    else if (r->o.observe)
+        r->o.observe((double)(sb_mono_ms() - c->started_ms) / 1000.0, r->o.data);
+    if (c->cb)
+        c->cb(reply, err, c->data);
+    free(c);
+}
+
+static int send_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
+                     const size_t *lens, int allow_handshake)
+{
+    if (!r->ac || !(r->state == ST_UP || (allow_handshake && r->state == ST_HANDSHAKE)))
+        return SB_EUNAVAIL;
+    cmd_t *c = malloc(sizeof *c);
+    if (!c)
+        return SB_ENOMEM;
+    c->r = r;
+    c->cb = cb;
+    c->data = data;
+    c->started_ms = sb_mono_ms();
+    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, lens) != REDIS_OK) {
+        free(c);
+        return SB_EUNAVAIL;
+    }
+    link_cmd(r, c);
+    return 0;
+}
+
+int sb_redis_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
+                  const size_t *lens)
+{
+    if (r->o.subscriber)
+        return SB_EINVAL;
+    return send_argv(r, cb, data, argc, argv, lens, 0);
+}
+
+int sb_redis_command(sb_redis_t *r, sb_redis_cb cb, void *data, const char *fmt, ...)
+{
+    if (r->o.subscriber)
+        return SB_EINVAL;
+    if (!r->ac || r->state != ST_UP)
+        return SB_EUNAVAIL;
+    char *cmdbuf;
+    va_list ap;
+    va_start(ap, fmt);
+    int len = redisvFormatCommand(&cmdbuf, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        return SB_ENOMEM;
+    cmd_t *c = malloc(sizeof *c);
+    if (!c) {
+        redisFreeCommand(cmdbuf);
+        return SB_ENOMEM;
+    }
+    c->r = r;
+    c->cb = cb;
+    c->data = data;
+    c->started_ms = sb_mono_ms();
+    int rc = redisAsyncFormattedCommand(r->ac, on_reply, c, cmdbuf, (size_t)len);
+    redisFreeCommand(cmdbuf);
+    if (rc != REDIS_OK) {
+        free(c);
+        return SB_EUNAVAIL;
+    }
+    link_cmd(r, c);
+    return 0;
+}
+
+static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    sb_redis_t *r = privdata;
+    redisReply *rep = reply;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
+        return;
+    size_t kl = 0, cl = 0, pl = 0;
+    const char *kind = sb_reply_str(rep, 0, &kl);
+    const char *chan = sb_reply_str(rep, 1, &cl);
+    const char *payload = sb_reply_str(rep, 2, &pl);
+    if (kind && strcmp(kind, "message") == 0 && chan && payload && r->o.on_message)
+        r->o.on_message(r, chan, payload, pl, r->o.data);
+}
+
+static void subscribe_one(sb_redis_t *r, const char *channel)
+{
+    /* Why no cmd_t: the SUBSCRIBE callback stays registered for every message on the channel,
+     * so it is not "in flight"; liveness of pub/sub is proven by the caller's probes. */
+    redisAsyncCommand(r->ac, on_message, r, "SUBSCRIBE %s", channel);
+}
+
+static void became_up(sb_redis_t *r)
+{
+    r->state = ST_UP;
+    r->backoff_ms = 0;
+    sb_info("redis %s: connected to %s", r->name,
+            r->u.path ? r->u.path : r->u.host);
+    if (r->o.subscriber)
+        for (int i = 0; i < r->nchannels; i++)
+            subscribe_one(r, r->channels[i]);
+    if (r->o.on_up)
+        r->o.on_up(r, r->o.data);
+}
+
+static void on_handshake(redisReply *reply, const char *error, void *data)
+{
+    sb_redis_t *r = data;
+    if (error)
+        return; /* the connection is already going down */
+    if (sb_reply_is_error(reply)) {
+        sb_error("redis %s: handshake refused: %s", r->name, reply->str);
+        sb_redis_drop(r, "handshake refused");
+        return;
+    }
+    if (--r->handshake_left == 0)
+        became_up(r);
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    sb_redis_t *r = ac->data;
+    if (!r || r->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback. */
+        r->ac = NULL;
+        went_down(r, ac->errstr[0] ? ac->errstr : "connect failed");
+        return;
+    }
+    r->state = ST_HANDSHAKE;
+    r->handshake_left = 0;
+    /* Why raw send_argv with allow_handshake: normal commands are refused until AUTH/SELECT
+     * are through, so nothing can run against the wrong database. */
+    if (r->u.pass) {
+        const char *argv[3] = {"AUTH", r->u.user ? r->u.user : r->u.pass, r->u.pass};
+        int argc = r->u.user ? 3 : 2;
+        if (send_argv(r, on_handshake, r, argc, argv, NULL, 1) == 0)
+            r->handshake_left++;
+    }
+    if (r->u.db > 0) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", r->u.db);
+        const char *argv[2] = {"SELECT", db};
+        if (send_argv(r, on_handshake, r, 2, argv, NULL, 1) == 0)
+            r->handshake_left++;
+    }
+    if (r->handshake_left == 0)
+        became_up(r);
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status)
+{
+    (void)status;
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    sb_redis_t *r = ac->data;
+    if (!r || r->ac != ac)
+        return; /* a context we dropped ourselves: already handled */
+    r->ac = NULL;
+    went_down(r, ac->errstr[0] ? ac->errstr : "server closed the connection");
+}
+
+static void start_context(sb_redis_t *r, const char *ip)
+{
+    redisAsyncContext *ac =
+        r->u.path ? redisAsyncConnectUnix(r->u.path) : redisAsyncConnect(ip, r->u.port);
+    if (!ac || ac->err) {
+        const char *why = ac ? ac->errstr : "out of memory";
+        sb_debug("redis %s: cannot start connecting: %s", r->name, why);
+        if (ac)
+            redisAsyncFree(ac);
+        went_down(r, "connect failed");
+        return;
+    }
+    if (sb_uvredis_attach(ac, r->o.loop) != 0) {
+        redisAsyncFree(ac);
+        went_down(r, "event loop attach failed");
+        return;
+    }
+    ac->data = r;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    r->ac = ac;
+    r->state = ST_CONNECTING;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    resolve_req_t *rr = (resolve_req_t *)req;
+    sb_redis_t *r = rr->r;
+    unsigned gen = rr->gen;
+    free(rr);
+    if (r->state == ST_CLOSED || gen != r->gen || r->state != ST_RESOLVING) {
+        if (res)
+            uv_freeaddrinfo(res);
+        unref(r);
+        return;
+    }
+    unref(r);
+    if (status != 0 || !res) {
+        went_down(r, status ? uv_strerror(status) : "no address");
+        return;
+    }
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (res->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
+    uv_freeaddrinfo(res);
+    start_context(r, ip);
+}
+
+static void connect_now(sb_redis_t *r)
+{
+    r->gen++;
+    r->drop_why = NULL;
+    r->attempt_deadline = sb_mono_ms() + r->o.timeout_ms;
+    if (r->u.path) {
+        start_context(r, NULL);
+        return;
+    }
+    /* Why: hiredis resolves names with a blocking getaddrinfo; resolve on libuv's thread pool
+     * and hand hiredis a numeric address. */
+    resolve_req_t *rr = calloc(1, sizeof *rr);
+    if (!rr) {
+        went_down(r, "out of memory");
+        return;
+    }
+    rr->r = r;
+    rr->gen = r->gen;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    r->state = ST_RESOLVING;
+    r->refs++;
+    if (uv_getaddrinfo(r->o.loop, &rr->req, on_resolved, r->u.host, NULL, &hints) != 0) {
+        r->refs--;
+        free(rr);
+        went_down(r, "resolve failed");
+    }
+}
+
+void sb_redis_drop(sb_redis_t *r, const char *why)
+{
+    if (r->state == ST_CLOSED || r->state == ST_DOWN)
+        return;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    if (ac) {
+        /* Pending callbacks fire inside redisAsyncFree (or, when called from a hiredis
+         * callback, once that returns) with a NULL reply and this reason. */
+        r->drop_why = why;
+        redisAsyncFree(ac);
+    }
+    went_down(r, why);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    sb_redis_t *r = t->data;
+    int64_t now = sb_mono_ms();
+    switch (r->state) {
+    case ST_DOWN:
+        if (now >= r->retry_at)
+            connect_now(r);
+        break;
+    case ST_RESOLVING:
+    case ST_CONNECTING:
+    case ST_HANDSHAKE:
+        if (now > r->attempt_deadline)
+            sb_redis_drop(r, "connect timeout");
+        break;
+    case ST_UP:
+        if (r->head && now - r->head->started_ms > r->o.timeout_ms)
+            sb_redis_drop(r, "timeout");
+        break;
+    case ST_CLOSED:
+        break;
+    }
+}
+
+sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts)
+{
+    sb_redis_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->o = *opts;
+    r->url = strdup(opts->url);
+    r->name = strdup(opts->name ? opts->name : "redis");
+    r->o.url = r->url;
+    r->o.name = r->name;
+    char err[128];
+    if (sb_redis_url_parse(r->url, &r->u, err, sizeof err) != 0) {
+        sb_error("redis: %s", err);
+        free(r->url);
+        free(r->name);
+        free(r);
+        return NULL;
+    }
+    r->refs = 1;
+    uv_timer_init(opts->loop, &r->tick);
+    r->tick.data = r;
+    /* Why a 20 ms tick: command timeouts and readiness must be noticed well within the 2 s
+     * the contract allows, at negligible cost (one timer per connection, not per command). */
+    uv_timer_start(&r->tick, on_tick, 20, 20);
+    connect_now(r);
+    return r;
+}
+
+int sb_redis_up(const sb_redis_t *r)
+{
+    return r->state == ST_UP;
+}
+
+int sb_redis_pending(const sb_redis_t *r)
+{
+    return r->npending;
+}
+
+int sb_redis_subscribe(sb_redis_t *r, const char *channel)
+{
+    char **v = realloc(r->channels, sizeof(char *) * (size_t)(r->nchannels + 1));
+    if (!v)
+        return SB_ENOMEM;
+    r->channels = v;
+    r->channels[r->nchannels++] = strdup(channel);
+    if (r->state == ST_UP && r->ac)
+        subscribe_one(r, channel);
+    return 0;
+}
+
+void sb_redis_close(sb_redis_t *r)
+{
+    if (r->state == ST_CLOSED)
+        return;
+    redisAsyncContext *ac = r->ac;
+    r->state = ST_CLOSED;
+    r->ac = NULL;
+    r->gen++;
+    if (ac) {
+        r->drop_why = "closing";
+        redisAsyncFree(ac);
+    }
+    uv_timer_stop(&r->tick);
+    uv_close((uv_handle_t *)&r->tick, on_tick_close);
+}
+
+int sb_reply_is_error(const redisReply *reply)
+{
+    return reply && reply->type == REDIS_REPLY_ERROR;
+}
+
+const char *sb_reply_str(const redisReply *reply, size_t i, size_t *len)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || i >= reply->elements)
+        return NULL;
+    redisReply *e = reply->element[i];
+    if (e->type != REDIS_REPLY_STRING && e->type != REDIS_REPLY_STATUS)
+        return NULL;
+    if (len)
+        *len = e->len;
+    return e->str;
+}
+
+long long sb_reply_int(const redisReply *reply, size_t i, long long fallback)
+{
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || i >= reply->elements)
+        return fallback;
+    redisReply *e = reply->element[i];
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    if (e->type == REDIS_REPLY_STRING)
+        return strtoll(e->str, NULL, 10);
+    return fallback;
+}

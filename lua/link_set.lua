@@ -1,0 +1,104 @@
+#!lua
+-- link_set: socket S reports its P2P connection with peer B as up or down.
+--
+-- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
+-- ARGV[4]  peer B             ARGV[5]  "up" | "down"      ARGV[6]  node id N (S's node)
+--
+-- Returns  {"ok", changed}      changed = 1 when a link formed ("up") or ended ("down"), else 0
+--          {"gone"}             S's presence key is absent or held by another node, or S has
+--                               no record (nothing written; the node closes S with 4000)
+--          {"peer-not-found"}   B is not a member of R, or B is S (nothing written)
+--
+-- Does: up adds S's half (B to P:{R}:links:S); the link forms when B's half towards S exists
+-- too. Down removes both halves; the link ends when both existed. A formed or ended link
+-- updates links (room and P:stats), both ends' degrees, and linked when a degree goes 0<->1,
+-- and publishes {"t":"link",...,"state":...} stamped with the room's CURRENT seq (a link is not
+-- a membership change) to the nodes of S and B, once when they share a node.
+-- Does not: increment seq; publish anything when nothing formed or ended (idempotent).
+
+local P, R, S, B, state, N = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local base = P .. ':{' .. R .. '}:'
+local members = base .. 'members'
+if KEYS[1] ~= members then
+    return redis.error_reply('ERR link_set: KEYS[1] must be ' .. members)
+end
+if state ~= 'up' and state ~= 'down' then
+    return redis.error_reply('ERR link_set: state must be up or down')
+end
+
+local function int(n) return string.format('%d', n) end
+local function node_of(rec)
+    local ok, decoded = pcall(cjson.decode, rec)
+    if ok and type(decoded) == 'table' and type(decoded.node) == 'string' then
+        return decoded.node
+    end
+    return nil
+end
+
+if redis.call('GET', base .. 'presence:' .. S) ~= N then
+    return {'gone'}
+end
+local recs = redis.call('HMGET', members, S, B)
+if not recs[1] then
+    return {'gone'}
+end
+if not recs[2] or B == S then
+    return {'peer-not-found'}
+end
+
+local mine = base .. 'links:' .. S
+local theirs = base .. 'links:' .. B
+local changed = 0
+local delta = 0
+if state == 'up' then
+    if redis.call('SADD', mine, B) == 1 and redis.call('SISMEMBER', theirs, S) == 1 then
+        changed, delta = 1, 1
+    end
+else
+    local a = redis.call('SREM', mine, B)
+    local b = redis.call('SREM', theirs, S)
+    if a == 1 and b == 1 then
+        changed, delta = 1, -1
+    end
+end
+if changed == 0 then
+    return {'ok', 0}
+end
+
+local stats = base .. 'stats'
+local gstats = P .. ':stats'
+local degree = base .. 'degree'
+local linked = 0
+for _, x in ipairs({S, B}) do
+    local d = redis.call('HINCRBY', degree, x, delta)
+    if delta > 0 and d == 1 then
+        linked = linked + 1
+    elseif delta < 0 then
+        if d == 0 then
+            linked = linked - 1
+        end
+        if d <= 0 then
+            redis.call('HDEL', degree, x)
+        end
+    end
+end
+redis.call('HINCRBY', stats, 'links', delta)
+redis.call('HINCRBY', gstats, 'links', delta)
+if linked ~= 0 then
+    redis.call('HINCRBY', stats, 'linked', linked)
+    redis.call('HINCRBY', gstats, 'linked', linked)
+end
+
+local seq = tonumber(redis.call('HGET', stats, 'seq') or '0') or 0
+local event = '{"t":"link","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
+    ',"a":' .. cjson.encode(S) .. ',"b":' .. cjson.encode(B) ..
+    ',"state":' .. cjson.encode(state) .. '}'
+local na, nb = node_of(recs[1]), node_of(recs[2])
+if na then
+    redis.call('PUBLISH', P .. ':node:' .. na, event)
+end
+if nb and nb ~= na then
+    redis.call('PUBLISH', P .. ':node:' .. nb, event)
+end
+return {'ok', 1}

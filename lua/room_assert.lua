@@ -1,0 +1,113 @@
+#!lua
+-- room_assert: a node re-asserts one of its live sockets after Redis lost its data.
+--
+-- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
+-- ARGV[4]  node id N          ARGV[5]  node epoch E       ARGV[6]  meta (JSON object text)
+-- ARGV[7]  presence TTL in ms
+-- ARGV[8..n]  the peers S holds a half towards (its "link up"s that were not taken back)
+--
+-- Returns  {"ok", created}: created = 1 when S's record had to be re-created, 0 when it existed
+--
+-- Does: SET presence (PX; the one place besides room_join that creates it, because only the
+-- owning node, which knows S is alive, calls it). A missing record is added exactly as
+-- room_join adds it (record, P:{R}:nodes, socket index, P:nodes, counters, room creation with
+-- a time based seq, "join" event with a new seq); an existing one only gets its index entry
+-- back. Then S's half towards each listed peer that is a member is added as "link up" does
+-- (a link forms when the peer's half exists: counters, degrees, "link" event). Peers that are
+-- not members are skipped: their own node re-asserts them later and adds the other half then.
+-- Does not: enforce max members (the socket was admitted before the loss); remove halves S
+-- holds that are not listed; run when Redis did not lose data (the node decides, rule 2).
+
+local P, R, S, N, E, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local ttl = tonumber(ARGV[7])
+local base = P .. ':{' .. R .. '}:'
+local members = base .. 'members'
+if KEYS[1] ~= members then
+    return redis.error_reply('ERR room_assert: KEYS[1] must be ' .. members)
+end
+if not ttl or ttl < 1 or S == '' or N == '' then
+    return redis.error_reply('ERR room_assert: bad arguments')
+end
+if string.sub(meta, 1, 1) ~= '{' or string.sub(meta, -1) ~= '}' then
+    return redis.error_reply('ERR room_assert: meta must be a JSON object')
+end
+
+local function int(n) return string.format('%d', n) end
+local function node_of(rec)
+    local ok, decoded = pcall(cjson.decode, rec)
+    if ok and type(decoded) == 'table' and type(decoded.node) == 'string' then
+        return decoded.node
+    end
+    return nil
+end
+
+local stats = base .. 'stats'
+local gstats = P .. ':stats'
+local nodes = base .. 'nodes'
+redis.call('SET', base .. 'presence:' .. S, N, 'PX', int(ttl))
+redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S)
+redis.call('SADD', P .. ':nodes', N)
+
+local created = 0
+if redis.call('HEXISTS', members, S) == 0 then
+    created = 1
+    if redis.call('HLEN', members) == 0 then
+        if redis.call('SADD', P .. ':rooms', R) == 1 then
+            redis.call('HINCRBY', gstats, 'rooms', 1)
+        end
+        local t = redis.call('TIME')
+        local seq0 = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local old = tonumber(redis.call('HGET', stats, 'seq') or '0') or 0
+        if old < seq0 then
+            redis.call('HSET', stats, 'seq', int(seq0))
+        end
+    end
+    local rec = '{"node":' .. cjson.encode(N) .. ',"epoch":' .. cjson.encode(E) ..
+        ',"meta":' .. meta .. '}'
+    redis.call('HSET', members, S, rec)
+    redis.call('HINCRBY', nodes, N, 1)
+    redis.call('HINCRBY', stats, 'members', 1)
+    redis.call('HINCRBY', gstats, 'members', 1)
+    local seq = redis.call('HINCRBY', stats, 'seq', 1)
+    local event = '{"t":"join","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
+        ',"id":' .. cjson.encode(S) .. ',"node":' .. cjson.encode(N) .. ',"meta":' .. meta .. '}'
+    for _, n in ipairs(redis.call('HKEYS', nodes)) do
+        redis.call('PUBLISH', P .. ':node:' .. n, event)
+    end
+end
+
+local mine = base .. 'links:' .. S
+local degree = base .. 'degree'
+local my_node = node_of(redis.call('HGET', members, S))
+for i = 8, #ARGV do
+    local B = ARGV[i]
+    local rec = B ~= S and redis.call('HGET', members, B)
+    if rec and redis.call('SADD', mine, B) == 1 and
+        redis.call('SISMEMBER', base .. 'links:' .. B, S) == 1 then
+        local linked = 0
+        for _, x in ipairs({S, B}) do
+            if redis.call('HINCRBY', degree, x, 1) == 1 then
+                linked = linked + 1
+            end
+        end
+        redis.call('HINCRBY', stats, 'links', 1)
+        redis.call('HINCRBY', gstats, 'links', 1)
+        if linked ~= 0 then
+            redis.call('HINCRBY', stats, 'linked', linked)
+            redis.call('HINCRBY', gstats, 'linked', linked)
+        end
+        local seq = tonumber(redis.call('HGET', stats, 'seq') or '0') or 0
+        local event = '{"t":"link","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
+            ',"a":' .. cjson.encode(S) .. ',"b":' .. cjson.encode(B) .. ',"state":"up"}'
+        local nb = node_of(rec)
+        if my_node then
+            redis.call('PUBLISH', P .. ':node:' .. my_node, event)
+        end
+        if nb and nb ~= my_node then
+            redis.call('PUBLISH', P .. ':node:' .. nb, event)
+        end
+    end
+end
+
+return {'ok', created}

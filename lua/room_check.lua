@@ -1,0 +1,190 @@
+#!lua
+-- room_check: the admin recomputes room R's figures from its sets and repairs what differs.
+--
+-- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- ARGV[1]  prefix P           ARGV[2]  room R
+--
+-- Returns  {counter_fixes, half_link_fixes, degree_fixes, S1, S2, ...}
+--          counter_fixes    wrong fields of P:{R}:stats (members, links, linked, a missing seq),
+--                           of P:{R}:nodes, a missing socket index entry, R missing from P:rooms
+--          half_link_fixes  halves removed because they pointed at a non-member (or at S itself)
+--          degree_fixes     wrong, missing or extra fields of P:{R}:degree
+--          S1, S2, ...      members without a presence key, for the admin to reap with
+--                           room_remove "expired" (re-checked there)
+--
+-- Does: truth = HLEN members, the links formed by the members' halves, each member's degree,
+-- per-node counts from the records. Every wrong room figure is rewritten and the same delta is
+-- applied to P:stats, so P:stats stays the sum of the rooms. An empty room is deleted as
+-- room_remove deletes it (its members, nodes, degree and stats keys, P:rooms, P:stats rooms;
+-- whatever figure it still held is taken off P:stats and counted as a counter fix).
+-- Does not: remove members without presence (it returns them); recompute P:stats rooms or
+-- other rooms (stats_check); find half links held by sockets that are not members (their keys
+-- are only reachable by scanning); publish events (figures are not membership changes).
+
+local P, R = ARGV[1], ARGV[2]
+local base = P .. ':{' .. R .. '}:'
+local members = base .. 'members'
+if KEYS[1] ~= members then
+    return redis.error_reply('ERR room_check: KEYS[1] must be ' .. members)
+end
+
+local function int(n) return string.format('%d', n) end
+local function num(v) return tonumber(v or '0') or 0 end
+
+local stats = base .. 'stats'
+local gstats = P .. ':stats'
+local degree = base .. 'degree'
+local nodes = base .. 'nodes'
+local fields = {'members', 'links', 'linked'}
+local counter_fixes, half_fixes, degree_fixes = 0, 0, 0
+
+local all = redis.call('HGETALL', members)
+if #all == 0 then
+    local left = redis.call('HMGET', stats, 'members', 'links', 'linked')
+    for i = 1, 3 do
+        local v = num(left[i])
+        if v ~= 0 then
+            redis.call('HINCRBY', gstats, fields[i], -v)
+            counter_fixes = counter_fixes + 1
+        end
+    end
+    local nodes_left = redis.call('HGETALL', nodes)
+    for i = 2, #nodes_left, 2 do
+        if num(nodes_left[i]) ~= 0 then
+            counter_fixes = counter_fixes + 1
+        end
+    end
+    degree_fixes = redis.call('HLEN', degree)
+    redis.call('DEL', members, nodes, degree, stats)
+    if redis.call('SREM', P .. ':rooms', R) == 1 then
+        redis.call('HINCRBY', gstats, 'rooms', -1)
+    end
+    return {counter_fixes, 0, degree_fixes}
+end
+
+-- Members, their nodes, presence.
+local ids = {}
+local is_member = {}
+local per_node = {}
+local without_presence = {}
+for i = 1, #all, 2 do
+    local S = all[i]
+    ids[#ids + 1] = S
+    is_member[S] = true
+    local ok, decoded = pcall(cjson.decode, all[i + 1])
+    if ok and type(decoded) == 'table' and type(decoded.node) == 'string' then
+        local N = decoded.node
+        per_node[N] = (per_node[N] or 0) + 1
+        if redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S) == 1 then
+            redis.call('SADD', P .. ':nodes', N)
+            counter_fixes = counter_fixes + 1
+        end
+    end
+    if redis.call('EXISTS', base .. 'presence:' .. S) == 0 then
+        without_presence[#without_presence + 1] = S
+    end
+end
+
+-- Halves: drop those towards non-members; then formed links and degrees.
+local halves = {}
+for _, S in ipairs(ids) do
+    local key = base .. 'links:' .. S
+    local h = {}
+    for _, B in ipairs(redis.call('SMEMBERS', key)) do
+        if is_member[B] and B ~= S then
+            h[B] = true
+        else
+            redis.call('SREM', key, B)
+            half_fixes = half_fixes + 1
+        end
+    end
+    halves[S] = h
+end
+local deg = {}
+local degree_sum, linked = 0, 0
+for _, S in ipairs(ids) do
+    local d = 0
+    for B in pairs(halves[S]) do
+        if halves[B][S] then
+            d = d + 1
+        end
+    end
+    deg[S] = d
+    degree_sum = degree_sum + d
+    if d > 0 then
+        linked = linked + 1
+    end
+end
+local truth = {members = #ids, links = degree_sum / 2, linked = linked}
+
+-- Degree hash: exactly one field per member with a formed link.
+local cur = redis.call('HGETALL', degree)
+local seen = {}
+for i = 1, #cur, 2 do
+    local S, v = cur[i], cur[i + 1]
+    seen[S] = true
+    local want = deg[S] or 0
+    if want == 0 then
+        redis.call('HDEL', degree, S)
+        degree_fixes = degree_fixes + 1
+    elseif tonumber(v) ~= want then
+        redis.call('HSET', degree, S, int(want))
+        degree_fixes = degree_fixes + 1
+    end
+end
+for _, S in ipairs(ids) do
+    if deg[S] > 0 and not seen[S] then
+        redis.call('HSET', degree, S, int(deg[S]))
+        degree_fixes = degree_fixes + 1
+    end
+end
+
+-- Node counts: exactly one field per node hosting members.
+cur = redis.call('HGETALL', nodes)
+seen = {}
+for i = 1, #cur, 2 do
+    local N, v = cur[i], cur[i + 1]
+    seen[N] = true
+    local want = per_node[N] or 0
+    if want == 0 then
+        redis.call('HDEL', nodes, N)
+        counter_fixes = counter_fixes + 1
+    elseif tonumber(v) ~= want then
+        redis.call('HSET', nodes, N, int(want))
+        counter_fixes = counter_fixes + 1
+    end
+end
+for N, want in pairs(per_node) do
+    if not seen[N] then
+        redis.call('HSET', nodes, N, int(want))
+        counter_fixes = counter_fixes + 1
+    end
+end
+
+-- Room figures, and the same deltas on P:stats.
+cur = redis.call('HMGET', stats, 'members', 'links', 'linked', 'seq')
+for i = 1, 3 do
+    local f = fields[i]
+    local v = tonumber(cur[i] or '0')
+    if v ~= truth[f] then
+        redis.call('HSET', stats, f, int(truth[f]))
+        redis.call('HINCRBY', gstats, f, int(truth[f] - (v or 0)))
+        counter_fixes = counter_fixes + 1
+    end
+end
+if not tonumber(cur[4] or '') then
+    local t = redis.call('TIME')
+    local seq0 = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('HSET', stats, 'seq', int(seq0))
+    counter_fixes = counter_fixes + 1
+end
+if redis.call('SADD', P .. ':rooms', R) == 1 then
+    redis.call('HINCRBY', gstats, 'rooms', 1)
+    counter_fixes = counter_fixes + 1
+end
+
+local reply = {counter_fixes, half_fixes, degree_fixes}
+for _, S in ipairs(without_presence) do
+    reply[#reply + 1] = S
+end
+return reply

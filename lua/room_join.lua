@@ -1,0 +1,87 @@
+#!lua
+-- room_join: adds socket S to room R.
+--
+-- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
+-- ARGV[4]  node id N          ARGV[5]  node epoch E
+-- ARGV[6]  meta: a JSON object, validated and compact (e.g. {}), stored and relayed verbatim
+-- ARGV[7]  presence TTL in ms ARGV[8]  max members of the room
+--
+-- Returns  {"ok", seq, S1, rec1, S2, rec2, ...}: the new sequence number and every member
+--          (the joiner included) with its record {"node":N,"epoch":E,"meta":{...}}
+--          {"exists"}     S already has a presence key or a record in R (nothing written)
+--          {"room-full"}  R has max members already (nothing written)
+--
+-- Does: record, presence (PX), P:{R}:nodes count, socket index P:node:N:sockets ("R S"),
+-- P:nodes (so the admin's reap index always lists a node that owns sockets), members counters
+-- of the room and P:stats, the room's creation when it was empty (P:rooms, P:stats rooms, a
+-- time based seq), seq + 1, and the "join" event to every node of the room, the joiner's
+-- own node included.
+-- Does not: check that S is in no other room (the node knows), validate meta, touch links.
+
+local P, R, S, N, E, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local ttl, max = tonumber(ARGV[7]), tonumber(ARGV[8])
+local base = P .. ':{' .. R .. '}:'
+local members = base .. 'members'
+if KEYS[1] ~= members then
+    return redis.error_reply('ERR room_join: KEYS[1] must be ' .. members)
+end
+if not ttl or ttl < 1 or not max or S == '' or N == '' then
+    return redis.error_reply('ERR room_join: bad arguments')
+end
+if string.sub(meta, 1, 1) ~= '{' or string.sub(meta, -1) ~= '}' then
+    return redis.error_reply('ERR room_join: meta must be a JSON object')
+end
+
+local function int(n) return string.format('%d', n) end
+
+local presence = base .. 'presence:' .. S
+if redis.call('EXISTS', presence) == 1 or redis.call('HEXISTS', members, S) == 1 then
+    return {'exists'}
+end
+local count = redis.call('HLEN', members)
+if count >= max then
+    return {'room-full'}
+end
+
+local stats = base .. 'stats'
+local gstats = P .. ':stats'
+if count == 0 then
+    -- Why time based (microseconds since the epoch, about 1.7e15, exact in a Lua double until
+    -- 2255): a room deleted and created again must not reuse a sequence number a node may
+    -- still hold for it. Each change takes more than a microsecond, so the old sequence never
+    -- got past the clock; the new one starts above it (unless the clock steps back).
+    if redis.call('SADD', P .. ':rooms', R) == 1 then
+        redis.call('HINCRBY', gstats, 'rooms', 1)
+    end
+    local t = redis.call('TIME')
+    local seq0 = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local old = tonumber(redis.call('HGET', stats, 'seq') or '0')
+    if old < seq0 then
+        redis.call('HSET', stats, 'seq', int(seq0))
+    end
+end
+
+local rec = '{"node":' .. cjson.encode(N) .. ',"epoch":' .. cjson.encode(E) ..
+    ',"meta":' .. meta .. '}'
+redis.call('HSET', members, S, rec)
+redis.call('SET', presence, N, 'PX', ttl)
+redis.call('HINCRBY', base .. 'nodes', N, 1)
+redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S)
+redis.call('SADD', P .. ':nodes', N)
+redis.call('HINCRBY', stats, 'members', 1)
+redis.call('HINCRBY', gstats, 'members', 1)
+local seq = redis.call('HINCRBY', stats, 'seq', 1)
+
+local event = '{"t":"join","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
+    ',"id":' .. cjson.encode(S) .. ',"node":' .. cjson.encode(N) .. ',"meta":' .. meta .. '}'
+for _, node in ipairs(redis.call('HKEYS', base .. 'nodes')) do
+    redis.call('PUBLISH', P .. ':node:' .. node, event)
+end
+
+local reply = {'ok', seq}
+local all = redis.call('HGETALL', members)
+for i = 1, #all do
+    reply[#reply + 1] = all[i]
+end
+return reply

@@ -1,0 +1,171 @@
+#!lua
+-- room_remove: removes socket S from room R with every half link to or from it.
+--
+-- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
+-- ARGV[4]  mode: "leave" | "disconnect" (the socket's node asks) | "expired" (the admin reaps)
+-- ARGV[5]  node id N: leave/disconnect: the caller's node, which must hold S's presence key;
+--          expired: the node whose socket index listed S ("" when unknown)
+-- ARGV[6]  cap of P:events (XADD MAXLEN ~); optional, default 1000
+--
+-- Returns  {"ok", links_removed, seq}  seq of the "left" event, 0 when the room was deleted
+--          {"gone"}  leave/disconnect: S's presence key is absent or held by another node;
+--                    expired: S is not a member. Nothing written, except that "expired" drops
+--                    the stale "R S" entry of N's socket index, and leave/disconnect by the
+--                    owning node of a presence key without a record drops that key and entry.
+--          {"live"}  expired: S's presence key exists, so S is alive (nothing written)
+--
+-- Does: removes S's halves and every member's half towards S (a link counts as formed, and is
+-- removed from the counters, when both halves existed), degrees, linked, the record, presence,
+-- P:{R}:nodes count, socket index entry, members counters of the room and P:stats. An empty
+-- room is deleted (its keys, P:rooms, P:stats rooms; any figure it still held is taken off
+-- P:stats so the sum stays right) and nothing is published; otherwise seq + 1 and a "left"
+-- event goes to every node still in the room. When links were removed, a "p2p-cleanup" entry
+-- is added to P:events. Running it twice is harmless: the second run returns {"gone"}.
+-- Does not: publish "link" events (a "left" implies the end of every link with S).
+
+local P, R, S, mode, N = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
+local events_max = tonumber(ARGV[6] or '') or 1000
+local base = P .. ':{' .. R .. '}:'
+local members = base .. 'members'
+if KEYS[1] ~= members then
+    return redis.error_reply('ERR room_remove: KEYS[1] must be ' .. members)
+end
+if mode ~= 'leave' and mode ~= 'disconnect' and mode ~= 'expired' then
+    return redis.error_reply('ERR room_remove: mode must be leave, disconnect or expired')
+end
+if S == '' or events_max < 1 then
+    return redis.error_reply('ERR room_remove: bad arguments')
+end
+
+local function int(n) return string.format('%d', n) end
+
+local presence = base .. 'presence:' .. S
+local entry = R .. ' ' .. S
+local rec = redis.call('HGET', members, S)
+if mode == 'expired' then
+    -- Why re-checked here: the admin decided to reap from a snapshot; only the check inside
+    -- the script is atomic with the removal, so a live socket is never reaped.
+    if redis.call('EXISTS', presence) == 1 then
+        return {'live'}
+    end
+    if not rec then
+        if N ~= '' then
+            redis.call('SREM', P .. ':node:' .. N .. ':sockets', entry)
+        end
+        return {'gone'}
+    end
+else
+    if redis.call('GET', presence) ~= N then
+        return {'gone'}
+    end
+    if not rec then
+        -- A presence key without a record cannot come from these scripts; drop it so the
+        -- socket index and presence do not outlive the (absent) membership.
+        redis.call('DEL', presence)
+        redis.call('SREM', P .. ':node:' .. N .. ':sockets', entry)
+        return {'gone'}
+    end
+end
+
+local stats = base .. 'stats'
+local gstats = P .. ':stats'
+local degree = base .. 'degree'
+local mylinks = base .. 'links:' .. S
+
+-- Links: S's halves, and the halves every member (and every peer S named) holds towards S.
+local mine = {}
+local peers = {}
+for _, p in ipairs(redis.call('SMEMBERS', mylinks)) do
+    mine[p] = true
+    peers[#peers + 1] = p
+end
+for _, m in ipairs(redis.call('HKEYS', members)) do
+    if not mine[m] then
+        peers[#peers + 1] = m
+    end
+end
+local removed, linked_delta = 0, 0
+for _, p in ipairs(peers) do
+    if p ~= S then
+        local theirs = redis.call('SREM', base .. 'links:' .. p, S)
+        if theirs == 1 and mine[p] then
+            removed = removed + 1
+            local d = redis.call('HINCRBY', degree, p, -1)
+            if d <= 0 then
+                redis.call('HDEL', degree, p)
+            end
+            if d == 0 then
+                linked_delta = linked_delta - 1
+            end
+        end
+    end
+end
+redis.call('DEL', mylinks)
+local mydeg = tonumber(redis.call('HGET', degree, S) or '0')
+redis.call('HDEL', degree, S)
+if mydeg > 0 then
+    linked_delta = linked_delta - 1
+end
+if removed > 0 then
+    redis.call('HINCRBY', stats, 'links', -removed)
+    redis.call('HINCRBY', gstats, 'links', -removed)
+end
+if linked_delta ~= 0 then
+    redis.call('HINCRBY', stats, 'linked', linked_delta)
+    redis.call('HINCRBY', gstats, 'linked', linked_delta)
+end
+
+-- Membership.
+local ok, decoded = pcall(cjson.decode, rec)
+local node = ok and type(decoded) == 'table' and type(decoded.node) == 'string' and decoded.node
+redis.call('HDEL', members, S)
+redis.call('DEL', presence)
+if node then
+    if redis.call('HINCRBY', base .. 'nodes', node, -1) <= 0 then
+        redis.call('HDEL', base .. 'nodes', node)
+    end
+    redis.call('SREM', P .. ':node:' .. node .. ':sockets', entry)
+end
+if N ~= '' and N ~= node then
+    redis.call('SREM', P .. ':node:' .. N .. ':sockets', entry)
+end
+redis.call('HINCRBY', stats, 'members', -1)
+redis.call('HINCRBY', gstats, 'members', -1)
+
+local seq = 0
+if redis.call('HLEN', members) == 0 then
+    -- Whatever figure the room still holds is wrong (it has no member); take it off P:stats
+    -- with the room, so P:stats stays the sum of the rooms that exist.
+    local left = redis.call('HMGET', stats, 'members', 'links', 'linked')
+    local fields = {'members', 'links', 'linked'}
+    for i = 1, 3 do
+        local v = tonumber(left[i] or '0') or 0
+        if v ~= 0 then
+            redis.call('HINCRBY', gstats, fields[i], -v)
+        end
+    end
+    redis.call('DEL', members, base .. 'nodes', degree, stats)
+    if redis.call('SREM', P .. ':rooms', R) == 1 then
+        redis.call('HINCRBY', gstats, 'rooms', -1)
+    end
+else
+    seq = redis.call('HINCRBY', stats, 'seq', 1)
+    local event = '{"t":"left","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
+        ',"id":' .. cjson.encode(S) .. ',"reason":' .. cjson.encode(mode) .. '}'
+    for _, n in ipairs(redis.call('HKEYS', base .. 'nodes')) do
+        redis.call('PUBLISH', P .. ':node:' .. n, event)
+    end
+end
+
+if removed > 0 then
+    local g = redis.call('HMGET', gstats, 'links', 'members')
+    local data = '{"reason":' .. cjson.encode(mode) .. ',"room":' .. cjson.encode(R) ..
+        ',"id":' .. cjson.encode(S) .. ',"stale_connections":' .. int(removed) ..
+        ',"remaining_connections":' .. int(tonumber(g[1] or '0') or 0) ..
+        ',"active_users":' .. int(tonumber(g[2] or '0') or 0) .. '}'
+    redis.call('XADD', P .. ':events', 'MAXLEN', '~', int(events_max), '*',
+        'type', 'p2p-cleanup', 'data', data)
+end
+
+return {'ok', removed, seq}

@@ -1,0 +1,297 @@
+/* switchboard-node: options, the libuv loop, start-up and shutdown. Owns the process context;
+ * the only global is the signal flag libuv's signal handles stand in for. */
+#include "node.h"
+#include "auth.h"
+#include "scripts.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern char **environ;
+void sb_presence_stop(sb_node_t *n);
+
+static void stop_now(sb_node_t *n);
+
+static int read_secret(const char *path, unsigned char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    unsigned char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    if (n == 0)
+        return -1;
+    *out = malloc(n);
+    memcpy(*out, buf, n);
+    *len = n;
+    return 0;
+}
+
+/* ---- Redis connections ------------------------------------------------------------------- */
+
+static void on_cmd_up(sb_redis_t *r, void *data)
+{
+    (void)r;
+    sb_presence_on_up(data);
+}
+
+static void on_cmd_down(sb_redis_t *r, const char *why, void *data)
+{
+    (void)r;
+    (void)why;
+    sb_node_t *n = data;
+    n->instance_ok = 0;
+    n->lease_ok = 0;
+}
+
+/* Publishes a probe to our own channel; the pub/sub connection must deliver it back within the
+ * Redis timeout (a subscription can look healthy and deliver nothing). */
+static void send_probe(sb_node_t *n)
+{
+    static uint64_t counter;
+    char body[96];
+    uint64_t nonce = ++counter;
+    snprintf(body, sizeof body, "{\"t\":\"probe\",\"nonce\":%llu}", (unsigned long long)nonce);
+    const char *argv[] = {"PUBLISH", n->channel, body};
+    if (sb_redis_argv(n->redis, NULL, NULL, 3, argv, NULL) == 0) {
+        n->probe_nonce = nonce;
+        n->probe_sent_ms = sb_mono_ms();
+    }
+}
+
+static void on_sub_up(sb_redis_t *r, void *data)
+{
+    (void)r;
+    sb_node_t *n = data;
+    n->pubsub_ok = 0;
+    n->probe_nonce = 0;
+    /* Messages may have been lost while the subscription was down: re-read every room. */
+    sb_room_resync_all(n);
+    send_probe(n);
+}
+
+static void on_sub_down(sb_redis_t *r, const char *why, void *data)
+{
+    (void)r;
+    (void)why;
+    sb_node_t *n = data;
+    n->pubsub_ok = 0;
+}
+
+static void on_sub_message(sb_redis_t *r, const char *channel, const char *payload, size_t len,
+                           void *data)
+{
+    (void)r;
+    (void)channel;
+    sb_room_on_event(data, payload, len);
+}
+
+int sb_node_ready(sb_node_t *n, const char **why)
+{
+    if (n->draining)
+        *why = "draining";
+    else if (!sb_redis_up(n->redis))
+        *why = "redis unreachable";
+    else if (!n->instance_ok || !n->lease_ok)
+        *why = "lease not registered";
+    else if (!sb_redis_up(n->pubsub))
+        *why = "pubsub unreachable";
+    else if (!n->pubsub_ok)
+        *why = "pubsub not proven";
+    else
+        return 1;
+    return 0;
+}
+
+/* ---- the sweep: probes, auth timeouts, drain progress ------------------------------------ */
+
+static void on_drained(sb_node_t *n)
+{
+    sb_info("drain complete");
+    stop_now(n);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    sb_node_t *n = t->data;
+    int64_t now = sb_mono_ms();
+    if (n->stopping)
+        return;
+    sb_room_sweep(n);
+    /* Pub/sub probe every 500 ms; one not back within the Redis timeout means the
+     * subscription is dead even if its TCP connection looks fine: reconnect it. */
+    if (sb_redis_up(n->pubsub) && sb_redis_up(n->redis)) {
+        if (n->probe_nonce && now - n->probe_sent_ms > n->cfg.redis_timeout_ms) {
+            sb_warn("pubsub probe not delivered within %lld ms: reconnecting",
+                    (long long)n->cfg.redis_timeout_ms);
+            n->pubsub_ok = 0;
+            n->probe_nonce = 0;
+            sb_redis_drop(n->pubsub, "probe timeout");
+        } else if (!n->probe_nonce && now - n->probe_sent_ms >= 500) {
+            send_probe(n);
+        }
+    }
+    if (n->auth_secret) {
+        for (sb_session_t *s = n->sessions; s; s = s->next)
+            if (s->state == SS_IDLE && !s->in_redis && !s->close_code &&
+                now - s->connected_ms > n->cfg.auth_timeout_ms)
+                sb_session_close(s, 4001, "auth timeout");
+    }
+    if (n->draining && !n->stopping) {
+        int pending = sb_redis_pending(n->redis);
+        if ((n->nsessions == 0 && pending == 0) || now > n->drain_deadline_ms) {
+            if (n->nsessions)
+                sb_warn("drain timeout: %d sockets still open", n->nsessions);
+            n->stopping = 1;
+            if (sb_redis_up(n->redis))
+                sb_presence_release(n, on_drained);
+            else
+                on_drained(n);
+        }
+    }
+}
+
+void sb_node_begin_drain(sb_node_t *n)
+{
+    if (n->draining)
+        return;
+    n->draining = 1;
+    n->drain_deadline_ms = sb_mono_ms() + n->cfg.drain_timeout_ms;
+    sb_info("draining: closing %d sockets with 1001", n->nsessions);
+    for (sb_session_t *s = n->sessions; s; s = s->next)
+        sb_session_close(s, 1001, "draining");
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    sb_node_t *n = h->data;
+    if (n->draining) {
+        sb_warn("second signal %d: stopping now", signum);
+        if (!n->stopping) {
+            n->stopping = 1;
+            stop_now(n);
+        }
+        return;
+    }
+    sb_info("signal %d: draining", signum);
+    sb_node_begin_drain(n);
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        sb_debug("handle still open at shutdown: type %d", (int)h->type);
+}
+
+static void stop_now(sb_node_t *n)
+{
+    /* Everything that holds a uv handle is closed here; uv_run then returns once the close
+     * callbacks ran. */
+    uv_timer_stop(&n->sweep);
+    uv_close((uv_handle_t *)&n->sweep, NULL);
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+    sb_presence_stop(n);
+    sb_server_stop(n);
+    sb_redis_close(n->redis);
+    sb_redis_close(n->pubsub);
+}
+
+int main(int argc, char **argv)
+{
+    static sb_node_t node;
+    sb_node_t *n = &node;
+    int rc = sb_node_options(&n->cfg, argc, argv, environ);
+    if (rc != 0) {
+        sb_node_options_free(&n->cfg);
+        return rc == 1 ? 0 : 2;
+    }
+    if (n->cfg.auth_secret_file) {
+        char why[160];
+        if (sb_auth_load_secret(n->cfg.auth_secret_file, &n->auth_secret, &n->auth_secret_len,
+                                why, sizeof why) != 0) {
+            fprintf(stderr, "switchboard-node: --auth-secret-file: %s\n", why);
+            sb_node_options_free(&n->cfg);
+            return 2;
+        }
+    }
+    if (n->cfg.turn_secret_file &&
+        read_secret(n->cfg.turn_secret_file, &n->turn_secret, &n->turn_secret_len) != 0) {
+        fprintf(stderr, "switchboard-node: --turn-secret-file: empty or unreadable\n");
+        sb_node_options_free(&n->cfg);
+        return 2;
+    }
+    if (n->cfg.allowed_origins.n == 0 && !n->auth_secret)
+        sb_warn("no --allowed-origin and no --auth-secret-file: any web page may use this node");
+    srandom((unsigned)(time(NULL) ^ (getpid() << 8)));
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    n->loop = &loop;
+    n->started_ms = sb_now_ms();
+    sb_map_init(&n->sess_by_id);
+    sb_map_init(&n->rooms);
+    sb_metrics_init(&n->metrics);
+    snprintf(n->channel, sizeof n->channel, "%s:node:%s", n->cfg.prefix, n->cfg.id);
+    sb_presence_start(n);
+
+    sb_redis_opts_t ro = {.loop = &loop,
+                          .url = n->cfg.redis,
+                          .name = "command",
+                          .timeout_ms = n->cfg.redis_timeout_ms,
+                          .on_up = on_cmd_up,
+                          .on_down = on_cmd_down,
+                          .observe = sb_metrics_observe,
+                          .data = n};
+    n->redis = sb_redis_new(&ro);
+    sb_redis_opts_t po = {.loop = &loop,
+                          .url = n->cfg.redis,
+                          .name = "pubsub",
+                          .timeout_ms = n->cfg.redis_timeout_ms,
+                          .subscriber = 1,
+                          .on_up = on_sub_up,
+                          .on_down = on_sub_down,
+                          .on_message = on_sub_message,
+                          .data = n};
+    n->pubsub = sb_redis_new(&po);
+    sb_redis_subscribe(n->pubsub, n->channel);
+
+    if (sb_server_start(n) != 0) {
+        sb_presence_stop(n);
+        sb_redis_close(n->redis);
+        sb_redis_close(n->pubsub);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        sb_node_options_free(&n->cfg);
+        return 1;
+    }
+    uv_timer_init(&loop, &n->sweep);
+    n->sweep.data = n;
+    uv_timer_start(&n->sweep, on_sweep, 50, 50);
+    uv_signal_init(&loop, &n->sigint);
+    uv_signal_init(&loop, &n->sigterm);
+    n->sigint.data = n->sigterm.data = n;
+    uv_signal_start(&n->sigint, on_signal, SIGINT);
+    uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* lws on a foreign loop closes its handles asynchronously: let them finish. */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_walk(&loop, close_walk, NULL);
+    int lc = uv_loop_close(&loop);
+    sb_info("stopped (uv_loop_close=%d)", lc);
+    sb_map_free(&n->sess_by_id);
+    sb_map_free(&n->rooms);
+    sb_metrics_free(&n->metrics);
+    free(n->auth_secret);
+    free(n->turn_secret);
+    sb_node_options_free(&n->cfg);
+    return lc == 0 ? 0 : 1;
+}

@@ -1,0 +1,119 @@
+/* The node's option table (contract section 1) and the checks that span options. */
+#include "node.h"
+#include "log.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define OFF(f) offsetof(sb_node_config_t, f)
+#define DAY (86400000LL)
+
+static const sb_option_t node_options[] = {
+    {"listen", SB_OPT_HOSTPORT, "0.0.0.0:8080", 0, 0, OFF(listen), "address to listen on"},
+    {"redis", SB_OPT_REDIS_URL, "redis://127.0.0.1:6379", 0, 0, OFF(redis),
+     "redis://[user:pass@]host:port[/db] or unix:///path"},
+    {"redis-timeout-ms", SB_OPT_INT, "1000", 10, 60000, OFF(redis_timeout_ms),
+     "timeout of every Redis command and connect"},
+    {"id", SB_OPT_NAME, NULL, 0, 0, OFF(id), "node id, [A-Za-z0-9._:-] (default hostname:port)"},
+    {"prefix", SB_OPT_NAME, "sb", 0, 0, OFF(prefix), "Redis key prefix"},
+    {"presence-ttl-ms", SB_OPT_INT, "15000", 100, DAY, OFF(presence_ttl_ms),
+     "presence TTL of each socket and of the node lease"},
+    {"heartbeat-ms", SB_OPT_INT, "5000", 20, DAY, OFF(heartbeat_ms),
+     "presence refresh interval; ttl must be >= 2 x heartbeat + redis timeout"},
+    {"ping-interval-ms", SB_OPT_INT, "10000", 1, DAY, OFF(ping_interval_ms),
+     "idle time before a WebSocket ping (rounded up to seconds)"},
+    {"ping-timeout-ms", SB_OPT_INT, "20000", 1, DAY, OFF(ping_timeout_ms),
+     "idle time before hanging up a silent client (rounded up to seconds)"},
+    {"max-message-bytes", SB_OPT_INT, "65536", 256, 16777216, OFF(max_message_bytes),
+     "largest inbound message, all fragments counted (close 1009 above)"},
+    {"max-room-members", SB_OPT_INT, "64", 2, 10000, OFF(max_room_members), "room capacity"},
+    {"rate", SB_OPT_INT, "50", 1, 1000000, OFF(rate), "message tokens per second per socket"},
+    {"burst", SB_OPT_INT, "100", 10, 1000000, OFF(burst),
+     "token bucket size per socket (join/leave cost 10)"},
+    {"max-send-queue-bytes", SB_OPT_INT, "1048576", 1024, 1073741824, OFF(max_send_queue_bytes),
+     "outbound queue per socket before closing it with 4003"},
+    {"allowed-origin", SB_OPT_ORIGINS, NULL, 0, 0, OFF(allowed_origins),
+     "allowed Origin, exact scheme://host[:port], repeatable (none = any)"},
+    {"auth-secret-file", SB_OPT_FILE, NULL, 0, 0, OFF(auth_secret_file),
+     "HS256 secret (>= 32 bytes); when set, join needs a JWT"},
+    {"auth-timeout-ms", SB_OPT_INT, "10000", 100, DAY, OFF(auth_timeout_ms),
+     "with auth on, close sockets that have not joined by then (4001)"},
+    {"turn-secret-file", SB_OPT_FILE, NULL, 0, 0, OFF(turn_secret_file),
+     "TURN REST shared secret (coturn use-auth-secret)"},
+    {"turn-url", SB_OPT_URLS, NULL, 0, 0, OFF(turn_urls), "TURN/STUN URL, repeatable"},
+    {"turn-ttl-ms", SB_OPT_INT, "86400000", 60000, 30 * DAY, OFF(turn_ttl_ms),
+     "lifetime of TURN credentials"},
+    {"tls-cert", SB_OPT_FILE, NULL, 0, 0, OFF(tls_cert), "PEM certificate (with --tls-key)"},
+    {"tls-key", SB_OPT_FILE, NULL, 0, 0, OFF(tls_key), "PEM private key (with --tls-cert)"},
+    {"drain-timeout-ms", SB_OPT_INT, "10000", 0, DAY, OFF(drain_timeout_ms),
+     "on SIGTERM, how long to drain before exiting"},
+    {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
+    {0},
+};
+
+/* One line naming the option, exit status 2 (contract section 1). */
+static int bad(const char *line)
+{
+    fprintf(stderr, "switchboard-node: %s\n", line);
+    return 2;
+}
+
+int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *envp)
+{
+    char err[512];
+    memset(cfg, 0, sizeof *cfg);
+    int rc = sb_config_parse(node_options, "SWITCHBOARD_", argc, argv, envp, cfg, err, sizeof err);
+    if (rc == SB_CONFIG_HELP) {
+        static char help[8192];
+        sb_config_help(node_options, "SWITCHBOARD_",
+                       "Usage: switchboard-node [--option value]...\n"
+                       "WebSocket signaling node of Switchboard (state in Redis).",
+                       help, sizeof help);
+        fputs(help, stdout);
+        return 1;
+    }
+    if (rc == SB_CONFIG_VERSION) {
+        printf("switchboard-node %s\n", SB_VERSION);
+        return 1;
+    }
+    if (rc != SB_CONFIG_OK)
+        return bad(err);
+    if (cfg->presence_ttl_ms < 2 * cfg->heartbeat_ms + cfg->redis_timeout_ms) {
+        snprintf(err, sizeof err,
+                 "--presence-ttl-ms: %lld is less than 2 x --heartbeat-ms + --redis-timeout-ms "
+                 "(%lld)",
+                 (long long)cfg->presence_ttl_ms,
+                 (long long)(2 * cfg->heartbeat_ms + cfg->redis_timeout_ms));
+        return bad(err);
+    }
+    if ((cfg->ping_timeout_ms + 999) / 1000 <= (cfg->ping_interval_ms + 999) / 1000)
+        return bad("--ping-timeout-ms: must be more than --ping-interval-ms (in seconds)");
+    if (!!cfg->tls_cert != !!cfg->tls_key)
+        return bad(cfg->tls_cert ? "--tls-key: needed with --tls-cert"
+                                       : "--tls-cert: needed with --tls-key");
+    if (cfg->turn_urls.n > 0 && !cfg->turn_secret_file)
+        return bad("--turn-secret-file: needed with --turn-url");
+    if (cfg->turn_secret_file && cfg->turn_urls.n == 0)
+        return bad("--turn-url: needed with --turn-secret-file");
+    if (!cfg->id) {
+        char host[256] = "node", hp[300];
+        gethostname(host, sizeof host - 1);
+        const char *port = strrchr(cfg->listen, ':');
+        snprintf(hp, sizeof hp, "%s:%s", host, port ? port + 1 : "0");
+        if (!sb_config_valid_name(hp)) {
+            snprintf(err, sizeof err, "--id: the default '%s' is not a valid id; set --id", hp);
+            return bad(err);
+        }
+        cfg->id = strdup(hp);
+    }
+    sb_log_set_level((sb_log_level_t)sb_log_parse_level(cfg->log_level));
+    return 0;
+}
+
+void sb_node_options_free(sb_node_config_t *cfg)
+{
+    sb_config_free(node_options, cfg);
+}

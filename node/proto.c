@@ -1,0 +1,237 @@
+/* Protocol v1 decoding and encoding. Everything a client sends passes through
+ * sb_proto_decode first; nothing after it needs to re-validate types or sizes. */
+#include "proto.h"
+
+#include <string.h>
+#include <sys/random.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+const char *const sb_msg_type_names[SB_MSG__COUNT] = {
+    "join", "signal", "link", "leave", "ice-servers", "ping", "unknown"};
+
+static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 strchr(extra, c);
+        if (!ok || n >= max)
+            return 0;
+    }
+    return n >= min;
+}
+
+int sb_proto_valid_room(const char *s)
+{
+    return charset_ok(s, 1, SB_ROOM_MAX, "._-");
+}
+
+int sb_proto_valid_sid(const char *s)
+{
+    return charset_ok(s, 22, SB_SID_MAX, "_-");
+}
+
+int sb_proto_new_sid(char *out, size_t outlen)
+{
+    static const char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    /* 128 bits, as the header promises: 22 base64url characters in a 23-byte buffer. (This
+     * used to draw 144 bits into 24 characters and refuse buffers under 25 bytes, so a caller
+     * sizing its buffer from the header got -1.) */
+    unsigned char raw[16];
+    if (outlen < 23)
+        return -1;
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    /* Five full 3-byte groups give 20 characters; the last byte gives two more. */
+    for (int i = 0; i < 5; i++) {
+        unsigned v = (unsigned)raw[3 * i] << 16 | (unsigned)raw[3 * i + 1] << 8 | raw[3 * i + 2];
+        out[4 * i] = b64[(v >> 18) & 63];
+        out[4 * i + 1] = b64[(v >> 12) & 63];
+        out[4 * i + 2] = b64[(v >> 6) & 63];
+        out[4 * i + 3] = b64[v & 63];
+    }
+    out[20] = b64[raw[15] >> 2];
+    out[21] = b64[(raw[15] & 3) << 4];
+    out[22] = '\0';
+    return 0;
+}
+
+static int fail(sb_proto_err_t *err, const char *code, const char *message, json_t *rid)
+{
+    err->code = code;
+    snprintf(err->message, sizeof err->message, "%s", message);
+    err->rid = rid ? json_incref(rid) : NULL;
+    return -1;
+}
+
+/* rid: a string of at most 64 characters, or an integer in [0, 2^53-1]. */
+static int rid_ok(json_t *rid)
+{
+    if (json_is_string(rid)) {
+        /* Characters, not bytes (the contract counts characters): jansson only holds valid
+         * UTF-8, so counting the bytes that do not continue a sequence counts code points. */
+        const char *s = json_string_value(rid);
+        size_t chars = 0;
+        for (size_t i = 0, n = json_string_length(rid); i < n; i++)
+            chars += ((unsigned char)s[i] & 0xC0) != 0x80;
+        return chars <= SB_RID_MAX;
+    }
+    if (json_is_integer(rid)) {
+        json_int_t v = json_integer_value(rid);
+        return v >= 0 && v <= 9007199254740991LL;
+    }
+    return 0;
+}
+
+static const char *str_field(json_t *root, const char *key)
+{
+    json_t *v = json_object_get(root, key);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err)
+{
+    memset(msg, 0, sizeof *msg);
+    memset(err, 0, sizeof *err);
+    json_error_t jerr;
+    /* JSON_REJECT_DUPLICATES: duplicate keys are bad-json (contract). Without JSON_ALLOW_NUL a
+     * \u0000 inside a string is refused, so every string we keep is a proper C string.
+     * Jansson caps nesting depth itself (2048), so deep nesting is bad-json, not a crash. */
+    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return fail(err, "bad-json", jerr.text[0] ? jerr.text : "invalid JSON", NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return fail(err, "bad-message", "a message must be a JSON object", NULL);
+    }
+    json_t *rid = json_object_get(root, "rid");
+    if (rid && !rid_ok(rid)) {
+        json_decref(root);
+        return fail(err, "bad-message",
+                    "rid must be a string of up to 64 characters or an integer 0..2^53-1", NULL);
+    }
+    json_t *type = json_object_get(root, "type");
+    if (!json_is_string(type)) {
+        int rc = fail(err, "bad-message", "missing or non-string \"type\"", rid);
+        json_decref(root);
+        return rc;
+    }
+    const char *t = json_string_value(type);
+    msg->root = root;
+    msg->rid = rid;
+    msg->type = SB_MSG_UNKNOWN;
+    for (int i = 0; i < SB_MSG_UNKNOWN; i++)
+        if (strcmp(t, sb_msg_type_names[i]) == 0)
+            msg->type = (sb_msg_type_t)i;
+
+    const char *why = NULL, *code = "bad-message";
+    switch (msg->type) {
+    case SB_MSG_JOIN: {
+        json_t *room = json_object_get(root, "room");
+        json_t *meta = json_object_get(root, "meta");
+        json_t *token = json_object_get(root, "token");
+        if (!json_is_string(room)) {
+            why = "join needs a string \"room\"";
+        } else if (!sb_proto_valid_room(json_string_value(room))) {
+            code = "bad-room";
+            why = "room names are 1 to 64 characters of [A-Za-z0-9._-]";
+        } else if (meta && !json_is_null(meta) && !json_is_object(meta)) {
+            why = "\"meta\" must be an object";
+        } else if (token && !json_is_null(token) && !json_is_string(token)) {
+            why = "\"token\" must be a string";
+        } else {
+            msg->room = json_string_value(room);
+            msg->meta = json_is_object(meta) ? meta : NULL;
+            msg->token = json_is_string(token) ? json_string_value(token) : NULL;
+            if (msg->meta) {
+                char *s = json_dumps(msg->meta, JSON_COMPACT);
+                size_t n = s ? strlen(s) : SB_META_MAX + 1;
+                free(s);
+                if (n > SB_META_MAX)
+                    why = "\"meta\" is over 1024 bytes serialized";
+            }
+        }
+        break;
+    }
+    case SB_MSG_SIGNAL:
+        msg->to = str_field(root, "to");
+        msg->data = json_object_get(root, "data");
+        if (!msg->to)
+            why = "signal needs a string \"to\"";
+        else if (!msg->data)
+            why = "signal needs \"data\"";
+        else if (!sb_proto_valid_sid(msg->to))
+            code = "peer-not-found", why = "no such peer in the room";
+        break;
+    case SB_MSG_LINK: {
+        msg->peer = str_field(root, "peer");
+        const char *state = str_field(root, "state");
+        if (!msg->peer)
+            why = "link needs a string \"peer\"";
+        else if (!state || (strcmp(state, "up") != 0 && strcmp(state, "down") != 0))
+            why = "link needs \"state\": \"up\" or \"down\"";
+        else if (!sb_proto_valid_sid(msg->peer))
+            code = "peer-not-found", why = "no such peer in the room";
+        else
+            msg->up = strcmp(state, "up") == 0;
+        break;
+    }
+    case SB_MSG_UNKNOWN:
+        code = "unknown-type";
+        why = "unknown message type";
+        break;
+    default:
+        break;
+    }
+    if (why) {
+        fail(err, code, why, rid);
+        sb_msg_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+void sb_msg_free(sb_msg_t *msg)
+{
+    if (msg->root)
+        json_decref(msg->root);
+    memset(msg, 0, sizeof *msg);
+}
+
+char *sb_proto_encode(json_t *msg, size_t *len)
+{
+    char *s = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    if (s && len)
+        *len = strlen(s);
+    return s;
+}
+
+json_t *sb_proto_reply(const char *type, json_t *rid)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "type", json_string(type));
+    if (rid)
+        json_object_set(o, "rid", rid);
+    return o;
+}
+
+char *sb_proto_error(const char *code, const char *message, json_t *rid, size_t *len)
+{
+    json_t *o = sb_proto_reply("error", rid);
+    json_object_set_new(o, "code", json_string(code));
+    json_object_set_new(o, "message", json_string(message));
+    return sb_proto_encode(o, len);
+}

@@ -1,0 +1,74 @@
+/* The WebSocket protocol v1 (contract section 3), pure: decoding and validating client
+ * messages, encoding server messages. No I/O, no Redis, no lws: unit tests and the fuzzer call
+ * it directly. */
+#ifndef SB_PROTO_H
+#define SB_PROTO_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    SB_MSG_JOIN = 0,
+    SB_MSG_SIGNAL,
+    SB_MSG_LINK,
+    SB_MSG_LEAVE,
+    SB_MSG_ICE_SERVERS,
+    SB_MSG_PING,
+    SB_MSG_UNKNOWN,
+    SB_MSG__COUNT
+} sb_msg_type_t;
+
+/* Names for metrics labels, indexed by sb_msg_type_t ("unknown" last). */
+extern const char *const sb_msg_type_names[SB_MSG__COUNT];
+
+#define SB_ROOM_MAX 64
+#define SB_META_MAX 1024
+#define SB_RID_MAX 64
+#define SB_SID_MAX 64
+
+typedef struct {
+    sb_msg_type_t type;
+    json_t *root; /* new reference: owns everything the borrowed pointers below point into */
+    json_t *rid;  /* borrowed; NULL when absent */
+    const char *room;  /* join */
+    json_t *meta;      /* join: borrowed object, or NULL */
+    const char *token; /* join: or NULL */
+    const char *to;    /* signal */
+    json_t *data;      /* signal: borrowed, any JSON value */
+    const char *peer;  /* link */
+    int up;            /* link: 1 up, 0 down */
+} sb_msg_t;
+
+typedef struct {
+    const char *code; /* contract error code: "bad-json", "bad-message", ... (static) */
+    char message[160];
+    json_t *rid; /* new reference to the rid when it was valid and known, else NULL */
+} sb_proto_err_t;
+
+/* Decodes one text frame. Returns 0 and fills msg (release with sb_msg_free), or -1 and fills
+ * err (release err->rid with json_decref). Never reads past len; buf need not be NUL
+ * terminated. */
+int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err);
+void sb_msg_free(sb_msg_t *msg);
+
+/* 1 when s is a valid room name (1..64 of [A-Za-z0-9._-]). */
+int sb_proto_valid_room(const char *s);
+/* 1 when s looks like a socket id (22..64 of [A-Za-z0-9_-]). */
+int sb_proto_valid_sid(const char *s);
+
+/* Fills out (at least 23 bytes) with a new socket id: 128 random bits from the OS, base64url,
+ * 22 characters. Returns 0 or -1 when the OS random source fails. */
+int sb_proto_new_sid(char *out, size_t outlen);
+
+/* Serializes a message object compactly; returns a malloc'd string (caller frees) or NULL.
+ * Steals msg. */
+char *sb_proto_encode(json_t *msg, size_t *len);
+
+/* {"type":"error","code":code,"message":message[,"rid":rid]}: malloc'd; rid borrowed. */
+char *sb_proto_error(const char *code, const char *message, json_t *rid, size_t *len);
+
+/* {"type":t,...} with rid attached when given (borrowed): a new object. */
+json_t *sb_proto_reply(const char *type, json_t *rid);
+
+#endif

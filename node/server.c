@@ -1,0 +1,333 @@
+/* The libwebsockets side: context on our libuv loop, and the one protocol callback, which only
+ * dispatches: HTTP endpoints here (they are small), WebSocket events to session.c. */
+#include "node.h"
+#include "embed.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+extern const sb_embed_t sb_client_files[];
+
+typedef struct {
+    sb_session_t *sess; /* WebSocket: the session (one reference) */
+    char *body;         /* HTTP: response body waiting for WRITEABLE (LWS_PRE headroom) */
+    size_t body_len;
+} pss_t;
+
+static const struct {
+    const char *path, *file;
+} static_routes[] = {
+    {"/", "index.html"},
+    {"/index.html", "index.html"},
+    {"/switchboard.js", "switchboard.js"},
+    {"/demo.js", "demo.js"},
+    {"/demo.css", "demo.css"},
+};
+
+static const char *content_type(const char *file)
+{
+    const char *dot = strrchr(file, '.');
+    if (dot && strcmp(dot, ".js") == 0)
+        return "text/javascript; charset=utf-8";
+    if (dot && strcmp(dot, ".css") == 0)
+        return "text/css; charset=utf-8";
+    return "text/html; charset=utf-8";
+}
+
+/* Writes headers now and keeps the body for HTTP_WRITEABLE. Returns what the callback returns. */
+static int respond(struct lws *wsi, pss_t *pss, unsigned status, const char *type,
+                   const char *body, size_t len, int is_page)
+{
+    unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start,
+                                       *end = hdr + sizeof hdr - 1;
+    if (lws_add_http_common_headers(wsi, status, type, (lws_filepos_t)len, &p, end))
+        return 1;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end))
+        return 1;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
+                                    (const unsigned char *)"nosniff", 7, &p, end))
+        return 1;
+    if (is_page) {
+        static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                  "connect-src 'self' ws: wss:; img-src 'self' data:; "
+                                  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)"content-security-policy:",
+                                        (const unsigned char *)csp, sizeof csp - 1, &p, end))
+            return 1;
+    }
+    if (lws_finalize_write_http_header(wsi, start, &p, end))
+        return 1;
+    pss->body = malloc(LWS_PRE + len + 1);
+    if (!pss->body)
+        return 1;
+    memcpy(pss->body + LWS_PRE, body, len);
+    pss->body_len = len;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
+{
+    char path[256] = "";
+    /* Why lws_hdr_copy and not `in`: one source for the path in every callback. */
+    if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0)
+        return respond(wsi, pss, 405, "application/json", "{\"error\":\"method not allowed\"}",
+                       30, 0);
+    char *q = strchr(path, '?');
+    if (q)
+        *q = '\0';
+    if (strcmp(path, "/livez") == 0)
+        return respond(wsi, pss, 200, "application/json", "{\"status\":\"ok\"}", 15, 0);
+    if (strcmp(path, "/readyz") == 0) {
+        const char *why = NULL;
+        char body[256];
+        int ok = sb_node_ready(n, &why);
+        int len = ok ? snprintf(body, sizeof body, "{\"status\":\"ready\"}")
+                     : snprintf(body, sizeof body, "{\"status\":\"unready\",\"reason\":\"%s\"}",
+                                why);
+        return respond(wsi, pss, ok ? 200 : 503, "application/json", body, (size_t)len, 0);
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        size_t len;
+        char *text = sb_metrics_render(n, &len);
+        int rc = respond(wsi, pss, 200, "text/plain; version=0.0.4", text ? text : "",
+                         text ? len : 0, 0);
+        free(text);
+        return rc;
+    }
+    if (strcmp(path, "/ws") == 0)
+        return respond(wsi, pss, 426, "application/json",
+                       "{\"error\":\"WebSocket upgrade required\"}", 37, 0);
+    for (size_t i = 0; i < sizeof static_routes / sizeof static_routes[0]; i++) {
+        if (strcmp(path, static_routes[i].path) != 0)
+            continue;
+        const sb_embed_t *f = sb_embed_find(sb_client_files, static_routes[i].file);
+        if (f)
+            return respond(wsi, pss, 200, content_type(f->name), f->data, f->len,
+                           strstr(f->name, ".html") != NULL);
+    }
+    return respond(wsi, pss, 404, "application/json", "{\"error\":\"not found\"}", 21, 0);
+}
+
+static int origin_allowed(struct lws *wsi, sb_node_t *n)
+{
+    if (n->cfg.allowed_origins.n == 0)
+        return 1;
+    char origin[256];
+    if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
+        return 0;
+    for (int i = 0; i < n->cfg.allowed_origins.n; i++)
+        if (strcmp(origin, n->cfg.allowed_origins.v[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
+{
+    char upgrade[32] = "", path[64] = "";
+    /* Why not `in`: libwebsockets 4.1.6 may call this after releasing the header table that
+     * `in` points into (a use-after-free fixed upstream later); lws_hdr_copy is safe. Only
+     * "websocket" is accepted, which also refuses h2c. */
+    if (lws_hdr_copy(wsi, upgrade, sizeof upgrade, WSI_TOKEN_UPGRADE) <= 0 ||
+        strcasecmp(upgrade, "websocket") != 0)
+        return -1;
+    if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0 || strcmp(path, "/ws") != 0) {
+        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
+        return 1;
+    }
+    if (!origin_allowed(wsi, n)) {
+        sb_info("refused a WebSocket upgrade: origin not allowed");
+        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
+        return 1;
+    }
+    if (n->draining) {
+        lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+static void send_welcome(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    json_t *limits = json_pack(
+        "{s:I,s:I,s:I,s:I,s:I,s:I}", "max_message_bytes", (json_int_t)n->cfg.max_message_bytes,
+        "max_room_members", (json_int_t)n->cfg.max_room_members, "rate",
+        (json_int_t)n->cfg.rate, "burst", (json_int_t)n->cfg.burst, "max_meta_bytes",
+        (json_int_t)SB_META_MAX, "max_send_queue_bytes", (json_int_t)n->cfg.max_send_queue_bytes);
+    json_t *w = json_pack("{s:s,s:s,s:s,s:i,s:o}", "type", "welcome", "id", s->id, "node",
+                          n->cfg.id, "protocol", 1, "limits", limits);
+    sb_session_send_json(s, w);
+}
+
+static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t len)
+{
+    sb_node_t *n = s->node;
+    if (s->rxlen + len > (size_t)n->cfg.max_message_bytes) {
+        /* All fragments count: the limit is on the message, not on a frame. */
+        static const char why[] = "message too big";
+        sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);
+        sb_metrics_close(n, 1009);
+        s->close_code = 1009;
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why,
+                         sizeof why - 1);
+        return -1;
+    }
+    if (s->rxlen + len > s->rxcap) {
+        size_t cap = s->rxcap ? s->rxcap : 1024;
+        while (cap < s->rxlen + len)
+            cap *= 2;
+        char *rx = realloc(s->rx, cap);
+        if (!rx)
+            return -1;
+        s->rx = rx;
+        s->rxcap = cap;
+    }
+    memcpy(s->rx + s->rxlen, in, len);
+    s->rxlen += len;
+    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
+        return 0;
+    size_t total = s->rxlen;
+    s->rxlen = 0;
+    if (lws_frame_is_binary(wsi)) {
+        n->metrics.received[SB_MSG_UNKNOWN]++;
+        sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol",
+                              NULL);
+    } else {
+        sb_session_on_message(s, s->rx, total);
+    }
+    /* Why release big buffers: an idle socket should hold no receive memory (node RSS per idle
+     * socket is a target); a small one is kept for the common small message. */
+    if (s->rxcap > 4096) {
+        free(s->rx);
+        s->rx = NULL;
+        s->rxcap = 0;
+    }
+    return 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    pss_t *pss = user;
+    struct lws_vhost *vh = lws_get_vhost(wsi);
+    sb_node_t *n = vh ? lws_vhost_user(vh) : NULL;
+    if (!n && lws_get_context(wsi))
+        n = lws_context_user(lws_get_context(wsi));
+
+    switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return confirm_upgrade(wsi, n);
+    case LWS_CALLBACK_HTTP:
+        return handle_http(wsi, pss, n);
+    case LWS_CALLBACK_HTTP_WRITEABLE: {
+        if (!pss || !pss->body)
+            break;
+        int rc = lws_write(wsi, (unsigned char *)pss->body + LWS_PRE, pss->body_len,
+                           LWS_WRITE_HTTP_FINAL);
+        free(pss->body);
+        pss->body = NULL;
+        if (rc < 0)
+            return -1;
+        if (lws_http_transaction_completed(wsi))
+            return -1;
+        break;
+    }
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        if (pss && pss->body) {
+            free(pss->body);
+            pss->body = NULL;
+        }
+        break;
+    case LWS_CALLBACK_ESTABLISHED: {
+        sb_session_t *s = sb_session_new(n, wsi);
+        if (!s)
+            return -1;
+        pss->sess = s;
+        sb_debug("session %s: connected", s->id);
+        send_welcome(s);
+        break;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        if (!pss->sess || pss->sess->closed)
+            return -1;
+        return on_receive(wsi, pss->sess, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (!pss->sess)
+            return -1;
+        return sb_session_writable(pss->sess);
+    case LWS_CALLBACK_CLOSED:
+        if (pss && pss->sess) {
+            sb_debug("session %s: closed", pss->sess->id);
+            sb_session_detach(pss->sess);
+            pss->sess = NULL;
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static const struct lws_protocols protocols[] = {
+    /* Index 0 is also what a client without a subprotocol gets: v1. rx_buffer_size is what
+     * lws allocates per connection for receiving; larger messages arrive in pieces and are
+     * reassembled in session memory only while they are in flight. */
+    {"switchboard.v1", callback, sizeof(pss_t), 1024, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+static lws_retry_bo_t idle_policy;
+
+int sb_server_start(sb_node_t *n)
+{
+    char host[256];
+    int port;
+    sb_config_split_hostport(n->cfg.listen, host, sizeof host, &port);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    void *foreign[] = {n->loop};
+    info.foreign_loops = foreign;
+    info.options = LWS_SERVER_OPTION_LIBUV |
+                   LWS_SERVER_OPTION_VALIDATE_UTF8;
+    if (!strchr(host, ':'))
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0)
+        info.iface = host;
+    info.port = port;
+    info.protocols = protocols;
+    info.user = n;
+    info.vhost_name = "switchboard";
+    info.max_http_header_data = 4096;
+    info.pt_serv_buf_size = 16384;
+    info.timeout_secs = 10;
+    /* Ping policy: lws counts whole seconds (contract: rounded up). */
+    idle_policy.secs_since_valid_ping = (uint16_t)((n->cfg.ping_interval_ms + 999) / 1000);
+    idle_policy.secs_since_valid_hangup = (uint16_t)((n->cfg.ping_timeout_ms + 999) / 1000);
+    info.retry_and_idle_policy = &idle_policy;
+    if (n->cfg.tls_cert) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = n->cfg.tls_cert;
+        info.ssl_private_key_filepath = n->cfg.tls_key;
+    }
+    lws_set_log_level(LLL_ERR, NULL);
+    n->lws = lws_create_context(&info);
+    if (!n->lws) {
+        sb_error("cannot listen on %s", n->cfg.listen);
+        return -1;
+    }
+    sb_info("node %s listening on %s (epoch %s)", n->cfg.id, n->cfg.listen, n->epoch);
+    return 0;
+}
+
+void sb_server_stop(sb_node_t *n)
+{
+    if (n->lws) {
+        lws_context_destroy(n->lws);
+        n->lws = NULL;
+    }
+}

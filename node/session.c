@@ -1,0 +1,257 @@
+/* Sessions: one per WebSocket, refcounted so that Redis replies arriving after lws closed the
+ * socket find a live struct marked closed. Owns the send queue, inbound reassembly, the rate
+ * bucket and message dispatch; what a message does to rooms lives in room.c. */
+#include "node.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
+{
+    sb_session_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    if (sb_proto_new_sid(s->id, sizeof s->id) != 0) {
+        free(s);
+        return NULL;
+    }
+    s->refs = 1;
+    s->wsi = wsi;
+    s->node = n;
+    s->connected_ms = sb_mono_ms();
+    sb_bucket_init(&s->bucket, (double)n->cfg.burst, s->connected_ms);
+    s->next = n->sessions;
+    if (n->sessions)
+        n->sessions->prev = s;
+    n->sessions = s;
+    n->nsessions++;
+    sb_map_put(&n->sess_by_id, s->id, s);
+    return s;
+}
+
+void sb_session_ref(sb_session_t *s)
+{
+    s->refs++;
+}
+
+static void free_queue(sb_session_t *s)
+{
+    sb_outmsg_t *m = s->qhead;
+    while (m) {
+        sb_outmsg_t *next = m->next;
+        free(m);
+        m = next;
+    }
+    s->node->send_queue_bytes -= s->qbytes;
+    s->qhead = s->qtail = NULL;
+    s->qbytes = 0;
+}
+
+void sb_session_unref(sb_session_t *s)
+{
+    sb_assert(s->refs > 0);
+    if (--s->refs > 0)
+        return;
+    sb_assert(s->closed);
+    free_queue(s);
+    for (int i = 0; i < s->nhalves; i++)
+        free(s->halves[i]);
+    free(s->halves);
+    free(s->meta_json);
+    free(s->rx);
+    if (s->join_rid)
+        json_decref(s->join_rid);
+    free(s);
+}
+
+void sb_session_send(sb_session_t *s, const char *text, size_t len)
+{
+    if (s->closed || s->close_code)
+        return;
+    sb_node_t *n = s->node;
+    if (s->qbytes + len > (size_t)n->cfg.max_send_queue_bytes) {
+        /* Why kill at once: a client that does not read will not read a close frame either,
+         * and its queue must not grow the node's memory. */
+        sb_warn("session %s: send queue over %lld bytes: closing 4003", s->id,
+                (long long)n->cfg.max_send_queue_bytes);
+        sb_session_close(s, 4003, "send queue full");
+        free_queue(s);
+        if (s->wsi)
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    sb_outmsg_t *m = malloc(sizeof *m + LWS_PRE + len);
+    if (!m)
+        return;
+    m->next = NULL;
+    m->len = len;
+    memcpy(m->buf + LWS_PRE, text, len);
+    if (s->qtail)
+        s->qtail->next = m;
+    else
+        s->qhead = m;
+    s->qtail = m;
+    s->qbytes += len;
+    n->send_queue_bytes += len;
+    n->metrics.sent++;
+    if (s->wsi)
+        lws_callback_on_writable(s->wsi);
+}
+
+void sb_session_send_json(sb_session_t *s, json_t *msg)
+{
+    size_t len;
+    char *text = sb_proto_encode(msg, &len);
+    if (!text)
+        return;
+    sb_session_send(s, text, len);
+    free(text);
+}
+
+void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid)
+{
+    size_t len;
+    sb_metrics_error(s->node, code);
+    char *text = sb_proto_error(code, message, rid, &len);
+    if (!text)
+        return;
+    sb_session_send(s, text, len);
+    free(text);
+}
+
+void sb_session_close(sb_session_t *s, int code, const char *reason)
+{
+    if (s->closed || s->close_code)
+        return;
+    s->close_code = code;
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
+    sb_metrics_close(s->node, code);
+    sb_debug("session %s: closing %d (%s)", s->id, code, reason);
+    if (s->wsi) {
+        lws_callback_on_writable(s->wsi);
+        /* A client that never lets us write still goes away within a few seconds. */
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, 3);
+    }
+}
+
+int sb_session_writable(sb_session_t *s)
+{
+    sb_outmsg_t *m = s->qhead;
+    if (m) {
+        s->qhead = m->next;
+        if (!s->qhead)
+            s->qtail = NULL;
+        s->qbytes -= m->len;
+        s->node->send_queue_bytes -= m->len;
+        int rc = lws_write(s->wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
+        free(m);
+        if (rc < 0)
+            return -1;
+        if (s->qhead || s->close_code) {
+            lws_callback_on_writable(s->wsi);
+        }
+        return 0;
+    }
+    if (s->close_code) {
+        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code,
+                         (unsigned char *)s->close_reason, strlen(s->close_reason));
+        return -1;
+    }
+    return 0;
+}
+
+void sb_session_detach(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    if (s->closed)
+        return;
+    s->closed = 1;
+    s->wsi = NULL;
+    if (!s->close_code)
+        sb_metrics_close(n, 1006);
+    /* Cleanup in Redis first: it needs the room and id. */
+    sb_room_disconnect(s);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        n->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    n->nsessions--;
+    sb_map_del(&n->sess_by_id, s->id);
+    free_queue(s);
+    sb_session_unref(s);
+}
+
+static void dispatch(sb_session_t *s, sb_msg_t *m)
+{
+    switch (m->type) {
+    case SB_MSG_PING: {
+        sb_session_send_json(s, sb_proto_reply("pong", m->rid));
+        break;
+    }
+    case SB_MSG_JOIN:
+        sb_room_join(s, m);
+        break;
+    case SB_MSG_LEAVE:
+        sb_room_leave(s, m->rid);
+        break;
+    case SB_MSG_SIGNAL:
+        sb_room_signal(s, m);
+        break;
+    case SB_MSG_LINK:
+        sb_room_link(s, m);
+        break;
+    case SB_MSG_ICE_SERVERS:
+        if (s->state != SS_JOINED) {
+            sb_session_send_error(s, "not-joined", "ice-servers needs a joined room", m->rid);
+            break;
+        }
+        extern json_t *sb_room_ice_servers(sb_session_t * s);
+        json_t *o = sb_proto_reply("ice-servers", m->rid);
+        json_object_set_new(o, "ice_servers", sb_room_ice_servers(s));
+        sb_session_send_json(s, o);
+        break;
+    default:
+        break;
+    }
+}
+
+void sb_session_on_message(sb_session_t *s, const char *buf, size_t len)
+{
+    sb_node_t *n = s->node;
+    if (s->close_code)
+        return;
+    sb_msg_t m;
+    sb_proto_err_t err;
+    int rc = sb_proto_decode(buf, len, &m, &err);
+    n->metrics.received[rc == 0 ? m.type : SB_MSG_UNKNOWN]++;
+    /* Rate: every message costs 1; an accepted join or leave 10 (charged here up front, since
+     * whether it will be accepted is only known after Redis answers; a refused one was still
+     * work for the node). */
+    double cost = 1;
+    if (rc == 0 && (m.type == SB_MSG_JOIN || m.type == SB_MSG_LEAVE))
+        cost = 10;
+    sb_rate_result_t rr = sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst,
+                                         cost, sb_mono_ms());
+    if (rr != SB_RATE_OK) {
+        json_t *rid = rc == 0 ? m.rid : err.rid;
+        sb_session_send_error(s, "rate-limited", "too many messages; slow down", rid);
+        if (rr == SB_RATE_ABUSE)
+            sb_session_close(s, 4002, "rate limit abuse");
+        if (rc == 0)
+            sb_msg_free(&m);
+        else if (err.rid)
+            json_decref(err.rid);
+        return;
+    }
+    if (rc != 0) {
+        sb_session_send_error(s, err.code, err.message, err.rid);
+        if (err.rid)
+            json_decref(err.rid);
+        return;
+    }
+    dispatch(s, &m);
+    sb_msg_free(&m);
+}

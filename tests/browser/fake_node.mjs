@@ -1,0 +1,382 @@
+// A scripted stand-in for Switchboard nodes and the admin, for testing the browser client alone:
+// an in-memory implementation of protocol v1 (contract section 3) behind a minimal WebSocket
+// server, serving client/ like a node does, plus /admin/mesh-status. Several "nodes" (HTTP
+// servers on different ports) share one room state, as real nodes share Redis. Tests steer it
+// to do what a real node does only in rare situations: close sockets with 1001 / 4000 / 4002,
+// refuse joins, send duplicate or unknown messages, hand out short-lived TURN credentials.
+// It is not a reference implementation: no rate limits, auth, Redis, or size limits beyond a cap.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const CLIENT_DIR = path.resolve(HERE, '../../client');
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
+// The policy the real node sends with the page.
+const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; " +
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+// ---- WebSocket framing (RFC 6455), server side ----
+
+function encodeFrame(opcode, payload) {
+    const len = payload.length;
+    let head;
+    if (len < 126) {
+        head = Buffer.from([0x80 | opcode, len]);
+    } else if (len < 65536) {
+        head = Buffer.alloc(4);
+        head[0] = 0x80 | opcode; head[1] = 126; head.writeUInt16BE(len, 2);
+    } else {
+        head = Buffer.alloc(10);
+        head[0] = 0x80 | opcode; head[1] = 127; head.writeBigUInt64BE(BigInt(len), 2);
+    }
+    return Buffer.concat([head, payload]);
+}
+
+class WsConn {
+    constructor(socket, onText, onClose) {
+        this.socket = socket;
+        this.buf = Buffer.alloc(0);
+        this.fragments = [];
+        this.closed = false;
+        this.onText = onText;
+        this.onClose = onClose;
+        socket.setNoDelay(true);
+        socket.on('data', (d) => this.#onData(d));
+        socket.on('close', () => this.#finish(1006));
+        socket.on('error', () => this.#finish(1006));
+    }
+
+    #onData(chunk) {
+        this.buf = Buffer.concat([this.buf, chunk]);
+        for (;;) {
+            if (this.buf.length < 2) return;
+            const fin = (this.buf[0] & 0x80) !== 0;
+            const opcode = this.buf[0] & 0x0f;
+            const masked = (this.buf[1] & 0x80) !== 0;
+            let len = this.buf[1] & 0x7f;
+            let off = 2;
+            if (len === 126) {
+                if (this.buf.length < 4) return;
+                len = this.buf.readUInt16BE(2); off = 4;
+            } else if (len === 127) {
+                if (this.buf.length < 10) return;
+                len = Number(this.buf.readBigUInt64BE(2)); off = 10;
+            }
+            if (len > 1 << 20) return this.close(1009, 'too big');
+            const need = off + (masked ? 4 : 0) + len;
+            if (this.buf.length < need) return;
+            let payload = this.buf.subarray(off + (masked ? 4 : 0), need);
+            if (masked) {
+                const key = this.buf.subarray(off, off + 4);
+                payload = Buffer.from(payload);
+                for (let i = 0; i < payload.length; i++) payload[i] ^= key[i & 3];
+            }
+            this.buf = this.buf.subarray(need);
+            if (opcode === 0x8) {
+                const code = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
+                this.close(code === 1005 ? 1000 : code, '');
+                return;
+            } else if (opcode === 0x9) {
+                this.#write(0xa, payload);
+            } else if (opcode === 0x1 || opcode === 0x0) {
+                this.fragments.push(payload);
+                if (fin) {
+                    const text = Buffer.concat(this.fragments).toString('utf8');
+                    this.fragments = [];
+                    this.onText(text);
+                }
+            }
+        }
+    }
+
+    #write(opcode, payload) {
+        if (!this.closed && !this.socket.destroyed) this.socket.write(encodeFrame(opcode, payload));
+    }
+
+    send(obj) {
+        this.#write(0x1, Buffer.from(JSON.stringify(obj)));
+    }
+
+    close(code = 1000, reason = '') {
+        if (this.closed) return;
+        const r = Buffer.from(reason).subarray(0, 120);
+        const p = Buffer.alloc(2 + r.length);
+        p.writeUInt16BE(code, 0);
+        r.copy(p, 2);
+        this.#write(0x8, p);
+        this.socket.end();
+        this.#finish(code);
+    }
+
+    #finish(code) {
+        if (this.closed) return;
+        this.closed = true;
+        this.socket.destroy();
+        this.onClose(code);
+    }
+}
+
+// ---- the fake cluster ----
+
+/**
+ * Starts `nodes` fake nodes and a fake admin on 127.0.0.1 (ephemeral ports).
+ * Options: nodes (ids), adminToken, turnTtlMs (0: ice_servers is []), welcomeExtra (merged into
+ * welcome), log (function). Returns the cluster object; call close() when done.
+ */
+export async function startFakeCluster({ nodes = ['fakeA', 'fakeB'], adminToken = 'fake-admin-token', turnTtlMs = 0, log = () => {} } = {}) {
+    const cluster = new FakeCluster({ adminToken, turnTtlMs, log });
+    for (const id of nodes) await cluster.addNode(id);
+    await cluster.startAdmin();
+    return cluster;
+}
+
+class FakeCluster {
+    constructor({ adminToken, turnTtlMs, log }) {
+        this.adminToken = adminToken;
+        this.turnTtlMs = turnTtlMs;
+        this.log = log;
+        this.servers = [];
+        this.urls = [];
+        this.adminUrl = null;
+        this.sockets = new Map(); // id -> session
+        this.rooms = new Map(); // room -> Map(id -> session)
+        this.received = []; // every client message: {from, msg}
+        this.joinErrors = []; // error codes the next joins get, one each
+        this.duplicateRoomEvents = false; // send every peer-joined / peer-left twice
+        this.extraFields = false; // add unknown fields and messages
+    }
+
+    async #listen(server) {
+        await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+        this.servers.push(server);
+        return `http://127.0.0.1:${server.address().port}`;
+    }
+
+    async addNode(nodeId) {
+        const server = http.createServer((req, res) => this.#serveFile(req, res));
+        server.on('upgrade', (req, socket) => this.#upgrade(nodeId, req, socket));
+        this.urls.push(await this.#listen(server));
+    }
+
+    async startAdmin() {
+        const server = http.createServer((req, res) => {
+            if (req.url === '/readyz' || req.url === '/livez') return res.end('{"ok":true}');
+            if (req.headers.authorization !== `Bearer ${this.adminToken}`) {
+                res.writeHead(401, { 'content-type': 'application/json' });
+                return res.end('{"error":"unauthorized"}');
+            }
+            if (req.url === '/admin/mesh-status') {
+                res.writeHead(200, { 'content-type': 'application/json' });
+                return res.end(JSON.stringify(this.meshStatus()));
+            }
+            res.writeHead(404).end();
+        });
+        this.adminUrl = await this.#listen(server);
+    }
+
+    close() {
+        for (const s of this.sockets.values()) s.ws.close(1001, 'shutdown');
+        for (const server of this.servers) {
+            server.close();
+            server.closeAllConnections?.();
+        }
+    }
+
+    #serveFile(req, res) {
+        const url = new URL(req.url, 'http://x');
+        if (url.pathname === '/readyz' || url.pathname === '/livez') return res.end('{"ok":true}');
+        const name = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
+        if (!/^[a-z0-9_-]+\.(html|js|css)$/.test(name)) return res.writeHead(404).end('not found');
+        fs.readFile(path.join(CLIENT_DIR, name), (err, data) => {
+            if (err) return res.writeHead(404).end('not found');
+            res.writeHead(200, {
+                'content-type': TYPES[path.extname(name)],
+                'content-security-policy': CSP,
+                'cache-control': 'no-cache',
+            });
+            res.end(data);
+        });
+    }
+
+    #upgrade(nodeId, req, socket) {
+        const key = req.headers['sec-websocket-key'];
+        if (new URL(req.url, 'http://x').pathname !== '/ws' || !key || (req.headers.upgrade || '').toLowerCase() !== 'websocket') {
+            socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+            return;
+        }
+        const accept = crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
+        const protos = (req.headers['sec-websocket-protocol'] || '').split(',').map((s) => s.trim());
+        socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+            `Sec-WebSocket-Accept: ${accept}\r\n` +
+            (protos.includes('switchboard.v1') ? 'Sec-WebSocket-Protocol: switchboard.v1\r\n' : '') + '\r\n');
+        const id = crypto.randomBytes(16).toString('base64url');
+        const s = { id, node: nodeId, room: null, meta: null, links: new Set() };
+        s.ws = new WsConn(socket, (text) => this.#onText(s, text), () => this.#onGone(s));
+        this.sockets.set(id, s);
+        const welcome = { type: 'welcome', id, node: nodeId, protocol: 1, limits: { max_message_bytes: 65536 } };
+        if (this.extraFields) welcome.future_field = { x: 1 };
+        s.ws.send(welcome);
+    }
+
+    iceServers(id) {
+        if (!this.turnTtlMs) return [];
+        const expiry = Math.floor((Date.now() + this.turnTtlMs) / 1000);
+        const username = `${expiry}:${id}`;
+        const credential = crypto.createHmac('sha1', 'fake-secret').update(username).digest('base64');
+        // Port 9 on loopback: nothing answers, so relay gathering fails quietly.
+        return [{ urls: ['turn:127.0.0.1:9?transport=udp'], username, credential }];
+    }
+
+    #reply(s, msg, rid) {
+        if (rid !== undefined) msg.rid = rid;
+        s.ws.send(msg);
+    }
+
+    #error(s, code, rid, message = code) {
+        this.#reply(s, { type: 'error', code, message }, rid);
+    }
+
+    #toRoom(room, exceptId, msg) {
+        for (const m of this.rooms.get(room)?.values() || []) {
+            if (m.id === exceptId) continue;
+            m.ws.send(msg);
+            if (this.duplicateRoomEvents && (msg.type === 'peer-joined' || msg.type === 'peer-left')) m.ws.send(msg);
+        }
+    }
+
+    #onText(s, text) {
+        let msg;
+        try {
+            msg = JSON.parse(text);
+        } catch {
+            return this.#error(s, 'bad-json');
+        }
+        this.received.push({ from: s.id, msg });
+        const rid = msg.rid;
+        switch (msg.type) {
+        case 'ping': return this.#reply(s, { type: 'pong' }, rid);
+        case 'join': return this.#join(s, msg, rid);
+        case 'leave':
+            if (!s.room) return this.#error(s, 'not-joined', rid);
+            this.#reply(s, { type: 'left', room: s.room }, rid);
+            return this.#removeMember(s, 'leave');
+        case 'signal': {
+            if (!s.room) return this.#error(s, 'not-joined', rid);
+            const to = this.rooms.get(s.room).get(msg.to);
+            if (!to) return this.#error(s, 'peer-not-found', rid);
+            to.ws.send({ type: 'signal', from: s.id, data: msg.data });
+            if (rid !== undefined) this.#reply(s, { type: 'signal-ack' }, rid);
+            return;
+        }
+        case 'link': return this.#link(s, msg, rid);
+        case 'ice-servers':
+            if (!s.room) return this.#error(s, 'not-joined', rid);
+            return this.#reply(s, { type: 'ice-servers', ice_servers: this.iceServers(s.id) }, rid);
+        default: return this.#error(s, 'unknown-type', rid);
+        }
+    }
+
+    #join(s, msg, rid) {
+        if (s.room) return this.#error(s, 'already-joined', rid);
+        if (typeof msg.room !== 'string' || !ROOM_RE.test(msg.room)) return this.#error(s, 'bad-room', rid);
+        if (this.joinErrors.length) return this.#error(s, this.joinErrors.shift(), rid);
+        if (!this.rooms.has(msg.room)) this.rooms.set(msg.room, new Map());
+        const room = this.rooms.get(msg.room);
+        const peers = [...room.values()].map((m) => ({ id: m.id, meta: m.meta }));
+        s.room = msg.room;
+        s.meta = msg.meta && typeof msg.meta === 'object' ? msg.meta : {};
+        room.set(s.id, s);
+        const joined = { type: 'joined', room: msg.room, id: s.id, peers, ice_servers: this.iceServers(s.id) };
+        if (this.extraFields) joined.unknown_field = 'ignored';
+        this.#reply(s, joined, rid);
+        if (this.extraFields) s.ws.send({ type: 'from-the-future', x: 1 });
+        this.#toRoom(msg.room, s.id, { type: 'peer-joined', id: s.id, meta: s.meta });
+    }
+
+    #formed(a, b) {
+        return a.links.has(b.id) && b.links.has(a.id);
+    }
+
+    #link(s, msg, rid) {
+        if (!s.room) return this.#error(s, 'not-joined', rid);
+        const peer = this.rooms.get(s.room).get(msg.peer);
+        if (!peer || peer === s) return this.#error(s, 'peer-not-found', rid);
+        if (msg.state !== 'up' && msg.state !== 'down') return this.#error(s, 'bad-message', rid);
+        const was = this.#formed(s, peer);
+        if (msg.state === 'up') s.links.add(peer.id);
+        else { s.links.delete(peer.id); peer.links.delete(s.id); }
+        this.#reply(s, { type: 'link-ack', peer: peer.id, state: msg.state }, rid);
+        const now = this.#formed(s, peer);
+        if (was !== now) {
+            const state = now ? 'up' : 'down';
+            s.ws.send({ type: 'link-state', peer: peer.id, state });
+            peer.ws.send({ type: 'link-state', peer: s.id, state });
+        }
+    }
+
+    #removeMember(s, reason) {
+        if (!s.room) return;
+        const room = this.rooms.get(s.room);
+        room.delete(s.id);
+        for (const m of room.values()) m.links.delete(s.id);
+        s.links.clear();
+        const name = s.room;
+        s.room = null;
+        this.#toRoom(name, s.id, { type: 'peer-left', id: s.id, reason });
+        if (room.size === 0) this.rooms.delete(name);
+    }
+
+    #onGone(s) {
+        this.sockets.delete(s.id);
+        this.#removeMember(s, 'disconnect');
+    }
+
+    /** Closes every socket (of one node, if given) with a close code, as a node would. */
+    closeSockets(code, reason = '', nodeId = null) {
+        for (const s of [...this.sockets.values()]) {
+            if (nodeId === null || s.node === nodeId) s.ws.close(code, reason);
+        }
+    }
+
+    /** Messages of a type the clients sent, in order. */
+    sent(type) {
+        return this.received.filter((r) => r.msg.type === type);
+    }
+
+    meshStatus() {
+        let links = 0;
+        const users = new Set();
+        let members = 0;
+        for (const room of this.rooms.values()) {
+            const list = [...room.values()];
+            members += list.length;
+            for (let i = 0; i < list.length; i++) {
+                for (let j = i + 1; j < list.length; j++) {
+                    if (this.#formed(list[i], list[j])) {
+                        links++;
+                        users.add(list[i].id);
+                        users.add(list[j].id);
+                    }
+                }
+            }
+        }
+        const nodes = [...new Set([...this.sockets.values()].map((s) => s.node))];
+        return {
+            nodes: nodes.map((id) => ({ id, epoch: 'fake', sockets: [...this.sockets.values()].filter((s) => s.node === id).length, age_ms: 0, draining: false })),
+            rooms: this.rooms.size, active_users: members, p2p_links: links, p2p_users: users.size,
+        };
+    }
+}
+
+// `node fake_node.mjs` runs a fake cluster until interrupted, for trying the demo page by hand.
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+    const cluster = await startFakeCluster({ turnTtlMs: Number(process.env.FAKE_TURN_TTL_MS || 0) });
+    console.log(`nodes: ${cluster.urls.join(' ')}\nadmin: ${cluster.adminUrl} (token ${cluster.adminToken})`);
+    process.on('SIGINT', () => { cluster.close(); process.exit(0); });
+    process.on('SIGTERM', () => { cluster.close(); process.exit(0); });
+}

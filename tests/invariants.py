@@ -1,0 +1,192 @@
+"""The contract's Redis invariants (CONTRACT.md section 4), checked from outside by SCAN.
+
+Test-only code: it walks the whole keyspace, which no production path may do. `check` returns
+human readable violations (an empty list means the state is consistent); `truth` computes the
+cluster figures from the sets and hashes alone, ignoring every counter.
+Key names follow lua/README.md. Room names, socket ids and node ids never contain '{', '}' or
+a space, so key names and socket index entries split unambiguously.
+"""
+import json
+import re
+
+
+def _room_keys(r, prefix):
+    """{room: {"members", "nodes", "degree", "stats", "presence": [S], "links": [S]}}."""
+    pat = re.compile(re.escape(prefix) + r":\{([^}]*)\}:(members|nodes|degree|stats|"
+                     r"presence:(.+)|links:(.+))$")
+    rooms = {}
+    for key in r.scan_iter(match=f"{prefix}:{{*}}:*", count=1000):
+        m = pat.match(key)
+        if not m:
+            rooms.setdefault("?", {}).setdefault("unknown", []).append(key)
+            continue
+        room, kind = m.group(1), m.group(2)
+        ent = rooms.setdefault(room, {"presence": [], "links": [], "unknown": []})
+        if m.group(3) is not None:
+            ent["presence"].append(m.group(3))
+        elif m.group(4) is not None:
+            ent["links"].append(m.group(4))
+        else:
+            ent[kind] = True
+    return rooms
+
+
+def _node_of(rec):
+    try:
+        node = json.loads(rec).get("node")
+    except (ValueError, AttributeError):
+        return None
+    return node if isinstance(node, str) else None
+
+
+def _room_truth(r, prefix, room, link_owners):
+    """(members {S: record}, halves {S: set}, degree {S: n}, links) of one room;
+    link_owners: the S of every P:{R}:links:S key."""
+    base = f"{prefix}:{{{room}}}:"
+    members = r.hgetall(base + "members")
+    halves = {s: set(r.smembers(base + "links:" + s)) for s in link_owners}
+    degree = {}
+    for s in members:
+        d = sum(1 for b in halves.get(s, ()) if b in members and b != s
+                and s in halves.get(b, ()))
+        if d:
+            degree[s] = d
+    return members, halves, degree, sum(degree.values()) // 2
+
+
+def truth(r, prefix="sb"):
+    """Cluster figures from the sets: rooms with members, members, formed links, linked."""
+    out = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    for room, ent in _room_keys(r, prefix).items():
+        if room == "?":
+            continue
+        members, _, degree, links = _room_truth(r, prefix, room, ent["links"])
+        if members:
+            out["rooms"] += 1
+        out["members"] += len(members)
+        out["links"] += links
+        out["linked"] += len(degree)
+    return out
+
+
+def _int_fields(h, fields):
+    out = {}
+    for f in fields:
+        v = h.get(f)
+        try:
+            out[f] = int(v) if v is not None else 0
+        except ValueError:
+            out[f] = v
+    return out
+
+
+def check(r, prefix="sb", presence=True):
+    """Violations of the invariants, as readable strings; [] when consistent.
+
+    presence=False skips "every member has a live presence key" (tests that look before the
+    admin's reconcile has reaped a dead node's sockets)."""
+    bad = []
+    rooms = _room_keys(r, prefix)
+    for key in rooms.pop("?", {}).get("unknown", []):
+        bad.append(f"unexpected key {key}")
+    expected_entries = {}  # node -> set of "R S"
+    sums = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    nonempty = set()
+    for room, ent in sorted(rooms.items()):
+        base = f"{prefix}:{{{room}}}:"
+        members, halves, degree, links = _room_truth(r, prefix, room, ent["links"])
+        if not members:
+            for kind in ("members", "nodes", "degree", "stats"):
+                if ent.get(kind):
+                    bad.append(f"room {room}: no members but {base}{kind} exists")
+            for s in ent["presence"]:
+                bad.append(f"room {room}: presence of {s} in an empty room")
+            for s in ent["links"]:
+                bad.append(f"room {room}: links of {s} in an empty room")
+            continue
+        nonempty.add(room)
+        # Halves: from members, towards members, never to oneself (invariant 1).
+        for s, hs in sorted(halves.items()):
+            if s not in members:
+                bad.append(f"room {room}: {s} holds halves {sorted(hs)} but is not a member")
+            for b in sorted(hs):
+                if b not in members:
+                    bad.append(f"room {room}: half {s}->{b} points at a non-member")
+                if b == s:
+                    bad.append(f"room {room}: half {s}->{s} points at itself")
+        # Presence (invariant 2): members have it, with their node and a TTL; nobody else does.
+        for s in sorted(ent["presence"]):
+            if s not in members:
+                bad.append(f"room {room}: presence key of non-member {s}")
+        for s, rec in sorted(members.items()):
+            node = _node_of(rec)
+            if node is None:
+                bad.append(f"room {room}: record of {s} has no node: {rec!r}")
+                continue
+            expected_entries.setdefault(node, set()).add(f"{room} {s}")
+            pkey = base + "presence:" + s
+            val = r.get(pkey)
+            if val is None:
+                if presence:
+                    bad.append(f"room {room}: member {s} has no presence key")
+                continue
+            if val != node:
+                bad.append(f"room {room}: presence of {s} is {val!r}, record says {node!r}")
+            if r.pttl(pkey) < 0:
+                bad.append(f"room {room}: presence of {s} has no TTL")
+        # Degree hash.
+        stored = {k: v for k, v in r.hgetall(base + "degree").items()}
+        want = {k: str(v) for k, v in degree.items()}
+        if stored != want:
+            bad.append(f"room {room}: degree hash {stored} != {want}")
+        # Nodes hash.
+        per_node = {}
+        for rec in members.values():
+            node = _node_of(rec)
+            if node is not None:
+                per_node[node] = per_node.get(node, 0) + 1
+        stored = r.hgetall(base + "nodes")
+        want = {k: str(v) for k, v in per_node.items()}
+        if stored != want:
+            bad.append(f"room {room}: nodes hash {stored} != {want}")
+        # Room figures (invariant 3).
+        st = r.hgetall(base + "stats")
+        have = _int_fields(st, ("members", "links", "linked"))
+        want = {"members": len(members), "links": links, "linked": len(degree)}
+        if have != want:
+            bad.append(f"room {room}: stats {have} != truth {want}")
+        try:
+            if int(st.get("seq", "0")) <= 0:
+                raise ValueError
+        except ValueError:
+            bad.append(f"room {room}: no valid seq in stats: {st.get('seq')!r}")
+        for k in want:
+            sums[k] += want[k]
+    sums["rooms"] = len(nonempty)
+
+    # Global figures.
+    have = _int_fields(r.hgetall(f"{prefix}:stats"), ("rooms", "members", "links", "linked"))
+    if have != sums:
+        bad.append(f"{prefix}:stats {have} != sum of rooms {sums}")
+    listed = set(r.smembers(f"{prefix}:rooms"))
+    if listed != nonempty:
+        bad.append(f"{prefix}:rooms {sorted(listed)} != non-empty rooms {sorted(nonempty)}")
+
+    # Socket index: P:node:N:sockets holds exactly "R S" for each member hosted by N.
+    node_re = re.compile(re.escape(prefix) + r":node:(.+):sockets$")
+    indexed = {}
+    for key in r.scan_iter(match=f"{prefix}:node:*:sockets", count=1000):
+        m = node_re.match(key)
+        if m and r.type(key) == "set":
+            indexed[m.group(1)] = set(r.smembers(key))
+    for node in sorted(set(indexed) | set(expected_entries)):
+        have, want = indexed.get(node, set()), expected_entries.get(node, set())
+        for e in sorted(have - want):
+            bad.append(f"socket index of {node}: {e!r} is not a member hosted there")
+        for e in sorted(want - have):
+            bad.append(f"socket index of {node}: {e!r} missing")
+    known = set(r.smembers(f"{prefix}:nodes"))
+    for node in sorted(n for n, v in indexed.items() if v):
+        if node not in known:
+            bad.append(f"node {node} hosts sockets but is not in {prefix}:nodes")
+    return bad

@@ -1,0 +1,184 @@
+"""Fixtures for the Lua script tests: one real redis-server per module (tests/harness.py),
+FLUSHALL before each test, the scripts of lua/ loaded with SCRIPT LOAD and called with EVALSHA,
+a pub/sub listener on every node channel, and a "wrote nothing" check."""
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+
+import pytest
+import redis
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
+LUA_DIR = os.path.join(ROOT, "lua")
+sys.path.insert(0, TESTS)
+
+from harness import RedisServer  # noqa: E402
+import invariants  # noqa: E402
+
+PREFIX = "sb"
+
+
+def script_files():
+    return sorted(f for f in os.listdir(LUA_DIR) if f.endswith(".lua"))
+
+
+class Scripts:
+    """EVALSHA wrappers named after the scripts; arguments in the order of their legends."""
+
+    def __init__(self, r, prefix=PREFIX):
+        self.r = r
+        self.prefix = prefix
+        self.sha = {}
+        for f in script_files():
+            with open(os.path.join(LUA_DIR, f)) as fh:
+                self.sha[f[:-4]] = r.script_load(fh.read())
+
+    def members_key(self, room):
+        return f"{self.prefix}:{{{room}}}:members"
+
+    def room_call(self, name, room, *args):
+        return self.r.evalsha(self.sha[name], 1, self.members_key(room), self.prefix, room,
+                              *args)
+
+    def join(self, room, sid, node="n1", epoch="e1", meta="{}", ttl=15000, max_members=64):
+        return self.room_call("room_join", room, sid, node, epoch, meta, ttl, max_members)
+
+    def remove(self, room, sid, mode="leave", node="n1", events_max=1000):
+        return self.room_call("room_remove", room, sid, mode, node, events_max)
+
+    def link(self, room, sid, peer, state="up", node="n1"):
+        return self.room_call("link_set", room, sid, peer, state, node)
+
+    def read(self, room):
+        return self.room_call("room_read", room)
+
+    def assert_(self, room, sid, node="n1", epoch="e1", meta="{}", ttl=15000, peers=()):
+        return self.room_call("room_assert", room, sid, node, epoch, meta, ttl, *peers)
+
+    def check(self, room):
+        return self.room_call("room_check", room)
+
+    def stats_check(self):
+        return self.r.evalsha(self.sha["stats_check"], 0, self.prefix)
+
+    def node_forget(self, node):
+        return self.r.evalsha(self.sha["node_forget"], 0, self.prefix, node)
+
+    def admin_lock(self, holder, ttl_ms):
+        return self.r.evalsha(self.sha["admin_lock"], 0, self.prefix, holder, ttl_ms)
+
+
+class Events:
+    """Everything published on P:node:*, read up to a sentinel so nothing is left in flight:
+    Redis delivers one subscriber's messages in publish order, so once the sentinel (published
+    after the calls under test returned) arrives, every earlier event has arrived too."""
+
+    def __init__(self, server, prefix=PREFIX):
+        self.prefix = prefix
+        self.client = server.client()
+        self.ps = self.client.pubsub()
+        self.ps.psubscribe(f"{prefix}:node:*")
+        m = self.ps.get_message(timeout=5.0)  # the confirmation: subscribed from here on
+        assert m and m["type"] == "psubscribe", m
+        self.sentinel = f"{prefix}:node:__sentinel__"
+
+    def drain(self):
+        """[(node, event dict)] published since the last drain, in order."""
+        nonce = uuid.uuid4().hex
+        self.client.publish(self.sentinel, nonce)
+        out = []
+        deadline = time.monotonic() + 5.0
+        while True:
+            m = self.ps.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            if m is None:
+                if time.monotonic() < deadline:
+                    continue
+                raise AssertionError("pub/sub sentinel never arrived")
+            if m["type"] != "pmessage":
+                continue
+            if m["channel"] == self.sentinel:
+                if m["data"] == nonce:
+                    return out
+                continue
+            node = m["channel"][len(self.prefix) + len(":node:"):]
+            out.append((node, json.loads(m["data"])))
+
+    def close(self):
+        self.ps.close()
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = RedisServer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def r(server):
+    c = server.client()
+    c.config_set("maxmemory", 0)
+    c.flushall()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def raw(server):
+    """A client without decoding, for DUMP."""
+    c = redis.Redis(host="127.0.0.1", port=server.port)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def sb(r):
+    return Scripts(r)
+
+
+@pytest.fixture
+def events(server, r):
+    e = Events(server)
+    yield e
+    e.close()
+
+
+def snapshot(raw):
+    """{key: (DUMP, has a TTL)} of the whole keyspace (test-only SCAN)."""
+    out = {}
+    for k in raw.scan_iter(count=1000):
+        out[k] = (raw.dump(k), raw.pttl(k) >= 0)
+    return out
+
+
+def dirty(r):
+    """Redis's count of writes since the last save: unchanged when a script wrote nothing."""
+    return r.info("persistence")["rdb_changes_since_last_save"]
+
+
+@pytest.fixture
+def writes_nothing(r, raw, events):
+    """Context manager: the block writes no key and publishes no event."""
+    @contextlib.contextmanager
+    def guard():
+        events.drain()
+        before, d0 = snapshot(raw), dirty(r)
+        yield
+        assert dirty(r) == d0, "the script wrote"
+        assert snapshot(raw) == before
+        assert events.drain() == []
+    return guard
+
+
+@pytest.fixture
+def consistent(r):
+    """Asserts the invariants hold (presence optional)."""
+    def ok(presence=True):
+        bad = invariants.check(r, PREFIX, presence=presence)
+        assert bad == [], "\n".join(bad)
+    return ok

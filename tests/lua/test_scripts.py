@@ -1,0 +1,890 @@
+"""The Lua scripts of lua/, each run through a real redis-server: the keys it writes, TTLs,
+the events it publishes, its reply, and the contract's invariants after every call."""
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+
+from conftest import LUA_DIR, PREFIX, ROOT, script_files
+import invariants
+
+TTL = 15000
+SCRIPTS = {"room_join", "room_remove", "link_set", "room_read", "room_assert", "room_check",
+           "stats_check", "node_forget", "admin_lock"}
+
+
+def K(room, what):
+    return f"{PREFIX}:{{{room}}}:{what}"
+
+
+def rec(node="n1", epoch="e1", meta="{}"):
+    return '{"node":%s,"epoch":%s,"meta":%s}' % (json.dumps(node), json.dumps(epoch), meta)
+
+
+def ints(h):
+    return {k: int(v) for k, v in h.items()}
+
+
+def now_us():
+    return int(time.time() * 1e6)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def test_every_script_exists_starts_with_shebang_and_has_a_legend():
+    names = {f[:-4] for f in script_files()}
+    assert names == SCRIPTS
+    for f in script_files():
+        with open(os.path.join(LUA_DIR, f)) as fh:
+            lines = fh.read().split("\n")
+        want = "#!lua flags=no-writes" if f == "room_read.lua" else "#!lua"
+        assert lines[0] == want, f
+        legend = []
+        for line in lines[1:]:
+            if not line.startswith("--"):
+                break
+            legend.append(line)
+        text = "\n".join(legend)
+        assert legend[0].startswith(f"-- {f[:-4]}: "), f
+        for word in ("KEYS", "ARGV[1]", "Returns", "Does:", "Does not:"):
+            assert word in text, (f, word)
+        assert all(ord(c) < 128 for c in "\n".join(lines)), f"{f}: keep the scripts ASCII"
+
+
+def test_writing_scripts_are_refused_under_oom_before_running(r, sb, consistent):
+    sb.join("a", "A")
+    r.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            sb.join("a", "B")
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            sb.link("a", "A", "A")
+        assert sb.read("a")[1:] == ["A", rec()]  # no-writes: still served
+    finally:
+        r.config_set("maxmemory", 0)
+    assert r.hkeys(K("a", "members")) == ["A"]
+    consistent()
+
+
+def test_embedded_sha1_matches_script_load(r, tmp_path):
+    """cmake/embed.cmake computes the SHA1 that EVALSHA uses: it must be Redis's."""
+    if not shutil.which("cmake"):
+        pytest.skip("cmake not installed")
+    files = [os.path.join(LUA_DIR, f) for f in script_files()]
+    out = tmp_path / "lua_scripts.c"
+    subprocess.run(["cmake", f"-DOUT={out}", "-DSYMBOL=sb_lua_files", "-DFILES=" + ";".join(files),
+                    "-P", os.path.join(ROOT, "cmake", "embed.cmake")], check=True)
+    text = out.read_text()
+    for f in files:
+        with open(f, "rb") as fh:
+            data = fh.read()
+        sha = r.script_load(data.decode())
+        assert sha == hashlib.sha1(data).hexdigest()
+        name = os.path.basename(f)
+        assert re.search(r'\{"%s", \(const char \*\)data_\d+, %d, "%s"\}' %
+                         (re.escape(name), len(data), sha), text), name
+
+
+def test_wrong_members_key_is_an_error(r, sb):
+    for name in ("room_join", "room_remove", "link_set", "room_read", "room_assert",
+                 "room_check"):
+        with pytest.raises(redis.ResponseError, match="KEYS\\[1\\] must be"):
+            r.evalsha(sb.sha[name], 1, K("other", "members"), PREFIX, "a", "A", "n1", "e1",
+                      "{}", TTL, 64)
+    assert r.dbsize() == 0
+
+
+# --- room_join --------------------------------------------------------------------------------
+
+def test_join_creates_room_and_member(r, sb, events, consistent):
+    t0 = now_us()
+    meta = '{"name":"a\\u00e9\\"x","tags":[],"o":{}}'
+    reply = sb.join("a", "A", "n1", "ep1", meta, TTL, 64)
+    t1 = now_us()
+    assert reply[0] == "ok"
+    seq = reply[1]
+    assert isinstance(seq, int) and t0 + 1 <= seq <= t1 + 1
+    assert reply[2:] == ["A", rec("n1", "ep1", meta)]
+    # keys
+    assert r.hgetall(K("a", "members")) == {"A": rec("n1", "ep1", meta)}
+    assert r.get(K("a", "presence:A")) == "n1"
+    assert 0 < r.pttl(K("a", "presence:A")) <= TTL
+    assert ints(r.hgetall(K("a", "nodes"))) == {"n1": 1}
+    assert r.smembers(f"{PREFIX}:node:n1:sockets") == {"a A"}
+    assert r.smembers(f"{PREFIX}:nodes") == {"n1"}
+    assert r.smembers(f"{PREFIX}:rooms") == {"a"}
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 1, "seq": seq}
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 1, "members": 1}
+    assert r.exists(K("a", "degree"), K("a", "links:A")) == 0
+    # event, meta relayed verbatim ([] stays [])
+    ev = events.drain()
+    assert ev == [("n1", {"t": "join", "room": "a", "seq": seq, "id": "A", "node": "n1",
+                          "meta": json.loads(meta)})]
+    consistent()
+
+
+def test_join_event_text_is_exact_and_keeps_empty_arrays(r, server, sb):
+    ps = server.client().pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(f"{PREFIX}:node:n1")
+    while ps.get_message(timeout=1) is None and not ps.subscribed:
+        pass
+    time.sleep(0.05)
+    seq = sb.join("a", "A", "n1", "e", '{"x":[],"y":{}}')[1]
+    m = None
+    deadline = time.time() + 5
+    while m is None and time.time() < deadline:
+        m = ps.get_message(timeout=1)
+    assert m["data"] == ('{"t":"join","room":"a","seq":%d,"id":"A","node":"n1",'
+                         '"meta":{"x":[],"y":{}}}' % seq)
+    ps.close()
+
+
+def test_second_join_on_other_node_notifies_both_nodes(r, sb, events, consistent):
+    s1 = sb.join("a", "A", "n1")[1]
+    events.drain()
+    reply = sb.join("a", "B", "n2", "e2", '{"k":1}')
+    assert reply[0] == "ok" and reply[1] == s1 + 1
+    assert dict(zip(reply[2::2], reply[3::2])) == {"A": rec(), "B": rec("n2", "e2", '{"k":1}')}
+    ev = events.drain()
+    want = {"t": "join", "room": "a", "seq": s1 + 1, "id": "B", "node": "n2", "meta": {"k": 1}}
+    assert sorted(n for n, _ in ev) == ["n1", "n2"] and all(e == want for _, e in ev)
+    assert ints(r.hgetall(K("a", "nodes"))) == {"n1": 1, "n2": 1}
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 1, "members": 2}
+    assert r.smembers(f"{PREFIX}:nodes") == {"n1", "n2"}
+    # a third member on n1: one event per node, not per member
+    sb.join("a", "C", "n1")
+    assert sorted(n for n, _ in events.drain()) == ["n1", "n2"]
+    assert ints(r.hgetall(K("a", "nodes"))) == {"n1": 2, "n2": 1}
+    consistent()
+
+
+def test_join_exists_writes_nothing(r, sb, writes_nothing, consistent):
+    sb.join("a", "A")
+    with writes_nothing():
+        assert sb.join("a", "A") == ["exists"]
+        assert sb.join("a", "A", "n2") == ["exists"]
+    # a presence key alone (no record) also means exists
+    r.set(K("b", "presence:X"), "n1", px=TTL)
+    with writes_nothing():
+        assert sb.join("b", "X") == ["exists"]
+    r.delete(K("b", "presence:X"))
+    consistent()
+
+
+def test_join_room_full_writes_nothing(r, sb, writes_nothing, consistent):
+    assert sb.join("a", "A", max_members=2)[0] == "ok"
+    assert sb.join("a", "B", max_members=2)[0] == "ok"
+    with writes_nothing():
+        assert sb.join("a", "C", max_members=2) == ["room-full"]
+    assert sb.join("a", "C", max_members=3)[0] == "ok"
+    consistent()
+
+
+def test_join_rejects_bad_arguments(r, sb):
+    with pytest.raises(redis.ResponseError):
+        sb.join("a", "A", ttl=0)
+    with pytest.raises(redis.ResponseError):
+        sb.join("a", "A", meta="[]")
+    with pytest.raises(redis.ResponseError):
+        sb.join("a", "A", meta="")
+    assert r.dbsize() == 0
+
+
+# --- link_set ---------------------------------------------------------------------------------
+
+def three(sb):
+    sb.join("a", "A", "n1")
+    sb.join("a", "B", "n2")
+    return sb.join("a", "C", "n1")[1]
+
+
+def test_link_up_from_one_side_forms_nothing(r, sb, events, consistent):
+    seq = three(sb)
+    events.drain()
+    assert sb.link("a", "A", "B", "up", "n1") == ["ok", 0]
+    assert r.smembers(K("a", "links:A")) == {"B"}
+    assert r.exists(K("a", "links:B"), K("a", "degree")) == 0
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 3, "seq": seq}
+    assert events.drain() == []
+    consistent()
+
+
+def test_link_up_from_both_sides_forms_one_link(r, sb, events, writes_nothing, consistent):
+    seq = three(sb)
+    sb.link("a", "A", "B", "up", "n1")
+    events.drain()
+    assert sb.link("a", "B", "A", "up", "n2") == ["ok", 1]
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 3, "links": 1, "linked": 2, "seq": seq}
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 1, "members": 3, "links": 1,
+                                                   "linked": 2}
+    assert ints(r.hgetall(K("a", "degree"))) == {"A": 1, "B": 1}
+    want = {"t": "link", "room": "a", "seq": seq, "a": "B", "b": "A", "state": "up"}
+    assert sorted(events.drain(), key=lambda x: x[0]) == [("n1", want), ("n2", want)]
+    consistent()
+    # repeated up from either side changes nothing
+    with writes_nothing():
+        assert sb.link("a", "A", "B", "up", "n1") == ["ok", 0]
+        assert sb.link("a", "B", "A", "up", "n2") == ["ok", 0]
+    # a second link: A's degree 2, linked 3 (C joins the linked)
+    sb.link("a", "A", "C", "up", "n1")
+    assert sb.link("a", "C", "A", "up", "n1") == ["ok", 1]
+    ev = events.drain()
+    assert ev == [("n1", {"t": "link", "room": "a", "seq": seq, "a": "C", "b": "A",
+                          "state": "up"})]  # same node: once
+    assert ints(r.hgetall(K("a", "degree"))) == {"A": 2, "B": 1, "C": 1}
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 3, "links": 2, "linked": 3, "seq": seq}
+    consistent()
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_link_down_from_either_side_removes_both_halves(r, sb, events, writes_nothing,
+                                                        consistent, side):
+    seq = three(sb)
+    sb.link("a", "A", "B", "up", "n1")
+    sb.link("a", "B", "A", "up", "n2")
+    events.drain()
+    other = "B" if side == "A" else "A"
+    node = {"A": "n1", "B": "n2"}
+    assert sb.link("a", side, other, "down", node[side]) == ["ok", 1]
+    assert r.exists(K("a", "links:A"), K("a", "links:B"), K("a", "degree")) == 0
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 3, "links": 0, "linked": 0, "seq": seq}
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 1, "members": 3, "links": 0,
+                                                   "linked": 0}
+    want = {"t": "link", "room": "a", "seq": seq, "a": side, "b": other, "state": "down"}
+    assert sorted(events.drain(), key=lambda x: x[0]) == [("n1", want), ("n2", want)]
+    consistent()
+    with writes_nothing():
+        assert sb.link("a", side, other, "down", node[side]) == ["ok", 0]
+        assert sb.link("a", other, side, "down", node[other]) == ["ok", 0]
+
+
+def test_link_down_of_a_lone_half_removes_it_without_event(r, sb, events, consistent):
+    three(sb)
+    sb.link("a", "A", "B", "up", "n1")
+    events.drain()
+    # B takes back a link it never reported: A's half goes (both halves are removed), no event
+    assert sb.link("a", "B", "A", "down", "n2") == ["ok", 0]
+    assert r.exists(K("a", "links:A")) == 0
+    assert events.drain() == []
+    consistent()
+
+
+def test_link_refusals_write_nothing(r, sb, writes_nothing, consistent):
+    three(sb)
+    sb.link("a", "A", "B", "up", "n1")
+    with writes_nothing():
+        assert sb.link("a", "A", "Z", "up", "n1") == ["peer-not-found"]
+        assert sb.link("a", "A", "A", "up", "n1") == ["peer-not-found"]
+        assert sb.link("a", "A", "B", "up", "n2") == ["gone"]  # presence held by n1
+        assert sb.link("a", "Z", "A", "up", "n1") == ["gone"]
+    r.delete(K("a", "presence:B"))
+    with writes_nothing():
+        assert sb.link("a", "B", "A", "up", "n2") == ["gone"]
+        assert sb.link("a", "B", "A", "down", "n2") == ["gone"]
+    with pytest.raises(redis.ResponseError):
+        sb.link("a", "A", "B", "sideways", "n1")
+    consistent(presence=False)
+
+
+# --- room_remove ------------------------------------------------------------------------------
+
+def mesh(sb, events):
+    """A(n1) B(n2) C(n1) D(n2) E(n3). Formed: A-B, A-C, B-C. Halves: D->A, A->E."""
+    for s, n in (("A", "n1"), ("B", "n2"), ("C", "n1"), ("D", "n2"), ("E", "n3")):
+        seq = sb.join("a", s, n)[1]
+    node = {"A": "n1", "B": "n2", "C": "n1", "D": "n2", "E": "n3"}
+    for x, y in (("A", "B"), ("B", "A"), ("A", "C"), ("C", "A"), ("B", "C"), ("C", "B"),
+                 ("D", "A"), ("A", "E")):
+        sb.link("a", x, y, "up", node[x])
+    events.drain()
+    return seq
+
+
+@pytest.mark.parametrize("mode", ["leave", "disconnect"])
+def test_remove_with_links_in_both_directions(r, sb, events, consistent, mode):
+    seq = mesh(sb, events)
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 5, "links": 3, "linked": 3, "seq": seq}
+    consistent()
+    assert sb.remove("a", "A", mode, "n1", 100) == ["ok", 2, seq + 1]
+    # every half to or from A is gone, both directions
+    assert r.exists(K("a", "links:A")) == 0
+    assert r.exists(K("a", "links:D")) == 0
+    assert r.smembers(K("a", "links:B")) == {"C"} and r.smembers(K("a", "links:C")) == {"B"}
+    assert ints(r.hgetall(K("a", "degree"))) == {"B": 1, "C": 1}
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 4, "links": 1, "linked": 2,
+                                                "seq": seq + 1}
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 1, "members": 4, "links": 1,
+                                                   "linked": 2}
+    assert r.exists(K("a", "presence:A")) == 0
+    assert "A" not in r.hkeys(K("a", "members"))
+    assert ints(r.hgetall(K("a", "nodes"))) == {"n1": 1, "n2": 2, "n3": 1}
+    assert r.smembers(f"{PREFIX}:node:n1:sockets") == {"a C"}
+    assert invariants.truth(r) == {"rooms": 1, "members": 4, "links": 1, "linked": 2}
+    # one "left" per node still in the room
+    want = {"t": "left", "room": "a", "seq": seq + 1, "id": "A", "reason": mode}
+    assert sorted(events.drain(), key=lambda x: x[0]) == [("n1", want), ("n2", want),
+                                                          ("n3", want)]
+    # the activity log
+    entries = r.xrange(f"{PREFIX}:events")
+    assert len(entries) == 1
+    fields = entries[0][1]
+    assert fields["type"] == "p2p-cleanup"
+    assert json.loads(fields["data"]) == {"reason": mode, "room": "a", "id": "A",
+                                          "stale_connections": 2, "remaining_connections": 1,
+                                          "active_users": 4}
+    consistent()
+
+
+def test_remove_without_formed_links_logs_nothing(r, sb, events, consistent):
+    sb.join("a", "A", "n1")
+    sb.join("a", "B", "n1")
+    sb.link("a", "A", "B", "up", "n1")
+    assert sb.remove("a", "A", "leave", "n1")[:2] == ["ok", 0]
+    assert r.exists(f"{PREFIX}:events", K("a", "links:A")) == 0
+    consistent()
+
+
+def test_remove_twice_is_harmless(r, sb, events, writes_nothing, consistent):
+    seq = mesh(sb, events)
+    assert sb.remove("a", "B", "leave", "n2") == ["ok", 2, seq + 1]
+    with writes_nothing():
+        assert sb.remove("a", "B", "leave", "n2") == ["gone"]
+        assert sb.remove("a", "B", "disconnect", "n2") == ["gone"]
+    # expired for a socket no longer a member: gone, and nothing else to drop
+    with writes_nothing():
+        assert sb.remove("a", "B", "expired", "n2") == ["gone"]
+    consistent()
+
+
+def test_remove_refuses_when_presence_is_gone_or_foreign(r, sb, events, writes_nothing,
+                                                         consistent):
+    mesh(sb, events)
+    with writes_nothing():
+        assert sb.remove("a", "A", "leave", "n2") == ["gone"]  # not the owner
+    r.delete(K("a", "presence:A"))
+    with writes_nothing():
+        assert sb.remove("a", "A", "leave", "n1") == ["gone"]
+        assert sb.remove("a", "A", "disconnect", "n1") == ["gone"]
+        assert sb.link("a", "A", "B", "down", "n1") == ["gone"]
+    consistent(presence=False)
+
+
+def test_expired_refuses_while_live_then_reaps(r, sb, events, writes_nothing, consistent):
+    seq = mesh(sb, events)
+    with writes_nothing():
+        assert sb.remove("a", "B", "expired", "n2") == ["live"]
+        assert sb.remove("a", "B", "expired", "") == ["live"]
+    r.delete(K("a", "presence:B"))  # as if its TTL ran out
+    assert sb.remove("a", "B", "expired", "n2") == ["ok", 2, seq + 1]
+    want = {"t": "left", "room": "a", "seq": seq + 1, "id": "B", "reason": "expired"}
+    assert sorted(events.drain(), key=lambda x: x[0]) == [("n1", want), ("n2", want),
+                                                          ("n3", want)]
+    assert json.loads(r.xrange(f"{PREFIX}:events")[-1][1]["data"])["reason"] == "expired"
+    assert sb.remove("a", "B", "expired", "n2") == ["gone"]
+    consistent()
+
+
+def test_expired_drops_a_stale_index_entry(r, sb, consistent):
+    sb.join("a", "A", "n1")
+    r.sadd(f"{PREFIX}:node:n1:sockets", "a GHOST")
+    assert sb.remove("a", "GHOST", "expired", "n1") == ["gone"]
+    assert r.smembers(f"{PREFIX}:node:n1:sockets") == {"a A"}
+    assert sb.remove("a", "GHOST", "expired", "") == ["gone"]
+    consistent()
+
+
+def test_presence_without_record_is_dropped_by_its_owner(r, sb, consistent):
+    r.set(K("a", "presence:X"), "n1", px=TTL)
+    r.sadd(f"{PREFIX}:node:n1:sockets", "a X")
+    assert sb.remove("a", "X", "leave", "n1") == ["gone"]
+    assert r.dbsize() == 0
+
+
+def test_last_member_deletes_room_and_seq_restarts_higher(r, sb, events, consistent):
+    sb.join("a", "A", "n1")
+    sb.join("a", "B", "n2")
+    sb.link("a", "A", "B", "up", "n1")
+    seq = sb.link("a", "B", "A", "up", "n2") and int(r.hget(K("a", "stats"), "seq"))
+    sb.join("b", "X", "n1")
+    assert sb.remove("a", "A", "leave", "n1") == ["ok", 1, seq + 1]
+    events.drain()
+    assert sb.remove("a", "B", "disconnect", "n2") == ["ok", 0, 0]
+    assert events.drain() == []  # nobody left to tell
+    for what in ("members", "nodes", "degree", "stats", "links:A", "links:B", "presence:B"):
+        assert r.exists(K("a", what)) == 0, what
+    assert r.smembers(f"{PREFIX}:rooms") == {"b"}
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 1, "members": 1, "links": 0,
+                                                   "linked": 0}
+    assert r.smembers(f"{PREFIX}:node:n2:sockets") == set()
+    assert sb.read("a") == [0]
+    consistent()
+    # the room comes back with a sequence above anything it used before
+    again = sb.join("a", "C", "n1")[1]
+    assert again > seq + 1
+    consistent()
+
+
+def test_remove_caps_the_activity_log(r, sb, consistent):
+    r.config_set("stream-node-max-entries", 2)
+    try:
+        for i in range(12):
+            sb.join("a", f"A{i}", "n1")
+            sb.join("a", f"B{i}", "n1")
+            sb.link("a", f"A{i}", f"B{i}", "up", "n1")
+            sb.link("a", f"B{i}", f"A{i}", "up", "n1")
+            assert sb.remove("a", f"A{i}", "leave", "n1", 3)[:2] == ["ok", 1]
+        assert 3 <= r.xlen(f"{PREFIX}:events") <= 5
+    finally:
+        r.config_set("stream-node-max-entries", 100)
+    consistent()
+
+
+def test_remove_rejects_bad_mode(r, sb):
+    sb.join("a", "A")
+    with pytest.raises(redis.ResponseError):
+        sb.remove("a", "A", "kick", "n1")
+    assert r.hexists(K("a", "members"), "A")
+
+
+# --- room_read --------------------------------------------------------------------------------
+
+def test_read(r, sb, writes_nothing):
+    with writes_nothing():
+        assert sb.read("a") == [0]
+    sb.join("a", "A", "n1", "e", '{"n":[]}')
+    seq = sb.join("a", "B", "n2")[1]
+    with writes_nothing():
+        reply = sb.read("a")
+    assert reply[0] == seq
+    assert dict(zip(reply[1::2], reply[2::2])) == {"A": rec("n1", "e", '{"n":[]}'),
+                                                   "B": rec("n2")}
+
+
+# --- room_assert ------------------------------------------------------------------------------
+
+def state(r):
+    """Everything room_assert must restore: records, presence owners, halves, figures."""
+    out = {}
+    for k in r.scan_iter(count=1000):
+        t = r.type(k)
+        if k.endswith(":stats") and t == "hash":
+            out[k] = {f: v for f, v in r.hgetall(k).items() if f != "seq"}
+        elif t == "hash":
+            out[k] = r.hgetall(k)
+        elif t == "set":
+            out[k] = r.smembers(k)
+        elif t == "string":
+            out[k] = r.get(k)
+    return out
+
+
+def test_assert_after_data_loss_restores_everything(r, sb, events, consistent):
+    # A(n1) B(n2) C(n1); formed A-B and A-C; B holds a lone half towards C.
+    metas = {"A": '{"name":"a","l":[]}', "B": "{}", "C": '{"c":1}'}
+    nodes = {"A": "n1", "B": "n2", "C": "n1"}
+    for s in "ABC":
+        sb.join("a", s, nodes[s], "ep-" + nodes[s], metas[s])
+    sb.join("b", "X", "n2", "ep-n2")
+    for x, y in (("A", "B"), ("B", "A"), ("A", "C"), ("C", "A"), ("B", "C")):
+        sb.link("a", x, y, "up", nodes[x])
+    halves = {s: r.smembers(K("a", "links:" + s)) for s in "ABC"}
+    halves["X"] = set()
+    rooms = {"A": "a", "B": "a", "C": "a", "X": "b"}
+    nodes["X"] = "n2"
+    metas["X"] = "{}"
+    before = state(r)
+    old_seq = int(r.hget(K("a", "stats"), "seq"))
+    consistent()
+
+    r.flushall()
+    events.drain()
+    # Each node re-asserts its sockets; the nodes run concurrently, in any order.
+    for s in ("B", "A", "X", "C"):
+        n = nodes[s]
+        assert sb.assert_(rooms[s], s, n, "ep-" + n, metas[s], TTL, sorted(halves[s])) == \
+            ["ok", 1]
+        consistent()
+    # A half towards a peer not yet re-asserted was skipped; the holder's node re-sends it
+    # with link_set when it sees that peer's "join" (what the C node does), and only then.
+    ev = events.drain()
+    joins = [(n, e["id"]) for n, e in ev if e["t"] == "join"]
+    for node, joined in joins:
+        for s, hs in halves.items():
+            if nodes[s] == node and joined in hs:
+                assert sb.link(rooms[s], s, joined, "up", node)[0] == "ok"
+    assert {e["t"] for _, e in events.drain()} == {"link"}
+    consistent()
+    assert state(r) == before
+    assert 0 < r.pttl(K("a", "presence:A")) <= TTL
+    assert int(r.hget(K("a", "stats"), "seq")) > old_seq
+
+    # Asserting again changes nothing but presence.
+    for s in "ABCX":
+        n = nodes[s]
+        assert sb.assert_(rooms[s], s, n, "ep-" + n, metas[s], TTL, sorted(halves[s])) == \
+            ["ok", 0]
+    assert state(r) == before
+    assert [e for _, e in events.drain()] == []
+    consistent()
+
+
+def test_assert_forms_link_and_publishes(r, sb, events, consistent):
+    sb.join("a", "A", "n1")
+    sb.join("a", "B", "n2")
+    sb.link("a", "B", "A", "up", "n2")
+    seq = int(r.hget(K("a", "stats"), "seq"))
+    events.drain()
+    # A's presence lapsed (as after a long Redis outage); its node re-asserts it with its half
+    r.delete(K("a", "presence:A"))
+    assert sb.assert_("a", "A", "n1", "e1", "{}", 5000, ["B", "NOBODY", "A"]) == ["ok", 0]
+    assert 0 < r.pttl(K("a", "presence:A")) <= 5000
+    assert r.smembers(K("a", "links:A")) == {"B"}
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 2, "links": 1, "linked": 2, "seq": seq}
+    want = {"t": "link", "room": "a", "seq": seq, "a": "A", "b": "B", "state": "up"}
+    assert sorted(events.drain(), key=lambda x: x[0]) == [("n1", want), ("n2", want)]
+    consistent()
+
+
+def test_assert_restores_a_missing_index_entry(r, sb, consistent):
+    sb.join("a", "A", "n1")
+    r.delete(f"{PREFIX}:node:n1:sockets")
+    r.srem(f"{PREFIX}:nodes", "n1")
+    assert sb.assert_("a", "A", "n1") == ["ok", 0]
+    assert r.smembers(f"{PREFIX}:node:n1:sockets") == {"a A"}
+    assert r.smembers(f"{PREFIX}:nodes") == {"n1"}
+    consistent()
+
+
+# --- room_check -------------------------------------------------------------------------------
+
+def test_check_of_a_consistent_room_fixes_nothing(r, sb, events, writes_nothing):
+    mesh(sb, events)
+    with writes_nothing():
+        assert sb.check("a") == [0, 0, 0]
+
+
+def test_check_repairs_planted_corruption(r, sb, events, consistent):
+    seq = mesh(sb, events)  # formed A-B, A-C, B-C; halves D->A, A->E
+    sb.join("b", "X", "n1")
+    # wrong room counter, with P:stats carrying the same error (a buggy delta applied to both)
+    r.hset(K("a", "stats"), "members", 7)
+    r.hincrby(f"{PREFIX}:stats", "members", 2)
+    # a wrong counter in the other room alone (P:stats right): the check brings P:stats along
+    r.hset(K("b", "stats"), "linked", 4)
+    # half link towards a non-member, and to oneself
+    r.sadd(K("a", "links:B"), "GHOST", "B")
+    # wrong degree (C is 2), an extra field (D has no formed link), a missing one (B)
+    r.hset(K("a", "degree"), mapping={"C": 5, "D": 1})
+    r.hdel(K("a", "degree"), "B")
+    # wrong nodes hash: wrong count, extra node, missing node
+    r.hset(K("a", "nodes"), mapping={"n2": 5, "n9": 1})
+    r.hdel(K("a", "nodes"), "n3")
+    # a missing socket index entry
+    r.srem(f"{PREFIX}:node:n1:sockets", "a C")
+    # a member whose node died
+    r.delete(K("a", "presence:D"))
+    assert invariants.check(r, PREFIX, presence=False) != []
+
+    reply = sb.check("a")
+    # counters: members, n2, n9, n3, index entry = 5; halves: 2; degree: C, D, B = 3
+    assert reply == [5, 2, 3, "D"]
+    # the other room: its stats says linked 4, P:stats does not; the check applies -4 to both,
+    # which leaves P:stats short by 4 until stats_check (P:stats had no error to remove)
+    assert sb.check("b") == [1, 0, 0]
+    assert ints(r.hgetall(K("a", "stats"))) == {"members": 5, "links": 3, "linked": 3, "seq": seq}
+    assert ints(r.hgetall(K("a", "degree"))) == {"A": 2, "B": 2, "C": 2}
+    assert ints(r.hgetall(K("a", "nodes"))) == {"n1": 2, "n2": 2, "n3": 1}
+    assert r.smembers(K("a", "links:B")) == {"A", "C"}
+    assert sb.stats_check() == [1]
+    consistent(presence=False)
+    assert invariants.truth(r) == {"rooms": 2, "members": 6, "links": 3, "linked": 3}
+    # the admin reaps what the check returned
+    assert sb.remove("a", "D", "expired", "n2")[0] == "ok"
+    consistent()
+    assert sb.check("a") == [0, 0, 0]
+    assert sb.check("b") == [0, 0, 0]
+    assert sb.stats_check() == [0]
+
+
+def test_check_repairs_a_global_error_shared_with_the_room(r, sb, consistent):
+    sb.join("a", "A", "n1")
+    sb.join("a", "B", "n1")
+    sb.link("a", "A", "B", "up", "n1")
+    sb.link("a", "B", "A", "up", "n1")
+    for key in (K("a", "stats"), f"{PREFIX}:stats"):
+        r.hincrby(key, "links", 3)
+        r.hincrby(key, "linked", -1)
+    assert sb.check("a") == [2, 0, 0]
+    consistent()
+
+
+def test_check_deletes_an_empty_room(r, sb, consistent):
+    sb.join("b", "X", "n1")
+    # leftovers of room z: listed, counted, with figures, no members
+    r.hset(K("z", "stats"), mapping={"members": 2, "links": 0, "linked": 1, "seq": 5})
+    r.hset(K("z", "degree"), "Q", 1)
+    r.hset(K("z", "nodes"), "n1", 2)
+    r.sadd(f"{PREFIX}:rooms", "z")
+    for f, v in (("rooms", 1), ("members", 2), ("linked", 1)):
+        r.hincrby(f"{PREFIX}:stats", f, v)
+    assert sb.check("z") == [3, 0, 1]  # members, linked, nodes n1; degree Q
+    for what in ("stats", "degree", "nodes", "members"):
+        assert r.exists(K("z", what)) == 0
+    consistent()
+    # only listed: no figure to fix
+    r.sadd(f"{PREFIX}:rooms", "y")
+    r.hincrby(f"{PREFIX}:stats", "rooms", 1)
+    assert sb.check("y") == [0, 0, 0]
+    consistent()
+    # a room that never existed
+    assert sb.check("never") == [0, 0, 0]
+    consistent()
+
+
+def test_check_adds_a_missing_seq_and_room_listing(r, sb, consistent):
+    sb.join("a", "A", "n1")
+    r.hdel(K("a", "stats"), "seq")
+    r.srem(f"{PREFIX}:rooms", "a")
+    r.hincrby(f"{PREFIX}:stats", "rooms", -1)
+    t0 = now_us()
+    assert sb.check("a") == [2, 0, 0]
+    assert int(r.hget(K("a", "stats"), "seq")) >= t0
+    consistent()
+
+
+# --- stats_check ------------------------------------------------------------------------------
+
+def test_stats_check(r, sb, events, writes_nothing, consistent):
+    with writes_nothing():
+        assert sb.stats_check() == [0]
+    mesh(sb, events)
+    sb.join("b", "X", "n1")
+    sb.join("c", "Y", "n2")
+    with writes_nothing():
+        assert sb.stats_check() == [0]
+    r.hset(f"{PREFIX}:stats", mapping={"rooms": 9, "members": 1, "links": 3})
+    r.hdel(f"{PREFIX}:stats", "linked")
+    assert sb.stats_check() == [3]
+    assert ints(r.hgetall(f"{PREFIX}:stats")) == {"rooms": 3, "members": 7, "links": 3,
+                                                   "linked": 3}
+    assert sb.stats_check() == [0]
+    consistent()
+
+
+# --- node_forget ------------------------------------------------------------------------------
+
+def test_node_forget(r, sb, writes_nothing, consistent):
+    sb.join("a", "A", "n1")
+    r.set(f"{PREFIX}:node:n1", '{"epoch":"e1"}', px=TTL)
+    with writes_nothing():
+        assert sb.node_forget("n1") == 0  # lease and sockets
+    r.delete(f"{PREFIX}:node:n1")
+    with writes_nothing():
+        assert sb.node_forget("n1") == 0  # sockets still to reap
+    r.delete(K("a", "presence:A"))
+    assert sb.remove("a", "A", "expired", "n1")[0] == "ok"
+    r.set(f"{PREFIX}:node:n1", '{"epoch":"e2"}', px=TTL)
+    assert sb.node_forget("n1") == 0  # lease back: a live node
+    r.delete(f"{PREFIX}:node:n1")
+    assert sb.node_forget("n1") == 1
+    assert r.smembers(f"{PREFIX}:nodes") == set()
+    assert r.exists(f"{PREFIX}:node:n1:sockets") == 0
+    assert sb.node_forget("n1") == 1  # idempotent
+    consistent()
+    # a join puts the node back in the reap index
+    sb.join("a", "B", "n1")
+    assert r.smembers(f"{PREFIX}:nodes") == {"n1"}
+    consistent()
+
+
+# --- admin_lock -------------------------------------------------------------------------------
+
+def test_admin_lock(r, sb):
+    lock = f"{PREFIX}:admin:lock"
+    assert sb.admin_lock("adm1", 10000) == 1
+    assert r.get(lock) == "adm1" and 0 < r.pttl(lock) <= 10000
+    r.pexpire(lock, 100)
+    assert sb.admin_lock("adm1", 10000) == 1  # renewed
+    assert 100 < r.pttl(lock) <= 10000
+    assert sb.admin_lock("adm2", 10000) == 0
+    assert r.get(lock) == "adm1" and r.pttl(lock) > 100
+    r.delete(lock)  # lapsed
+    assert sb.admin_lock("adm2", 10000) == 1
+    assert r.get(lock) == "adm2"
+    with pytest.raises(redis.ResponseError):
+        sb.admin_lock("adm2", 0)
+
+
+# --- randomized -------------------------------------------------------------------------------
+
+class Model:
+    """What the scripts should leave behind, kept independently of them."""
+
+    def __init__(self):
+        self.rooms = {}  # room -> {sid: node}
+        self.halves = {}  # sid -> set of peers
+        self.where = {}  # sid -> room
+        self.dead = set()  # members whose presence is gone (not yet reaped)
+
+    def figures(self):
+        out = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+        for room, mem in self.rooms.items():
+            if not mem:
+                continue
+            out["rooms"] += 1
+            out["members"] += len(mem)
+            for s in mem:
+                d = sum(1 for b in self.halves.get(s, ()) if s in self.halves.get(b, ()))
+                out["links"] += d
+                out["linked"] += 1 if d else 0
+        out["links"] //= 2
+        return out
+
+    def remove(self, s):
+        room = self.where.pop(s)
+        del self.rooms[room][s]
+        self.halves.pop(s, None)
+        for b in self.rooms[room]:
+            self.halves.get(b, set()).discard(s)
+        self.dead.discard(s)
+
+
+def test_randomized_operations_keep_the_invariants(r, sb, events):
+    rnd = random.Random(20240611)
+    rooms = ["r0", "r1", "r2", "r3"]
+    nodes = ["n1", "n2", "n3"]
+    m = Model()
+    next_id = 0
+    last_seq = {}  # (node, room) -> last membership seq seen
+    counts = {}
+
+    def live_members():
+        return [s for s in m.where if s not in m.dead]
+
+    def pick_peer(s):
+        room = m.where[s]
+        choices = [b for b in m.rooms[room] if b != s]
+        if not choices or rnd.random() < 0.05:
+            return "nobody"
+        return rnd.choice(choices)
+
+    for batch in range(40):
+        for _ in range(100):
+            op = rnd.choices(["join", "link", "leave", "die", "reap", "stale", "check"],
+                             [25, 45, 10, 5, 6, 5, 4])[0]
+            counts[op] = counts.get(op, 0) + 1
+            if op == "join" or not m.where:
+                room, node = rnd.choice(rooms), rnd.choice(nodes)
+                s = f"s{next_id}"
+                next_id += 1
+                reply = sb.join(room, s, node, "e" + node, '{"i":%d}' % next_id, TTL, 8)
+                mem = m.rooms.setdefault(room, {})
+                if len(mem) >= 8:
+                    assert reply == ["room-full"]
+                else:
+                    assert reply[0] == "ok"
+                    mem[s] = node
+                    m.where[s] = room
+                    assert sorted(reply[2::2]) == sorted(mem)
+            elif op == "link":
+                alive = live_members()
+                if not alive:
+                    continue
+                s = rnd.choice(alive)
+                room, node = m.where[s], m.rooms[m.where[s]][s]
+                b = pick_peer(s)
+                state = "up" if rnd.random() < 0.7 else "down"
+                reply = sb.link(room, s, b, state, node)
+                if b not in m.rooms[room]:
+                    assert reply == ["peer-not-found"]
+                    continue
+                mine, theirs = m.halves.setdefault(s, set()), m.halves.setdefault(b, set())
+                if state == "up":
+                    changed = b not in mine and s in theirs
+                    mine.add(b)
+                else:
+                    changed = b in mine and s in theirs
+                    mine.discard(b)
+                    theirs.discard(s)
+                assert reply == ["ok", int(changed)]
+            elif op == "leave":
+                alive = live_members()
+                if not alive:
+                    continue
+                s = rnd.choice(alive)
+                room, node = m.where[s], m.rooms[m.where[s]][s]
+                mode = rnd.choice(["leave", "disconnect"])
+                mine = m.halves.get(s, set())
+                formed = sum(1 for b in mine if s in m.halves.get(b, set()))
+                reply = sb.remove(room, s, mode, node, 50)
+                m.remove(s)
+                assert reply[:2] == ["ok", formed]
+                assert (reply[2] == 0) == (not m.rooms[room])
+            elif op == "die":
+                alive = live_members()
+                if not alive:
+                    continue
+                s = rnd.choice(alive)
+                r.delete(K(m.where[s], "presence:" + s))
+                m.dead.add(s)
+            elif op == "reap":
+                target = rnd.choice(sorted(m.where))
+                room, node = m.where[target], m.rooms[m.where[target]][target]
+                reply = sb.remove(room, target, "expired", node, 50)
+                if target in m.dead:
+                    formed = sum(1 for b in m.halves.get(target, ())
+                                 if target in m.halves.get(b, set()))
+                    m.remove(target)
+                    assert reply[:2] == ["ok", formed]
+                else:
+                    assert reply == ["live"]
+            elif op == "stale":
+                # a script for a socket whose presence is gone, or that left already
+                if m.dead and rnd.random() < 0.5:
+                    s = rnd.choice(sorted(m.dead))
+                    room, node = m.where[s], m.rooms[m.where[s]][s]
+                else:
+                    s, room, node = "left-long-ago", rnd.choice(rooms), rnd.choice(nodes)
+                assert sb.link(room, s, "x", "up", node) == ["gone"]
+                assert sb.remove(room, s, "leave", node) == ["gone"]
+            elif op == "check":
+                room = rnd.choice(rooms)
+                dead = sorted(s for s in m.dead if m.where[s] == room)
+                reply = sb.check(room)
+                assert reply[:3] == [0, 0, 0]
+                assert sorted(reply[3:]) == dead
+                assert sb.stats_check() == [0]
+        bad = invariants.check(r, PREFIX, presence=False)
+        assert bad == [], f"batch {batch}:\n" + "\n".join(bad)
+        want = m.figures()
+        assert invariants.truth(r) == want
+        g = r.hgetall(f"{PREFIX}:stats")
+        assert {k: int(g.get(k, 0)) for k in want} == want
+        # events: per node and room, membership sequence numbers only go up; a link event
+        # carries the sequence of the last membership change
+        for node, e in events.drain():
+            key = (node, e["room"])
+            if e["t"] in ("join", "left"):
+                assert e["seq"] > last_seq.get(key, 0), (key, e)
+                last_seq[key] = e["seq"]
+            else:
+                assert e["t"] == "link" and e["seq"] <= max(
+                    v for (n, rm), v in last_seq.items() if rm == e["room"])
+    # every kind of operation ran many times
+    assert all(counts.get(op, 0) > 50 for op in ("join", "link", "leave", "die", "reap"))
+    # reap everything that died; the state stays consistent with presence required
+    for s in sorted(m.dead):
+        room, node = m.where[s], m.rooms[m.where[s]][s]
+        assert sb.remove(room, s, "expired", node)[0] == "ok"
+        m.remove(s)
+    bad = invariants.check(r, PREFIX)
+    assert bad == [], "\n".join(bad)
+    assert invariants.truth(r) == m.figures()
