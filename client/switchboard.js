@@ -313,9 +313,14 @@ export class Switchboard extends EventTarget {
         }
         let delay = null;
         if (this.#opts.reconnect && this.#state !== 'closed') {
-            if (code === 1001) delay = 0; // draining: the load balancer sends us elsewhere
-            else if (code === 4000) delay = Math.floor(Math.random() * this.#opts.reconnect.minMs); // reaped: rejoin soon
-            else delay = backoffDelay(this.#attempt++, this.#opts.reconnect);
+            // After a session that worked (attempt 0): 1001 draining reconnects at once (the
+            // load balancer sends us to a ready node), 4000 (reaped while the node had lost
+            // Redis) soon. A repeat before the next successful join backs off, so a node that
+            // keeps closing new sockets is not hammered.
+            if (code === 1001 && this.#attempt === 0) delay = 0;
+            else if (code === 4000 && this.#attempt === 0) delay = Math.floor(Math.random() * this.#opts.reconnect.minMs);
+            else delay = backoffDelay(this.#attempt, this.#opts.reconnect);
+            this.#attempt++;
         }
         this.#state = delay === null ? 'idle' : 'connecting';
         this.#emit('disconnected', { code, reason: reason || '', reconnectInMs: delay });
@@ -440,7 +445,10 @@ export class Switchboard extends EventTarget {
                     try {
                         await this.#request({ type: 'leave' });
                     } catch (err) {
-                        if (gen === this.#gen && err.code !== 'not-joined') {
+                        if (gen !== this.#gen) return;
+                        if (err.code === 'not-joined') {
+                            this.#onLeft({}); // the server says we are in no room: agree
+                        } else {
                             this.#emitError(err);
                             this.#drop(1000, 'leave failed'); // a fresh socket is in no room
                             return;
@@ -453,6 +461,7 @@ export class Switchboard extends EventTarget {
             } while (this.#syncAgain);
         } finally {
             this.#syncing = false;
+            if (this.#joinedRoom && this.#joinedRoom === this.#room) this.#resolveJoinWaiters();
             // A call that arrived while this run was awaiting (maybe on a socket that has
             // since been replaced) starts a fresh run on the current socket.
             if (this.#syncAgain) {
@@ -519,12 +528,7 @@ export class Switchboard extends EventTarget {
         const early = this.#early;
         this.#early = [];
         for (const m of early) this.#dispatch(m);
-        const waiters = this.#joinWaiters;
-        this.#joinWaiters = [];
-        for (const w of waiters) {
-            if (w.room === msg.room) w.resolve({ room: msg.room, id: this.#id, peers: this.peers });
-            else this.#joinWaiters.push(w);
-        }
+        this.#resolveJoinWaiters();
         // join() or leave() was called for another room while this join was in flight.
         if (this.#room !== msg.room) this.#syncRoom();
     }
@@ -538,6 +542,17 @@ export class Switchboard extends EventTarget {
         this.#teardown('local');
         this.#emit('left', { room: typeof msg.room === 'string' ? msg.room : room });
         for (const resolve of this.#leaveWaiters.splice(0)) resolve();
+    }
+
+    // Resolves the join() promises for the room we are in now.
+    #resolveJoinWaiters() {
+        const room = this.#joinedRoom;
+        const waiters = this.#joinWaiters;
+        this.#joinWaiters = [];
+        for (const w of waiters) {
+            if (w.room === room) w.resolve({ room, id: this.#id, peers: this.peers });
+            else this.#joinWaiters.push(w);
+        }
     }
 
     #rejectJoinWaiters(err) {
@@ -565,6 +580,9 @@ export class Switchboard extends EventTarget {
             // The socket with the smaller id yields in an offer collision (the polite side).
             polite: this.#id < id,
             makingOffer: false, ignoreOffer: false, answerPending: false,
+            offering: null, // settles when our setLocalDescription(offer) in flight is done
+            offerGathered: true, // our latest local offer has produced a candidate (or gathered all)
+            gatherWaiters: [],
             reported: 'down', // the last link state we told the server
             reporting: false,
             link: 'down', // the last link-state the server told us
@@ -574,7 +592,11 @@ export class Switchboard extends EventTarget {
         this.#peers.set(id, p);
         pc.onnegotiationneeded = () => this.#negotiate(p);
         pc.onicecandidate = ({ candidate }) => {
+            this.#offerGathered(p); // a candidate, or null for the end of gathering
             if (candidate && !p.closed) this.#signal(p, { candidate: candidate.toJSON() });
+        };
+        pc.onicegatheringstatechange = () => {
+            if (pc.iceGatheringState === 'complete') this.#offerGathered(p);
         };
         pc.onconnectionstatechange = () => this.#onConnectionState(p);
         this.#emit('peer-joined', { id, meta, initial });
@@ -602,7 +624,8 @@ export class Switchboard extends EventTarget {
         p.closed = true;
         this.#peers.delete(p.id);
         const pc = p.pc;
-        pc.onnegotiationneeded = pc.onicecandidate = pc.onconnectionstatechange = null;
+        pc.onnegotiationneeded = pc.onicecandidate = pc.onconnectionstatechange = pc.onicegatheringstatechange = null;
+        this.#offerGathered(p);
         try { pc.close(); } catch { /* already closed */ }
     }
 
@@ -620,14 +643,19 @@ export class Switchboard extends EventTarget {
 
     async #negotiate(p) {
         const pc = p.pc;
+        let done;
+        p.offering = new Promise((resolve) => { done = resolve; });
         try {
             p.makingOffer = true;
+            p.offerGathered = false;
             await pc.setLocalDescription();
             if (!p.closed && pc.localDescription) this.#signal(p, { description: pc.localDescription.toJSON() });
         } catch (e) {
             if (!p.closed) this.#emitError(e, p.id);
         } finally {
             p.makingOffer = false;
+            p.offering = null;
+            done();
         }
     }
 
@@ -649,10 +677,20 @@ export class Switchboard extends EventTarget {
         if (p.closed) return;
         const pc = p.pc;
         if (description && typeof description === 'object') {
+            // Chromium (seen in 156) may never gather candidates again when an offer's
+            // setLocalDescription is still running as setRemoteDescription rolls it back, so
+            // let our own offer finish first; the collision rules below work the same.
+            while (p.offering) await p.offering;
+            if (p.closed) return;
             const readyForOffer = !p.makingOffer && (pc.signalingState === 'stable' || p.answerPending);
             const collision = description.type === 'offer' && !readyForOffer;
             p.ignoreOffer = !p.polite && collision;
             if (p.ignoreOffer) return;
+            // Chromium (seen in 156) never gathers again on a connection whose local offer is
+            // rolled back before that offer produced its first candidate; even an ICE restart
+            // does not revive it. So the polite side lets gathering start before yielding.
+            if (collision && pc.signalingState === 'have-local-offer') await this.#untilOfferGathered(p);
+            if (p.closed) return;
             p.answerPending = description.type === 'answer';
             try {
                 await pc.setRemoteDescription(description);
@@ -671,6 +709,22 @@ export class Switchboard extends EventTarget {
                 if (!p.ignoreOffer && !p.closed) throw e;
             }
         }
+    }
+
+    #offerGathered(p) {
+        p.offerGathered = true;
+        for (const resolve of p.gatherWaiters.splice(0)) resolve();
+    }
+
+    // Resolves once our local offer has produced a candidate or finished gathering, or after
+    // 2 s: host candidates take milliseconds, so the bound only matters for a machine without
+    // any usable interface.
+    #untilOfferGathered(p) {
+        if (p.offerGathered || p.closed) return Promise.resolve();
+        return new Promise((resolve) => {
+            const timer = setTimeout(() => this.#offerGathered(p), 2000);
+            p.gatherWaiters.push(() => { clearTimeout(timer); resolve(); });
+        });
     }
 
     #onConnectionState(p) {

@@ -6,9 +6,11 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define FIELD(cfg, opt, type) ((type *)((char *)(cfg) + (opt)->offset))
@@ -60,10 +62,16 @@ int sb_config_split_hostport(const char *s, char *host, size_t hostlen, int *por
     }
     if (hl == 0 || hl >= hostlen)
         return -1;
-    char *end;
-    errno = 0;
-    long p = strtol(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || p < 1 || p > 65535)
+    /* Digits only: strtol alone would also take " 80" and "+80". */
+    long p = 0;
+    const char *d = colon + 1;
+    if (!*d)
+        return -1;
+    for (; *d; d++) {
+        if (!isdigit((unsigned char)*d) || (p = p * 10 + (*d - '0')) > 65535)
+            return -1;
+    }
+    if (p < 1)
         return -1;
     memcpy(host, h, hl);
     host[hl] = '\0';
@@ -88,16 +96,39 @@ static int valid_origin(const char *s)
     return 1;
 }
 
+/* text as quoted in an error line: at most SHOWN_MAX bytes, control characters as '?', so the
+ * error stays one line whatever the user passed, and a long value cannot push the reason off
+ * the end of the caller's buffer. */
+#define SHOWN_MAX 100
+static const char *shown_n(const char *text, size_t textlen, char *buf, size_t len)
+{
+    size_t n = 0;
+    for (; n < textlen && text[n] && n < SHOWN_MAX && n + 4 < len; n++)
+        buf[n] = (unsigned char)text[n] < 0x20 || text[n] == 0x7f ? '?' : text[n];
+    if (n < textlen && text[n]) {
+        memcpy(buf + n, "...", 3);
+        n += 3;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static const char *shown(const char *text, char *buf, size_t len)
+{
+    return shown_n(text, SIZE_MAX, buf, len);
+}
+
 /* Checks text against o's type; on success stores it (replacing or, for lists, appending). */
 static int set_value(const sb_option_t *o, void *cfg, const char *text, char *why, size_t wl)
 {
+    char sb[SHOWN_MAX + 4];
     switch (o->type) {
     case SB_OPT_INT: {
         char *end;
         errno = 0;
         long long v = strtoll(text, &end, 10);
         if (errno || *end || end == text || isspace((unsigned char)*text)) {
-            snprintf(why, wl, "'%s' is not an integer", text);
+            snprintf(why, wl, "'%s' is not an integer", shown(text, sb, sizeof sb));
             return -1;
         }
         if (v < o->min || v > o->max) {
@@ -110,7 +141,8 @@ static int set_value(const sb_option_t *o, void *cfg, const char *text, char *wh
     }
     case SB_OPT_NAME:
         if (!sb_config_valid_name(text)) {
-            snprintf(why, wl, "'%s' must be 1 to 64 characters of [A-Za-z0-9._:-]", text);
+            snprintf(why, wl, "'%s' must be 1 to 64 characters of [A-Za-z0-9._:-]",
+                     shown(text, sb, sizeof sb));
             return -1;
         }
         break;
@@ -118,7 +150,7 @@ static int set_value(const sb_option_t *o, void *cfg, const char *text, char *wh
         char host[256];
         int port;
         if (sb_config_split_hostport(text, host, sizeof host, &port) != 0) {
-            snprintf(why, wl, "'%s' is not HOST:PORT", text);
+            snprintf(why, wl, "'%s' is not HOST:PORT", shown(text, sb, sizeof sb));
             return -1;
         }
         break;
@@ -127,7 +159,7 @@ static int set_value(const sb_option_t *o, void *cfg, const char *text, char *wh
         sb_redis_url_t u;
         char e[128];
         if (sb_redis_url_parse(text, &u, e, sizeof e) != 0) {
-            snprintf(why, wl, "'%s': %s", text, e);
+            snprintf(why, wl, "'%s': %s", shown(text, sb, sizeof sb), e);
             return -1;
         }
         sb_redis_url_free(&u);
@@ -135,24 +167,33 @@ static int set_value(const sb_option_t *o, void *cfg, const char *text, char *wh
     }
     case SB_OPT_LEVEL:
         if (sb_log_parse_level(text) < 0) {
-            snprintf(why, wl, "'%s' is not one of error, warn, info, debug", text);
+            snprintf(why, wl, "'%s' is not one of error, warn, info, debug",
+                     shown(text, sb, sizeof sb));
             return -1;
         }
         break;
-    case SB_OPT_FILE:
-        if (!*text || access(text, R_OK) != 0) {
-            snprintf(why, wl, "cannot read '%s': %s", text, *text ? strerror(errno) : "empty");
+    case SB_OPT_FILE: {
+        /* access() alone accepts a directory, which then fails only when read at start-up. */
+        struct stat st;
+        if (!*text || access(text, R_OK) != 0 || stat(text, &st) != 0) {
+            const char *reason = *text ? strerror(errno) : "empty";
+            snprintf(why, wl, "cannot read '%s': %s", shown(text, sb, sizeof sb), reason);
+            return -1;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            snprintf(why, wl, "cannot read '%s': is a directory", shown(text, sb, sizeof sb));
             return -1;
         }
         break;
+    }
     case SB_OPT_ORIGINS:
     case SB_OPT_URLS: {
         if (o->type == SB_OPT_ORIGINS && !valid_origin(text)) {
-            snprintf(why, wl, "'%s' is not scheme://host[:port]", text);
+            snprintf(why, wl, "'%s' is not scheme://host[:port]", shown(text, sb, sizeof sb));
             return -1;
         }
         if (o->type == SB_OPT_URLS && !strchr(text, ':')) {
-            snprintf(why, wl, "'%s' is not a URL", text);
+            snprintf(why, wl, "'%s' is not a URL", shown(text, sb, sizeof sb));
             return -1;
         }
         sb_strlist_t *l = FIELD(cfg, o, sb_strlist_t);
@@ -241,7 +282,9 @@ int sb_config_parse(const sb_option_t *table, const char *env_prefix, int argc, 
         if (strcmp(a, "--version") == 0)
             return SB_CONFIG_VERSION;
         if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, errlen, "%s: unexpected argument (options are --name value)", a);
+            char sb[SHOWN_MAX + 4];
+            snprintf(err, errlen, "%s: unexpected argument (options are --name value)",
+                     shown(a, sb, sizeof sb));
             return SB_CONFIG_ERROR;
         }
         const char *name = a + 2;
@@ -253,7 +296,9 @@ int sb_config_parse(const sb_option_t *table, const char *env_prefix, int argc, 
             if (strlen(o->name) == nl && strncmp(o->name, name, nl) == 0)
                 break;
         if (!o->name) {
-            snprintf(err, errlen, "--%.*s: unknown option (see --help)", (int)nl, name);
+            char sb[SHOWN_MAX + 4];
+            snprintf(err, errlen, "--%s: unknown option (see --help)",
+                     shown_n(name, nl, sb, sizeof sb));
             return SB_CONFIG_ERROR;
         }
         const char *val;

@@ -47,6 +47,7 @@ struct sb_redis {
     char **channels;
     int nchannels;
     int handshake_left;
+    int subs_pending; /* SUBSCRIBE confirmations still to come before on_up */
 };
 
 static void connect_now(sb_redis_t *r);
@@ -209,8 +210,14 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
     const char *kind = sb_reply_str(rep, 0, &kl);
     const char *chan = sb_reply_str(rep, 1, &cl);
     const char *payload = sb_reply_str(rep, 2, &pl);
-    if (kind && strcmp(kind, "message") == 0 && chan && payload && r->o.on_message)
+    if (kind && strcmp(kind, "message") == 0 && chan && payload && r->o.on_message) {
         r->o.on_message(r, chan, payload, pl, r->o.data);
+    } else if (kind && strcmp(kind, "subscribe") == 0 && r->subs_pending > 0) {
+        /* Why wait for the confirmation: until Redis has processed SUBSCRIBE, a PUBLISH from
+         * another connection is not delivered to us, so "up" would be a lie. */
+        if (--r->subs_pending == 0 && r->o.on_up)
+            r->o.on_up(r, r->o.data);
+    }
 }
 
 static void subscribe_one(sb_redis_t *r, const char *channel)
@@ -226,9 +233,12 @@ static void became_up(sb_redis_t *r)
     r->backoff_ms = 0;
     sb_info("redis %s: connected to %s", r->name,
             r->u.path ? r->u.path : r->u.host);
-    if (r->o.subscriber)
+    if (r->o.subscriber && r->nchannels > 0) {
+        r->subs_pending = r->nchannels;
         for (int i = 0; i < r->nchannels; i++)
             subscribe_one(r, r->channels[i]);
+        return; /* on_up once every SUBSCRIBE is confirmed */
+    }
     if (r->o.on_up)
         r->o.on_up(r, r->o.data);
 }

@@ -24,8 +24,8 @@ typedef struct {
     const char *name;   /* for logs: "command", "pubsub"; copied */
     int64_t timeout_ms; /* per command, and for connecting */
     int subscriber;     /* 1: pub/sub mode (only sb_redis_subscribe) */
-    /* After every (re)connect, once AUTH/SELECT succeeded (and, in pub/sub mode, after the
-     * SUBSCRIBEs were sent). Commands may be issued from here. */
+    /* After every (re)connect, once AUTH/SELECT succeeded (and, in pub/sub mode, once Redis
+     * confirmed every SUBSCRIBE). Commands may be issued from here. */
     void (*on_up)(sb_redis_t *r, void *data);
     /* After a connection was lost; every pending callback has already had its error. */
     void (*on_down)(sb_redis_t *r, const char *why, void *data);

@@ -352,7 +352,7 @@ cmd_up() {
     load_token
 
     # On any failure from here on (die, set -e, a signal), stop what was started.
-    trap 'log "start failed: stopping what was started"; stop_all' EXIT
+    trap 'log "start failed: stopping what was started"; stop_all; rm -f "$STATE/ports.env"' EXIT
     trap 'exit 130' INT TERM
     local name
     start_service redis

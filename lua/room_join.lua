@@ -9,7 +9,10 @@
 --
 -- Returns  {"ok", seq, S1, rec1, S2, rec2, ...}: the new sequence number and every member
 --          (the joiner included) with its record {"node":N,"epoch":E,"meta":{...}}
---          {"exists"}     S already has a presence key or a record in R (nothing written)
+--          {"exists"}     S already has a presence key or a record in R (nothing written),
+--                         except when the record is this node's and its presence is live: then
+--                         {"ok", ...} as above with the current seq (a retried join that had
+--                         run after the node's command timeout; nothing written but PEXPIRE)
 --          {"room-full"}  R has max members already (nothing written)
 --
 -- Does: record, presence (PX), P:{R}:nodes count, socket index P:node:N:sockets ("R S"),
@@ -36,7 +39,28 @@ end
 local function int(n) return string.format('%d', n) end
 
 local presence = base .. 'presence:' .. S
-if redis.call('EXISTS', presence) == 1 or redis.call('HEXISTS', members, S) == 1 then
+local function snapshot(seq)
+    local reply = {'ok', seq}
+    local all = redis.call('HGETALL', members)
+    for i = 1, #all do
+        reply[#reply + 1] = all[i]
+    end
+    return reply
+end
+
+local existing = redis.call('HGET', members, S)
+if existing then
+    -- Why: a join the node gave up on (a command timeout) may still have run once Redis got
+    -- to it. The same socket on the same node asking again is answered as if this call had
+    -- done it: nothing changes, nothing is counted twice.
+    local ok, old = pcall(cjson.decode, existing)
+    if ok and type(old) == 'table' and old.node == N and redis.call('EXISTS', presence) == 1 then
+        redis.call('PEXPIRE', presence, ttl)
+        return snapshot(tonumber(redis.call('HGET', base .. 'stats', 'seq') or '0'))
+    end
+    return {'exists'}
+end
+if redis.call('EXISTS', presence) == 1 then
     return {'exists'}
 end
 local count = redis.call('HLEN', members)
@@ -79,9 +103,4 @@ for _, node in ipairs(redis.call('HKEYS', base .. 'nodes')) do
     redis.call('PUBLISH', P .. ':node:' .. node, event)
 end
 
-local reply = {'ok', seq}
-local all = redis.call('HGETALL', members)
-for i = 1, #all do
-    reply[#reply + 1] = all[i]
-end
-return reply
+return snapshot(seq)

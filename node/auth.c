@@ -96,8 +96,8 @@ static int refuse(char *why, size_t whylen, const char *reason)
 }
 
 /* The claims checks on the verified payload; 0 or -1 with why. */
-static int check_claims(json_t *claims, const char *room, int64_t now_s, char **sub_out,
-                        char *why, size_t whylen)
+static int check_claims(json_t *claims, const char *room, int64_t now_s, char **sub_out, char *why,
+                        size_t whylen)
 {
     json_t *exp = json_object_get(claims, "exp");
     json_t *nbf = json_object_get(claims, "nbf");
@@ -224,8 +224,7 @@ int sb_auth_read_secret(const char *path, size_t min_len, unsigned char **out, s
     return 0;
 }
 
-int sb_auth_load_secret(const char *path, unsigned char **out, size_t *len, char *why,
-                        size_t wl)
+int sb_auth_load_secret(const char *path, unsigned char **out, size_t *len, char *why, size_t wl)
 {
     return sb_auth_read_secret(path, SB_AUTH_SECRET_MIN, out, len, why, wl);
 }

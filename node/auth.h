@@ -39,7 +39,6 @@ int sb_auth_read_secret(const char *path, size_t min_len, unsigned char **out, s
                         char *why, size_t wl);
 
 /* sb_auth_read_secret for --auth-secret-file: at least SB_AUTH_SECRET_MIN bytes. */
-int sb_auth_load_secret(const char *path, unsigned char **out, size_t *len, char *why,
-                        size_t wl);
+int sb_auth_load_secret(const char *path, unsigned char **out, size_t *len, char *why, size_t wl);
 
 #endif

@@ -55,6 +55,8 @@ typedef struct sb_session {
     sb_room_t *room;         /* while JOINING/JOINED/LEAVING */
     char room_name[SB_ROOM_MAX + 1];
     char *meta_json;         /* compact meta as stored in Redis (with sub) */
+    char maybe_room[SB_ROOM_MAX + 1]; /* a join that timed out may have run there: undone
+                                       * before joining elsewhere and at close */
     uint64_t await_seq;      /* JOINING: send `joined` once the room view reaches this */
     json_t *join_rid;        /* JOINING: rid of the join (new reference) */
     char **halves;           /* peers this socket reported `link up` to (for re-assert) */
@@ -69,6 +71,7 @@ typedef struct sb_session {
     sb_bucket_t bucket;
     int close_code; /* != 0: close with it at the next chance */
     char close_reason[64];
+    int close_sent; /* our close frame is written */
 } sb_session_t;
 
 /* A node-local view of a room, kept in step with Redis through sequenced events. */

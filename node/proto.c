@@ -72,6 +72,12 @@ static int fail(sb_proto_err_t *err, const char *code, const char *message, json
 {
     err->code = code;
     snprintf(err->message, sizeof err->message, "%s", message);
+    /* Jansson's error texts quote the input near the error ("near '...'"), which may be cut in
+     * the middle of a UTF-8 sequence or be no UTF-8 at all; json_string() would then refuse the
+     * message and the error frame would go out without one. Keep it printable ASCII. */
+    for (char *p = err->message; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            *p = '?';
     err->rid = rid ? json_incref(rid) : NULL;
     return -1;
 }

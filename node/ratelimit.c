@@ -106,7 +106,7 @@ uint32_t sb_bucket_rejected(const sb_bucket_t *b, int64_t now_ms)
     uint64_t sum = 0;
     /* Only the slots still inside the window ending at sec count. */
     for (int64_t s = sec - SB_RATE_WINDOW_SLOTS + 1; s <= b->newest_sec; s++)
-        sum += b->rejected[((s % SB_RATE_WINDOW_SLOTS) + SB_RATE_WINDOW_SLOTS) %
-                           SB_RATE_WINDOW_SLOTS];
+        sum +=
+            b->rejected[((s % SB_RATE_WINDOW_SLOTS) + SB_RATE_WINDOW_SLOTS) % SB_RATE_WINDOW_SLOTS];
     return sum > UINT32_MAX ? UINT32_MAX : (uint32_t)sum;
 }

@@ -24,7 +24,7 @@ typedef struct {
     int64_t last_ms;    /* when tokens was last refilled */
     int64_t newest_sec; /* the second (now_ms / 1000) of the newest rejection slot */
     uint32_t rejected[SB_RATE_WINDOW_SLOTS]; /* rejections per second, indexed sec % slots */
-    int abusive;        /* sticky once SB_RATE_ABUSE was returned */
+    int abusive;                             /* sticky once SB_RATE_ABUSE was returned */
 } sb_bucket_t;
 
 /* Starts b full (burst tokens) at now_ms, with no rejections. */

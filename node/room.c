@@ -649,6 +649,9 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     if (!status || strcmp(status, "ok") != 0) {
         const char *code = "internal", *msg = "join failed";
         if (error || !status) {
+            /* The script may still run after our timeout: remember to undo it. */
+            if (error)
+                snprintf(s->maybe_room, sizeof s->maybe_room, "%s", s->room_name);
             code = "unavailable";
             msg = "Redis is unreachable; retry later";
             if (!error && reply && reply->type == REDIS_REPLY_ERROR)
@@ -666,6 +669,7 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     }
     if (rid)
         json_decref(rid);
+    s->maybe_room[0] = '\0';
     s->in_redis = 1;
     n->njoined++;
     uint64_t seq = (uint64_t)sb_reply_int(reply, 1, 0);
@@ -730,6 +734,13 @@ void sb_room_join(sb_session_t *s, sb_msg_t *m)
     if (!need_redis(s, m->rid)) {
         json_decref(meta);
         return;
+    }
+    if (s->maybe_room[0] && strcmp(s->maybe_room, m->room) != 0) {
+        /* A join to another room timed out earlier and may have run: undo it first (the
+         * script refuses harmlessly when it had not). The same room is simply retried:
+         * room_join answers a repeated join of the same socket as a success. */
+        run_remove(n, s->maybe_room, s->id, "disconnect", NULL, NULL);
+        s->maybe_room[0] = '\0';
     }
     char *meta_json = json_dumps(meta, JSON_COMPACT);
     json_decref(meta);
@@ -835,6 +846,10 @@ void sb_room_leave(sb_session_t *s, json_t *rid)
 
 void sb_room_disconnect(sb_session_t *s)
 {
+    if (s->maybe_room[0] && !(s->in_redis && strcmp(s->maybe_room, s->room_name) == 0)) {
+        run_remove(s->node, s->maybe_room, s->id, "disconnect", NULL, NULL);
+        s->maybe_room[0] = '\0';
+    }
     if (s->state == SS_JOINED && s->in_redis) {
         sb_session_ref(s);
         run_remove(s->node, s->room_name, s->id, "disconnect", on_disconnect_removed, s);

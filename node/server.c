@@ -314,7 +314,7 @@ int sb_server_start(sb_node_t *n)
         info.ssl_cert_filepath = n->cfg.tls_cert;
         info.ssl_private_key_filepath = n->cfg.tls_key;
     }
-    lws_set_log_level(LLL_ERR, NULL);
+    lws_set_log_level(getenv("SB_LWS_DEBUG") ? (LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO | LLL_DEBUG) : LLL_ERR, NULL);
     n->lws = lws_create_context(&info);
     if (!n->lws) {
         sb_error("cannot listen on %s", n->cfg.listen);

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* lws 4.1 keeps the close opcode of lws_write() private (value 4, "handled by
+ * lws_close_reason()"); see sb_session_writable for why we need it. */
+#define SB_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
+
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
 {
     sb_session_t *s = calloc(1, sizeof *s);
@@ -131,7 +135,7 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
     if (s->wsi) {
         lws_callback_on_writable(s->wsi);
         /* A client that never lets us write still goes away within a few seconds. */
-        lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, 3);
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, 3);
     }
 }
 
@@ -151,6 +155,22 @@ int sb_session_writable(sb_session_t *s)
         if (s->qhead || s->close_code) {
             lws_callback_on_writable(s->wsi);
         }
+        return 0;
+    }
+    if (s->close_code && !s->close_sent) {
+        /* Why write the close frame ourselves: with the libuv event lib, lws 4.1.6 kills the
+         * connection before sending the frame that lws_close_reason() prepared when a callback
+         * returns -1 from WRITEABLE (its "uv repeat test" close path), so clients would see 1006.
+         * The connection is dropped at the next WRITEABLE, once the frame is out. */
+        unsigned char frame[LWS_PRE + 2 + sizeof s->close_reason];
+        size_t rl = strlen(s->close_reason);
+        frame[LWS_PRE] = (unsigned char)(s->close_code >> 8);
+        frame[LWS_PRE + 1] = (unsigned char)(s->close_code & 0xff);
+        memcpy(frame + LWS_PRE + 2, s->close_reason, rl);
+        s->close_sent = 1;
+        if (lws_write(s->wsi, frame + LWS_PRE, 2 + rl, SB_LWS_WRITE_CLOSE) < 0)
+            return -1;
+        lws_callback_on_writable(s->wsi);
         return 0;
     }
     if (s->close_code) {

@@ -42,8 +42,8 @@ json_t *sb_turn_ice_servers(const unsigned char *secret, size_t len, char **urls
     if (!servers || !secret || len == 0 || !urls || nurls <= 0)
         return servers;
     char user[SB_TURN_USERNAME_MAX + 1], cred[SB_TURN_CREDENTIAL_LEN + 1];
-    if (sb_turn_credential(secret, len, sid, now_s, ttl_ms, user, sizeof user, cred,
-                           sizeof cred) != 0) {
+    if (sb_turn_credential(secret, len, sid, now_s, ttl_ms, user, sizeof user, cred, sizeof cred) !=
+        0) {
         json_decref(servers);
         return NULL;
     }

@@ -199,3 +199,48 @@ def parse_metrics(text):
         key, _, val = line.rpartition(" ")
         out[key] = float(val)
     return out
+
+
+class Admin:
+    """A switchboard-admin on a free loopback port, with a random token."""
+
+    def __init__(self, redis_url, tmpdir, args=(), env=None, port=None, token=None, wait=True):
+        self.port = port or free_port()
+        self.tmpdir = tmpdir
+        self.redis_url = redis_url
+        self.args = list(args)
+        self.env = env
+        self.token = token or os.urandom(16).hex()
+        self.proc = None
+        self.start(wait)
+
+    @property
+    def http(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait=True):
+        env = dict(os.environ)
+        env["SWITCHBOARD_ADMIN_TOKEN"] = self.token
+        if self.env:
+            env.update(self.env)
+        argv = [admin_binary(), "--listen", f"127.0.0.1:{self.port}", "--redis", self.redis_url,
+                "--log-level", "debug"] + self.args
+        self.proc = Proc(argv, env=env, log=os.path.join(self.tmpdir, f"admin-{self.port}.log"))
+        if wait:
+            wait_for(lambda: http_get(self.http + "/readyz", timeout=0.5)[0] == 200, 10,
+                     msg="admin ready")
+
+    def get(self, path, token=True):
+        headers = {"Authorization": f"Bearer {self.token}"} if token else {}
+        status, body, _ = http_get(self.http + path, headers=headers)
+        return status, (json.loads(body) if body and body[:1] in (b"{", b"[") else body)
+
+    def post(self, path):
+        status, body, _ = http_get(self.http + path, method="POST", data=b"",
+                                   headers={"Authorization": f"Bearer {self.token}"})
+        return status, (json.loads(body) if body and body[:1] in (b"{", b"[") else body)
+
+    def mesh(self):
+        status, body = self.get("/admin/mesh-status")
+        assert status == 200, body
+        return body

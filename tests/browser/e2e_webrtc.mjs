@@ -255,7 +255,17 @@ try {
         if (b.console.length && steps.failed) console.log(`# ${b.label} console:\n#   ${b.console.join('\n#   ')}`);
         await closeBrowser(b);
     }
-    if (fake) fake.close();
+    if (fake) {
+        // What the clients sent, to tell a client bug from a test bug.
+        if (steps.failed) {
+            for (const r of fake.received) {
+                const d = r.msg.data;
+                const what = d ? (d.description ? `description ${d.description.type}` : `candidate ${d.candidate?.candidate}`) : JSON.stringify(r.msg);
+                console.log(`# fake got from ${r.from.slice(0, 6)}: ${r.msg.type}${r.msg.to ? ` to ${r.msg.to.slice(0, 6)}` : ''} ${what}`);
+            }
+        }
+        fake.close();
+    }
     status = steps.finish();
 }
 process.exit(status);

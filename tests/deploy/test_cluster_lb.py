@@ -3,7 +3,8 @@ the load balancer's port, then deploy/cluster.sh down.
 
 01 clients spread over the three nodes (leastconn), and two of them on different nodes join
    one room and signal each other across nodes (protocol: contract section 3)
-02 the LB forwards /ws and the demo page only; the admin sees the three nodes
+02 the LB forwards /ws and the demo page (/, /index.html, /switchboard.js, /demo.js, /demo.css)
+   only; the admin sees the three nodes
 03 a node that stops is taken out of rotation: new clients land on the other two
 04 down stops exactly the recorded processes and frees the ports
 
@@ -221,9 +222,10 @@ def test_01_clients_spread_and_signal_across_nodes(cluster):
 
 def test_02_lb_forwards_only_ws_and_demo_and_admin_sees_nodes(cluster):
     base = f"http://127.0.0.1:{cluster.lb}"
-    assert http_status(base + "/")[0] == 200
-    assert http_status(base + "/switchboard.js")[0] == 200
-    for private in ("/metrics", "/readyz", "/livez", "/admin/", "/admin/mesh-status", "/ws/x"):
+    for page in ("/", "/index.html", "/switchboard.js", "/demo.js", "/demo.css"):
+        assert http_status(base + page)[0] == 200, page
+    for private in ("/metrics", "/readyz", "/livez", "/admin/", "/admin/mesh-status", "/ws/x",
+                    "/index.htm"):
         assert http_status(base + private)[0] in (403, 404), private
     assert http_status(base + "/", method="POST")[0] in (403, 404, 405)
 

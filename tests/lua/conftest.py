@@ -13,7 +13,9 @@ import redis
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
-LUA_DIR = os.path.join(ROOT, "lua")
+# SB_LUA_DIR: run the tests against other copies of the scripts (e.g. mutated ones, to see
+# that the tests catch a broken script).
+LUA_DIR = os.environ.get("SB_LUA_DIR") or os.path.join(ROOT, "lua")
 sys.path.insert(0, TESTS)
 
 from harness import RedisServer  # noqa: E402

@@ -7,13 +7,12 @@ import random
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
 import redis
 
-from conftest import LUA_DIR, PREFIX, ROOT, script_files
+from conftest import LUA_DIR, PREFIX, ROOT, script_files, snapshot
 import invariants
 
 TTL = 15000
@@ -166,11 +165,35 @@ def test_second_join_on_other_node_notifies_both_nodes(r, sb, events, consistent
     consistent()
 
 
+def test_join_retried_by_the_same_node_answers_ok_without_changes(r, raw, sb, events,
+                                                                  consistent):
+    """A join the node gave up on (command timeout) may have run: asking again from the same
+    node, while the presence key lives, answers like the first call and changes nothing but
+    the presence TTL."""
+    seq = sb.join("a", "A", "n1", "e1", '{"m":1}')[1]
+    sb.join("a", "B", "n2")
+    seq += 1
+    events.drain()
+    r.pexpire(K("a", "presence:A"), 1000)
+    before = snapshot(raw)
+    reply = sb.join("a", "A", "n1", "e1", '{"m":1}', TTL)
+    assert reply[:2] == ["ok", seq]
+    assert dict(zip(reply[2::2], reply[3::2])) == {"A": rec("n1", "e1", '{"m":1}'),
+                                                   "B": rec("n2")}
+    assert snapshot(raw) == before
+    assert 1000 < r.pttl(K("a", "presence:A")) <= TTL
+    assert events.drain() == []
+    consistent()
+
+
 def test_join_exists_writes_nothing(r, sb, writes_nothing, consistent):
     sb.join("a", "A")
     with writes_nothing():
-        assert sb.join("a", "A") == ["exists"]
-        assert sb.join("a", "A", "n2") == ["exists"]
+        assert sb.join("a", "A", "n2") == ["exists"]  # another node
+    r.delete(K("a", "presence:A"))
+    with writes_nothing():
+        assert sb.join("a", "A") == ["exists"]  # reaped or expiring: never re-created by join
+    r.set(K("a", "presence:A"), "n1", px=TTL)
     # a presence key alone (no record) also means exists
     r.set(K("b", "presence:X"), "n1", px=TTL)
     with writes_nothing():
@@ -888,3 +911,40 @@ def test_randomized_operations_keep_the_invariants(r, sb, events):
     bad = invariants.check(r, PREFIX)
     assert bad == [], "\n".join(bad)
     assert invariants.truth(r) == m.figures()
+
+
+# --- the checker itself -----------------------------------------------------------------------
+
+CORRUPTIONS = {
+    "room counter": lambda r: r.hincrby(K("a", "stats"), "links", 1),
+    "global counter": lambda r: r.hincrby(f"{PREFIX}:stats", "members", 1),
+    "global rooms": lambda r: r.hincrby(f"{PREFIX}:stats", "rooms", 1),
+    "rooms set": lambda r: r.sadd(f"{PREFIX}:rooms", "zz"),
+    "missing seq": lambda r: r.hdel(K("a", "stats"), "seq"),
+    "half to non-member": lambda r: r.sadd(K("a", "links:A"), "GHOST"),
+    "half to self": lambda r: r.sadd(K("a", "links:A"), "A"),
+    "half of non-member": lambda r: r.sadd(K("a", "links:GHOST"), "A"),
+    "degree": lambda r: r.hset(K("a", "degree"), "D", 1),
+    "nodes hash": lambda r: r.hset(K("a", "nodes"), "n1", 5),
+    "presence missing": lambda r: r.delete(K("a", "presence:A")),
+    "presence foreign": lambda r: r.set(K("a", "presence:A"), "n9", px=TTL),
+    "presence without TTL": lambda r: r.persist(K("a", "presence:A")),
+    "presence of non-member": lambda r: r.set(K("a", "presence:GHOST"), "n1", px=TTL),
+    "index extra": lambda r: r.sadd(f"{PREFIX}:node:n1:sockets", "a GHOST"),
+    "index missing": lambda r: r.srem(f"{PREFIX}:node:n1:sockets", "a A"),
+    "node not listed": lambda r: r.srem(f"{PREFIX}:nodes", "n1"),
+    "empty room leftovers": lambda r: r.hset(K("empty", "stats"), "seq", 1),
+    "record without node": lambda r: r.hset(K("a", "members"), "A", '{"meta":{}}'),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_invariants_check_sees_each_violation(r, sb, events, kind):
+    mesh(sb, events)
+    assert invariants.check(r, PREFIX) == []
+    before = invariants.truth(r)
+    assert before == {"rooms": 1, "members": 5, "links": 3, "linked": 3}
+    CORRUPTIONS[kind](r)
+    assert invariants.check(r, PREFIX) != []
+    if kind == "presence missing":
+        assert invariants.check(r, PREFIX, presence=False) == []

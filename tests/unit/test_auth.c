@@ -165,13 +165,11 @@ static void test_nbf(void **state)
 {
     (void)state;
     assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":%lld}", NOW + 60, NOW + 30)), 0);
-    assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":%lld}", NOW + 60, NOW + 31)),
-                     -1);
-    assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":%lld}", NOW + 60, NOW - 600)),
-                     0);
+    assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":%lld}", NOW + 60, NOW + 31)), -1);
+    assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":%lld}", NOW + 60, NOW - 600)), 0);
     assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":\"0\"}", NOW + 60)), -1);
-    assert_int_equal(
-        verify_hs256(claims("{\"exp\":%lld,\"nbf\":9223372036854775807}", NOW + 60)), -1);
+    assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":9223372036854775807}", NOW + 60)),
+                     -1);
 }
 
 static void test_room_claim(void **state)
@@ -225,12 +223,10 @@ static void test_alg_none(void **state)
     assert_int_equal(verify(t, NULL), -1);
     free(t);
     /* With a signature attached anyway (a valid HMAC of the text). */
-    assert_int_equal(verify(forge("{\"alg\":\"none\"}", claims("{\"exp\":%lld}", NOW + 60), KEY),
-                            NULL),
-                     -1);
-    assert_int_equal(verify(forge("{\"alg\":\"None\"}", claims("{\"exp\":%lld}", NOW + 60), KEY),
-                            NULL),
-                     -1);
+    assert_int_equal(
+        verify(forge("{\"alg\":\"none\"}", claims("{\"exp\":%lld}", NOW + 60), KEY), NULL), -1);
+    assert_int_equal(
+        verify(forge("{\"alg\":\"None\"}", claims("{\"exp\":%lld}", NOW + 60), KEY), NULL), -1);
 }
 
 static void test_other_hmac_algs(void **state)
@@ -248,9 +244,14 @@ static void test_alg_confusion(void **state)
 {
     (void)state;
     /* HMAC-SHA256 signatures under headers naming other algs, or none at all. */
-    const char *headers[] = {"{\"alg\":\"RS256\"}", "{\"alg\":\"ES256\"}", "{\"alg\":\"hs256\"}",
-                             "{\"alg\":\"HS256 \"}", "{\"typ\":\"JWT\"}", "{\"alg\":null}",
-                             "{\"alg\":[\"HS256\"]}", "{\"alg\":\"HS256\",\"alg\":\"none\"}",
+    const char *headers[] = {"{\"alg\":\"RS256\"}",
+                             "{\"alg\":\"ES256\"}",
+                             "{\"alg\":\"hs256\"}",
+                             "{\"alg\":\"HS256 \"}",
+                             "{\"typ\":\"JWT\"}",
+                             "{\"alg\":null}",
+                             "{\"alg\":[\"HS256\"]}",
+                             "{\"alg\":\"HS256\",\"alg\":\"none\"}",
                              "[\"HS256\"]"};
     for (size_t i = 0; i < sizeof headers / sizeof headers[0]; i++)
         assert_int_equal(verify(forge(headers[i], claims("{\"exp\":%lld}", NOW + 60), KEY), NULL),
@@ -265,13 +266,11 @@ static void test_payload_shapes(void **state)
     (void)state;
     const char *h = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
     /* Duplicate claims are ambiguous: refused. */
-    assert_int_equal(verify(forge(h,
-                                  claims("{\"exp\":%lld,\"room\":\"other\",\"room\":\"" ROOM
-                                         "\"}",
-                                         NOW + 60),
-                                  KEY),
-                            NULL),
-                     -1);
+    assert_int_equal(
+        verify(forge(h, claims("{\"exp\":%lld,\"room\":\"other\",\"room\":\"" ROOM "\"}", NOW + 60),
+                     KEY),
+               NULL),
+        -1);
     assert_int_equal(verify(forge(h, "[1,2,3]", KEY), NULL), -1);
     assert_int_equal(verify(forge(h, "not json", KEY), NULL), -1);
 }
@@ -279,8 +278,15 @@ static void test_payload_shapes(void **state)
 static void test_malformed_tokens(void **state)
 {
     (void)state;
-    const char *bad[] = {"", ".", "..", "a.b", "a.b.c.d", "!!!.???.###", "eyJhbGciOiJIUzI1NiJ9..",
-                         "eyJhbGciOiJIUzI1NiJ9.e30.", ".e30.abc"};
+    const char *bad[] = {"",
+                         ".",
+                         "..",
+                         "a.b",
+                         "a.b.c.d",
+                         "!!!.???.###",
+                         "eyJhbGciOiJIUzI1NiJ9..",
+                         "eyJhbGciOiJIUzI1NiJ9.e30.",
+                         ".e30.abc"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(verify(bad[i], NULL), -1);
     char why[64];

@@ -71,14 +71,47 @@ static void expect_error(char *const *envp, char **argv, ...)
     va_end(ap);
 }
 
-#define ARGV(...) ((char *[]){(char *)"prog", __VA_ARGS__, NULL})
-#define ENV(...) ((char *const[]){__VA_ARGS__, NULL})
+/* A NULL-terminated vector of the arguments; argv-style vectors hold char *, and string
+ * literals are const here (-Wwrite-strings), hence the copies of the pointers. */
+static char **vec(char **buf, size_t cap, const char *first, va_list ap)
+{
+    size_t n = 0;
+    for (const char *s = first; s && n + 1 < cap; s = va_arg(ap, const char *))
+        buf[n++] = (char *)s;
+    buf[n] = NULL;
+    return buf;
+}
+
+static char **make_argv(const char *first, ...)
+{
+    static char *buf[32];
+    buf[0] = (char *)"prog";
+    va_list ap;
+    va_start(ap, first);
+    vec(buf + 1, 31, first, ap);
+    va_end(ap);
+    return buf;
+}
+
+static char *const *make_env(const char *first, ...)
+{
+    static char *buf[32];
+    va_list ap;
+    va_start(ap, first);
+    vec(buf, 32, first, ap);
+    va_end(ap);
+    return buf;
+}
+
+#define ARGV(...) make_argv(__VA_ARGS__, (const char *)NULL)
+#define ENV(...) make_env(__VA_ARGS__, (const char *)NULL)
+#define NO_ARGS make_argv((const char *)NULL)
 
 static void test_defaults(void **state)
 {
     (void)state;
     test_cfg_t c;
-    assert_int_equal(parse(&c, no_env, (char *[]){(char *)"prog", NULL}), SB_CONFIG_OK);
+    assert_int_equal(parse(&c, no_env, NO_ARGS), SB_CONFIG_OK);
     assert_int_equal(c.count, 10);
     assert_string_equal(c.label, "hello");
     assert_string_equal(c.id, "node-1");
@@ -91,7 +124,7 @@ static void test_defaults(void **state)
     sb_config_free(table, &c);
     assert_null(c.label);
     /* A NULL environment is no environment. */
-    assert_int_equal(parse(&c, NULL, (char *[]){(char *)"prog", NULL}), SB_CONFIG_OK);
+    assert_int_equal(parse(&c, NULL, NO_ARGS), SB_CONFIG_OK);
     assert_int_equal(c.count, 10);
     sb_config_free(table, &c);
 }
@@ -102,7 +135,7 @@ static void test_env_over_defaults(void **state)
     test_cfg_t c;
     char *const *env = ENV("T_COUNT=20", "T_LABEL=from env", "T_LOG_LEVEL=debug", "OTHER=1",
                            "T_COUNTX=5", "T_ID", "T_LISTEN=[::1]:9000");
-    assert_int_equal(parse(&c, env, (char *[]){(char *)"prog", NULL}), SB_CONFIG_OK);
+    assert_int_equal(parse(&c, env, NO_ARGS), SB_CONFIG_OK);
     assert_int_equal(c.count, 20);
     assert_string_equal(c.label, "from env");
     assert_string_equal(c.level, "debug");
@@ -129,8 +162,8 @@ static void test_flag_spellings(void **state)
     (void)state;
     test_cfg_t c;
     assert_int_equal(parse(&c, no_env,
-                           ARGV("--count=7", "--id", "n.2:x-y_z", "--listen=127.0.0.1:1",
-                                "--redis", "unix:///tmp/r.sock", "--label=a=b", "--count", "8")),
+                           ARGV("--count=7", "--id", "n.2:x-y_z", "--listen=127.0.0.1:1", "--redis",
+                                "unix:///tmp/r.sock", "--label=a=b", "--count", "8")),
                      SB_CONFIG_OK);
     assert_int_equal(c.count, 8); /* last one wins */
     assert_string_equal(c.id, "n.2:x-y_z");
@@ -157,8 +190,8 @@ static void test_int_bounds(void **state)
     expect_error(no_env, ARGV("--count", "0"), "--count", "out of range", NULL);
     expect_error(no_env, ARGV("--count=101"), "--count", "out of range", NULL);
     expect_error(no_env, ARGV("--count=-5"), "--count", "out of range", NULL);
-    expect_error(ENV("T_COUNT=1000"), ARGV("--label", "x"), "T_COUNT", "--count",
-                 "out of range", NULL);
+    expect_error(ENV("T_COUNT=1000"), ARGV("--label", "x"), "T_COUNT", "--count", "out of range",
+                 NULL);
 }
 
 static void test_int_not_integer(void **state)
@@ -167,7 +200,7 @@ static void test_int_not_integer(void **state)
     const char *bad[] = {"abc", "1.5", "", " 5", "5 ", "0x10", "1e2", "99999999999999999999",
                          "--5"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        expect_error(no_env, ARGV("--count", (char *)bad[i]), "--count", "not an integer", NULL);
+        expect_error(no_env, ARGV("--count", bad[i]), "--count", "not an integer", NULL);
 }
 
 static void test_string_empty(void **state)
@@ -185,7 +218,7 @@ static void test_bad_name(void **state)
     long_name[65] = '\0';
     const char *bad[] = {"a b", "", "n/1", "caf\xc3\xa9", "x@y", long_name};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        expect_error(no_env, ARGV("--id", (char *)bad[i]), "--id", "[A-Za-z0-9._:-]", NULL);
+        expect_error(no_env, ARGV("--id", bad[i]), "--id", "[A-Za-z0-9._:-]", NULL);
     long_name[64] = '\0';
     test_cfg_t c;
     assert_int_equal(parse(&c, no_env, ARGV("--id", long_name)), SB_CONFIG_OK);
@@ -195,10 +228,10 @@ static void test_bad_name(void **state)
 static void test_hostport(void **state)
 {
     (void)state;
-    const char *bad[] = {"nocolon", "h:0", "h:65536", "::1:80", "[::1]80", ":80", "h:",
-                         "h:8o", "[::1]:", "[]:80", "h: 80", "h:+80", "h:-1"};
+    const char *bad[] = {"nocolon", "h:0",    "h:65536", "::1:80", "[::1]80", ":80", "h:",
+                         "h:8o",    "[::1]:", "[]:80",   "h: 80",  "h:+80",   "h:-1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        expect_error(no_env, ARGV("--listen", (char *)bad[i]), "--listen", "HOST:PORT", NULL);
+        expect_error(no_env, ARGV("--listen", bad[i]), "--listen", "HOST:PORT", NULL);
     char host[64];
     int port = 0;
     assert_int_equal(sb_config_split_hostport("[2001:db8::1]:443", host, sizeof host, &port), 0);
@@ -217,8 +250,7 @@ static void test_bad_redis_url(void **state)
     expect_error(no_env, ARGV("--redis", "rediss://h:6379"), "--redis", "rediss://h:6379", "TLS",
                  NULL);
     expect_error(no_env, ARGV("--redis=redis://h:0"), "--redis", "port", NULL);
-    expect_error(ENV("T_REDIS=localhost:6379"), ARGV("--count", "2"), "T_REDIS", "--redis",
-                 NULL);
+    expect_error(ENV("T_REDIS=localhost:6379"), ARGV("--count", "2"), "T_REDIS", "--redis", NULL);
 }
 
 static void test_level(void **state)
@@ -244,8 +276,8 @@ static void test_file(void **state)
     sb_config_free(table, &c);
     unlink(path);
     expect_error(no_env, ARGV("--secret-file", path), "--secret-file", "cannot read", path, NULL);
-    expect_error(no_env, ARGV("--secret-file", "/nonexistent/x"), "--secret-file",
-                 "/nonexistent/x", NULL);
+    expect_error(no_env, ARGV("--secret-file", "/nonexistent/x"), "--secret-file", "/nonexistent/x",
+                 NULL);
     expect_error(no_env, ARGV("--secret-file="), "--secret-file", NULL);
     /* A directory passes access(R_OK) but is no file to read a secret from. */
     expect_error(no_env, ARGV("--secret-file", "/"), "--secret-file", "directory", NULL);
@@ -258,7 +290,7 @@ static void test_lists(void **state)
     /* Environment: comma (and blank) separated. */
     char *const *env = ENV("T_ALLOWED_ORIGIN=http://a.example, https://b.example:8443",
                            "T_TURN_URL=turn:t.example:3478?transport=udp");
-    assert_int_equal(parse(&c, env, (char *[]){(char *)"prog", NULL}), SB_CONFIG_OK);
+    assert_int_equal(parse(&c, env, NO_ARGS), SB_CONFIG_OK);
     assert_int_equal(c.origins.n, 2);
     assert_string_equal(c.origins.v[0], "http://a.example");
     assert_string_equal(c.origins.v[1], "https://b.example:8443");
@@ -283,10 +315,15 @@ static void test_lists(void **state)
 static void test_bad_list_values(void **state)
 {
     (void)state;
-    const char *bad[] = {"a.example", "ftp://a.example", "https://", "https://a.example/",
-                         "https://a.example/path", "https://u@a.example", "*"};
+    const char *bad[] = {"a.example",
+                         "ftp://a.example",
+                         "https://",
+                         "https://a.example/",
+                         "https://a.example/path",
+                         "https://u@a.example",
+                         "*"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        expect_error(no_env, ARGV("--allowed-origin", (char *)bad[i]), "--allowed-origin",
+        expect_error(no_env, ARGV("--allowed-origin", bad[i]), "--allowed-origin",
                      "scheme://host[:port]", NULL);
     expect_error(ENV("T_ALLOWED_ORIGIN=http://ok.example,bad"), ARGV("--count", "2"),
                  "T_ALLOWED_ORIGIN", "--allowed-origin", "'bad'", NULL);
@@ -302,6 +339,20 @@ static void test_unknown_and_malformed(void **state)
     expect_error(no_env, ARGV("--", "1"), "unknown option", NULL);
     expect_error(no_env, ARGV("positional"), "positional", "unexpected argument", NULL);
     expect_error(no_env, ARGV("-c", "1"), "-c", "unexpected argument", NULL);
+}
+
+static void test_error_stays_short_line(void **state)
+{
+    (void)state;
+    /* A huge or multi-line value is quoted shortened, so the reason still fits the line. */
+    static char huge[4096];
+    memset(huge, '9', sizeof huge - 1);
+    expect_error(no_env, ARGV("--listen", huge), "--listen", "...' is not HOST:PORT", NULL);
+    expect_error(no_env, ARGV(huge), "...: unexpected argument", NULL);
+    huge[0] = huge[1] = '-';
+    expect_error(no_env, ARGV(huge), "...: unknown option", NULL);
+    expect_error(no_env, ARGV("--count", "1\n2"), "--count", "'1?2' is not an integer", NULL);
+    expect_error(ENV("T_LABEL=x", "T_COUNT=\t"), ARGV("--id", "a"), "T_COUNT", "'?'", NULL);
 }
 
 static void test_missing_value(void **state)
@@ -388,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_lists),
         cmocka_unit_test(test_bad_list_values),
         cmocka_unit_test(test_unknown_and_malformed),
+        cmocka_unit_test(test_error_stays_short_line),
         cmocka_unit_test(test_missing_value),
         cmocka_unit_test(test_help_and_version),
         cmocka_unit_test(test_env_name),

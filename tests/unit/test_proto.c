@@ -216,12 +216,16 @@ static void test_bad_json_utf8(void **state)
 {
     (void)state;
     decode_err("{\"type\":\"ping\",\"x\":\"\xff\"}", "bad-json");
-    decode_err("{\"type\":\"ping\",\"x\":\"\xc3\"}", "bad-json");       /* truncated */
-    decode_err("{\"type\":\"ping\",\"x\":\"\xc0\xaf\"}", "bad-json");   /* overlong '/' */
+    decode_err("{\"type\":\"ping\",\"x\":\"\xc3\"}", "bad-json");         /* truncated */
+    decode_err("{\"type\":\"ping\",\"x\":\"\xc0\xaf\"}", "bad-json");     /* overlong '/' */
     decode_err("{\"type\":\"ping\",\"x\":\"\xed\xa0\x80\"}", "bad-json"); /* raw surrogate */
-    decode_err("{\"type\":\"ping\",\"x\":\"\\ud800\"}", "bad-json");     /* lone surrogate */
+    decode_err("{\"type\":\"ping\",\"x\":\"\\ud800\"}", "bad-json");      /* lone surrogate */
     decode_err("{\"type\":\"ping\",\"\xfe\":1}", "bad-json");
     decode_err("\xef\xbb\xbf{\"type\":\"ping\"}", "bad-json"); /* a BOM is not JSON */
+    /* Jansson quotes the input near an error, here a cut UTF-8 sequence: the error frame must
+     * still carry a message (check_error_frame), so it is made printable ASCII. */
+    decode_err("{\"ty\\u000\xc7\x8f\x9a\xdd:\"ice-servers\"}", "bad-json");
+    decode_err("{\"type\":\"\xc3\xa9\x01\"", "bad-json");
 }
 
 static void test_bad_json_deep_nesting(void **state)
@@ -439,7 +443,7 @@ static void test_valid_room_and_sid(void **state)
     assert_false(sb_proto_valid_room("a:b"));
     assert_true(sb_proto_valid_sid(SID_A));
     assert_true(sb_proto_valid_sid("abcdefghijklmnopqrstu-_"));
-    assert_false(sb_proto_valid_sid("AAAAAAAAAAAAAAAAAAAAA")); /* 21 */
+    assert_false(sb_proto_valid_sid("AAAAAAAAAAAAAAAAAAAAA"));  /* 21 */
     assert_false(sb_proto_valid_sid("AAAAAAAAAAAAAAAAAAAAA.")); /* '.' is not base64url */
     char s64[66];
     memset(s64, 'x', 65);
@@ -536,8 +540,8 @@ static void test_error_frame(void **state)
     size_t len;
     json_t *rid = json_string("q1");
     char *s = sb_proto_error("room-full", "the room is full", rid, &len);
-    assert_string_equal(
-        s, "{\"type\":\"error\",\"rid\":\"q1\",\"code\":\"room-full\",\"message\":\"the room is full\"}");
+    assert_string_equal(s, "{\"type\":\"error\",\"rid\":\"q1\",\"code\":\"room-full\",\"message\":"
+                           "\"the room is full\"}");
     free(s);
     json_decref(rid);
     s = sb_proto_error("internal", "oops", NULL, &len);

@@ -163,6 +163,19 @@ static void test_abuse_window_rolls(void **state)
     for (int i = 0; i < 20; i++)
         assert_int_equal(sb_bucket_take(&b, rate, burst, 1, T0 + 9000), SB_RATE_LIMITED);
     assert_int_equal(sb_bucket_take(&b, rate, burst, 1, T0 + 10999), SB_RATE_ABUSE);
+    /* Slots are reused as the window moves on: 19 in second 0, 1 in second 5, then second 10
+     * reuses second 0's slot, which must start empty (window 1..10 holds 1 + these). */
+    sb_bucket_init(&b, burst, T0);
+    for (int i = 0; i < 20; i++)
+        sb_bucket_take(&b, rate, burst, 1, T0);
+    for (int i = 0; i < 19; i++)
+        assert_int_equal(sb_bucket_take(&b, rate, burst, 1, T0), SB_RATE_LIMITED);
+    assert_int_equal(sb_bucket_take(&b, rate, burst, 1, T0 + 5000), SB_RATE_LIMITED);
+    assert_int_equal(sb_bucket_rejected(&b, T0 + 9999), 20);
+    for (int i = 0; i < 19; i++)
+        assert_int_equal(sb_bucket_take(&b, rate, burst, 1, T0 + 10000), SB_RATE_LIMITED);
+    assert_int_equal(sb_bucket_rejected(&b, T0 + 10000), 20);
+    assert_int_equal(sb_bucket_take(&b, rate, burst, 1, T0 + 10000), SB_RATE_ABUSE);
 }
 
 static void test_steady_overload_is_abuse(void **state)

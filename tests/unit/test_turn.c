@@ -44,8 +44,8 @@ static void test_ttl_rounded_down(void **state)
                      0);
     assert_string_equal(user, "1700086400:" SID);
     assert_string_equal(cred, EXPECTED_CRED);
-    assert_int_equal(sb_turn_credential(secret(), strlen(SECRET), SID, NOW, 1999, user,
-                                        sizeof user, cred, sizeof cred),
+    assert_int_equal(sb_turn_credential(secret(), strlen(SECRET), SID, NOW, 1999, user, sizeof user,
+                                        cred, sizeof cred),
                      0);
     assert_string_equal(user, "1700000001:" SID);
 }

@@ -1,0 +1,200 @@
+/* The admin's process context and the types its modules share. One sb_admin_t per process,
+ * passed explicitly; the only global is the signal handling libuv's signal handles stand in
+ * for. Modules: options.c (option table, token), auth.c (bearer check), http.c (lws, routes),
+ * reap.c (dead nodes and stale sockets), nodes.c (walk of the node index), reconcile.c (the
+ * pass and the lease), status.c (mesh-status and metrics figures), events.c (activity log),
+ * metrics.c (Prometheus text). */
+#ifndef SB_ADMIN_H
+#define SB_ADMIN_H
+
+#include "config.h"
+#include "map.h"
+#include "redis.h"
+
+#include <jansson.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct lws_context;
+
+typedef struct {
+    char *listen, *redis, *prefix, *token_file, *log_level;
+    int64_t redis_timeout_ms, reconcile_interval_ms, events_max;
+} sb_admin_config_t;
+
+/* Parses options (defaults < env < flags), checks them and loads the token (from --token-file,
+ * else SWITCHBOARD_ADMIN_TOKEN). Returns 0, 1 when --help or --version was printed, or 2 after
+ * printing one line naming the bad option. *token is malloc'd (the caller frees it). */
+int sb_admin_options(sb_admin_config_t *cfg, char **token, size_t *token_len, int argc,
+                     char **argv, char *const *envp);
+void sb_admin_options_free(sb_admin_config_t *cfg);
+
+/* Kinds of invariant violations a pass repairs (labels of
+ * switchboard_invariant_violations_total{kind}). */
+typedef enum {
+    SB_VIOL_COUNTER = 0, /* a room's or P:stats's figures, node counts, index entries */
+    SB_VIOL_HALF_LINK,   /* a half link towards a non-member (or itself) */
+    SB_VIOL_DEGREE,      /* a wrong, missing or extra degree field */
+    SB_VIOL__COUNT
+} sb_violation_kind_t;
+
+extern const char *const sb_violation_names[SB_VIOL__COUNT];   /* "counter", "half-link", ... */
+extern const char *const sb_violation_totals[SB_VIOL__COUNT];  /* P:admin:totals fields */
+
+/* The result of one reconcile pass (the JSON of last_reconcile). */
+typedef struct {
+    int64_t at_ms;          /* wall clock at the start */
+    int64_t duration_ms;
+    int64_t stale_sockets;  /* sockets reaped (dead nodes' and swept) */
+    int64_t swept_sockets;  /* of which found by the room sweep */
+    int64_t stale_links;    /* links removed by those reaps + half links repaired */
+    int64_t remaining_links;
+    int64_t active_users;
+    int64_t violations[SB_VIOL__COUNT];
+    int64_t nodes_down;     /* dead nodes forgotten */
+    int64_t rooms_checked;
+    int stats_checked;      /* stats_check ran (skipped above SB_STATS_CHECK_MAX_ROOMS) */
+} sb_pass_result_t;
+
+#define SB_STATS_CHECK_MAX_ROOMS 10000
+#define SB_SCAN_COUNT "100"
+
+/* Histogram of pass durations (this process's passes). */
+#define SB_ADMIN_HIST_BUCKETS 12
+typedef struct {
+    uint64_t hist[SB_ADMIN_HIST_BUCKETS + 1];
+    double hist_sum;
+    uint64_t hist_count;
+} sb_admin_metrics_t;
+
+typedef struct sb_admin sb_admin_t;
+typedef struct sb_pass sb_pass_t;
+
+struct sb_admin {
+    sb_admin_config_t cfg;
+    uv_loop_t *loop;
+    struct lws_context *lws;
+    sb_redis_t *redis;
+    unsigned char *token_digest; /* HMAC of the token under token_key (auth.c) */
+    unsigned char token_key[32];
+    char holder[80];     /* this process's id for the reconcile lease */
+    char events_max[24]; /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
+    uv_timer_t tick;     /* lease attempts and pass scheduling */
+    uv_signal_t sigint, sigterm;
+    int stopping;
+    int lease_held;
+    int lease_pending;     /* an admin_lock call is in flight */
+    int64_t next_pass_ms;  /* monotonic: when the next periodic pass is due */
+    sb_pass_t *pass;       /* the pass in progress, or NULL */
+    sb_map_t reaping;      /* node id -> reap in progress (reap.c) */
+    sb_map_t known_nodes;  /* node id -> epoch (malloc'd) seen by this admin's passes */
+    int nodes_primed;      /* known_nodes was filled once (no node-up for those) */
+    sb_admin_metrics_t metrics;
+};
+
+/* Builds "<prefix>:<suffix>" into buf. */
+void sb_admin_key(const sb_admin_t *a, const char *suffix, char *buf, size_t len);
+/* "<prefix>:{<room>}:members" (room not NUL-terminated: rlen bytes). */
+void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf,
+                       size_t len);
+
+/* auth.c: the bearer token check. */
+/* Keeps a keyed digest of token (copied) for sb_auth_check; 0 or -1. */
+int sb_auth_init(sb_admin_t *a, const char *token, size_t len);
+void sb_auth_free(sb_admin_t *a);
+/* 1 when header (the Authorization value, NUL-terminated, may be NULL) is "Bearer <token>"
+ * with exactly our token; 0 otherwise. Takes the same time for every token of a given length
+ * and never stops early at the first differing byte. */
+int sb_auth_check(const sb_admin_t *a, const char *header);
+/* 1 when a query string (without '?', may be NULL) carries a parameter that looks like a
+ * credential (token, access_token, auth, ...): such requests are refused. */
+int sb_auth_query_has_token(const char *query);
+
+/* http.c */
+int sb_http_start(sb_admin_t *a);
+void sb_http_stop(sb_admin_t *a);
+
+/* events.c: the activity log (P:events). */
+/* XADD P:events MAXLEN ~ events-max * type <type> data <data> (data stolen; fire and forget). */
+void sb_events_add(sb_admin_t *a, const char *type, json_t *data);
+/* Converts an XREVRANGE reply (borrowed) into a new JSON array of {id, type, at, data}. */
+json_t *sb_events_from_reply(const redisReply *reply);
+/* ISO 8601 UTC with milliseconds ("2026-01-01T00:00:00.000Z") of ms since the epoch. */
+void sb_iso8601(int64_t ms, char *buf, size_t len);
+
+/* totals: HINCRBY P:admin:totals field delta (fire and forget; nothing when delta is 0). */
+void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta);
+
+/* reap.c: removing what a dead node left behind. */
+typedef struct {
+    int64_t sockets;  /* sockets this reap removed (room_remove answered "ok") */
+    int64_t links;    /* links those removals ended */
+    int forgotten;    /* node_forget removed the node from P:nodes */
+} sb_reap_result_t;
+/* Called exactly once; r is borrowed; error is NULL or why the reap stopped early. */
+typedef void (*sb_reap_cb)(sb_admin_t *a, const sb_reap_result_t *r, const char *error,
+                           void *data);
+/* Reaps node N (whose lease lapsed) through its socket index: every socket whose presence is
+ * gone is removed by room_remove "expired" (which re-checks), then node_forget. Calls sharing a
+ * node join the reap in progress. Returns 0 and calls cb once, or SB_EUNAVAIL without. Totals
+ * and node-down events are recorded by the reap itself. */
+int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data);
+/* room_remove "expired" of one socket. status: 1 removed (links set), 0 live or gone, -1 error. */
+typedef void (*sb_reap_socket_cb)(sb_admin_t *a, int status, int64_t links, void *data);
+int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
+                   const char *node, sb_reap_socket_cb cb, void *data);
+
+/* nodes.c: the node index walk. */
+typedef struct {
+    char *id;
+    json_t *lease; /* parsed lease (new reference), or NULL when not JSON */
+} sb_node_info_t;
+typedef struct {
+    sb_node_info_t *v; /* live nodes (lease present), in no particular order */
+    int n, cap;
+    sb_reap_result_t reaped; /* summed over the lapsed nodes reaped by this walk */
+} sb_nodes_t;
+void sb_nodes_free(sb_nodes_t *nodes);
+/* Called exactly once. nodes is handed over (the callback frees it with sb_nodes_free, and
+ * after an error it may be partial). */
+typedef void (*sb_nodes_cb)(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *data);
+/* Walks P:nodes with SSCAN, reads each lease, and reaps (awaited) every node whose lease is
+ * gone. Returns 0 and calls cb once, or SB_EUNAVAIL without calling it. */
+int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data);
+
+/* reconcile.c */
+/* Called exactly once; r is borrowed. */
+typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char *error,
+                           void *data);
+/* Runs a pass now, or joins the one in progress (concurrent callers share one pass). cb may be
+ * NULL. Returns 0 and calls cb once, or SB_EUNAVAIL without calling it. */
+int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data);
+/* The pass result as JSON (new reference), the shape of mesh-status's last_reconcile. */
+json_t *sb_pass_json(const sb_pass_result_t *r);
+/* Timer work: takes or renews the lease, starts a periodic pass when due and held. */
+void sb_reconcile_tick(sb_admin_t *a);
+/* Shutdown: the pass in progress, if any, finishes with an error as Redis closes. */
+void sb_reconcile_stop(sb_admin_t *a);
+
+/* status.c: figures for mesh-status and metrics. */
+typedef struct {
+    sb_nodes_t nodes;
+    int64_t rooms, members, links, linked;
+    json_t *last;   /* P:admin:last parsed (new reference) or NULL */
+    json_t *totals; /* object of P:admin:totals as integers (new reference) */
+    json_t *events; /* newest events (new reference) or NULL */
+} sb_status_t;
+typedef void (*sb_status_cb)(sb_admin_t *a, sb_status_t *st, const char *error, void *data);
+/* Reaps lapsed nodes, then reads the figures, the last pass, the totals and (with events > 0)
+ * that many newest events. Returns 0 and calls cb once with st borrowed (valid during cb), or
+ * SB_EUNAVAIL without calling it. */
+int sb_status_collect(sb_admin_t *a, int events, sb_status_cb cb, void *data);
+/* mesh-status JSON (contract section 5) of st (new reference). */
+json_t *sb_status_json(const sb_status_t *st);
+
+/* metrics.c */
+void sb_metrics_observe_pass(sb_admin_t *a, double seconds);
+/* Prometheus text of st and this process's counters; malloc'd, *len set. */
+char *sb_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len);
+
+#endif

@@ -1,0 +1,223 @@
+/* The walk over the node index P:nodes: SSCAN in batches of bounded COUNT, one MGET of the
+ * batch's leases, and an awaited reap (reap.c) of every node whose lease is gone. Produces the
+ * list of live nodes with their leases for mesh-status, metrics and the pass. Does not reap
+ * sockets itself or look at rooms. */
+#include "admin.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    sb_admin_t *a;
+    char nodes_key[160];
+    char cursor[32];
+    sb_nodes_t *out;
+    sb_map_t seen; /* SSCAN may return an id twice */
+    char **batch;  /* ids of the current batch (owned) */
+    int nbatch;
+    char **lapsed; /* borrowed from batch */
+    int nlapsed, ilapsed;
+    sb_nodes_cb cb;
+    void *data;
+} walk_t;
+
+void sb_nodes_free(sb_nodes_t *nodes)
+{
+    if (!nodes)
+        return;
+    for (int i = 0; i < nodes->n; i++) {
+        free(nodes->v[i].id);
+        json_decref(nodes->v[i].lease);
+    }
+    free(nodes->v);
+    free(nodes);
+}
+
+static void clear_batch(walk_t *w)
+{
+    for (int i = 0; i < w->nbatch; i++)
+        free(w->batch[i]);
+    free(w->batch);
+    free(w->lapsed);
+    w->batch = w->lapsed = NULL;
+    w->nbatch = w->nlapsed = w->ilapsed = 0;
+}
+
+static void finish(walk_t *w, const char *error)
+{
+    clear_batch(w);
+    sb_map_free(&w->seen);
+    w->cb(w->a, w->out, error, w->data); /* out handed over */
+    free(w);
+}
+
+static int add_live(sb_nodes_t *o, const char *id, json_t *lease)
+{
+    if (o->n == o->cap) {
+        int cap = o->cap ? o->cap * 2 : 16;
+        sb_node_info_t *v = realloc(o->v, sizeof *v * (size_t)cap);
+        if (!v)
+            return -1;
+        o->v = v;
+        o->cap = cap;
+    }
+    o->v[o->n].id = strdup(id);
+    o->v[o->n].lease = lease;
+    o->n++;
+    return 0;
+}
+
+static int scan_next(walk_t *w);
+
+static void after_batch(walk_t *w)
+{
+    clear_batch(w);
+    if (strcmp(w->cursor, "0") == 0) {
+        finish(w, NULL);
+        return;
+    }
+    if (scan_next(w) != 0)
+        finish(w, "unavailable");
+}
+
+static void reap_next(walk_t *w);
+
+static void on_reaped(sb_admin_t *a, const sb_reap_result_t *r, const char *error, void *data)
+{
+    (void)a;
+    walk_t *w = data;
+    w->out->reaped.sockets += r->sockets;
+    w->out->reaped.links += r->links;
+    w->out->reaped.forgotten += r->forgotten;
+    if (error) {
+        finish(w, error);
+        return;
+    }
+    reap_next(w);
+}
+
+/* One dead node at a time: each reap is itself a sequence of bounded batches. */
+static void reap_next(walk_t *w)
+{
+    if (w->ilapsed >= w->nlapsed) {
+        after_batch(w);
+        return;
+    }
+    const char *id = w->lapsed[w->ilapsed++];
+    if (sb_reap_node(w->a, id, on_reaped, w) != 0)
+        finish(w, "unavailable");
+}
+
+static void on_leases(redisReply *reply, const char *error, void *data)
+{
+    walk_t *w = data;
+    if (error || !reply || reply->type != REDIS_REPLY_ARRAY ||
+        reply->elements != (size_t)w->nbatch) {
+        finish(w, error ? error : "bad MGET reply");
+        return;
+    }
+    w->lapsed = calloc((size_t)w->nbatch, sizeof(char *));
+    if (!w->lapsed) {
+        finish(w, "out of memory");
+        return;
+    }
+    for (int i = 0; i < w->nbatch; i++) {
+        const redisReply *e = reply->element[i];
+        if (e->type == REDIS_REPLY_STRING) {
+            json_t *lease = json_loadb(e->str, e->len, 0, NULL);
+            add_live(w->out, w->batch[i], lease);
+        } else {
+            w->lapsed[w->nlapsed++] = w->batch[i];
+        }
+    }
+    reap_next(w);
+}
+
+static void on_scan(redisReply *reply, const char *error, void *data)
+{
+    walk_t *w = data;
+    sb_admin_t *a = w->a;
+    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        finish(w, error ? error : "bad SSCAN reply");
+        return;
+    }
+    snprintf(w->cursor, sizeof w->cursor, "%s", reply->element[0]->str);
+    const redisReply *items = reply->element[1];
+    w->batch = calloc(items->elements + 1, sizeof(char *));
+    if (!w->batch) {
+        finish(w, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < items->elements; i++) {
+        const redisReply *e = items->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        /* Node ids are what --id allows; anything else was not written by a node, and would
+         * build wrong key names. */
+        if (e->len != strlen(e->str) || !sb_config_valid_name(e->str)) {
+            sb_warn("node index: ignoring an invalid node id");
+            continue;
+        }
+        if (sb_map_get(&w->seen, e->str))
+            continue;
+        sb_map_put(&w->seen, e->str, w);
+        w->batch[w->nbatch++] = strdup(e->str);
+    }
+    if (w->nbatch == 0) {
+        after_batch(w);
+        return;
+    }
+    /* One MGET for the batch's leases: bounded by the SSCAN COUNT. */
+    const char **argv = calloc((size_t)w->nbatch + 1, sizeof(char *));
+    char (*keys)[160] = calloc((size_t)w->nbatch, sizeof *keys);
+    int rc = SB_ENOMEM;
+    if (argv && keys) {
+        argv[0] = "MGET";
+        for (int i = 0; i < w->nbatch; i++) {
+            char suffix[128];
+            snprintf(suffix, sizeof suffix, "node:%s", w->batch[i]);
+            sb_admin_key(a, suffix, keys[i], sizeof keys[i]);
+            argv[i + 1] = keys[i];
+        }
+        rc = sb_redis_argv(a->redis, on_leases, w, w->nbatch + 1, argv, NULL);
+    }
+    free(argv);
+    free(keys);
+    if (rc != 0)
+        finish(w, "unavailable");
+}
+
+static int scan_next(walk_t *w)
+{
+    const char *argv[] = {"SSCAN", w->nodes_key, w->cursor, "COUNT", SB_SCAN_COUNT};
+    return sb_redis_argv(w->a->redis, on_scan, w, 5, argv, NULL);
+}
+
+int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data)
+{
+    walk_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return SB_ENOMEM;
+    w->out = calloc(1, sizeof *w->out);
+    if (!w->out) {
+        free(w);
+        return SB_ENOMEM;
+    }
+    w->a = a;
+    w->cb = cb;
+    w->data = data;
+    sb_admin_key(a, "nodes", w->nodes_key, sizeof w->nodes_key);
+    strcpy(w->cursor, "0");
+    sb_map_init(&w->seen);
+    int rc = scan_next(w);
+    if (rc != 0) {
+        sb_map_free(&w->seen);
+        free(w->out);
+        free(w);
+    }
+    return rc;
+}

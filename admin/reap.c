@@ -1,0 +1,250 @@
+/* Reaping what dead nodes left: a node whose lease lapsed is walked through its socket index
+ * P:node:N:sockets (SSCAN, one batch of room_remove "expired" calls at a time), then forgotten
+ * with node_forget. Work is proportional to the dead node's sockets. room_remove re-checks
+ * inside itself that the presence key is absent ("live" otherwise), so reaping never removes a
+ * live socket and running it twice (two admins, or mesh-status and a pass) is harmless: only
+ * one run gets "ok" for a socket, so the counts stay exact. Does not decide which nodes are
+ * dead (nodes.c) or sweep rooms (reconcile.c). */
+#include "admin.h"
+#include "log.h"
+#include "scripts.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- one socket ---------------------------------------------------------------------------- */
+
+typedef struct {
+    sb_admin_t *a;
+    sb_reap_socket_cb cb;
+    void *data;
+} sock_t;
+
+static void on_socket_removed(redisReply *reply, const char *error, void *data)
+{
+    sock_t *s = data;
+    int status = -1;
+    int64_t links = 0;
+    if (error) {
+        sb_debug("reap: room_remove failed: %s", error);
+    } else if (sb_reply_is_error(reply)) {
+        sb_error("reap: room_remove refused: %s", reply->str);
+    } else {
+        const char *st = sb_reply_str(reply, 0, NULL);
+        if (st && strcmp(st, "ok") == 0) {
+            status = 1;
+            links = sb_reply_int(reply, 1, 0);
+        } else if (st) {
+            status = 0; /* "live": its node refreshed it; "gone": already reaped */
+        }
+    }
+    s->cb(s->a, status, links, s->data);
+    free(s);
+}
+
+int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
+                   const char *node, sb_reap_socket_cb cb, void *data)
+{
+    char key[512];
+    sb_admin_room_key(a, room, rlen, key, sizeof key);
+    sock_t *s = malloc(sizeof *s);
+    if (!s)
+        return SB_ENOMEM;
+    s->a = a;
+    s->cb = cb;
+    s->data = data;
+    const char *args[] = {key, a->cfg.prefix, room, sid, "expired", node ? node : "",
+                          a->events_max};
+    size_t lens[] = {strlen(key), strlen(a->cfg.prefix), rlen, slen, 7,
+                     node ? strlen(node) : 0, strlen(a->events_max)};
+    int rc = sb_script_call(a->redis, sb_script("room_remove"), 1, 7, args, lens,
+                            on_socket_removed, s);
+    if (rc != 0)
+        free(s);
+    return rc;
+}
+
+/* ---- one dead node ------------------------------------------------------------------------- */
+
+typedef struct waiter {
+    struct waiter *next;
+    sb_reap_cb cb;
+    void *data;
+} waiter_t;
+
+typedef struct {
+    sb_admin_t *a;
+    char node[96];
+    char index_key[192];
+    char cursor[32];
+    waiter_t *waiters;
+    sb_reap_result_t res;
+    int pending;                /* room_remove calls of this batch in flight, +1 while issuing */
+    int64_t batch_sockets, batch_links;
+    const char *error;
+} reap_t;
+
+static void finish(reap_t *r, const char *error)
+{
+    sb_admin_t *a = r->a;
+    /* Off the map first: a waiter may start a new reap of the same node. */
+    sb_map_del(&a->reaping, r->node);
+    if (error)
+        sb_warn("reap of node %s stopped: %s (%lld sockets removed so far)", r->node, error,
+                (long long)r->res.sockets);
+    else if (r->res.sockets || r->res.forgotten)
+        sb_info("node %s reaped: %lld stale sockets, %lld links removed%s", r->node,
+                (long long)r->res.sockets, (long long)r->res.links,
+                r->res.forgotten ? ", node forgotten" : "");
+    waiter_t *w = r->waiters;
+    while (w) {
+        waiter_t *next = w->next;
+        w->cb(a, &r->res, error, w->data);
+        free(w);
+        w = next;
+    }
+    free(r);
+}
+
+static void on_forgotten(redisReply *reply, const char *error, void *data)
+{
+    reap_t *r = data;
+    if (error || sb_reply_is_error(reply)) {
+        finish(r, error ? error : reply->str);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        r->res.forgotten = 1;
+        /* Only the run whose node_forget removed the node gets 1: one event per death, however
+         * many admins reap. */
+        sb_events_add(r->a, "node-down",
+                      json_pack("{s:s,s:I,s:I}", "node", r->node, "stale_sockets",
+                                (json_int_t)r->res.sockets, "stale_links",
+                                (json_int_t)r->res.links));
+    }
+    finish(r, NULL);
+}
+
+static int scan_next(reap_t *r);
+
+static void batch_complete(reap_t *r)
+{
+    sb_admin_t *a = r->a;
+    sb_totals_add(a, "stale_sockets_removed", r->batch_sockets);
+    sb_totals_add(a, "stale_links_removed", r->batch_links);
+    r->batch_sockets = r->batch_links = 0;
+    if (r->error) {
+        finish(r, r->error);
+        return;
+    }
+    if (strcmp(r->cursor, "0") != 0) {
+        if (scan_next(r) != 0)
+            finish(r, "unavailable");
+        return;
+    }
+    const char *args[] = {a->cfg.prefix, r->node};
+    if (sb_script_call(a->redis, sb_script("node_forget"), 0, 2, args, NULL, on_forgotten, r) !=
+        0)
+        finish(r, "unavailable");
+}
+
+static void on_socket(sb_admin_t *a, int status, int64_t links, void *data)
+{
+    (void)a;
+    reap_t *r = data;
+    if (status == 1) {
+        r->res.sockets++;
+        r->res.links += links;
+        r->batch_sockets++;
+        r->batch_links += links;
+    } else if (status < 0) {
+        r->error = "room_remove failed";
+    }
+    if (--r->pending == 0)
+        batch_complete(r);
+}
+
+static void on_scan(redisReply *reply, const char *error, void *data)
+{
+    reap_t *r = data;
+    sb_admin_t *a = r->a;
+    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        finish(r, error ? error : "bad SSCAN reply");
+        return;
+    }
+    snprintf(r->cursor, sizeof r->cursor, "%s", reply->element[0]->str);
+    const redisReply *items = reply->element[1];
+    r->pending = 1; /* guard: the batch cannot complete while we are still issuing it */
+    for (size_t i = 0; i < items->elements; i++) {
+        const redisReply *e = items->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        const char *sp = memchr(e->str, ' ', e->len);
+        if (!sp || sp == e->str || (size_t)(sp - e->str) + 1 >= e->len) {
+            /* Not "R S": no script wrote it and none can remove it; drop it so the index can
+             * drain and node_forget can succeed. */
+            sb_warn("reap: dropping malformed index entry of node %s", r->node);
+            const char *argv[] = {"SREM", r->index_key, e->str};
+            size_t lens[] = {4, strlen(r->index_key), e->len};
+            sb_redis_argv(a->redis, NULL, NULL, 3, argv, lens);
+            continue;
+        }
+        size_t rlen = (size_t)(sp - e->str);
+        r->pending++;
+        if (sb_reap_socket(a, e->str, rlen, sp + 1, e->len - rlen - 1, r->node, on_socket, r) !=
+            0) {
+            r->pending--;
+            r->error = "unavailable";
+            break;
+        }
+    }
+    if (--r->pending == 0)
+        batch_complete(r);
+}
+
+static int scan_next(reap_t *r)
+{
+    const char *argv[] = {"SSCAN", r->index_key, r->cursor, "COUNT", SB_SCAN_COUNT};
+    return sb_redis_argv(r->a->redis, on_scan, r, 5, argv, NULL);
+}
+
+int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data)
+{
+    waiter_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return SB_ENOMEM;
+    w->cb = cb;
+    w->data = data;
+    reap_t *r = sb_map_get(&a->reaping, node);
+    if (r) {
+        /* Join the reap in progress: it re-checks every socket anyway, and a socket it has
+         * already passed as "live" is for the next pass (the lag bound allows one interval). */
+        w->next = r->waiters;
+        r->waiters = w;
+        return 0;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        free(w);
+        return SB_ENOMEM;
+    }
+    r->a = a;
+    snprintf(r->node, sizeof r->node, "%s", node);
+    char suffix[160];
+    snprintf(suffix, sizeof suffix, "node:%s:sockets", node);
+    sb_admin_key(a, suffix, r->index_key, sizeof r->index_key);
+    strcpy(r->cursor, "0");
+    int rc = scan_next(r);
+    if (rc != 0) {
+        free(r);
+        free(w);
+        return rc;
+    }
+    r->waiters = w;
+    sb_map_put(&a->reaping, r->node, r);
+    sb_debug("reaping node %s: its lease lapsed", node);
+    return 0;
+}

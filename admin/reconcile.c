@@ -1,0 +1,496 @@
+/* The reconcile pass and its schedule. A pass: (1) walks the node index and reaps every node
+ * whose lease lapsed (nodes.c, reap.c); (2) sweeps P:rooms with SSCAN of bounded COUNT, runs
+ * room_check on each room of a batch (it repairs the room's figures, half links, degrees and
+ * node counts, and returns the members without presence), and reaps those members with
+ * room_remove "expired"; (3) runs stats_check while P:rooms is small enough; (4) records the
+ * result in P:admin:last, P:admin:totals and, when something changed, the activity log.
+ * Only one batch is in flight at a time, so no Redis call is long and the loop stays free.
+ * The schedule: the reconcile lease (admin_lock.lua) is taken or renewed every interval / 4
+ * with a TTL of 2/3 interval, so a survivor takes over within one interval of the holder's
+ * death; the holder starts a pass every interval. Correctness never rests on the lease: every
+ * reap re-checks presence inside its script. Does not serve HTTP or read figures for it. */
+#include "admin.h"
+#include "log.h"
+#include "scripts.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const sb_violation_names[SB_VIOL__COUNT] = {"counter", "half-link", "degree"};
+const char *const sb_violation_totals[SB_VIOL__COUNT] = {
+    "violations_counter", "violations_half_link", "violations_degree"};
+
+typedef struct pwaiter {
+    struct pwaiter *next;
+    sb_pass_cb cb;
+    void *data;
+} pwaiter_t;
+
+struct sb_pass {
+    sb_admin_t *a;
+    pwaiter_t *waiters;
+    sb_pass_result_t res;
+    int64_t started_mono;
+    int by_lease; /* started while this admin held the lease: may log node-up */
+    char rooms_key[160];
+    char cursor[32];
+    int pending; /* room_check and reap calls of this batch in flight, +1 while issuing */
+    int64_t batch_sockets, batch_links;
+    const char *error;
+};
+
+typedef struct {
+    sb_pass_t *p;
+    char room[80];
+} check_t;
+
+static int64_t lease_ttl_ms(const sb_admin_t *a)
+{
+    int64_t ttl = a->cfg.reconcile_interval_ms * 2 / 3;
+    return ttl < 50 ? 50 : ttl;
+}
+
+static int valid_room(const char *s, size_t len)
+{
+    if (len == 0 || len > 64 || strlen(s) != len)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+json_t *sb_pass_json(const sb_pass_result_t *r)
+{
+    char at[40];
+    sb_iso8601(r->at_ms, at, sizeof at);
+    int64_t total = 0;
+    json_t *kinds = json_object();
+    for (int k = 0; k < SB_VIOL__COUNT; k++) {
+        total += r->violations[k];
+        json_object_set_new(kinds, sb_violation_names[k], json_integer(r->violations[k]));
+    }
+    return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:b}", "at", at, "duration_ms",
+                     (json_int_t)r->duration_ms, "stale_sockets", (json_int_t)r->stale_sockets,
+                     "stale_links", (json_int_t)r->stale_links, "remaining_links",
+                     (json_int_t)r->remaining_links, "violations", (json_int_t)total,
+                     "violations_by_kind", kinds, "swept_sockets", (json_int_t)r->swept_sockets,
+                     "nodes_down", (json_int_t)r->nodes_down, "rooms_checked",
+                     (json_int_t)r->rooms_checked, "stats_checked", r->stats_checked);
+}
+
+/* ---- the end of a pass --------------------------------------------------------------------- */
+
+static void record(sb_pass_t *p)
+{
+    sb_admin_t *a = p->a;
+    sb_pass_result_t *r = &p->res;
+    json_t *j = sb_pass_json(r);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char key[160];
+    sb_admin_key(a, "admin:last", key, sizeof key);
+    if (text) {
+        const char *argv[] = {"SET", key, text};
+        sb_redis_argv(a->redis, NULL, NULL, 3, argv, NULL);
+        free(text);
+    }
+    int64_t violations = 0;
+    for (int k = 0; k < SB_VIOL__COUNT; k++) {
+        violations += r->violations[k];
+        sb_totals_add(a, sb_violation_totals[k], r->violations[k]);
+    }
+    sb_totals_add(a, "reconcile_runs", 1);
+    sb_totals_add(a, "violations_repaired", violations);
+    /* Reaps added their own sockets and links as they went; the repaired halves are the rest
+     * of this pass's stale_links. */
+    sb_totals_add(a, "stale_links_removed", r->violations[SB_VIOL_HALF_LINK]);
+    if (r->stale_sockets || r->stale_links || violations) {
+        /* Only passes that changed something are logged: an idle cluster's log stays quiet. */
+        sb_events_add(
+            a, "reconcile",
+            json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "stale_sockets",
+                      (json_int_t)r->stale_sockets, "stale_links", (json_int_t)r->stale_links,
+                      "violations", (json_int_t)violations, "remaining_links",
+                      (json_int_t)r->remaining_links, "duration_ms", (json_int_t)r->duration_ms,
+                      "stale_connections", (json_int_t)r->stale_links, "remaining_connections",
+                      (json_int_t)r->remaining_links, "active_users",
+                      (json_int_t)r->active_users));
+        sb_info("reconcile: %lld stale sockets, %lld stale links, %lld violations repaired "
+                "(counter %lld, half-link %lld, degree %lld) in %lld ms",
+                (long long)r->stale_sockets, (long long)r->stale_links, (long long)violations,
+                (long long)r->violations[SB_VIOL_COUNTER],
+                (long long)r->violations[SB_VIOL_HALF_LINK],
+                (long long)r->violations[SB_VIOL_DEGREE], (long long)r->duration_ms);
+    } else {
+        sb_debug("reconcile: nothing to repair (%lld ms)", (long long)r->duration_ms);
+    }
+}
+
+static void finish(sb_pass_t *p, const char *error)
+{
+    sb_admin_t *a = p->a;
+    p->res.duration_ms = sb_mono_ms() - p->started_mono;
+    if (a->pass == p)
+        a->pass = NULL;
+    if (!error) {
+        sb_metrics_observe_pass(a, (double)p->res.duration_ms / 1000.0);
+        record(p);
+    } else if (!a->stopping) {
+        sb_warn("reconcile pass failed: %s", error);
+    }
+    pwaiter_t *w = p->waiters;
+    while (w) {
+        pwaiter_t *next = w->next;
+        w->cb(a, &p->res, error, w->data);
+        free(w);
+        w = next;
+    }
+    free(p);
+}
+
+/* ---- (4) the figures after the pass -------------------------------------------------------- */
+
+static void on_figures(redisReply *reply, const char *error, void *data)
+{
+    sb_pass_t *p = data;
+    if (error || !reply || reply->type != REDIS_REPLY_ARRAY) {
+        finish(p, error ? error : "bad HMGET reply");
+        return;
+    }
+    p->res.remaining_links = sb_reply_int(reply, 0, 0);
+    p->res.active_users = sb_reply_int(reply, 1, 0);
+    finish(p, NULL);
+}
+
+static void read_figures(sb_pass_t *p)
+{
+    char key[160];
+    sb_admin_key(p->a, "stats", key, sizeof key);
+    const char *argv[] = {"HMGET", key, "links", "members"};
+    if (sb_redis_argv(p->a->redis, on_figures, p, 4, argv, NULL) != 0)
+        finish(p, "unavailable");
+}
+
+/* ---- (3) stats_check, bounded -------------------------------------------------------------- */
+
+static void on_stats_checked(redisReply *reply, const char *error, void *data)
+{
+    sb_pass_t *p = data;
+    if (error || sb_reply_is_error(reply)) {
+        finish(p, error ? error : reply->str);
+        return;
+    }
+    p->res.stats_checked = 1;
+    p->res.violations[SB_VIOL_COUNTER] += sb_reply_int(reply, 0, 0);
+    read_figures(p);
+}
+
+static void on_rooms_count(redisReply *reply, const char *error, void *data)
+{
+    sb_pass_t *p = data;
+    sb_admin_t *a = p->a;
+    if (error || !reply || reply->type != REDIS_REPLY_INTEGER) {
+        finish(p, error ? error : "bad SCARD reply");
+        return;
+    }
+    if (reply->integer > SB_STATS_CHECK_MAX_ROOMS) {
+        /* stats_check reads every room in one script: above this size it would hold Redis
+         * for too long. The per-room checks already applied their deltas to P:stats. */
+        sb_debug("reconcile: %lld rooms: stats_check skipped (above %d)",
+                 (long long)reply->integer, SB_STATS_CHECK_MAX_ROOMS);
+        read_figures(p);
+        return;
+    }
+    const char *args[] = {a->cfg.prefix};
+    if (sb_script_call(a->redis, sb_script("stats_check"), 0, 1, args, NULL, on_stats_checked,
+                       p) != 0)
+        finish(p, "unavailable");
+}
+
+static void check_stats(sb_pass_t *p)
+{
+    const char *argv[] = {"SCARD", p->rooms_key};
+    if (sb_redis_argv(p->a->redis, on_rooms_count, p, 2, argv, NULL) != 0)
+        finish(p, "unavailable");
+}
+
+/* ---- (2) the room sweep -------------------------------------------------------------------- */
+
+static int scan_rooms(sb_pass_t *p);
+
+static void batch_complete(sb_pass_t *p)
+{
+    sb_totals_add(p->a, "stale_sockets_removed", p->batch_sockets);
+    sb_totals_add(p->a, "stale_links_removed", p->batch_links);
+    p->batch_sockets = p->batch_links = 0;
+    if (p->error) {
+        finish(p, p->error);
+        return;
+    }
+    if (strcmp(p->cursor, "0") == 0) {
+        check_stats(p);
+        return;
+    }
+    if (scan_rooms(p) != 0)
+        finish(p, "unavailable");
+}
+
+static void settle(sb_pass_t *p)
+{
+    if (--p->pending == 0)
+        batch_complete(p);
+}
+
+static void on_swept(sb_admin_t *a, int status, int64_t links, void *data)
+{
+    (void)a;
+    sb_pass_t *p = data;
+    if (status == 1) {
+        p->res.stale_sockets++;
+        p->res.swept_sockets++;
+        p->res.stale_links += links;
+        p->batch_sockets++;
+        p->batch_links += links;
+    } else if (status < 0) {
+        p->error = "room_remove failed";
+    }
+    settle(p);
+}
+
+static void on_checked(redisReply *reply, const char *error, void *data)
+{
+    check_t *c = data;
+    sb_pass_t *p = c->p;
+    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) {
+        if (!error && sb_reply_is_error(reply))
+            sb_error("reconcile: room_check of %s refused: %s", c->room, reply->str);
+        p->error = error ? error : "room_check failed";
+        free(c);
+        settle(p);
+        return;
+    }
+    p->res.rooms_checked++;
+    int64_t counter = sb_reply_int(reply, 0, 0), half = sb_reply_int(reply, 1, 0),
+            degree = sb_reply_int(reply, 2, 0);
+    p->res.violations[SB_VIOL_COUNTER] += counter;
+    p->res.violations[SB_VIOL_HALF_LINK] += half;
+    p->res.violations[SB_VIOL_DEGREE] += degree;
+    p->res.stale_links += half;
+    if (counter || half || degree)
+        sb_warn("reconcile: room %s repaired: %lld counter, %lld half-link, %lld degree fixes",
+                c->room, (long long)counter, (long long)half, (long long)degree);
+    /* Members without presence on a live node's watch (its lease outlived them, or it could
+     * not refresh them): reap each; room_remove re-checks the presence. */
+    for (size_t i = 3; i < reply->elements && !p->error; i++) {
+        const redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING || e->len == 0)
+            continue;
+        p->pending++;
+        if (sb_reap_socket(p->a, c->room, strlen(c->room), e->str, e->len, "", on_swept, p) !=
+            0) {
+            p->pending--;
+            p->error = "unavailable";
+        }
+    }
+    free(c);
+    settle(p);
+}
+
+static void on_rooms(redisReply *reply, const char *error, void *data)
+{
+    sb_pass_t *p = data;
+    sb_admin_t *a = p->a;
+    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        finish(p, error ? error : "bad SSCAN reply");
+        return;
+    }
+    snprintf(p->cursor, sizeof p->cursor, "%s", reply->element[0]->str);
+    const redisReply *items = reply->element[1];
+    p->pending = 1; /* guard: the batch cannot complete while it is being issued */
+    for (size_t i = 0; i < items->elements && !p->error; i++) {
+        const redisReply *e = items->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        if (!valid_room(e->str, e->len)) {
+            sb_warn("reconcile: ignoring an invalid room name in %s", p->rooms_key);
+            continue;
+        }
+        check_t *c = malloc(sizeof *c);
+        if (!c) {
+            p->error = "out of memory";
+            break;
+        }
+        c->p = p;
+        memcpy(c->room, e->str, e->len + 1);
+        char key[512];
+        sb_admin_room_key(a, c->room, e->len, key, sizeof key);
+        const char *args[] = {key, a->cfg.prefix, c->room};
+        p->pending++;
+        if (sb_script_call(a->redis, sb_script("room_check"), 1, 3, args, NULL, on_checked, c) !=
+            0) {
+            p->pending--;
+            free(c);
+            p->error = "unavailable";
+        }
+    }
+    settle(p);
+}
+
+static int scan_rooms(sb_pass_t *p)
+{
+    const char *argv[] = {"SSCAN", p->rooms_key, p->cursor, "COUNT", SB_SCAN_COUNT};
+    return sb_redis_argv(p->a->redis, on_rooms, p, 5, argv, NULL);
+}
+
+/* ---- (1) dead nodes ------------------------------------------------------------------------ */
+
+static void free_known(void *value, void *arg)
+{
+    (void)arg;
+    free(value);
+}
+
+/* node-up for every node (or new epoch) this admin had not seen; the first walk after taking
+ * the lease only learns the nodes, so a takeover does not log the whole cluster again. */
+static void note_nodes(sb_admin_t *a, const sb_nodes_t *nodes)
+{
+    sb_map_t fresh;
+    sb_map_init(&fresh);
+    for (int i = 0; i < nodes->n; i++) {
+        json_t *ep = nodes->v[i].lease ? json_object_get(nodes->v[i].lease, "epoch") : NULL;
+        const char *epoch = json_is_string(ep) ? json_string_value(ep) : "";
+        const char *known = sb_map_get(&a->known_nodes, nodes->v[i].id);
+        if (a->nodes_primed && (!known || strcmp(known, epoch) != 0))
+            sb_events_add(a, "node-up",
+                          json_pack("{s:s,s:s}", "node", nodes->v[i].id, "epoch", epoch));
+        char *copy = strdup(epoch);
+        if (copy && sb_map_put(&fresh, nodes->v[i].id, copy) != 0)
+            free(copy);
+    }
+    sb_map_each(&a->known_nodes, free_known, NULL);
+    sb_map_free(&a->known_nodes);
+    a->known_nodes = fresh;
+    a->nodes_primed = 1;
+}
+
+static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *data)
+{
+    sb_pass_t *p = data;
+    p->res.stale_sockets += nodes->reaped.sockets;
+    p->res.stale_links += nodes->reaped.links;
+    p->res.nodes_down += nodes->reaped.forgotten;
+    if (!error && p->by_lease && a->lease_held)
+        note_nodes(a, nodes);
+    sb_nodes_free(nodes);
+    if (error) {
+        finish(p, error);
+        return;
+    }
+    strcpy(p->cursor, "0");
+    if (scan_rooms(p) != 0)
+        finish(p, "unavailable");
+}
+
+/* ---- starting and sharing a pass ----------------------------------------------------------- */
+
+int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
+{
+    pwaiter_t *w = NULL;
+    if (cb) {
+        w = calloc(1, sizeof *w);
+        if (!w)
+            return SB_ENOMEM;
+        w->cb = cb;
+        w->data = data;
+    }
+    if (a->pass) {
+        if (w) {
+            w->next = a->pass->waiters;
+            a->pass->waiters = w;
+        }
+        return 0;
+    }
+    if (a->stopping || !sb_redis_up(a->redis)) {
+        free(w);
+        return SB_EUNAVAIL;
+    }
+    sb_pass_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        free(w);
+        return SB_ENOMEM;
+    }
+    p->a = a;
+    p->waiters = w;
+    p->by_lease = a->lease_held;
+    p->res.at_ms = sb_now_ms();
+    p->started_mono = sb_mono_ms();
+    sb_admin_key(a, "rooms", p->rooms_key, sizeof p->rooms_key);
+    int rc = sb_nodes_walk(a, on_nodes, p);
+    if (rc != 0) {
+        free(p);
+        free(w);
+        return rc;
+    }
+    a->pass = p;
+    return 0;
+}
+
+/* ---- the lease and the schedule ------------------------------------------------------------ */
+
+static void on_lock(redisReply *reply, const char *error, void *data)
+{
+    sb_admin_t *a = data;
+    a->lease_pending = 0;
+    if (a->stopping)
+        return;
+    int held = !error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+    if (!error && sb_reply_is_error(reply))
+        sb_error("admin_lock refused: %s", reply->str);
+    if (held && !a->lease_held) {
+        sb_info("reconcile lease taken (%s)", a->holder);
+    } else if (!held && a->lease_held) {
+        sb_info("reconcile lease lost: %s", error ? error : "another admin holds it");
+        /* The node list is learnt again after the next takeover (no duplicate node-up). */
+        a->nodes_primed = 0;
+    }
+    a->lease_held = held;
+    if (held && !a->pass && sb_mono_ms() >= a->next_pass_ms) {
+        a->next_pass_ms = sb_mono_ms() + a->cfg.reconcile_interval_ms;
+        if (sb_reconcile_run(a, NULL, NULL) != 0)
+            sb_debug("reconcile: cannot start a pass now");
+    }
+}
+
+void sb_reconcile_tick(sb_admin_t *a)
+{
+    if (a->stopping)
+        return;
+    if (!sb_redis_up(a->redis)) {
+        if (a->lease_held)
+            sb_info("reconcile lease: Redis unreachable; not reconciling");
+        a->lease_held = 0;
+        a->nodes_primed = 0;
+        return;
+    }
+    if (a->lease_pending)
+        return;
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)lease_ttl_ms(a));
+    const char *args[] = {a->cfg.prefix, a->holder, ttl};
+    if (sb_script_call(a->redis, sb_script("admin_lock"), 0, 3, args, NULL, on_lock, a) == 0)
+        a->lease_pending = 1;
+}
+
+void sb_reconcile_stop(sb_admin_t *a)
+{
+    /* Nothing to cancel here: closing the Redis client fails every call in flight, which ends
+     * the pass (and answers its waiters) through the usual error path. */
+    (void)a;
+}

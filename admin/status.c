@@ -1,0 +1,222 @@
+/* The cluster figures for mesh-status and metrics: first every node whose lease lapsed is
+ * reaped (awaited), then one pipeline reads P:stats (the counters the room scripts keep in step
+ * with every change), P:admin:last, P:admin:totals and the newest entries of P:events. Reading
+ * the maintained counters keeps this O(nodes) whatever the number of rooms and sockets. Does
+ * not repair rooms (reconcile.c). */
+#include "admin.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    sb_admin_t *a;
+    sb_status_t st;
+    int events;
+    int pending;
+    const char *error;
+    sb_status_cb cb;
+    void *data;
+} collect_t;
+
+static const char *const totals_fields[] = {"stale_sockets_removed", "stale_links_removed",
+                                            "reconcile_runs", "violations_repaired"};
+
+static void done(collect_t *c)
+{
+    c->cb(c->a, &c->st, c->error, c->data);
+    for (int i = 0; i < c->st.nodes.n; i++) {
+        free(c->st.nodes.v[i].id);
+        json_decref(c->st.nodes.v[i].lease);
+    }
+    free(c->st.nodes.v);
+    json_decref(c->st.last);
+    json_decref(c->st.totals);
+    json_decref(c->st.events);
+    free(c);
+}
+
+static void settle(collect_t *c)
+{
+    if (--c->pending == 0)
+        done(c);
+}
+
+static int failed(collect_t *c, redisReply *reply, const char *error)
+{
+    if (error || !reply || sb_reply_is_error(reply)) {
+        if (!c->error)
+            c->error = error ? error : "Redis error";
+        return 1;
+    }
+    return 0;
+}
+
+static void on_stats(redisReply *reply, const char *error, void *data)
+{
+    collect_t *c = data;
+    if (!failed(c, reply, error)) {
+        c->st.rooms = sb_reply_int(reply, 0, 0);
+        c->st.members = sb_reply_int(reply, 1, 0);
+        c->st.links = sb_reply_int(reply, 2, 0);
+        c->st.linked = sb_reply_int(reply, 3, 0);
+    }
+    settle(c);
+}
+
+static void on_last(redisReply *reply, const char *error, void *data)
+{
+    collect_t *c = data;
+    if (!failed(c, reply, error) && reply->type == REDIS_REPLY_STRING)
+        c->st.last = json_loadb(reply->str, reply->len, 0, NULL);
+    settle(c);
+}
+
+static void on_totals(redisReply *reply, const char *error, void *data)
+{
+    collect_t *c = data;
+    json_t *t = json_object();
+    for (size_t i = 0; i < sizeof totals_fields / sizeof totals_fields[0]; i++)
+        json_object_set_new(t, totals_fields[i], json_integer(0));
+    json_t *kinds = json_object();
+    for (int k = 0; k < SB_VIOL__COUNT; k++)
+        json_object_set_new(kinds, sb_violation_names[k], json_integer(0));
+    if (!failed(c, reply, error) && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+            const char *f = sb_reply_str(reply, i, NULL);
+            long long v = sb_reply_int(reply, i + 1, 0);
+            if (!f)
+                continue;
+            for (size_t j = 0; j < sizeof totals_fields / sizeof totals_fields[0]; j++)
+                if (strcmp(f, totals_fields[j]) == 0)
+                    json_object_set_new(t, totals_fields[j], json_integer(v));
+            for (int k = 0; k < SB_VIOL__COUNT; k++)
+                if (strcmp(f, sb_violation_totals[k]) == 0)
+                    json_object_set_new(kinds, sb_violation_names[k], json_integer(v));
+        }
+    }
+    json_object_set_new(t, "violations_by_kind", kinds);
+    c->st.totals = t;
+    settle(c);
+}
+
+static void on_events(redisReply *reply, const char *error, void *data)
+{
+    collect_t *c = data;
+    if (!failed(c, reply, error))
+        c->st.events = sb_events_from_reply(reply);
+    settle(c);
+}
+
+static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *data)
+{
+    collect_t *c = data;
+    c->st.nodes = *nodes; /* take the contents */
+    free(nodes);
+    if (error) {
+        c->error = error;
+        done(c);
+        return;
+    }
+    char stats[160], last[160], totals[160], events[160], count[24];
+    sb_admin_key(a, "stats", stats, sizeof stats);
+    sb_admin_key(a, "admin:last", last, sizeof last);
+    sb_admin_key(a, "admin:totals", totals, sizeof totals);
+    sb_admin_key(a, "events", events, sizeof events);
+    snprintf(count, sizeof count, "%d", c->events);
+    /* Pipelined: replies come in order on the one connection; each settles one count. */
+    c->pending = 1;
+    const char *q1[] = {"HMGET", stats, "rooms", "members", "links", "linked"};
+    const char *q2[] = {"GET", last};
+    const char *q3[] = {"HGETALL", totals};
+    const char *q4[] = {"XREVRANGE", events, "+", "-", "COUNT", count};
+    struct {
+        int argc;
+        const char **argv;
+        sb_redis_cb cb;
+    } qs[] = {{6, q1, on_stats}, {2, q2, on_last}, {2, q3, on_totals}, {6, q4, on_events}};
+    int nq = c->events > 0 ? 4 : 3;
+    for (int i = 0; i < nq; i++) {
+        c->pending++;
+        if (sb_redis_argv(a->redis, qs[i].cb, c, qs[i].argc, qs[i].argv, NULL) != 0) {
+            c->pending--;
+            c->error = "unavailable";
+            break;
+        }
+    }
+    settle(c);
+}
+
+int sb_status_collect(sb_admin_t *a, int events, sb_status_cb cb, void *data)
+{
+    collect_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return SB_ENOMEM;
+    c->a = a;
+    c->events = events;
+    c->cb = cb;
+    c->data = data;
+    int rc = sb_nodes_walk(a, on_nodes, c);
+    if (rc != 0)
+        free(c);
+    return rc;
+}
+
+static int by_id(const void *x, const void *y)
+{
+    const sb_node_info_t *a = x, *b = y;
+    return strcmp(a->id, b->id);
+}
+
+static json_t *node_json(const sb_node_info_t *n, int64_t now)
+{
+    json_t *lease = n->lease;
+    json_t *epoch = lease ? json_object_get(lease, "epoch") : NULL;
+    json_t *sockets = lease ? json_object_get(lease, "sockets") : NULL;
+    json_t *joined = lease ? json_object_get(lease, "joined") : NULL;
+    json_t *started = lease ? json_object_get(lease, "started_ms") : NULL;
+    json_t *draining = lease ? json_object_get(lease, "draining") : NULL;
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(n->id));
+    json_object_set_new(o, "epoch", json_is_string(epoch) ? json_copy(epoch) : json_null());
+    json_object_set_new(o, "sockets",
+                        json_integer(json_is_integer(sockets) ? json_integer_value(sockets) : 0));
+    if (json_is_integer(joined))
+        json_object_set_new(o, "joined", json_integer(json_integer_value(joined)));
+    /* age_ms: how long the node has been up, from the started_ms its lease carries. */
+    if (json_is_integer(started)) {
+        int64_t age = now - (int64_t)json_integer_value(started);
+        json_object_set_new(o, "age_ms", json_integer(age > 0 ? age : 0));
+    } else {
+        json_object_set_new(o, "age_ms", json_null());
+    }
+    json_object_set_new(o, "draining", json_boolean(json_is_true(draining)));
+    return o;
+}
+
+json_t *sb_status_json(const sb_status_t *st)
+{
+    int64_t now = sb_now_ms();
+    sb_node_info_t *sorted = NULL;
+    if (st->nodes.n > 0) {
+        sorted = malloc(sizeof *sorted * (size_t)st->nodes.n);
+        if (sorted) {
+            memcpy(sorted, st->nodes.v, sizeof *sorted * (size_t)st->nodes.n);
+            qsort(sorted, (size_t)st->nodes.n, sizeof *sorted, by_id);
+        }
+    }
+    json_t *nodes = json_array();
+    for (int i = 0; sorted && i < st->nodes.n; i++)
+        json_array_append_new(nodes, node_json(&sorted[i], now));
+    free(sorted);
+    /* Entries are {id, type, at, data}: the contract's shape, plus the stream id for clients
+     * that dedupe. */
+    json_t *events = st->events ? json_incref(st->events) : json_array();
+    json_t *totals = st->totals ? json_incref(st->totals) : json_object();
+    return json_pack("{s:o,s:I,s:I,s:I,s:I,s:O,s:o,s:o}", "nodes", nodes, "rooms",
+                     (json_int_t)st->rooms, "active_users", (json_int_t)st->members, "p2p_links",
+                     (json_int_t)st->links, "p2p_users", (json_int_t)st->linked,
+                     "last_reconcile", st->last ? st->last : json_null(), "totals", totals,
+                     "events", events);
+}

@@ -1,0 +1,101 @@
+/* Fuzzes the protocol decoder (node/proto.c) with arbitrary frames: whatever it accepts must
+ * satisfy what the session relies on without re-checking, and whatever it refuses must yield
+ * a well-formed error frame with a contract error code. */
+#include "fuzz.h"
+#include "proto.h"
+
+#include <string.h>
+
+static const char *const codes[] = {"bad-json", "bad-message", "unknown-type", "bad-room",
+                                    "peer-not-found"};
+
+static int known_code(const char *code)
+{
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (strcmp(code, codes[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int valid_rid(json_t *rid)
+{
+    if (json_is_integer(rid))
+        return json_integer_value(rid) >= 0 && json_integer_value(rid) <= 9007199254740991LL;
+    return json_is_string(rid) && json_string_length(rid) <= 4 * SB_RID_MAX;
+}
+
+/* Encodes and re-parses a frame; returns the parsed object (new reference). */
+static json_t *roundtrip(char *frame, size_t len)
+{
+    FUZZ_CHECK(frame != NULL);
+    FUZZ_CHECK(strlen(frame) == len);
+    json_t *o = json_loads(frame, JSON_REJECT_DUPLICATES, NULL);
+    free(frame);
+    FUZZ_CHECK(json_is_object(o));
+    return o;
+}
+
+static void check_accepted(const sb_msg_t *m)
+{
+    FUZZ_CHECK(m->root != NULL);
+    FUZZ_CHECK(m->type >= SB_MSG_JOIN && m->type < SB_MSG_UNKNOWN);
+    FUZZ_CHECK(!m->rid || valid_rid(m->rid));
+    switch (m->type) {
+    case SB_MSG_JOIN:
+        FUZZ_CHECK(m->room && sb_proto_valid_room(m->room));
+        FUZZ_CHECK(!m->meta || json_is_object(m->meta));
+        if (m->meta) {
+            char *s = json_dumps(m->meta, JSON_COMPACT);
+            FUZZ_CHECK(s && strlen(s) <= SB_META_MAX);
+            free(s);
+        }
+        break;
+    case SB_MSG_SIGNAL:
+        FUZZ_CHECK(m->to && sb_proto_valid_sid(m->to));
+        FUZZ_CHECK(m->data != NULL);
+        break;
+    case SB_MSG_LINK:
+        FUZZ_CHECK(m->peer && sb_proto_valid_sid(m->peer));
+        FUZZ_CHECK(m->up == 0 || m->up == 1);
+        break;
+    default:
+        break;
+    }
+    /* A reply carrying the rid, as the session builds it. */
+    size_t len = 0;
+    json_t *o = roundtrip(sb_proto_encode(sb_proto_reply("pong", m->rid), &len), len);
+    FUZZ_CHECK(!m->rid || json_equal(json_object_get(o, "rid"), m->rid));
+    json_decref(o);
+}
+
+static void check_refused(const sb_msg_t *m, const sb_proto_err_t *e)
+{
+    FUZZ_CHECK(m->root == NULL);
+    FUZZ_CHECK(e->code && known_code(e->code));
+    FUZZ_CHECK(e->message[0] != '\0');
+    FUZZ_CHECK(!e->rid || valid_rid(e->rid));
+    size_t len = 0;
+    json_t *o = roundtrip(sb_proto_error(e->code, e->message, e->rid, &len), len);
+    /* The message must survive encoding (jansson drops a non-UTF-8 one silently). */
+    FUZZ_CHECK(json_is_string(json_object_get(o, "message")));
+    FUZZ_CHECK(strcmp(json_string_value(json_object_get(o, "message")), e->message) == 0);
+    FUZZ_CHECK(strcmp(json_string_value(json_object_get(o, "code")), e->code) == 0);
+    FUZZ_CHECK(!e->rid || json_equal(json_object_get(o, "rid"), e->rid));
+    json_decref(o);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    sb_msg_t m;
+    sb_proto_err_t e;
+    if (sb_proto_decode((const char *)data, size, &m, &e) == 0) {
+        check_accepted(&m);
+        sb_msg_free(&m);
+        FUZZ_CHECK(m.root == NULL);
+    } else {
+        check_refused(&m, &e);
+        if (e.rid)
+            json_decref(e.rid);
+    }
+    return 0;
+}

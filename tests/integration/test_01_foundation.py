@@ -1,0 +1,177 @@
+"""Foundation: welcome, ping, readiness against Redis failures, command timeouts, NOSCRIPT
+recovery and option errors. Real redis-server, real nodes."""
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import http_get, node_binary, wait_for
+from client import Client
+
+
+def test_01_welcome_and_ping_on_two_nodes(cluster):
+    a, b = cluster.node("na"), cluster.node("nb")
+
+    async def main():
+        ca = await Client.connect(a.ws_url)
+        cb = await Client.connect(b.ws_url, subprotocols=None)  # no subprotocol means v1
+        for c, n in ((ca, "na"), (cb, "nb")):
+            w = c.welcome
+            assert w["node"] == n and w["protocol"] == 1
+            assert 22 <= len(w["id"]) <= 64 and set(w["id"]) <= set(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+            assert w["limits"]["max_message_bytes"] == 65536
+            assert (await c.request({"type": "ping"}))["type"] == "pong"
+        await ca.send({"type": "ping", "rid": 7})
+        assert (await ca.expect("pong"))["rid"] == 7
+        assert ca.id != cb.id
+        await ca.close()
+        await cb.close()
+    asyncio.run(main())
+
+
+def test_02_other_paths_and_upgrades_refused(cluster):
+    a = cluster.node("na")
+    assert http_get(a.http + "/livez")[0] == 200
+    assert http_get(a.http + "/nope")[0] == 404
+    assert http_get(a.http + "/ws")[0] == 426  # plain GET without upgrade
+
+    async def main():
+        import websockets
+        with pytest.raises(Exception):
+            await websockets.connect(f"ws://127.0.0.1:{a.port}/other")
+        c = await Client.connect(a.ws_url)  # the node still serves
+        await c.close()
+    asyncio.run(main())
+
+
+def test_03_readyz_follows_redis_kill_and_restart(cluster, redis_server):
+    a = cluster.node("na", args=["--redis-timeout-ms", "500"])
+    assert a.ready()
+    redis_server.kill()
+    t0 = time.monotonic()
+    wait_for(lambda: http_get(a.http + "/readyz")[0] == 503, 2.0, msg="readyz 503")
+    down_s = time.monotonic() - t0
+    assert http_get(a.http + "/livez")[0] == 200
+    status, body, _ = http_get(a.http + "/readyz")
+    assert status == 503 and b"reason" in body
+    assert a.metrics()["switchboard_node_redis_up"] == 0
+    redis_server.start()
+    t0 = time.monotonic()
+    wait_for(a.ready, 2.0, msg="readyz 200 after restart")
+    up_s = time.monotonic() - t0
+    assert http_get(a.http + "/livez")[0] == 200
+    assert a.metrics()["switchboard_node_redis_up"] == 1
+    print(f"readyz 503 after {down_s*1000:.0f} ms, 200 after {up_s*1000:.0f} ms")
+
+
+def test_04_stopped_redis_times_out_commands(cluster, redis_server):
+    a = cluster.node("na", args=["--redis-timeout-ms", "500", "--presence-ttl-ms", "15000"])
+
+    async def main():
+        c = await Client.connect(a.ws_url)
+        redis_server.proc.signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            reply = await c.request({"type": "join", "room": "r1"}, timeout=3)
+            took = time.monotonic() - t0
+            assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+            assert took < 2.0, took
+            wait_for(lambda: http_get(a.http + "/readyz")[0] == 503, 2.0, msg="readyz 503")
+            assert http_get(a.http + "/livez")[0] == 200
+            # Requests while Redis is unreachable are refused at once, not queued.
+            t0 = time.monotonic()
+            reply = await c.request({"type": "join", "room": "r1"})
+            assert reply["code"] == "unavailable" and time.monotonic() - t0 < 0.5
+        finally:
+            redis_server.proc.signal(signal.SIGCONT)
+        wait_for(a.ready, 3.0, msg="ready after SIGCONT")
+        reply = await c.request({"type": "join", "room": "r1"})
+        assert reply["type"] == "joined", reply
+        await c.close()
+    asyncio.run(main())
+
+
+def test_05_script_flush_is_survived(cluster, redis_server):
+    a = cluster.node("na")
+    r = redis_server.client()
+
+    async def main():
+        c1 = await Client.connect(a.ws_url)
+        await c1.join("r1")
+        r.script_flush()
+        c2 = await Client.connect(a.ws_url)
+        reply = await c2.join("r1")  # NOSCRIPT -> SCRIPT LOAD -> retried once
+        assert [p["id"] for p in reply["peers"]] == [c1.id]
+        await c1.expect("peer-joined", id=c2.id)
+        await c1.close()
+        await c2.close()
+    asyncio.run(main())
+    assert "script room_join.lua not loaded" in a.proc.log()
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["--presence-ttl-ms", "abc"], {}, "--presence-ttl-ms"),
+    (["--bogus", "1"], {}, "--bogus"),
+    (["--listen", "nowhere"], {}, "--listen"),
+    (["--redis", "http://x"], {}, "--redis"),
+    (["--id", "bad id!"], {}, "--id"),
+    (["--prefix", ""], {}, "--prefix"),
+    (["--presence-ttl-ms", "5000", "--heartbeat-ms", "5000"], {}, "--presence-ttl-ms"),
+    ([], {"SWITCHBOARD_RATE": "-1"}, "SWITCHBOARD_RATE"),
+    (["--allowed-origin", "example.com"], {}, "--allowed-origin"),
+    (["--auth-secret-file", "/nonexistent"], {}, "--auth-secret-file"),
+    (["--tls-cert", "/etc/hostname"], {}, "--tls-key"),
+    (["--turn-url", "turn:127.0.0.1:3478"], {}, "--turn-secret-file"),
+    (["--log-level", "loud"], {}, "--log-level"),
+])
+def test_06_bad_options_exit_2(args, env, needle):
+    p = subprocess.run([node_binary()] + args, env=dict(os.environ, **env), capture_output=True,
+                       text=True, timeout=10)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+
+
+def test_07_help_lists_every_option():
+    p = subprocess.run([node_binary(), "--help"], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 0
+    for opt in ["listen", "redis", "redis-timeout-ms", "id", "prefix", "presence-ttl-ms",
+                "heartbeat-ms", "ping-interval-ms", "ping-timeout-ms", "max-message-bytes",
+                "max-room-members", "rate", "burst", "max-send-queue-bytes", "allowed-origin",
+                "auth-secret-file", "auth-timeout-ms", "turn-secret-file", "turn-url",
+                "turn-ttl-ms", "tls-cert", "tls-key", "drain-timeout-ms", "log-level"]:
+        assert f"--{opt} " in p.stdout, opt
+    assert "SWITCHBOARD_PRESENCE_TTL_MS" in p.stdout and "(default: 15000)" in p.stdout
+
+
+def test_08_env_then_flags_precedence(cluster):
+    a = cluster.node("na", env={"SWITCHBOARD_MAX_ROOM_MEMBERS": "7"})
+    b = cluster.node("nb", env={"SWITCHBOARD_MAX_ROOM_MEMBERS": "7"},
+                     args=["--max-room-members", "9"])
+
+    async def main():
+        ca = await Client.connect(a.ws_url)
+        cb = await Client.connect(b.ws_url)
+        assert ca.welcome["limits"]["max_room_members"] == 7
+        assert cb.welcome["limits"]["max_room_members"] == 9
+        await ca.close()
+        await cb.close()
+    asyncio.run(main())
+
+
+def test_09_clean_shutdown(cluster):
+    a = cluster.node("na")
+
+    async def main():
+        c = await Client.connect(a.ws_url)
+        await c.join("r1")
+        a.proc.signal(signal.SIGINT)
+        code, _ = await c.wait_closed()
+        assert code == 1001
+    asyncio.run(main())
+    assert a.proc.p.wait(10) == 0
+    assert "uv_loop_close=0" in a.proc.log()
