@@ -30,7 +30,7 @@ void sb_events_add(sb_admin_t *a, const char *type, json_t *data)
         return;
     const char *argv[] = {"XADD", key, "MAXLEN", "~", a->events_max, "*", "type", type,
                           "data", text};
-    if (sb_redis_argv(a->redis, NULL, NULL, 10, argv, NULL) != 0)
+    if (sb_redis_argv(a->redis, NULL, NULL, 10, argv, NULL) != 0 && !a->stopping)
         sb_warn("activity log: could not add a %s event (Redis unavailable)", type);
     free(text);
 }
@@ -43,7 +43,7 @@ void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta)
     sb_admin_key(a, "admin:totals", key, sizeof key);
     snprintf(d, sizeof d, "%lld", (long long)delta);
     const char *argv[] = {"HINCRBY", key, field, d};
-    if (sb_redis_argv(a->redis, NULL, NULL, 4, argv, NULL) != 0)
+    if (sb_redis_argv(a->redis, NULL, NULL, 4, argv, NULL) != 0 && !a->stopping)
         sb_warn("totals: could not add %lld to %s (Redis unavailable)", (long long)delta, field);
 }
 

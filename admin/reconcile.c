@@ -31,7 +31,7 @@ struct sb_pass {
     sb_admin_t *a;
     pwaiter_t *waiters;
     sb_pass_result_t res;
-    int64_t started_mono;
+    uint64_t started_ns; /* uv_hrtime() at the start */
     int by_lease; /* started while this admin held the lease: may log node-up */
     char rooms_key[160];
     char cursor[32];
@@ -134,11 +134,12 @@ static void record(sb_pass_t *p)
 static void finish(sb_pass_t *p, const char *error)
 {
     sb_admin_t *a = p->a;
-    p->res.duration_ms = sb_mono_ms() - p->started_mono;
+    double seconds = (double)(uv_hrtime() - p->started_ns) / 1e9;
+    p->res.duration_ms = (int64_t)(seconds * 1000.0 + 0.5);
     if (a->pass == p)
         a->pass = NULL;
     if (!error) {
-        sb_metrics_observe_pass(a, (double)p->res.duration_ms / 1000.0);
+        sb_metrics_observe_pass(a, seconds);
         record(p);
     } else if (!a->stopping) {
         sb_warn("reconcile pass failed: %s", error);
@@ -430,7 +431,7 @@ int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
     p->waiters = w;
     p->by_lease = a->lease_held;
     p->res.at_ms = sb_now_ms();
-    p->started_mono = sb_mono_ms();
+    p->started_ns = uv_hrtime();
     sb_admin_key(a, "rooms", p->rooms_key, sizeof p->rooms_key);
     int rc = sb_nodes_walk(a, on_nodes, p);
     if (rc != 0) {

@@ -171,6 +171,37 @@ static void halves_add(sb_session_t *s, const char *peer)
     s->halves[s->nhalves++] = strdup(peer);
 }
 
+static void on_relinked(redisReply *reply, const char *error, void *data)
+{
+    (void)reply;
+    (void)error;
+    sb_session_unref(data);
+}
+
+/* A member appeared in the view: local sockets that hold a half towards it send it again.
+ * Normally there is none (halves are dropped when a peer leaves); after Redis lost its data
+ * the nodes re-assert in any order, and the half of whichever came back first could not be
+ * written then (room_assert skips peers that are not members yet). link_set is idempotent. */
+static void relink_towards(sb_room_t *r, const char *id)
+{
+    sb_node_t *n = r->node;
+    for (sb_session_t *s = r->local; s; s = s->room_next) {
+        if (s->state != SS_JOINED || !s->in_redis)
+            continue;
+        for (int i = 0; i < s->nhalves; i++) {
+            if (strcmp(s->halves[i], id) != 0)
+                continue;
+            char key[256];
+            sb_key_room(n, r->name, "members", key, sizeof key);
+            const char *args[] = {key, n->cfg.prefix, r->name, s->id, id, "up", n->cfg.id};
+            sb_session_ref(s);
+            if (sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, on_relinked,
+                               s) != 0)
+                sb_session_unref(s);
+        }
+    }
+}
+
 /* The socket was reaped (its presence or record is gone while it was connected here). */
 static void expire_session(sb_session_t *s)
 {
@@ -357,6 +388,7 @@ static void apply_event(sb_room_t *r, json_t *ev)
         free(meta_json);
         if (added)
             notify_joined_peer(r, member_find(r, id));
+        relink_towards(r, id);
         release_held(r, NULL);
     } else if (strcmp(t, "left") == 0) {
         const char *reason = json_string_value(json_object_get(ev, "reason"));
@@ -530,6 +562,9 @@ static void on_resync(redisReply *reply, const char *error, void *data)
                               : NULL;
         if (member_put(r, id, node ? node : "", meta_json))
             notify_joined_peer(r, member_find(r, id));
+        /* Every member, not only new ones: after a data loss the room comes back with a new
+         * sequence (a gap), and this resync is where our halves towards it are re-sent. */
+        relink_towards(r, id);
         free(meta_json);
         json_decref(o);
     }

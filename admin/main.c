@@ -1,0 +1,174 @@
+/* switchboard-admin: options, the libuv loop, the Redis connection, the tick that drives the
+ * reconcile lease and schedule, and a clean shutdown on SIGINT/SIGTERM (every handle closed,
+ * uv_loop_close() == 0). Owns the process context; the work is in the other modules. */
+#include "admin.h"
+#include "log.h"
+#include "scripts.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+void sb_admin_key(const sb_admin_t *a, const char *suffix, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s:%s", a->cfg.prefix, suffix);
+}
+
+void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf,
+                       size_t len)
+{
+    snprintf(buf, len, "%s:{%.*s}:members", a->cfg.prefix, (int)rlen, room);
+}
+
+static void on_redis_up(sb_redis_t *r, void *data)
+{
+    sb_admin_t *a = data;
+    sb_scripts_load_all(r);
+    /* Try the lease at once: a fresh admin (or one back from a Redis outage) reconciles
+     * without waiting for the next tick. */
+    sb_reconcile_tick(a);
+}
+
+static void on_redis_down(sb_redis_t *r, const char *why, void *data)
+{
+    (void)r;
+    (void)why;
+    sb_admin_t *a = data;
+    if (a->lease_held)
+        sb_info("reconcile lease: Redis connection lost");
+    a->lease_held = 0;
+    a->nodes_primed = 0;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    sb_reconcile_tick(t->data);
+}
+
+static void stop_now(sb_admin_t *a)
+{
+    a->stopping = 1;
+    uv_timer_stop(&a->tick);
+    uv_close((uv_handle_t *)&a->tick, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+    /* lws first: its connections are marked closed, so the errors that closing Redis hands to
+     * the operations in flight only drop references. */
+    sb_http_stop(a);
+    sb_reconcile_stop(a);
+    sb_redis_close(a->redis);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    sb_admin_t *a = h->data;
+    if (a->stopping)
+        return;
+    sb_info("signal %d: stopping", signum);
+    stop_now(a);
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        sb_debug("handle still open at shutdown: type %d", (int)h->type);
+}
+
+static void make_holder(sb_admin_t *a)
+{
+    char host[64] = "admin";
+    unsigned char raw[8] = {0};
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
+        memset(raw, 0, sizeof raw);
+    char hex[17];
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    snprintf(a->holder, sizeof a->holder, "%s:%d:%s", host, (int)getpid(), hex);
+}
+
+static void free_known(void *value, void *arg)
+{
+    (void)arg;
+    free(value);
+}
+
+int main(int argc, char **argv)
+{
+    static sb_admin_t admin;
+    sb_admin_t *a = &admin;
+    char *token = NULL;
+    size_t token_len = 0;
+    int rc = sb_admin_options(&a->cfg, &token, &token_len, argc, argv, environ);
+    if (rc != 0) {
+        sb_admin_options_free(&a->cfg);
+        return rc == 1 ? 0 : 2;
+    }
+    if (sb_auth_init(a, token, token_len) != 0) {
+        fprintf(stderr, "switchboard-admin: --token-file: cannot prepare the token\n");
+        free(token);
+        sb_admin_options_free(&a->cfg);
+        return 2;
+    }
+    memset(token, 0, token_len);
+    free(token);
+    snprintf(a->events_max, sizeof a->events_max, "%lld", (long long)a->cfg.events_max);
+    make_holder(a);
+    sb_map_init(&a->reaping);
+    sb_map_init(&a->known_nodes);
+    srandom((unsigned)(time(NULL) ^ (getpid() << 8)));
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    a->loop = &loop;
+    sb_redis_opts_t ro = {.loop = &loop,
+                          .url = a->cfg.redis,
+                          .name = "command",
+                          .timeout_ms = a->cfg.redis_timeout_ms,
+                          .on_up = on_redis_up,
+                          .on_down = on_redis_down,
+                          .data = a};
+    a->redis = sb_redis_new(&ro);
+    if (!a->redis || sb_http_start(a) != 0) {
+        if (a->redis)
+            sb_redis_close(a->redis);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        sb_auth_free(a);
+        sb_admin_options_free(&a->cfg);
+        return 1;
+    }
+    /* The lease is tried every interval / 4 and lasts 2/3 of an interval (reconcile.c). */
+    uint64_t period = (uint64_t)(a->cfg.reconcile_interval_ms / 4);
+    uv_timer_init(&loop, &a->tick);
+    a->tick.data = a;
+    uv_timer_start(&a->tick, on_tick, period, period);
+    uv_signal_init(&loop, &a->sigint);
+    uv_signal_init(&loop, &a->sigterm);
+    a->sigint.data = a->sigterm.data = a;
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+    sb_info("admin %s: prefix %s, reconcile every %lld ms", a->holder, a->cfg.prefix,
+            (long long)a->cfg.reconcile_interval_ms);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* lws on a foreign loop closes its handles asynchronously: let them finish. */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_walk(&loop, close_walk, NULL);
+    int lc = uv_loop_close(&loop);
+    sb_info("stopped (uv_loop_close=%d)", lc);
+    sb_map_free(&a->reaping);
+    sb_map_each(&a->known_nodes, free_known, NULL);
+    sb_map_free(&a->known_nodes);
+    sb_auth_free(a);
+    sb_admin_options_free(&a->cfg);
+    return lc == 0 ? 0 : 1;
+}

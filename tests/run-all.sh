@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every test, in both builds: unit (ctest), Lua (pytest, real Redis), integration (pytest, real
+# Redis and nodes), deploy checks, browser tests (headless Chromium). Ends with one line
+# "N passed, N failed" summed over every suite, and exits non-zero when anything failed.
+# SB_TEST_QUICK=1 skips the ASan build's integration run (for local iteration only).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out=$root/tests/artifacts
+rm -rf "$out/results"
+mkdir -p "$out/results"
+py=/usr/bin/python3
+status=0
+failed_suites=()
+
+step() { printf '\n=== %s ===\n' "$*"; }
+run_suite() { # name, command...
+    local name=$1
+    shift
+    step "$name"
+    if ! "$@"; then
+        status=1
+        failed_suites+=("$name")
+    fi
+}
+
+step "build (normal)"
+bash tests/build.sh build || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+step "build (ASan + UBSan)"
+bash tests/build.sh build-asan asan || { echo "ASan build failed"; echo "0 passed, 1 failed"; exit 1; }
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+run_suite "unit (normal)" ctest --test-dir build --output-on-failure --output-junit "$out/results/unit.xml"
+run_suite "unit (asan)" ctest --test-dir build-asan --output-on-failure --output-junit "$out/results/unit-asan.xml"
+run_suite "lua" $py -m pytest -q -p no:cacheprovider tests/lua --junitxml="$out/results/lua.xml"
+run_suite "integration (normal)" env SWITCHBOARD_BUILD="$root/build" \
+    $py -m pytest -q -p no:cacheprovider tests/integration tests/deploy --junitxml="$out/results/integration.xml"
+if [ -z "${SB_TEST_QUICK:-}" ]; then
+    run_suite "integration (asan)" env SWITCHBOARD_BUILD="$root/build-asan" \
+        $py -m pytest -q -p no:cacheprovider tests/integration --junitxml="$out/results/integration-asan.xml"
+fi
+for t in tests/browser/run-*.sh; do
+    [ -f "$t" ] || continue
+    name=$(basename "$t" .sh)
+    run_suite "browser $name" bash -c "SWITCHBOARD_BUILD='$root/build' bash '$t' 2>&1 | tee '$out/results/$name.log'; exit \${PIPESTATUS[0]}"
+done
+if [ -n "${CI:-}" ] && [ -f tests/fuzz/run.sh ]; then
+    run_suite "fuzz (30 s per target)" bash tests/fuzz/run.sh "${SB_FUZZ_SECONDS:-30}"
+fi
+
+step "summary"
+$py tests/summary.py "$out/results"
+rc=$?
+[ $rc -ne 0 ] && status=1
+if [ ${#failed_suites[@]} -gt 0 ]; then
+    echo "failed suites: ${failed_suites[*]}"
+fi
+exit $status
