@@ -79,12 +79,12 @@ struct sb_admin {
     unsigned char token_key[32];
     char holder[80];     /* this process's id for the reconcile lease */
     char events_max[24]; /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
-    uv_timer_t tick;     /* lease attempts and pass scheduling */
+    uv_timer_t tick;       /* lease attempts, every interval / 4 */
+    uv_timer_t pass_timer; /* periodic passes, every interval */
     uv_signal_t sigint, sigterm;
     int stopping;
     int lease_held;
     int lease_pending;     /* an admin_lock call is in flight */
-    int64_t next_pass_ms;  /* monotonic: when the next periodic pass is due */
     sb_pass_t *pass;       /* the pass in progress, or NULL */
     sb_map_t reaping;      /* node id -> reap in progress (reap.c) */
     sb_map_t known_nodes;  /* node id -> epoch (malloc'd) seen by this admin's passes */
@@ -171,8 +171,10 @@ typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char 
 int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data);
 /* The pass result as JSON (new reference), the shape of mesh-status's last_reconcile. */
 json_t *sb_pass_json(const sb_pass_result_t *r);
-/* Timer work: takes or renews the lease, starts a periodic pass when due and held. */
+/* Lease timer (every interval / 4): takes or renews the lease; a takeover starts a pass. */
 void sb_reconcile_tick(sb_admin_t *a);
+/* Pass timer (every interval): starts a pass when this admin holds the lease and none runs. */
+void sb_reconcile_periodic(sb_admin_t *a);
 /* Shutdown: the pass in progress, if any, finishes with an error as Redis closes. */
 void sb_reconcile_stop(sb_admin_t *a);
 

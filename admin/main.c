@@ -51,11 +51,18 @@ static void on_tick(uv_timer_t *t)
     sb_reconcile_tick(t->data);
 }
 
+static void on_pass_timer(uv_timer_t *t)
+{
+    sb_reconcile_periodic(t->data);
+}
+
 static void stop_now(sb_admin_t *a)
 {
     a->stopping = 1;
     uv_timer_stop(&a->tick);
     uv_close((uv_handle_t *)&a->tick, NULL);
+    uv_timer_stop(&a->pass_timer);
+    uv_close((uv_handle_t *)&a->pass_timer, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     /* lws first: its connections are marked closed, so the errors that closing Redis hands to
@@ -151,6 +158,10 @@ int main(int argc, char **argv)
     uv_timer_init(&loop, &a->tick);
     a->tick.data = a;
     uv_timer_start(&a->tick, on_tick, period, period);
+    uv_timer_init(&loop, &a->pass_timer);
+    a->pass_timer.data = a;
+    uv_timer_start(&a->pass_timer, on_pass_timer, (uint64_t)a->cfg.reconcile_interval_ms,
+                   (uint64_t)a->cfg.reconcile_interval_ms);
     uv_signal_init(&loop, &a->sigint);
     uv_signal_init(&loop, &a->sigterm);
     a->sigint.data = a->sigterm.data = a;

@@ -7,7 +7,7 @@
  * Only one batch is in flight at a time, so no Redis call is long and the loop stays free.
  * The schedule: the reconcile lease (admin_lock.lua) is taken or renewed every interval / 4
  * with a TTL of 2/3 interval, so a survivor takes over within one interval of the holder's
- * death; the holder starts a pass every interval. Correctness never rests on the lease: every
+ * death; the holder starts a pass every interval (pass timer), and at once on a takeover. Correctness never rests on the lease: every
  * reap re-checks presence inside its script. Does not serve HTTP or read figures for it. */
 #include "admin.h"
 #include "log.h"
@@ -461,12 +461,19 @@ static void on_lock(redisReply *reply, const char *error, void *data)
         /* The node list is learnt again after the next takeover (no duplicate node-up). */
         a->nodes_primed = 0;
     }
+    int taken = held && !a->lease_held;
     a->lease_held = held;
-    if (held && !a->pass && sb_mono_ms() >= a->next_pass_ms) {
-        a->next_pass_ms = sb_mono_ms() + a->cfg.reconcile_interval_ms;
-        if (sb_reconcile_run(a, NULL, NULL) != 0)
-            sb_debug("reconcile: cannot start a pass now");
-    }
+    /* A takeover reconciles at once; after that the pass timer keeps the interval. */
+    if (taken)
+        sb_reconcile_periodic(a);
+}
+
+void sb_reconcile_periodic(sb_admin_t *a)
+{
+    if (a->stopping || !a->lease_held || a->pass)
+        return;
+    if (sb_reconcile_run(a, NULL, NULL) != 0)
+        sb_debug("reconcile: cannot start a pass now");
 }
 
 void sb_reconcile_tick(sb_admin_t *a)

@@ -152,6 +152,7 @@ struct sb_node {
     uv_timer_t heartbeat, sweep;
     uv_signal_t sigint, sigterm;
     int64_t started_ms;
+    int64_t loss_grace_until_ms; /* after a data loss: resyncs only add until then */
 };
 
 /* session.c */

@@ -15,6 +15,7 @@ typedef struct {
     sb_node_t *n;
     int refs;
     int lost;    /* P:instance changed: presence replies of this round mean nothing */
+    char expected[64]; /* P:instance as known when the round was sent ("" = not verified) */
 } round_t;
 
 typedef struct {
@@ -118,6 +119,7 @@ static void reassert_all(sb_node_t *n)
     /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
      * notice (on reconnect, or at their next heartbeat at the latest); a resync before then
      * would tell clients their peers left. */
+    n->loss_grace_until_ms = sb_mono_ms() + n->cfg.heartbeat_ms + 200;
     if (!resync_timer) {
         resync_timer = malloc(sizeof *resync_timer);
         uv_timer_init(n->loop, resync_timer);
@@ -188,7 +190,15 @@ static void on_instance_get(redisReply *reply, const char *error, void *data)
             rd->lost = 1;
         sb_redis_command(n->redis, on_instance_set, n, "SET %s %s NX", key, value);
     } else if (!error && reply && reply->type == REDIS_REPLY_STRING) {
+        /* Why compare with the value known when the round was sent: another node may already
+         * have re-created P:instance after a data loss, and our own check of it may have run
+         * between this round's GET and its PEXPIREs; those PEXPIREs then ran before our
+         * re-assert and their zeros mean "lost", not "reaped". */
+        if (rd && (!rd->expected[0] || strcmp(rd->expected, reply->str) != 0))
+            rd->lost = 1;
         check_instance_value(n, reply->str, rd);
+    } else if (rd) {
+        rd->lost = 1; /* no answer about the instance: trust nothing in this round */
     }
     if (rd)
         round_unref(rd);
@@ -238,6 +248,8 @@ void sb_presence_heartbeat_now(sb_node_t *n)
         return;
     rd->n = n;
     rd->refs = 1;
+    if (n->instance_ok)
+        snprintf(rd->expected, sizeof rd->expected, "%s", n->instance);
     char key[256], ttl[32];
     snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
     rd->refs++;

@@ -173,9 +173,11 @@ static void halves_add(sb_session_t *s, const char *peer)
 
 static void on_relinked(redisReply *reply, const char *error, void *data)
 {
-    (void)reply;
-    (void)error;
-    sb_session_unref(data);
+    sb_session_t *s = data;
+    const char *status = error ? error : sb_reply_str(reply, 0, NULL);
+    sb_debug("session %s: half re-sent: %s", s->id,
+             status ? status : (reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "?"));
+    sb_session_unref(s);
 }
 
 /* A member appeared in the view: local sockets that hold a half towards it send it again.
@@ -531,8 +533,12 @@ static void on_resync(redisReply *reply, const char *error, void *data)
     }
     r->node->metrics.resyncs++;
     uint64_t seq = (uint64_t)sb_reply_int(reply, 0, 0);
+    /* Right after Redis lost its data the other nodes are still re-asserting their sockets:
+     * a member missing now is most likely not back yet. Until the grace ends (and a full
+     * resync runs) only additions are applied. */
+    int grace = sb_mono_ms() < r->node->loss_grace_until_ms;
     /* Members that are gone: told as peer-left. */
-    for (int i = 0; i < r->nmembers;) {
+    for (int i = 0; i < r->nmembers && !grace;) {
         int found = 0;
         for (size_t j = 1; j + 1 < reply->elements; j += 2) {
             const char *id = sb_reply_str(reply, j, NULL);
@@ -572,7 +578,7 @@ static void on_resync(redisReply *reply, const char *error, void *data)
     r->synced = 1;
     r->gap_since_ms = 0;
     /* Local joined sockets missing from Redis were reaped. */
-    for (sb_session_t *s = r->local, *next; s; s = next) {
+    for (sb_session_t *s = r->local, *next; s && !grace; s = next) {
         next = s->room_next;
         if (s->state == SS_JOINED && !member_find(r, s->id))
             expire_session(s);

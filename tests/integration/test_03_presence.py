@@ -1,0 +1,117 @@
+"""Presence and the four rules of contract section 4: no resurrection after a reap, data loss
+told apart from reaping, re-assert after Redis restarts empty."""
+import asyncio
+import signal
+import time
+
+import invariants
+from client import Client
+from harness import wait_for
+
+FAST = ["--presence-ttl-ms", "1500", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
+
+
+def stats(r):
+    s = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    s.update({k: int(v) for k, v in r.hgetall("sb:stats").items()})
+    return s
+
+
+def reap_like_admin(r, node):
+    """Stands in for the admin: reaps every socket of node whose presence is gone."""
+    sha = r.script_load(open(invariants.__file__.replace("tests/invariants.py",
+                                                         "lua/room_remove.lua")).read())
+    reaped = 0
+    for entry in r.smembers(f"sb:node:{node}:sockets"):
+        room, sid = entry.split(" ")
+        res = r.evalsha(sha, 1, f"sb:{{{room}}}:members", "sb", room, sid, "expired", node)
+        reaped += res[0] == "ok"
+    return reaped
+
+
+def test_01_stopped_node_is_reaped_and_never_resurrects(cluster, redis_server):
+    a, b = cluster.node("na", args=FAST), cluster.node("nb", args=FAST)
+    r = redis_server.client()
+
+    async def main():
+        xs = [await Client.connect(a.ws_url) for _ in range(3)]
+        y = await Client.connect(b.ws_url)
+        await y.join("S")
+        for x in xs:
+            await x.join("S")
+            await x.request({"type": "link", "peer": y.id, "state": "up"})
+            await y.request({"type": "link", "peer": x.id, "state": "up"})
+        assert stats(r)["links"] == 3
+        a.proc.signal(signal.SIGSTOP)
+        try:
+            # past the TTL every presence key of node a is gone
+            wait_for(lambda: all(not r.exists(f"sb:{{S}}:presence:{x.id}") for x in xs), 5,
+                     msg="presence expired")
+            assert reap_like_admin(r, "na") == 3
+            for x in xs:
+                m = await y.expect("peer-left", id=x.id)
+                assert m["reason"] == "expired"
+            assert stats(r) == {"rooms": 1, "members": 1, "links": 0, "linked": 0}
+        finally:
+            a.proc.signal(signal.SIGCONT)
+        for x in xs:
+            code, _ = await x.wait_closed(5)
+            assert code == 4000
+        await asyncio.sleep(1.0)  # several heartbeats of node a after it resumed
+        for x in xs:
+            assert not r.exists(f"sb:{{S}}:presence:{x.id}")
+            assert not r.hexists("sb:{S}:members", x.id)
+        assert stats(r) == {"rooms": 1, "members": 1, "links": 0, "linked": 0}
+        assert invariants.check(r) == []
+        # node a still serves
+        z = await Client.connect(a.ws_url)
+        await z.join("S")
+        await y.expect("peer-joined", id=z.id)
+        await z.close()
+        await y.close()
+    asyncio.run(main())
+    m = a.metrics()
+    assert m['switchboard_node_closes_total{code="4000"}'] == 3
+
+
+def test_02_redis_restarted_empty_state_is_reasserted(cluster, redis_server):
+    a, b = cluster.node("na", args=FAST), cluster.node("nb", args=FAST)
+    r = redis_server.client()
+    N = 20
+
+    async def main():
+        cs = [await Client.connect((a if i % 2 else b).ws_url) for i in range(N)]
+        for c in cs:
+            await c.join("R", meta={"n": c.id[:4]})
+        # a ring of links plus a few chords: 24 links
+        pairs = [(i, (i + 1) % N) for i in range(N)] + [(0, 10), (5, 15), (2, 12), (7, 17)]
+        for i, j in pairs:
+            await cs[i].request({"type": "link", "peer": cs[j].id, "state": "up"})
+            await cs[j].request({"type": "link", "peer": cs[i].id, "state": "up"})
+        before = stats(r)
+        assert before == {"rooms": 1, "members": N, "links": len(pairs), "linked": N}
+        for c in cs:
+            c.backlog.clear()
+        redis_server.kill()
+        redis_server.start()  # same port, empty
+        assert r.dbsize() == 0
+        t0 = time.monotonic()
+        wait_for(lambda: stats(r) == before or print(stats(r)), 2 * 0.3 + 3, msg=f"state re-asserted to {before}")
+        print("after", stats(r), invariants.check(r)[:5])
+        took = time.monotonic() - t0
+        wait_for(lambda: invariants.check(r) == [], 3, msg="invariants")
+        for c in cs:
+            assert r.exists(f"sb:{{R}}:presence:{c.id}")
+        # nobody was disconnected, nobody was told a peer left
+        await asyncio.sleep(1.0)
+        for c in cs:
+            assert c.closed is None
+            assert not [m for m in c.backlog if m["type"] == "peer-left"], c.backlog
+        # and everything still works
+        await cs[0].request({"type": "signal", "to": cs[1].id, "data": "after"})
+        assert (await cs[1].expect("signal"))["data"] == "after"
+        for c in cs:
+            await c.close()
+        return took
+    took = asyncio.run(main())
+    print(f"state back {took*1000:.0f} ms after Redis restarted empty")
