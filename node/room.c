@@ -537,6 +537,12 @@ static void on_resync(redisReply *reply, const char *error, void *data)
      * a member missing now is most likely not back yet. Until the grace ends (and a full
      * resync runs) only additions are applied. */
     int grace = sb_mono_ms() < r->node->loss_grace_until_ms;
+    if (!r->node->instance_ok) {
+        /* Not yet known whether Redis lost its data (the check runs on every reconnect): an
+         * empty room now may just mean that. Apply additions only and read again soon. */
+        grace = 1;
+        r->gap_since_ms = sb_mono_ms();
+    }
     /* Members that are gone: told as peer-left. */
     for (int i = 0; i < r->nmembers && !grace;) {
         int found = 0;
@@ -576,7 +582,8 @@ static void on_resync(redisReply *reply, const char *error, void *data)
     }
     r->seq = seq;
     r->synced = 1;
-    r->gap_since_ms = 0;
+    if (!grace)
+        r->gap_since_ms = 0;
     /* Local joined sockets missing from Redis were reaped. */
     for (sb_session_t *s = r->local, *next; s && !grace; s = next) {
         next = s->room_next;
