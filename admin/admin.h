@@ -79,10 +79,11 @@ struct sb_admin {
     unsigned char token_key[32];
     char holder[80];     /* this process's id for the reconcile lease */
     char events_max[24]; /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
-    uv_timer_t tick;       /* lease attempts, every interval / 4 */
+    uv_timer_t tick;       /* lease attempts, every sb_admin_tick_ms() */
     uv_timer_t pass_timer; /* periodic passes, every interval */
     uv_signal_t sigint, sigterm;
     int stopping;
+    int64_t last_reply_ms; /* monotonic: the last reply from Redis (readiness) */
     int lease_held;
     int lease_pending;     /* an admin_lock call is in flight */
     sb_pass_t *pass;       /* the pass in progress, or NULL */
@@ -109,6 +110,12 @@ int sb_auth_check(const sb_admin_t *a, const char *header);
 /* 1 when a query string (without '?', may be NULL) carries a parameter that looks like a
  * credential (token, access_token, auth, ...): such requests are refused. */
 int sb_auth_query_has_token(const char *query);
+
+/* 1 while the Redis connection works: connected, and a reply came back recently (a
+ * connection to a stopped Redis can look connected). */
+int sb_admin_ready(const sb_admin_t *a);
+/* The lease timer's period: interval / 4, at most 1 s (it also proves the connection). */
+int64_t sb_admin_tick_ms(const sb_admin_t *a);
 
 /* http.c */
 int sb_http_start(sb_admin_t *a);
@@ -171,7 +178,8 @@ typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char 
 int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data);
 /* The pass result as JSON (new reference), the shape of mesh-status's last_reconcile. */
 json_t *sb_pass_json(const sb_pass_result_t *r);
-/* Lease timer (every interval / 4): takes or renews the lease; a takeover starts a pass. */
+/* Lease timer (every sb_admin_tick_ms()): takes or renews the lease; a takeover starts a
+ * pass. */
 void sb_reconcile_tick(sb_admin_t *a);
 /* Pass timer (every interval): starts a pass when this admin holds the lease and none runs. */
 void sb_reconcile_periodic(sb_admin_t *a);

@@ -317,7 +317,7 @@ static int route(req_t *r, struct lws *wsi)
     if (strcmp(path, "/readyz") == 0) {
         if (m != M_GET && m != M_HEAD)
             return reply_method(r, "GET, HEAD");
-        if (sb_redis_up(a->redis))
+        if (sb_admin_ready(a))
             return reply_json(r, 200, "{\"status\":\"ready\"}");
         return reply_json(r, 503, "{\"status\":\"unready\",\"reason\":\"redis unreachable\"}");
     }

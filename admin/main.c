@@ -26,6 +26,28 @@ void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char 
     snprintf(buf, len, "%s:{%.*s}:members", a->cfg.prefix, (int)rlen, room);
 }
 
+int64_t sb_admin_tick_ms(const sb_admin_t *a)
+{
+    int64_t t = a->cfg.reconcile_interval_ms / 4;
+    return t > 1000 ? 1000 : t;
+}
+
+static void on_redis_reply(double seconds, void *data)
+{
+    (void)seconds;
+    sb_admin_t *a = data;
+    a->last_reply_ms = sb_mono_ms();
+}
+
+int sb_admin_ready(const sb_admin_t *a)
+{
+    /* The lease is tried every tick, so a reply is due at least that often; allow one missed
+     * attempt and the command timeout on top. */
+    int64_t window = 2 * sb_admin_tick_ms(a) + a->cfg.redis_timeout_ms;
+    return sb_redis_up(a->redis) && a->last_reply_ms > 0 &&
+           sb_mono_ms() - a->last_reply_ms <= window;
+}
+
 static void on_redis_up(sb_redis_t *r, void *data)
 {
     sb_admin_t *a = data;
@@ -40,6 +62,8 @@ static void on_redis_down(sb_redis_t *r, const char *why, void *data)
     (void)r;
     (void)why;
     sb_admin_t *a = data;
+    /* A new connection must prove itself with a reply of its own before /readyz says 200. */
+    a->last_reply_ms = 0;
     if (a->lease_held)
         sb_info("reconcile lease: Redis connection lost");
     a->lease_held = 0;
@@ -142,6 +166,7 @@ int main(int argc, char **argv)
                           .timeout_ms = a->cfg.redis_timeout_ms,
                           .on_up = on_redis_up,
                           .on_down = on_redis_down,
+                          .observe = on_redis_reply,
                           .data = a};
     a->redis = sb_redis_new(&ro);
     if (!a->redis || sb_http_start(a) != 0) {
@@ -153,8 +178,8 @@ int main(int argc, char **argv)
         sb_admin_options_free(&a->cfg);
         return 1;
     }
-    /* The lease is tried every interval / 4 and lasts 2/3 of an interval (reconcile.c). */
-    uint64_t period = (uint64_t)(a->cfg.reconcile_interval_ms / 4);
+    /* The lease is tried every tick and lasts 2/3 of an interval (reconcile.c). */
+    uint64_t period = (uint64_t)sb_admin_tick_ms(a);
     uv_timer_init(&loop, &a->tick);
     a->tick.data = a;
     uv_timer_start(&a->tick, on_tick, period, period);

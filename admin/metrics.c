@@ -125,7 +125,7 @@ char *sb_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len)
           "1 while this admin holds the reconcile lease (one admin reconciles at a time).",
           a->lease_held);
     gauge(&o, "switchboard_admin_redis_up", "1 while this admin's Redis connection works.",
-          sb_redis_up(a->redis));
+          sb_admin_ready(a));
     put(&o, "# HELP switchboard_build_info Build of this process.\n"
             "# TYPE switchboard_build_info gauge\nswitchboard_build_info{version=\"%s\"} 1\n",
         SB_VERSION);

@@ -6,7 +6,7 @@
  * result in P:admin:last, P:admin:totals and, when something changed, the activity log.
  * Only one batch is in flight at a time, so no Redis call is long and the loop stays free.
  * The schedule: the reconcile lease (admin_lock.lua) is taken or renewed every interval / 4
- * with a TTL of 2/3 interval, so a survivor takes over within one interval of the holder's
+ * (at most every second) with a TTL of 2/3 interval, so a survivor takes over within one interval of the holder's
  * death; the holder starts a pass every interval (pass timer), and at once on a takeover. Correctness never rests on the lease: every
  * reap re-checks presence inside its script. Does not serve HTTP or read figures for it. */
 #include "admin.h"

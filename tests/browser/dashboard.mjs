@@ -1,7 +1,7 @@
 // The admin dashboard in real headless Chromium: the page loads under its CSP, refuses a wrong
 // token (an error, no figures), accepts the right one, shows the figures mesh-status returns,
 // follows a change made through a real node (two WebSocket clients that join and link, opened
-// from a blank page of the same browser), keeps the token for the tab's session, and signs out.
+// from a second page of the same browser), keeps the token for the tab's session, and signs out.
 //
 // Environment:
 //   SB_ADMIN_URL    admin base URL (http://127.0.0.1:PORT)
@@ -61,7 +61,7 @@ async function waitShowsApi(page, admin, what, pred = () => true, timeoutMs = 10
     }
 }
 
-// Installs a tiny protocol client (contract section 3) in a blank page: the browser's own
+// Installs a tiny protocol client (contract section 3) in a helper page: the browser's own
 // WebSocket talks to the real node, so the change goes through the real system.
 async function installClients(page, wsUrl) {
     await page.evaluate(async (url) => {
@@ -167,7 +167,9 @@ async function main() {
         let helper = null;
         await steps.run('updates-after-a-change', async () => {
             helper = await b.context.newPage();
-            await helper.goto('about:blank');
+            // A page of the node's own origin without a CSP (its /livez JSON): the clients'
+            // WebSockets are then same-origin, as the demo page's are.
+            await helper.goto(nodeWs.replace(/^ws/, 'http').replace(/\/ws$/, '/livez'));
             await installClients(helper, nodeWs);
             await helper.evaluate(async (r) => {
                 const t = window.sbTest;
