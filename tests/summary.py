@@ -30,7 +30,7 @@ for path in sorted(glob.glob(os.path.join(d, "*.xml"))):
     passed, failed, skipped = passed + p, failed + f, skipped + s
 for path in sorted(glob.glob(os.path.join(d, "*.log"))):
     text = open(path, errors="replace").read()
-    m = re.findall(r"^(\d+) passed, (\d+) failed", text, re.M)
+    m = re.findall(r"^(?:[\w-]+: )?(\d+) passed, (\d+) failed", text, re.M)
     if not m:
         print(f"{os.path.basename(path)}: no result line")
         failed += 1

@@ -175,3 +175,35 @@ def test_09_clean_shutdown(cluster):
     asyncio.run(main())
     assert a.proc.p.wait(10) == 0
     assert "uv_loop_close=0" in a.proc.log()
+
+
+def test_10_metrics_names_and_counts(cluster):
+    a = cluster.node("na")
+
+    async def main():
+        c = await Client.connect(a.ws_url)
+        await c.join("m")
+        await c.request({"type": "ping"})
+        await c.request({"type": "bogus"})
+        await c.close()
+    asyncio.run(main())
+    status, body, headers = http_get(a.http + "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    for name in ["switchboard_node_sockets", "switchboard_node_joined_sockets",
+                 "switchboard_node_messages_received_total", "switchboard_node_messages_sent_total",
+                 "switchboard_node_errors_total", "switchboard_node_closes_total",
+                 "switchboard_node_send_queue_bytes", "switchboard_node_redis_up",
+                 "switchboard_node_redis_command_duration_seconds_bucket",
+                 "switchboard_node_pubsub_resyncs_total", "switchboard_build_info"]:
+        assert f"\n{name}" in text, name
+        assert f"# TYPE {name.replace('_bucket', '')} " in text, name
+    m = a.metrics()
+    assert m['switchboard_node_messages_received_total{type="join"}'] == 1
+    assert m['switchboard_node_messages_received_total{type="ping"}'] == 1
+    assert m['switchboard_node_messages_received_total{type="unknown"}'] == 1
+    assert m['switchboard_node_errors_total{code="unknown-type"}'] == 1
+    assert m["switchboard_node_redis_command_duration_seconds_count"] > 0
+    wait_for(lambda: a.metrics()["switchboard_node_sockets"] == 0, 2, msg="socket gone")
+    # labels stay bounded: an unknown type is counted as "unknown", not by its name
+    assert "bogus" not in text

@@ -3,7 +3,9 @@
 options: exit 2 with one line naming the option). Real redis-server, real admin."""
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -144,6 +146,18 @@ def test_04_readyz_follows_redis(cluster, redis_server):
     wait_for(lambda: http_get(admin.http + "/readyz")[0] == 200, 3.0, msg="readyz 200")
     wait_for(lambda: http_get(admin.http + "/admin/mesh-status", headers=auth)[0] == 200, 3.0,
              msg="mesh-status back")
+    # A stopped Redis still accepts connections: readiness needs replies, not a socket.
+    redis_server.proc.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: http_get(admin.http + "/readyz")[0] == 503, 3.0, msg="readyz 503 (stop)")
+        print(f"readyz 503 {(time.monotonic() - t0) * 1000:.0f} ms after SIGSTOP")
+        for _ in range(10):  # and it stays so, reconnects notwithstanding
+            assert http_get(admin.http + "/readyz")[0] == 503
+            time.sleep(0.1)
+    finally:
+        redis_server.proc.signal(signal.SIGCONT)
+    wait_for(lambda: http_get(admin.http + "/readyz")[0] == 200, 3.0, msg="readyz 200 (cont)")
 
 
 def clean_env():
