@@ -150,15 +150,39 @@ static void check_instance_value(sb_node_t *n, const char *value, round_t *rd)
 
 static void on_instance_get(redisReply *reply, const char *error, void *data);
 
+static round_t *round_new(sb_node_t *n)
+{
+    round_t *rd = calloc(1, sizeof *rd);
+    if (!rd)
+        return NULL;
+    rd->n = n;
+    rd->refs = 1;
+    if (n->instance_ok)
+        snprintf(rd->expected, sizeof rd->expected, "%s", n->instance);
+    return rd;
+}
+
+/* Sends GET P:instance for rd (taking a reference). */
+static void get_instance(sb_node_t *n, round_t *rd)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
+    rd->refs++;
+    if (sb_redis_command(n->redis, on_instance_get, rd, "GET %s", key) != 0)
+        rd->refs--;
+}
+
 static void on_instance_set(redisReply *reply, const char *error, void *data)
 {
     (void)reply;
     sb_node_t *n = data;
     if (error)
         return;
-    char key[160];
-    snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
-    sb_redis_command(n->redis, on_instance_get, NULL, "GET %s", key);
+    round_t *rd = round_new(n);
+    if (!rd)
+        return;
+    get_instance(n, rd);
+    round_unref(rd);
 }
 
 static void random_hex(char *out, size_t bytes)
@@ -172,39 +196,32 @@ static void random_hex(char *out, size_t bytes)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
-/* data is NULL (on_up) or a heartbeat round. */
+/* The reply to GET P:instance of round rd (a heartbeat's, or a lone check's). */
 static void on_instance_get(redisReply *reply, const char *error, void *data)
 {
     round_t *rd = data;
-    sb_node_t *n = rd ? rd->n : NULL;
-    if (!n) {
-        /* Called from on_up/on_instance_set: the node is the loop's only one. */
-        extern sb_node_t *sb_presence_node;
-        n = sb_presence_node;
-    }
+    sb_node_t *n = rd->n;
     if (!error && reply && reply->type == REDIS_REPLY_NIL) {
+        /* Missing: Redis lost its data (or is new). Create it; whoever wins the SET NX sets
+         * the value every node then compares with. */
         char key[160], value[40];
         snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
         random_hex(value, 16);
-        if (rd)
-            rd->lost = 1;
+        rd->lost = 1;
         sb_redis_command(n->redis, on_instance_set, n, "SET %s %s NX", key, value);
     } else if (!error && reply && reply->type == REDIS_REPLY_STRING) {
         /* Why compare with the value known when the round was sent: another node may already
          * have re-created P:instance after a data loss, and our own check of it may have run
          * between this round's GET and its PEXPIREs; those PEXPIREs then ran before our
          * re-assert and their zeros mean "lost", not "reaped". */
-        if (rd && (!rd->expected[0] || strcmp(rd->expected, reply->str) != 0))
+        if (!rd->expected[0] || strcmp(rd->expected, reply->str) != 0)
             rd->lost = 1;
         check_instance_value(n, reply->str, rd);
-    } else if (rd) {
+    } else {
         rd->lost = 1; /* no answer about the instance: trust nothing in this round */
     }
-    if (rd)
-        round_unref(rd);
+    round_unref(rd);
 }
-
-sb_node_t *sb_presence_node;
 
 /* ---- heartbeat --------------------------------------------------------------------------- */
 
@@ -243,18 +260,11 @@ void sb_presence_heartbeat_now(sb_node_t *n)
 {
     if (!sb_redis_up(n->redis))
         return;
-    round_t *rd = calloc(1, sizeof *rd);
+    round_t *rd = round_new(n);
     if (!rd)
         return;
-    rd->n = n;
-    rd->refs = 1;
-    if (n->instance_ok)
-        snprintf(rd->expected, sizeof rd->expected, "%s", n->instance);
-    char key[256], ttl[32];
-    snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
-    rd->refs++;
-    if (sb_redis_command(n->redis, on_instance_get, rd, "GET %s", key) != 0)
-        rd->refs--;
+    char ttl[32];
+    get_instance(n, rd);
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     /* Why pipelined PEXPIRE and not a script: the keys live in many rooms (slots); PEXPIRE
      * cannot re-create a reaped key, which is exactly rule 1. Replies come in order, after the
@@ -291,12 +301,14 @@ static void on_heartbeat(uv_timer_t *t)
 
 void sb_presence_on_up(sb_node_t *n)
 {
-    char key[160];
     sb_scripts_load_all(n->redis);
-    snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
     n->instance_ok = 0;
     n->lease_ok = 0;
-    sb_redis_command(n->redis, on_instance_get, NULL, "GET %s", key);
+    round_t *rd = round_new(n);
+    if (rd) {
+        get_instance(n, rd);
+        round_unref(rd);
+    }
     /* A heartbeat right away: the lease and every presence key, and any socket reaped while
      * we were away is found now. */
     sb_presence_heartbeat_now(n);
@@ -304,7 +316,6 @@ void sb_presence_on_up(sb_node_t *n)
 
 void sb_presence_start(sb_node_t *n)
 {
-    sb_presence_node = n;
     random_hex(n->epoch, 16);
     uv_timer_init(n->loop, &n->heartbeat);
     n->heartbeat.data = n;

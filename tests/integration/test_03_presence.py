@@ -75,7 +75,10 @@ def test_01_stopped_node_is_reaped_and_never_resurrects(cluster, redis_server):
 
 
 def test_02_redis_restarted_empty_state_is_reasserted(cluster, redis_server):
-    a, b = cluster.node("na", args=FAST), cluster.node("nb", args=FAST)
+    hb = 1.0
+    args = ["--presence-ttl-ms", "3000", "--heartbeat-ms", str(int(hb * 1000)),
+            "--redis-timeout-ms", "500"]
+    a, b = cluster.node("na", args=args), cluster.node("nb", args=args)
     r = redis_server.client()
     N = 20
 
@@ -96,7 +99,7 @@ def test_02_redis_restarted_empty_state_is_reasserted(cluster, redis_server):
         redis_server.kill()
         redis_server.start()  # same port, empty (the nodes may refill it at once)
         t0 = time.monotonic()
-        wait_for(lambda: stats(r) == before, 2 * 0.3 + 3, msg=f"state re-asserted to {before}")
+        wait_for(lambda: stats(r) == before, 2 * hb, msg=f"state back to {before} in 2 heartbeats")
         assert r.get("sb:instance") not in (None, old_instance)
         took = time.monotonic() - t0
         wait_for(lambda: invariants.check(r) == [], 3, msg="invariants")
