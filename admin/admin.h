@@ -25,8 +25,8 @@ typedef struct {
 /* Parses options (defaults < env < flags), checks them and loads the token (from --token-file,
  * else SWITCHBOARD_ADMIN_TOKEN). Returns 0, 1 when --help or --version was printed, or 2 after
  * printing one line naming the bad option. *token is malloc'd (the caller frees it). */
-int sb_admin_options(sb_admin_config_t *cfg, char **token, size_t *token_len, int argc,
-                     char **argv, char *const *envp);
+int sb_admin_options(sb_admin_config_t *cfg, char **token, size_t *token_len, int argc, char **argv,
+                     char *const *envp);
 void sb_admin_options_free(sb_admin_config_t *cfg);
 
 /* Kinds of invariant violations a pass repairs (labels of
@@ -38,25 +38,25 @@ typedef enum {
     SB_VIOL__COUNT
 } sb_violation_kind_t;
 
-extern const char *const sb_violation_names[SB_VIOL__COUNT];   /* "counter", "half-link", ... */
-extern const char *const sb_violation_totals[SB_VIOL__COUNT];  /* P:admin:totals fields */
+extern const char *const sb_violation_names[SB_VIOL__COUNT];  /* "counter", "half-link", ... */
+extern const char *const sb_violation_totals[SB_VIOL__COUNT]; /* P:admin:totals fields */
 
 /* The result of one reconcile pass (the JSON of last_reconcile). */
 typedef struct {
-    int64_t at_ms;          /* wall clock at the start */
+    int64_t at_ms; /* wall clock at the start */
     int64_t duration_ms;
-    int64_t stale_sockets;  /* sockets reaped (dead nodes' and swept) */
-    int64_t swept_sockets;  /* of which found by the room sweep */
-    int64_t stale_links;    /* links removed by those reaps + half links repaired */
+    int64_t stale_sockets; /* sockets reaped (dead nodes' and swept) */
+    int64_t swept_sockets; /* of which found by the room sweep */
+    int64_t stale_links;   /* links removed by those reaps + half links repaired */
     int64_t remaining_links;
     int64_t active_users;
     int64_t violations[SB_VIOL__COUNT];
-    int64_t nodes_down;     /* dead nodes forgotten */
+    int64_t nodes_down; /* dead nodes forgotten */
     int64_t rooms_checked;
-    int stats_checked;      /* stats_check ran (skipped above SB_STATS_CHECK_MAX_ROOMS) */
+    int stats_checked; /* stats_check ran (skipped above SB_STATS_CHECK_MAX_ROOMS) */
 } sb_pass_result_t;
 
-#define SB_STATS_CHECK_MAX_ROOMS 10000
+#define SB_STATS_CHECK_MAX_ROOMS 2500
 #define SB_SCAN_COUNT "100"
 
 /* Histogram of pass durations (this process's passes). */
@@ -77,27 +77,26 @@ struct sb_admin {
     sb_redis_t *redis;
     unsigned char *token_digest; /* HMAC of the token under token_key (auth.c) */
     unsigned char token_key[32];
-    char holder[80];     /* this process's id for the reconcile lease */
-    char events_max[24]; /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
+    char holder[80];       /* this process's id for the reconcile lease */
+    char events_max[24];   /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
     uv_timer_t tick;       /* lease attempts, every sb_admin_tick_ms() */
     uv_timer_t pass_timer; /* periodic passes, every interval */
     uv_signal_t sigint, sigterm;
     int stopping;
     int64_t last_reply_ms; /* monotonic: the last reply from Redis (readiness) */
     int lease_held;
-    int lease_pending;     /* an admin_lock call is in flight */
-    sb_pass_t *pass;       /* the pass in progress, or NULL */
-    sb_map_t reaping;      /* node id -> reap in progress (reap.c) */
-    sb_map_t known_nodes;  /* node id -> epoch (malloc'd) seen by this admin's passes */
-    int nodes_primed;      /* known_nodes was filled once (no node-up for those) */
+    int lease_pending;    /* an admin_lock call is in flight */
+    sb_pass_t *pass;      /* the pass in progress, or NULL */
+    sb_map_t reaping;     /* node id -> reap in progress (reap.c) */
+    sb_map_t known_nodes; /* node id -> epoch (malloc'd) seen by this admin's passes */
+    int nodes_primed;     /* known_nodes was filled once (no node-up for those) */
     sb_admin_metrics_t metrics;
 };
 
 /* Builds "<prefix>:<suffix>" into buf. */
 void sb_admin_key(const sb_admin_t *a, const char *suffix, char *buf, size_t len);
 /* "<prefix>:{<room>}:members" (room not NUL-terminated: rlen bytes). */
-void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf,
-                       size_t len);
+void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf, size_t len);
 
 /* auth.c: the bearer token check. */
 /* Keeps a keyed digest of token (copied) for sb_auth_check; 0 or -1. */
@@ -111,7 +110,7 @@ int sb_auth_check(const sb_admin_t *a, const char *header);
  * credential (token, access_token, auth, ...): such requests are refused. */
 int sb_auth_query_has_token(const char *query);
 
-/* 1 while the Redis connection works: connected, and a reply came back recently (a
+/* main.c: 1 while the Redis connection works: connected, and a reply came back recently (a
  * connection to a stopped Redis can look connected). */
 int sb_admin_ready(const sb_admin_t *a);
 /* The lease timer's period: interval / 4, at most 1 s (it also proves the connection). */
@@ -134,13 +133,12 @@ void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta);
 
 /* reap.c: removing what a dead node left behind. */
 typedef struct {
-    int64_t sockets;  /* sockets this reap removed (room_remove answered "ok") */
-    int64_t links;    /* links those removals ended */
-    int forgotten;    /* node_forget removed the node from P:nodes */
+    int64_t sockets; /* sockets this reap removed (room_remove answered "ok") */
+    int64_t links;   /* links those removals ended */
+    int forgotten;   /* node_forget removed the node from P:nodes */
 } sb_reap_result_t;
 /* Called exactly once; r is borrowed; error is NULL or why the reap stopped early. */
-typedef void (*sb_reap_cb)(sb_admin_t *a, const sb_reap_result_t *r, const char *error,
-                           void *data);
+typedef void (*sb_reap_cb)(sb_admin_t *a, const sb_reap_result_t *r, const char *error, void *data);
 /* Reaps node N (whose lease lapsed) through its socket index: every socket whose presence is
  * gone is removed by room_remove "expired" (which re-checks), then node_forget. Calls sharing a
  * node join the reap in progress. Returns 0 and calls cb once, or SB_EUNAVAIL without. Totals
@@ -171,8 +169,7 @@ int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data);
 
 /* reconcile.c */
 /* Called exactly once; r is borrowed. */
-typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char *error,
-                           void *data);
+typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char *error, void *data);
 /* Runs a pass now, or joins the one in progress (concurrent callers share one pass). cb may be
  * NULL. Returns 0 and calls cb once, or SB_EUNAVAIL without calling it. */
 int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data);

@@ -34,7 +34,7 @@ typedef struct req {
     kind_t kind;
     const char *ctype;
     const char *extra_name, *extra_value; /* one more header (WWW-Authenticate, Allow, ...) */
-    char *body; /* LWS_PRE headroom, then len bytes */
+    char *body;                           /* LWS_PRE headroom, then len bytes */
     size_t len;
 } req_t;
 
@@ -139,8 +139,7 @@ static int write_headers(req_t *r)
     unsigned char hdr[LWS_PRE + 2048], *start = hdr + LWS_PRE, *p = start,
                                        *end = hdr + sizeof hdr - 1;
     struct lws *wsi = r->wsi;
-    if (lws_add_http_common_headers(wsi, r->status, r->ctype,
-                                    (lws_filepos_t)r->len, &p, end))
+    if (lws_add_http_common_headers(wsi, r->status, r->ctype, (lws_filepos_t)r->len, &p, end))
         return -1;
     /* Every answer: never cached (figures change; the page must not outlive a token). */
     if (add_header(wsi, "cache-control:", "no-store", &p, end) ||
@@ -219,9 +218,9 @@ static method_t method_of(struct lws *wsi, char *path, size_t len)
         enum lws_token_indexes tok;
         method_t m;
     } methods[] = {
-        {WSI_TOKEN_GET_URI, M_GET},         {WSI_TOKEN_POST_URI, M_POST},
-        {WSI_TOKEN_PUT_URI, M_PUT},         {WSI_TOKEN_DELETE_URI, M_DELETE},
-        {WSI_TOKEN_PATCH_URI, M_PATCH},     {WSI_TOKEN_OPTIONS_URI, M_OPTIONS},
+        {WSI_TOKEN_GET_URI, M_GET},     {WSI_TOKEN_POST_URI, M_POST},
+        {WSI_TOKEN_PUT_URI, M_PUT},     {WSI_TOKEN_DELETE_URI, M_DELETE},
+        {WSI_TOKEN_PATCH_URI, M_PATCH}, {WSI_TOKEN_OPTIONS_URI, M_OPTIONS},
         {WSI_TOKEN_HEAD_URI, M_HEAD},
     };
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
@@ -434,8 +433,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             break;
         }
         if (!r->head && r->len > 0) {
-            if (lws_write(wsi, (unsigned char *)r->body + LWS_PRE, r->len,
-                          LWS_WRITE_HTTP_FINAL) < 0)
+            if (lws_write(wsi, (unsigned char *)r->body + LWS_PRE, r->len, LWS_WRITE_HTTP_FINAL) <
+                0)
                 return -1;
         }
         release(pss);

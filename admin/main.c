@@ -20,8 +20,7 @@ void sb_admin_key(const sb_admin_t *a, const char *suffix, char *buf, size_t len
     snprintf(buf, len, "%s:%s", a->cfg.prefix, suffix);
 }
 
-void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf,
-                       size_t len)
+void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf, size_t len)
 {
     snprintf(buf, len, "%s:{%.*s}:members", a->cfg.prefix, (int)rlen, room);
 }

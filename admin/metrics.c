@@ -118,16 +118,17 @@ char *sb_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len)
     json_t *kinds = st->totals ? json_object_get(st->totals, "violations_by_kind") : NULL;
     for (int k = 0; k < SB_VIOL__COUNT; k++) {
         json_t *v = kinds ? json_object_get(kinds, sb_violation_names[k]) : NULL;
-        put(&o, "switchboard_invariant_violations_total{kind=\"%s\"} %lld\n",
-            sb_violation_names[k], json_is_integer(v) ? (long long)json_integer_value(v) : 0);
+        put(&o, "switchboard_invariant_violations_total{kind=\"%s\"} %lld\n", sb_violation_names[k],
+            json_is_integer(v) ? (long long)json_integer_value(v) : 0);
     }
     gauge(&o, "switchboard_admin_lease_held",
           "1 while this admin holds the reconcile lease (one admin reconciles at a time).",
           a->lease_held);
     gauge(&o, "switchboard_admin_redis_up", "1 while this admin's Redis connection works.",
           sb_admin_ready(a));
-    put(&o, "# HELP switchboard_build_info Build of this process.\n"
-            "# TYPE switchboard_build_info gauge\nswitchboard_build_info{version=\"%s\"} 1\n",
+    put(&o,
+        "# HELP switchboard_build_info Build of this process.\n"
+        "# TYPE switchboard_build_info gauge\nswitchboard_build_info{version=\"%s\"} 1\n",
         SB_VERSION);
     if (o.failed) {
         free(o.buf);

@@ -173,7 +173,7 @@ static void on_scan(redisReply *reply, const char *error, void *data)
     }
     /* One MGET for the batch's leases: bounded by the SSCAN COUNT. */
     const char **argv = calloc((size_t)w->nbatch + 1, sizeof(char *));
-    char (*keys)[160] = calloc((size_t)w->nbatch, sizeof *keys);
+    char(*keys)[160] = calloc((size_t)w->nbatch, sizeof *keys);
     int rc = SB_ENOMEM;
     if (argv && keys) {
         argv[0] = "MGET";

@@ -99,8 +99,8 @@ static int read_token_file(const char *path, char **out, size_t *len, char *err,
     return 0;
 }
 
-int sb_admin_options(sb_admin_config_t *cfg, char **token, size_t *token_len, int argc,
-                     char **argv, char *const *envp)
+int sb_admin_options(sb_admin_config_t *cfg, char **token, size_t *token_len, int argc, char **argv,
+                     char *const *envp)
 {
     char err[512];
     memset(cfg, 0, sizeof *cfg);

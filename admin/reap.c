@@ -54,12 +54,13 @@ int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid
     s->a = a;
     s->cb = cb;
     s->data = data;
-    const char *args[] = {key, a->cfg.prefix, room, sid, "expired", node ? node : "",
-                          a->events_max};
-    size_t lens[] = {strlen(key), strlen(a->cfg.prefix), rlen, slen, 7,
-                     node ? strlen(node) : 0, strlen(a->events_max)};
-    int rc = sb_script_call(a->redis, sb_script("room_remove"), 1, 7, args, lens,
-                            on_socket_removed, s);
+    const char *args[] = {key,       a->cfg.prefix,    room,         sid,
+                          "expired", node ? node : "", a->events_max};
+    size_t lens[] = {
+        strlen(key),          strlen(a->cfg.prefix), rlen, slen, 7, node ? strlen(node) : 0,
+        strlen(a->events_max)};
+    int rc =
+        sb_script_call(a->redis, sb_script("room_remove"), 1, 7, args, lens, on_socket_removed, s);
     if (rc != 0)
         free(s);
     return rc;
@@ -80,7 +81,7 @@ typedef struct {
     char cursor[32];
     waiter_t *waiters;
     sb_reap_result_t res;
-    int pending;                /* room_remove calls of this batch in flight, +1 while issuing */
+    int pending; /* room_remove calls of this batch in flight, +1 while issuing */
     int64_t batch_sockets, batch_links;
     const char *error;
 } reap_t;
@@ -144,8 +145,7 @@ static void batch_complete(reap_t *r)
         return;
     }
     const char *args[] = {a->cfg.prefix, r->node};
-    if (sb_script_call(a->redis, sb_script("node_forget"), 0, 2, args, NULL, on_forgotten, r) !=
-        0)
+    if (sb_script_call(a->redis, sb_script("node_forget"), 0, 2, args, NULL, on_forgotten, r) != 0)
         finish(r, "unavailable");
 }
 

@@ -6,9 +6,10 @@
  * result in P:admin:last, P:admin:totals and, when something changed, the activity log.
  * Only one batch is in flight at a time, so no Redis call is long and the loop stays free.
  * The schedule: the reconcile lease (admin_lock.lua) is taken or renewed every interval / 4
- * (at most every second) with a TTL of 2/3 interval, so a survivor takes over within one interval of the holder's
- * death; the holder starts a pass every interval (pass timer), and at once on a takeover. Correctness never rests on the lease: every
- * reap re-checks presence inside its script. Does not serve HTTP or read figures for it. */
+ * (at most every second) with a TTL of 2/3 interval, so a survivor takes over within one interval
+ * of the holder's death; the holder starts a pass every interval (pass timer), and at once on a
+ * takeover. Correctness never rests on the lease: every reap re-checks presence inside its script.
+ * Does not serve HTTP or read figures for it. */
 #include "admin.h"
 #include "log.h"
 #include "scripts.h"
@@ -32,7 +33,7 @@ struct sb_pass {
     pwaiter_t *waiters;
     sb_pass_result_t res;
     uint64_t started_ns; /* uv_hrtime() at the start */
-    int by_lease; /* started while this admin held the lease: may log node-up */
+    int by_lease;        /* started while this admin held the lease: may log node-up */
     char rooms_key[160];
     char cursor[32];
     int pending; /* room_check and reap calls of this batch in flight, +1 while issuing */
@@ -118,8 +119,7 @@ static void record(sb_pass_t *p)
                       "violations", (json_int_t)violations, "remaining_links",
                       (json_int_t)r->remaining_links, "duration_ms", (json_int_t)r->duration_ms,
                       "stale_connections", (json_int_t)r->stale_links, "remaining_connections",
-                      (json_int_t)r->remaining_links, "active_users",
-                      (json_int_t)r->active_users));
+                      (json_int_t)r->remaining_links, "active_users", (json_int_t)r->active_users));
         sb_info("reconcile: %lld stale sockets, %lld stale links, %lld violations repaired "
                 "(counter %lld, half-link %lld, degree %lld) in %lld ms",
                 (long long)r->stale_sockets, (long long)r->stale_links, (long long)violations,
@@ -202,14 +202,14 @@ static void on_rooms_count(redisReply *reply, const char *error, void *data)
     if (reply->integer > SB_STATS_CHECK_MAX_ROOMS) {
         /* stats_check reads every room in one script: above this size it would hold Redis
          * for too long. The per-room checks already applied their deltas to P:stats. */
-        sb_debug("reconcile: %lld rooms: stats_check skipped (above %d)",
-                 (long long)reply->integer, SB_STATS_CHECK_MAX_ROOMS);
+        sb_debug("reconcile: %lld rooms: stats_check skipped (above %d)", (long long)reply->integer,
+                 SB_STATS_CHECK_MAX_ROOMS);
         read_figures(p);
         return;
     }
     const char *args[] = {a->cfg.prefix};
-    if (sb_script_call(a->redis, sb_script("stats_check"), 0, 1, args, NULL, on_stats_checked,
-                       p) != 0)
+    if (sb_script_call(a->redis, sb_script("stats_check"), 0, 1, args, NULL, on_stats_checked, p) !=
+        0)
         finish(p, "unavailable");
 }
 
@@ -292,8 +292,7 @@ static void on_checked(redisReply *reply, const char *error, void *data)
         if (e->type != REDIS_REPLY_STRING || e->len == 0)
             continue;
         p->pending++;
-        if (sb_reap_socket(p->a, c->room, strlen(c->room), e->str, e->len, "", on_swept, p) !=
-            0) {
+        if (sb_reap_socket(p->a, c->room, strlen(c->room), e->str, e->len, "", on_swept, p) != 0) {
             p->pending--;
             p->error = "unavailable";
         }

@@ -216,7 +216,6 @@ json_t *sb_status_json(const sb_status_t *st)
     json_t *totals = st->totals ? json_incref(st->totals) : json_object();
     return json_pack("{s:o,s:I,s:I,s:I,s:I,s:O,s:o,s:o}", "nodes", nodes, "rooms",
                      (json_int_t)st->rooms, "active_users", (json_int_t)st->members, "p2p_links",
-                     (json_int_t)st->links, "p2p_users", (json_int_t)st->linked,
-                     "last_reconcile", st->last ? st->last : json_null(), "totals", totals,
-                     "events", events);
+                     (json_int_t)st->links, "p2p_users", (json_int_t)st->linked, "last_reconcile",
+                     st->last ? st->last : json_null(), "totals", totals, "events", events);
 }

@@ -139,12 +139,28 @@ static void on_sweep(uv_timer_t *t)
         }
     }
     if (n->auth_secret) {
+        /* Only sockets that never got past the token check: meta_json is set once a join
+         * passed it, so a socket that joined and then left (it may join again) is kept. */
         for (sb_session_t *s = n->sessions; s; s = s->next)
-            if (s->state == SS_IDLE && !s->in_redis && !s->close_code &&
+            if (s->state == SS_IDLE && !s->in_redis && !s->close_code && !s->meta_json &&
                 now - s->connected_ms > n->cfg.auth_timeout_ms)
                 sb_session_close(s, 4001, "auth timeout");
     }
     if (n->draining && !n->stopping) {
+        /* Why drop stragglers a Redis timeout before the deadline: a client that never lets
+         * us write its close would otherwise still be open at the deadline, closed only while
+         * stopping, when its cleanup can no longer run; its peers would then wait for the
+         * admin to reap it. Dropped now, its cleanup (peers told, links removed) has time.
+         * Why a timeout and not a close: lws defers a close until buffered output is flushed,
+         * which for such a client is never; a timeout marks the socket unusable and closes it.
+         * Why lws_cancel_service: lws 4.1.6 on a foreign libuv loop re-arms its timer for an
+         * earlier timeout only when it next services something. */
+        if (n->nsessions && now > n->drain_deadline_ms - n->cfg.redis_timeout_ms) {
+            for (sb_session_t *s = n->sessions; s; s = s->next)
+                if (s->wsi)
+                    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            lws_cancel_service(n->lws);
+        }
         int pending = sb_redis_pending(n->redis);
         if ((n->nsessions == 0 && pending == 0) || now > n->drain_deadline_ms) {
             if (n->nsessions)

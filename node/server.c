@@ -125,9 +125,24 @@ static int origin_allowed(struct lws *wsi, sb_node_t *n)
     return 0;
 }
 
+/* 400 with "Sec-WebSocket-Version: 13" (lws has no text for 426). Returns what
+ * LWS_CALLBACK_HTTP_CONFIRM_UPGRADE returns to refuse after answering. */
+static int refuse_version(struct lws *wsi)
+{
+    unsigned char buf[LWS_PRE + 256], *start = buf + LWS_PRE, *p = start,
+                                      *end = buf + sizeof buf - 1;
+    if (lws_add_http_header_status(wsi, HTTP_STATUS_BAD_REQUEST, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"sec-websocket-version:",
+                                    (const unsigned char *)"13", 2, &p, end) ||
+        lws_add_http_header_content_length(wsi, 0, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    return 1;
+}
+
 static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
 {
-    char upgrade[32] = "", path[64] = "";
+    char upgrade[32] = "", path[64] = "", version[8] = "";
     /* Why not `in`: libwebsockets 4.1.6 may call this after releasing the header table that
      * `in` points into (a use-after-free fixed upstream later); lws_hdr_copy is safe. Only
      * "websocket" is accepted, which also refuses h2c. */
@@ -138,6 +153,12 @@ static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
         lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
         return 1;
     }
+    /* Why check the version here: lws 4.1.6 answers 101 to any Sec-WebSocket-Version (or
+     * none), and then ignores every frame of a version other than 13, leaving a connection
+     * that only the ping timeout ends. RFC 6455 4.2.2: refuse, naming the version we speak. */
+    if (lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_VERSION) <= 0 ||
+        strcmp(version, "13") != 0)
+        return refuse_version(wsi);
     if (!origin_allowed(wsi, n)) {
         sb_info("refused a WebSocket upgrade: origin not allowed");
         lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
@@ -166,7 +187,11 @@ static void send_welcome(sb_session_t *s)
 static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t len)
 {
     sb_node_t *n = s->node;
-    if (s->rxlen + len > (size_t)n->cfg.max_message_bytes) {
+    /* What the frame header announces counts too: lws hands payload over in pieces as it
+     * arrives, so without it a client announcing 2^63-1 bytes would be let trickle up to the
+     * limit before being refused. */
+    size_t announced = lws_remaining_packet_payload(wsi);
+    if (s->rxlen + len + announced > (size_t)n->cfg.max_message_bytes) {
         /* All fragments count: the limit is on the message, not on a frame. */
         static const char why[] = "message too big";
         sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);

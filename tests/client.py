@@ -116,8 +116,11 @@ class Client:
 
     def abort(self):
         """A TCP reset: no close frame."""
-        sock = self.ws.transport.get_extra_info("socket")
         import socket as _s, struct
-        sock.setsockopt(_s.SOL_SOCKET, _s.SO_LINGER, struct.pack("ii", 1, 0))
+        sock = self.ws.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(_s.SOL_SOCKET, _s.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already closed
         self.ws.transport.abort()
         self.reader.cancel()

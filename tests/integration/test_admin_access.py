@@ -7,8 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from harness import ROOT, admin_binary, http_get, wait_for
 
 DATA_ROUTES = {  # path -> the one method it serves

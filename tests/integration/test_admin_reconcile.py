@@ -5,13 +5,14 @@ clients (contract sections 4 to 6). The seed design's scenarios, numbered by beh
 03 many links per socket: each tracked, cleaned  04 figures equal the clients' own after churn
 05 planted corruption found, counted, repaired   06 two admins: one lease holder, takeover
 07 activity log: limit and order                 08 metrics names
+09 large state: one pass, no Redis call over 5 ms
 
 Each test ends with tests/invariants.py's check() empty."""
 import asyncio
 import json
+import os
 import random
 import sys
-import os
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -556,7 +557,7 @@ def test_08_metrics_names_and_values(cluster, redis_server):
         names = {k.split("{")[0] for k in parsed}
         for n in ADMIN_METRICS:
             assert n in names, n
-        assert f"# TYPE switchboard_reconcile_duration_seconds histogram" in text
+        assert "# TYPE switchboard_reconcile_duration_seconds histogram" in text
         assert "# TYPE switchboard_reconcile_runs_total counter" in text
         for kind in ("counter", "half-link", "degree"):
             assert f'switchboard_invariant_violations_total{{kind="{kind}"}}' in parsed
@@ -571,4 +572,54 @@ def test_08_metrics_names_and_values(cluster, redis_server):
         await a.close()
         await b.close()
     asyncio.run(main())
+    check_invariants(redis_server)
+
+
+# ---- 09 ----------------------------------------------------------------------------------------
+
+def test_09_large_state_bounded_calls(cluster, redis_server):
+    """3000 rooms and a dead node's 1000 sockets, written with the room scripts themselves (no
+    node process): one pass reaps and sweeps them with no Redis call over 5 ms (SLOWLOG), skips
+    stats_check above its bound, and leaves the invariants whole."""
+    r = redis_server.client()
+    admin = cluster.admin(args=["--reconcile-interval-ms", "600000"])  # only our POST
+    asyncio.run(until(lambda: admin.mesh()["last_reconcile"], 3, "the start-up pass"))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sha = {n: r.script_load(open(os.path.join(root, "lua", f"{n}.lua")).read())
+           for n in ("room_join", "link_set")}
+    r.set("sb:node:big", json.dumps({"epoch": "e1", "sockets": 6000, "started_ms": 1,
+                                     "draining": False}), px=600_000)
+    p = r.pipeline(transaction=False)
+
+    def build(prefix, n, node):
+        for i in range(n):
+            room = f"{prefix}{i}"
+            a, b = (f"{prefix}{i}x{k}abcdefghijklmnopqrst" for k in range(2))
+            key = f"sb:{{{room}}}:members"
+            for s in (a, b):
+                p.evalsha(sha["room_join"], 1, key, "sb", room, s, node, "e1", "{}", 600_000, 64)
+            for s, t in ((a, b), (b, a)):
+                p.evalsha(sha["link_set"], 1, key, "sb", room, s, t, "up", node)
+            if node == "dead":  # a node that died: no lease, presence gone
+                p.pexpire(f"sb:{{{room}}}:presence:{a}", 1)
+                p.pexpire(f"sb:{{{room}}}:presence:{b}", 1)
+        p.execute()
+    build("big", 3000, "big")
+    build("dead", 500, "dead")
+    r.hincrby("sb:{big7}:stats", "links", 2)  # a per-room drift is still found at this size
+    r.hincrby("sb:stats", "links", 2)
+    r.config_set("slowlog-log-slower-than", 5000)  # microseconds
+    r.slowlog_reset()
+    status, res = admin.post("/admin/reconcile")
+    assert status == 200, res
+    slow = [(e["duration"], e["command"][:80]) for e in r.slowlog_get(10)]
+    r.config_set("slowlog-log-slower-than", 10000)
+    print(f"large pass: {res}; slow calls {slow}")
+    assert slow == [], slow
+    assert res["stats_checked"] is False and res["rooms_checked"] == 3000
+    assert res["violations_by_kind"]["counter"] == 1
+    m = admin.mesh()
+    assert figures(m) == {"active_users": 6000, "p2p_links": 3000, "p2p_users": 6000}
+    assert m["totals"]["stale_sockets_removed"] == 1000
+    assert m["totals"]["stale_links_removed"] == 500
     check_invariants(redis_server)
