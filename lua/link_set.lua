@@ -60,6 +60,14 @@ else
     local b = redis.call('SREM', theirs, S)
     if a == 1 and b == 1 then
         changed, delta = 1, -1
+    elseif b == 1 then
+        -- Only B's half went (no link had formed): nobody is told, but B's node keeps B's
+        -- halves to re-assert them after a data loss, so it must forget this one.
+        local nb = node_of(recs[2])
+        if nb then
+            redis.call('PUBLISH', P .. ':node:' .. nb, '{"t":"unlink","room":' .. cjson.encode(R) ..
+                ',"a":' .. cjson.encode(S) .. ',"b":' .. cjson.encode(B) .. '}')
+        end
     end
 end
 if changed == 0 then

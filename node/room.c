@@ -476,6 +476,10 @@ static void on_link_event(sb_room_t *r, json_t *ev)
         sb_session_t *s = sb_map_get(&r->node->sess_by_id, ends[i][0]);
         if (!s || s->room != r || s->state != SS_JOINED)
             continue;
+        /* Both halves are gone in Redis, whichever side said down: forget ours too, or a
+         * re-assert after a data loss would bring it back. */
+        if (strcmp(state, "down") == 0)
+            halves_del(s, ends[i][1]);
         json_t *o = json_pack("{s:s,s:s,s:s}", "type", "link-state", "peer", ends[i][1], "state",
                               state);
         sb_session_send_json(s, o);
@@ -509,6 +513,12 @@ void sb_room_on_event(sb_node_t *n, const char *payload, size_t len)
         free(data_json);
     } else if (strcmp(t, "link") == 0) {
         on_link_event(r, ev);
+    } else if (strcmp(t, "unlink") == 0) {
+        const char *a = json_string_value(json_object_get(ev, "a"));
+        const char *b = json_string_value(json_object_get(ev, "b"));
+        sb_session_t *s = b ? sb_map_get(&n->sess_by_id, b) : NULL;
+        if (a && s && s->room == r)
+            halves_del(s, a);
     } else if (strcmp(t, "join") == 0 || strcmp(t, "left") == 0) {
         on_room_event(r, ev);
     }
@@ -591,6 +601,8 @@ static void on_resync(redisReply *reply, const char *error, void *data)
             expire_session(s);
     }
     drain_buffer(r);
+    if (grace)
+        r->gap_since_ms = sb_mono_ms(); /* read again: removals were not applied */
     release_held(r, NULL);
     complete_joins(r);
     room_unref(r);

@@ -13,7 +13,9 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#ifndef NODE_RX_BUFFER
 #define NODE_RX_BUFFER 1024 /* node/server.c protocols[0].rx_buffer_size */
+#endif
 #define NODE_MAX_MESSAGE 65536
 
 typedef struct outmsg {

@@ -237,10 +237,65 @@ def test_02_lb_forwards_only_ws_and_demo_and_admin_sees_nodes(cluster):
     assert {n["id"] for n in json.loads(body)["nodes"]} == NODE_IDS
 
 
-def test_03_stopped_node_leaves_rotation(cluster):
-    pid, start = cluster.pids["node1"]
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not running(pid, start), 30, "node1 to exit after SIGTERM")
+def test_03_drained_node_sends_clients_elsewhere_and_leaves_no_stale_link(cluster):
+    """Linked clients spread over the three nodes; node1 is drained (SIGTERM): its clients are
+    closed with 1001, their peers told peer-left, no link of theirs is left in the figures, and
+    on reconnect through the load balancer they land on node2 and node3 only."""
+    admin = f"http://127.0.0.1:{cluster.ports['SB_ADMIN_PORT']}"
+    auth = {"Authorization": f"Bearer {cluster.token}"}
+
+    def mesh():
+        status, body = http_status(admin + "/admin/mesh-status", headers=auth)
+        assert status == 200, body
+        return json.loads(body)
+
+    async def scenario():
+        room = f"drain-{os.getpid()}"
+        clients = []
+        for _ in range(9):
+            clients.append(await connect(cluster.ws_url))
+        assert {w["node"] for _, w in clients} == NODE_IDS
+        for ws, w in clients:
+            await ws.send(json.dumps({"type": "join", "room": room, "rid": "j"}))
+            await recv_type(ws, "joined")
+        # a ring of links, every hop on its own pair of sockets
+        n = len(clients)
+        for i in range(n):
+            (a, wa), (b, wb) = clients[i], clients[(i + 1) % n]
+            await a.send(json.dumps({"type": "link", "peer": wb["id"], "state": "up"}))
+            await b.send(json.dumps({"type": "link", "peer": wa["id"], "state": "up"}))
+        wait_for(lambda: mesh()["p2p_links"] == n, 5, f"{n} links")
+        on1 = [(ws, w) for ws, w in clients if w["node"] == "node1"]
+        rest = [(ws, w) for ws, w in clients if w["node"] != "node1"]
+        assert on1 and rest
+        pid, start = cluster.pids["node1"]
+        os.kill(pid, signal.SIGTERM)
+        for ws, _ in on1:
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1001
+        gone = {w["id"] for _, w in on1}
+        for ws, _ in rest:
+            told = set()
+            while told != gone:
+                m = await recv_type(ws, "peer-left")
+                assert m["reason"] == "disconnect"
+                told.add(m["id"])
+        wait_for(lambda: not running(pid, start), 15, "node1 to exit after its drain")
+        # the ring lost every hop that touched a node1 socket; no stale link remains
+        ids = [w["id"] for _, w in clients]
+        alive_links = sum(1 for i in range(n)
+                          if ids[i] not in gone and ids[(i + 1) % n] not in gone)
+        m = mesh()
+        assert (m["p2p_links"], m["active_users"]) == (alive_links, len(rest)), m
+        # reconnecting clients go to the remaining nodes
+        again = [await connect(cluster.ws_url) for _ in on1]
+        assert {w["node"] for _, w in again} <= NODE_IDS - {"node1"}
+        for ws, _ in again + rest:
+            await ws.close()
+
+    asyncio.run(scenario())
 
     async def landings():
         clients = []
@@ -252,8 +307,7 @@ def test_03_stopped_node_leaves_rotation(cluster):
             for ws, _ in clients:
                 await ws.close()
 
-    # The health check (inter 1s, fall 2) takes node1 out within about 2 s; until then a
-    # connection to it fails and HAProxy retries elsewhere or the client sees an error.
+    # The health check (inter 1s, fall 2) has taken node1 out: new clients spread over the rest.
     def only_live_nodes():
         try:
             return asyncio.run(landings()) == NODE_IDS - {"node1"}

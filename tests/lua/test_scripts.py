@@ -293,9 +293,14 @@ def test_link_down_of_a_lone_half_removes_it_without_event(r, sb, events, consis
     three(sb)
     sb.link("a", "A", "B", "up", "n1")
     events.drain()
-    # B takes back a link it never reported: A's half goes (both halves are removed), no event
+    # B takes back a link it never reported: A's half goes (both halves are removed); no link
+    # had formed, so no link event, only an "unlink" to A's node (which keeps A's halves for a
+    # re-assert after data loss and must forget this one)
     assert sb.link("a", "B", "A", "down", "n2") == ["ok", 0]
     assert r.exists(K("a", "links:A")) == 0
+    assert events.drain() == [("n1", {"t": "unlink", "room": "a", "a": "B", "b": "A"})]
+    # and nothing at all when there was no half to remove
+    assert sb.link("a", "B", "A", "down", "n2") == ["ok", 0]
     assert events.drain() == []
     consistent()
 
@@ -898,6 +903,8 @@ def test_randomized_operations_keep_the_invariants(r, sb, events):
             if e["t"] in ("join", "left"):
                 assert e["seq"] > last_seq.get(key, 0), (key, e)
                 last_seq[key] = e["seq"]
+            elif e["t"] == "unlink":
+                assert set(e) == {"t", "room", "a", "b"}, e
             else:
                 assert e["t"] == "link" and e["seq"] <= max(
                     v for (n, rm), v in last_seq.items() if rm == e["room"])
