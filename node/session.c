@@ -174,9 +174,10 @@ int sb_session_writable(sb_session_t *s)
         return 0;
     }
     if (s->close_code) {
-        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code,
-                         (unsigned char *)s->close_reason, strlen(s->close_reason));
-        return -1;
+        /* Our close frame is out: drop the connection now rather than wait for the client's
+         * reply (a client that stopped reading would hold a drain for its whole timeout). */
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return 0;
     }
     return 0;
 }

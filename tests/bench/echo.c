@@ -2,9 +2,9 @@
  * node's memory per connection and its relay throughput. Same as node/server.c: lws on our own
  * libuv loop (foreign_loops + LWS_SERVER_OPTION_LIBUV), the same context options, header and
  * service buffers, timeouts, ping policy, the protocol "switchboard.v1" with the same
- * rx_buffer_size, inbound reassembly into a buffer dropped when large, and an outbound queue
- * with one lws_write per WRITEABLE. Echoes every complete message to its sender; no JSON, no
- * Redis. Keep the constants in step with node/server.c. */
+ * rx_buffer_size and tx_packet_size, inbound reassembly into a buffer released after each
+ * message, and an outbound queue with one lws_write per WRITEABLE. Echoes every complete
+ * message to its sender; no JSON, no Redis. Keep the constants in step with node/server.c. */
 #include <libwebsockets.h>
 #include <uv.h>
 
@@ -16,6 +16,7 @@
 #ifndef NODE_RX_BUFFER
 #define NODE_RX_BUFFER 1024 /* node/server.c protocols[0].rx_buffer_size */
 #endif
+#define NODE_TX_PACKET 65536 /* node/server.c protocols[0].tx_packet_size */
 #define NODE_MAX_MESSAGE 65536
 
 typedef struct outmsg {
@@ -70,8 +71,8 @@ static int on_receive(struct lws *wsi, pss_t *s, const char *in, size_t len)
     else
         s->qhead = m;
     s->qtail = m;
-    /* As the node: an idle connection keeps no large receive buffer. */
-    if (s->rxcap > 4096) {
+    /* As the node: an idle connection keeps no receive buffer. */
+    if (s->rxcap > 0) {
         free(s->rx);
         s->rx = NULL;
         s->rxcap = 0;
@@ -120,7 +121,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 static const struct lws_protocols protocols[] = {
-    {"switchboard.v1", callback, sizeof(pss_t), NODE_RX_BUFFER, 0, NULL, 0},
+    {"switchboard.v1", callback, sizeof(pss_t), NODE_RX_BUFFER, 0, NULL, NODE_TX_PACKET},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

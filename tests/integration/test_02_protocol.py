@@ -216,6 +216,8 @@ def test_04_cleanup_notifies_and_removes_links(cluster, redis_server, how):
         assert invariants.check(r) == []
         for p in peers:
             await p.close()
+        if how == "leave":
+            await x.close()
         return took
     took = run(main())
     print(f"{how}: peers notified after {took*1000:.1f} ms")
