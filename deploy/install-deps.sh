@@ -10,7 +10,7 @@ pkgs=(build-essential cmake pkg-config libwebsockets-dev libwebsockets-evlib-uv
 # Tests: unit, integration, browser, load balancer.
 if [ "${SWITCHBOARD_DEPS:-all}" = all ]; then
     pkgs+=(libcmocka-dev python3-pytest python3-websockets python3-redis python3-yaml
-           haproxy chromium iproute2 util-linux curl)
+           haproxy nginx chromium iproute2 util-linux curl clang libclang-rt-14-dev valgrind)
 fi
 
 missing=()
@@ -39,6 +39,6 @@ fi
 if [ "${SWITCHBOARD_DEPS:-all}" = all ]; then
     here=$(cd "$(dirname "$0")/.." && pwd)
     if [ -f "$here/tests/browser/package.json" ] && [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
-        (cd "$here/tests/browser" && npm install --no-audit --no-fund --silent)
+        (cd "$here/tests/browser" && npm ci --no-audit --no-fund --silent)
     fi
 fi

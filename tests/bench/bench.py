@@ -58,6 +58,7 @@ ENV = {
     "SB_BENCH_WARMUP": env_float("SB_BENCH_WARMUP", 2),
     "SB_BENCH_WINDOW": env_int("SB_BENCH_WINDOW", 8),
     "SB_BENCH_PAYLOAD": env_int("SB_BENCH_PAYLOAD", 100),
+    "SB_BENCH_PAYLOAD_LARGE": env_int("SB_BENCH_PAYLOAD_LARGE", 4000),  # SDP-sized; 0: skip
     "SB_BENCH_REDIS_N": env_int("SB_BENCH_REDIS_N", 200000),
     "SB_BENCH_RTT_N": env_int("SB_BENCH_RTT_N", 20000),
     # section 3
@@ -603,6 +604,13 @@ def section2(red):
     log("section 2: echo server at the across-node half-peak rate")
     R["echo_at_cross_half"] = relay_run([echo], ["--echo", "--rate", f"{half_cross:.0f}",
                                                  "--window", 100000], "echohalf")
+    big = ENV["SB_BENCH_PAYLOAD_LARGE"]
+    if big:
+        log(f"section 2: flat out with {big}-byte signals (echo, same node, across nodes)")
+        R["echo_large"] = relay_run([echo], ["--echo", "--payload", big], "echobig")
+        R["same_large"] = relay_run([n1], ["--payload", big], "samebig", red.proc.pid)
+        R["cross_large"] = relay_run([n1, n2], ["--cross", "--payload", big], "crossbig",
+                                     red.proc.pid)
     for x in (n1, n2, echo):
         x.stop()
     return R
@@ -1063,6 +1071,13 @@ def render2(a, S):
         f" (+ Redis {f0(ch['redis_cpu_pct'])}%)")
     row(f"bare lws echo server at the same rate ({f0(S['echo_at_cross_half']['rate_target'])}/s)",
         S["echo_at_cross_half"])
+    if "echo_large" in S:
+        big = ENV["SB_BENCH_PAYLOAD_LARGE"]
+        row(f"bare lws echo server, flat out, {big:,} B signals", S["echo_large"])
+        row(f"Switchboard, same node, flat out, {big:,} B signals", S["same_large"],
+            f" (+ Redis {f0(S['same_large']['redis_cpu_pct'])}%)")
+        row(f"Switchboard, across 2 nodes, flat out, {big:,} B signals", S["cross_large"],
+            f" (+ Redis {f0(S['cross_large']['redis_cpu_pct'])}%)")
     a("")
     a("Redis references (same Redis, same run):")
     a("")
@@ -1085,6 +1100,13 @@ def render2(a, S):
     a("| --- | --- | --- |")
     a(f"| same node >= 0.6 x echo msgs/s | {r_same:.2f} x | {verdict(r_same >= 0.6)} |")
     a(f"| across nodes >= 0.33 x echo msgs/s | {r_cross:.2f} x | {verdict(r_cross >= 0.33)} |")
+    if "echo_large" in S:
+        eb = max(1, S["echo_large"]["msgs_per_s"])
+        rs, rc = S["same_large"]["msgs_per_s"] / eb, S["cross_large"]["msgs_per_s"] / eb
+        big = ENV["SB_BENCH_PAYLOAD_LARGE"]
+        a(f"| same node >= 0.6 x echo, {big:,} B signals | {rs:.2f} x | {verdict(rs >= 0.6)} |")
+        a(f"| across nodes >= 0.33 x echo, {big:,} B signals | {rc:.2f} x | "
+          f"{verdict(rc >= 0.33)} |")
     a(f"| across nodes p99 at half peak <= 2 x PUBLISH round-trip p99 + 0.5 ms = {ms(bound)} | "
       f"{ms(ch['lat_p99_us'])} | {verdict((ch['lat_p99_us'] or 1e12) <= bound)} |")
     a("")
