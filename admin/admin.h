@@ -7,6 +7,7 @@
 #ifndef SB_ADMIN_H
 #define SB_ADMIN_H
 
+#include "prom.h"
 #include "config.h"
 #include "map.h"
 #include "redis.h"
@@ -60,11 +61,8 @@ typedef struct {
 #define SB_SCAN_COUNT "100"
 
 /* Histogram of pass durations (this process's passes). */
-#define SB_ADMIN_HIST_BUCKETS 12
 typedef struct {
-    uint64_t hist[SB_ADMIN_HIST_BUCKETS + 1];
-    double hist_sum;
-    uint64_t hist_count;
+    sb_hist_t pass_duration; /* this process's passes (bounds set at the first one) */
 } sb_admin_metrics_t;
 
 typedef struct sb_admin sb_admin_t;

@@ -3,6 +3,7 @@
  * the method, so a refused request learns nothing (not even which methods exist). Answers that
  * need Redis are asynchronous: a small refcounted request outlives the connection when lws
  * closes it first (the reply then only drops its reference). Does not compute figures. */
+#include "listen.h"
 #include "admin.h"
 #include "embed.h"
 #include "log.h"
@@ -459,31 +460,14 @@ static const struct lws_protocols protocols[] = {
 
 int sb_http_start(sb_admin_t *a)
 {
-    char host[256];
-    int port;
-    sb_config_split_hostport(a->cfg.listen, host, sizeof host, &port);
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    void *foreign[] = {a->loop};
-    info.foreign_loops = foreign;
-    info.options = LWS_SERVER_OPTION_LIBUV;
-    if (!strchr(host, ':'))
-        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
-    if (strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0)
-        info.iface = host;
-    info.port = port;
-    info.protocols = protocols;
-    info.user = a;
-    info.vhost_name = "switchboard-admin";
-    info.max_http_header_data = 4096;
-    info.pt_serv_buf_size = 16384;
-    info.timeout_secs = 10;
-    lws_set_log_level(LLL_ERR, NULL);
-    a->lws = lws_create_context(&info);
-    if (!a->lws) {
-        sb_error("cannot listen on %s", a->cfg.listen);
+    sb_listen_t l = {.loop = a->loop,
+                     .listen = a->cfg.listen,
+                     .protocols = protocols,
+                     .user = a,
+                     .vhost_name = "switchboard-admin"};
+    a->lws = sb_listen(&l);
+    if (!a->lws)
         return -1;
-    }
     sb_info("admin listening on %s (dashboard at /admin/)", a->cfg.listen);
     return 0;
 }

@@ -337,8 +337,8 @@ void sb_config_free(const sb_option_t *table, void *cfg)
     }
 }
 
-void sb_config_help(const sb_option_t *table, const char *env_prefix, const char *usage,
-                    char *buf, size_t len)
+void sb_config_help(const sb_option_t *table, const char *env_prefix, const char *usage, char *buf,
+                    size_t len)
 {
     size_t n = (size_t)snprintf(buf, len, "%s\n\nOptions (flag, environment variable):\n", usage);
     for (const sb_option_t *o = table; o->name && n < len; o++) {

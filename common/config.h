@@ -48,8 +48,8 @@ int sb_config_parse(const sb_option_t *table, const char *env_prefix, int argc, 
 void sb_config_free(const sb_option_t *table, void *cfg);
 
 /* Writes --help text for table to buf (truncated to len). */
-void sb_config_help(const sb_option_t *table, const char *env_prefix, const char *usage,
-                    char *buf, size_t len);
+void sb_config_help(const sb_option_t *table, const char *env_prefix, const char *usage, char *buf,
+                    size_t len);
 
 /* The environment variable of option name under env_prefix, into buf. */
 void sb_config_env_name(const char *env_prefix, const char *name, char *buf, size_t len);

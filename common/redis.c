@@ -35,9 +35,9 @@ struct sb_redis {
     sb_redis_url_t u;
     redisAsyncContext *ac;
     state_t state;
-    unsigned gen;         /* connection attempt number: stale resolutions are ignored */
-    int refs;             /* the client itself + each resolution in flight */
-    cmd_t *head, *tail;   /* commands in flight, oldest first */
+    unsigned gen;       /* connection attempt number: stale resolutions are ignored */
+    int refs;           /* the client itself + each resolution in flight */
+    cmd_t *head, *tail; /* commands in flight, oldest first */
     int npending;
     const char *drop_why; /* error given to callbacks of a connection we drop */
     uv_timer_t tick;
@@ -231,8 +231,7 @@ static void became_up(sb_redis_t *r)
 {
     r->state = ST_UP;
     r->backoff_ms = 0;
-    sb_info("redis %s: connected to %s", r->name,
-            r->u.path ? r->u.path : r->u.host);
+    sb_info("redis %s: connected to %s", r->name, r->u.path ? r->u.path : r->u.host);
     if (r->o.subscriber && r->nchannels > 0) {
         r->subs_pending = r->nchannels;
         for (int i = 0; i < r->nchannels; i++)

@@ -66,8 +66,8 @@ static void noop_cb(redisReply *reply, const char *error, void *data)
     (void)data;
 }
 
-int sb_script_call(sb_redis_t *r, const sb_embed_t *script, int nkeys, int nargs,
-                   const char **args, const size_t *lens, sb_redis_cb cb, void *data)
+int sb_script_call(sb_redis_t *r, const sb_embed_t *script, int nkeys, int nargs, const char **args,
+                   const size_t *lens, sb_redis_cb cb, void *data)
 {
     if (!sb_redis_up(r))
         return SB_EUNAVAIL;

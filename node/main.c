@@ -232,8 +232,8 @@ int main(int argc, char **argv)
     }
     if (n->cfg.auth_secret_file) {
         char why[160];
-        if (sb_auth_load_secret(n->cfg.auth_secret_file, &n->auth_secret, &n->auth_secret_len,
-                                why, sizeof why) != 0) {
+        if (sb_auth_load_secret(n->cfg.auth_secret_file, &n->auth_secret, &n->auth_secret_len, why,
+                                sizeof why) != 0) {
             fprintf(stderr, "switchboard-node: --auth-secret-file: %s\n", why);
             sb_node_options_free(&n->cfg);
             return 2;

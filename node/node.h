@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "map.h"
+#include "prom.h"
 #include "proto.h"
 #include "ratelimit.h"
 #include "redis.h"
@@ -52,14 +53,14 @@ typedef struct sb_session {
     struct sb_session *prev, *next; /* node's list of live sessions */
 
     sb_sess_state_t state;
-    sb_room_t *room;         /* while JOINING/JOINED/LEAVING */
+    sb_room_t *room; /* while JOINING/JOINED/LEAVING */
     char room_name[SB_ROOM_MAX + 1];
-    char *meta_json;         /* compact meta as stored in Redis (with sub) */
+    char *meta_json;                  /* compact meta as stored in Redis (with sub) */
     char maybe_room[SB_ROOM_MAX + 1]; /* a join that timed out may have run there: undone
                                        * before joining elsewhere and at close */
-    uint64_t await_seq;      /* JOINING: send `joined` once the room view reaches this */
-    json_t *join_rid;        /* JOINING: rid of the join (new reference) */
-    char **halves;           /* peers this socket reported `link up` to (for re-assert) */
+    uint64_t await_seq;               /* JOINING: send `joined` once the room view reaches this */
+    json_t *join_rid;                 /* JOINING: rid of the join (new reference) */
+    char **halves;                    /* peers this socket reported `link up` to (for re-assert) */
     int nhalves;
     struct sb_session *room_next; /* room's list of local sessions */
 
@@ -92,34 +93,24 @@ typedef struct sb_held {
 struct sb_room {
     char name[SB_ROOM_MAX + 1];
     sb_node_t *node;
-    int synced;           /* seq and members are valid */
+    int synced; /* seq and members are valid */
     uint64_t seq;
     sb_member_t *members;
     int nmembers, cap;
-    sb_session_t *local;  /* local sessions in the room (any state but IDLE) */
-    json_t *buffered;     /* array of events waiting for their turn (new reference) */
+    sb_session_t *local;         /* local sessions in the room (any state but IDLE) */
+    json_t *buffered;            /* array of events waiting for their turn (new reference) */
     sb_held_t *held, *held_tail; /* signals from senders not yet known here */
-    int64_t gap_since_ms; /* > 0: a gap was seen at this time */
+    int64_t gap_since_ms;        /* > 0: a gap was seen at this time */
     int resyncing;
-    int refs;             /* local sessions + commands in flight */
+    int refs; /* local sessions + commands in flight */
 };
-
-typedef enum {
-    SB_CNT_SENT = 0,
-    SB_CNT_RESYNCS,
-    SB_CNT__COUNT
-} sb_counter_t;
-
-#define SB_HIST_BUCKETS 12
 
 typedef struct {
     uint64_t received[SB_MSG__COUNT];
     uint64_t sent, resyncs;
     sb_map_t errors; /* code -> (uintptr_t) count */
     sb_map_t closes; /* code text -> count */
-    uint64_t hist[SB_HIST_BUCKETS + 1];
-    double hist_sum;
-    uint64_t hist_count;
+    sb_hist_t redis_latency;
 } sb_metrics_t;
 
 struct sb_node {

@@ -93,7 +93,7 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
         return bad("--ping-timeout-ms: must be more than --ping-interval-ms (in seconds)");
     if (!!cfg->tls_cert != !!cfg->tls_key)
         return bad(cfg->tls_cert ? "--tls-key: needed with --tls-cert"
-                                       : "--tls-cert: needed with --tls-key");
+                                 : "--tls-cert: needed with --tls-key");
     if (cfg->turn_urls.n > 0 && !cfg->turn_secret_file)
         return bad("--turn-secret-file: needed with --turn-url");
     if (cfg->turn_secret_file && cfg->turn_urls.n == 0)

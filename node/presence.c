@@ -14,7 +14,7 @@
 typedef struct {
     sb_node_t *n;
     int refs;
-    int lost;    /* P:instance changed: presence replies of this round mean nothing */
+    int lost;          /* P:instance changed: presence replies of this round mean nothing */
     char expected[64]; /* P:instance as known when the round was sent ("" = not verified) */
 } round_t;
 
@@ -78,8 +78,7 @@ static void on_asserted(redisReply *reply, const char *error, void *data)
 {
     sb_session_t *s = data;
     if (error || sb_reply_is_error(reply))
-        sb_warn("session %s: re-assert failed: %s", s->id,
-                error ? error : reply->str);
+        sb_warn("session %s: re-assert failed: %s", s->id, error ? error : reply->str);
     sb_session_unref(s);
 }
 
@@ -107,14 +106,13 @@ static void reassert_all(sb_node_t *n)
         for (int i = 0; i < s->nhalves; i++)
             args[8 + i] = s->halves[i];
         sb_session_ref(s);
-        if (sb_script_call(n->redis, sb_script("room_assert"), 1, nargs, args, NULL,
-                           on_asserted, s) != 0)
+        if (sb_script_call(n->redis, sb_script("room_assert"), 1, nargs, args, NULL, on_asserted,
+                           s) != 0)
             sb_session_unref(s);
         free(args);
         count++;
     }
-    sb_warn("Redis lost its data: re-asserted %d sockets, the lease and their link halves",
-            count);
+    sb_warn("Redis lost its data: re-asserted %d sockets, the lease and their link halves", count);
     write_lease(n, on_lease, n);
     /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
      * notice (on reconnect, or at their next heartbeat at the latest); a resync before then
@@ -244,8 +242,7 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
          * re-create it: reap it properly (a no-op when the admin already did) and close. */
         char key[256], evmax[] = "1000";
         sb_key_room(n, s->room_name, "members", key, sizeof key);
-        const char *args[] = {key, n->cfg.prefix, s->room_name, s->id, "expired", n->cfg.id,
-                              evmax};
+        const char *args[] = {key, n->cfg.prefix, s->room_name, s->id, "expired", n->cfg.id, evmax};
         sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, on_reaped_cleanup,
                        NULL);
         extern void sb_room_expire_session(sb_session_t * s);
@@ -366,8 +363,8 @@ void sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
     char nodes_key[160];
     snprintf(nodes_key, sizeof nodes_key, "%s:nodes", n->cfg.prefix);
     const char *cargs[] = {nodes_key, args[0], args[1]};
-    if (sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten,
-                       rl) != 0) {
+    if (sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten, rl) !=
+        0) {
         rl->cb(n);
         free(rl);
     }

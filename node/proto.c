@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-const char *const sb_msg_type_names[SB_MSG__COUNT] = {
-    "join", "signal", "link", "leave", "ice-servers", "ping", "unknown"};
+const char *const sb_msg_type_names[SB_MSG__COUNT] = {"join",        "signal", "link",   "leave",
+                                                      "ice-servers", "ping",   "unknown"};
 
 static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
 {
@@ -36,8 +36,7 @@ int sb_proto_valid_sid(const char *s)
 
 int sb_proto_new_sid(char *out, size_t outlen)
 {
-    static const char b64[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     /* 128 bits, as the header promises: 22 base64url characters in a 23-byte buffer. (This
      * used to draw 144 bits into 24 characters and refuse buffers under 25 bytes, so a caller
      * sizing its buffer from the header got -1.) */

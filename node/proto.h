@@ -29,8 +29,8 @@ extern const char *const sb_msg_type_names[SB_MSG__COUNT];
 
 typedef struct {
     sb_msg_type_t type;
-    json_t *root; /* new reference: owns everything the borrowed pointers below point into */
-    json_t *rid;  /* borrowed; NULL when absent */
+    json_t *root;      /* new reference: owns everything the borrowed pointers below point into */
+    json_t *rid;       /* borrowed; NULL when absent */
     const char *room;  /* join */
     json_t *meta;      /* join: borrowed object, or NULL */
     const char *token; /* join: or NULL */

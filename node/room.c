@@ -197,8 +197,8 @@ static void relink_towards(sb_room_t *r, const char *id)
             sb_key_room(n, r->name, "members", key, sizeof key);
             const char *args[] = {key, n->cfg.prefix, r->name, s->id, id, "up", n->cfg.id};
             sb_session_ref(s);
-            if (sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, on_relinked,
-                               s) != 0)
+            if (sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, on_relinked, s) !=
+                0)
                 sb_session_unref(s);
         }
     }
@@ -297,8 +297,8 @@ static void deliver_signal(sb_room_t *r, const char *from, const char *to, const
     char *buf = malloc(cap);
     if (!buf)
         return;
-    int n = snprintf(buf, cap, "{\"type\":\"signal\",\"from\":\"%s\",\"data\":%s}", from,
-                     data_json);
+    int n =
+        snprintf(buf, cap, "{\"type\":\"signal\",\"from\":\"%s\",\"data\":%s}", from, data_json);
     sb_session_send(dst, buf, (size_t)n);
     free(buf);
 }
@@ -355,8 +355,7 @@ static void release_held(sb_room_t *r, const char *drop_from)
         for (int i = 0; i < nblocked; i++)
             if (strcmp(blocked[i], h->from) == 0)
                 is_blocked = 1;
-        int drop = (drop_from && strcmp(h->from, drop_from) == 0) ||
-                   now - h->at_ms > HELD_TTL_MS;
+        int drop = (drop_from && strcmp(h->from, drop_from) == 0) || now - h->at_ms > HELD_TTL_MS;
         if (drop || (!is_blocked && r->synced && member_find(r, h->from))) {
             if (!drop)
                 deliver_signal(r, h->from, h->to, h->data_json);
@@ -435,9 +434,8 @@ static void drain_buffer(sb_room_t *r)
             }
         }
     }
-    r->gap_since_ms = json_array_size(r->buffered) ? (r->gap_since_ms ? r->gap_since_ms
-                                                                       : sb_mono_ms())
-                                                    : 0;
+    r->gap_since_ms =
+        json_array_size(r->buffered) ? (r->gap_since_ms ? r->gap_since_ms : sb_mono_ms()) : 0;
 }
 
 static void on_room_event(sb_room_t *r, json_t *ev)
@@ -480,8 +478,8 @@ static void on_link_event(sb_room_t *r, json_t *ev)
          * re-assert after a data loss would bring it back. */
         if (strcmp(state, "down") == 0)
             halves_del(s, ends[i][1]);
-        json_t *o = json_pack("{s:s,s:s,s:s}", "type", "link-state", "peer", ends[i][1], "state",
-                              state);
+        json_t *o =
+            json_pack("{s:s,s:s,s:s}", "type", "link-state", "peer", ends[i][1], "state", state);
         sb_session_send_json(s, o);
     }
 }
@@ -827,8 +825,8 @@ void sb_room_join(sb_session_t *s, sb_msg_t *m)
     sb_key_room(n, m->room, "members", key, sizeof key);
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
-    const char *args[] = {key, n->cfg.prefix, m->room, s->id, n->cfg.id, n->epoch, meta_json,
-                          ttl, max};
+    const char *args[] = {key,      n->cfg.prefix, m->room, s->id, n->cfg.id,
+                          n->epoch, meta_json,     ttl,     max};
     sb_session_ref(s);
     if (sb_script_call(n->redis, sb_script("room_join"), 1, 9, args, NULL, on_joined, s) != 0) {
         sb_session_unref(s);
@@ -937,8 +935,7 @@ static void on_signal_published(redisReply *reply, const char *error, void *data
     req_t *q = data;
     if (!q->s->closed) {
         if (error || sb_reply_is_error(reply))
-            sb_session_send_error(q->s, "unavailable", "Redis is unreachable; retry later",
-                                  q->rid);
+            sb_session_send_error(q->s, "unavailable", "Redis is unreachable; retry later", q->rid);
         else if (q->rid)
             sb_session_send_json(q->s, sb_proto_reply("signal-ack", q->rid));
     }
@@ -976,8 +973,8 @@ void sb_room_signal(sb_session_t *s, sb_msg_t *m)
         free(data_json);
         return;
     }
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:s}", "t", "signal", "room", r->name, "from", s->id,
-                           "to", m->to);
+    json_t *ev =
+        json_pack("{s:s,s:s,s:s,s:s}", "t", "signal", "room", r->name, "from", s->id, "to", m->to);
     json_object_set(ev, "data", m->data);
     free(data_json);
     size_t len;
@@ -1045,8 +1042,8 @@ void sb_room_link(sb_session_t *s, sb_msg_t *m)
     q->up = m->up;
     char key[256];
     sb_key_room(n, s->room_name, "members", key, sizeof key);
-    const char *args[] = {key, n->cfg.prefix, s->room_name, s->id, m->peer,
-                          m->up ? "up" : "down", n->cfg.id};
+    const char *args[] = {key,     n->cfg.prefix,         s->room_name, s->id,
+                          m->peer, m->up ? "up" : "down", n->cfg.id};
     if (sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, on_link_set, q) != 0) {
         req_free(q);
         sb_session_send_error(s, "unavailable", "Redis is unreachable; retry later", m->rid);

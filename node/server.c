@@ -2,6 +2,7 @@
  * dispatches: HTTP endpoints here (they are small), WebSocket events to session.c. */
 #include "node.h"
 #include "embed.h"
+#include "listen.h"
 #include "log.h"
 
 #include <stdlib.h>
@@ -19,11 +20,8 @@ typedef struct {
 static const struct {
     const char *path, *file;
 } static_routes[] = {
-    {"/", "index.html"},
-    {"/index.html", "index.html"},
-    {"/switchboard.js", "switchboard.js"},
-    {"/demo.js", "demo.js"},
-    {"/demo.css", "demo.css"},
+    {"/", "index.html"},     {"/index.html", "index.html"}, {"/switchboard.js", "switchboard.js"},
+    {"/demo.js", "demo.js"}, {"/demo.css", "demo.css"},
 };
 
 static const char *content_type(const char *file)
@@ -37,8 +35,8 @@ static const char *content_type(const char *file)
 }
 
 /* Writes headers now and keeps the body for HTTP_WRITEABLE. Returns what the callback returns. */
-static int respond(struct lws *wsi, pss_t *pss, unsigned status, const char *type,
-                   const char *body, size_t len, int is_page)
+static int respond(struct lws *wsi, pss_t *pss, unsigned status, const char *type, const char *body,
+                   size_t len, int is_page)
 {
     unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start,
                                        *end = hdr + sizeof hdr - 1;
@@ -74,8 +72,8 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     char path[256] = "";
     /* Why lws_hdr_copy and not `in`: one source for the path in every callback. */
     if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0)
-        return respond(wsi, pss, 405, "application/json", "{\"error\":\"method not allowed\"}",
-                       30, 0);
+        return respond(wsi, pss, 405, "application/json", "{\"error\":\"method not allowed\"}", 30,
+                       0);
     char *q = strchr(path, '?');
     if (q)
         *q = '\0';
@@ -85,9 +83,9 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
         const char *why = NULL;
         char body[256];
         int ok = sb_node_ready(n, &why);
-        int len = ok ? snprintf(body, sizeof body, "{\"status\":\"ready\"}")
-                     : snprintf(body, sizeof body, "{\"status\":\"unready\",\"reason\":\"%s\"}",
-                                why);
+        int len =
+            ok ? snprintf(body, sizeof body, "{\"status\":\"ready\"}")
+               : snprintf(body, sizeof body, "{\"status\":\"unready\",\"reason\":\"%s\"}", why);
         return respond(wsi, pss, ok ? 200 : 503, "application/json", body, (size_t)len, 0);
     }
     if (strcmp(path, "/metrics") == 0) {
@@ -176,9 +174,9 @@ static void send_welcome(sb_session_t *s)
     sb_node_t *n = s->node;
     json_t *limits = json_pack(
         "{s:I,s:I,s:I,s:I,s:I,s:I}", "max_message_bytes", (json_int_t)n->cfg.max_message_bytes,
-        "max_room_members", (json_int_t)n->cfg.max_room_members, "rate",
-        (json_int_t)n->cfg.rate, "burst", (json_int_t)n->cfg.burst, "max_meta_bytes",
-        (json_int_t)SB_META_MAX, "max_send_queue_bytes", (json_int_t)n->cfg.max_send_queue_bytes);
+        "max_room_members", (json_int_t)n->cfg.max_room_members, "rate", (json_int_t)n->cfg.rate,
+        "burst", (json_int_t)n->cfg.burst, "max_meta_bytes", (json_int_t)SB_META_MAX,
+        "max_send_queue_bytes", (json_int_t)n->cfg.max_send_queue_bytes);
     json_t *w = json_pack("{s:s,s:s,s:s,s:i,s:o}", "type", "welcome", "id", s->id, "node",
                           n->cfg.id, "protocol", 1, "limits", limits);
     sb_session_send_json(s, w);
@@ -219,8 +217,7 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
     s->rxlen = 0;
     if (lws_frame_is_binary(wsi)) {
         n->metrics.received[SB_MSG_UNKNOWN]++;
-        sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol",
-                              NULL);
+        sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol", NULL);
     } else {
         sb_session_on_message(s, s->rx, total);
     }
@@ -313,41 +310,21 @@ static lws_retry_bo_t idle_policy;
 
 int sb_server_start(sb_node_t *n)
 {
-    char host[256];
-    int port;
-    sb_config_split_hostport(n->cfg.listen, host, sizeof host, &port);
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    void *foreign[] = {n->loop};
-    info.foreign_loops = foreign;
-    info.options = LWS_SERVER_OPTION_LIBUV |
-                   LWS_SERVER_OPTION_VALIDATE_UTF8;
-    if (!strchr(host, ':'))
-        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
-    if (strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0)
-        info.iface = host;
-    info.port = port;
-    info.protocols = protocols;
-    info.user = n;
-    info.vhost_name = "switchboard";
-    info.max_http_header_data = 4096;
-    info.pt_serv_buf_size = 16384;
-    info.timeout_secs = 10;
     /* Ping policy: lws counts whole seconds (contract: rounded up). */
     idle_policy.secs_since_valid_ping = (uint16_t)((n->cfg.ping_interval_ms + 999) / 1000);
     idle_policy.secs_since_valid_hangup = (uint16_t)((n->cfg.ping_timeout_ms + 999) / 1000);
-    info.retry_and_idle_policy = &idle_policy;
-    if (n->cfg.tls_cert) {
-        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-        info.ssl_cert_filepath = n->cfg.tls_cert;
-        info.ssl_private_key_filepath = n->cfg.tls_key;
-    }
-    lws_set_log_level(getenv("SB_LWS_DEBUG") ? (LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO | LLL_DEBUG) : LLL_ERR, NULL);
-    n->lws = lws_create_context(&info);
-    if (!n->lws) {
-        sb_error("cannot listen on %s", n->cfg.listen);
+    sb_listen_t l = {.loop = n->loop,
+                     .listen = n->cfg.listen,
+                     .protocols = protocols,
+                     .user = n,
+                     .vhost_name = "switchboard",
+                     .idle_policy = &idle_policy,
+                     .tls_cert = n->cfg.tls_cert,
+                     .tls_key = n->cfg.tls_key,
+                     .extra_options = LWS_SERVER_OPTION_VALIDATE_UTF8};
+    n->lws = sb_listen(&l);
+    if (!n->lws)
         return -1;
-    }
     sb_info("node %s listening on %s (epoch %s)", n->cfg.id, n->cfg.listen, n->epoch);
     return 0;
 }

@@ -254,8 +254,8 @@ void sb_session_on_message(sb_session_t *s, const char *buf, size_t len)
     double cost = 1;
     if (rc == 0 && (m.type == SB_MSG_JOIN || m.type == SB_MSG_LEAVE))
         cost = 10;
-    sb_rate_result_t rr = sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst,
-                                         cost, sb_mono_ms());
+    sb_rate_result_t rr =
+        sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, cost, sb_mono_ms());
     if (rr != SB_RATE_OK) {
         json_t *rid = rc == 0 ? m.rid : err.rid;
         sb_session_send_error(s, "rate-limited", "too many messages; slow down", rid);
