@@ -209,8 +209,10 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         s->rx = rx;
         s->rxcap = cap;
     }
-    memcpy(s->rx + s->rxlen, in, len);
-    s->rxlen += len;
+    if (len > 0) { /* an empty frame carries no pointer worth copying from */
+        memcpy(s->rx + s->rxlen, in, len);
+        s->rxlen += len;
+    }
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
         return 0;
     size_t total = s->rxlen;
@@ -219,7 +221,7 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         n->metrics.received[SB_MSG_UNKNOWN]++;
         sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol", NULL);
     } else {
-        sb_session_on_message(s, s->rx, total);
+        sb_session_on_message(s, s->rx ? s->rx : "", total);
     }
     /* Why release the buffer after every message: an idle socket should hold no receive memory
      * (node RSS per idle socket is a target). Keeping even a 1 KiB one cost 1 KiB of RSS per
