@@ -32,7 +32,8 @@ stop() {
     done
     echo "stopped."
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 wait_http() { # url, what
     for _ in $(seq 100); do

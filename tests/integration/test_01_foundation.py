@@ -207,3 +207,48 @@ def test_10_metrics_names_and_counts(cluster):
     wait_for(lambda: a.metrics()["switchboard_node_sockets"] == 0, 2, msg="socket gone")
     # labels stay bounded: an unknown type is counted as "unknown", not by its name
     assert "bogus" not in text
+
+
+def test_11_redis_url_auth_select_and_unix_socket(tmp_path):
+    """AUTH (user:pass and password only) and SELECT from the URL, and unix:///path."""
+    import redis as redislib
+    from harness import Node, RedisServer
+    sock = str(tmp_path / "redis.sock")
+    srv = RedisServer(str(tmp_path), extra=["--requirepass", "s3cret", "--unixsocket", sock,
+                                             "--unixsocketperm", "700",
+                                             "--user", "sb", "on", ">u-pass", "~*", "&*", "+@all"])
+    nodes = []
+    try:
+        nodes.append(Node(f"redis://:s3cret@127.0.0.1:{srv.port}/3", str(tmp_path), name="pw"))
+        nodes.append(Node(f"redis://sb:u-pass@127.0.0.1:{srv.port}/4", str(tmp_path), name="acl"))
+        r3 = redislib.Redis(host="127.0.0.1", port=srv.port, password="s3cret", db=3,
+                            decode_responses=True)
+        r4 = redislib.Redis(host="127.0.0.1", port=srv.port, password="s3cret", db=4,
+                            decode_responses=True)
+        assert r3.exists("sb:node:pw") and not r3.exists("sb:node:acl")
+        assert r4.exists("sb:node:acl") and not r4.exists("sb:node:pw")
+        # a wrong password never becomes ready
+        bad = Node(f"redis://:wrong@127.0.0.1:{srv.port}", str(tmp_path), name="bad", wait=False)
+        nodes.append(bad)
+        time.sleep(1.0)
+        assert not bad.ready() and bad.proc.alive()
+        assert "handshake refused" in bad.proc.log()
+    finally:
+        for n in nodes:
+            assert n.proc.stop() == 0
+        srv.stop()
+    # unix socket (no password on this one)
+    os.makedirs(tmp_path / "u", exist_ok=True)
+    srv = RedisServer(str(tmp_path / "u"), extra=["--unixsocket", sock, "--unixsocketperm", "700"])
+    try:
+        n = Node(f"unix://{sock}", str(tmp_path), name="ux")
+
+        async def main():
+            c = await Client.connect(n.ws_url)
+            await c.join("u")
+            await c.close()
+        asyncio.run(main())
+        assert srv.client().exists("sb:node:ux")
+        assert n.proc.stop() == 0
+    finally:
+        srv.stop()
