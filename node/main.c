@@ -12,7 +12,6 @@
 #include <time.h>
 
 extern char **environ;
-void sb_presence_stop(sb_node_t *n);
 
 static void stop_now(sb_node_t *n);
 

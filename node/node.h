@@ -179,11 +179,16 @@ void sb_room_sweep(sb_node_t *n);
 /* Re-reads every room (pub/sub reconnected, or after data loss). */
 void sb_room_resync_all(sb_node_t *n);
 void sb_room_detach_session(sb_session_t *s);
+/* The socket was reaped while connected here: leave the view, close with 4000. */
+void sb_room_expire_session(sb_session_t *s);
+/* ice_servers for s: TURN credentials when configured, else []. A new reference. */
+json_t *sb_room_ice_servers(sb_session_t *s);
 
 /* presence.c */
 void sb_presence_start(sb_node_t *n);
 void sb_presence_on_up(sb_node_t *n);
 void sb_presence_heartbeat_now(sb_node_t *n);
+void sb_presence_stop(sb_node_t *n);
 /* Removes the lease and index at the end of a drain; cb when done (or failed). */
 void sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n));
 

@@ -245,7 +245,6 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
         const char *args[] = {key, n->cfg.prefix, s->room_name, s->id, "expired", n->cfg.id, evmax};
         sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, on_reaped_cleanup,
                        NULL);
-        extern void sb_room_expire_session(sb_session_t * s);
         sb_room_expire_session(s);
     }
     round_unref(f->round);

@@ -229,7 +229,6 @@ static void dispatch(sb_session_t *s, sb_msg_t *m)
             sb_session_send_error(s, "not-joined", "ice-servers needs a joined room", m->rid);
             break;
         }
-        extern json_t *sb_room_ice_servers(sb_session_t * s);
         json_t *o = sb_proto_reply("ice-servers", m->rid);
         json_object_set_new(o, "ice_servers", sb_room_ice_servers(s));
         sb_session_send_json(s, o);

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from client import Client
-from harness import wait_for
 from rawws import RawWS, frame, handshake_request
 
 # Short pings so that a connection left half-way (a truncated frame) is hung up quickly.

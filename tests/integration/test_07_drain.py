@@ -179,6 +179,9 @@ def test_01_sigterm_drains_linked_sockets(cluster, redis_server):
         # only node b's own link is left; node a's lease and socket index are gone
         s = stats(r)
         assert s["links"] == 1 and s["members"] == N, s
+        for x, y in zip(xs, ys):
+            assert not r.exists(f"sb:{{D}}:links:{x.id}")
+            assert not r.sismember(f"sb:{{D}}:links:{y.id}", x.id)
         assert not r.exists("sb:node:na")
         assert not r.exists("sb:node:na:sockets")
         assert "na" not in r.smembers("sb:nodes")

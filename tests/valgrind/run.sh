@@ -3,12 +3,12 @@
 # node's log: 0 errors and 0 bytes definitely lost. Prints the figures per node process.
 #   tests/valgrind/run.sh [pytest node ids...]
 # Defaults: a join/signal/leave across two nodes, link cleanup by leave, close and TCP reset,
-# hostile JSON, refused tokens, and a SIGTERM drain with linked sockets. The node is built without sanitizers in
-# $SB_VALGRIND_BUILD (default build-valgrind/ under the repository root); logs go to
-# $SB_VALGRIND_OUT (default a new temp directory). How: SWITCHBOARD_BUILD points at a
-# directory whose node/switchboard-node is node-wrapper.sh, which execs valgrind on the real
-# binary. The conftest teardown already fails a test whose node exits non-zero (valgrind exits
-# 99 on an error or a definite leak).
+# hostile JSON, refused tokens, and a SIGTERM drain with linked sockets. The node is built
+# without sanitizers in $SB_VALGRIND_BUILD (default build-valgrind/ under the repository
+# root); logs go to $SB_VALGRIND_OUT (default a new temp directory). How: SWITCHBOARD_BUILD
+# points at a directory whose node/switchboard-node is node-wrapper.sh, which execs valgrind
+# on the real binary. The conftest teardown already fails a test whose node exits non-zero
+# (valgrind exits 99 on an error or a definite leak).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -68,7 +68,9 @@ for f in $logs; do
     total_def=$((total_def + def))
     total_err=$((total_err + errors))
 done
-echo "total: $total_err errors, $total_def bytes definitely lost ($(echo "$logs" | wc -l) node processes; logs in $out/logs)"
+nprocs=$(echo "$logs" | wc -l)
+echo "total: $total_err errors, $total_def bytes definitely lost ($nprocs node processes;" \
+    "logs in $out/logs)"
 if [ "$total_def" -ne 0 ] || [ "$total_err" -ne 0 ]; then
     status=1
 fi
