@@ -188,16 +188,19 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
     /* What the frame header announces counts too: lws hands payload over in pieces as it
      * arrives, so without it a client announcing 2^63-1 bytes would be let trickle up to the
      * limit before being refused. */
+    if (s->close_code)
+        return 0; /* closing: what the client still sends is read and dropped */
     size_t announced = lws_remaining_packet_payload(wsi);
     if (s->rxlen + len + announced > (size_t)n->cfg.max_message_bytes) {
-        /* All fragments count: the limit is on the message, not on a frame. */
-        static const char why[] = "message too big";
+        /* All fragments count: the limit is on the message, not on a frame. The error frame,
+         * then our close frame, go out in order; the rest of the message is read and dropped
+         * meanwhile, so the client gets the close instead of a TCP reset. */
         sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);
-        sb_metrics_close(n, 1009);
-        s->close_code = 1009;
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why,
-                         sizeof why - 1);
-        return -1;
+        sb_session_close(s, 1009, "message too big");
+        free(s->rx);
+        s->rx = NULL;
+        s->rxcap = s->rxlen = 0;
+        return 0;
     }
     if (s->rxlen + len > s->rxcap) {
         size_t cap = s->rxcap ? s->rxcap : 1024;

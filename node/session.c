@@ -174,9 +174,11 @@ int sb_session_writable(sb_session_t *s)
         return 0;
     }
     if (s->close_code) {
-        /* Our close frame is out: drop the connection now rather than wait for the client's
-         * reply (a client that stopped reading would hold a drain for its whole timeout). */
-        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        /* Our close frame is out. Keep reading (and dropping) for up to a second so the
+         * client's close reply ends the connection: killing it at once while the client is
+         * still sending makes the kernel answer with a reset, and the client never sees our
+         * close code. A client that stopped reading is still gone within that second. */
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, 1);
         return 0;
     }
     return 0;
