@@ -57,7 +57,7 @@ typedef struct {
     int stats_checked; /* stats_check ran (skipped above SB_STATS_CHECK_MAX_ROOMS) */
 } sb_pass_result_t;
 
-#define SB_STATS_CHECK_MAX_ROOMS 2500
+#define SB_STATS_CHECK_MAX_ROOMS 1500
 #define SB_SCAN_COUNT "100"
 
 /* Histogram of pass durations (this process's passes). */

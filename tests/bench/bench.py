@@ -65,6 +65,7 @@ ENV = {
     "SB_BENCH_PAYLOAD_LARGE": env_int("SB_BENCH_PAYLOAD_LARGE", 4000),  # SDP-sized; 0: skip
     "SB_BENCH_REDIS_N": env_int("SB_BENCH_REDIS_N", 200000),
     "SB_BENCH_RTT_N": env_int("SB_BENCH_RTT_N", 20000),
+    "SB_BENCH_LAT_REPEATS": env_int("SB_BENCH_LAT_REPEATS", 3),  # half-peak runs, median p99
     # section 3
     "SB_BENCH_CHURN_PAIRS": env_int("SB_BENCH_CHURN_PAIRS", 50),
     # section 4
@@ -592,8 +593,9 @@ def redis_benchmark(red, args, n=None):
             "p99_ms": float(cols[6]), "max_ms": float(cols[7])}
 
 
-def relay_run(servers, extra, tag, redis_pid=None):
-    """One relay run; CPU of the servers (and Redis) over the measured window."""
+def relay_run(servers, extra, tag, redis_pid=None, during=None):
+    """One relay run; CPU of the servers (and Redis) over the measured window. `during`, if
+    given, starts a process when the measured window starts (its result goes to "during")."""
     pairs = ENV["SB_BENCH_PAIRS"]
     secs, warm = ENV["SB_BENCH_SECONDS"], ENV["SB_BENCH_WARMUP"]
     urls = []
@@ -604,6 +606,7 @@ def relay_run(servers, extra, tag, redis_pid=None):
                  "--payload", ENV["SB_BENCH_PAYLOAD"]] + extra, tag)
     wait_event([p], "ready", 120)
     time.sleep(warm)
+    side = during(secs * 0.8) if during else None
     pids = [s.pid for s in servers] + ([redis_pid] if redis_pid else []) + [p.pid]
     c0 = {pid: cpu_s(pid) for pid in pids}
     t0 = time.monotonic()
@@ -614,12 +617,27 @@ def relay_run(servers, extra, tag, redis_pid=None):
     res = p.event("result")
     if not res:
         raise RuntimeError(f"relay {tag}: no result: {p.stderr_tail()}")
+    if side:
+        side.wait(120)
+        res["during"] = (side.lines() or [None])[0]
     res["server_cpu_pct"] = sum(cpu[s.pid] for s in servers)
     res["redis_cpu_pct"] = cpu[redis_pid] if redis_pid else 0.0
     res["loadgen_cpu_pct"] = cpu[p.pid]
     rate = res["msgs_per_s"] or 1
     res["server_cpu_us_per_msg"] = (res["server_cpu_pct"] + res["redis_cpu_pct"]) / 100 * 1e6 / rate
     return res
+
+
+def repeated(n, run):
+    """Runs a latency measurement n times; returns the run with the median p99, with the
+    p50 / p99 / p99.9 of every run under "repeats"."""
+    runs = [run(i) for i in range(max(1, n))]
+    order = sorted(runs, key=lambda r: r["lat_p99_us"] if r["lat_p99_us"] is not None else 1e18)
+    med = dict(order[len(order) // 2])
+    med["repeats"] = [{k: r[k] for k in ("lat_p50_us", "lat_p99_us", "lat_p999_us",
+                                         "msgs_per_s")} for r in runs]
+    med["during_all"] = [r.get("during") for r in runs]
+    return med
 
 
 def section2(red):
@@ -650,21 +668,25 @@ def section2(red):
     R["cross_flat"] = relay_run([n1, n2], ["--cross"], "cross", red.proc.pid)
     half_cross = max(100.0, R["cross_flat"]["msgs_per_s"] / 2)
     half_same = max(100.0, R["same_flat"]["msgs_per_s"] / 2)
-    log(f"section 2: across nodes at half peak ({half_cross:.0f}/s), with a PUBLISH round "
-        "trip measured meanwhile")
-    rtt_during = Proc([RTOOL, "pubrtt", "--port", str(red.port), "--n",
-                       str(max(1000, ENV["SB_BENCH_RTT_N"] // 4)), "--size", "300"],
-                      "pubrtt-loaded", stdout=os.path.join(WORK, "pubrtt-loaded.jsonl"))
-    R["cross_half"] = relay_run([n1, n2], ["--cross", "--rate", f"{half_cross:.0f}",
-                                           "--window", 100000], "crosshalf", red.proc.pid)
-    rtt_during.wait(300)
-    R["pubrtt_loaded"] = (rtt_during.lines() or [None])[0]
-    log(f"section 2: same node at half peak ({half_same:.0f}/s)")
-    R["same_half"] = relay_run([n1], ["--rate", f"{half_same:.0f}", "--window", 100000],
-                               "samehalf", red.proc.pid)
-    log("section 2: echo server at the across-node half-peak rate")
-    R["echo_at_cross_half"] = relay_run([echo], ["--echo", "--rate", f"{half_cross:.0f}",
-                                                 "--window", 100000], "echohalf")
+    reps = ENV["SB_BENCH_LAT_REPEATS"]
+
+    def rtt_probe(seconds):
+        # One sample per millisecond: a probe, not a second load on Redis.
+        return Proc([RTOOL, "pubrtt", "--port", str(red.port), "--n", "2000000", "--size",
+                     "300", "--seconds", f"{seconds:.1f}", "--gap-us", "1000"], "pubrtt-loaded",
+                    stdout=os.path.join(WORK, f"pubrtt-loaded-{time.monotonic_ns()}.jsonl"))
+    log(f"section 2: across nodes at half peak ({half_cross:.0f}/s) x {reps}, with a PUBLISH "
+        "round trip measured meanwhile")
+    R["cross_half"] = repeated(reps, lambda i: relay_run(
+        [n1, n2], ["--cross", "--rate", f"{half_cross:.0f}", "--window", 100000],
+        "crosshalf", red.proc.pid, during=rtt_probe))
+    R["pubrtt_loaded"] = R["cross_half"].get("during")
+    log(f"section 2: same node at half peak ({half_same:.0f}/s) x {reps}")
+    R["same_half"] = repeated(reps, lambda i: relay_run(
+        [n1], ["--rate", f"{half_same:.0f}", "--window", 100000], "samehalf", red.proc.pid))
+    log(f"section 2: echo server at the across-node half-peak rate x {reps}")
+    R["echo_at_cross_half"] = repeated(reps, lambda i: relay_run(
+        [echo], ["--echo", "--rate", f"{half_cross:.0f}", "--window", 100000], "echohalf"))
     big = ENV["SB_BENCH_PAYLOAD_LARGE"]
     if big:
         log(f"section 2: flat out with {big}-byte signals (echo, same node, across nodes)")
@@ -925,6 +947,7 @@ def machine():
     return {
         "nproc": sh("nproc"), "cpu": cpu, "memory": mem, "kernel": platform.release(),
         "loadavg_at_start": sh("cut -d' ' -f1-3 /proc/loadavg"),
+        "other_busy": sh("ps -eo pcpu=,comm= --sort=-pcpu | head -3 | tr -s ' ' | paste -sd';'"),
         "redis": sh("redis-server --version | grep -o 'v=[^ ]*' | cut -c3-"),
         "lws": sh("pkg-config --modversion libwebsockets").rstrip("-"),
         "hiredis": sh("pkg-config --modversion hiredis"),
@@ -975,7 +998,9 @@ def render(M, R, started, elapsed):
     a(f"| CPUs | {M['nproc']} x {M['cpu']} |")
     a(f"| memory | {M['memory']} |")
     a(f"| kernel | {M['kernel']} |")
-    a(f"| load average at start | {M['loadavg_at_start']} |")
+    a(f"| load average at start / end | {M['loadavg_at_start']} / "
+      f"{M.get('loadavg_at_end', 'n/a')} |")
+    a(f"| busiest processes at start (%CPU) | {M.get('other_busy', '')} |")
     a(f"| open files per process (hard limit) | {M['fd_limit']} |")
     a(f"| Redis | {M['redis']} |")
     a(f"| libwebsockets | {M['lws']} |")
@@ -1162,6 +1187,14 @@ def render2(a, S):
         row(f"Switchboard, across 2 nodes, flat out, {big:,} B signals", S["cross_large"],
             f" (+ Redis {f0(S['cross_large']['redis_cpu_pct'])}%)")
     a("")
+    nrep = len(ch.get("repeats", [])) or 1
+    if nrep > 1:
+        def p99s(r):
+            return ", ".join(ms(x["lat_p99_us"]) for x in r.get("repeats", []))
+        a(f"Each rate-paced row is the run with the median p99 of {nrep} runs; p99 of every run: "
+          f"across nodes {p99s(ch)}; same node {p99s(sh_)}; echo server "
+          f"{p99s(S['echo_at_cross_half'])}.")
+        a("")
     a("Redis references (same Redis, same run):")
     a("")
     a("| reference | figure |")
@@ -1173,7 +1206,7 @@ def render2(a, S):
     a(f"| PUBLISH -> subscriber round trip, one in flight, 300 B, idle machine | p50 "
       f"{f1(rtt['p50_us'])} us, p99 {f1(rtt['p99_us'])} us, p99.9 {f1(rtt['p999_us'])} us |")
     if rttl:
-        a(f"| the same round trip while the across-node half-peak run was going | p50 "
+        a(f"| the same round trip, measured during the across-node half-peak run | p50 "
           f"{f1(rttl['p50_us'])} us, p99 {f1(rttl['p99_us'])} us, p99.9 {f1(rttl['p999_us'])} us |")
     a("")
     r_same = sf["msgs_per_s"] / max(1, e["msgs_per_s"])
@@ -1514,6 +1547,7 @@ def main():
     finally:
         stop_all()
     elapsed = time.time() - started
+    M["loadavg_at_end"] = sh("cut -d' ' -f1-3 /proc/loadavg")
     with open(os.path.join(BUILD, "bench-results.json"), "w") as f:
         json.dump({"machine": M, "env": ENV, "results": R, "started": started,
                    "elapsed": elapsed}, f, indent=1, default=str)

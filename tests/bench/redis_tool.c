@@ -3,7 +3,8 @@
  *             global stats, the socket index and node leases in the key schema of
  *             lua/README.md, with a chosen share of members left without a presence key
  *   scan      a bare SCAN of the whole keyspace (the reconcile pass's reference)
- *   pubrtt    PUBLISH -> subscriber round trip, one message in flight
+ *   pubrtt    PUBLISH -> subscriber round trip, one message in flight (n samples, or for
+ *             --seconds)
  *   sink      a subscriber that only drains a channel (for redis-benchmark PUBLISH)
  * Prints one JSON object on stdout. Does not start Redis or judge figures. */
 #include <hiredis/hiredis.h>
@@ -22,6 +23,8 @@ typedef struct {
     int room_size, nodes, count, size;
     double stale_pct;
     long long ttl_ms, n;
+    double seconds; /* pubrtt: stop after this long (0: after n samples) */
+    long gap_us;    /* pubrtt: pause between samples (a probe that does not load Redis) */
 } opts_t;
 
 static int64_t now_ns(void)
@@ -314,9 +317,11 @@ static int pubrtt(const opts_t *o)
     char *payload = malloc((size_t)o->size + 1);
     memset(payload, 'x', (size_t)o->size);
     payload[o->size] = '\0';
-    long long warm = o->n / 10 + 100, total = o->n + warm;
+    long long warm = o->seconds > 0 ? 100 : o->n / 10 + 100, total = o->n + warm;
     double *lat = malloc(sizeof *lat * (size_t)o->n);
-    for (long long i = 0; i < total; i++) {
+    int64_t stop_at = o->seconds > 0 ? now_ns() + (int64_t)(o->seconds * 1e9) : 0;
+    long long got = 0;
+    for (long long i = 0; i < total && !(stop_at && i >= warm && now_ns() > stop_at); i++) {
         int64_t t0 = now_ns();
         redisAppendCommand(pub, "PUBLISH %s %s", o->channel, payload);
         int done = 0;
@@ -337,13 +342,21 @@ static int pubrtt(const opts_t *o)
             return 1;
         freeReplyObject(r);
         if (i >= warm)
-            lat[i - warm] = (double)(t1 - t0) / 1000.0;
+            lat[got++] = (double)(t1 - t0) / 1000.0;
+        if (o->gap_us > 0) {
+            struct timespec gap = {o->gap_us / 1000000, (o->gap_us % 1000000) * 1000};
+            nanosleep(&gap, NULL);
+        }
     }
-    qsort(lat, (size_t)o->n, sizeof *lat, cmpd);
+    if (got == 0) {
+        fprintf(stderr, "redis_tool: no samples\n");
+        return 1;
+    }
+    qsort(lat, (size_t)got, sizeof *lat, cmpd);
     printf("{\"samples\":%lld,\"size\":%d,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
            "\"p999_us\":%.1f,\"max_us\":%.1f}\n",
-           o->n, o->size, pct(lat, o->n, 0.5), pct(lat, o->n, 0.9), pct(lat, o->n, 0.99),
-           pct(lat, o->n, 0.999), lat[o->n - 1]);
+           got, o->size, pct(lat, got, 0.5), pct(lat, got, 0.9), pct(lat, got, 0.99),
+           pct(lat, got, 0.999), lat[got - 1]);
     free(lat);
     free(payload);
     redisFree(pub);
@@ -378,7 +391,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "Usage: redis_tool populate|scan|pubrtt|sink [--port P] [--host H] "
                         "[--prefix sb] [--links N] [--room-size K] [--nodes N] "
                         "[--stale-pct X] [--ttl-ms T] [--count C] [--n N] [--size B] "
-                        "[--channel C]\n");
+                        "[--channel C] [--seconds S] [--gap-us U]\n");
         return 2;
     }
     const char *cmd = argv[1];
@@ -408,6 +421,10 @@ int main(int argc, char **argv)
             o.size = atoi(v);
         else if (!strcmp(k, "--channel"))
             o.channel = v;
+        else if (!strcmp(k, "--seconds"))
+            o.seconds = atof(v);
+        else if (!strcmp(k, "--gap-us"))
+            o.gap_us = atol(v);
         else {
             fprintf(stderr, "redis_tool: unknown option %s\n", k);
             return 2;
