@@ -84,7 +84,7 @@ static int member_put(sb_room_t *r, const char *id, const char *node, const char
     int added = 0;
     if (!m) {
         if (r->nmembers == r->cap) {
-            int cap = r->cap ? r->cap * 2 : 8;
+            int cap = r->cap ? r->cap * 2 : 2; /* pair rooms are common: start small */
             sb_member_t *v = realloc(r->members, sizeof *v * (size_t)cap);
             if (!v)
                 return 0;
