@@ -172,8 +172,8 @@ int main(int argc, char **argv)
     memset(&info, 0, sizeof info);
     void *foreign[] = {&loop};
     info.foreign_loops = foreign;
-    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
-                   LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.options =
+        LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_DISABLE_IPV6;
     info.iface = host;
     info.port = atoi(colon + 1);
     info.protocols = protocols;

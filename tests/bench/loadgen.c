@@ -105,12 +105,12 @@ struct lg {
     int room_size;
     char room_prefix[48];
     int concurrency;
-    int join;  /* connect: join a room after welcome */
-    int link;  /* connect: link each pair after join */
+    int join;         /* connect: join a room after welcome */
+    int link;         /* connect: link each pair after join */
     int link_on_usr1; /* connect: wait for SIGUSR1 before linking (state measured between) */
     int ping_first;   /* connect: one ping (echo: one message) before counting a socket */
-    int echo;  /* the server is the echo server: no welcome, no rooms, messages come back */
-    int cross; /* pairs across the first two URLs */
+    int echo;         /* the server is the echo server: no welcome, no rooms, messages come back */
+    int cross;        /* pairs across the first two URLs */
     double hold_s, seconds, warmup_s, timeout_s;
     double rate; /* relay: total msgs/s (0 = flat out); reset: resets per second */
     int window;
@@ -337,8 +337,8 @@ static int can_send(conn_t *c)
         /* Each end has its own phase so that sends spread evenly instead of all ends
          * sending in the same millisecond. */
         double per_conn = lg->rate / (2.0 * lg->active_pairs);
-        double due = (double)(now_ns() - lg->t_go) / 1e9 * per_conn +
-                     (double)c->idx / (double)lg->nconns;
+        double due =
+            (double)(now_ns() - lg->t_go) / 1e9 * per_conn + (double)c->idx / (double)lg->nconns;
         if ((double)c->sent >= due)
             return 0;
     }
@@ -364,15 +364,17 @@ static int on_writable(conn_t *c)
         return 0;
     }
     if (!can_send(c)) {
-        if (relay_sending(lg) && c->setup_done == 1 && c->sent - c->peer->recv >= (uint64_t)lg->window)
+        if (relay_sending(lg) && c->setup_done == 1 &&
+            c->sent - c->peer->recv >= (uint64_t)lg->window)
             c->blocked = 1;
         return 0;
     }
     unsigned char buf[LWS_PRE + 256 + 65536];
     char *p = (char *)buf + LWS_PRE;
     size_t cap = sizeof buf - LWS_PRE;
-    int n = snprintf(p, cap, "{\"type\":\"signal\",\"to\":\"%s\",\"data\":{\"ts\":%" PRId64
-                              ",\"n\":%" PRIu64 ",\"pad\":\"%s\"}}",
+    int n = snprintf(p, cap,
+                     "{\"type\":\"signal\",\"to\":\"%s\",\"data\":{\"ts\":%" PRId64
+                     ",\"n\":%" PRIu64 ",\"pad\":\"%s\"}}",
                      lg->echo ? "echo" : c->peer->id, now_ns(), c->sent, lg->pad);
     if (n < 0 || (size_t)n >= cap)
         return -1;
@@ -435,7 +437,8 @@ static void handle_text(conn_t *c, const char *buf, size_t len)
         return;
     }
     if (lg->echo) {
-        if (lg->ping_first && lg->phase == 0 && len >= 14 && memcmp(buf, "{\"type\":\"ping\"", 14) == 0)
+        if (lg->ping_first && lg->phase == 0 && len >= 14 &&
+            memcmp(buf, "{\"type\":\"ping\"", 14) == 0)
             setup_progress(lg, c, 1);
         else
             count_error(lg, "unexpected-echo");
@@ -1268,8 +1271,8 @@ static void finish(lg_t *lg)
         json_object_set_new(o, "expected", json_integer(lg->peer_left_expected));
         json_object_set_new(o, "notified", json_integer(lg->peer_left_seen));
         json_object_set_new(o, "reason_expired", json_integer(expired));
-        json_object_set_new(o, "missing", json_integer(lg->peer_left_expected -
-                                                        lg->peer_left_seen));
+        json_object_set_new(o, "missing",
+                            json_integer(lg->peer_left_expected - lg->peer_left_seen));
         lat_json(o, "lat", &lg->lat);
         break;
     }
@@ -1357,18 +1360,28 @@ int main(int argc, char **argv)
     lg->warmup_s = 2;
     lg->timeout_s = 30;
     snprintf(lg->room_prefix, sizeof lg->room_prefix, "lg%d", (int)getpid());
-    static const struct option opts[] = {
-        {"scenario", required_argument, 0, 's'}, {"url", required_argument, 0, 'u'},
-        {"src", required_argument, 0, 'S'},      {"conns", required_argument, 0, 'n'},
-        {"room-size", required_argument, 0, 'k'}, {"room-prefix", required_argument, 0, 'p'},
-        {"concurrency", required_argument, 0, 'c'}, {"no-join", no_argument, 0, 'J'},
-        {"link", no_argument, 0, 'L'},           {"echo", no_argument, 0, 'E'},
-        {"cross", no_argument, 0, 'X'},          {"hold", required_argument, 0, 'H'},
-        {"seconds", required_argument, 0, 't'},  {"warmup", required_argument, 0, 'w'},
-        {"rate", required_argument, 0, 'r'},     {"window", required_argument, 0, 'W'},
-        {"payload", required_argument, 0, 'P'},  {"timeout", required_argument, 0, 'T'},
-        {"link-on-usr1", no_argument, 0, 'U'},   {"ping-first", no_argument, 0, 'G'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    static const struct option opts[] = {{"scenario", required_argument, 0, 's'},
+                                         {"url", required_argument, 0, 'u'},
+                                         {"src", required_argument, 0, 'S'},
+                                         {"conns", required_argument, 0, 'n'},
+                                         {"room-size", required_argument, 0, 'k'},
+                                         {"room-prefix", required_argument, 0, 'p'},
+                                         {"concurrency", required_argument, 0, 'c'},
+                                         {"no-join", no_argument, 0, 'J'},
+                                         {"link", no_argument, 0, 'L'},
+                                         {"echo", no_argument, 0, 'E'},
+                                         {"cross", no_argument, 0, 'X'},
+                                         {"hold", required_argument, 0, 'H'},
+                                         {"seconds", required_argument, 0, 't'},
+                                         {"warmup", required_argument, 0, 'w'},
+                                         {"rate", required_argument, 0, 'r'},
+                                         {"window", required_argument, 0, 'W'},
+                                         {"payload", required_argument, 0, 'P'},
+                                         {"timeout", required_argument, 0, 'T'},
+                                         {"link-on-usr1", no_argument, 0, 'U'},
+                                         {"ping-first", no_argument, 0, 'G'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {

@@ -120,7 +120,7 @@ static int populate(const opts_t *o)
     long long seq0 = (long long)wall.tv_sec * 1000000LL + wall.tv_nsec / 1000;
     int64_t t0 = now_ns();
     args_t a = {0};
-    char (*ids)[40] = calloc((size_t)k, sizeof *ids);
+    char(*ids)[40] = calloc((size_t)k, sizeof *ids);
     int *stale = calloc((size_t)k, sizeof *stale);
     int *node_of = calloc((size_t)k, sizeof *node_of);
     int *per_node = calloc((size_t)o->nodes, sizeof *per_node);
@@ -384,9 +384,18 @@ static int sink(const opts_t *o)
 
 int main(int argc, char **argv)
 {
-    opts_t o = {.host = "127.0.0.1", .port = 6379, .prefix = "sb", .channel = "bench",
-                .links = 100000, .room_size = 4, .nodes = 2, .count = 1000, .size = 200,
-                .stale_pct = 1.0, .ttl_ms = 3600000, .n = 20000};
+    opts_t o = {.host = "127.0.0.1",
+                .port = 6379,
+                .prefix = "sb",
+                .channel = "bench",
+                .links = 100000,
+                .room_size = 4,
+                .nodes = 2,
+                .count = 1000,
+                .size = 200,
+                .stale_pct = 1.0,
+                .ttl_ms = 3600000,
+                .n = 20000};
     if (argc < 2) {
         fprintf(stderr, "Usage: redis_tool populate|scan|pubrtt|sink [--port P] [--host H] "
                         "[--prefix sb] [--links N] [--room-size K] [--nodes N] "
@@ -430,8 +439,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (strncmp(o.host, "127.", 4) != 0 || o.room_size < 2 || o.room_size > 64 ||
-        o.nodes < 1 || o.nodes > 64 || o.links < 1 || o.count < 1 || o.n < 1 || o.size < 0) {
+    if (strncmp(o.host, "127.", 4) != 0 || o.room_size < 2 || o.room_size > 64 || o.nodes < 1 ||
+        o.nodes > 64 || o.links < 1 || o.count < 1 || o.n < 1 || o.size < 0) {
         fprintf(stderr, "redis_tool: bad option value (loopback hosts only)\n");
         return 2;
     }
