@@ -101,6 +101,8 @@ struct sb_room {
     json_t *buffered;            /* array of events waiting for their turn (new reference) */
     sb_held_t *held, *held_tail; /* signals from senders not yet known here */
     int64_t gap_since_ms;        /* > 0: a gap was seen at this time */
+    int64_t resync_due_ms;       /* > 0: read the room again then (a resync applied additions only);
+                                  * unlike gap_since_ms, applying later events does not clear it */
     int resyncing;
     int refs; /* local sessions + commands in flight */
 };

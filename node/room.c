@@ -535,7 +535,7 @@ static void on_resync(redisReply *reply, const char *error, void *data)
     r->resyncing = 0;
     if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
         sb_warn("room %s: resync failed: %s", r->name, error ? error : "bad reply");
-        r->gap_since_ms = sb_mono_ms(); /* retried by the sweep */
+        r->resync_due_ms = sb_mono_ms() + 200; /* retried by the sweep */
         room_unref(r);
         return;
     }
@@ -549,7 +549,6 @@ static void on_resync(redisReply *reply, const char *error, void *data)
         /* Not yet known whether Redis lost its data (the check runs on every reconnect): an
          * empty room now may just mean that. Apply additions only and read again soon. */
         grace = 1;
-        r->gap_since_ms = sb_mono_ms();
     }
     /* Members that are gone: told as peer-left. */
     for (int i = 0; i < r->nmembers && !grace;) {
@@ -599,8 +598,8 @@ static void on_resync(redisReply *reply, const char *error, void *data)
             expire_session(s);
     }
     drain_buffer(r);
-    if (grace)
-        r->gap_since_ms = sb_mono_ms(); /* read again: removals were not applied */
+    /* Read again later when removals were held back; a full read clears it. */
+    r->resync_due_ms = grace ? sb_mono_ms() + 200 : 0;
     release_held(r, NULL);
     complete_joins(r);
     room_unref(r);
@@ -618,7 +617,7 @@ static void resync(sb_room_t *r)
     r->resyncing = 1;
     if (sb_script_call(n->redis, sb_script("room_read"), 1, 3, args, NULL, on_resync, r) != 0) {
         r->resyncing = 0;
-        r->gap_since_ms = sb_mono_ms();
+        r->resync_due_ms = sb_mono_ms() + 200;
         room_unref(r);
     }
 }
@@ -640,7 +639,9 @@ static void sweep_one(void *value, void *arg)
 {
     (void)arg;
     sb_room_t *r = value;
-    if (r->gap_since_ms && sb_mono_ms() - r->gap_since_ms > 200 && r->synced)
+    int64_t now = sb_mono_ms();
+    if (r->synced && ((r->gap_since_ms && now - r->gap_since_ms > 200) ||
+                      (r->resync_due_ms && now >= r->resync_due_ms)))
         resync(r);
     if (r->held)
         release_held(r, NULL);

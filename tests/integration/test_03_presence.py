@@ -118,3 +118,30 @@ def test_02_redis_restarted_empty_state_is_reasserted(cluster, redis_server):
         return took
     took = asyncio.run(main())
     print(f"state back {took*1000:.0f} ms after Redis restarted empty")
+
+
+def test_03_socket_closed_while_redis_down_then_redis_empty(cluster, redis_server):
+    """A socket that closes while Redis is unreachable cannot be cleaned up then; if Redis then
+    comes back empty its record is gone for good, and its peers must still hear peer-left."""
+    args = ["--presence-ttl-ms", "3000", "--heartbeat-ms", "1000", "--redis-timeout-ms", "500"]
+    a, b = cluster.node("na", args=args), cluster.node("nb", args=args)
+
+    async def main():
+        stay = await Client.connect(a.ws_url)
+        gone_local = await Client.connect(a.ws_url)
+        gone_remote = await Client.connect(b.ws_url)
+        other = await Client.connect(b.ws_url)
+        for c in (stay, gone_local, gone_remote, other):
+            await c.join("D")
+        redis_server.kill()
+        await asyncio.sleep(0.1)
+        gone_local.abort()
+        gone_remote.abort()
+        await asyncio.sleep(0.2)
+        redis_server.start()
+        for c in (stay, other):
+            for g in (gone_local, gone_remote):
+                await c.expect("peer-left", id=g.id, timeout=5)
+        for c in (stay, other):
+            await c.close()
+    asyncio.run(main())
