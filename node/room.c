@@ -525,10 +525,6 @@ void sb_room_on_event(sb_node_t *n, const char *payload, size_t len)
 
 /* ---- resync -------------------------------------------------------------------------------- */
 
-typedef struct {
-    sb_room_t *r;
-} resync_t;
-
 static void on_resync(redisReply *reply, const char *error, void *data)
 {
     sb_room_t *r = data;

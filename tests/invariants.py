@@ -190,3 +190,10 @@ def check(r, prefix="sb", presence=True):
         if node not in known:
             bad.append(f"node {node} hosts sockets but is not in {prefix}:nodes")
     return bad
+
+
+def counters(r, prefix="sb"):
+    """P:stats as maintained by the scripts (missing fields as 0): what the admin reports."""
+    s = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    s.update({k: int(v) for k, v in r.hgetall(f"{prefix}:stats").items() if k in s})
+    return s

@@ -20,10 +20,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def stats(r):
-    s = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
-    s.update({k: int(v) for k, v in r.hgetall("sb:stats").items()})
-    return s
+stats = invariants.counters
 
 
 def test_01_join_signal_leave_across_nodes(cluster, redis_server):

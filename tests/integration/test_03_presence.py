@@ -11,10 +11,7 @@ from harness import wait_for
 FAST = ["--presence-ttl-ms", "1500", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
 
 
-def stats(r):
-    s = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
-    s.update({k: int(v) for k, v in r.hgetall("sb:stats").items()})
-    return s
+stats = invariants.counters
 
 
 def reap_like_admin(r, node):

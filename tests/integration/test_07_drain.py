@@ -14,10 +14,7 @@ from harness import http_get, wait_for
 from rawws import RawWS, handshake_request
 
 
-def stats(r):
-    s = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
-    s.update({k: int(v) for k, v in r.hgetall("sb:stats").items()})
-    return s
+stats = invariants.counters
 
 
 class ReadyPoller:
