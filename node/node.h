@@ -158,6 +158,10 @@ void sb_session_send(sb_session_t *s, const char *text, size_t len);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid);
+/* What an accepted join or leave costs in rate tokens (contract section 1); the message that
+ * carried it paid 1 when it arrived, this charges the rest (a debt if the bucket is short). */
+#define SB_JOIN_LEAVE_COST 10
+void sb_session_charge_accepted(sb_session_t *s);
 /* Closes with code after the queued frames (or at once when kill), counted in metrics. */
 void sb_session_close(sb_session_t *s, int code, const char *reason);
 /* lws is about to free the connection. */

@@ -32,7 +32,7 @@ static const sb_option_t node_options[] = {
     {"max-room-members", SB_OPT_INT, "64", 2, 10000, OFF(max_room_members), "room capacity"},
     {"rate", SB_OPT_INT, "50", 1, 1000000, OFF(rate), "message tokens per second per socket"},
     {"burst", SB_OPT_INT, "100", 10, 1000000, OFF(burst),
-     "token bucket size per socket (join/leave cost 10)"},
+     "token bucket size per socket (an accepted join/leave costs 10)"},
     {"max-send-queue-bytes", SB_OPT_INT, "1048576", 1024, 1073741824, OFF(max_send_queue_bytes),
      "outbound queue per socket before closing it with 4003"},
     {"allowed-origin", SB_OPT_ORIGINS, NULL, 0, 0, OFF(allowed_origins),

@@ -275,14 +275,22 @@ static void send_joined(sb_session_t *s)
     sb_session_send_json(s, o);
 }
 
-/* Sends `joined` to every joiner whose join the view has reached. */
+static void release_held(sb_room_t *r, const char *drop_from);
+
+/* Sends `joined` to every joiner whose join the view has reached, then hands them the signals
+ * held for them meanwhile. */
 static void complete_joins(sb_room_t *r)
 {
     if (!r->synced)
         return;
+    int sent = 0;
     for (sb_session_t *s = r->local; s; s = s->room_next)
-        if (s->state == SS_JOINING && s->in_redis && s->await_seq <= r->seq)
+        if (s->state == SS_JOINING && s->in_redis && s->await_seq <= r->seq) {
             send_joined(s);
+            sent = 1;
+        }
+    if (sent && r->held)
+        release_held(r, NULL);
 }
 
 /* ---- signals ----------------------------------------------------------------------------- */
@@ -303,6 +311,16 @@ static void deliver_signal(sb_room_t *r, const char *from, const char *to, const
     free(buf);
 }
 
+/* A local recipient that has not been sent `joined` yet. A peer may learn of its join (from the
+ * pub/sub event, or from this view on the same node) and signal it before the node has the
+ * join script's reply: the reply and the events come on two connections, in either order.
+ * Its signals wait for its `joined`, which lists the sender, instead of being lost. */
+static int recipient_joining(sb_room_t *r, const char *to)
+{
+    sb_session_t *dst = sb_map_get(&r->node->sess_by_id, to);
+    return dst && dst->room == r && dst->state == SS_JOINING;
+}
+
 static int held_from(sb_room_t *r, const char *from)
 {
     for (sb_held_t *h = r->held; h; h = h->next)
@@ -315,7 +333,7 @@ static int held_from(sb_room_t *r, const char *from)
  * still held (order per sender is kept); holds it otherwise. */
 static void deliver_or_hold(sb_room_t *r, const char *from, const char *to, const char *data_json)
 {
-    if (r->synced && member_find(r, from) && !held_from(r, from)) {
+    if (r->synced && member_find(r, from) && !held_from(r, from) && !recipient_joining(r, to)) {
         deliver_signal(r, from, to, data_json);
         return;
     }
@@ -356,7 +374,8 @@ static void release_held(sb_room_t *r, const char *drop_from)
             if (strcmp(blocked[i], h->from) == 0)
                 is_blocked = 1;
         int drop = (drop_from && strcmp(h->from, drop_from) == 0) || now - h->at_ms > HELD_TTL_MS;
-        if (drop || (!is_blocked && r->synced && member_find(r, h->from))) {
+        if (drop ||
+            (!is_blocked && r->synced && member_find(r, h->from) && !recipient_joining(r, h->to))) {
             if (!drop)
                 deliver_signal(r, h->from, h->to, h->data_json);
             *p = h->next;
@@ -724,6 +743,7 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     }
     if (rid)
         json_decref(rid);
+    sb_session_charge_accepted(s);
     s->maybe_room[0] = '\0';
     s->in_redis = 1;
     n->njoined++;
@@ -870,6 +890,7 @@ static void on_left(redisReply *reply, const char *error, void *data)
     if (status && strcmp(status, "ok") == 0) {
         char room[SB_ROOM_MAX + 1];
         snprintf(room, sizeof room, "%s", s->room_name);
+        sb_session_charge_accepted(s);
         sb_room_detach_session(s);
         json_t *o = sb_proto_reply("left", q->rid);
         json_object_set_new(o, "room", json_string(room));

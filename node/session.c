@@ -240,6 +240,13 @@ static void dispatch(sb_session_t *s, sb_msg_t *m)
     }
 }
 
+void sb_session_charge_accepted(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    sb_bucket_charge(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, SB_JOIN_LEAVE_COST - 1,
+                     sb_mono_ms());
+}
+
 void sb_session_on_message(sb_session_t *s, const char *buf, size_t len)
 {
     sb_node_t *n = s->node;
@@ -249,12 +256,10 @@ void sb_session_on_message(sb_session_t *s, const char *buf, size_t len)
     sb_proto_err_t err;
     int rc = sb_proto_decode(buf, len, &m, &err);
     n->metrics.received[rc == 0 ? m.type : SB_MSG_UNKNOWN]++;
-    /* Rate: every message costs 1; an accepted join or leave 10 (charged here up front, since
-     * whether it will be accepted is only known after Redis answers; a refused one was still
-     * work for the node). */
+    /* Rate: every message costs 1 here; an accepted join or leave costs SB_JOIN_LEAVE_COST in
+     * all, the rest charged by sb_session_charge_accepted once Redis has accepted it (a
+     * refused one is charged like any other message, as the contract says). */
     double cost = 1;
-    if (rc == 0 && (m.type == SB_MSG_JOIN || m.type == SB_MSG_LEAVE))
-        cost = 10;
     sb_rate_result_t rr =
         sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, cost, sb_mono_ms());
     if (rr != SB_RATE_OK) {

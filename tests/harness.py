@@ -246,3 +246,97 @@ class Admin:
         status, body = self.get("/admin/mesh-status")
         assert status == 200, body
         return body
+
+
+class ReplyDelayProxy:
+    """A TCP proxy to a Redis server that holds back the server's replies by `delay` seconds
+    on every connection except pub/sub ones (those that sent SUBSCRIBE): a node behind it gets
+    its script replies late while its pub/sub events arrive on time, the order a loaded network
+    can produce. Threads; stopped with stop()."""
+
+    def __init__(self, upstream_port, delay):
+        import threading
+        self.upstream_port = upstream_port
+        self.delay = delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stopping = False
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            u = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.conns += [c, u]
+            state = {"pubsub": False}
+            self._threading.Thread(target=self._up, args=(c, u, state), daemon=True).start()
+            self._threading.Thread(target=self._down, args=(u, c, state), daemon=True).start()
+
+    def _up(self, src, dst, state):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if b"SUBSCRIBE" in data.upper():
+                    state["pubsub"] = True
+                dst.sendall(data)
+        except OSError:
+            pass
+        self._close(src, dst)
+
+    def _down(self, src, dst, state):
+        import queue
+        q = queue.Queue()
+
+        def sender():
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                due, data = item
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    break
+            self._close(src, dst)
+        self._threading.Thread(target=sender, daemon=True).start()
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                q.put((time.monotonic() + (0 if state["pubsub"] else self.delay), data))
+        except OSError:
+            pass
+        q.put(None)
+
+    @staticmethod
+    def _close(*socks):
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+        self._close(*self.conns)
+        for s in self.conns:
+            s.close()

@@ -27,8 +27,8 @@ class Cluster:
         self.nodes = []
         self.admins = []
 
-    def node(self, name=None, args=(), **kw):
-        n = Node(self.redis.url, self.tmpdir, name=name, args=args, **kw)
+    def node(self, name=None, args=(), redis_url=None, **kw):
+        n = Node(redis_url or self.redis.url, self.tmpdir, name=name, args=args, **kw)
         self.nodes.append(n)
         return n
 

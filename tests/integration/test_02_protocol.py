@@ -452,3 +452,73 @@ def test_10_limits_and_canary(cluster):
         await canary_ok()
         await canary.close()
     run(main())
+
+
+def test_11_refused_join_costs_1_accepted_join_10(cluster):
+    """Contract section 1: every message costs 1 token, an *accepted* join or leave 10. With a
+    burst of 20 refilled at 1/s, 15 joins refused with room-full still leave tokens (at 10 each
+    the third would be rate-limited), and the accepted join after them leaves a debt that
+    refuses the next message."""
+    a = cluster.node("na", args=["--rate", "1", "--burst", "20", "--max-room-members", "2"])
+
+    async def main():
+        members = [await Client.connect(a.ws_url) for _ in range(2)]
+        for m in members:
+            await m.join("full")
+        c = await Client.connect(a.ws_url)
+        for i in range(15):
+            reply = await c.request({"type": "join", "room": "full"})
+            assert reply["type"] == "error" and reply["code"] == "room-full", (i, reply)
+        # about 5 tokens left (plus what 1/s refilled meanwhile): enough for the join itself
+        joined = await c.request({"type": "join", "room": "open"})
+        assert joined["type"] == "joined", joined
+        # 9 more were charged on acceptance: the bucket is in debt, so this is refused
+        reply = await c.request({"type": "ping"})
+        assert reply["type"] == "error" and reply["code"] == "rate-limited", reply
+        assert c.closed is None
+        for x in members + [c]:
+            await x.close()
+    run(main())
+
+
+def test_12_signal_to_a_joiner_waits_for_its_joined(cluster, redis_server):
+    """The join script's reply and the pub/sub events reach a node on two connections, in
+    either order. Here node A gets its replies 300 ms late: bob (node B) learns of carol's join
+    and signals her before A has the reply that completes her join. The signals must wait for
+    carol's `joined` (which lists bob), not be lost: a lost offer left two browsers in
+    connection state "new" for good. (Alice on node A makes A's view of the room live, as in
+    the browser test that found it; without her, A holds everything until its first reply.)"""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0.3)
+    try:
+        a = cluster.node("na", args=["--redis-timeout-ms", "2000"], redis_url=proxy.url)
+        b = cluster.node("nb")
+
+        async def main():
+            alice = await Client.connect(a.ws_url)
+            await alice.join("race")
+            bob = await Client.connect(b.ws_url)
+            await bob.join("race")
+            carol = await Client.connect(a.ws_url)
+            await carol.send({"type": "join", "room": "race", "rid": "j"})
+            pj = await bob.expect("peer-joined", timeout=3)
+            t_peer_joined = time.monotonic()
+            assert pj["id"] == carol.id
+            for i in range(3):
+                await bob.send({"type": "signal", "to": carol.id, "data": {"n": i}})
+            joined = await carol.expect("joined", timeout=3)
+            # the window was there: bob signalled well before carol's join completed
+            assert time.monotonic() - t_peer_joined > 0.1
+            assert sorted(p["id"] for p in joined["peers"]) == sorted([alice.id, bob.id])
+            for i in range(3):
+                got = await carol.expect("signal", timeout=3, **{"from": bob.id})
+                assert got["data"] == {"n": i}, got
+            kinds = [m["type"] for m in carol.seen if m["type"] in ("joined", "signal")]
+            assert kinds == ["joined", "signal", "signal", "signal"], kinds
+            for x in (alice, bob, carol):
+                await x.close()
+        run(main())
+    finally:
+        for n in cluster.nodes:
+            n.proc.stop()
+        proxy.stop()
