@@ -669,6 +669,45 @@ void sb_room_sweep(sb_node_t *n)
 
 /* ---- client requests --------------------------------------------------------------------- */
 
+/* Redis errors that mean "not now" (it cannot take writes, or is loading, busy, failing over):
+ * a retry may succeed, so the client is told `unavailable`. */
+static int transient_redis_error(const char *str)
+{
+    static const char *const prefixes[] = {"OOM",      "LOADING",     "BUSY",
+                                           "READONLY", "MASTERDOWN",  "MISCONF",
+                                           "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+        if (strncmp(str, prefixes[i], strlen(prefixes[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* Answers a request whose script call did not succeed with a status of its own: `unavailable`
+ * when Redis could not run it now (no connection, a timeout, a transient error), `internal`
+ * for anything a retry will not cure (a script error such as a key of the wrong type, or a
+ * status this node does not know), logged as an error with the request and the reason. */
+static void send_failure(sb_session_t *s, const char *what, redisReply *reply, const char *error,
+                         json_t *rid)
+{
+    if (error || !reply) {
+        sb_session_send_error(s, "unavailable", "Redis is unreachable; retry later", rid);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && reply->str && transient_redis_error(reply->str)) {
+        sb_warn("session %s: %s refused by Redis: %s", s->id, what, reply->str);
+        sb_session_send_error(s, "unavailable", "Redis cannot take this now; retry later", rid);
+        return;
+    }
+    const char *status = sb_reply_str(reply, 0, NULL);
+    sb_error("session %s: %s failed: %s", s->id, what,
+             reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str
+             : status                                       ? status
+                                                            : "unexpected reply");
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s failed on the server", what);
+    sb_session_send_error(s, "internal", msg, rid);
+}
+
 static int need_redis(sb_session_t *s, json_t *rid)
 {
     if (sb_redis_up(s->node->redis))
@@ -721,21 +760,14 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     sb_room_t *r = s->room;
     json_t *rid = s->join_rid ? json_incref(s->join_rid) : NULL;
     if (!status || strcmp(status, "ok") != 0) {
-        const char *code = "internal", *msg = "join failed";
-        if (error || !status) {
-            /* The script may still run after our timeout: remember to undo it. */
-            if (error)
-                snprintf(s->maybe_room, sizeof s->maybe_room, "%s", s->room_name);
-            code = "unavailable";
-            msg = "Redis is unreachable; retry later";
-            if (!error && reply && reply->type == REDIS_REPLY_ERROR)
-                sb_error("session %s: join script error: %s", s->id, reply->str);
-        } else if (strcmp(status, "room-full") == 0) {
-            code = "room-full";
-            msg = "the room is full";
-        }
+        /* The script may still run after our timeout: remember to undo it. */
+        if (error)
+            snprintf(s->maybe_room, sizeof s->maybe_room, "%s", s->room_name);
         sb_room_detach_session(s);
-        sb_session_send_error(s, code, msg, rid);
+        if (status && strcmp(status, "room-full") == 0)
+            sb_session_send_error(s, "room-full", "the room is full", rid);
+        else
+            send_failure(s, "join", reply, error, rid);
         if (rid)
             json_decref(rid);
         sb_session_unref(s);
@@ -900,7 +932,7 @@ static void on_left(redisReply *reply, const char *error, void *data)
         expire_session(s);
     } else {
         s->state = SS_JOINED;
-        sb_session_send_error(s, "unavailable", "Redis is unreachable; retry later", q->rid);
+        send_failure(s, "leave", reply, error, q->rid);
     }
     req_free(q);
 }
@@ -1033,9 +1065,7 @@ static void on_link_set(redisReply *reply, const char *error, void *data)
     } else if (status && strcmp(status, "gone") == 0) {
         expire_session(s);
     } else {
-        if (!error && reply && reply->type == REDIS_REPLY_ERROR)
-            sb_error("session %s: link script error: %s", s->id, reply->str);
-        sb_session_send_error(s, "unavailable", "Redis is unreachable; retry later", q->rid);
+        send_failure(s, "link", reply, error, q->rid);
     }
     req_free(q);
 }

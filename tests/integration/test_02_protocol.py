@@ -522,3 +522,42 @@ def test_12_signal_to_a_joiner_waits_for_its_joined(cluster, redis_server):
         for n in cluster.nodes:
             n.proc.stop()
         proxy.stop()
+
+
+def test_13_internal_and_transient_redis_errors(cluster, redis_server):
+    """A script that fails in a way no retry cures (here the room's member hash is a string, a
+    corrupted keyspace) is `internal`, with nothing written; a Redis that cannot take writes
+    now (maxmemory reached: OOM) is `unavailable`. Either way the socket stays usable and can
+    join another room, and a canary on the same node is unaffected."""
+    a = cluster.node("na")
+    r = redis_server.client()
+    r.set("sb:{broken}:members", "not a hash")
+
+    async def main():
+        canary = await Client.connect(a.ws_url)
+        await canary.join("canary")
+        c = await Client.connect(a.ws_url)
+        before = r.dbsize()
+        reply = await c.request({"type": "join", "room": "broken", "meta": {"x": 1}})
+        assert reply["type"] == "error" and reply["code"] == "internal", reply
+        assert r.dbsize() == before
+        assert r.exists("sb:{broken}:presence:" + c.id) == 0
+        reply = await c.request({"type": "link", "peer": canary.id, "state": "up"})
+        assert reply["code"] == "not-joined", reply  # the failed join left it unjoined
+        r.config_set("maxmemory", "1")
+        try:
+            reply = await c.request({"type": "join", "room": "fine"})
+            assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+        finally:
+            r.config_set("maxmemory", "0")
+        assert r.hlen("sb:{fine}:members") == 0
+        joined = await c.join("canary")
+        assert [p["id"] for p in joined["peers"]] == [canary.id]
+        await canary.expect("peer-joined", id=c.id)
+        assert (await canary.request({"type": "ping"}))["type"] == "pong"
+        for x in (canary, c):
+            await x.close()
+    run(main())
+    assert "join failed: WRONGTYPE" in a.proc.log()  # logged as an error, with the reason
+    r.delete("sb:{broken}:members")
+    assert invariants.check(r) == []
