@@ -86,7 +86,8 @@ typedef struct sb_held {
     struct sb_held *next;
     char from[SB_SID_MAX + 1];
     char to[SB_SID_MAX + 1];
-    char *data_json;
+    char *data_json; /* the signal's data, as JSON text (data_len bytes, NUL-terminated) */
+    size_t data_len;
     int64_t at_ms;
 } sb_held_t;
 
@@ -155,6 +156,12 @@ void sb_session_unref(sb_session_t *s);
 /* Queues a text frame (copied). Closes the session with 4003 when the queue would exceed
  * --max-send-queue-bytes. */
 void sb_session_send(sb_session_t *s, const char *text, size_t len);
+/* Queues one text frame made of nparts pieces, copied once into the queue. */
+typedef struct {
+    const char *p;
+    size_t n;
+} sb_part_t;
+void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid);

@@ -100,6 +100,95 @@ static int rid_ok(json_t *rid)
     return 0;
 }
 
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p is at a string's opening quote: returns the position past its closing quote, or NULL when
+ * it is not terminated before end. *escaped is set when the string holds a backslash. */
+static const char *skip_string(const char *p, const char *end, int *escaped)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\') {
+            *escaped = 1;
+            p++; /* the escaped character; a \u escape's hex digits are plain characters */
+        } else if (*p == '"') {
+            return p + 1;
+        }
+    }
+    return NULL;
+}
+
+/* Past one value starting at p, or NULL when it does not end before end. */
+static const char *skip_value(const char *p, const char *end)
+{
+    int escaped = 0;
+    if (p >= end)
+        return NULL;
+    if (*p == '"')
+        return skip_string(p, end, &escaped);
+    if (*p == '{' || *p == '[') {
+        size_t depth = 0;
+        while (p < end) {
+            if (*p == '"') {
+                p = skip_string(p, end, &escaped);
+                if (!p)
+                    return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[')
+                depth++;
+            else if ((*p == '}' || *p == ']') && --depth == 0)
+                return p + 1;
+            p++;
+        }
+        return NULL;
+    }
+    const char *start = p;
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
+           *p != '\n' && *p != '\r')
+        p++;
+    return p > start ? p : NULL;
+}
+
+int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
+                        size_t *vlen)
+{
+    const char *p = buf, *end = buf + len;
+    size_t klen = strlen(key);
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{')
+        return 0;
+    p++;
+    for (;;) {
+        p = skip_ws(p, end);
+        if (p >= end || *p != '"')
+            return 0; /* '}' (not found) or not an object member */
+        int escaped = 0;
+        const char *ks = p + 1, *ke = skip_string(p, end, &escaped);
+        if (!ke)
+            return 0;
+        p = skip_ws(ke, end);
+        if (p >= end || *p != ':')
+            return 0;
+        const char *vs = skip_ws(p + 1, end), *ve = skip_value(vs, end);
+        if (!ve)
+            return 0;
+        if (!escaped && (size_t)(ke - 1 - ks) == klen && memcmp(ks, key, klen) == 0) {
+            *val = vs;
+            *vlen = (size_t)(ve - vs);
+            return 1;
+        }
+        p = skip_ws(ve, end);
+        if (p >= end || *p != ',')
+            return 0;
+        p++;
+    }
+}
+
 static const char *str_field(json_t *root, const char *key)
 {
     json_t *v = json_object_get(root, key);
@@ -179,6 +268,8 @@ int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *
             why = "signal needs \"data\"";
         else if (!sb_proto_valid_sid(msg->to))
             code = "peer-not-found", why = "no such peer in the room";
+        else if (!sb_json_member_span(buf, len, "data", &msg->data_raw, &msg->data_raw_len))
+            msg->data_raw = NULL, msg->data_raw_len = 0;
         break;
     case SB_MSG_LINK: {
         msg->peer = str_field(root, "peer");

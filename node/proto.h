@@ -36,8 +36,13 @@ typedef struct {
     const char *token; /* join: or NULL */
     const char *to;    /* signal */
     json_t *data;      /* signal: borrowed, any JSON value */
-    const char *peer;  /* link */
-    int up;            /* link: 1 up, 0 down */
+    /* signal: the exact text of `data` inside the frame (borrowed from the decoded buffer, so
+     * valid only as long as it is), to relay without re-encoding; NULL when not located (the
+     * caller then encodes data). */
+    const char *data_raw;
+    size_t data_raw_len;
+    const char *peer; /* link */
+    int up;           /* link: 1 up, 0 down */
 } sb_msg_t;
 
 typedef struct {
@@ -51,6 +56,14 @@ typedef struct {
  * terminated. */
 int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err);
 void sb_msg_free(sb_msg_t *msg);
+
+/* Locates the value of the top-level member `key` of the JSON object text buf[0..len) without
+ * decoding it: 1 and *val / *vlen set to its exact text, or 0 when not found. Meant for text a
+ * strict parser has already accepted with duplicate keys refused (so the first match is the
+ * only one); keys spelled with escapes are never matched (0: the caller falls back to the
+ * parsed value). Never reads outside buf, whatever it holds. */
+int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
+                        size_t *vlen);
 
 /* 1 when s is a valid room name (1..64 of [A-Za-z0-9._-]). */
 int sb_proto_valid_room(const char *s);

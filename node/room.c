@@ -295,20 +295,19 @@ static void complete_joins(sb_room_t *r)
 
 /* ---- signals ----------------------------------------------------------------------------- */
 
-static void deliver_signal(sb_room_t *r, const char *from, const char *to, const char *data_json)
+static void deliver_signal(sb_room_t *r, const char *from, const char *to, const char *data,
+                           size_t dlen)
 {
     sb_session_t *dst = sb_map_get(&r->node->sess_by_id, to);
     if (!dst || dst->room != r || dst->state != SS_JOINED)
         return; /* gone meanwhile: a signal is best effort past the sender's view */
-    size_t dl = strlen(data_json);
-    size_t cap = dl + strlen(from) + 48;
-    char *buf = malloc(cap);
-    if (!buf)
-        return;
-    int n =
-        snprintf(buf, cap, "{\"type\":\"signal\",\"from\":\"%s\",\"data\":%s}", from, data_json);
-    sb_session_send(dst, buf, (size_t)n);
-    free(buf);
+    static const char head[] = "{\"type\":\"signal\",\"from\":\"", mid[] = "\",\"data\":";
+    const sb_part_t parts[] = {{head, sizeof head - 1},
+                               {from, strlen(from)},
+                               {mid, sizeof mid - 1},
+                               {data, dlen},
+                               {"}", 1}};
+    sb_session_sendv(dst, parts, 5);
 }
 
 /* A local recipient that has not been sent `joined` yet. A peer may learn of its join (from the
@@ -331,10 +330,11 @@ static int held_from(sb_room_t *r, const char *from)
 
 /* Delivers now when the recipient's view knows the sender and nothing from that sender is
  * still held (order per sender is kept); holds it otherwise. */
-static void deliver_or_hold(sb_room_t *r, const char *from, const char *to, const char *data_json)
+static void deliver_or_hold(sb_room_t *r, const char *from, const char *to, const char *data,
+                            size_t dlen)
 {
     if (r->synced && member_find(r, from) && !held_from(r, from) && !recipient_joining(r, to)) {
-        deliver_signal(r, from, to, data_json);
+        deliver_signal(r, from, to, data, dlen);
         return;
     }
     int count = 0;
@@ -349,7 +349,14 @@ static void deliver_or_hold(sb_room_t *r, const char *from, const char *to, cons
         return;
     snprintf(h->from, sizeof h->from, "%s", from);
     snprintf(h->to, sizeof h->to, "%s", to);
-    h->data_json = strdup(data_json);
+    h->data_json = malloc(dlen + 1);
+    if (!h->data_json) {
+        free(h);
+        return;
+    }
+    memcpy(h->data_json, data, dlen);
+    h->data_json[dlen] = '\0';
+    h->data_len = dlen;
     h->at_ms = sb_mono_ms();
     if (r->held_tail)
         r->held_tail->next = h;
@@ -377,7 +384,7 @@ static void release_held(sb_room_t *r, const char *drop_from)
         if (drop ||
             (!is_blocked && r->synced && member_find(r, h->from) && !recipient_joining(r, h->to))) {
             if (!drop)
-                deliver_signal(r, h->from, h->to, h->data_json);
+                deliver_signal(r, h->from, h->to, h->data_json, h->data_len);
             *p = h->next;
             held_free(h);
             continue;
@@ -523,11 +530,13 @@ void sb_room_on_event(sb_node_t *n, const char *payload, size_t len)
     } else if (strcmp(t, "signal") == 0) {
         const char *from = json_string_value(json_object_get(ev, "from"));
         const char *to = json_string_value(json_object_get(ev, "to"));
-        json_t *data = json_object_get(ev, "data");
-        char *data_json = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-        if (from && to && data_json)
-            deliver_or_hold(r, from, to, data_json);
-        free(data_json);
+        /* Relayed as the sender wrote it: the payload is ours (sb_room_signal), so its data
+         * member is found in the text, not re-encoded. */
+        const char *data;
+        size_t dlen;
+        if (from && to && sb_proto_valid_sid(from) &&
+            sb_json_member_span(payload, len, "data", &data, &dlen))
+            deliver_or_hold(r, from, to, data, dlen);
     } else if (strcmp(t, "link") == 0) {
         on_link_event(r, ev);
     } else if (strcmp(t, "unlink") == 0) {
@@ -992,6 +1001,27 @@ static void on_signal_published(redisReply *reply, const char *error, void *data
     req_free(q);
 }
 
+static char *signal_event(const char *room, const char *from, const char *to, const char *data,
+                          size_t dlen, size_t *len)
+{
+    size_t cap = strlen(room) + strlen(from) + strlen(to) + dlen + 64;
+    char *p = malloc(cap);
+    if (!p)
+        return NULL;
+    int n = snprintf(
+        p, cap, "{\"t\":\"signal\",\"room\":\"%s\",\"from\":\"%s\",\"to\":\"%s\",\"data\":", room,
+        from, to);
+    if (n < 0 || (size_t)n + dlen + 2 > cap) {
+        free(p);
+        return NULL;
+    }
+    memcpy(p + n, data, dlen);
+    p[n + dlen] = '}';
+    p[n + dlen + 1] = '\0';
+    *len = (size_t)n + dlen + 1;
+    return p;
+}
+
 void sb_room_signal(sb_session_t *s, sb_msg_t *m)
 {
     sb_node_t *n = s->node;
@@ -1005,30 +1035,41 @@ void sb_room_signal(sb_session_t *s, sb_msg_t *m)
         sb_session_send_error(s, "peer-not-found", "no such peer in the room", m->rid);
         return;
     }
-    char *data_json = json_dumps(m->data, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!data_json) {
-        sb_session_send_error(s, "internal", "cannot encode data", m->rid);
-        return;
+    /* data as the client wrote it (already validated by the decoder), else re-encoded. */
+    char *encoded = NULL;
+    const char *data = m->data_raw;
+    size_t dlen = m->data_raw_len;
+    if (!data) {
+        encoded = json_dumps(m->data, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!encoded) {
+            sb_session_send_error(s, "internal", "cannot encode data", m->rid);
+            return;
+        }
+        data = encoded;
+        dlen = strlen(encoded);
     }
     if (strcmp(peer->node, n->cfg.id) == 0) {
         /* Same node: no Redis round trip. The recipient already knows us (we are joined, so our
          * join was applied to this view before our `joined` went out). */
-        deliver_or_hold(r, s->id, m->to, data_json);
+        deliver_or_hold(r, s->id, m->to, data, dlen);
         if (m->rid)
             sb_session_send_json(s, sb_proto_reply("signal-ack", m->rid));
-        free(data_json);
+        free(encoded);
         return;
     }
     if (!need_redis(s, m->rid)) {
-        free(data_json);
+        free(encoded);
         return;
     }
-    json_t *ev =
-        json_pack("{s:s,s:s,s:s,s:s}", "t", "signal", "room", r->name, "from", s->id, "to", m->to);
-    json_object_set(ev, "data", m->data);
-    free(data_json);
-    size_t len;
-    char *payload = sb_proto_encode(ev, &len);
+    /* {"t":"signal","room":R,"from":F,"to":T,"data":D}, written directly: the room name and
+     * both ids are of characters JSON never escapes ([A-Za-z0-9._-]), and D is valid JSON. */
+    size_t len = 0;
+    char *payload = signal_event(r->name, s->id, m->to, data, dlen, &len);
+    free(encoded);
+    if (!payload) {
+        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        return;
+    }
     char channel[160];
     snprintf(channel, sizeof channel, "%s:node:%s", n->cfg.prefix, peer->node);
     req_t *q = req_new(s, m->rid);

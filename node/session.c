@@ -71,8 +71,17 @@ void sb_session_unref(sb_session_t *s)
 
 void sb_session_send(sb_session_t *s, const char *text, size_t len)
 {
+    sb_part_t part = {text, len};
+    sb_session_sendv(s, &part, 1);
+}
+
+void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
+{
     if (s->closed || s->close_code)
         return;
+    size_t len = 0;
+    for (int i = 0; i < nparts; i++)
+        len += parts[i].n;
     sb_node_t *n = s->node;
     if (s->qbytes + len > (size_t)n->cfg.max_send_queue_bytes) {
         /* Why kill at once: a client that does not read will not read a close frame either,
@@ -90,7 +99,11 @@ void sb_session_send(sb_session_t *s, const char *text, size_t len)
         return;
     m->next = NULL;
     m->len = len;
-    memcpy(m->buf + LWS_PRE, text, len);
+    unsigned char *at = m->buf + LWS_PRE;
+    for (int i = 0; i < nparts; i++) {
+        memcpy(at, parts[i].p, parts[i].n);
+        at += parts[i].n;
+    }
     if (s->qtail)
         s->qtail->next = m;
     else

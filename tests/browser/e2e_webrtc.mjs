@@ -3,12 +3,26 @@
 // nodes, chat over data channels in both directions, and the admin's cluster figures follow
 // the links the browsers really have, including when a page closes.
 //
+// Two topologies:
+// - One URL, a load balancer (what run-e2e.sh does: HAProxy of deploy/cluster.sh in front of
+//   three nodes). Every page loads from it, and the test checks that everything went through
+//   it: each page's fetches are from the balancer's origin and its WebSocket is ws://<LB>/ws;
+//   with SB_LB_MONITOR_URL, HAProxy's /metrics show one current session per open page on the
+//   server named like the node the page says it is on (cluster.sh names HAProxy's servers after
+//   the node ids; otherwise only the spread of sessions is compared), so on more than one
+//   server. Alice and bob must land on different nodes: if, and only if, the balancer really
+//   put both on the same node, bob's page is reloaded (at most MAX_RELOADS times, each printed,
+//   the count in the step's note) until it lands elsewhere; the step fails if it never does.
+//   The node of each of the three pages is reported.
+// - Several URLs, nodes directly (page i loads from URL i mod n; --fake uses two): alice and
+//   bob are on different nodes by construction, checked without any reload.
+//
 // Environment:
-//   SB_E2E_URLS     comma-separated base URLs of nodes (page i loads from URL i mod n), or one
-//                   load balancer URL
-//   SB_ADMIN_URL    admin base URL; with SB_ADMIN_TOKEN, checks /admin/mesh-status
+//   SB_E2E_URLS       one load balancer base URL, or comma-separated node base URLs
+//   SB_LB_MONITOR_URL optional, with one URL: HAProxy's monitor base URL (GET /metrics)
+//   SB_ADMIN_URL      admin base URL; with SB_ADMIN_TOKEN, checks /admin/mesh-status
 //   SB_ADMIN_TOKEN
-//   SB_ARTIFACTS    where screenshots go (default tests/artifacts/browser)
+//   SB_ARTIFACTS      where screenshots go (default tests/artifacts/browser)
 // `node e2e_webrtc.mjs --fake` runs against tests/browser/fake_node.mjs instead (the client and
 // demo alone, no C processes). Run it inside `unshare -n` (see run-e2e.sh): Chromium then only
 // has loopback to gather candidates on.
@@ -17,6 +31,8 @@ import { Steps, assert, closeBrowser, openBrowser, screenshot, waitFor } from '.
 const steps = new Steps();
 const browsers = [];
 let fake = null;
+// Reloads of bob's page allowed when the balancer put alice and bob on the same node.
+const MAX_RELOADS = 3;
 
 function env(name) {
     const v = process.env[name];
@@ -40,9 +56,17 @@ async function main() {
         return;
     }
     const admin = adminUrl && adminToken ? { url: adminUrl, token: adminToken } : null;
+    // One URL: a load balancer. Several: nodes, addressed directly.
+    const lb = urls.length === 1 ? { url: urls[0], origin: new URL(urls[0]).origin } : null;
+    if (lb) {
+        lb.ws = `${new URL(urls[0]).protocol === 'https:' ? 'wss:' : 'ws:'}//${new URL(urls[0]).host}/ws`;
+        lb.monitor = fake ? null : env('SB_LB_MONITOR_URL')?.replace(/\/+$/, '') || null;
+    }
     const room = `e2e-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
     const pageUrl = (i) => `${urls[i % urls.length]}/#${room}`;
-    console.log(`# nodes ${urls.join(' ')}; admin ${admin ? admin.url : '(none)'}; room ${room}`);
+    console.log(lb
+        ? `# load balancer ${lb.url} (monitor ${lb.monitor || 'not given: its sessions are not checked'}); admin ${admin ? admin.url : '(none)'}; room ${room}`
+        : `# nodes ${urls.join(' ')}; admin ${admin ? admin.url : '(none)'}; room ${room}`);
 
     const users = [
         { name: 'alice', url: pageUrl(0) },
@@ -71,23 +95,31 @@ async function main() {
 
     for (const [i, u] of users.slice(0, 2).entries()) {
         await steps.run(`page-${u.name}-joins`, async () => {
-            u.b = await openBrowser(u.name, u.url);
-            browsers.push(u.b);
-            await joinThroughUi(u);
+            await openPage(u);
             return `id ${u.id.slice(0, 8)} on node ${u.node} (${urls[i % urls.length]})`;
         });
     }
     const [alice, bob, carol] = users;
 
-    if (urls.length >= 2) {
-        await steps.run('pages-on-different-nodes', async () => {
-            assert(alice.node && bob.node, `node ids missing: ${alice.node} / ${bob.node}`);
-            assert(alice.node !== bob.node, `both pages are on node ${alice.node}`);
-            return `${alice.node} and ${bob.node}`;
-        });
-    } else if (!steps.broken) {
-        if (alice.node !== bob.node) await steps.run('pages-on-different-nodes', async () => `${alice.node} and ${bob.node}`);
-        else steps.skip('pages-on-different-nodes', `one URL given and the balancer put both pages on ${alice.node}`);
+    await steps.run('pages-on-different-nodes', async () => {
+        assert(alice.node && bob.node, `node ids missing: ${alice.node} / ${bob.node}`);
+        let reloads = 0;
+        // Only through a balancer, and only when it really put both on one node (the node
+        // each page's welcome named): a reload opens a new WebSocket, which it may send elsewhere.
+        while (lb && alice.node === bob.node && reloads < MAX_RELOADS) {
+            reloads++;
+            console.log(`# the balancer put alice and bob both on node ${alice.node}: reloading bob's page (${reloads}/${MAX_RELOADS})`);
+            await bob.b.page.reload({ waitUntil: 'load' });
+            await joinThroughUi(bob);
+            console.log(`#   after reload ${reloads}: bob (id ${bob.id.slice(0, 8)}) on node ${bob.node}`);
+        }
+        assert(alice.node !== bob.node, `both pages are on node ${alice.node}` +
+            (lb ? ` after ${reloads} reload(s) of bob's page` : ''));
+        return `alice on ${alice.node}, bob on ${bob.node}` + (lb ? `; ${reloads} reload(s) of bob's page` : '');
+    });
+
+    if (lb) {
+        await steps.run('through-load-balancer', async () => throughLb(lb, [alice, bob]));
     }
 
     await steps.run('datachannel-opens', async () => {
@@ -120,11 +152,15 @@ async function main() {
     }
 
     await steps.run(`page-${carol.name}-joins`, async () => {
-        carol.b = await openBrowser(carol.name, carol.url);
-        browsers.push(carol.b);
-        await joinThroughUi(carol);
-        return `id ${carol.id.slice(0, 8)} on node ${carol.node}`;
+        await openPage(carol);
+        const spread = new Set([alice, bob, carol].map((u) => u.node)).size;
+        return `id ${carol.id.slice(0, 8)} on node ${carol.node}; pages: alice on ${alice.node}, ` +
+            `bob on ${bob.node}, carol on ${carol.node} (${spread} distinct nodes)`;
     });
+
+    if (lb) {
+        await steps.run('three-pages-through-load-balancer', async () => throughLb(lb, [alice, bob, carol]));
+    }
 
     await steps.run('full-mesh', async () => {
         for (const a of [alice, bob, carol]) {
@@ -176,6 +212,77 @@ async function main() {
 }
 
 // ---- helpers ----
+
+// Opens u's browser, records where its page's HTTP responses and WebSockets go (before the
+// first load, so nothing is missed), loads u.url and joins through the UI.
+async function openPage(u) {
+    u.b = await openBrowser(u.name);
+    browsers.push(u.b);
+    u.responses = [];
+    u.sockets = [];
+    u.b.page.on('response', (r) => u.responses.push(r.url()));
+    u.b.page.on('websocket', (ws) => u.sockets.push(ws.url()));
+    await u.b.page.goto(u.url, { waitUntil: 'load' });
+    await joinThroughUi(u);
+}
+
+// Checks that the pages' fetches and WebSockets went to the balancer (and nowhere else) and,
+// with its monitor URL, that HAProxy has exactly one current session per page on the server
+// of that page's node.
+async function throughLb(lb, pages) {
+    const notes = [];
+    for (const u of pages) {
+        assert(new URL(u.b.page.url()).origin === lb.origin, `${u.name}: page is at ${u.b.page.url()}, not on ${lb.origin}`);
+        const elsewhere = u.responses.filter((x) => new URL(x).origin !== lb.origin);
+        assert(elsewhere.length === 0, `${u.name}: fetched from elsewhere than ${lb.origin}: ${elsewhere.join(' ')}`);
+        const paths = new Set(u.responses.map((x) => new URL(x).pathname));
+        for (const p of ['/', '/switchboard.js', '/demo.js', '/demo.css']) {
+            assert(paths.has(p), `${u.name}: ${p} not fetched through ${lb.origin} (fetched: ${[...paths].join(' ')})`);
+        }
+        assert(u.sockets.length > 0, `${u.name}: no WebSocket seen`);
+        const wrong = u.sockets.filter((x) => x !== lb.ws);
+        assert(wrong.length === 0, `${u.name}: WebSocket to ${wrong.join(' ')}, not ${lb.ws}`);
+        notes.push(`${u.name}: ${u.responses.length} fetches and ${u.sockets.length} WebSocket(s) via ${new URL(lb.url).host}, on ${u.node}`);
+    }
+    if (!lb.monitor) return `${notes.join('; ')}; HAProxy sessions not checked (no SB_LB_MONITOR_URL)`;
+
+    const want = new Map();
+    for (const u of pages) want.set(u.node, (want.get(u.node) || 0) + 1);
+    let last = null;
+    let byName = false;
+    try {
+        await waitFor(`HAProxy current sessions per server to match the pages' nodes ${JSON.stringify(Object.fromEntries(want))}`, async () => {
+            last = await lbSessions(lb.monitor);
+            byName = [...want.keys()].every((n) => last.has(n));
+            if (byName) return [...new Set([...last.keys(), ...want.keys()])].every((n) => (last.get(n) || 0) === (want.get(n) || 0));
+            // Servers not named like the nodes: compare the spread only.
+            const spread = (m) => [...m.values()].filter((v) => v > 0).sort().join(',');
+            return spread(last) === spread(want);
+        }, { timeoutMs: 3000 });
+    } catch (e) {
+        throw new Error(`${e.message}; HAProxy: ${last ? JSON.stringify(Object.fromEntries(last)) : 'nothing'}`);
+    }
+    const busy = [...last.entries()].filter(([, v]) => v > 0);
+    assert(busy.length >= 2, `HAProxy has sessions on ${busy.length} server(s) only`);
+    notes.push(`HAProxy current sessions ${busy.map(([k, v]) => `${k} ${v}`).join(', ')}` +
+        (byName ? ' (each on the node its page names)' : ' (server names differ from the node ids: spread compared)'));
+    return notes.join('; ');
+}
+
+// HAProxy's current sessions per backend server, from its Prometheus /metrics.
+async function lbSessions(monitor) {
+    const res = await fetch(`${monitor}/metrics`);
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`${monitor}/metrics: HTTP ${res.status}`);
+    const sessions = new Map();
+    for (const line of text.split('\n')) {
+        const m = /^haproxy_server_current_sessions\{([^}]*)\}\s+(\S+)/.exec(line);
+        const server = m && /server="([^"]*)"/.exec(m[1]);
+        if (server) sessions.set(server[1], (sessions.get(server[1]) || 0) + Number(m[2]));
+    }
+    if (sessions.size === 0) throw new Error(`${monitor}/metrics has no haproxy_server_current_sessions`);
+    return sessions;
+}
 
 async function joinThroughUi(u) {
     const page = u.b.page;

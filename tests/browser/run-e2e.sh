@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Runs the browser tests in a private network namespace (only loopback, so WebRTC stays on
-# 127.0.0.1 and nothing leaves the machine): a private redis-server, two nodes and the admin,
-# then client_protocol.mjs (the client against scripted fake nodes) and e2e_webrtc.mjs (the
-# demo page on the real nodes). Stops exactly the processes it started. Exit status: 0 when
-# every test passed.
+# 127.0.0.1, nothing leaves the machine and cluster.env's fixed ports cannot collide with
+# anything): `deploy/cluster.sh up` starts the local cluster there (Redis, node1..node3, the
+# admin, HAProxy in front of the nodes; state in a temp dir), then client_protocol.mjs (the
+# client against scripted fake nodes) and e2e_webrtc.mjs (the demo page through HAProxy:
+# SB_E2E_URLS is the load balancer's URL only, SB_LB_MONITOR_URL its monitor port, SB_ADMIN_URL
+# and SB_ADMIN_TOKEN the cluster's admin and its freshly generated token). Then `cluster.sh
+# down`, which stops exactly the pids `up` recorded (also on failure or ^C, from the EXIT
+# trap), and a check that nothing else still runs in the namespace. Exit status: 0 when every
+# test passed. Output: `PASS/FAIL/SKIP name` lines, then `browser: N passed, N failed, N
+# skipped` (tests/run-all.sh reads it).
 #
 #   tests/browser/run-e2e.sh          both tests
 #   tests/browser/run-e2e.sh --fake   no C processes: e2e_webrtc.mjs runs against the fakes too
 #
 # Environment: SWITCHBOARD_BUILD (default build/), SB_ARTIFACTS (default
-# tests/artifacts/browser: screenshots and the processes' logs).
+# tests/artifacts/browser: screenshots; logs/ gets the cluster's logs, copied there after
+# `down`: redis, node1..3, admin, lb (HAProxy's request log) and cluster.log, the output of
+# cluster.sh with the token masked).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,40 +48,38 @@ fi
 
 # ---- inside the namespace ----
 ip link set lo up
-mkdir -p "$SB_ARTIFACTS/logs"
+logs="$SB_ARTIFACTS/logs"
+mkdir -p "$logs"
 tmp=$(mktemp -d /tmp/sb-e2e.XXXXXX)
-pids=()
+export SB_CLUSTER_DIR="$tmp/cluster" SWITCHBOARD_BUILD="$build"
+cluster=0 # 1 from `cluster.sh up` until `cluster.sh down`
 
-stop_all() {
+# Stops the cluster (cluster.sh stops exactly the pids it recorded) and copies its logs to
+# $SB_ARTIFACTS/logs. Returns the status of `cluster.sh down`.
+stop_cluster() {
+    [ "$cluster" = 1 ] || return 0
+    cluster=0
+    local status=0
+    "$root/deploy/cluster.sh" down >>"$logs/cluster.log" 2>&1 || status=$?
+    cp "$SB_CLUSTER_DIR"/logs/*.log "$logs/" 2>/dev/null || true
+    return "$status"
+}
+
+on_exit() {
     local status=$?
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_cluster || status=1
     rm -rf "$tmp"
     exit "$status"
 }
-trap stop_all EXIT
+trap on_exit EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_ready() { # url what
-    local deadline=$((SECONDS + 20))
-    until curl -fsS -o /dev/null --max-time 1 "$1"; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "FAIL run-e2e: $2 not ready at $1 after 20 s; logs in $SB_ARTIFACTS/logs" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-}
-
 passed=0 failed=0 skipped=0
+fail() { # name message
+    echo "FAIL $1: $2"
+    failed=$((failed + 1))
+}
+
 run_test() { # file [args]
     local out="$tmp/out.$1.txt" status=0
     (cd "$here" && node "$@") 2>&1 | tee "$out" || status=$?
@@ -86,40 +92,61 @@ run_test() { # file [args]
     if [ "$status" -ne 0 ] && [ -z "$line" ]; then failed=$((failed + 1)); fi
 }
 
-if [ "$fake" = 0 ]; then
-    rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
-        --maxmemory-policy noeviction >"$SB_ARTIFACTS/logs/redis.log" 2>&1 &
-    pids+=($!)
-    redis="redis://127.0.0.1:$rport"
-
-    urls=()
-    for id in nA nB; do
-        port=$(free_port)
-        "$build/node/switchboard-node" --listen "127.0.0.1:$port" --redis "$redis" --id "$id" \
-            >"$SB_ARTIFACTS/logs/node-$id.log" 2>&1 &
-        pids+=($!)
-        urls+=("http://127.0.0.1:$port")
+# Sets `left` to whatever still runs in this namespace besides this shell: after the tests and
+# `cluster.sh down` nothing should. A leftover is reported, not killed (cluster.sh's recorded
+# pids are the only ones this script stops). Builtins only, so the check does not see itself.
+find_leftovers() {
+    local p stat arg0
+    left=""
+    for p in /proc/[0-9]*; do
+        [ "${p#/proc/}" != "$$" ] && [ "$p/ns/net" -ef "/proc/$$/ns/net" ] 2>/dev/null || continue
+        IFS= read -r stat <"$p/stat" 2>/dev/null || continue
+        stat=${stat##*) }
+        [ "${stat%% *}" != Z ] || continue
+        arg0="?"
+        IFS= read -r -d '' arg0 <"$p/cmdline" 2>/dev/null || true
+        left+=" ${p#/proc/}:${arg0:-?}"
     done
+}
 
-    aport=$(free_port)
-    export SB_ADMIN_TOKEN="e2e-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-    SWITCHBOARD_ADMIN_TOKEN="$SB_ADMIN_TOKEN" "$build/admin/switchboard-admin" \
-        --listen "127.0.0.1:$aport" --redis "$redis" >"$SB_ARTIFACTS/logs/admin.log" 2>&1 &
-    pids+=($!)
-    export SB_ADMIN_URL="http://127.0.0.1:$aport"
-
-    for u in "${urls[@]}"; do wait_ready "$u/readyz" "node"; done
-    wait_ready "$SB_ADMIN_URL/readyz" "admin"
-    export SB_E2E_URLS
-    SB_E2E_URLS=$(IFS=,; echo "${urls[*]}")
-
-    run_test client_protocol.mjs
-    run_test e2e_webrtc.mjs
+if [ "$fake" = 0 ]; then
+    # HAProxy on its cluster.env ports (nothing else listens in this namespace), a fresh
+    # random admin token (stored in the state dir), the build under test.
+    cluster=1
+    t0=$SECONDS
+    if env -u SWITCHBOARD_ADMIN_TOKEN "$root/deploy/cluster.sh" up >"$logs/cluster.log" 2>&1; then
+        declare -A port=()
+        while IFS='=' read -r k v; do port[$k]=$v; done <"$SB_CLUSTER_DIR/ports.env"
+        export SB_E2E_URLS="http://127.0.0.1:${port[SB_LB_PORT]}"
+        export SB_LB_MONITOR_URL="http://127.0.0.1:${port[SB_LB_MONITOR_PORT]}"
+        export SB_ADMIN_URL="http://127.0.0.1:${port[SB_ADMIN_PORT]}"
+        export SB_ADMIN_TOKEN
+        SB_ADMIN_TOKEN=$(cat "$SB_CLUSTER_DIR/admin.token")
+        sed -i "s/$SB_ADMIN_TOKEN/<token>/g" "$logs/cluster.log"
+        echo "# cluster up in $((SECONDS - t0)) s (deploy/cluster.sh): HAProxy $SB_E2E_URLS" \
+             "(monitor $SB_LB_MONITOR_URL), nodes node1..node3 on" \
+             "${port[SB_NODE1_PORT]} ${port[SB_NODE2_PORT]} ${port[SB_NODE3_PORT]}, admin $SB_ADMIN_URL," \
+             "redis ${port[SB_REDIS_PORT]}; logs in $logs"
+        run_test client_protocol.mjs
+        run_test e2e_webrtc.mjs
+    else
+        fail run-e2e-cluster-up "deploy/cluster.sh up failed; its output:"
+        sed 's/^/#   /' "$logs/cluster.log"
+        run_test client_protocol.mjs
+    fi
+    t0=$SECONDS
+    if stop_cluster; then
+        echo "# cluster down in $((SECONDS - t0)) s"
+    else
+        fail run-e2e-cluster-down "deploy/cluster.sh down failed; see $logs/cluster.log"
+    fi
 else
     run_test client_protocol.mjs
     run_test e2e_webrtc.mjs --fake
 fi
+
+find_leftovers
+[ -z "$left" ] || fail run-e2e-cleanup "still running in the test's network namespace (pid:command):$left"
 
 echo "browser: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,6 +1,7 @@
-/* Fuzzes the protocol decoder (node/proto.c) with arbitrary frames: whatever it accepts must
- * satisfy what the session relies on without re-checking, and whatever it refuses must yield
- * a well-formed error frame with a contract error code. */
+/* Fuzzes the protocol decoder (node/proto.c) and its raw `data` locator with arbitrary
+ * frames: whatever the decoder accepts must satisfy what the session relies on without
+ * re-checking (the located `data` text included), and whatever it refuses must yield a
+ * well-formed error frame with a contract error code. */
 #include "fuzz.h"
 #include "proto.h"
 
@@ -53,6 +54,12 @@ static void check_accepted(const sb_msg_t *m)
     case SB_MSG_SIGNAL:
         FUZZ_CHECK(m->to && sb_proto_valid_sid(m->to));
         FUZZ_CHECK(m->data != NULL);
+        if (m->data_raw) {
+            /* what the node relays as is: the very same JSON value */
+            json_t *v = json_loadb(m->data_raw, m->data_raw_len, JSON_DECODE_ANY, NULL);
+            FUZZ_CHECK(v != NULL && json_equal(v, m->data));
+            json_decref(v);
+        }
         break;
     case SB_MSG_LINK:
         FUZZ_CHECK(m->peer && sb_proto_valid_sid(m->peer));
@@ -88,6 +95,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     sb_msg_t m;
     sb_proto_err_t e;
+    /* The span finder on any bytes at all (the node only feeds it validated JSON): it stays
+     * inside the input (ASan) and what it returns lies within it. */
+    const char *val;
+    size_t vlen;
+    if (sb_json_member_span((const char *)data, size, "data", &val, &vlen))
+        FUZZ_CHECK(val >= (const char *)data && val + vlen <= (const char *)data + size);
     if (sb_proto_decode((const char *)data, size, &m, &e) == 0) {
         check_accepted(&m);
         sb_msg_free(&m);

@@ -116,6 +116,78 @@ static void test_signal(void **state)
     sb_msg_free(&m);
 }
 
+/* The raw text of data, as relayed: exactly the bytes the client sent for it. */
+static void assert_raw_data(const char *frame, const char *want)
+{
+    sb_msg_t m = decode_ok(frame);
+    assert_int_equal(m.type, SB_MSG_SIGNAL);
+    if (!want) {
+        assert_null(m.data_raw);
+    } else {
+        assert_non_null(m.data_raw);
+        assert_int_equal(m.data_raw_len, strlen(want));
+        assert_memory_equal(m.data_raw, want, strlen(want));
+        /* and it is the same JSON value as the parsed one */
+        json_t *v = json_loadb(m.data_raw, m.data_raw_len, JSON_DECODE_ANY, NULL);
+        assert_non_null(v);
+        assert_true(json_equal(v, m.data));
+        json_decref(v);
+    }
+    sb_msg_free(&m);
+}
+
+static void test_signal_raw_data(void **state)
+{
+    (void)state;
+    assert_raw_data("{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":{\"sdp\":\"v=0\"}}",
+                    "{\"sdp\":\"v=0\"}");
+    /* whitespace around it is not part of it; inside it is kept */
+    assert_raw_data(" { \"data\" :\n [ 1, {\"a\" : \"}]\\\"\"} ] ,\"to\":\"" SID_A
+                    "\",\"type\":\"signal\" } ",
+                    "[ 1, {\"a\" : \"}]\\\"\"} ]");
+    /* scalars, before and after other members; members with look-alike keys skipped */
+    assert_raw_data("{\"type\":\"signal\",\"dat\":1,\"datas\":2,\"to\":\"" SID_A
+                    "\",\"data\":-1.5e3}",
+                    "-1.5e3");
+    assert_raw_data("{\"data\":null,\"type\":\"signal\",\"to\":\"" SID_A "\"}", "null");
+    assert_raw_data("{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"\\u00e9\\n\"}",
+                    "\"\\u00e9\\n\"");
+    /* the key written with an escape: not located, the caller re-encodes the parsed value */
+    assert_raw_data("{\"type\":\"signal\",\"to\":\"" SID_A "\",\"d\\u0061ta\":true}", NULL);
+}
+
+static void test_member_span_never_overreads(void **state)
+{
+    (void)state;
+    const char *val;
+    size_t vlen;
+    /* truncated and malformed inputs: not found, and (under ASan) no read past len */
+    const char *cases[] = {"",
+                           "{",
+                           "{\"",
+                           "{\"data",
+                           "{\"data\"",
+                           "{\"data\":",
+                           "{\"data\":\"ab",
+                           "{\"data\":{\"a\":[1,2",
+                           "{\"data\":\"\\",
+                           "[\"data\",1]",
+                           "{data:1}",
+                           "{\"x\":1 \"data\":2}",
+                           "{\"data\"  1}"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t len = strlen(cases[i]);
+        char *copy = malloc(len ? len : 1);
+        memcpy(copy, cases[i], len);
+        assert_int_equal(sb_json_member_span(copy, len, "data", &val, &vlen), 0);
+        free(copy);
+    }
+    const char ok[] = "{\"data\":12}";
+    assert_int_equal(sb_json_member_span(ok, sizeof ok - 1, "data", &val, &vlen), 1);
+    assert_int_equal(vlen, 2);
+    assert_memory_equal(val, "12", 2);
+}
+
 static void test_link(void **state)
 {
     (void)state;
@@ -554,6 +626,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_join),
         cmocka_unit_test(test_signal),
+        cmocka_unit_test(test_signal_raw_data),
+        cmocka_unit_test(test_member_span_never_overreads),
         cmocka_unit_test(test_link),
         cmocka_unit_test(test_simple_types),
         cmocka_unit_test(test_valid_rids),
