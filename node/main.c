@@ -137,6 +137,19 @@ static void on_sweep(uv_timer_t *t)
             send_probe(n);
         }
     }
+    /* Idle sockets: a tick of a quarter of the shorter of the two (50 ms to 1 s), so a ping
+     * and a hang-up come at most that late; one pass over the sockets per tick. */
+    int64_t tick = (n->cfg.ping_interval_ms < n->cfg.ping_timeout_ms ? n->cfg.ping_interval_ms
+                                                                     : n->cfg.ping_timeout_ms) /
+                   4;
+    tick = tick < 50 ? 50 : tick > 1000 ? 1000 : tick;
+    if (now >= n->next_idle_check_ms) {
+        n->next_idle_check_ms = now + tick;
+        /* lws on a foreign libuv loop re-arms its timer for an earlier timeout only when it
+         * next services something (see the drain below). */
+        if (sb_session_check_idle(n, now) > 0)
+            lws_cancel_service(n->lws);
+    }
     if (n->auth_secret) {
         /* Only sockets that never got past the token check: meta_json is set once a join
          * passed it, so a socket that joined and then left (it may join again) is kept. */

@@ -50,6 +50,10 @@ typedef struct sb_session {
     sb_node_t *node;
     char id[SB_SID_MAX + 1];
     int64_t connected_ms;
+    int64_t last_rx_ms;             /* the last frame or pong from the client (liveness) */
+    int64_t ping_sent_ms;           /* our last ping; one per idle interval */
+    int ping_due;                   /* a ping waits for the next WRITEABLE */
+    int idle_killed;                /* hung up for silence past --ping-timeout-ms */
     struct sb_session *prev, *next; /* node's list of live sessions */
 
     sb_sess_state_t state;
@@ -132,6 +136,7 @@ struct sb_node {
     int64_t probe_sent_ms;
     int draining;
     int64_t drain_deadline_ms;
+    int64_t next_idle_check_ms; /* the next ping / silence pass over the sockets */
     int stopping;
     sb_session_t *sessions;
     int nsessions, njoined;
@@ -162,6 +167,9 @@ typedef struct {
     size_t n;
 } sb_part_t;
 void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts);
+/* Pings sockets idle for --ping-interval-ms and hangs up those silent for --ping-timeout-ms;
+ * called from the node's sweep. Returns how many were hung up. */
+int sb_session_check_idle(sb_node_t *n, int64_t now_ms);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid);

@@ -24,9 +24,9 @@ static const sb_option_t node_options[] = {
     {"heartbeat-ms", SB_OPT_INT, "5000", 20, DAY, OFF(heartbeat_ms),
      "presence refresh interval; ttl must be >= 2 x heartbeat + redis timeout"},
     {"ping-interval-ms", SB_OPT_INT, "10000", 1, DAY, OFF(ping_interval_ms),
-     "idle time before a WebSocket ping (rounded up to seconds)"},
+     "idle time before the node pings a client (WebSocket ping)"},
     {"ping-timeout-ms", SB_OPT_INT, "20000", 1, DAY, OFF(ping_timeout_ms),
-     "idle time before hanging up a silent client (rounded up to seconds)"},
+     "silence (no frame, no pong) before the node hangs up a client"},
     {"max-message-bytes", SB_OPT_INT, "65536", 256, 16777216, OFF(max_message_bytes),
      "largest inbound message, all fragments counted (close 1009 above)"},
     {"max-room-members", SB_OPT_INT, "64", 2, 10000, OFF(max_room_members), "room capacity"},
@@ -89,8 +89,8 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
                  (long long)(2 * cfg->heartbeat_ms + cfg->redis_timeout_ms));
         return bad(err);
     }
-    if ((cfg->ping_timeout_ms + 999) / 1000 <= (cfg->ping_interval_ms + 999) / 1000)
-        return bad("--ping-timeout-ms: must be more than --ping-interval-ms (in seconds)");
+    if (cfg->ping_timeout_ms <= cfg->ping_interval_ms)
+        return bad("--ping-timeout-ms: must be more than --ping-interval-ms");
     if (!!cfg->tls_cert != !!cfg->tls_key)
         return bad(cfg->tls_cert ? "--tls-key: needed with --tls-cert"
                                  : "--tls-cert: needed with --tls-key");

@@ -283,7 +283,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_RECEIVE:
         if (!pss->sess || pss->sess->closed)
             return -1;
+        pss->sess->last_rx_ms = sb_mono_ms();
         return on_receive(wsi, pss->sess, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (pss && pss->sess)
+            pss->sess->last_rx_ms = sb_mono_ms();
+        break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!pss->sess)
             return -1;
@@ -311,13 +316,15 @@ static const struct lws_protocols protocols[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
+/* Why no libwebsockets ping policy (all zeros turns its validity timers off): lws 4.1.6 keeps
+ * every connection's validity timer in one sorted list and re-inserts it, by a walk over the
+ * list, on every ping sent and pong received, so idle sockets cost CPU quadratically (79% of
+ * an idle node's samples at 15,000 sockets, stalls past the Redis timeout). The node pings
+ * from its own sweep instead (sb_session_check_idle): one pass over its sockets per tick. */
 static lws_retry_bo_t idle_policy;
 
 int sb_server_start(sb_node_t *n)
 {
-    /* Ping policy: lws counts whole seconds (contract: rounded up). */
-    idle_policy.secs_since_valid_ping = (uint16_t)((n->cfg.ping_interval_ms + 999) / 1000);
-    idle_policy.secs_since_valid_hangup = (uint16_t)((n->cfg.ping_timeout_ms + 999) / 1000);
     sb_listen_t l = {.loop = n->loop,
                      .listen = n->cfg.listen,
                      .protocols = protocols,

@@ -24,6 +24,7 @@ sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
     s->wsi = wsi;
     s->node = n;
     s->connected_ms = sb_mono_ms();
+    s->last_rx_ms = s->connected_ms;
     sb_bucket_init(&s->bucket, (double)n->cfg.burst, s->connected_ms);
     s->next = n->sessions;
     if (n->sessions)
@@ -152,8 +153,44 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
     }
 }
 
+int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
+{
+    int killed = 0;
+    for (sb_session_t *s = n->sessions; s; s = s->next) {
+        if (s->closed || !s->wsi || s->close_code || s->idle_killed)
+            continue;
+        int64_t idle = now_ms - s->last_rx_ms;
+        if (idle >= n->cfg.ping_timeout_ms) {
+            /* Silent past the timeout (its network is gone, or it stopped reading): no close
+             * frame would reach it. Hung up now; the close callback cleans up as for a reset. */
+            sb_info("session %s: silent for %lld ms: hanging up", s->id, (long long)idle);
+            s->idle_killed = 1;
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            killed++;
+        } else if (idle >= n->cfg.ping_interval_ms && s->ping_sent_ms <= s->last_rx_ms) {
+            s->ping_sent_ms = now_ms;
+            s->ping_due = 1;
+            lws_callback_on_writable(s->wsi);
+        }
+    }
+    return killed;
+}
+
 int sb_session_writable(sb_session_t *s)
 {
+    if (s->ping_due && !s->close_code) {
+        /* One write per WRITEABLE: the ping first, the queue at the next one. Not empty: lws
+         * 4.1.6 drops an empty pong without LWS_CALLBACK_RECEIVE_PONG, so the client's answer
+         * must echo something for us to see it. */
+        unsigned char frame[LWS_PRE + 2];
+        memcpy(frame + LWS_PRE, "sb", 2);
+        s->ping_due = 0;
+        if (lws_write(s->wsi, frame + LWS_PRE, 2, LWS_WRITE_PING) < 0)
+            return -1;
+        if (s->qhead)
+            lws_callback_on_writable(s->wsi);
+        return 0;
+    }
     sb_outmsg_t *m = s->qhead;
     if (m) {
         s->qhead = m->next;

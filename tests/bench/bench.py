@@ -1488,23 +1488,22 @@ def render6(a, S):
                 return ""
             a(f"| {n_:,} | {cell('node', 10)} | {cell('echo', 10)} | {cell('node', 300)} |")
         a("")
-        a("**Finding: idle sockets cost CPU quadratically.** libwebsockets 4.1.6 keeps every "
-          "connection's validity (ping) timer in one sorted linked list and inserts with "
-          "`lws_dll2_add_sorted`, a walk over the list. Every ping sent and every pong received "
-          "re-inserts the connection's timer, so n idle sockets cost about n / ping interval "
-          "insertions per second of O(n) each. `perf record` of an idle node with 15,000 "
-          "sockets (during the development of this benchmark) put 79% of its samples in "
-          "`lws_dll2_add_sorted`. The bare echo server has the same cost, so this is "
-          "libwebsockets' with this configuration, not the node's code. Sockets that connected "
-          "together are pinged together, so the cost comes in bursts that stall the loop; near "
-          "15,000 sockets per node the stalls pass the Redis command timeout (the Redis drops "
-          "above). With a 300 s ping interval the same node idles at about 1%. Ways out: "
-          "fewer sockets per node, a longer ping interval, or pings sent by the node from one "
-          "timer of its own instead of libwebsockets' per-connection policy.")
+        a("**Finding: libwebsockets' ping policy costs CPU quadratically; the node does not use "
+          "it.** libwebsockets 4.1.6 keeps every connection's validity (ping) timer in one sorted "
+          "linked list and inserts with `lws_dll2_add_sorted`, a walk over the list; every ping "
+          "sent and every pong received re-inserts the timer, so n idle sockets cost about n / "
+          "ping interval insertions per second of O(n) each (`perf record` of an idle node with "
+          "15,000 sockets put 79% of its samples there, and the stalls passed the Redis command "
+          "timeout). The bare echo server keeps that policy, as the reference of what "
+          "libwebsockets alone costs. The node turns it off and pings from its own sweep "
+          "instead: one pass over its sockets per tick (a quarter of the ping interval, at most "
+          "1 s), a ping to each socket idle for `--ping-interval-ms`, a hang-up for one silent "
+          "for `--ping-timeout-ms` (node/session.c `sb_session_check_idle`), so its idle cost "
+          "grows linearly.")
         a("")
     a(f"Expected: one PEXPIRE per socket per heartbeat = {n / 5:,.0f}/s for {n:,} sockets, plus "
       "per node per heartbeat a GET of `sb:instance`, the lease (SADD + SET) and a pub/sub probe "
-      "every 500 ms. Node CPU includes answering libwebsockets' WebSocket pings (every "
+      "every 500 ms. Node CPU includes the node's WebSocket pings and their pongs (every "
       f"10 s per idle socket). Sockets still open at the end of the hold: "
       f"{S['hold']['open_at_end']:,} of {n:,} ({S['hold']['unexpected_closes']} closed "
       "unexpectedly).")

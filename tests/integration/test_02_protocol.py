@@ -561,3 +561,35 @@ def test_13_internal_and_transient_redis_errors(cluster, redis_server):
     assert "join failed: WRONGTYPE" in a.proc.log()  # logged as an error, with the reason
     r.delete("sb:{broken}:members")
     assert invariants.check(r) == []
+
+
+def test_14_node_pings_idle_sockets_and_pongs_keep_them(cluster):
+    """The node pings a socket idle for --ping-interval-ms (from its own sweep; libwebsockets'
+    ping policy is off), a client that answers every ping stays however long it is otherwise
+    silent, and one that stops answering is hung up about --ping-timeout-ms after its last
+    pong."""
+    from rawws import RawWS, frame
+    a = cluster.node("na", args=["--ping-interval-ms", "500", "--ping-timeout-ms", "1200"])
+    w = RawWS(a.port)
+    assert w.status == 101
+    op, _ = w.recv_frame()
+    assert op == 1  # welcome
+    t0 = time.monotonic()
+    pings = []
+    while time.monotonic() - t0 < 3.0:  # 2.5 timeouts, alive only through pongs
+        op, payload = w.recv_frame(timeout=2)
+        assert op == 9, (op, payload)
+        pings.append(time.monotonic() - t0)
+        w.send_raw(frame(0xA, payload))  # the pong echoes the ping's payload
+    gaps = [b - a_ for a_, b in zip(pings, pings[1:])]
+    # one ping per idle interval: 500 ms plus up to one sweep tick (125 ms) and scheduling
+    assert 0.45 < pings[0] < 0.9, pings
+    assert all(0.45 < g < 0.9 for g in gaps), gaps
+    # now silent: another ping comes, then the hang-up, about 1.2 s after the last pong
+    t_last = time.monotonic()
+    op, _ = w.recv_frame(timeout=2)
+    assert op == 9
+    assert w.closed_within(3)
+    took = time.monotonic() - t_last
+    assert 1.0 < took < 2.0, took
+    assert cluster.nodes[0].metrics()["switchboard_node_sockets"] == 0
