@@ -3,7 +3,7 @@
 # node's log: 0 errors and 0 bytes definitely lost. Prints the figures per node process.
 #   tests/valgrind/run.sh [pytest node ids...]
 # Defaults: a join/signal/leave across two nodes, link cleanup by leave, close and TCP reset,
-# hostile JSON, refused tokens, and a SIGTERM drain with linked sockets. The node is built
+# signals held for a joiner, script errors, the node's own pings and hang-up, hostile JSON, refused tokens, and a SIGTERM drain with linked sockets. The node is built
 # without sanitizers in $SB_VALGRIND_BUILD (default build-valgrind/ under the repository
 # root); logs go to $SB_VALGRIND_OUT (default a new temp directory). How: SWITCHBOARD_BUILD
 # points at a directory whose node/switchboard-node is node-wrapper.sh, which execs valgrind
@@ -33,6 +33,9 @@ if [ $# -eq 0 ]; then
     set -- \
         "tests/integration/test_02_protocol.py::test_01_join_signal_leave_across_nodes" \
         "tests/integration/test_02_protocol.py::test_04_cleanup_notifies_and_removes_links" \
+        "tests/integration/test_02_protocol.py::test_12_signal_to_a_joiner_waits_for_its_joined" \
+        "tests/integration/test_02_protocol.py::test_13_internal_and_transient_redis_errors" \
+        "tests/integration/test_02_protocol.py::test_14_node_pings_idle_sockets_and_pongs_keep_them" \
         "tests/integration/test_05_hostile.py::test_09_hostile_json" \
         "tests/integration/test_06_auth.py::test_02_refused_tokens_write_nothing" \
         "tests/integration/test_07_drain.py::test_02_quick_drain_without_stragglers"
