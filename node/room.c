@@ -295,11 +295,25 @@ static void complete_joins(sb_room_t *r)
 
 /* ---- signals ----------------------------------------------------------------------------- */
 
-static void deliver_signal(sb_room_t *r, const char *from, const char *to, const char *data,
-                           size_t dlen)
+/* The local recipient of a signal in room r, or NULL when it is not (any more) here. */
+static sb_session_t *recipient(sb_room_t *r, const char *to)
 {
     sb_session_t *dst = sb_map_get(&r->node->sess_by_id, to);
-    if (!dst || dst->room != r || dst->state != SS_JOINED)
+    return dst && dst->room == r ? dst : NULL;
+}
+
+/* A recipient that has not been sent `joined` yet. A peer may learn of its join (from the
+ * pub/sub event, or from this view on the same node) and signal it before the node has the
+ * join script's reply: the reply and the events come on two connections, in either order.
+ * Its signals wait for its `joined`, which lists the sender, instead of being lost. */
+static int joining(const sb_session_t *dst)
+{
+    return dst && dst->state == SS_JOINING;
+}
+
+static void deliver_signal(sb_session_t *dst, const char *from, const char *data, size_t dlen)
+{
+    if (!dst || dst->state != SS_JOINED)
         return; /* gone meanwhile: a signal is best effort past the sender's view */
     static const char head[] = "{\"type\":\"signal\",\"from\":\"", mid[] = "\",\"data\":";
     const sb_part_t parts[] = {{head, sizeof head - 1},
@@ -308,16 +322,6 @@ static void deliver_signal(sb_room_t *r, const char *from, const char *to, const
                                {data, dlen},
                                {"}", 1}};
     sb_session_sendv(dst, parts, 5);
-}
-
-/* A local recipient that has not been sent `joined` yet. A peer may learn of its join (from the
- * pub/sub event, or from this view on the same node) and signal it before the node has the
- * join script's reply: the reply and the events come on two connections, in either order.
- * Its signals wait for its `joined`, which lists the sender, instead of being lost. */
-static int recipient_joining(sb_room_t *r, const char *to)
-{
-    sb_session_t *dst = sb_map_get(&r->node->sess_by_id, to);
-    return dst && dst->room == r && dst->state == SS_JOINING;
 }
 
 static int held_from(sb_room_t *r, const char *from)
@@ -333,8 +337,9 @@ static int held_from(sb_room_t *r, const char *from)
 static void deliver_or_hold(sb_room_t *r, const char *from, const char *to, const char *data,
                             size_t dlen)
 {
-    if (r->synced && member_find(r, from) && !held_from(r, from) && !recipient_joining(r, to)) {
-        deliver_signal(r, from, to, data, dlen);
+    sb_session_t *dst = recipient(r, to);
+    if (r->synced && member_find(r, from) && !held_from(r, from) && !joining(dst)) {
+        deliver_signal(dst, from, data, dlen);
         return;
     }
     int count = 0;
@@ -381,10 +386,10 @@ static void release_held(sb_room_t *r, const char *drop_from)
             if (strcmp(blocked[i], h->from) == 0)
                 is_blocked = 1;
         int drop = (drop_from && strcmp(h->from, drop_from) == 0) || now - h->at_ms > HELD_TTL_MS;
-        if (drop ||
-            (!is_blocked && r->synced && member_find(r, h->from) && !recipient_joining(r, h->to))) {
+        sb_session_t *dst = drop ? NULL : recipient(r, h->to);
+        if (drop || (!is_blocked && r->synced && member_find(r, h->from) && !joining(dst))) {
             if (!drop)
-                deliver_signal(r, h->from, h->to, h->data_json, h->data_len);
+                deliver_signal(dst, h->from, h->data_json, h->data_len);
             *p = h->next;
             held_free(h);
             continue;
