@@ -4,6 +4,7 @@
 #define SB_NODE_H
 
 #include "config.h"
+#include "keys.h"
 #include "map.h"
 #include "prom.h"
 #include "proto.h"
@@ -231,7 +232,5 @@ int sb_node_ready(sb_node_t *n, const char **why);
 /* main.c */
 void sb_node_begin_drain(sb_node_t *n);
 
-/* Key helpers: P:{R}:members etc. into buf. */
-void sb_key_room(const sb_node_t *n, const char *room, const char *suffix, char *buf, size_t len);
 
 #endif

@@ -89,7 +89,7 @@ static void reassert_all(sb_node_t *n)
         if (!s->in_redis || s->closed || !(s->state == SS_JOINED || s->state == SS_JOINING))
             continue;
         char key[256], ttl[32];
-        sb_key_room(n, s->room_name, "members", key, sizeof key);
+        sb_key_room(key, sizeof key, n->cfg.prefix, s->room_name, "members");
         snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
         int nargs = 8 + s->nhalves;
         const char **args = calloc((size_t)nargs, sizeof(char *));
@@ -241,7 +241,7 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
         /* Rule 1: the key is gone, so the socket was reaped (or is about to be). Never
          * re-create it: reap it properly (a no-op when the admin already did) and close. */
         char key[256], evmax[] = "1000";
-        sb_key_room(n, s->room_name, "members", key, sizeof key);
+        sb_key_room(key, sizeof key, n->cfg.prefix, s->room_name, "members");
         const char *args[] = {key, n->cfg.prefix, s->room_name, s->id, "expired", n->cfg.id, evmax};
         sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, on_reaped_cleanup,
                        NULL);
@@ -273,7 +273,7 @@ void sb_presence_heartbeat_now(sb_node_t *n)
             break;
         char pkey[256], suffix[128];
         snprintf(suffix, sizeof suffix, "presence:%s", s->id);
-        sb_key_room(n, s->room_name, suffix, pkey, sizeof pkey);
+        sb_key_room(pkey, sizeof pkey, n->cfg.prefix, s->room_name, suffix);
         f->round = rd;
         f->s = s;
         rd->refs++;

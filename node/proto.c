@@ -1,6 +1,7 @@
 /* Protocol v1 decoding and encoding. Everything a client sends passes through
  * sb_proto_decode first; nothing after it needs to re-validate types or sizes. */
 #include "proto.h"
+#include "keys.h"
 
 #include <string.h>
 #include <sys/random.h>
@@ -10,29 +11,6 @@
 
 const char *const sb_msg_type_names[SB_MSG__COUNT] = {"join",        "signal", "link",   "leave",
                                                       "ice-servers", "ping",   "unknown"};
-
-static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
-{
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char c = s[n];
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 strchr(extra, c);
-        if (!ok || n >= max)
-            return 0;
-    }
-    return n >= min;
-}
-
-int sb_proto_valid_room(const char *s)
-{
-    return charset_ok(s, 1, SB_ROOM_MAX, "._-");
-}
-
-int sb_proto_valid_sid(const char *s)
-{
-    return charset_ok(s, 22, SB_SID_MAX, "_-");
-}
 
 int sb_proto_new_sid(char *out, size_t outlen)
 {
@@ -238,7 +216,7 @@ int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *
         json_t *token = json_object_get(root, "token");
         if (!json_is_string(room)) {
             why = "join needs a string \"room\"";
-        } else if (!sb_proto_valid_room(json_string_value(room))) {
+        } else if (!sb_valid_room(json_string_value(room))) {
             code = "bad-room";
             why = "room names are 1 to 64 characters of [A-Za-z0-9._-]";
         } else if (meta && !json_is_null(meta) && !json_is_object(meta)) {
@@ -266,7 +244,7 @@ int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *
             why = "signal needs a string \"to\"";
         else if (!msg->data)
             why = "signal needs \"data\"";
-        else if (!sb_proto_valid_sid(msg->to))
+        else if (!sb_valid_sid(msg->to))
             code = "peer-not-found", why = "no such peer in the room";
         else if (!sb_json_member_span(buf, len, "data", &msg->data_raw, &msg->data_raw_len))
             msg->data_raw = NULL, msg->data_raw_len = 0;
@@ -278,7 +256,7 @@ int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *
             why = "link needs a string \"peer\"";
         else if (!state || (strcmp(state, "up") != 0 && strcmp(state, "down") != 0))
             why = "link needs \"state\": \"up\" or \"down\"";
-        else if (!sb_proto_valid_sid(msg->peer))
+        else if (!sb_valid_sid(msg->peer))
             code = "peer-not-found", why = "no such peer in the room";
         else
             msg->up = strcmp(state, "up") == 0;

@@ -4,6 +4,8 @@
 #ifndef SB_PROTO_H
 #define SB_PROTO_H
 
+#include "keys.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,10 +24,8 @@ typedef enum {
 /* Names for metrics labels, indexed by sb_msg_type_t ("unknown" last). */
 extern const char *const sb_msg_type_names[SB_MSG__COUNT];
 
-#define SB_ROOM_MAX 64
 #define SB_META_MAX 1024
 #define SB_RID_MAX 64
-#define SB_SID_MAX 64
 
 typedef struct {
     sb_msg_type_t type;
@@ -64,11 +64,6 @@ void sb_msg_free(sb_msg_t *msg);
  * parsed value). Never reads outside buf, whatever it holds. */
 int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
                         size_t *vlen);
-
-/* 1 when s is a valid room name (1..64 of [A-Za-z0-9._-]). */
-int sb_proto_valid_room(const char *s);
-/* 1 when s looks like a socket id (22..64 of [A-Za-z0-9_-]). */
-int sb_proto_valid_sid(const char *s);
 
 /* Fills out (at least 23 bytes) with a new socket id: 128 random bits from the OS, base64url,
  * 22 characters. Returns 0 or -1 when the OS random source fails. */

@@ -17,11 +17,6 @@
 #define HELD_MAX 1024
 #define HELD_TTL_MS 5000
 
-void sb_key_room(const sb_node_t *n, const char *room, const char *suffix, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s:{%s}:%s", n->cfg.prefix, room, suffix);
-}
-
 /* ---- views ------------------------------------------------------------------------------ */
 
 static sb_room_t *room_get(sb_node_t *n, const char *name)
@@ -194,7 +189,7 @@ static void relink_towards(sb_room_t *r, const char *id)
             if (strcmp(s->halves[i], id) != 0)
                 continue;
             char key[256];
-            sb_key_room(n, r->name, "members", key, sizeof key);
+            sb_key_room(key, sizeof key, n->cfg.prefix, r->name, "members");
             const char *args[] = {key, n->cfg.prefix, r->name, s->id, id, "up", n->cfg.id};
             sb_session_ref(s);
             if (sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, on_relinked, s) !=
@@ -539,7 +534,7 @@ void sb_room_on_event(sb_node_t *n, const char *payload, size_t len)
          * member is found in the text, not re-encoded. */
         const char *data;
         size_t dlen;
-        if (from && to && sb_proto_valid_sid(from) &&
+        if (from && to && sb_valid_sid(from) &&
             sb_json_member_span(payload, len, "data", &data, &dlen))
             deliver_or_hold(r, from, to, data, dlen);
     } else if (strcmp(t, "link") == 0) {
@@ -640,7 +635,7 @@ static void resync(sb_room_t *r)
     if (r->resyncing)
         return;
     char key[256];
-    sb_key_room(n, r->name, "members", key, sizeof key);
+    sb_key_room(key, sizeof key, n->cfg.prefix, r->name, "members");
     const char *args[] = {key, n->cfg.prefix, r->name};
     r->refs++;
     r->resyncing = 1;
@@ -734,7 +729,7 @@ static void run_remove(sb_node_t *n, const char *room, const char *sid, const ch
                        sb_redis_cb cb, void *data)
 {
     char key[256], evmax[] = "1000";
-    sb_key_room(n, room, "members", key, sizeof key);
+    sb_key_room(key, sizeof key, n->cfg.prefix, room, "members");
     const char *args[] = {key, n->cfg.prefix, room, sid, mode, n->cfg.id, evmax};
     if (sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, cb, data) != 0) {
         sb_warn("session %s: cannot remove from room %s now (Redis unreachable); its presence "
@@ -885,7 +880,7 @@ void sb_room_join(sb_session_t *s, sb_msg_t *m)
     local_add(r, s);
 
     char key[256], ttl[32], max[32];
-    sb_key_room(n, m->room, "members", key, sizeof key);
+    sb_key_room(key, sizeof key, n->cfg.prefix, m->room, "members");
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
     const char *args[] = {key,      n->cfg.prefix, m->room, s->id, n->cfg.id,
@@ -1135,7 +1130,7 @@ void sb_room_link(sb_session_t *s, sb_msg_t *m)
     snprintf(q->peer, sizeof q->peer, "%s", m->peer);
     q->up = m->up;
     char key[256];
-    sb_key_room(n, s->room_name, "members", key, sizeof key);
+    sb_key_room(key, sizeof key, n->cfg.prefix, s->room_name, "members");
     const char *args[] = {key,     n->cfg.prefix,         s->room_name, s->id,
                           m->peer, m->up ? "up" : "down", n->cfg.id};
     if (sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, on_link_set, q) != 0) {

@@ -509,21 +509,21 @@ static void test_peer_not_found(void **state)
 static void test_valid_room_and_sid(void **state)
 {
     (void)state;
-    assert_true(sb_proto_valid_room("a"));
-    assert_true(sb_proto_valid_room("A.z_0-9"));
-    assert_false(sb_proto_valid_room(""));
-    assert_false(sb_proto_valid_room("a:b"));
-    assert_true(sb_proto_valid_sid(SID_A));
-    assert_true(sb_proto_valid_sid("abcdefghijklmnopqrstu-_"));
-    assert_false(sb_proto_valid_sid("AAAAAAAAAAAAAAAAAAAAA"));  /* 21 */
-    assert_false(sb_proto_valid_sid("AAAAAAAAAAAAAAAAAAAAA.")); /* '.' is not base64url */
+    assert_true(sb_valid_room("a"));
+    assert_true(sb_valid_room("A.z_0-9"));
+    assert_false(sb_valid_room(""));
+    assert_false(sb_valid_room("a:b"));
+    assert_true(sb_valid_sid(SID_A));
+    assert_true(sb_valid_sid("abcdefghijklmnopqrstu-_"));
+    assert_false(sb_valid_sid("AAAAAAAAAAAAAAAAAAAAA"));  /* 21 */
+    assert_false(sb_valid_sid("AAAAAAAAAAAAAAAAAAAAA.")); /* '.' is not base64url */
     char s64[66];
     memset(s64, 'x', 65);
     s64[64] = '\0';
-    assert_true(sb_proto_valid_sid(s64));
+    assert_true(sb_valid_sid(s64));
     s64[64] = 'x';
     s64[65] = '\0';
-    assert_false(sb_proto_valid_sid(s64));
+    assert_false(sb_valid_sid(s64));
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -545,7 +545,7 @@ static void test_new_sid(void **state)
             assert_true((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
                         (c >= '0' && c <= '9') || c == '-' || c == '_');
         }
-        assert_true(sb_proto_valid_sid(ids[i]));
+        assert_true(sb_valid_sid(ids[i]));
     }
     qsort(ids, N, sizeof ids[0], cmp_str);
     for (int i = 1; i < N; i++)
