@@ -43,7 +43,7 @@ static void check_accepted(const sb_msg_t *m)
     FUZZ_CHECK(!m->rid || valid_rid(m->rid));
     switch (m->type) {
     case SB_MSG_JOIN:
-        FUZZ_CHECK(m->room && sb_proto_valid_room(m->room));
+        FUZZ_CHECK(m->room && sb_valid_room(m->room));
         FUZZ_CHECK(!m->meta || json_is_object(m->meta));
         if (m->meta) {
             char *s = json_dumps(m->meta, JSON_COMPACT);
@@ -52,7 +52,7 @@ static void check_accepted(const sb_msg_t *m)
         }
         break;
     case SB_MSG_SIGNAL:
-        FUZZ_CHECK(m->to && sb_proto_valid_sid(m->to));
+        FUZZ_CHECK(m->to && sb_valid_sid(m->to));
         FUZZ_CHECK(m->data != NULL);
         if (m->data_raw) {
             /* what the node relays as is: the very same JSON value */
@@ -62,7 +62,7 @@ static void check_accepted(const sb_msg_t *m)
         }
         break;
     case SB_MSG_LINK:
-        FUZZ_CHECK(m->peer && sb_proto_valid_sid(m->peer));
+        FUZZ_CHECK(m->peer && sb_valid_sid(m->peer));
         FUZZ_CHECK(m->up == 0 || m->up == 1);
         break;
     default:
