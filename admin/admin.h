@@ -1,14 +1,19 @@
 /* The admin's process context and the types its modules share. One sb_admin_t per process,
  * passed explicitly; the only global is the signal handling libuv's signal handles stand in
- * for. Modules: options.c (option table, token), auth.c (bearer check), http.c (lws, routes),
- * reap.c (dead nodes and stale sockets), nodes.c (walk of the node index), reconcile.c (the
- * pass and the lease), status.c (mesh-status and metrics figures), events.c (activity log),
- * metrics.c (Prometheus text). */
+ * for. One noun per file: main.c (wiring only: it exports nothing), options.c (option table,
+ * token), auth.c (bearer check), http.c (lws, routes), lease.c (the reconcile lease, the pass
+ * schedule, readiness), reconcile.c (the pass), nodes.c (walk of the node index), reap.c (dead
+ * nodes and stale sockets), scan.c (SSCAN walks), status.c (mesh-status and metrics figures),
+ * events.c (activity log), totals.c (P:admin:totals), metrics.c (Prometheus text). Key names
+ * come from common/keys.h.
+ * Every function here that takes a callback either returns an error and never calls it, or
+ * returns 0 and calls it exactly once, later (never from inside the call). */
 #ifndef SB_ADMIN_H
 #define SB_ADMIN_H
 
 #include "prom.h"
 #include "config.h"
+#include "keys.h"
 #include "map.h"
 #include "redis.h"
 
@@ -58,7 +63,6 @@ typedef struct {
 } sb_pass_result_t;
 
 #define SB_STATS_CHECK_MAX_ROOMS 1500
-#define SB_SCAN_COUNT "100"
 
 /* Histogram of pass durations (this process's passes). */
 typedef struct {
@@ -77,42 +81,50 @@ struct sb_admin {
     unsigned char token_key[32];
     char holder[80];       /* this process's id for the reconcile lease */
     char events_max[24];   /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
-    uv_timer_t tick;       /* lease attempts, every sb_admin_tick_ms() */
-    uv_timer_t pass_timer; /* periodic passes, every interval */
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm; /* main.c */
     int stopping;
+    /* lease.c */
+    uv_timer_t tick;       /* lease attempts, every interval / 4 (at most 1 s) */
+    uv_timer_t pass_timer; /* periodic passes, every interval */
     int64_t last_reply_ms; /* monotonic: the last reply from Redis (readiness) */
     int lease_held;
-    int lease_pending;    /* an admin_lock call is in flight */
+    int lease_pending; /* an admin_lock call is in flight */
+    /* reconcile.c */
     sb_pass_t *pass;      /* the pass in progress, or NULL */
-    sb_map_t reaping;     /* node id -> reap in progress (reap.c) */
     sb_map_t known_nodes; /* node id -> epoch (malloc'd) seen by this admin's passes */
     int nodes_primed;     /* known_nodes was filled once (no node-up for those) */
+    /* reap.c */
+    sb_map_t reaping; /* node id -> reap in progress */
+    /* metrics.c */
     sb_admin_metrics_t metrics;
 };
 
-/* Builds "<prefix>:<suffix>" into buf. */
-void sb_admin_key(const sb_admin_t *a, const char *suffix, char *buf, size_t len);
-/* "<prefix>:{<room>}:members" (room not NUL-terminated: rlen bytes). */
-void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf, size_t len);
-
 /* auth.c: the bearer token check. */
-/* Keeps a keyed digest of token (copied) for sb_auth_check; 0 or -1. */
-int sb_auth_init(sb_admin_t *a, const char *token, size_t len);
-void sb_auth_free(sb_admin_t *a);
+/* Keeps a keyed digest of token (copied) for sb_admin_auth_check; 0 or -1. */
+int sb_admin_auth_init(sb_admin_t *a, const char *token, size_t len);
+void sb_admin_auth_free(sb_admin_t *a);
 /* 1 when header (the Authorization value, NUL-terminated, may be NULL) is "Bearer <token>"
  * with exactly our token; 0 otherwise. Takes the same time for every token of a given length
  * and never stops early at the first differing byte. */
-int sb_auth_check(const sb_admin_t *a, const char *header);
+int sb_admin_auth_check(const sb_admin_t *a, const char *header);
 /* 1 when a query string (without '?', may be NULL) carries a parameter that looks like a
  * credential (token, access_token, auth, ...): such requests are refused. */
-int sb_auth_query_has_token(const char *query);
+int sb_admin_auth_query_has_token(const char *query);
 
-/* main.c: 1 while the Redis connection works: connected, and a reply came back recently (a
- * connection to a stopped Redis can look connected). */
-int sb_admin_ready(const sb_admin_t *a);
-/* The lease timer's period: interval / 4, at most 1 s (it also proves the connection). */
-int64_t sb_admin_tick_ms(const sb_admin_t *a);
+/* lease.c: the reconcile lease, the pass schedule, readiness. */
+/* Starts the lease timer (every interval / 4, at most 1 s) and the pass timer (every
+ * interval). a->loop must be set. */
+void sb_lease_start(sb_admin_t *a);
+/* Stops and closes both timers (shutdown). */
+void sb_lease_stop(sb_admin_t *a);
+/* The Redis client's hooks: a reply came back; the connection is up (tries the lease at once);
+ * the connection is down (the lease is lost, readiness waits for a new reply). */
+void sb_lease_redis_replied(sb_admin_t *a);
+void sb_lease_redis_up(sb_admin_t *a);
+void sb_lease_redis_down(sb_admin_t *a);
+/* 1 while the Redis connection works: connected, and a reply came back within two lease
+ * ticks plus the command timeout (a connection to a stopped Redis can look connected). */
+int sb_lease_redis_ready(const sb_admin_t *a);
 
 /* http.c */
 int sb_http_start(sb_admin_t *a);
@@ -126,8 +138,12 @@ json_t *sb_events_from_reply(const redisReply *reply);
 /* ISO 8601 UTC with milliseconds ("2026-01-01T00:00:00.000Z") of ms since the epoch. */
 void sb_iso8601(int64_t ms, char *buf, size_t len);
 
-/* totals: HINCRBY P:admin:totals field delta (fire and forget; nothing when delta is 0). */
+/* totals.c: P:admin:totals. */
+/* HINCRBY P:admin:totals field delta (fire and forget; nothing when delta is 0). */
 void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta);
+/* The totals of an HGETALL reply (borrowed; NULL gives zeros) as a new JSON object: every
+ * field, 0 when absent, and violations_by_kind. */
+json_t *sb_totals_from_reply(const redisReply *reply);
 
 /* reap.c: removing what a dead node left behind. */
 typedef struct {
@@ -173,13 +189,6 @@ typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char 
 int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data);
 /* The pass result as JSON (new reference), the shape of mesh-status's last_reconcile. */
 json_t *sb_pass_json(const sb_pass_result_t *r);
-/* Lease timer (every sb_admin_tick_ms()): takes or renews the lease; a takeover starts a
- * pass. */
-void sb_reconcile_tick(sb_admin_t *a);
-/* Pass timer (every interval): starts a pass when this admin holds the lease and none runs. */
-void sb_reconcile_periodic(sb_admin_t *a);
-/* Shutdown: the pass in progress, if any, finishes with an error as Redis closes. */
-void sb_reconcile_stop(sb_admin_t *a);
 
 /* status.c: figures for mesh-status and metrics. */
 typedef struct {
@@ -194,12 +203,13 @@ typedef void (*sb_status_cb)(sb_admin_t *a, sb_status_t *st, const char *error, 
  * that many newest events. Returns 0 and calls cb once with st borrowed (valid during cb), or
  * SB_EUNAVAIL without calling it. */
 int sb_status_collect(sb_admin_t *a, int events, sb_status_cb cb, void *data);
-/* mesh-status JSON (contract section 5) of st (new reference). */
+/* mesh-status JSON (docs/admin.md) of st (new reference). */
 json_t *sb_status_json(const sb_status_t *st);
 
-/* metrics.c */
-void sb_metrics_observe_pass(sb_admin_t *a, double seconds);
-/* Prometheus text of st and this process's counters; malloc'd, *len set. */
-char *sb_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len);
+/* metrics.c: the admin's Prometheus text (the node's is node/metrics.c). */
+/* Adds one pass of this process to the duration histogram. */
+void sb_admin_metrics_observe_pass(sb_admin_t *a, double seconds);
+/* Prometheus text of st and this process's counters; malloc'd (NULL on OOM), *len set. */
+char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len);
 
 #endif

@@ -25,7 +25,7 @@ static int digest(const sb_admin_t *a, const char *text, size_t len, unsigned ch
     return 0;
 }
 
-int sb_auth_init(sb_admin_t *a, const char *token, size_t len)
+int sb_admin_auth_init(sb_admin_t *a, const char *token, size_t len)
 {
     if (getrandom(a->token_key, sizeof a->token_key, 0) != (ssize_t)sizeof a->token_key)
         return -1;
@@ -35,7 +35,7 @@ int sb_auth_init(sb_admin_t *a, const char *token, size_t len)
     return 0;
 }
 
-void sb_auth_free(sb_admin_t *a)
+void sb_admin_auth_free(sb_admin_t *a)
 {
     if (a->token_digest)
         OPENSSL_cleanse(a->token_digest, DIGEST_LEN);
@@ -44,7 +44,7 @@ void sb_auth_free(sb_admin_t *a)
     OPENSSL_cleanse(a->token_key, sizeof a->token_key);
 }
 
-int sb_auth_check(const sb_admin_t *a, const char *header)
+int sb_admin_auth_check(const sb_admin_t *a, const char *header)
 {
     if (!header || !a->token_digest)
         return 0;
@@ -67,7 +67,7 @@ int sb_auth_check(const sb_admin_t *a, const char *header)
     return equal;
 }
 
-int sb_auth_query_has_token(const char *query)
+int sb_admin_auth_query_has_token(const char *query)
 {
     static const char *const names[] = {"token",  "access_token", "auth",   "authorization",
                                         "bearer", "api_key",      "apikey", "key"};

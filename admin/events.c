@@ -1,8 +1,9 @@
 /* The activity log: the capped stream P:events. The admin appends node-up, node-down and
  * reconcile entries; the room scripts append p2p-cleanup entries inside the reap itself.
  * Entries are {type, data (JSON text)}; readers get {id, type, at, data}, at from the entry id.
- * Also the cluster-wide totals (P:admin:totals), which every admin adds to. */
+ * Does not keep the totals (totals.c). */
 #include "admin.h"
+#include "keys.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -22,29 +23,19 @@ void sb_iso8601(int64_t ms, char *buf, size_t len)
 
 void sb_events_add(sb_admin_t *a, const char *type, json_t *data)
 {
-    char key[160];
-    sb_admin_key(a, "events", key, sizeof key);
-    char *text = json_dumps(data, JSON_COMPACT);
+    char key[SB_KEY_MAX];
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
     json_decref(data);
-    if (!text)
+    if (!text || sb_key_global(key, sizeof key, a->cfg.prefix, "events") < 0) {
+        free(text);
+        sb_warn("activity log: could not add a %s event (out of memory)", type);
         return;
+    }
     const char *argv[] = {"XADD", key,    "MAXLEN", "~",    a->events_max,
                           "*",    "type", type,     "data", text};
     if (sb_redis_argv(a->redis, NULL, NULL, 10, argv, NULL) != 0 && !a->stopping)
         sb_warn("activity log: could not add a %s event (Redis unavailable)", type);
     free(text);
-}
-
-void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta)
-{
-    if (delta == 0)
-        return;
-    char key[160], d[32];
-    sb_admin_key(a, "admin:totals", key, sizeof key);
-    snprintf(d, sizeof d, "%lld", (long long)delta);
-    const char *argv[] = {"HINCRBY", key, field, d};
-    if (sb_redis_argv(a->redis, NULL, NULL, 4, argv, NULL) != 0 && !a->stopping)
-        sb_warn("totals: could not add %lld to %s (Redis unavailable)", (long long)delta, field);
 }
 
 /* One stream entry [id, [field, value, ...]] as {id, type, at, data}; NULL when malformed. */

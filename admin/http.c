@@ -179,7 +179,7 @@ static void on_metrics(sb_admin_t *a, sb_status_t *st, const char *error, void *
 {
     req_t *r = data;
     size_t len = 0;
-    char *text = error ? NULL : sb_metrics_render(a, st, &len);
+    char *text = error ? NULL : sb_admin_metrics_render(a, st, &len);
     if (text)
         reply(r, 200, KIND_TEXT, "text/plain; version=0.0.4; charset=utf-8", text, len);
     else
@@ -281,7 +281,7 @@ static int parse_limit(const char *query)
 
 static int authorized(struct lws *wsi, const sb_admin_t *a, const char *query)
 {
-    if (sb_auth_query_has_token(query))
+    if (sb_admin_auth_query_has_token(query))
         return 0; /* a token in a URL ends up in logs and histories: refused outright */
     char header[1200];
     int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
@@ -289,7 +289,7 @@ static int authorized(struct lws *wsi, const sb_admin_t *a, const char *query)
         return 0;
     if (lws_hdr_copy(wsi, header, sizeof header, WSI_TOKEN_HTTP_AUTHORIZATION) <= 0)
         return 0;
-    return sb_auth_check(a, header);
+    return sb_admin_auth_check(a, header);
 }
 
 static int start_async(req_t *r, int rc)
@@ -317,7 +317,7 @@ static int route(req_t *r, struct lws *wsi)
     if (strcmp(path, "/readyz") == 0) {
         if (m != M_GET && m != M_HEAD)
             return reply_method(r, "GET, HEAD");
-        if (sb_admin_ready(a))
+        if (sb_lease_redis_ready(a))
             return reply_json(r, 200, "{\"status\":\"ready\"}");
         return reply_json(r, 503, "{\"status\":\"unready\",\"reason\":\"redis unreachable\"}");
     }
@@ -375,7 +375,7 @@ static int route(req_t *r, struct lws *wsi)
         return reply_error(r, 400, "limit must be an integer from 1 to 1000");
     }
     char key[160], count[16];
-    sb_admin_key(a, "events", key, sizeof key);
+    sb_key_global(key, sizeof key, a->cfg.prefix, "events"); /* fits: prefix <= 64 */
     snprintf(count, sizeof count, "%d", limit);
     const char *argv[] = {"XREVRANGE", key, "+", "-", "COUNT", count};
     return start_async(r, sb_redis_argv(a->redis, on_events, r, 6, argv, NULL));

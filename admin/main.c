@@ -1,6 +1,7 @@
-/* switchboard-admin: options, the libuv loop, the Redis connection, the tick that drives the
- * reconcile lease and schedule, and a clean shutdown on SIGINT/SIGTERM (every handle closed,
- * uv_loop_close() == 0). Owns the process context; the work is in the other modules. */
+/* switchboard-admin: wiring only. Reads the options, makes the process context, the libuv
+ * loop and the Redis client (whose hooks go to lease.c), starts HTTP and the lease, and stops
+ * cleanly on SIGINT/SIGTERM (every handle closed, uv_loop_close() == 0). Exports nothing: the
+ * work is in the other modules (admin.h lists them). */
 #include "admin.h"
 #include "log.h"
 #include "scripts.h"
@@ -15,83 +16,35 @@
 
 extern char **environ;
 
-void sb_admin_key(const sb_admin_t *a, const char *suffix, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s:%s", a->cfg.prefix, suffix);
-}
-
-void sb_admin_room_key(const sb_admin_t *a, const char *room, size_t rlen, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s:{%.*s}:members", a->cfg.prefix, (int)rlen, room);
-}
-
-int64_t sb_admin_tick_ms(const sb_admin_t *a)
-{
-    int64_t t = a->cfg.reconcile_interval_ms / 4;
-    return t > 1000 ? 1000 : t;
-}
-
 static void on_redis_reply(double seconds, void *data)
 {
     (void)seconds;
-    sb_admin_t *a = data;
-    a->last_reply_ms = sb_mono_ms();
-}
-
-int sb_admin_ready(const sb_admin_t *a)
-{
-    /* The lease is tried every tick, so a reply is due at least that often; allow one missed
-     * attempt and the command timeout on top. */
-    int64_t window = 2 * sb_admin_tick_ms(a) + a->cfg.redis_timeout_ms;
-    return sb_redis_up(a->redis) && a->last_reply_ms > 0 &&
-           sb_mono_ms() - a->last_reply_ms <= window;
+    sb_lease_redis_replied(data);
 }
 
 static void on_redis_up(sb_redis_t *r, void *data)
 {
-    sb_admin_t *a = data;
     sb_scripts_load_all(r);
-    /* Try the lease at once: a fresh admin (or one back from a Redis outage) reconciles
-     * without waiting for the next tick. */
-    sb_reconcile_tick(a);
+    sb_lease_redis_up(data);
 }
 
 static void on_redis_down(sb_redis_t *r, const char *why, void *data)
 {
     (void)r;
     (void)why;
-    sb_admin_t *a = data;
-    /* A new connection must prove itself with a reply of its own before /readyz says 200. */
-    a->last_reply_ms = 0;
-    if (a->lease_held)
-        sb_info("reconcile lease: Redis connection lost");
-    a->lease_held = 0;
-    a->nodes_primed = 0;
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    sb_reconcile_tick(t->data);
-}
-
-static void on_pass_timer(uv_timer_t *t)
-{
-    sb_reconcile_periodic(t->data);
+    sb_lease_redis_down(data);
 }
 
 static void stop_now(sb_admin_t *a)
 {
     a->stopping = 1;
-    uv_timer_stop(&a->tick);
-    uv_close((uv_handle_t *)&a->tick, NULL);
-    uv_timer_stop(&a->pass_timer);
-    uv_close((uv_handle_t *)&a->pass_timer, NULL);
+    sb_lease_stop(a);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     /* lws first: its connections are marked closed, so the errors that closing Redis hands to
-     * the operations in flight only drop references. */
+     * the operations in flight only drop references. Closing the Redis client fails every call
+     * in flight, which also ends a pass in progress (and answers its waiters). */
     sb_http_stop(a);
-    sb_reconcile_stop(a);
     sb_redis_close(a->redis);
 }
 
@@ -133,7 +86,7 @@ static void free_known(void *value, void *arg)
 
 int main(int argc, char **argv)
 {
-    static sb_admin_t admin;
+    sb_admin_t admin = {0}; /* the process context: on the stack, passed explicitly */
     sb_admin_t *a = &admin;
     char *token = NULL;
     size_t token_len = 0;
@@ -142,7 +95,7 @@ int main(int argc, char **argv)
         sb_admin_options_free(&a->cfg);
         return rc == 1 ? 0 : 2;
     }
-    if (sb_auth_init(a, token, token_len) != 0) {
+    if (sb_admin_auth_init(a, token, token_len) != 0) {
         fprintf(stderr, "switchboard-admin: --token-file: cannot prepare the token\n");
         free(token);
         sb_admin_options_free(&a->cfg);
@@ -173,19 +126,11 @@ int main(int argc, char **argv)
             sb_redis_close(a->redis);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
-        sb_auth_free(a);
+        sb_admin_auth_free(a);
         sb_admin_options_free(&a->cfg);
         return 1;
     }
-    /* The lease is tried every tick and lasts 2/3 of an interval (reconcile.c). */
-    uint64_t period = (uint64_t)sb_admin_tick_ms(a);
-    uv_timer_init(&loop, &a->tick);
-    a->tick.data = a;
-    uv_timer_start(&a->tick, on_tick, period, period);
-    uv_timer_init(&loop, &a->pass_timer);
-    a->pass_timer.data = a;
-    uv_timer_start(&a->pass_timer, on_pass_timer, (uint64_t)a->cfg.reconcile_interval_ms,
-                   (uint64_t)a->cfg.reconcile_interval_ms);
+    sb_lease_start(a);
     uv_signal_init(&loop, &a->sigint);
     uv_signal_init(&loop, &a->sigterm);
     a->sigint.data = a->sigterm.data = a;
@@ -203,7 +148,7 @@ int main(int argc, char **argv)
     sb_map_free(&a->reaping);
     sb_map_each(&a->known_nodes, free_known, NULL);
     sb_map_free(&a->known_nodes);
-    sb_auth_free(a);
+    sb_admin_auth_free(a);
     sb_admin_options_free(&a->cfg);
     return lc == 0 ? 0 : 1;
 }

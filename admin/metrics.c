@@ -1,4 +1,4 @@
-/* Admin metrics (contract section 6) as Prometheus text. The cluster figures and the _total
+/* Admin metrics (docs/admin.md, "Metrics") as Prometheus text. The cluster figures and the _total
  * counters come from Redis (P:stats, P:admin:totals), so every admin reports the same values;
  * the pass duration histogram is this process's own passes. Label values are bounded: the
  * violation kinds are a fixed list. */
@@ -12,7 +12,7 @@
 static const double bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                 0.1,   0.25,   0.5,   1.0,  2.5,   10.0};
 
-void sb_metrics_observe_pass(sb_admin_t *a, double seconds)
+void sb_admin_metrics_observe_pass(sb_admin_t *a, double seconds)
 {
     sb_admin_metrics_t *m = &a->metrics;
     if (!m->pass_duration.bounds) {
@@ -28,7 +28,7 @@ static long long total(const sb_status_t *st, const char *field)
     return json_is_integer(v) ? (long long)json_integer_value(v) : 0;
 }
 
-char *sb_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len)
+char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len)
 {
     sb_prom_t o;
     sb_prom_init(&o);
@@ -74,7 +74,7 @@ char *sb_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t *len)
                   "1 while this admin holds the reconcile lease (one admin reconciles at a time).",
                   a->lease_held);
     sb_prom_gauge(&o, "switchboard_admin_redis_up", "1 while this admin's Redis connection works.",
-                  sb_admin_ready(a));
+                  sb_lease_redis_ready(a));
     sb_prom_printf(
         &o,
         "# HELP switchboard_build_info Build of this process.\n"

@@ -3,7 +3,9 @@
  * list of live nodes with their leases for mesh-status, metrics and the pass. Does not reap
  * sockets itself or look at rooms. */
 #include "admin.h"
+#include "keys.h"
 #include "log.h"
+#include "scan.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +13,7 @@
 
 typedef struct {
     sb_admin_t *a;
-    char nodes_key[160];
-    char cursor[32];
+    sb_scan_t index; /* P:nodes */
     sb_nodes_t *out;
     sb_map_t seen; /* SSCAN may return an id twice */
     char **batch;  /* ids of the current batch (owned) */
@@ -63,8 +64,11 @@ static int add_live(sb_nodes_t *o, const char *id, json_t *lease)
         o->v = v;
         o->cap = cap;
     }
-    o->v[o->n].id = strdup(id);
-    o->v[o->n].lease = lease;
+    char *copy = strdup(id);
+    if (!copy)
+        return -1;
+    o->v[o->n].id = copy;
+    o->v[o->n].lease = lease; /* stolen */
     o->n++;
     return 0;
 }
@@ -74,7 +78,7 @@ static int scan_next(walk_t *w);
 static void after_batch(walk_t *w)
 {
     clear_batch(w);
-    if (strcmp(w->cursor, "0") == 0) {
+    if (sb_scan_done(&w->index)) {
         finish(w, NULL);
         return;
     }
@@ -127,7 +131,11 @@ static void on_leases(redisReply *reply, const char *error, void *data)
         const redisReply *e = reply->element[i];
         if (e->type == REDIS_REPLY_STRING) {
             json_t *lease = json_loadb(e->str, e->len, 0, NULL);
-            add_live(w->out, w->batch[i], lease);
+            if (add_live(w->out, w->batch[i], lease) != 0) {
+                json_decref(lease);
+                finish(w, "out of memory");
+                return;
+            }
         } else {
             w->lapsed[w->nlapsed++] = w->batch[i];
         }
@@ -135,18 +143,14 @@ static void on_leases(redisReply *reply, const char *error, void *data)
     reap_next(w);
 }
 
-static void on_scan(redisReply *reply, const char *error, void *data)
+static void on_scan(const redisReply *items, const char *error, void *data)
 {
     walk_t *w = data;
     sb_admin_t *a = w->a;
-    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_ARRAY) {
-        finish(w, error ? error : "bad SSCAN reply");
+    if (error) {
+        finish(w, error);
         return;
     }
-    snprintf(w->cursor, sizeof w->cursor, "%s", reply->element[0]->str);
-    const redisReply *items = reply->element[1];
     w->batch = calloc(items->elements + 1, sizeof(char *));
     if (!w->batch) {
         finish(w, "out of memory");
@@ -164,8 +168,13 @@ static void on_scan(redisReply *reply, const char *error, void *data)
         }
         if (sb_map_get(&w->seen, e->str))
             continue;
-        sb_map_put(&w->seen, e->str, w);
-        w->batch[w->nbatch++] = strdup(e->str);
+        char *id = strdup(e->str);
+        if (!id || sb_map_put(&w->seen, e->str, w) != 0) {
+            free(id);
+            finish(w, "out of memory");
+            return;
+        }
+        w->batch[w->nbatch++] = id;
     }
     if (w->nbatch == 0) {
         after_batch(w);
@@ -173,17 +182,18 @@ static void on_scan(redisReply *reply, const char *error, void *data)
     }
     /* One MGET for the batch's leases: bounded by the SSCAN COUNT. */
     const char **argv = calloc((size_t)w->nbatch + 1, sizeof(char *));
-    char(*keys)[160] = calloc((size_t)w->nbatch, sizeof *keys);
+    char(*keys)[SB_KEY_MAX] = calloc((size_t)w->nbatch, sizeof *keys);
     int rc = SB_ENOMEM;
     if (argv && keys) {
         argv[0] = "MGET";
-        for (int i = 0; i < w->nbatch; i++) {
-            char suffix[128];
-            snprintf(suffix, sizeof suffix, "node:%s", w->batch[i]);
-            sb_admin_key(a, suffix, keys[i], sizeof keys[i]);
+        rc = 0;
+        for (int i = 0; i < w->nbatch && rc == 0; i++) {
+            if (sb_key_node_lease(keys[i], sizeof keys[i], a->cfg.prefix, w->batch[i]) < 0)
+                rc = SB_EINVAL;
             argv[i + 1] = keys[i];
         }
-        rc = sb_redis_argv(a->redis, on_leases, w, w->nbatch + 1, argv, NULL);
+        if (rc == 0)
+            rc = sb_redis_argv(a->redis, on_leases, w, w->nbatch + 1, argv, NULL);
     }
     free(argv);
     free(keys);
@@ -193,8 +203,7 @@ static void on_scan(redisReply *reply, const char *error, void *data)
 
 static int scan_next(walk_t *w)
 {
-    const char *argv[] = {"SSCAN", w->nodes_key, w->cursor, "COUNT", SB_SCAN_COUNT};
-    return sb_redis_argv(w->a->redis, on_scan, w, 5, argv, NULL);
+    return sb_scan_next(&w->index, on_scan, w);
 }
 
 int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data)
@@ -210,10 +219,12 @@ int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data)
     w->a = a;
     w->cb = cb;
     w->data = data;
-    sb_admin_key(a, "nodes", w->nodes_key, sizeof w->nodes_key);
-    strcpy(w->cursor, "0");
+    char key[SB_KEY_MAX];
     sb_map_init(&w->seen);
-    int rc = scan_next(w);
+    int rc = SB_EINVAL;
+    if (sb_key_global(key, sizeof key, a->cfg.prefix, "nodes") >= 0 &&
+        sb_scan_init(&w->index, a->redis, key) == 0)
+        rc = scan_next(w);
     if (rc != 0) {
         sb_map_free(&w->seen);
         free(w->out);

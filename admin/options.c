@@ -1,4 +1,4 @@
-/* The admin's option table (contract section 1) and the token: read from --token-file
+/* The admin's option table (docs/configuration.md) and the token: read from --token-file
  * (SWITCHBOARD_ADMIN_TOKEN_FILE), else from SWITCHBOARD_ADMIN_TOKEN. Without a usable token the
  * admin does not start. Does not check the token of a request (auth.c). */
 #include "admin.h"
@@ -34,7 +34,7 @@ static const sb_option_t admin_options[] = {
     {0},
 };
 
-/* One line naming the option, exit status 2 (contract section 1). */
+/* One line naming the option, exit status 2 (docs/configuration.md). */
 static int bad(const char *line)
 {
     fprintf(stderr, "switchboard-admin: %s\n", line);

@@ -6,7 +6,9 @@
  * one run gets "ok" for a socket, so the counts stay exact. Does not decide which nodes are
  * dead (nodes.c) or sweep rooms (reconcile.c). */
 #include "admin.h"
+#include "keys.h"
 #include "log.h"
+#include "scan.h"
 #include "scripts.h"
 
 #include <stdio.h>
@@ -46,8 +48,9 @@ static void on_socket_removed(redisReply *reply, const char *error, void *data)
 int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
                    const char *node, sb_reap_socket_cb cb, void *data)
 {
-    char key[512];
-    sb_admin_room_key(a, room, rlen, key, sizeof key);
+    char key[SB_KEY_MAX];
+    if (sb_key_room_n(key, sizeof key, a->cfg.prefix, room, rlen, "members") < 0)
+        return SB_EINVAL;
     sock_t *s = malloc(sizeof *s);
     if (!s)
         return SB_ENOMEM;
@@ -77,8 +80,7 @@ typedef struct waiter {
 typedef struct {
     sb_admin_t *a;
     char node[96];
-    char index_key[192];
-    char cursor[32];
+    sb_scan_t index; /* P:node:N:sockets */
     waiter_t *waiters;
     sb_reap_result_t res;
     int pending; /* room_remove calls of this batch in flight, +1 while issuing */
@@ -139,7 +141,7 @@ static void batch_complete(reap_t *r)
         finish(r, r->error);
         return;
     }
-    if (strcmp(r->cursor, "0") != 0) {
+    if (!sb_scan_done(&r->index)) {
         if (scan_next(r) != 0)
             finish(r, "unavailable");
         return;
@@ -165,18 +167,14 @@ static void on_socket(sb_admin_t *a, int status, int64_t links, void *data)
         batch_complete(r);
 }
 
-static void on_scan(redisReply *reply, const char *error, void *data)
+static void on_scan(const redisReply *items, const char *error, void *data)
 {
     reap_t *r = data;
     sb_admin_t *a = r->a;
-    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_ARRAY) {
-        finish(r, error ? error : "bad SSCAN reply");
+    if (error) {
+        finish(r, error);
         return;
     }
-    snprintf(r->cursor, sizeof r->cursor, "%s", reply->element[0]->str);
-    const redisReply *items = reply->element[1];
     r->pending = 1; /* guard: the batch cannot complete while we are still issuing it */
     for (size_t i = 0; i < items->elements; i++) {
         const redisReply *e = items->element[i];
@@ -187,8 +185,8 @@ static void on_scan(redisReply *reply, const char *error, void *data)
             /* Not "R S": no script wrote it and none can remove it; drop it so the index can
              * drain and node_forget can succeed. */
             sb_warn("reap: dropping malformed index entry of node %s", r->node);
-            const char *argv[] = {"SREM", r->index_key, e->str};
-            size_t lens[] = {4, strlen(r->index_key), e->len};
+            const char *argv[] = {"SREM", r->index.key, e->str};
+            size_t lens[] = {4, strlen(r->index.key), e->len};
             sb_redis_argv(a->redis, NULL, NULL, 3, argv, lens);
             continue;
         }
@@ -207,8 +205,7 @@ static void on_scan(redisReply *reply, const char *error, void *data)
 
 static int scan_next(reap_t *r)
 {
-    const char *argv[] = {"SSCAN", r->index_key, r->cursor, "COUNT", SB_SCAN_COUNT};
-    return sb_redis_argv(r->a->redis, on_scan, r, 5, argv, NULL);
+    return sb_scan_next(&r->index, on_scan, r);
 }
 
 int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data)
@@ -233,18 +230,21 @@ int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data)
     }
     r->a = a;
     snprintf(r->node, sizeof r->node, "%s", node);
-    char suffix[160];
-    snprintf(suffix, sizeof suffix, "node:%s:sockets", node);
-    sb_admin_key(a, suffix, r->index_key, sizeof r->index_key);
-    strcpy(r->cursor, "0");
-    int rc = scan_next(r);
+    char key[SB_KEY_MAX];
+    int rc = SB_EINVAL;
+    if (sb_key_node_sockets(key, sizeof key, a->cfg.prefix, node) >= 0 &&
+        sb_scan_init(&r->index, a->redis, key) == 0)
+        rc = scan_next(r);
     if (rc != 0) {
         free(r);
         free(w);
         return rc;
     }
     r->waiters = w;
-    sb_map_put(&a->reaping, r->node, r);
+    /* Without the map entry (out of memory) a second caller starts its own reap of the node:
+     * harmless, since room_remove and node_forget re-check everything inside themselves. */
+    if (sb_map_put(&a->reaping, r->node, r) != 0)
+        sb_warn("reap of node %s: not joinable (out of memory)", r->node);
     sb_debug("reaping node %s: its lease lapsed", node);
     return 0;
 }

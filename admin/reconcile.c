@@ -1,26 +1,20 @@
-/* The reconcile pass and its schedule. A pass: (1) walks the node index and reaps every node
- * whose lease lapsed (nodes.c, reap.c); (2) sweeps P:rooms with SSCAN of bounded COUNT, runs
- * room_check on each room of a batch (it repairs the room's figures, half links, degrees and
- * node counts, and returns the members without presence), and reaps those members with
- * room_remove "expired"; (3) runs stats_check while P:rooms is small enough; (4) records the
- * result in P:admin:last, P:admin:totals and, when something changed, the activity log.
- * Only one batch is in flight at a time, so no Redis call is long and the loop stays free.
- * The schedule: the reconcile lease (admin_lock.lua) is taken or renewed every interval / 4
- * (at most every second) with a TTL of 2/3 interval, so a survivor takes over within one interval
- * of the holder's death; the holder starts a pass every interval (pass timer), and at once on a
- * takeover. Correctness never rests on the lease: every reap re-checks presence inside its script.
- * Does not serve HTTP or read figures for it. */
+/* The reconcile pass. A pass: (1) walks the node index and reaps every node whose lease lapsed
+ * (nodes.c, reap.c); (2) sweeps P:rooms with SSCAN of bounded COUNT (scan.c), runs room_check on
+ * each room of a batch (it repairs the room's figures, half links, degrees and node counts, and
+ * returns the members without presence), and reaps those members with room_remove "expired";
+ * (3) runs stats_check while P:rooms is small enough; (4) records the result in P:admin:last,
+ * P:admin:totals and, when something changed, the activity log. Only one batch is in flight at
+ * a time, so no Redis call is long and the loop stays free. Concurrent callers share one pass.
+ * Does not decide when passes run (lease.c) or serve HTTP. */
 #include "admin.h"
+#include "keys.h"
 #include "log.h"
+#include "scan.h"
 #include "scripts.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-const char *const sb_violation_names[SB_VIOL__COUNT] = {"counter", "half-link", "degree"};
-const char *const sb_violation_totals[SB_VIOL__COUNT] = {
-    "violations_counter", "violations_half_link", "violations_degree"};
 
 typedef struct pwaiter {
     struct pwaiter *next;
@@ -34,8 +28,7 @@ struct sb_pass {
     sb_pass_result_t res;
     uint64_t started_ns; /* uv_hrtime() at the start */
     int by_lease;        /* started while this admin held the lease: may log node-up */
-    char rooms_key[160];
-    char cursor[32];
+    sb_scan_t rooms;     /* P:rooms */
     int pending; /* room_check and reap calls of this batch in flight, +1 while issuing */
     int64_t batch_sockets, batch_links;
     const char *error;
@@ -45,25 +38,6 @@ typedef struct {
     sb_pass_t *p;
     char room[80];
 } check_t;
-
-static int64_t lease_ttl_ms(const sb_admin_t *a)
-{
-    int64_t ttl = a->cfg.reconcile_interval_ms * 2 / 3;
-    return ttl < 50 ? 50 : ttl;
-}
-
-static int valid_room(const char *s, size_t len)
-{
-    if (len == 0 || len > 64 || strlen(s) != len)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
 
 json_t *sb_pass_json(const sb_pass_result_t *r)
 {
@@ -93,9 +67,8 @@ static void record(sb_pass_t *p)
     json_t *j = sb_pass_json(r);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    char key[160];
-    sb_admin_key(a, "admin:last", key, sizeof key);
-    if (text) {
+    char key[SB_KEY_MAX];
+    if (text && sb_key_global(key, sizeof key, a->cfg.prefix, "admin:last") >= 0) {
         const char *argv[] = {"SET", key, text};
         sb_redis_argv(a->redis, NULL, NULL, 3, argv, NULL);
         free(text);
@@ -139,7 +112,7 @@ static void finish(sb_pass_t *p, const char *error)
     if (a->pass == p)
         a->pass = NULL;
     if (!error) {
-        sb_metrics_observe_pass(a, seconds);
+        sb_admin_metrics_observe_pass(a, seconds);
         record(p);
     } else if (!a->stopping) {
         sb_warn("reconcile pass failed: %s", error);
@@ -170,8 +143,8 @@ static void on_figures(redisReply *reply, const char *error, void *data)
 
 static void read_figures(sb_pass_t *p)
 {
-    char key[160];
-    sb_admin_key(p->a, "stats", key, sizeof key);
+    char key[SB_KEY_MAX];
+    sb_key_global(key, sizeof key, p->a->cfg.prefix, "stats"); /* shorter than P:rooms' walk */
     const char *argv[] = {"HMGET", key, "links", "members"};
     if (sb_redis_argv(p->a->redis, on_figures, p, 4, argv, NULL) != 0)
         finish(p, "unavailable");
@@ -215,7 +188,7 @@ static void on_rooms_count(redisReply *reply, const char *error, void *data)
 
 static void check_stats(sb_pass_t *p)
 {
-    const char *argv[] = {"SCARD", p->rooms_key};
+    const char *argv[] = {"SCARD", p->rooms.key};
     if (sb_redis_argv(p->a->redis, on_rooms_count, p, 2, argv, NULL) != 0)
         finish(p, "unavailable");
 }
@@ -233,7 +206,7 @@ static void batch_complete(sb_pass_t *p)
         finish(p, p->error);
         return;
     }
-    if (strcmp(p->cursor, "0") == 0) {
+    if (sb_scan_done(&p->rooms)) {
         check_stats(p);
         return;
     }
@@ -301,25 +274,21 @@ static void on_checked(redisReply *reply, const char *error, void *data)
     settle(p);
 }
 
-static void on_rooms(redisReply *reply, const char *error, void *data)
+static void on_rooms(const redisReply *items, const char *error, void *data)
 {
     sb_pass_t *p = data;
     sb_admin_t *a = p->a;
-    if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_ARRAY) {
-        finish(p, error ? error : "bad SSCAN reply");
+    if (error) {
+        finish(p, error);
         return;
     }
-    snprintf(p->cursor, sizeof p->cursor, "%s", reply->element[0]->str);
-    const redisReply *items = reply->element[1];
     p->pending = 1; /* guard: the batch cannot complete while it is being issued */
     for (size_t i = 0; i < items->elements && !p->error; i++) {
         const redisReply *e = items->element[i];
         if (e->type != REDIS_REPLY_STRING)
             continue;
-        if (!valid_room(e->str, e->len)) {
-            sb_warn("reconcile: ignoring an invalid room name in %s", p->rooms_key);
+        if (!sb_valid_room_n(e->str, e->len)) {
+            sb_warn("reconcile: ignoring an invalid room name in %s", p->rooms.key);
             continue;
         }
         check_t *c = malloc(sizeof *c);
@@ -329,8 +298,8 @@ static void on_rooms(redisReply *reply, const char *error, void *data)
         }
         c->p = p;
         memcpy(c->room, e->str, e->len + 1);
-        char key[512];
-        sb_admin_room_key(a, c->room, e->len, key, sizeof key);
+        char key[SB_KEY_MAX];
+        sb_key_room_n(key, sizeof key, a->cfg.prefix, c->room, e->len, "members"); /* valid */
         const char *args[] = {key, a->cfg.prefix, c->room};
         p->pending++;
         if (sb_script_call(a->redis, sb_script("room_check"), 1, 3, args, NULL, on_checked, c) !=
@@ -345,8 +314,7 @@ static void on_rooms(redisReply *reply, const char *error, void *data)
 
 static int scan_rooms(sb_pass_t *p)
 {
-    const char *argv[] = {"SSCAN", p->rooms_key, p->cursor, "COUNT", SB_SCAN_COUNT};
-    return sb_redis_argv(p->a->redis, on_rooms, p, 5, argv, NULL);
+    return sb_scan_next(&p->rooms, on_rooms, p);
 }
 
 /* ---- (1) dead nodes ------------------------------------------------------------------------ */
@@ -393,7 +361,6 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
         finish(p, error);
         return;
     }
-    strcpy(p->cursor, "0");
     if (scan_rooms(p) != 0)
         finish(p, "unavailable");
 }
@@ -431,8 +398,11 @@ int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
     p->by_lease = a->lease_held;
     p->res.at_ms = sb_now_ms();
     p->started_ns = uv_hrtime();
-    sb_admin_key(a, "rooms", p->rooms_key, sizeof p->rooms_key);
-    int rc = sb_nodes_walk(a, on_nodes, p);
+    char key[SB_KEY_MAX];
+    int rc = SB_EINVAL;
+    if (sb_key_global(key, sizeof key, a->cfg.prefix, "rooms") >= 0 &&
+        sb_scan_init(&p->rooms, a->redis, key) == 0)
+        rc = sb_nodes_walk(a, on_nodes, p);
     if (rc != 0) {
         free(p);
         free(w);
@@ -440,64 +410,4 @@ int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
     }
     a->pass = p;
     return 0;
-}
-
-/* ---- the lease and the schedule ------------------------------------------------------------ */
-
-static void on_lock(redisReply *reply, const char *error, void *data)
-{
-    sb_admin_t *a = data;
-    a->lease_pending = 0;
-    if (a->stopping)
-        return;
-    int held = !error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
-    if (!error && sb_reply_is_error(reply))
-        sb_error("admin_lock refused: %s", reply->str);
-    if (held && !a->lease_held) {
-        sb_info("reconcile lease taken (%s)", a->holder);
-    } else if (!held && a->lease_held) {
-        sb_info("reconcile lease lost: %s", error ? error : "another admin holds it");
-        /* The node list is learnt again after the next takeover (no duplicate node-up). */
-        a->nodes_primed = 0;
-    }
-    int taken = held && !a->lease_held;
-    a->lease_held = held;
-    /* A takeover reconciles at once; after that the pass timer keeps the interval. */
-    if (taken)
-        sb_reconcile_periodic(a);
-}
-
-void sb_reconcile_periodic(sb_admin_t *a)
-{
-    if (a->stopping || !a->lease_held || a->pass)
-        return;
-    if (sb_reconcile_run(a, NULL, NULL) != 0)
-        sb_debug("reconcile: cannot start a pass now");
-}
-
-void sb_reconcile_tick(sb_admin_t *a)
-{
-    if (a->stopping)
-        return;
-    if (!sb_redis_up(a->redis)) {
-        if (a->lease_held)
-            sb_info("reconcile lease: Redis unreachable; not reconciling");
-        a->lease_held = 0;
-        a->nodes_primed = 0;
-        return;
-    }
-    if (a->lease_pending)
-        return;
-    char ttl[32];
-    snprintf(ttl, sizeof ttl, "%lld", (long long)lease_ttl_ms(a));
-    const char *args[] = {a->cfg.prefix, a->holder, ttl};
-    if (sb_script_call(a->redis, sb_script("admin_lock"), 0, 3, args, NULL, on_lock, a) == 0)
-        a->lease_pending = 1;
-}
-
-void sb_reconcile_stop(sb_admin_t *a)
-{
-    /* Nothing to cancel here: closing the Redis client fails every call in flight, which ends
-     * the pass (and answers its waiters) through the usual error path. */
-    (void)a;
 }

@@ -4,6 +4,7 @@
  * the maintained counters keeps this O(nodes) whatever the number of rooms and sockets. Does
  * not repair rooms (reconcile.c). */
 #include "admin.h"
+#include "keys.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -19,9 +20,6 @@ typedef struct {
     sb_status_cb cb;
     void *data;
 } collect_t;
-
-static const char *const totals_fields[] = {"stale_sockets_removed", "stale_links_removed",
-                                            "reconcile_runs", "violations_repaired"};
 
 static void done(collect_t *c)
 {
@@ -76,28 +74,7 @@ static void on_last(redisReply *reply, const char *error, void *data)
 static void on_totals(redisReply *reply, const char *error, void *data)
 {
     collect_t *c = data;
-    json_t *t = json_object();
-    for (size_t i = 0; i < sizeof totals_fields / sizeof totals_fields[0]; i++)
-        json_object_set_new(t, totals_fields[i], json_integer(0));
-    json_t *kinds = json_object();
-    for (int k = 0; k < SB_VIOL__COUNT; k++)
-        json_object_set_new(kinds, sb_violation_names[k], json_integer(0));
-    if (!failed(c, reply, error) && reply->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
-            const char *f = sb_reply_str(reply, i, NULL);
-            long long v = sb_reply_int(reply, i + 1, 0);
-            if (!f)
-                continue;
-            for (size_t j = 0; j < sizeof totals_fields / sizeof totals_fields[0]; j++)
-                if (strcmp(f, totals_fields[j]) == 0)
-                    json_object_set_new(t, totals_fields[j], json_integer(v));
-            for (int k = 0; k < SB_VIOL__COUNT; k++)
-                if (strcmp(f, sb_violation_totals[k]) == 0)
-                    json_object_set_new(kinds, sb_violation_names[k], json_integer(v));
-        }
-    }
-    json_object_set_new(t, "violations_by_kind", kinds);
-    c->st.totals = t;
+    c->st.totals = sb_totals_from_reply(failed(c, reply, error) ? NULL : reply);
     settle(c);
 }
 
@@ -119,11 +96,12 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
         done(c);
         return;
     }
-    char stats[160], last[160], totals[160], events[160], count[24];
-    sb_admin_key(a, "stats", stats, sizeof stats);
-    sb_admin_key(a, "admin:last", last, sizeof last);
-    sb_admin_key(a, "admin:totals", totals, sizeof totals);
-    sb_admin_key(a, "events", events, sizeof events);
+    char stats[SB_KEY_MAX], last[SB_KEY_MAX], totals[SB_KEY_MAX], events[SB_KEY_MAX], count[24];
+    /* The prefix is at most 64 characters: these names always fit. */
+    sb_key_global(stats, sizeof stats, a->cfg.prefix, "stats");
+    sb_key_global(last, sizeof last, a->cfg.prefix, "admin:last");
+    sb_key_global(totals, sizeof totals, a->cfg.prefix, "admin:totals");
+    sb_key_global(events, sizeof events, a->cfg.prefix, "events");
     snprintf(count, sizeof count, "%d", c->events);
     /* Pipelined: replies come in order on the one connection; each settles one count. */
     c->pending = 1;
@@ -210,7 +188,7 @@ json_t *sb_status_json(const sb_status_t *st)
     for (int i = 0; sorted && i < st->nodes.n; i++)
         json_array_append_new(nodes, node_json(&sorted[i], now));
     free(sorted);
-    /* Entries are {id, type, at, data}: the contract's shape, plus the stream id for clients
+    /* Entries are {id, type, at, data}: the documented shape (docs/admin.md), plus the stream id for clients
      * that dedupe. */
     json_t *events = st->events ? json_incref(st->events) : json_array();
     json_t *totals = st->totals ? json_incref(st->totals) : json_object();
