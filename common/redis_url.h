@@ -1,4 +1,5 @@
-/* Parsing of Redis URLs: redis://[user:pass@]host:port[/db] and unix:///path. Pure. */
+/* Parsing of Redis URLs: redis://[user:pass@]host:port[/db], unix:///path, and the Redis
+ * Cluster seed list redis-cluster://[user:pass@]host:port[,host:port...]. Pure. */
 #ifndef SB_REDIS_URL_H
 #define SB_REDIS_URL_H
 
@@ -11,6 +12,14 @@ typedef struct {
     char *user; /* NULL when absent (AUTH pass only) */
     char *pass; /* NULL when absent (no AUTH) */
     int db;     /* SELECT db when > 0 */
+    /* redis-cluster:// only (cluster is 1): the seed nodes, in the URL's order; host and port
+     * above are the first seed's. A cluster has only database 0, so db is always 0. */
+    int cluster;
+    int nseeds;
+    struct sb_redis_seed {
+        char *host; /* IPv6 without brackets */
+        int port;
+    } *seeds;
 } sb_redis_url_t;
 
 /* Parses url into out (strings malloc'd, owned by out; release with sb_redis_url_free, which is

@@ -251,6 +251,20 @@ static void test_bad_redis_url(void **state)
                  NULL);
     expect_error(no_env, ARGV("--redis=redis://h:0"), "--redis", "port", NULL);
     expect_error(ENV("T_REDIS=localhost:6379"), ARGV("--count", "2"), "T_REDIS", "--redis", NULL);
+    expect_error(no_env, ARGV("--redis", "redis-cluster://h:1,h:0"), "--redis", "seed 2", "port",
+                 NULL);
+    expect_error(no_env, ARGV("--redis", "redis-cluster://h:1/2"), "--redis", "database 0", NULL);
+}
+
+static void test_cluster_redis_url(void **state)
+{
+    (void)state;
+    test_cfg_t c;
+    assert_int_equal(
+        parse(&c, no_env, ARGV("--redis", "redis-cluster://u:p@127.0.0.1:7000,[::1]:7001")),
+        SB_CONFIG_OK);
+    assert_string_equal(c.redis, "redis-cluster://u:p@127.0.0.1:7000,[::1]:7001");
+    sb_config_free(table, &c);
 }
 
 static void test_level(void **state)
@@ -434,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_bad_name),
         cmocka_unit_test(test_hostport),
         cmocka_unit_test(test_bad_redis_url),
+        cmocka_unit_test(test_cluster_redis_url),
         cmocka_unit_test(test_level),
         cmocka_unit_test(test_file),
         cmocka_unit_test(test_lists),

@@ -222,6 +222,60 @@ static void test_bad_unix(void **state)
     parse_bad(url, "too long");
 }
 
+static void test_cluster_seeds(void **state)
+{
+    (void)state;
+    sb_redis_url_t u = parse_ok("redis-cluster://127.0.0.1:7000,[::1]:7001,redis-3.internal");
+    assert_int_equal(u.cluster, 1);
+    assert_int_equal(u.nseeds, 3);
+    assert_string_equal(u.seeds[0].host, "127.0.0.1");
+    assert_int_equal(u.seeds[0].port, 7000);
+    assert_string_equal(u.seeds[1].host, "::1");
+    assert_int_equal(u.seeds[1].port, 7001);
+    assert_string_equal(u.seeds[2].host, "redis-3.internal");
+    assert_int_equal(u.seeds[2].port, 6379);
+    /* host/port name the first seed, for logs and for code that wants one address. */
+    assert_string_equal(u.host, "127.0.0.1");
+    assert_int_equal(u.port, 7000);
+    assert_null(u.pass);
+    assert_int_equal(u.db, 0);
+    sb_redis_url_free(&u);
+    assert_null(u.seeds);
+    assert_int_equal(u.nseeds, 0);
+
+    u = parse_ok("redis-cluster://sb%40app:p%2Cw@h1:1");
+    assert_int_equal(u.nseeds, 1);
+    assert_string_equal(u.user, "sb@app");
+    assert_string_equal(u.pass, "p,w"); /* an escaped ',' in the password is no separator */
+    assert_string_equal(u.seeds[0].host, "h1");
+    sb_redis_url_free(&u);
+
+    u = parse_ok("redis-cluster://secret@h1:1,h2:2/0");
+    assert_null(u.user);
+    assert_string_equal(u.pass, "secret");
+    assert_int_equal(u.nseeds, 2);
+    sb_redis_url_free(&u);
+
+    /* Single-instance URLs are not clusters. */
+    u = parse_ok("redis://h:1");
+    assert_int_equal(u.cluster, 0);
+    assert_int_equal(u.nseeds, 0);
+    sb_redis_url_free(&u);
+}
+
+static void test_bad_cluster(void **state)
+{
+    (void)state;
+    parse_bad("redis-cluster://", "seed 1: missing host");
+    parse_bad("redis-cluster://h:1,", "seed 2: missing host");
+    parse_bad("redis-cluster://h:1,,h:2", "seed 2: missing host");
+    parse_bad("redis-cluster://h:1,h:0", "seed 2: port");
+    parse_bad("redis-cluster://h:1,[::1:2", "seed 2: unterminated");
+    parse_bad("redis-cluster://h:1,h!:2", "seed 2: bad character");
+    parse_bad("redis-cluster://h:1/3", "only database 0");
+    parse_bad("redis-clusters://h:1", "redis-cluster://");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -239,6 +293,8 @@ int main(void)
         cmocka_unit_test(test_bad_db),
         cmocka_unit_test(test_bad_escapes),
         cmocka_unit_test(test_bad_unix),
+        cmocka_unit_test(test_cluster_seeds),
+        cmocka_unit_test(test_bad_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
