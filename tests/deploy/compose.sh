@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# docker-compose.yml brought up by a real container engine, and tested through its published
+# ports. Debian's docker.io (dockerd 20.10) and docker-compose 1.29, with a daemon of our own:
+#
+#   tests/deploy/compose.sh setup    install the engine, compose and mmdebstrap (idempotent)
+#   tests/deploy/compose.sh images   debian:12, redis:7, haproxy:2.6 (pulled, or built offline:
+#                                    see below) and switchboard-node/admin from deploy/Dockerfile
+#   tests/deploy/compose.sh up       the stack, inside network namespace $SB_COMPOSE_NETNS
+#   tests/deploy/compose.sh test     tests/deploy/compose_stack.py against it (ends with down)
+#   tests/deploy/compose.sh down     compose down, stop our dockerd, delete the namespace
+#   tests/deploy/compose.sh all      all of the above in order, down even after a failure
+#
+# Isolation: our dockerd has its own --data-root (the image cache, kept between runs),
+# --exec-root, socket, pid file and config, so it neither uses nor disturbs another engine on
+# the machine. Containers run only under a dockerd started inside a network namespace this
+# script creates: every bridge, NAT rule, container address and published port lives there,
+# none in the host's namespace; the tests run inside it and reach the published ports on its
+# loopback. Building needs the Debian mirror, so images are built by the same dockerd started
+# briefly in the host namespace with no bridge and no iptables rules (`--bridge=none
+# --iptables=false`), every build step on the host network, like apt-get on the host.
+#
+# Images that cannot be pulled (no registry here) are made: debian:12 by mmdebstrap from the
+# mirror in this machine's apt sources, then stand-ins for redis:7 and haproxy:2.6 from
+# deploy/images/. Where a pull works, nothing is built but our own two images.
+#
+# Cost on 2 cores: cold (empty cache) about 4-5 min, warm about 1.5 min (printed at the end).
+# Everything started is stopped by pid; nothing is left but the image cache in $SB_COMPOSE_DATA.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+NS=${SB_COMPOSE_NETNS:-sbcompose}
+DATA=${SB_COMPOSE_DATA:-/var/lib/switchboard-compose}
+# Short: unix socket paths (containerd's under the exec root) are limited to 108 bytes.
+RUN=${SB_COMPOSE_RUN:-/run/sbcompose}
+PROJECT=${SB_COMPOSE_PROJECT:-sbtest}
+PULL_TIMEOUT=${SB_COMPOSE_PULL_TIMEOUT:-20}
+# The source tree our images are built from (default: this checkout, as `docker compose
+# build` would; e.g. a `git archive` export to test a commit while the tree is being edited).
+SRC=${SB_COMPOSE_SRC:-$ROOT}
+SOCK=$RUN/docker.sock
+PIDFILE=$RUN/dockerd.pid
+# The engine this script installs, by absolute path: another `docker` on PATH (a newer static
+# CLI, say) may not be there on a fresh machine.
+DOCKERD=/usr/sbin/dockerd
+DOCKER=/usr/bin/docker
+COMPOSE=/usr/bin/docker-compose
+PY=/usr/bin/python3
+# Containers may not be granted more open files than the engine itself holds (here 20000):
+# the nodes ask for SB_NOFILE, everything else gets the daemon's default.
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] && hard=1048576
+NOFILE=$((hard < 1048576 ? hard : 1048576))
+
+log() { printf 'compose.sh: %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+docker() { DOCKER_HOST=unix://$SOCK "$DOCKER" "$@"; }
+compose() {
+    DOCKER_HOST=unix://$SOCK COMPOSE_PROJECT_NAME=$PROJECT SB_NOFILE=$NOFILE \
+        SWITCHBOARD_ADMIN_TOKEN=$(cat "$RUN/admin.token") \
+        "$COMPOSE" --env-file "$RUN/compose.env" -f "$ROOT/docker-compose.yml" "$@"
+}
+need_root() { [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, dockerd)"; }
+
+# ---- setup --------------------------------------------------------------------------------
+
+cmd_setup() {
+    local pkgs=(docker.io docker-compose mmdebstrap iptables iproute2 util-linux curl
+                python3-pytest python3-websockets python3-redis) missing=() p
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo=sudo
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -q \
+            --no-install-recommends "${missing[@]}"
+    fi
+    for p in "$DOCKERD" "$DOCKER" "$COMPOSE" /usr/bin/mmdebstrap; do
+        [ -x "$p" ] || die "$p missing after setup"
+    done
+}
+
+# ---- our dockerd --------------------------------------------------------------------------
+
+# start_engine host|netns: our dockerd, in the host namespace without any network of its own
+# (for builds) or inside $NS (to run the stack). One at a time: they share the data root.
+start_engine() {
+    need_root
+    stop_engine
+    mkdir -p "$RUN" "$DATA"
+    echo '{}' > "$RUN/daemon.json"
+    local args=(--data-root "$DATA" --exec-root "$RUN/exec" -H "unix://$SOCK"
+                --pidfile "$PIDFILE" --config-file "$RUN/daemon.json"
+                --default-ulimit "nofile=$NOFILE:$NOFILE" --ip6tables=false
+                --log-driver json-file --log-opt max-size=10m)
+    # dockerd finds containerd, runc and docker-proxy on PATH: Debian's, not /usr/local's.
+    local path=/usr/sbin:/usr/bin:/sbin:/bin
+    if [ "$1" = host ]; then
+        args+=(--bridge=none --iptables=false --ip-masq=false)
+        env PATH=$path setsid "$DOCKERD" "${args[@]}" \
+            > "$RUN/dockerd-host.log" 2>&1 < /dev/null &
+    else
+        # nsenter, not `ip netns exec`: that also remounts /sys for the namespace, which
+        # hides the cgroup hierarchies under /sys/fs/cgroup from dockerd.
+        env PATH=$path setsid nsenter --net="/run/netns/$NS" "$DOCKERD" "${args[@]}" \
+            > "$RUN/dockerd-netns.log" 2>&1 < /dev/null &
+    fi
+    echo $! > "$RUN/dockerd.launch"
+    local i
+    for i in $(seq 1 300); do
+        if docker version > /dev/null 2>&1; then
+            log "dockerd ($1) up, pid $(cat "$PIDFILE")"
+            return 0
+        fi
+        kill -0 "$(cat "$RUN/dockerd.launch")" 2>/dev/null || break
+        sleep 0.2
+    done
+    tail -n 30 "$RUN/dockerd-$1.log" >&2 || true
+    die "dockerd ($1) did not start"
+}
+
+# Stops the dockerd this script started (by the pid it recorded, only while that pid is still
+# a dockerd), waiting for it and its containerd to exit.
+stop_engine() {
+    local pid
+    for f in "$PIDFILE" "$RUN/dockerd.launch"; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
+        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+            kill -TERM "$pid"
+            local i
+            for i in $(seq 1 150); do
+                [ -d "/proc/$pid" ] || break
+                sleep 0.2
+            done
+            if [ -d "/proc/$pid" ]; then
+                log "dockerd $pid ignored SIGTERM for 30 s: SIGKILL"
+                kill -KILL "$pid"
+            fi
+        fi
+        rm -f "$f"
+    done
+    # dockerd's own containerd exits with it; wait for that too (by its recorded pid).
+    local cpid=$RUN/exec/containerd/containerd.pid
+    if [ -f "$cpid" ]; then
+        pid=$(cat "$cpid")
+        local i
+        for i in $(seq 1 50); do
+            [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = containerd ] || break
+            sleep 0.2
+        done
+    fi
+}
+
+# ---- images -------------------------------------------------------------------------------
+
+have_image() { docker image inspect "$1" > /dev/null 2>&1; }
+
+try_pull() {
+    [ "${SB_COMPOSE_PULL:-1}" = 1 ] || return 1
+    log "pulling $1 (at most ${PULL_TIMEOUT}s)"
+    timeout "$PULL_TIMEOUT" "$DOCKER" -H "unix://$SOCK" pull -q "$1" > /dev/null 2>&1
+}
+
+# The mirror lines of this machine's Debian archives, from apt's own view of its sources
+# (works for sources.list and deb822 .sources alike): "deb URI SUITE main" per Debian suite.
+debian_sources() {
+    apt-cache policy | awk '
+        /^ *[0-9]+ [a-z]+:\/\// { uri = $2; split($3, sc, "/"); suite = sc[1]; comp = sc[2]; next }
+        /^ +release / && uri != "" {
+            if ($0 ~ /o=Debian,/ && comp == "main") print "deb " uri " " suite " main"
+            uri = ""
+        }' | sort -u
+}
+
+base_image() {
+    if have_image debian:12; then return 0; fi
+    if try_pull debian:12; then
+        try_pull debian:12-slim || docker tag debian:12 debian:12-slim
+        return 0
+    fi
+    local tarball=$DATA/debian12-minbase sources
+    mapfile -t sources < <(debian_sources)
+    [ ${#sources[@]} -gt 0 ] || die "no Debian mirror found in apt's sources"
+    log "building debian:12 with mmdebstrap from: ${sources[*]}"
+    # Valid-Until off: a snapshot mirror's Release files have expired dates.
+    mmdebstrap --variant=minbase --aptopt='Acquire::Check-Valid-Until "false"' \
+        bookworm "$tarball.part.tar" "${sources[@]}" > "$RUN/mmdebstrap.log" 2>&1 \
+        || { tail -n 20 "$RUN/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
+    docker import -c 'CMD ["bash"]' "$tarball.part.tar" debian:12 > /dev/null
+    rm -f "$tarball.part.tar"
+}
+
+# stand_in TAG DIR: TAG pulled, or built from deploy/images/DIR. A stand-in built from an
+# older DIR (its label records a hash of DIR) is rebuilt.
+stand_in() {
+    local tag=$1 dir=$ROOT/deploy/images/$2 sum label
+    sum=$(cd "$dir" && cat ./* | sha256sum | cut -c1-16)
+    if have_image "$tag"; then
+        label=$(docker image inspect -f '{{index .Config.Labels "org.switchboard.stand-in"}}' "$tag")
+        [ -z "$label" ] || [ "$label" = "$sum" ] && return 0
+    elif try_pull "$tag"; then
+        return 0
+    fi
+    log "building the stand-in $tag from deploy/images/$2"
+    DOCKER_BUILDKIT=0 docker build -q --network host --label "org.switchboard.stand-in=$sum" \
+        -t "$tag" "$dir" > /dev/null
+}
+
+cmd_images() {
+    local t0=$SECONDS prev
+    prev=$(trap -p EXIT)
+    start_engine host
+    trap stop_engine EXIT
+    base_image
+    have_image debian:12-slim || docker tag debian:12 debian:12-slim
+    stand_in redis:7 redis
+    stand_in haproxy:2.6 haproxy
+    # Our images from the context BuildKit would send (deploy/Dockerfile.dockerignore), with the
+    # legacy builder: no registry needed. The layer cache makes a warm rebuild seconds.
+    local target
+    for target in node admin; do
+        log "building switchboard-$target:latest"
+        "$PY" "$ROOT/tests/deploy/build_context.py" "$SRC" "$SRC/deploy/Dockerfile.dockerignore" \
+            | DOCKER_BUILDKIT=0 docker build -q --network host -f deploy/Dockerfile \
+                --target "$target" -t "switchboard-$target:latest" - > /dev/null \
+            || die "building switchboard-$target failed"
+    done
+    # Dangling layers of earlier builds would fill the cache over many runs.
+    docker image prune -f > /dev/null
+    stop_engine
+    eval "${prev:-trap - EXIT}"
+    log "images ready in $((SECONDS - t0)) s"
+}
+
+# ---- the stack ----------------------------------------------------------------------------
+
+cmd_up() {
+    local t0=$SECONDS
+    need_root
+    ip netns list | grep -qw "^$NS" || ip netns add "$NS"
+    ip -n "$NS" link set lo up
+    start_engine netns
+    for img in debian:12 redis:7 haproxy:2.6 switchboard-node:latest switchboard-admin:latest; do
+        have_image "$img" || die "image $img missing: run $0 images first"
+    done
+    # What compose reads besides the environment: nothing from the user's ./.env.
+    : > "$RUN/compose.env"
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$RUN/admin.token")
+    docker volume ls -q | sort > "$RUN/volumes.before"
+    log "compose up (project $PROJECT, SB_NOFILE=$NOFILE)"
+    compose up -d --no-build || { compose logs --tail 30 >&2 || true; die "compose up failed"; }
+    # up -d waits for the dependencies' health, not for the last service's (the LB): wait here.
+    local i names unhealthy
+    for i in $(seq 1 120); do
+        names=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT")
+        unhealthy=$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' \
+            $names | grep -v ' healthy$' || true)
+        if [ -z "$unhealthy" ] && [ "$(echo "$names" | wc -w)" -eq 6 ]; then
+            log "stack healthy in $((SECONDS - t0)) s"
+            return 0
+        fi
+        sleep 1
+    done
+    compose ps >&2 || true
+    compose logs --tail 30 >&2 || true
+    die "stack not healthy after 120 s: $unhealthy"
+}
+
+cmd_test() {
+    need_root
+    [ -S "$SOCK" ] || die "no stack: run $0 up first"
+    # The test client runs inside the namespace: the published ports are on its loopback.
+    nsenter --net="/run/netns/$NS" env DOCKER_HOST="unix://$SOCK" SB_DOCKER="$DOCKER" \
+        SB_COMPOSE="$COMPOSE" SB_COMPOSE_ENV_FILE="$RUN/compose.env" \
+        COMPOSE_PROJECT_NAME="$PROJECT" SB_NOFILE="$NOFILE" \
+        SWITCHBOARD_ADMIN_TOKEN="$(cat "$RUN/admin.token")" \
+        SB_COMPOSE_VOLUMES_BEFORE="$RUN/volumes.before" \
+        "$PY" -m pytest -q -s -p no:cacheprovider "$ROOT/tests/deploy/compose_stack.py" \
+        ${SB_COMPOSE_JUNIT:+--junitxml="$SB_COMPOSE_JUNIT"}
+}
+
+cmd_down() {
+    need_root
+    if [ -S "$SOCK" ] && docker version > /dev/null 2>&1; then
+        [ -f "$RUN/admin.token" ] || echo x > "$RUN/admin.token"
+        [ -f "$RUN/compose.env" ] || : > "$RUN/compose.env"
+        compose down --timeout 20 > /dev/null 2>&1 || log "compose down failed"
+    fi
+    stop_engine
+    # Whatever was left in the namespace goes with it.
+    if ip netns list | grep -qw "^$NS"; then
+        local pids
+        pids=$(ip netns pids "$NS" || true)
+        [ -z "$pids" ] || log "processes left in $NS after stopping dockerd: $pids"
+        ip netns del "$NS"
+    fi
+    rm -f "$RUN/admin.token" "$RUN/compose.env" "$RUN/volumes.before"
+}
+
+cmd_all() {
+    local t0=$SECONDS cold=no
+    need_root
+    [ -d "$DATA" ] || cold=yes
+    cmd_setup
+    trap 'cmd_down' EXIT
+    cmd_images
+    cmd_up
+    cmd_test
+    trap - EXIT
+    cmd_down
+    log "compose suite passed in $((SECONDS - t0)) s (cold cache: $cold; a cold run costs" \
+        "about 4-5 min on 2 cores, a warm one about 1.5 min)"
+}
+
+main() {
+    case "${1:-all}" in
+    setup) cmd_setup ;;
+    images) cmd_images ;;
+    up) cmd_up ;;
+    test) cmd_test ;;
+    down) cmd_down ;;
+    all) cmd_all ;;
+    *) echo "usage: $0 setup|images|up|test|down|all" >&2; exit 2 ;;
+    esac
+}
+
+# One line, read whole before it runs: editing this file while it runs cannot derail it.
+main "$@"; exit $?

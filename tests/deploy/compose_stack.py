@@ -1,0 +1,342 @@
+"""docker-compose.yml running under a real engine, tested through its published ports.
+
+Run by tests/deploy/compose.sh (`test`), inside the network namespace where its dockerd runs,
+after `up`; not collected by the other suites (the name does not start with test_). Clients
+reach the stack only through the load balancer's published port (127.0.0.1:8000) and the
+admin's (127.0.0.1:9090); Redis is read directly at its container address (routable in this
+namespace only) to compute the truth the admin's figures must equal.
+
+01 sockets through the LB land on all three node containers; two clients on different nodes
+   join one room, exchange offer/answer and bring a link up; figures equal the truth
+02 SIGKILL of a node container: its peers on the other nodes get peer-left `expired`, the
+   admin's figures equal the truth, and the node comes back healthy under the same id
+03 the Redis container restarted with its data gone: the nodes re-assert, clients see
+   nothing, figures right, signalling works
+04 compose down: no container, network or new volume of the project is left
+"""
+import asyncio
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+import invariants  # noqa: E402
+from client import Client  # noqa: E402
+
+DOCKER = os.environ.get("SB_DOCKER", "/usr/bin/docker")
+COMPOSE = os.environ.get("SB_COMPOSE", "/usr/bin/docker-compose")
+PROJECT = os.environ["COMPOSE_PROJECT_NAME"]
+TOKEN = os.environ["SWITCHBOARD_ADMIN_TOKEN"]
+LB_PORT = int(os.environ.get("SB_LB_PORT", "8000"))
+ADMIN_PORT = int(os.environ.get("SB_ADMIN_PORT", "9090"))
+WS = f"ws://127.0.0.1:{LB_PORT}/ws"
+ADMIN = f"http://127.0.0.1:{ADMIN_PORT}"
+NODES = {"node1", "node2", "node3"}
+# deploy/cluster.env: presence TTL 15 s, reconcile every 5 s; a dead node's sockets are reaped
+# within about 20 s.
+REAP_S = 45
+
+
+# ---- the engine ---------------------------------------------------------------------------
+
+def docker(*args, check=True, timeout=60):
+    r = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"docker {' '.join(args)}: {r.stderr}"
+    return r.stdout.strip()
+
+
+def compose(*args, timeout=120):
+    cmd = [COMPOSE, "--env-file", os.environ["SB_COMPOSE_ENV_FILE"],
+           "-f", os.path.join(ROOT, "docker-compose.yml"), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{shlex.join(cmd)}:\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def container(service):
+    """The id of the service's container (running or not)."""
+    out = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                 "--filter", f"label=com.docker.compose.service={service}").split()
+    assert len(out) == 1, f"{service}: containers {out}"
+    return out[0]
+
+
+def state(service):
+    fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}"
+    return docker("inspect", "-f", fmt, container(service))
+
+
+def address(service):
+    return docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                  container(service))
+
+
+def wait_for(cond, timeout, msg, step=0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except Exception as e:  # a probe may fail while things settle
+            last = e
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {msg} (last: {last!r})")
+
+
+async def await_for(cond, timeout, msg, step=0.2):
+    """wait_for for a coroutine's loop: the clients' readers keep running meanwhile."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except Exception as e:
+            last = e
+        await asyncio.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {msg} (last: {last!r})")
+
+
+# ---- the stack's state --------------------------------------------------------------------
+
+def redis_client():
+    return redis.Redis(host=address("redis"), port=6379, decode_responses=True,
+                       socket_timeout=3)
+
+
+def mesh():
+    req = urllib.request.Request(ADMIN + "/admin/mesh-status",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=3) as r:
+        return json.loads(r.read())
+
+
+def figures(m):
+    """The admin's figures under invariants.truth's names."""
+    return {"rooms": m["rooms"], "members": m["active_users"], "links": m["p2p_links"],
+            "linked": m["p2p_users"]}
+
+
+def figures_equal_truth(expected=None):
+    """True when the admin's figures equal the truth computed from Redis's sets (and
+    `expected`, when given) and the invariants hold."""
+    r = redis_client()
+    t = invariants.truth(r)
+    f = figures(mesh())
+    if f != t or (expected is not None and t != expected):
+        return False
+    bad = invariants.check(r)
+    assert not bad, "\n".join(bad)
+    return True
+
+
+async def connect_spread(n):
+    """n clients through the LB; asserts that they landed on all three nodes."""
+    clients = [await Client.connect(WS, open_timeout=10) for _ in range(n)]
+    nodes = [c.node for c in clients]
+    assert set(nodes) == NODES, f"clients landed on {nodes}"
+    return clients
+
+
+async def close_all(clients):
+    for c in clients:
+        if c.closed is None:
+            await c.close()
+
+
+async def ring(clients, room):
+    """Every client joins room and links with the next one (a ring); returns the links."""
+    for c in clients:
+        await c.join(room)
+    n = len(clients)
+    links = [(clients[i], clients[(i + 1) % n]) for i in range(n)]
+    for a, b in links:
+        for x, y in ((a, b), (b, a)):
+            ack = await x.request({"type": "link", "peer": y.id, "state": "up"}, timeout=5)
+            assert ack["type"] == "link-ack", ack
+    for a, b in links:
+        await a.expect("link-state", timeout=5, peer=b.id, state="up")
+        await b.expect("link-state", timeout=5, peer=a.id, state="up")
+    return links
+
+
+def restart_wait_healthy(service, timeout=60):
+    wait_for(lambda: state(service) == "running healthy", timeout, f"{service} healthy")
+
+
+@pytest.fixture(autouse=True)
+def stack_healthy():
+    """Every test starts from six healthy containers."""
+    for s in ("redis", "node1", "node2", "node3", "admin", "lb"):
+        restart_wait_healthy(s)
+
+
+# ---- scenarios ----------------------------------------------------------------------------
+
+def test_00_engine_grants_what_compose_asks():
+    nofile = os.environ["SB_NOFILE"]
+    for n in sorted(NODES):
+        assert docker("exec", container(n), "sh", "-c", "ulimit -n") == nofile
+        # read_only and the user from the Dockerfile: the container cannot write its root.
+        r = subprocess.run([DOCKER, "exec", container(n), "touch", "/x"], capture_output=True)
+        assert r.returncode != 0
+        assert docker("exec", container(n), "id", "-u") == "10001"
+    # Only the LB and the admin are published, the admin on loopback only.
+    ports = docker("inspect", "-f", "{{json .HostConfig.PortBindings}}", container("admin"))
+    assert json.loads(ports) == {"9090/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(ADMIN_PORT)}]}
+    for s in ("redis", "node1", "node2", "node3"):
+        assert docker("inspect", "-f", "{{json .HostConfig.PortBindings}}", container(s)) in ("{}", "null")
+    # The LB's health check is the one compose declares, and it passes.
+    hc = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", container("lb")))
+    assert hc[0] == "CMD-SHELL" and "/healthz" in hc[1]
+    # The demo page through the LB; the nodes' private routes are not.
+    with urllib.request.urlopen(f"http://127.0.0.1:{LB_PORT}/", timeout=3) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{LB_PORT}/metrics", timeout=3)
+    assert e.value.code == 404
+
+
+def test_01_signal_and_link_across_node_containers():
+    async def scenario():
+        clients = await connect_spread(6)
+        try:
+            a = clients[0]
+            b = next(c for c in clients if c.node != a.node)
+            room = "compose-01"
+            ja = await a.join(room)
+            assert ja["peers"] == []
+            jb = await b.join(room)
+            assert [p["id"] for p in jb["peers"]] == [a.id]
+            await a.expect("peer-joined", id=b.id)
+            offer = {"kind": "offer", "sdp": "v=0 offer from a"}
+            ack = await a.request({"type": "signal", "to": b.id, "data": offer})
+            assert ack["type"] == "signal-ack", ack
+            got = await b.expect("signal", **{"from": a.id})
+            assert got["data"] == offer
+            answer = {"kind": "answer", "sdp": "v=0 answer from b"}
+            await b.send({"type": "signal", "to": a.id, "data": answer})
+            got = await a.expect("signal", **{"from": b.id})
+            assert got["data"] == answer
+            for x, y in ((a, b), (b, a)):
+                ack = await x.request({"type": "link", "peer": y.id, "state": "up"})
+                assert ack["type"] == "link-ack", ack
+            await a.expect("link-state", peer=b.id, state="up")
+            await b.expect("link-state", peer=a.id, state="up")
+            await await_for(lambda: figures_equal_truth(
+                {"rooms": 1, "members": 2, "links": 1, "linked": 2}), 10, "figures")
+            assert {n["id"] for n in mesh()["nodes"]} == NODES
+        finally:
+            await close_all(clients)
+        await await_for(lambda: figures_equal_truth(
+            {"rooms": 0, "members": 0, "links": 0, "linked": 0}), 10, "figures after close")
+
+    asyncio.run(scenario())
+
+
+def test_02_sigkill_of_a_node_container():
+    async def scenario():
+        clients = await connect_spread(6)
+        try:
+            await ring(clients, "compose-02")
+            victim = clients[0].node
+            gone = [c for c in clients if c.node == victim]
+            alive = [c for c in clients if c.node != victim]
+            await await_for(lambda: figures_equal_truth(
+                {"rooms": 1, "members": 6, "links": 6, "linked": 6}), 10, "figures before")
+            t0 = time.monotonic()
+            docker("kill", "-s", "KILL", container(victim))
+            for c in alive:
+                for g in gone:
+                    m = await c.expect("peer-left", timeout=REAP_S, id=g.id)
+                    assert m["reason"] == "expired", m
+            told = time.monotonic() - t0
+            ids = [c.id for c in clients]
+            dead = {g.id for g in gone}
+            links = sum(1 for i in range(6)
+                        if ids[i] not in dead and ids[(i + 1) % 6] not in dead)
+            linked = sum(1 for i in range(6) if ids[i] not in dead and (
+                ids[(i + 1) % 6] not in dead or ids[i - 1] not in dead))
+            await await_for(lambda: figures_equal_truth(
+                {"rooms": 1, "members": len(alive), "links": links, "linked": linked}),
+                10, "figures after the kill")
+            print(f"peers told peer-left expired {told:.1f} s after SIGKILL of {victim}")
+        finally:
+            await close_all(clients)
+
+    asyncio.run(scenario())
+    # The restart policy (unless-stopped) does not restart a killed container on its own in
+    # every engine; start it as an operator would, under the same id.
+    for n in sorted(NODES):
+        if state(n).startswith("exited"):
+            docker("start", container(n))
+    for n in sorted(NODES):
+        restart_wait_healthy(n, 60)
+    wait_for(lambda: {x["id"] for x in mesh()["nodes"]} == NODES, 30, "three nodes in the admin")
+
+
+def test_03_redis_restarted_with_its_data_gone():
+    async def scenario():
+        clients = await connect_spread(6)
+        try:
+            links = await ring(clients, "compose-03")
+            before = {"rooms": 1, "members": 6, "links": len(links), "linked": 6}
+            await await_for(lambda: figures_equal_truth(before), 10, "figures before")
+            r = redis_client()
+            instance, run_id = r.get("sb:instance"), r.info("server")["run_id"]
+            assert instance
+            docker("kill", "-s", "KILL", container("redis"))
+            docker("start", container("redis"))
+
+            def reasserted():
+                r2 = redis_client()
+                return (r2.info("server")["run_id"] != run_id
+                        and r2.get("sb:instance") not in (None, instance)
+                        and figures_equal_truth(before))
+            await await_for(reasserted, 30, "the nodes to re-assert into the new Redis")
+            # Clients saw nothing: no peer-left, no close.
+            for c in clients:
+                await c.none_of("peer-left", wait=0.1)
+                assert c.closed is None
+            # And signalling across nodes works as before.
+            a = clients[0]
+            b = next(c for c in clients if c.node != a.node)
+            ack = await a.request({"type": "signal", "to": b.id, "data": {"n": 3}}, timeout=5)
+            assert ack["type"] == "signal-ack", ack
+            got = await b.expect("signal", timeout=5, **{"from": a.id})
+            assert got["data"] == {"n": 3}
+        finally:
+            await close_all(clients)
+
+    asyncio.run(scenario())
+
+
+def test_04_compose_down_leaves_nothing():
+    compose("down", "--timeout", "20")
+    label = f"label=com.docker.compose.project={PROJECT}"
+    assert docker("ps", "-aq", "--filter", label) == ""
+    assert docker("network", "ls", "-q", "--filter", label) == ""
+    assert docker("ps", "-q") == "", "a container is still running"
+    with open(os.environ["SB_COMPOSE_VOLUMES_BEFORE"]) as f:
+        before = set(f.read().split())
+    # compose.yml declares no volume: none may be left (anonymous ones included).
+    assert set(docker("volume", "ls", "-q").split()) - before == set()
+    for port in (LB_PORT, ADMIN_PORT):
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
