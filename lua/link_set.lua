@@ -27,14 +27,7 @@ if state ~= 'up' and state ~= 'down' then
     return redis.error_reply('ERR link_set: state must be up or down')
 end
 
-local function int(n) return string.format('%d', n) end
-local function node_of(rec)
-    local ok, decoded = pcall(cjson.decode, rec)
-    if ok and type(decoded) == 'table' and type(decoded.node) == 'string' then
-        return decoded.node
-    end
-    return nil
-end
+--@include lib/room.lua
 
 if redis.call('GET', base .. 'presence:' .. S) ~= N then
     return {'gone'}
@@ -65,7 +58,7 @@ else
         -- halves to re-assert them after a data loss, so it must forget this one.
         local nb = node_of(recs[2])
         if nb then
-            redis.call('PUBLISH', P .. ':node:' .. nb, '{"t":"unlink","room":' .. cjson.encode(R) ..
+            publish_to(nb, '{"t":"unlink","room":' .. cjson.encode(R) ..
                 ',"a":' .. cjson.encode(S) .. ',"b":' .. cjson.encode(B) .. '}')
         end
     end
@@ -74,39 +67,6 @@ if changed == 0 then
     return {'ok', 0}
 end
 
-local stats = base .. 'stats'
-local gstats = P .. ':stats'
-local degree = base .. 'degree'
-local linked = 0
-for _, x in ipairs({S, B}) do
-    local d = redis.call('HINCRBY', degree, x, delta)
-    if delta > 0 and d == 1 then
-        linked = linked + 1
-    elseif delta < 0 then
-        if d == 0 then
-            linked = linked - 1
-        end
-        if d <= 0 then
-            redis.call('HDEL', degree, x)
-        end
-    end
-end
-redis.call('HINCRBY', stats, 'links', delta)
-redis.call('HINCRBY', gstats, 'links', delta)
-if linked ~= 0 then
-    redis.call('HINCRBY', stats, 'linked', linked)
-    redis.call('HINCRBY', gstats, 'linked', linked)
-end
-
-local seq = tonumber(redis.call('HGET', stats, 'seq') or '0') or 0
-local event = '{"t":"link","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
-    ',"a":' .. cjson.encode(S) .. ',"b":' .. cjson.encode(B) ..
-    ',"state":' .. cjson.encode(state) .. '}'
-local na, nb = node_of(recs[1]), node_of(recs[2])
-if na then
-    redis.call('PUBLISH', P .. ':node:' .. na, event)
-end
-if nb and nb ~= na then
-    redis.call('PUBLISH', P .. ':node:' .. nb, event)
-end
+count_link(S, B, delta)
+announce_link(S, B, state, node_of(recs[1]), node_of(recs[2]))
 return {'ok', 1}

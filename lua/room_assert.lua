@@ -33,80 +33,27 @@ if string.sub(meta, 1, 1) ~= '{' or string.sub(meta, -1) ~= '}' then
     return redis.error_reply('ERR room_assert: meta must be a JSON object')
 end
 
-local function int(n) return string.format('%d', n) end
-local function node_of(rec)
-    local ok, decoded = pcall(cjson.decode, rec)
-    if ok and type(decoded) == 'table' and type(decoded.node) == 'string' then
-        return decoded.node
-    end
-    return nil
-end
+--@include lib/room.lua
 
-local stats = base .. 'stats'
-local gstats = P .. ':stats'
-local nodes = base .. 'nodes'
-redis.call('SET', base .. 'presence:' .. S, N, 'PX', int(ttl))
-redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S)
-redis.call('SADD', P .. ':nodes', N)
-
+claim(S, N, ttl)
 local created = 0
 if redis.call('HEXISTS', members, S) == 0 then
     created = 1
     if redis.call('HLEN', members) == 0 then
-        if redis.call('SADD', P .. ':rooms', R) == 1 then
-            redis.call('HINCRBY', gstats, 'rooms', 1)
-        end
-        local t = redis.call('TIME')
-        local seq0 = tonumber(t[1]) * 1000000 + tonumber(t[2])
-        local old = tonumber(redis.call('HGET', stats, 'seq') or '0') or 0
-        if old < seq0 then
-            redis.call('HSET', stats, 'seq', int(seq0))
-        end
+        open_room()
     end
-    local rec = '{"node":' .. cjson.encode(N) .. ',"epoch":' .. cjson.encode(E) ..
-        ',"meta":' .. meta .. '}'
-    redis.call('HSET', members, S, rec)
-    redis.call('HINCRBY', nodes, N, 1)
-    redis.call('HINCRBY', stats, 'members', 1)
-    redis.call('HINCRBY', gstats, 'members', 1)
-    local seq = redis.call('HINCRBY', stats, 'seq', 1)
-    local event = '{"t":"join","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
-        ',"id":' .. cjson.encode(S) .. ',"node":' .. cjson.encode(N) .. ',"meta":' .. meta .. '}'
-    for _, n in ipairs(redis.call('HKEYS', nodes)) do
-        redis.call('PUBLISH', P .. ':node:' .. n, event)
-    end
+    add_member(S, N, E, meta)
 end
 
 local mine = base .. 'links:' .. S
-local degree = base .. 'degree'
 local my_node = node_of(redis.call('HGET', members, S))
 for i = 8, #ARGV do
     local B = ARGV[i]
     local rec = B ~= S and redis.call('HGET', members, B)
     if rec and redis.call('SADD', mine, B) == 1 and
         redis.call('SISMEMBER', base .. 'links:' .. B, S) == 1 then
-        local linked = 0
-        for _, x in ipairs({S, B}) do
-            if redis.call('HINCRBY', degree, x, 1) == 1 then
-                linked = linked + 1
-            end
-        end
-        redis.call('HINCRBY', stats, 'links', 1)
-        redis.call('HINCRBY', gstats, 'links', 1)
-        if linked ~= 0 then
-            redis.call('HINCRBY', stats, 'linked', linked)
-            redis.call('HINCRBY', gstats, 'linked', linked)
-        end
-        local seq = tonumber(redis.call('HGET', stats, 'seq') or '0') or 0
-        local event = '{"t":"link","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
-            ',"a":' .. cjson.encode(S) .. ',"b":' .. cjson.encode(B) .. ',"state":"up"}'
-        local nb = node_of(rec)
-        if my_node then
-            redis.call('PUBLISH', P .. ':node:' .. my_node, event)
-        end
-        if nb and nb ~= my_node then
-            redis.call('PUBLISH', P .. ':node:' .. nb, event)
-        end
+        count_link(S, B, 1)
+        announce_link(S, B, 'up', my_node, node_of(rec))
     end
 end
 

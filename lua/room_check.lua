@@ -28,7 +28,7 @@ if KEYS[1] ~= members then
     return redis.error_reply('ERR room_check: KEYS[1] must be ' .. members)
 end
 
-local function int(n) return string.format('%d', n) end
+--@include lib/room.lua
 local function num(v) return tonumber(v or '0') or 0 end
 
 local stats = base .. 'stats'
@@ -173,9 +173,7 @@ for i = 1, 3 do
     end
 end
 if not tonumber(cur[4] or '') then
-    local t = redis.call('TIME')
-    local seq0 = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('HSET', stats, 'seq', int(seq0))
+    redis.call('HSET', stats, 'seq', int(clock_seq()))
     counter_fixes = counter_fixes + 1
 end
 if redis.call('SADD', P .. ':rooms', R) == 1 then

@@ -36,7 +36,7 @@ if string.sub(meta, 1, 1) ~= '{' or string.sub(meta, -1) ~= '}' then
     return redis.error_reply('ERR room_join: meta must be a JSON object')
 end
 
-local function int(n) return string.format('%d', n) end
+--@include lib/room.lua
 
 local presence = base .. 'presence:' .. S
 local function snapshot(seq)
@@ -53,8 +53,7 @@ if existing then
     -- Why: a join the node gave up on (a command timeout) may still have run once Redis got
     -- to it. The same socket on the same node asking again is answered as if this call had
     -- done it: nothing changes, nothing is counted twice.
-    local ok, old = pcall(cjson.decode, existing)
-    if ok and type(old) == 'table' and old.node == N and redis.call('EXISTS', presence) == 1 then
+    if node_of(existing) == N and redis.call('EXISTS', presence) == 1 then
         redis.call('PEXPIRE', presence, ttl)
         return snapshot(tonumber(redis.call('HGET', base .. 'stats', 'seq') or '0'))
     end
@@ -68,39 +67,8 @@ if count >= max then
     return {'room-full'}
 end
 
-local stats = base .. 'stats'
-local gstats = P .. ':stats'
 if count == 0 then
-    -- Why time based (microseconds since the epoch, about 1.7e15, exact in a Lua double until
-    -- 2255): a room deleted and created again must not reuse a sequence number a node may
-    -- still hold for it. Each change takes more than a microsecond, so the old sequence never
-    -- got past the clock; the new one starts above it (unless the clock steps back).
-    if redis.call('SADD', P .. ':rooms', R) == 1 then
-        redis.call('HINCRBY', gstats, 'rooms', 1)
-    end
-    local t = redis.call('TIME')
-    local seq0 = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    local old = tonumber(redis.call('HGET', stats, 'seq') or '0')
-    if old < seq0 then
-        redis.call('HSET', stats, 'seq', int(seq0))
-    end
+    open_room()
 end
-
-local rec = '{"node":' .. cjson.encode(N) .. ',"epoch":' .. cjson.encode(E) ..
-    ',"meta":' .. meta .. '}'
-redis.call('HSET', members, S, rec)
-redis.call('SET', presence, N, 'PX', ttl)
-redis.call('HINCRBY', base .. 'nodes', N, 1)
-redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S)
-redis.call('SADD', P .. ':nodes', N)
-redis.call('HINCRBY', stats, 'members', 1)
-redis.call('HINCRBY', gstats, 'members', 1)
-local seq = redis.call('HINCRBY', stats, 'seq', 1)
-
-local event = '{"t":"join","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
-    ',"id":' .. cjson.encode(S) .. ',"node":' .. cjson.encode(N) .. ',"meta":' .. meta .. '}'
-for _, node in ipairs(redis.call('HKEYS', base .. 'nodes')) do
-    redis.call('PUBLISH', P .. ':node:' .. node, event)
-end
-
-return snapshot(seq)
+claim(S, N, ttl)
+return snapshot(add_member(S, N, E, meta))

@@ -38,7 +38,7 @@ if S == '' or events_max < 1 then
     return redis.error_reply('ERR room_remove: bad arguments')
 end
 
-local function int(n) return string.format('%d', n) end
+--@include lib/room.lua
 
 local presence = base .. 'presence:' .. S
 local entry = R .. ' ' .. S
@@ -117,8 +117,7 @@ if linked_delta ~= 0 then
 end
 
 -- Membership.
-local ok, decoded = pcall(cjson.decode, rec)
-local node = ok and type(decoded) == 'table' and type(decoded.node) == 'string' and decoded.node
+local node = node_of(rec)
 redis.call('HDEL', members, S)
 redis.call('DEL', presence)
 if node then
@@ -153,9 +152,7 @@ else
     seq = redis.call('HINCRBY', stats, 'seq', 1)
     local event = '{"t":"left","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
         ',"id":' .. cjson.encode(S) .. ',"reason":' .. cjson.encode(mode) .. '}'
-    for _, n in ipairs(redis.call('HKEYS', base .. 'nodes')) do
-        redis.call('PUBLISH', P .. ':node:' .. n, event)
-    end
+    publish_room(event)
 end
 
 if removed > 0 then

@@ -5,6 +5,7 @@ import signal
 import time
 
 import invariants
+import lua_text
 from client import Client
 from harness import wait_for
 
@@ -16,8 +17,7 @@ stats = invariants.counters
 
 def reap_like_admin(r, node):
     """Stands in for the admin: reaps every socket of node whose presence is gone."""
-    sha = r.script_load(open(invariants.__file__.replace("tests/invariants.py",
-                                                         "lua/room_remove.lua")).read())
+    sha = r.script_load(lua_text.script("room_remove"))
     reaped = 0
     for entry in r.smembers(f"sb:node:{node}:sockets"):
         room, sid = entry.split(" ")

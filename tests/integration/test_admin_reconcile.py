@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from client import Client  # noqa: E402
 from harness import http_get, parse_metrics  # noqa: E402
 import invariants  # noqa: E402
+import lua_text  # noqa: E402
 
 # Short TTLs for speed (the node requires ttl >= 2 x heartbeat + redis timeout).
 TTL_MS, HEARTBEAT_MS, NODE_REDIS_TIMEOUT_MS, INTERVAL_MS = 1500, 300, 500, 300
@@ -584,9 +585,7 @@ def test_09_large_state_bounded_calls(cluster, redis_server):
     r = redis_server.client()
     admin = cluster.admin(args=["--reconcile-interval-ms", "600000"])  # only our POST
     asyncio.run(until(lambda: admin.mesh()["last_reconcile"], 3, "the start-up pass"))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sha = {n: r.script_load(open(os.path.join(root, "lua", f"{n}.lua")).read())
-           for n in ("room_join", "link_set")}
+    sha = {n: r.script_load(lua_text.script(n)) for n in ("room_join", "link_set")}
     r.set("sb:node:big", json.dumps({"epoch": "e1", "sockets": 6000, "started_ms": 1,
                                      "draining": False}), px=600_000)
     p = r.pipeline(transaction=False)

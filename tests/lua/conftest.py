@@ -20,12 +20,18 @@ sys.path.insert(0, TESTS)
 
 from harness import RedisServer  # noqa: E402
 import invariants  # noqa: E402
+import lua_text  # noqa: E402
 
 PREFIX = "sb"
 
 
 def script_files():
     return sorted(f for f in os.listdir(LUA_DIR) if f.endswith(".lua"))
+
+
+def script_text(name):
+    """The script as it ships, --@include lines expanded (tests/lua_text.py)."""
+    return lua_text.expand(os.path.join(LUA_DIR, name))
 
 
 class Scripts:
@@ -36,8 +42,7 @@ class Scripts:
         self.prefix = prefix
         self.sha = {}
         for f in script_files():
-            with open(os.path.join(LUA_DIR, f)) as fh:
-                self.sha[f[:-4]] = r.script_load(fh.read())
+            self.sha[f[:-4]] = r.script_load(script_text(f))
 
     def members_key(self, room):
         return f"{self.prefix}:{{{room}}}:members"

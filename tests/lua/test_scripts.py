@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from conftest import LUA_DIR, PREFIX, ROOT, script_files, snapshot
+from conftest import LUA_DIR, PREFIX, ROOT, script_files, script_text, snapshot
 import invariants
 
 TTL = 15000
@@ -74,22 +74,75 @@ def test_writing_scripts_are_refused_under_oom_before_running(r, sb, consistent)
 
 
 def test_embedded_sha1_matches_script_load(r, tmp_path):
-    """cmake/embed.cmake computes the SHA1 that EVALSHA uses: it must be Redis's."""
-    if not shutil.which("cmake"):
-        pytest.skip("cmake not installed")
+    """cmake/embed.cmake embeds each script with its --@include lines expanded, and computes the
+    SHA1 that EVALSHA uses: the bytes must be exactly what these tests load (script_text), and
+    the SHA1 Redis's."""
+    assert shutil.which("cmake"), "cmake is installed by deploy/install-deps.sh"
     files = [os.path.join(LUA_DIR, f) for f in script_files()]
     out = tmp_path / "lua_scripts.c"
     subprocess.run(["cmake", f"-DOUT={out}", "-DSYMBOL=sb_lua_files", "-DFILES=" + ";".join(files),
                     "-P", os.path.join(ROOT, "cmake", "embed.cmake")], check=True)
     text = out.read_text()
+    arrays = {int(i): bytes(int(x, 16) for x in body.split(",") if x.strip())
+              for i, body in re.findall(r"data_(\d+)\[\] = \{([^}]*)\}", text)}
     for f in files:
-        with open(f, "rb") as fh:
-            data = fh.read()
+        name = os.path.basename(f)
+        data = script_text(name).encode()
         sha = r.script_load(data.decode())
         assert sha == hashlib.sha1(data).hexdigest()
-        name = os.path.basename(f)
-        assert re.search(r'\{"%s", \(const char \*\)data_\d+, %d, "%s"\}' %
-                         (re.escape(name), len(data), sha), text), name
+        m = re.search(r'\{"%s", \(const char \*\)data_(\d+), %d, "%s"\}' %
+                      (re.escape(name), len(data), sha), text)
+        assert m, name
+        assert arrays[int(m.group(1))] == data + b"\0", name
+
+
+def test_lib_is_pasted_where_declared_and_the_shebang_stays_first(r, sb):
+    """lua/lib/*.lua is written once and pasted into the scripts that --@include it: the
+    expanded script keeps its #!lua line first (Redis reads flags only there), no directive is
+    left, and a script that declares the lib cannot run without it (so the paste is what
+    ships, not a leftover copy)."""
+    lib_dir = os.path.join(LUA_DIR, "lib")
+    libs = sorted(f for f in os.listdir(lib_dir) if f.endswith(".lua"))
+    assert libs == ["room.lua"]
+    with open(os.path.join(lib_dir, "room.lua")) as fh:
+        lib = fh.read()
+    assert "#!" not in lib.split("\n")[0] and "\n--@include" not in lib
+    users = set()
+    for f in script_files():
+        with open(os.path.join(LUA_DIR, f)) as fh:
+            raw = fh.read()
+        shipped = script_text(f)
+        assert shipped.split("\n")[0] == raw.split("\n")[0], f
+        assert "\n--@include" not in shipped, f
+        if "\n--@include lib/room.lua\n" in raw:
+            users.add(f[:-4])
+            assert lib.rstrip("\n") in shipped, f
+    # Without the paste each script calls helpers that do not exist. (Setup: room "a" with A
+    # and B, A's half towards B, and a room figure to repair.)
+    calls = {"room_join": ("C", "n1", "e1", "{}", TTL, 64),
+             "room_assert": ("A", "n1", "e1", "{}", TTL),
+             "link_set": ("B", "A", "up", "n1"),
+             "room_remove": ("A", "leave", "n1"),
+             "room_check": ()}
+    assert set(calls) == users
+    for name, args in calls.items():
+        r.flushall()
+        sb.join("a", "A")
+        sb.join("a", "B")
+        sb.link("a", "A", "B")
+        r.hset(K("a", "stats"), "members", 5)
+        with open(os.path.join(LUA_DIR, name + ".lua")) as fh:
+            raw = fh.read()
+        with pytest.raises(redis.ResponseError, match="nonexistent global"):
+            r.eval(raw, 1, K("a", "members"), PREFIX, "a", *args)
+        r.evalsha(sb.sha[name], 1, K("a", "members"), PREFIX, "a", *args)  # shipped: runs
+    # The helpers once copied between these scripts now live in the lib only.
+    for f in users:
+        with open(os.path.join(LUA_DIR, f + ".lua")) as fh:
+            raw = fh.read()
+        for helper in ("local function int(", "local function node_of(",
+                       "local function count_link(", "redis.call('TIME')"):
+            assert helper not in raw, (f, helper)
 
 
 def test_wrong_members_key_is_an_error(r, sb):
