@@ -71,9 +71,8 @@ for i = 1, #all, 2 do
     local S = all[i]
     ids[#ids + 1] = S
     is_member[S] = true
-    local ok, decoded = pcall(cjson.decode, all[i + 1])
-    if ok and type(decoded) == 'table' and type(decoded.node) == 'string' then
-        local N = decoded.node
+    local N = node_of(all[i + 1])
+    if N then
         per_node[N] = (per_node[N] or 0) + 1
         if redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S) == 1 then
             redis.call('SADD', P .. ':nodes', N)
@@ -117,52 +116,39 @@ for _, S in ipairs(ids) do
 end
 local truth = {members = #ids, links = degree_sum / 2, linked = linked}
 
--- Degree hash: exactly one field per member with a formed link.
-local cur = redis.call('HGETALL', degree)
-local seen = {}
-for i = 1, #cur, 2 do
-    local S, v = cur[i], cur[i + 1]
-    seen[S] = true
-    local want = deg[S] or 0
-    if want == 0 then
-        redis.call('HDEL', degree, S)
-        degree_fixes = degree_fixes + 1
-    elseif tonumber(v) ~= want then
-        redis.call('HSET', degree, S, int(want))
-        degree_fixes = degree_fixes + 1
+-- Makes hash key hold exactly the positive counts of want (field -> count); returns how many
+-- fields it had to delete, change or add.
+local function repair_counts(key, want)
+    local fixes, seen = 0, {}
+    local cur = redis.call('HGETALL', key)
+    for i = 1, #cur, 2 do
+        local f, v = cur[i], cur[i + 1]
+        seen[f] = true
+        local w = want[f] or 0
+        if w == 0 then
+            redis.call('HDEL', key, f)
+            fixes = fixes + 1
+        elseif tonumber(v) ~= w then
+            redis.call('HSET', key, f, int(w))
+            fixes = fixes + 1
+        end
     end
-end
-for _, S in ipairs(ids) do
-    if deg[S] > 0 and not seen[S] then
-        redis.call('HSET', degree, S, int(deg[S]))
-        degree_fixes = degree_fixes + 1
+    for f, w in pairs(want) do
+        if w > 0 and not seen[f] then
+            redis.call('HSET', key, f, int(w))
+            fixes = fixes + 1
+        end
     end
+    return fixes
 end
 
+-- Degree hash: exactly one field per member with a formed link.
+degree_fixes = degree_fixes + repair_counts(degree, deg)
 -- Node counts: exactly one field per node hosting members.
-cur = redis.call('HGETALL', nodes)
-seen = {}
-for i = 1, #cur, 2 do
-    local N, v = cur[i], cur[i + 1]
-    seen[N] = true
-    local want = per_node[N] or 0
-    if want == 0 then
-        redis.call('HDEL', nodes, N)
-        counter_fixes = counter_fixes + 1
-    elseif tonumber(v) ~= want then
-        redis.call('HSET', nodes, N, int(want))
-        counter_fixes = counter_fixes + 1
-    end
-end
-for N, want in pairs(per_node) do
-    if not seen[N] then
-        redis.call('HSET', nodes, N, int(want))
-        counter_fixes = counter_fixes + 1
-    end
-end
+counter_fixes = counter_fixes + repair_counts(nodes, per_node)
 
 -- Room figures, and the same deltas on P:stats.
-cur = redis.call('HMGET', stats, 'members', 'links', 'linked', 'seq')
+local cur = redis.call('HMGET', stats, 'members', 'links', 'linked', 'seq')
 for i = 1, 3 do
     local f = fields[i]
     local v = tonumber(cur[i] or '0')
