@@ -48,6 +48,13 @@ struct sb_redis {
     int nchannels;
     int handshake_left;
     int subs_pending; /* SUBSCRIBE confirmations still to come before on_up */
+    /* Sharded mode: channels of the SSUBSCRIBE/SUNSUBSCRIBE commands sent and not yet answered,
+     * oldest first (each such command names one channel and gets exactly one reply). */
+    struct sent_sub {
+        struct sent_sub *next;
+        int subscribe;
+        char channel[];
+    } * sent_head, *sent_tail;
 };
 
 static void connect_now(sb_redis_t *r);
@@ -59,10 +66,21 @@ static void on_tick_close(uv_handle_t *h)
     unref(h->data);
 }
 
+static void forget_sent(sb_redis_t *r)
+{
+    while (r->sent_head) {
+        struct sent_sub *s = r->sent_head;
+        r->sent_head = s->next;
+        free(s);
+    }
+    r->sent_tail = NULL;
+}
+
 static void unref(sb_redis_t *r)
 {
     if (--r->refs > 0)
         return;
+    forget_sent(r);
     for (int i = 0; i < r->nchannels; i++)
         free(r->channels[i]);
     free(r->channels);
@@ -115,6 +133,7 @@ static void schedule_retry(sb_redis_t *r)
 static void went_down(sb_redis_t *r, const char *why)
 {
     int was_up = r->state == ST_UP;
+    forget_sent(r);
     schedule_retry(r);
     if (was_up)
         sb_warn("redis %s: connection lost: %s", r->name, why);
@@ -220,11 +239,123 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
     }
 }
 
+/* Sharded mode: sends SSUBSCRIBE or SUNSUBSCRIBE for one channel without hiredis's callback
+ * bookkeeping (the reply is read by on_sharded_readable) and remembers it to match the reply. */
+static void send_sharded(sb_redis_t *r, int subscribe, const char *channel)
+{
+    size_t n = strlen(channel);
+    struct sent_sub *s = malloc(sizeof *s + n + 1);
+    if (!s) {
+        sb_redis_drop(r, "out of memory");
+        return;
+    }
+    s->next = NULL;
+    s->subscribe = subscribe;
+    memcpy(s->channel, channel, n + 1);
+    const char *argv[2] = {subscribe ? "SSUBSCRIBE" : "SUNSUBSCRIBE", channel};
+    size_t lens[2] = {subscribe ? 10 : 12, n};
+    if (redisAppendCommandArgv(&r->ac->c, 2, argv, lens) != REDIS_OK) {
+        free(s);
+        sb_redis_drop(r, "out of memory");
+        return;
+    }
+    if (r->sent_tail)
+        r->sent_tail->next = s;
+    else
+        r->sent_head = s;
+    r->sent_tail = s;
+    /* What redisAsyncCommand would do after appending: ask the loop for writability; hiredis's
+     * write handler flushes the output buffer. */
+    r->ac->ev.addWrite(r->ac->ev.data);
+}
+
 static void subscribe_one(sb_redis_t *r, const char *channel)
 {
+    if (r->o.sharded) {
+        send_sharded(r, 1, channel);
+        return;
+    }
     /* Why no cmd_t: the SUBSCRIBE callback stays registered for every message on the channel,
      * so it is not "in flight"; liveness of pub/sub is proven by the caller's probes. */
     redisAsyncCommand(r->ac, on_message, r, "SUBSCRIBE %s", channel);
+}
+
+static int find_channel(const sb_redis_t *r, const char *channel)
+{
+    for (int i = 0; i < r->nchannels; i++)
+        if (strcmp(r->channels[i], channel) == 0)
+            return i;
+    return -1;
+}
+
+/* Sharded mode: one reply read off the wire. Either a push (smessage), or the one reply of the
+ * oldest SSUBSCRIBE/SUNSUBSCRIBE sent, or a sunsubscribe Redis sent on its own (the channel's
+ * slot moved to another shard: Redis 7 unsubscribes its clients then). */
+static void on_sharded_reply(sb_redis_t *r, redisReply *rep)
+{
+    size_t kl = 0, cl = 0, pl = 0;
+    const char *kind = sb_reply_str(rep, 0, &kl);
+    const char *chan = sb_reply_str(rep, 1, &cl);
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 && kind && chan &&
+        strcmp(kind, "smessage") == 0) {
+        const char *payload = sb_reply_str(rep, 2, &pl);
+        if (payload && r->o.on_message)
+            r->o.on_message(r, chan, payload, pl, r->o.data);
+        return;
+    }
+    struct sent_sub *s = r->sent_head;
+    int answers_sent = s && (rep->type == REDIS_REPLY_ERROR ||
+                             (kind && chan && strcmp(chan, s->channel) == 0 &&
+                              strcmp(kind, s->subscribe ? "ssubscribe" : "sunsubscribe") == 0));
+    if (!answers_sent) {
+        /* Unsolicited: Redis dropped our subscription. */
+        if (kind && chan && strcmp(kind, "sunsubscribe") == 0 && find_channel(r, chan) >= 0 &&
+            r->o.on_sub_error)
+            r->o.on_sub_error(r, chan, "sunsubscribe", r->o.data);
+        return;
+    }
+    r->sent_head = s->next;
+    if (!r->sent_head)
+        r->sent_tail = NULL;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        sb_warn("redis %s: %s %s refused: %s", r->name,
+                s->subscribe ? "SSUBSCRIBE" : "SUNSUBSCRIBE", s->channel, rep->str);
+        if (s->subscribe && r->o.on_sub_error && find_channel(r, s->channel) >= 0)
+            r->o.on_sub_error(r, s->channel, rep->str, r->o.data);
+    } else if (s->subscribe && r->o.on_subscribed && find_channel(r, s->channel) >= 0)
+        r->o.on_subscribed(r, s->channel, r->o.data);
+    if (r->ac && s->subscribe && r->subs_pending > 0 && --r->subs_pending == 0 && r->o.on_up)
+        r->o.on_up(r, r->o.data);
+    free(s);
+}
+
+/* Sharded mode, once up: reads for hiredis. Why: hiredis 0.14.1 routes a reply that no
+ * pending callback claims through redisProcessCallbacks, which asserts the context is in
+ * (classic) subscribed mode; SSUBSCRIBE does not set that mode (only a command named
+ * [P]SUBSCRIBE does), so the first "smessage" aborts the process. Registering a classic
+ * SUBSCRIBE of the same name would make hiredis find a callback, at the price of a second,
+ * classic subscription on the server and of SSUBSCRIBE callbacks piling up in hiredis's
+ * "invalid" queue. Instead this connection's socket reads go here: hiredis's own buffer and
+ * parser are used (redisBufferRead, redisGetReplyFromReader) but not its dispatch. Writes and
+ * the connect/AUTH handshake still go through hiredis. */
+static void on_sharded_readable(redisAsyncContext *ac)
+{
+    sb_redis_t *r = ac->data;
+    if (redisBufferRead(&ac->c) != REDIS_OK) {
+        sb_redis_drop(r, ac->c.errstr[0] ? ac->c.errstr : "server closed the connection");
+        return;
+    }
+    while (r->ac == ac) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(&ac->c, &reply) != REDIS_OK) {
+            sb_redis_drop(r, "protocol error");
+            return;
+        }
+        if (!reply)
+            break;
+        on_sharded_reply(r, reply);
+        freeReplyObject(reply);
+    }
 }
 
 static void became_up(sb_redis_t *r)
@@ -232,6 +363,10 @@ static void became_up(sb_redis_t *r)
     r->state = ST_UP;
     r->backoff_ms = 0;
     sb_info("redis %s: connected to %s", r->name, r->u.path ? r->u.path : r->u.host);
+    if (r->o.subscriber && r->o.sharded && sb_uvredis_divert_reads(r->ac, on_sharded_readable)) {
+        sb_redis_drop(r, "event loop attach failed");
+        return;
+    }
     if (r->o.subscriber && r->nchannels > 0) {
         r->subs_pending = r->nchannels;
         for (int i = 0; i < r->nchannels; i++)
@@ -461,10 +596,35 @@ int sb_redis_subscribe(sb_redis_t *r, const char *channel)
     if (!v)
         return SB_ENOMEM;
     r->channels = v;
-    r->channels[r->nchannels++] = strdup(channel);
+    if (!(r->channels[r->nchannels] = strdup(channel)))
+        return SB_ENOMEM;
+    r->nchannels++;
     if (r->state == ST_UP && r->ac)
         subscribe_one(r, channel);
     return 0;
+}
+
+int sb_redis_unsubscribe(sb_redis_t *r, const char *channel)
+{
+    int i = find_channel(r, channel);
+    if (i < 0)
+        return SB_EINVAL;
+    if (r->state == ST_UP && r->ac) {
+        if (r->o.sharded)
+            send_sharded(r, 0, channel);
+        else
+            /* hiredis 0.14 pushes no callback for UNSUBSCRIBE; its reply reaches the channel's
+             * callback (on_message), which ignores it. */
+            redisAsyncCommand(r->ac, NULL, NULL, "UNSUBSCRIBE %s", channel);
+    }
+    free(r->channels[i]);
+    r->channels[i] = r->channels[--r->nchannels];
+    return 0;
+}
+
+int sb_redis_subscribed(const sb_redis_t *r, const char *channel)
+{
+    return find_channel(r, channel) >= 0;
 }
 
 void sb_redis_close(sb_redis_t *r)

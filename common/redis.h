@@ -29,6 +29,17 @@ typedef struct {
     void (*on_up)(sb_redis_t *r, void *data);
     /* After a connection was lost; every pending callback has already had its error. */
     void (*on_down)(sb_redis_t *r, const char *why, void *data);
+    /* With subscriber: Redis 7 sharded pub/sub (SSUBSCRIBE/SUNSUBSCRIBE, "smessage") instead of
+     * classic SUBSCRIBE. The connection then parses its replies itself (see redis.c). */
+    int sharded;
+    /* Sharded mode: Redis refused an SSUBSCRIBE (error is its reply, e.g. "MOVED 12 h:p"), or
+     * dropped a subscription on its own (error "sunsubscribe": the slot moved away). The
+     * channel stays in this client's list (resubscribed after a reconnect) until the caller
+     * calls sb_redis_unsubscribe. channel and error are borrowed. May be NULL. */
+    void (*on_sub_error)(sb_redis_t *r, const char *channel, const char *error, void *data);
+    /* Sharded mode: Redis confirmed an SSUBSCRIBE of channel (after every (re)subscription):
+     * messages published from now on are delivered. May be NULL. */
+    void (*on_subscribed)(sb_redis_t *r, const char *channel, void *data);
     /* Pub/sub mode: a message on a subscribed channel. payload is borrowed. */
     void (*on_message)(sb_redis_t *r, const char *channel, const char *payload, size_t len,
                        void *data);
@@ -54,6 +65,13 @@ int sb_redis_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const cha
 
 /* Pub/sub mode: subscribes now if connected and again after every reconnect. */
 int sb_redis_subscribe(sb_redis_t *r, const char *channel);
+
+/* Pub/sub mode: forgets channel (UNSUBSCRIBE/SUNSUBSCRIBE now if connected). Returns 0, or
+ * SB_EINVAL when channel was not subscribed. */
+int sb_redis_unsubscribe(sb_redis_t *r, const char *channel);
+
+/* 1 when channel is in this client's subscription list. */
+int sb_redis_subscribed(const sb_redis_t *r, const char *channel);
 
 /* Drops the connection (every pending callback gets error why) and reconnects with backoff.
  * Safe from any callback, including this client's own reply callbacks. */

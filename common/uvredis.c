@@ -9,6 +9,7 @@ typedef struct {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
     uv_poll_t poll;
     int events;
+    void (*on_readable)(redisAsyncContext *ac); /* NULL: hiredis reads */
 } glue_t;
 
 static void on_poll(uv_poll_t *handle, int status, int events)
@@ -23,12 +24,18 @@ static void on_poll(uv_poll_t *handle, int status, int events)
         sb_warn("redis: poll error on fd %d: %s", g->ac->c.fd, uv_strerror(status));
         if (!(g->ac->c.flags & REDIS_CONNECTED))
             redisAsyncHandleWrite(g->ac);
+        else if (g->on_readable)
+            g->on_readable(g->ac);
         else
             redisAsyncHandleRead(g->ac);
         return;
     }
-    if (events & UV_READABLE)
-        redisAsyncHandleRead(g->ac);
+    if (events & UV_READABLE) {
+        if (g->on_readable)
+            g->on_readable(g->ac);
+        else
+            redisAsyncHandleRead(g->ac);
+    }
     /* The read may have freed the context (disconnect): cleanup cleared g->ac then. */
     if (g->ac && (events & UV_WRITABLE))
         redisAsyncHandleWrite(g->ac);
@@ -103,5 +110,14 @@ int sb_uvredis_attach(redisAsyncContext *ac, uv_loop_t *loop)
     ac->ev.delWrite = del_write;
     ac->ev.cleanup = cleanup;
     ac->ev.data = g;
+    return 0;
+}
+
+int sb_uvredis_divert_reads(redisAsyncContext *ac, void (*on_readable)(redisAsyncContext *ac))
+{
+    glue_t *g = ac->ev.data;
+    if (!g || ac->ev.addRead != add_read)
+        return -1;
+    g->on_readable = on_readable;
     return 0;
 }

@@ -66,13 +66,14 @@ static void test_three_primaries(void **state)
     (void)state;
     /* Three primaries; A owns two ranges (as after a reshard) and its replica is listed with
      * both. */
-    redisReply *rep = rarr(
-        4, rarr(4, mkint(0), mkint(5460), node7(rstr("127.0.0.1"), 7000, ID_A),
-                node7(rstr("127.0.0.1"), 7003, ID_R)),
-        rarr(3, mkint(5461), mkint(10922), node7(rstr("127.0.0.1"), 7001, ID_B)),
-        rarr(3, mkint(10923), mkint(16000), node7(rstr("127.0.0.1"), 7002, ID_C)),
-        rarr(4, mkint(16001), mkint(16383), node7(rstr("127.0.0.1"), 7000, ID_A),
-             node7(rstr("127.0.0.1"), 7003, ID_R)));
+    redisReply *rep =
+        rarr(4,
+             rarr(4, mkint(0), mkint(5460), node7(rstr("127.0.0.1"), 7000, ID_A),
+                  node7(rstr("127.0.0.1"), 7003, ID_R)),
+             rarr(3, mkint(5461), mkint(10922), node7(rstr("127.0.0.1"), 7001, ID_B)),
+             rarr(3, mkint(10923), mkint(16000), node7(rstr("127.0.0.1"), 7002, ID_C)),
+             rarr(4, mkint(16001), mkint(16383), node7(rstr("127.0.0.1"), 7000, ID_A),
+                  node7(rstr("127.0.0.1"), 7003, ID_R)));
     sb_slotmap_t m;
     char err[128] = "";
     assert_int_equal(sb_slotmap_parse_slots(&m, rep, "seed", err, sizeof err), 0);
@@ -138,12 +139,12 @@ static void test_endpoints(void **state)
     (void)state;
     /* IPv6 (no brackets, as Redis writes it), a hostname, NULL/""/"?" meaning the seed's host,
      * and the Redis 3 shape without a node id. */
-    redisReply *rep = rarr(
-        5, rarr(3, mkint(0), mkint(9), node7(rstr("::1"), 7000, ID_A)),
-        rarr(3, mkint(10), mkint(19), node7(rstr("redis-1.example.internal"), 7001, ID_B)),
-        rarr(3, mkint(20), mkint(29), node7(rstr(""), 7002, ID_C)),
-        rarr(3, mkint(30), mkint(39), node7(rnil(), 7003, ID_R)),
-        rarr(3, mkint(40), mkint(16383), rarr(2, rstr("?"), mkint(7004))));
+    redisReply *rep =
+        rarr(5, rarr(3, mkint(0), mkint(9), node7(rstr("::1"), 7000, ID_A)),
+             rarr(3, mkint(10), mkint(19), node7(rstr("redis-1.example.internal"), 7001, ID_B)),
+             rarr(3, mkint(20), mkint(29), node7(rstr(""), 7002, ID_C)),
+             rarr(3, mkint(30), mkint(39), node7(rnil(), 7003, ID_R)),
+             rarr(3, mkint(40), mkint(16383), rarr(2, rstr("?"), mkint(7004))));
     sb_slotmap_t m;
     char err[128];
     assert_int_equal(sb_slotmap_parse_slots(&m, rep, "10.1.2.3", err, sizeof err), 0);
@@ -234,11 +235,15 @@ static void test_redirects(void **state)
     /* Redis 7 with an unknown endpoint writes ":port": the host is the one that answered. */
     redirect_ok("MOVED 12 :6380", 0, 12, "", 6380);
     static const char *const bad_ones[] = {
-        "MOVED",        "MOVED ",           "MOVED 3999",     "MOVED 3999 ",
-        "MOVED x 1:2",  "MOVED 16384 h:1",  "MOVED 1 h",      "MOVED 1 h:",
-        "MOVED 1 h:0",  "MOVED 1 h:65536",  "MOVED 1 h:12x",  "ASK1 h:2",
-        "TRYAGAIN x",   "CLUSTERDOWN The cluster is down", "NOSCRIPT", "moved 1 h:2",
-        "MOVED 1  h:2", "MOVED 1234567 h:1",
+        "MOVED",         "MOVED ",
+        "MOVED 3999",    "MOVED 3999 ",
+        "MOVED x 1:2",   "MOVED 16384 h:1",
+        "MOVED 1 h",     "MOVED 1 h:",
+        "MOVED 1 h:0",   "MOVED 1 h:65536",
+        "MOVED 1 h:12x", "ASK1 h:2",
+        "TRYAGAIN x",    "CLUSTERDOWN The cluster is down",
+        "NOSCRIPT",      "moved 1 h:2",
+        "MOVED 1  h:2",  "MOVED 1234567 h:1",
     };
     for (size_t i = 0; i < sizeof bad_ones / sizeof bad_ones[0]; i++) {
         sb_redirect_t r;
