@@ -48,7 +48,7 @@ run_suite "unit (normal)" unit build ""
 run_suite "unit (asan)" unit build-asan "-asan"
 run_suite "lua" $py -m pytest -q -p no:cacheprovider tests/lua --junitxml="$out/results/lua.xml"
 run_suite "integration (normal)" env SWITCHBOARD_BUILD="$root/build" \
-    $py -m pytest -q -p no:cacheprovider tests/integration tests/deploy --junitxml="$out/results/integration.xml"
+    $py -m pytest -q -p no:cacheprovider tests/integration tests/deploy tests/docs --junitxml="$out/results/integration.xml"
 if [ -z "${SB_TEST_QUICK:-}" ]; then
     run_suite "integration (asan)" env SWITCHBOARD_BUILD="$root/build-asan" \
         $py -m pytest -q -p no:cacheprovider tests/integration --junitxml="$out/results/integration-asan.xml"
