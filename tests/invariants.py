@@ -1,4 +1,4 @@
-"""The contract's Redis invariants (CONTRACT.md section 4), checked from outside by SCAN.
+"""The Redis invariants of lua/README.md, checked from outside by SCAN.
 
 Test-only code: it walks the whole keyspace, which no production path may do. `check` returns
 human readable violations (an empty list means the state is consistent); `truth` computes the

@@ -61,7 +61,7 @@ async function waitShowsApi(page, admin, what, pred = () => true, timeoutMs = 10
     }
 }
 
-// Installs a tiny protocol client (contract section 3) in a helper page: the browser's own
+// Installs a tiny protocol client (docs/protocol.md) in a helper page: the browser's own
 // WebSocket talks to the real node, so the change goes through the real system.
 async function installClients(page, wsUrl) {
     await page.evaluate(async (url) => {

@@ -1,5 +1,5 @@
 // A scripted stand-in for Switchboard nodes and the admin, for testing the browser client alone:
-// an in-memory implementation of protocol v1 (contract section 3) behind a minimal WebSocket
+// an in-memory implementation of protocol v1 (docs/protocol.md) behind a minimal WebSocket
 // server, serving client/ like a node does, plus /admin/mesh-status. Several "nodes" (HTTP
 // servers on different ports) share one room state, as real nodes share Redis. Tests steer it
 // to do what a real node does only in rare situations: close sockets with 1001 / 4000 / 4002,

@@ -1,5 +1,5 @@
-// Shared by the browser tests: launching headless Chromium the way WebRTC works here
-// (shared/TOOLCHAIN.md), a numbered step runner that prints `N passed, N failed`, polling with
+// Shared by the browser tests: launching headless Chromium with the flags WebRTC needs on a
+// loopback-only machine, a numbered step runner that prints `N passed, N failed`, polling with
 // a deadline, and screenshots.
 import fs from 'node:fs';
 import os from 'node:os';

@@ -2,7 +2,7 @@
 the load balancer's port, then deploy/cluster.sh down.
 
 01 clients spread over the three nodes (leastconn), and two of them on different nodes join
-   one room and signal each other across nodes (protocol: contract section 3)
+   one room and signal each other across nodes (protocol: docs/protocol.md)
 02 the LB forwards /ws and the demo page (/, /index.html, /switchboard.js, /demo.js, /demo.css)
    only; the admin sees the three nodes
 03 a node that stops is taken out of rotation: new clients land on the other two

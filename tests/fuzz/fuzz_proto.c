@@ -1,7 +1,7 @@
 /* Fuzzes the protocol decoder (node/proto.c) and its raw `data` locator with arbitrary
  * frames: whatever the decoder accepts must satisfy what the session relies on without
  * re-checking (the located `data` text included), and whatever it refuses must yield a
- * well-formed error frame with a contract error code. */
+ * well-formed error frame with an error code of docs/protocol.md. */
 #include "fuzz.h"
 #include "proto.h"
 

@@ -1,4 +1,4 @@
-"""Protocol v1 (contract section 3) across two real nodes on one real Redis: every message
+"""Protocol v1 (docs/protocol.md) across two real nodes on one real Redis: every message
 type, every error code a client can cause, links, cleanup and ordering."""
 import asyncio
 import base64
@@ -218,7 +218,7 @@ def test_04_cleanup_notifies_and_removes_links(cluster, redis_server, how):
         return took
     took = run(main())
     print(f"{how}: peers notified after {took*1000:.1f} ms")
-    assert took < 0.1 + 0.4  # contract: 100 ms on an idle machine; slack for ASan builds
+    assert took < 0.1 + 0.4  # docs/protocol.md: 100 ms on an idle machine; slack for ASan builds
 
 
 def test_05_ping_timeout_cleans_up(cluster, redis_server):

@@ -1,4 +1,4 @@
-"""Presence and the four rules of contract section 4: no resurrection after a reap, data loss
+"""Presence and the four rules of lua/README.md: no resurrection after a reap, data loss
 told apart from reaping, re-assert after Redis restarts empty."""
 import asyncio
 import signal

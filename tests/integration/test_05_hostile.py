@@ -91,7 +91,7 @@ def too_big(outcome):
 
 
 def read_past_too_big(ws, timeout):
-    """read_outcome, but a message-too-big error frame (which the contract wants before the
+    """read_outcome, but a message-too-big error frame (which docs/protocol.md wants before the
     1009 close) is stepped over: the outcome is what follows it."""
     outcome, took = read_outcome(ws, timeout)
     if too_big(outcome):

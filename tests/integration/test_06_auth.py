@@ -1,4 +1,4 @@
-"""Join authorization (contract section 3, --auth-secret-file) and abuse limits: HS256 JWTs built
+"""Join authorization (docs/protocol.md, --auth-secret-file) and abuse limits: HS256 JWTs built
 here with hmac and base64url, every way a token can be wrong refused with no write to Redis,
 `sub` as the peers see it, the secret file's minimum length, --auth-timeout-ms (4001), and
 join/leave churn throttled then closed with 4002 while the room stays responsive."""
@@ -175,7 +175,7 @@ def test_02_refused_tokens_write_nothing(cluster, tmp_path, redis_server):
         for msg in ({"type": "join", "room": "R"}, {"type": "join", "room": "R", "token": None}):
             reply = await c.request(msg)
             assert reply["code"] == "unauthorized", (msg, reply)
-        # a token that is not a string is a mistyped field (contract: bad-message); refused
+        # a token that is not a string is a mistyped field (docs/protocol.md: bad-message); refused
         # all the same, and writes nothing either
         for tok in (42, {"alg": "none"}, ["a.b.c"], True):
             reply = await c.request({"type": "join", "room": "R", "token": tok})

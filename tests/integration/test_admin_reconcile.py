@@ -1,5 +1,5 @@
 """Admin reconciliation and figures, with a real redis-server, real nodes and real WebSocket
-clients (contract sections 4 to 6). The seed design's scenarios, numbered by behaviour:
+clients (lua/README.md, docs/admin.md). The seed design's scenarios, numbered by behaviour:
 
 01 normal disconnect: links end at once          02 node SIGKILLed: reaped within TTL + interval
 03 many links per socket: each tracked, cleaned  04 figures equal the clients' own after churn

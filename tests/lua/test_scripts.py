@@ -1,5 +1,5 @@
 """The Lua scripts of lua/, each run through a real redis-server: the keys it writes, TTLs,
-the events it publishes, its reply, and the contract's invariants after every call."""
+the events it publishes, its reply, and the invariants of lua/README.md after every call."""
 import hashlib
 import json
 import os

@@ -1,6 +1,6 @@
 /* Unit tests for node/auth.c: tokens are minted with libjwt (and, for the header tricks libjwt
  * will not produce, signed by hand with OpenSSL) for the good case and every refusal the
- * contract lists; then the secret file loader. */
+ * protocol lists (docs/protocol.md); then the secret file loader. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

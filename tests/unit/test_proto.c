@@ -1,5 +1,5 @@
 /* Unit tests for node/proto.c: every message type decoded, every error code the decoder can
- * produce (with the rid echoed where the contract says so), socket id generation, and the
+ * produce (with the rid echoed where docs/protocol.md says so), socket id generation, and the
  * shapes of encoded replies and errors. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,7 +28,7 @@ static sb_msg_t decode_ok(const char *s)
     return m;
 }
 
-/* Checks that an error reply can be built from e and has the contract's shape. */
+/* Checks that an error reply can be built from e and has the shape docs/protocol.md gives. */
 static void check_error_frame(const sb_proto_err_t *e)
 {
     size_t len = 0;
