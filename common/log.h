@@ -1,5 +1,6 @@
-/* Logging: one line per event on stderr, with a level, a millisecond UTC timestamp and the
- * process's component tag. Nothing here allocates; safe from any callback (not from a signal
+/* Logging: one line per event on stderr: a millisecond UTC timestamp, the level, then the
+ * message, which names the socket, node or module it is about (no component tag: each process
+ * has its own stderr). Nothing here allocates; safe from any callback (not from a signal
  * handler). */
 #ifndef SB_LOG_H
 #define SB_LOG_H
