@@ -26,6 +26,7 @@ struct lws_context;
 typedef struct {
     char *listen, *redis, *prefix, *token_file, *log_level;
     int64_t redis_timeout_ms, reconcile_interval_ms, events_max;
+    int64_t max_connections, max_connections_per_ip; /* resolved at start (never 0) */
 } sb_admin_config_t;
 
 /* Parses options (defaults < env < flags), checks them and loads the token (from --token-file,
@@ -162,6 +163,34 @@ int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data);
 typedef void (*sb_reap_socket_cb)(sb_admin_t *a, int status, int64_t links, void *data);
 int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
                    const char *node, sb_reap_socket_cb cb, void *data);
+
+/* A batch of calls issued together (the reaps of one SSCAN batch, and any other calls its owner
+ * counts in): how many are in flight, what the reaps removed, the first failure. One batch at
+ * a time per walk keeps every walk's Redis load bounded. */
+typedef struct {
+    int pending;            /* calls in flight, +1 while the batch is being issued */
+    int64_t sockets, links; /* removed by this batch's reaps (room_remove answered "ok") */
+    const char *error;      /* the first failure, or NULL */
+} sb_batch_t;
+/* Starts issuing a batch (holds the +1 that sb_batch_settle drops at the end of issuing). */
+void sb_batch_open(sb_batch_t *b);
+/* Counts a call about to be issued; then pass its return code to sb_batch_issued, which
+ * uncounts it and records "unavailable" when it failed. Returns rc. */
+void sb_batch_add(sb_batch_t *b);
+int sb_batch_issued(sb_batch_t *b, int rc);
+/* Records a failure (the first one is kept). */
+void sb_batch_fail(sb_batch_t *b, const char *error);
+/* One call of the batch answered (or the issuing ended): 1 when it was the last. */
+int sb_batch_settle(sb_batch_t *b);
+/* sb_reap_socket counted in the batch (add, call, issued); its cb must call sb_batch_reaped. */
+int sb_batch_reap(sb_admin_t *a, sb_batch_t *b, const char *room, size_t rlen, const char *sid,
+                  size_t slen, const char *node, sb_reap_socket_cb cb, void *data);
+/* A reap of the batch answered (status and links as sb_reap_socket_cb's): counts what it
+ * removed; 1 when it was the last call of the batch. */
+int sb_batch_reaped(sb_batch_t *b, int status, int64_t links);
+/* The batch is complete: adds what it removed to P:admin:totals, clears it for the next one and
+ * returns its failure (NULL when none). */
+const char *sb_batch_close(sb_admin_t *a, sb_batch_t *b);
 
 /* nodes.c: the node index walk. */
 typedef struct {

@@ -69,6 +69,65 @@ int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid
     return rc;
 }
 
+/* ---- a batch of reaps ---------------------------------------------------------------------- */
+
+void sb_batch_open(sb_batch_t *b)
+{
+    b->pending = 1; /* guard: the batch cannot complete while it is being issued */
+}
+
+void sb_batch_add(sb_batch_t *b)
+{
+    b->pending++;
+}
+
+void sb_batch_fail(sb_batch_t *b, const char *error)
+{
+    if (!b->error)
+        b->error = error;
+}
+
+int sb_batch_issued(sb_batch_t *b, int rc)
+{
+    if (rc != 0) {
+        b->pending--;
+        sb_batch_fail(b, "unavailable");
+    }
+    return rc;
+}
+
+int sb_batch_settle(sb_batch_t *b)
+{
+    return --b->pending == 0;
+}
+
+int sb_batch_reap(sb_admin_t *a, sb_batch_t *b, const char *room, size_t rlen, const char *sid,
+                  size_t slen, const char *node, sb_reap_socket_cb cb, void *data)
+{
+    sb_batch_add(b);
+    return sb_batch_issued(b, sb_reap_socket(a, room, rlen, sid, slen, node, cb, data));
+}
+
+int sb_batch_reaped(sb_batch_t *b, int status, int64_t links)
+{
+    if (status == 1) {
+        b->sockets++;
+        b->links += links;
+    } else if (status < 0) {
+        sb_batch_fail(b, "room_remove failed");
+    }
+    return sb_batch_settle(b);
+}
+
+const char *sb_batch_close(sb_admin_t *a, sb_batch_t *b)
+{
+    sb_totals_add(a, "stale_sockets_removed", b->sockets);
+    sb_totals_add(a, "stale_links_removed", b->links);
+    const char *error = b->error;
+    memset(b, 0, sizeof *b);
+    return error;
+}
+
 /* ---- one dead node ------------------------------------------------------------------------- */
 
 typedef struct waiter {
@@ -83,9 +142,7 @@ typedef struct {
     sb_scan_t index; /* P:node:N:sockets */
     waiter_t *waiters;
     sb_reap_result_t res;
-    int pending; /* room_remove calls of this batch in flight, +1 while issuing */
-    int64_t batch_sockets, batch_links;
-    const char *error;
+    sb_batch_t batch; /* the room_remove calls of the current SSCAN batch */
 } reap_t;
 
 static void finish(reap_t *r, const char *error)
@@ -134,11 +191,9 @@ static int scan_next(reap_t *r);
 static void batch_complete(reap_t *r)
 {
     sb_admin_t *a = r->a;
-    sb_totals_add(a, "stale_sockets_removed", r->batch_sockets);
-    sb_totals_add(a, "stale_links_removed", r->batch_links);
-    r->batch_sockets = r->batch_links = 0;
-    if (r->error) {
-        finish(r, r->error);
+    const char *error = sb_batch_close(a, &r->batch);
+    if (error) {
+        finish(r, error);
         return;
     }
     if (!sb_scan_done(&r->index)) {
@@ -158,12 +213,8 @@ static void on_socket(sb_admin_t *a, int status, int64_t links, void *data)
     if (status == 1) {
         r->res.sockets++;
         r->res.links += links;
-        r->batch_sockets++;
-        r->batch_links += links;
-    } else if (status < 0) {
-        r->error = "room_remove failed";
     }
-    if (--r->pending == 0)
+    if (sb_batch_reaped(&r->batch, status, links))
         batch_complete(r);
 }
 
@@ -175,7 +226,7 @@ static void on_scan(const redisReply *items, const char *error, void *data)
         finish(r, error);
         return;
     }
-    r->pending = 1; /* guard: the batch cannot complete while we are still issuing it */
+    sb_batch_open(&r->batch);
     for (size_t i = 0; i < items->elements; i++) {
         const redisReply *e = items->element[i];
         if (e->type != REDIS_REPLY_STRING)
@@ -191,15 +242,11 @@ static void on_scan(const redisReply *items, const char *error, void *data)
             continue;
         }
         size_t rlen = (size_t)(sp - e->str);
-        r->pending++;
-        if (sb_reap_socket(a, e->str, rlen, sp + 1, e->len - rlen - 1, r->node, on_socket, r) !=
-            0) {
-            r->pending--;
-            r->error = "unavailable";
+        if (sb_batch_reap(a, &r->batch, e->str, rlen, sp + 1, e->len - rlen - 1, r->node,
+                          on_socket, r) != 0)
             break;
-        }
     }
-    if (--r->pending == 0)
+    if (sb_batch_settle(&r->batch))
         batch_complete(r);
 }
 

@@ -29,9 +29,7 @@ struct sb_pass {
     uint64_t started_ns; /* uv_hrtime() at the start */
     int by_lease;        /* started while this admin held the lease: may log node-up */
     sb_scan_t rooms;     /* P:rooms */
-    int pending; /* room_check and reap calls of this batch in flight, +1 while issuing */
-    int64_t batch_sockets, batch_links;
-    const char *error;
+    sb_batch_t batch; /* the room_check and reap calls of the current SSCAN batch */
 };
 
 typedef struct {
@@ -199,11 +197,9 @@ static int scan_rooms(sb_pass_t *p);
 
 static void batch_complete(sb_pass_t *p)
 {
-    sb_totals_add(p->a, "stale_sockets_removed", p->batch_sockets);
-    sb_totals_add(p->a, "stale_links_removed", p->batch_links);
-    p->batch_sockets = p->batch_links = 0;
-    if (p->error) {
-        finish(p, p->error);
+    const char *error = sb_batch_close(p->a, &p->batch);
+    if (error) {
+        finish(p, error);
         return;
     }
     if (sb_scan_done(&p->rooms)) {
@@ -216,7 +212,7 @@ static void batch_complete(sb_pass_t *p)
 
 static void settle(sb_pass_t *p)
 {
-    if (--p->pending == 0)
+    if (sb_batch_settle(&p->batch))
         batch_complete(p);
 }
 
@@ -228,12 +224,9 @@ static void on_swept(sb_admin_t *a, int status, int64_t links, void *data)
         p->res.stale_sockets++;
         p->res.swept_sockets++;
         p->res.stale_links += links;
-        p->batch_sockets++;
-        p->batch_links += links;
-    } else if (status < 0) {
-        p->error = "room_remove failed";
     }
-    settle(p);
+    if (sb_batch_reaped(&p->batch, status, links))
+        batch_complete(p);
 }
 
 static void on_checked(redisReply *reply, const char *error, void *data)
@@ -243,7 +236,7 @@ static void on_checked(redisReply *reply, const char *error, void *data)
     if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) {
         if (!error && sb_reply_is_error(reply))
             sb_error("reconcile: room_check of %s refused: %s", c->room, reply->str);
-        p->error = error ? error : "room_check failed";
+        sb_batch_fail(&p->batch, error ? error : "room_check failed");
         free(c);
         settle(p);
         return;
@@ -260,15 +253,12 @@ static void on_checked(redisReply *reply, const char *error, void *data)
                 c->room, (long long)counter, (long long)half, (long long)degree);
     /* Members without presence on a live node's watch (its lease outlived them, or it could
      * not refresh them): reap each; room_remove re-checks the presence. */
-    for (size_t i = 3; i < reply->elements && !p->error; i++) {
+    for (size_t i = 3; i < reply->elements && !p->batch.error; i++) {
         const redisReply *e = reply->element[i];
         if (e->type != REDIS_REPLY_STRING || e->len == 0)
             continue;
-        p->pending++;
-        if (sb_reap_socket(p->a, c->room, strlen(c->room), e->str, e->len, "", on_swept, p) != 0) {
-            p->pending--;
-            p->error = "unavailable";
-        }
+        sb_batch_reap(p->a, &p->batch, c->room, strlen(c->room), e->str, e->len, "", on_swept,
+                      p);
     }
     free(c);
     settle(p);
@@ -282,8 +272,8 @@ static void on_rooms(const redisReply *items, const char *error, void *data)
         finish(p, error);
         return;
     }
-    p->pending = 1; /* guard: the batch cannot complete while it is being issued */
-    for (size_t i = 0; i < items->elements && !p->error; i++) {
+    sb_batch_open(&p->batch);
+    for (size_t i = 0; i < items->elements && !p->batch.error; i++) {
         const redisReply *e = items->element[i];
         if (e->type != REDIS_REPLY_STRING)
             continue;
@@ -293,7 +283,7 @@ static void on_rooms(const redisReply *items, const char *error, void *data)
         }
         check_t *c = malloc(sizeof *c);
         if (!c) {
-            p->error = "out of memory";
+            sb_batch_fail(&p->batch, "out of memory");
             break;
         }
         c->p = p;
@@ -301,13 +291,10 @@ static void on_rooms(const redisReply *items, const char *error, void *data)
         char key[SB_KEY_MAX];
         sb_key_room_n(key, sizeof key, a->cfg.prefix, c->room, e->len, "members"); /* valid */
         const char *args[] = {key, a->cfg.prefix, c->room};
-        p->pending++;
-        if (sb_script_call(a->redis, sb_script("room_check"), 1, 3, args, NULL, on_checked, c) !=
-            0) {
-            p->pending--;
+        sb_batch_add(&p->batch);
+        if (sb_batch_issued(&p->batch, sb_script_call(a->redis, sb_script("room_check"), 1, 3,
+                                                      args, NULL, on_checked, c)) != 0)
             free(c);
-            p->error = "unavailable";
-        }
     }
     settle(p);
 }
