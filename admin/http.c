@@ -6,6 +6,7 @@
 #include "listen.h"
 #include "admin.h"
 #include "embed.h"
+#include "http.h"
 #include "log.h"
 
 #include <libwebsockets.h>
@@ -19,6 +20,9 @@ extern const sb_embed_t sb_admin_files[];
 #define EVENTS_DEFAULT 100
 #define EVENTS_LIMIT 1000
 #define MESH_EVENTS 20
+/* Names lws knows this listener by (sb_listen_stats in metrics.c uses the same). */
+#define VHOST_NAME "switchboard-admin"
+#define PROTOCOL_NAME "http"
 
 typedef enum { KIND_JSON, KIND_PAGE, KIND_STATIC, KIND_TEXT } kind_t;
 
@@ -35,17 +39,14 @@ typedef struct req {
     kind_t kind;
     const char *ctype;
     const char *extra_name, *extra_value; /* one more header (WWW-Authenticate, Allow, ...) */
-    char *body;                           /* LWS_PRE headroom, then len bytes */
-    size_t len;
+    sb_http_body_t body;
 } req_t;
 
 typedef struct {
     req_t *req;
 } pss_t;
 
-static const struct {
-    const char *path, *file;
-} static_routes[] = {
+static const sb_http_route_t static_routes[] = {
     {"/admin/", "index.html"},
     {"/admin/index.html", "index.html"},
     {"/admin/dashboard.js", "dashboard.js"},
@@ -56,7 +57,7 @@ static void req_unref(req_t *r)
 {
     if (--r->refs > 0)
         return;
-    free(r->body);
+    sb_http_body_free(&r->body);
     free(r);
 }
 
@@ -66,13 +67,10 @@ static int reply(req_t *r, unsigned status, kind_t kind, const char *ctype, cons
 {
     if (r->closed || r->stage != 0)
         return 0;
-    r->body = malloc(LWS_PRE + len + 1);
-    if (!r->body) {
+    if (sb_http_body_set(&r->body, body, len) != 0) {
         lws_set_timeout(r->wsi, PENDING_TIMEOUT_KILLED_BY_PARENT, LWS_TO_KILL_ASYNC);
         return 0;
     }
-    memcpy(r->body + LWS_PRE, body, len);
-    r->len = len;
     r->status = status;
     r->kind = kind;
     r->ctype = ctype;
@@ -118,48 +116,18 @@ static int reply_method(req_t *r, const char *allow)
     return reply_json(r, 405, "{\"error\":\"method not allowed\"}");
 }
 
-static const char *content_type(const char *file)
-{
-    const char *dot = strrchr(file, '.');
-    if (dot && strcmp(dot, ".js") == 0)
-        return "text/javascript; charset=utf-8";
-    if (dot && strcmp(dot, ".css") == 0)
-        return "text/css; charset=utf-8";
-    return "text/html; charset=utf-8";
-}
-
-static int add_header(struct lws *wsi, const char *name, const char *value, unsigned char **p,
-                      unsigned char *end)
-{
-    return lws_add_http_header_by_name(wsi, (const unsigned char *)name,
-                                       (const unsigned char *)value, (int)strlen(value), p, end);
-}
-
 static int write_headers(req_t *r)
 {
-    unsigned char hdr[LWS_PRE + 2048], *start = hdr + LWS_PRE, *p = start,
-                                       *end = hdr + sizeof hdr - 1;
-    struct lws *wsi = r->wsi;
-    if (lws_add_http_common_headers(wsi, r->status, r->ctype, (lws_filepos_t)r->len, &p, end))
-        return -1;
-    /* Every answer: never cached (figures change; the page must not outlive a token). */
-    if (add_header(wsi, "cache-control:", "no-store", &p, end) ||
-        add_header(wsi, "x-content-type-options:", "nosniff", &p, end) ||
-        add_header(wsi, "referrer-policy:", "no-referrer", &p, end))
-        return -1;
-    if (r->kind == KIND_PAGE) {
-        static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; "
-                                  "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                                  "form-action 'none'; frame-ancestors 'none'";
-        if (add_header(wsi, "content-security-policy:", csp, &p, end) ||
-            add_header(wsi, "x-frame-options:", "DENY", &p, end))
-            return -1;
-    }
-    if (r->extra_name && add_header(wsi, r->extra_name, r->extra_value, &p, end))
-        return -1;
-    if (lws_finalize_write_http_header(wsi, start, &p, end))
-        return -1;
-    return 0;
+    static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; "
+                              "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                              "form-action 'none'; frame-ancestors 'none'";
+    sb_http_head_t h = {.status = r->status,
+                        .ctype = r->ctype,
+                        .len = r->body.len,
+                        .csp = r->kind == KIND_PAGE ? csp : NULL,
+                        .extra_name = r->extra_name,
+                        .extra_value = r->extra_value};
+    return sb_http_write_head(r->wsi, &h);
 }
 
 /* ---- asynchronous answers ------------------------------------------------------------------ */
@@ -211,77 +179,62 @@ static void on_events(redisReply *reply_, const char *error, void *data)
 
 /* ---- routing ------------------------------------------------------------------------------- */
 
-typedef enum { M_GET, M_POST, M_PUT, M_DELETE, M_PATCH, M_OPTIONS, M_HEAD, M_OTHER } method_t;
-
-static method_t method_of(struct lws *wsi, char *path, size_t len)
-{
-    static const struct {
-        enum lws_token_indexes tok;
-        method_t m;
-    } methods[] = {
-        {WSI_TOKEN_GET_URI, M_GET},     {WSI_TOKEN_POST_URI, M_POST},
-        {WSI_TOKEN_PUT_URI, M_PUT},     {WSI_TOKEN_DELETE_URI, M_DELETE},
-        {WSI_TOKEN_PATCH_URI, M_PATCH}, {WSI_TOKEN_OPTIONS_URI, M_OPTIONS},
-        {WSI_TOKEN_HEAD_URI, M_HEAD},
-    };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        if (lws_hdr_total_length(wsi, methods[i].tok) > 0) {
-            if (lws_hdr_copy(wsi, path, (int)len, methods[i].tok) <= 0)
-                path[0] = '\0';
-            return methods[i].m;
-        }
-    }
-    path[0] = '\0';
-    return M_OTHER;
-}
-
-/* The query string rebuilt from lws's fragments ("a=1&b=2"), bounded. */
-static void query_of(struct lws *wsi, char *buf, size_t len)
-{
-    size_t n = 0;
-    buf[0] = '\0';
-    char frag[512];
-    for (int i = 0; i < 32; i++) {
-        int fl = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
-        if (fl < 0)
-            break;
-        int w = snprintf(buf + n, len - n, "%s%s", n ? "&" : "", frag);
-        if (w < 0 || (size_t)w >= len - n)
-            break;
-        n += (size_t)w;
-    }
-}
-
 /* limit=N of the events route: 1..EVENTS_LIMIT (larger is clamped); -1 when malformed. */
-static int parse_limit(const char *query)
+static int parse_limit(const char *digits)
 {
-    const char *p = query;
-    while (p && *p) {
-        if (strncmp(p, "limit=", 6) == 0) {
-            const char *d = p + 6;
-            long v = 0;
-            if (*d == '\0' || *d == '&')
-                return -1;
-            for (; *d && *d != '&'; d++) {
-                if (*d < '0' || *d > '9')
-                    return -1;
-                if (v <= EVENTS_LIMIT)
-                    v = v * 10 + (*d - '0');
-            }
-            if (v < 1)
-                return -1;
-            return v > EVENTS_LIMIT ? EVENTS_LIMIT : (int)v;
-        }
-        p = strchr(p, '&');
-        if (p)
-            p++;
+    long v = 0;
+    if (*digits == '\0')
+        return -1;
+    for (const char *d = digits; *d; d++) {
+        if (*d < '0' || *d > '9')
+            return -1;
+        if (v <= EVENTS_LIMIT)
+            v = v * 10 + (*d - '0');
     }
-    return EVENTS_DEFAULT;
+    if (v < 1)
+        return -1;
+    return v > EVENTS_LIMIT ? EVENTS_LIMIT : (int)v;
 }
 
-static int authorized(struct lws *wsi, const sb_admin_t *a, const char *query)
+/* What the query says, every parameter read. */
+typedef struct {
+    int unreadable; /* a parameter could not be read whole: the query is refused */
+    int has_token;  /* a parameter looks like a credential: refused as unauthorized */
+    int limit;      /* the first limit=N (EVENTS_DEFAULT when none, -1 when malformed) */
+} query_t;
+
+/* Reads every parameter of the query. lws keeps each, url-decoded, as one fragment of
+ * WSI_TOKEN_HTTP_URI_ARGS; none can be longer than the header space (4096 bytes, sb_listen),
+ * so the buffer holds any of them, and the loop ends at the first index lws does not have.
+ * Why not a bounded rebuild of the query string: a scan that stops at its bounds (32
+ * parameters, 512 bytes each, 1 KiB in all) let "token=" through after them. */
+static void read_query(struct lws *wsi, query_t *q)
 {
-    if (sb_admin_auth_query_has_token(query))
+    static char frag[4096 + 1]; /* one request at a time on our loop */
+    q->unreadable = q->has_token = 0;
+    q->limit = EVENTS_DEFAULT;
+    int seen_limit = 0;
+    for (int i = 0;; i++) {
+        int fl = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (fl < 0) {
+            if (lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i) > 0)
+                q->unreadable = 1; /* there, but longer than we can read */
+            return;
+        }
+        if ((size_t)fl != strlen(frag))
+            q->unreadable = 1; /* an encoded NUL ("%00") would hide the rest from the check */
+        if (sb_admin_auth_query_has_token(frag))
+            q->has_token = 1;
+        if (!seen_limit && strncmp(frag, "limit=", 6) == 0) {
+            seen_limit = 1;
+            q->limit = parse_limit(frag + 6);
+        }
+    }
+}
+
+static int authorized(struct lws *wsi, const sb_admin_t *a, const query_t *query)
+{
+    if (query->has_token)
         return 0; /* a token in a URL ends up in logs and histories: refused outright */
     char header[1200];
     int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
@@ -304,57 +257,58 @@ static int start_async(req_t *r, int rc)
 static int route(req_t *r, struct lws *wsi)
 {
     sb_admin_t *a = r->a;
-    char path[256], query[1024];
-    method_t m = method_of(wsi, path, sizeof path);
-    r->head = m == M_HEAD;
-    query_of(wsi, query, sizeof query);
+    char path[256];
+    sb_http_method_t m = sb_http_method(wsi, path, sizeof path);
+    r->head = m == SB_HTTP_HEAD;
+    if (sb_http_check_framing(wsi))
+        return reply_error(r, 400, "bad request");
+    query_t query;
+    read_query(wsi, &query);
 
     if (strcmp(path, "/livez") == 0) {
-        if (m != M_GET && m != M_HEAD)
+        if (m != SB_HTTP_GET && m != SB_HTTP_HEAD)
             return reply_method(r, "GET, HEAD");
         return reply_json(r, 200, "{\"status\":\"ok\"}");
     }
     if (strcmp(path, "/readyz") == 0) {
-        if (m != M_GET && m != M_HEAD)
+        if (m != SB_HTTP_GET && m != SB_HTTP_HEAD)
             return reply_method(r, "GET, HEAD");
         if (sb_lease_redis_ready(a))
             return reply_json(r, 200, "{\"status\":\"ready\"}");
         return reply_json(r, 503, "{\"status\":\"unready\",\"reason\":\"redis unreachable\"}");
     }
     if (strcmp(path, "/admin") == 0) {
-        if (m != M_GET && m != M_HEAD)
+        if (m != SB_HTTP_GET && m != SB_HTTP_HEAD)
             return reply_method(r, "GET, HEAD");
         r->extra_name = "location:";
         r->extra_value = "/admin/";
         return reply_json(r, 308, "{\"location\":\"/admin/\"}");
     }
-    for (size_t i = 0; i < sizeof static_routes / sizeof static_routes[0]; i++) {
-        if (strcmp(path, static_routes[i].path) != 0)
-            continue;
-        if (m != M_GET && m != M_HEAD)
+    const sb_embed_t *f = sb_http_static(
+        static_routes, sizeof static_routes / sizeof static_routes[0], sb_admin_files, path);
+    if (f) {
+        if (m != SB_HTTP_GET && m != SB_HTTP_HEAD)
             return reply_method(r, "GET, HEAD");
-        const sb_embed_t *f = sb_embed_find(sb_admin_files, static_routes[i].file);
-        if (!f)
-            break;
-        int page = strstr(f->name, ".html") != NULL;
-        return reply(r, 200, page ? KIND_PAGE : KIND_STATIC, content_type(f->name), f->data,
-                     f->len);
+        return reply(r, 200, sb_http_is_page(f) ? KIND_PAGE : KIND_STATIC,
+                     sb_http_content_type(f->name), f->data, f->len);
     }
 
     /* Data routes: the token first, for every method. */
     const char *allow = NULL;
-    method_t want = M_GET;
+    sb_http_method_t want = SB_HTTP_GET;
     if (strcmp(path, "/admin/mesh-status") == 0 || strcmp(path, "/admin/events") == 0 ||
         strcmp(path, "/metrics") == 0) {
         allow = "GET";
     } else if (strcmp(path, "/admin/reconcile") == 0) {
         allow = "POST";
-        want = M_POST;
+        want = SB_HTTP_POST;
     }
     if (!allow)
         return reply_json(r, 404, "{\"error\":\"not found\"}");
-    if (!authorized(wsi, a, query)) {
-        sb_debug("http: refused an unauthorized request");
+    if (query.unreadable)
+        return reply_error(r, 400, "query parameter too long to check");
+    if (!authorized(wsi, a, &query)) {
+        sb_debug_limited("http: refused an unauthorized request");
         return reply_unauthorized(r);
     }
     if (m != want)
@@ -369,7 +323,7 @@ static int route(req_t *r, struct lws *wsi)
         return start_async(r, sb_status_collect(a, 0, on_metrics, r));
     if (strcmp(path, "/admin/reconcile") == 0)
         return start_async(r, sb_reconcile_run(a, on_pass, r));
-    int limit = parse_limit(query);
+    int limit = query.limit;
     if (limit < 0) {
         r->refs--;
         return reply_error(r, 400, "limit must be an integer from 1 to 1000");
@@ -394,10 +348,11 @@ static void release(pss_t *pss)
     req_unref(r);
 }
 
+static const struct lws_protocols protocols[2];
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
-    (void)in;
     (void)len;
     pss_t *pss = user;
     struct lws_vhost *vh = lws_get_vhost(wsi);
@@ -405,7 +360,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     if (!a && lws_get_context(wsi))
         a = lws_context_user(lws_get_context(wsi));
 
+    if (sb_listen_filter(wsi, reason, in, &protocols[0]))
+        return 1; /* refused at accept by a connection cap */
     switch (reason) {
+    case LWS_CALLBACK_RAW_ADOPT:
+        /* lws turns a CONNECT request into a raw socket with no timeout of its own; nothing
+         * here speaks raw: refuse it at once. */
+        return -1;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return -1; /* no WebSocket here */
     case LWS_CALLBACK_HTTP: {
@@ -433,15 +394,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             lws_callback_on_writable(wsi);
             break;
         }
-        if (!r->head && r->len > 0) {
-            if (lws_write(wsi, (unsigned char *)r->body + LWS_PRE, r->len, LWS_WRITE_HTTP_FINAL) <
-                0)
-                return -1;
-        }
+        /* The body goes out after the headers, then the transaction completes (and the next
+         * request on this connection may start): the request is released first. */
+        sb_http_body_t body = r->body;
+        r->body = (sb_http_body_t){0};
+        int head = r->head;
         release(pss);
-        if (lws_http_transaction_completed(wsi))
-            return -1;
-        break;
+        return sb_http_body_write(wsi, &body, head);
     }
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
@@ -454,7 +413,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 static const struct lws_protocols protocols[] = {
-    {"http", callback, sizeof(pss_t), 0, 0, NULL, 0},
+    {PROTOCOL_NAME, callback, sizeof(pss_t), 0, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -464,7 +423,9 @@ int sb_http_start(sb_admin_t *a)
                      .listen = a->cfg.listen,
                      .protocols = protocols,
                      .user = a,
-                     .vhost_name = "switchboard-admin"};
+                     .vhost_name = VHOST_NAME,
+                     .max_connections = a->cfg.max_connections,
+                     .max_per_source = a->cfg.max_connections_per_ip};
     a->lws = sb_listen(&l);
     if (!a->lws)
         return -1;

@@ -3,6 +3,7 @@
  * the pass duration histogram is this process's own passes. Label values are bounded: the
  * violation kinds are a fixed list. */
 #include "admin.h"
+#include "listen.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -75,6 +76,18 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
                   a->lease_held);
     sb_prom_gauge(&o, "switchboard_admin_redis_up", "1 while this admin's Redis connection works.",
                   sb_lease_redis_ready(a));
+    /* The listener's names are http.c's VHOST_NAME and PROTOCOL_NAME. */
+    sb_listen_stats_t ls;
+    sb_listen_stats(a->lws, "switchboard-admin", "http", &ls);
+    sb_prom_gauge(&o, "switchboard_admin_connections",
+                  "Open HTTP connections to this admin (capped by --max-connections).", ls.open);
+    sb_prom_printf(&o,
+                   "# HELP switchboard_admin_connections_refused_total Connections refused at "
+                   "accept, by cap.\n# TYPE switchboard_admin_connections_refused_total counter\n"
+                   "switchboard_admin_connections_refused_total{cap=\"max-connections\"} %llu\n"
+                   "switchboard_admin_connections_refused_total{cap=\"max-connections-per-ip\"} "
+                   "%llu\n",
+                   (unsigned long long)ls.refused_max, (unsigned long long)ls.refused_source);
     sb_prom_printf(
         &o,
         "# HELP switchboard_build_info Build of this process.\n"

@@ -2,6 +2,7 @@
  * (SWITCHBOARD_ADMIN_TOKEN_FILE), else from SWITCHBOARD_ADMIN_TOKEN. Without a usable token the
  * admin does not start. Does not check the token of a request (auth.c). */
 #include "admin.h"
+#include "listen.h"
 #include "log.h"
 
 #include <stddef.h>
@@ -30,6 +31,11 @@ static const sb_option_t admin_options[] = {
      "time between reconcile passes (and the reconcile lease's takeover bound)"},
     {"events-max", SB_OPT_INT, "1000", 10, 1000000, OFF(events_max),
      "length of the activity log stream P:events (XADD MAXLEN ~)"},
+    {"max-connections", SB_OPT_INT, "0", 0, 100000000, OFF(max_connections),
+     "open connections before new ones are refused at accept; 0 = the fd limit less a reserve "
+     "of 96"},
+    {"max-connections-per-ip", SB_OPT_INT, "0", 0, 100000000, OFF(max_connections_per_ip),
+     "open connections from one source address; 0 = a quarter of --max-connections"},
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
     {0},
 };
@@ -123,6 +129,9 @@ int sb_admin_options(sb_admin_config_t *cfg, char **token, size_t *token_len, in
         return 1;
     }
     if (rc != SB_CONFIG_OK)
+        return bad(err);
+    if (sb_listen_limits(&cfg->max_connections, &cfg->max_connections_per_ip, "max-connections",
+                         "max-connections-per-ip", err, sizeof err) != 0)
         return bad(err);
     if (cfg->token_file) {
         if (read_token_file(cfg->token_file, token, token_len, err, sizeof err) != 0)

@@ -1,10 +1,264 @@
-/* lws context creation on a foreign libuv loop (see listen.h). */
+/* lws context creation on a foreign libuv loop, the fd budget and the connection caps (see
+ * listen.h). The caps are applied at LWS_CALLBACK_FILTER_NETWORK_CONNECTION, the one point
+ * where lws has accepted a socket and nothing else has happened yet: refusing there costs an
+ * accept and a close, no memory, no header parsing. Does not know HTTP or WebSocket. */
 #include "listen.h"
 #include "config.h"
 #include "log.h"
+#include "map.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+/* One accepted connection's place in the counts, indexed by its fd. */
+typedef struct {
+    char *source;    /* key in by_source (our copy), NULL when the slot is free */
+    struct lws *wsi; /* learnt at the first callback where lws shows the fd */
+} fd_slot_t;
+
+typedef struct {
+    int64_t max_connections, max_per_source;
+    sb_listen_stats_t stats;
+    sb_map_t by_source; /* address text -> (uintptr_t) open connections from it */
+    sb_map_t by_wsi;    /* "%p" of the wsi -> (uintptr_t) fd + 1 */
+    fd_slot_t *fds;
+    size_t nfds;
+} limiter_t;
+
+static int64_t fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    return rl.rlim_cur == RLIM_INFINITY ? (int64_t)1 << 20 : (int64_t)rl.rlim_cur;
+}
+
+int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const char *opt_max,
+                     const char *opt_per_source, char *err, size_t errlen)
+{
+    /* Why raise the soft limit: it is 1024 by default on Debian, far below what a node holds;
+     * the hard limit is what the administrator granted (LimitNOFILE, ulimit -Hn). */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl); /* a failure leaves the soft limit, which is then used */
+    }
+    int64_t limit = fd_limit();
+    int64_t room = limit - SB_LISTEN_FD_RESERVE - SB_LISTEN_LWS_OWN;
+    if (room < 1) {
+        snprintf(err, errlen,
+                 "--%s: the fd limit (ulimit -n %lld) leaves no room for connections after a "
+                 "reserve of %d",
+                 opt_max, (long long)limit, SB_LISTEN_FD_RESERVE + SB_LISTEN_LWS_OWN);
+        return -1;
+    }
+    if (*max_connections == 0) {
+        *max_connections = room;
+    } else if (*max_connections > room) {
+        snprintf(err, errlen,
+                 "--%s: %lld is more than the fd limit allows (ulimit -n %lld less a reserve of "
+                 "%d: at most %lld)",
+                 opt_max, (long long)*max_connections, (long long)limit,
+                 SB_LISTEN_FD_RESERVE + SB_LISTEN_LWS_OWN, (long long)room);
+        return -1;
+    }
+    if (*max_per_source == 0) {
+        *max_per_source = *max_connections / 4 > 0 ? *max_connections / 4 : 1;
+    } else if (*max_per_source > *max_connections) {
+        snprintf(err, errlen, "--%s: %lld is more than --%s (%lld)", opt_per_source,
+                 (long long)*max_per_source, opt_max, (long long)*max_connections);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the caps ------------------------------------------------------------------------------ */
+
+static limiter_t *limiter_of(struct lws_vhost *vh, const struct lws_protocols *p0)
+{
+    if (!vh || !p0)
+        return NULL;
+    limiter_t **slot = lws_protocol_vh_priv_get(vh, p0);
+    return slot ? *slot : NULL;
+}
+
+/* The peer's address as text (IPv4-mapped IPv6 as IPv4): the per-source key. */
+static int source_of(int fd, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+        return inet_ntop(AF_INET, &in4->sin_addr, buf, (socklen_t)len) ? 0 : -1;
+    }
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            return inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], buf, (socklen_t)len) ? 0 : -1;
+        return inet_ntop(AF_INET6, &in6->sin6_addr, buf, (socklen_t)len) ? 0 : -1;
+    }
+    snprintf(buf, len, "local");
+    return 0;
+}
+
+/* Gives back the place of the connection in slot (its source's count, the total). */
+static void release_slot(limiter_t *lim, fd_slot_t *slot)
+{
+    if (!slot->source)
+        return;
+    uintptr_t n = (uintptr_t)sb_map_get(&lim->by_source, slot->source);
+    if (n <= 1)
+        sb_map_del(&lim->by_source, slot->source);
+    else
+        sb_map_put(&lim->by_source, slot->source, (void *)(n - 1)); /* replaces: no allocation */
+    if (slot->wsi) {
+        char key[32];
+        snprintf(key, sizeof key, "%p", (void *)slot->wsi);
+        sb_map_del(&lim->by_wsi, key);
+    }
+    free(slot->source);
+    slot->source = NULL;
+    slot->wsi = NULL;
+    lim->stats.open--;
+}
+
+/* 1 to refuse the connection on fd, 0 to let lws adopt it (then counted). */
+static int on_accept(limiter_t *lim, int fd)
+{
+    if (fd < 0)
+        return 1;
+    if ((size_t)fd >= lim->nfds) {
+        size_t n = lim->nfds ? lim->nfds : 256;
+        while (n <= (size_t)fd)
+            n *= 2;
+        fd_slot_t *fds = realloc(lim->fds, n * sizeof *fds);
+        if (!fds)
+            return 1;
+        memset(fds + lim->nfds, 0, (n - lim->nfds) * sizeof *fds);
+        lim->fds = fds;
+        lim->nfds = n;
+    }
+    /* An adoption that failed after we counted it never told us; its fd is free again. */
+    release_slot(lim, &lim->fds[fd]);
+    if (lim->stats.open >= lim->max_connections) {
+        lim->stats.refused_max++;
+        sb_warn_limited("refused a connection: --max-connections (%lld) reached",
+                        (long long)lim->max_connections);
+        return 1;
+    }
+    char src[INET6_ADDRSTRLEN + 8];
+    if (source_of(fd, src, sizeof src) != 0)
+        return 1; /* the peer is gone already */
+    uintptr_t n = (uintptr_t)sb_map_get(&lim->by_source, src);
+    if ((int64_t)n >= lim->max_per_source) {
+        lim->stats.refused_source++;
+        sb_warn_limited("refused a connection from %s: its %lld connections reach the "
+                        "per-source cap",
+                        src, (long long)n);
+        return 1;
+    }
+    char *copy = strdup(src);
+    if (!copy || sb_map_put(&lim->by_source, src, (void *)(n + 1)) != 0) {
+        free(copy);
+        return 1;
+    }
+    lim->fds[fd].source = copy;
+    lim->fds[fd].wsi = NULL;
+    lim->stats.open++;
+    return 0;
+}
+
+/* lws shows the fd of a new wsi only once it is bound (at WSI_CREATE it has none yet, and at
+ * WSI_DESTROY the socket is closed already): remember which wsi holds which counted fd. */
+static void learn_wsi(limiter_t *lim, struct lws *wsi)
+{
+    int fd = (int)lws_get_socket_fd(wsi);
+    if (fd < 0 || (size_t)fd >= lim->nfds || !lim->fds[fd].source || lim->fds[fd].wsi)
+        return;
+    char key[32];
+    snprintf(key, sizeof key, "%p", (void *)wsi);
+    if (sb_map_put(&lim->by_wsi, key, (void *)((uintptr_t)fd + 1)) == 0)
+        lim->fds[fd].wsi = wsi;
+}
+
+static void on_destroy(limiter_t *lim, struct lws *wsi)
+{
+    char key[32];
+    snprintf(key, sizeof key, "%p", (void *)wsi);
+    uintptr_t fd1 = (uintptr_t)sb_map_get(&lim->by_wsi, key);
+    if (fd1 == 0 || fd1 - 1 >= lim->nfds)
+        return;
+    release_slot(lim, &lim->fds[fd1 - 1]);
+}
+
+static void limiter_free(limiter_t *lim)
+{
+    for (size_t i = 0; i < lim->nfds; i++)
+        free(lim->fds[i].source);
+    free(lim->fds);
+    sb_map_free(&lim->by_source);
+    sb_map_free(&lim->by_wsi);
+    free(lim);
+}
+
+int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in,
+                     const struct lws_protocols *p0)
+{
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+    case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
+    case LWS_CALLBACK_RAW_SKT_BIND_PROTOCOL:
+    case LWS_CALLBACK_RAW_ADOPT:
+    case LWS_CALLBACK_WSI_DESTROY:
+    case LWS_CALLBACK_PROTOCOL_DESTROY:
+        break;
+    default:
+        return 0;
+    }
+    struct lws_vhost *vh = lws_get_vhost(wsi);
+    limiter_t *lim = limiter_of(vh, p0);
+    if (!lim)
+        return 0;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        /* `in` is the accepted socket; wsi is the listener's. */
+        return on_accept(lim, (int)(intptr_t)in);
+    case LWS_CALLBACK_WSI_DESTROY:
+        on_destroy(lim, wsi);
+        break;
+    case LWS_CALLBACK_PROTOCOL_DESTROY: {
+        limiter_t **slot = lws_protocol_vh_priv_get(vh, p0);
+        *slot = NULL;
+        limiter_free(lim);
+        break;
+    }
+    default:
+        learn_wsi(lim, wsi);
+        break;
+    }
+    return 0;
+}
+
+void sb_listen_stats(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
+                     sb_listen_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    struct lws_vhost *vh = ctx ? lws_get_vhost_by_name(ctx, vhost_name) : NULL;
+    const struct lws_protocols *p = vh ? lws_vhost_name_to_protocol(vh, proto_name) : NULL;
+    limiter_t *lim = limiter_of(vh, p);
+    if (lim)
+        *out = lim->stats;
+}
+
+/* ---- the context --------------------------------------------------------------------------- */
 
 struct lws_context *sb_listen(const sb_listen_t *l)
 {
@@ -37,11 +291,50 @@ struct lws_context *sb_listen(const sb_listen_t *l)
         info.ssl_cert_filepath = l->tls_cert;
         info.ssl_private_key_filepath = l->tls_key;
     }
+    /* Every line lws writes goes through our rate limit: a client can make lws log (each
+     * failed accept was logged, 150,000 lines a second at the fd limit). */
     lws_set_log_level(
         getenv("SB_LWS_DEBUG") ? (LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO | LLL_DEBUG) : LLL_ERR,
-        NULL);
+        sb_log_lws_emit);
+
+    /* The fd budget. lws sizes its tables to the soft fd limit it sees at creation, and with
+     * fd_limit_per_thread below that limit it switches every fd lookup to a linear scan
+     * (lws 4.1.6 wsi_from_fd: O(fds) per event). So the soft limit is lowered by the reserve
+     * while lws is created, then raised again: lws polls its listener only while it has room
+     * (it stops accepting at its own limit instead of spinning on EMFILE), and the reserve
+     * stays for Redis, the resolver and logs. The caps keep lws below its limit anyway. */
+    struct rlimit rl, lowered;
+    int lowered_ok = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur > 2 * SB_LISTEN_FD_RESERVE) {
+        lowered = rl;
+        lowered.rlim_cur = rl.rlim_cur - SB_LISTEN_FD_RESERVE;
+        lowered_ok = setrlimit(RLIMIT_NOFILE, &lowered) == 0;
+        if (lowered_ok)
+            info.fd_limit_per_thread = (unsigned)lowered.rlim_cur;
+    }
     struct lws_context *ctx = lws_create_context(&info);
-    if (!ctx)
+    if (lowered_ok)
+        setrlimit(RLIMIT_NOFILE, &rl);
+    if (!ctx) {
         sb_error("cannot listen on %s", l->listen);
+        return NULL;
+    }
+    /* The caps' state lives in the vhost's private data of protocols[0], where the callback
+     * finds it; lws frees that slot, sb_listen_filter frees what it points to. */
+    struct lws_vhost *vh = lws_get_vhost_by_name(ctx, l->vhost_name);
+    limiter_t **slot = vh ? lws_protocol_vh_priv_zalloc(vh, &l->protocols[0], sizeof *slot) : NULL;
+    limiter_t *lim = calloc(1, sizeof *lim);
+    if (!slot || !lim) {
+        free(lim);
+        sb_error("cannot listen on %s: out of memory", l->listen);
+        lws_context_destroy(ctx);
+        return NULL;
+    }
+    lim->max_connections = l->max_connections > 0 ? l->max_connections : INT64_MAX;
+    lim->max_per_source = l->max_per_source > 0 ? l->max_per_source : INT64_MAX;
+    sb_map_init(&lim->by_source);
+    sb_map_init(&lim->by_wsi);
+    *slot = lim;
     return ctx;
 }

@@ -1,10 +1,20 @@
 /* A libwebsockets server context on the caller's libuv loop, listening on HOST:PORT: what the
- * node and the admin share about lws set-up. */
+ * node and the admin share about lws set-up, and the edge of the process under hostile load:
+ * the file descriptor budget and the connection caps (a global one and one per source
+ * address), enforced when lws accepts a connection, before any byte of it is read. */
 #ifndef SB_LISTEN_H
 #define SB_LISTEN_H
 
 #include <libwebsockets.h>
+#include <stdint.h>
 #include <uv.h>
+
+/* File descriptors kept out of lws's reach: Redis connections and their reconnects, the
+ * resolver, logs, libuv's own. lws is sized to the fd limit less this, so a flood of
+ * connections can never take the last descriptors the process needs to stay ready. */
+#define SB_LISTEN_FD_RESERVE 64
+/* Descriptors lws uses itself (listeners, its event pipe) inside its share. */
+#define SB_LISTEN_LWS_OWN 32
 
 typedef struct {
     uv_loop_t *loop;
@@ -15,10 +25,40 @@ typedef struct {
     const lws_retry_bo_t *idle_policy; /* may be NULL */
     const char *tls_cert, *tls_key;    /* may be NULL */
     unsigned long extra_options;
+    int64_t max_connections; /* resolved by sb_listen_limits (never 0) */
+    int64_t max_per_source;
 } sb_listen_t;
 
+/* Connection figures of one listener (for metrics). */
+typedef struct {
+    int64_t open;            /* accepted connections not closed yet (HTTP and WebSocket) */
+    uint64_t refused_max;    /* refused at accept: --max-connections reached */
+    uint64_t refused_source; /* refused at accept: the source address's cap reached */
+} sb_listen_stats_t;
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit, then resolves the caps: 0 in
+ * *max_connections means "derived": the fd limit less SB_LISTEN_FD_RESERVE and
+ * SB_LISTEN_LWS_OWN; 0 in *max_per_source means a quarter of *max_connections (at least 1).
+ * A value given above what the fd limit allows, or a per-source cap above the global one, is
+ * an error. Returns 0, or -1 with one line naming the option (opt_max, opt_per_source are the
+ * options' names, without dashes) in err. */
+int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const char *opt_max,
+                     const char *opt_per_source, char *err, size_t errlen);
+
 /* Creates the context (NULL when it cannot listen; logged). Destroy with lws_context_destroy,
- * then let the loop run so lws closes its handles. */
+ * then let the loop run so lws closes its handles. lws logs through sb_log_lws_emit. */
 struct lws_context *sb_listen(const sb_listen_t *l);
+
+/* The protocol callback calls this first, with the same arguments and its protocols[0]:
+ * returns 1 when the callback must return 1 at once (a connection refused at accept by a cap;
+ * lws then closes it), else 0. Keeps the counts of open connections per source; frees its
+ * state at LWS_CALLBACK_PROTOCOL_DESTROY. */
+int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in,
+                     const struct lws_protocols *p0);
+
+/* Figures of the listener of ctx: its vhost's name and the name of its protocols[0] (zeros
+ * when unknown, e.g. ctx NULL). */
+void sb_listen_stats(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
+                     sb_listen_stats_t *out);
 
 #endif

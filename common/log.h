@@ -24,6 +24,35 @@ void sb_log(sb_log_level_t level, const char *fmt, ...) __attribute__((format(pr
             sb_log(SB_LOG_DEBUG, __VA_ARGS__);                                                     \
     } while (0)
 
+/* Lines an outsider can trigger (a refused connection, a bad request, libwebsockets' own
+ * errors such as "accept: errno 24") go through a rate limit, so that no client can grow the
+ * log faster than SB_LOG_BURST lines per call site per second. One sb_log_rate_t per call site
+ * (the sb_*_limited macros keep it in a static of the call site: log state is process-wide,
+ * like the level). When lines were dropped, the next line that passes says how many. */
+#define SB_LOG_BURST 10
+typedef struct {
+    int64_t window_ms; /* start of the current one-second window (monotonic) */
+    unsigned lines;    /* lines written in it */
+    uint64_t dropped;  /* lines dropped since the last one written */
+} sb_log_rate_t;
+/* Logs like sb_log when rate allows (at most SB_LOG_BURST lines a second for rate). */
+void sb_log_rated(sb_log_rate_t *rate, sb_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define sb_log_limited(level, ...)                                                                 \
+    do {                                                                                           \
+        static sb_log_rate_t sb_rate_;                                                             \
+        if (sb_log_enabled(level))                                                                 \
+            sb_log_rated(&sb_rate_, level, __VA_ARGS__);                                           \
+    } while (0)
+#define sb_warn_limited(...) sb_log_limited(SB_LOG_WARN, __VA_ARGS__)
+#define sb_info_limited(...) sb_log_limited(SB_LOG_INFO, __VA_ARGS__)
+#define sb_debug_limited(...) sb_log_limited(SB_LOG_DEBUG, __VA_ARGS__)
+
+/* libwebsockets' log lines (passed to lws_set_log_level as its emit function): written in our
+ * format at our level ("lws: ..."), rate limited as one call site, since a client can make lws
+ * log (for instance every failed accept). */
+void sb_log_lws_emit(int lws_level, const char *line);
+
 /* Invariants of our own code (never client input): prints file and line, then aborts. */
 #define sb_assert(cond)                                                                            \
     do {                                                                                           \

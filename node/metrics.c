@@ -2,6 +2,7 @@
  * text on /metrics. Label values are bounded: message types by the protocol's list, error
  * and close codes by the contract's lists (anything else is counted as "other"). */
 #include "node.h"
+#include "listen.h"
 #include "log.h"
 
 #include <stdint.h>
@@ -48,7 +49,7 @@ void sb_metrics_error(sb_node_t *n, const char *code)
 
 void sb_metrics_close(sb_node_t *n, int code)
 {
-    static const int known[] = {1000, 1001, 1006, 1009, 1011, 4000, 4001, 4002, 4003};
+    static const int known[] = {1000, 1001, 1002, 1006, 1009, 1011, 4000, 4001, 4002, 4003};
     char label[16] = "other";
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (code == known[i])
@@ -90,6 +91,18 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
     sb_prom_printf(&p, "# HELP switchboard_node_closes_total Connections closed, by close "
                        "code.\n# TYPE switchboard_node_closes_total counter\n");
     put_map(&p, &m->closes, "switchboard_node_closes_total", "code");
+    /* The listener's names are server.c's VHOST_NAME and PROTOCOL_NAME. */
+    sb_listen_stats_t ls;
+    sb_listen_stats(n->lws, "switchboard", "switchboard.v1", &ls);
+    sb_prom_gauge(&p, "switchboard_node_connections",
+                  "Open connections, HTTP and WebSocket (capped by --max-connections).", ls.open);
+    sb_prom_printf(&p,
+                   "# HELP switchboard_node_connections_refused_total Connections refused at "
+                   "accept, by cap.\n# TYPE switchboard_node_connections_refused_total counter\n"
+                   "switchboard_node_connections_refused_total{cap=\"max-connections\"} %llu\n"
+                   "switchboard_node_connections_refused_total{cap=\"max-connections-per-ip\"} "
+                   "%llu\n",
+                   (unsigned long long)ls.refused_max, (unsigned long long)ls.refused_source);
     sb_prom_gauge(&p, "switchboard_node_send_queue_bytes", "Bytes queued to clients.",
                   (long long)n->send_queue_bytes);
     sb_prom_gauge(&p, "switchboard_node_redis_up", "1 when the Redis command connection works.",

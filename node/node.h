@@ -23,6 +23,7 @@ typedef struct {
     sb_strlist_t allowed_origins, turn_urls;
     char *auth_secret_file, *turn_secret_file, *tls_cert, *tls_key;
     int64_t auth_timeout_ms, turn_ttl_ms, drain_timeout_ms;
+    int64_t max_connections, max_connections_per_ip; /* resolved at start (never 0) */
 } sb_node_config_t;
 
 /* Parses options (defaults < env < flags) and checks combinations. Returns 0, 1 when --help or

@@ -1,5 +1,6 @@
 /* The node's option table (contract section 1) and the checks that span options. */
 #include "node.h"
+#include "listen.h"
 #include "log.h"
 
 #include <stddef.h>
@@ -50,6 +51,11 @@ static const sb_option_t node_options[] = {
     {"tls-key", SB_OPT_FILE, NULL, 0, 0, OFF(tls_key), "PEM private key (with --tls-cert)"},
     {"drain-timeout-ms", SB_OPT_INT, "10000", 0, DAY, OFF(drain_timeout_ms),
      "on SIGTERM, how long to drain before exiting"},
+    {"max-connections", SB_OPT_INT, "0", 0, 100000000, OFF(max_connections),
+     "open connections (HTTP and WebSocket) before new ones are refused at accept; 0 = the fd "
+     "limit less a reserve of 96"},
+    {"max-connections-per-ip", SB_OPT_INT, "0", 0, 100000000, OFF(max_connections_per_ip),
+     "open connections from one source address; 0 = a quarter of --max-connections"},
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
     {0},
 };
@@ -98,6 +104,9 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
         return bad("--turn-secret-file: needed with --turn-url");
     if (cfg->turn_secret_file && cfg->turn_urls.n == 0)
         return bad("--turn-url: needed with --turn-secret-file");
+    if (sb_listen_limits(&cfg->max_connections, &cfg->max_connections_per_ip, "max-connections",
+                         "max-connections-per-ip", err, sizeof err) != 0)
+        return bad(err);
     if (!cfg->id) {
         char host[256] = "node", hp[300];
         gethostname(host, sizeof host - 1);

@@ -2,9 +2,13 @@
  * dispatches: HTTP endpoints here (they are small), WebSocket events to session.c. */
 #include "node.h"
 #include "embed.h"
+#include "http.h"
 #include "listen.h"
 #include "log.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -12,102 +16,87 @@
 extern const sb_embed_t sb_client_files[];
 
 typedef struct {
-    sb_session_t *sess; /* WebSocket: the session (one reference) */
-    char *body;         /* HTTP: response body waiting for WRITEABLE (LWS_PRE headroom) */
-    size_t body_len;
+    sb_session_t *sess;  /* WebSocket: the session (one reference) */
+    sb_http_body_t body; /* HTTP: the response body waiting for WRITEABLE */
+    int head;            /* HTTP: a HEAD request (headers only) */
 } pss_t;
 
-static const struct {
-    const char *path, *file;
-} static_routes[] = {
+/* lws 4.1.6 keeps the close opcode of lws_write() private (4), as session.c notes. */
+#define CLOSE_OPCODE ((enum lws_write_protocol)4)
+
+/* Names lws knows this listener by (sb_listen_stats in metrics.c uses the same). */
+#define VHOST_NAME "switchboard"
+#define PROTOCOL_NAME "switchboard.v1"
+
+static const sb_http_route_t static_routes[] = {
     {"/", "index.html"},     {"/index.html", "index.html"}, {"/switchboard.js", "switchboard.js"},
     {"/demo.js", "demo.js"}, {"/demo.css", "demo.css"},
 };
 
-static const char *content_type(const char *file)
-{
-    const char *dot = strrchr(file, '.');
-    if (dot && strcmp(dot, ".js") == 0)
-        return "text/javascript; charset=utf-8";
-    if (dot && strcmp(dot, ".css") == 0)
-        return "text/css; charset=utf-8";
-    return "text/html; charset=utf-8";
-}
+static const char page_csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self' ws: wss:; img-src 'self' data:; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /* Writes headers now and keeps the body for HTTP_WRITEABLE. Returns what the callback returns. */
-static int respond(struct lws *wsi, pss_t *pss, unsigned status, const char *type, const char *body,
-                   size_t len, int is_page)
+static int respond(struct lws *wsi, pss_t *pss, const sb_http_head_t *h, const char *body)
 {
-    unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start,
-                                       *end = hdr + sizeof hdr - 1;
-    if (lws_add_http_common_headers(wsi, status, type, (lws_filepos_t)len, &p, end))
-        return 1;
-    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)"no-store", 8, &p, end))
-        return 1;
-    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
-                                    (const unsigned char *)"nosniff", 7, &p, end))
-        return 1;
-    if (is_page) {
-        static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; "
-                                  "connect-src 'self' ws: wss:; img-src 'self' data:; "
-                                  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-        if (lws_add_http_header_by_name(wsi, (const unsigned char *)"content-security-policy:",
-                                        (const unsigned char *)csp, sizeof csp - 1, &p, end))
-            return 1;
-    }
-    if (lws_finalize_write_http_header(wsi, start, &p, end))
-        return 1;
-    pss->body = malloc(LWS_PRE + len + 1);
-    if (!pss->body)
-        return 1;
-    memcpy(pss->body + LWS_PRE, body, len);
-    pss->body_len = len;
+    if (sb_http_write_head(wsi, h) != 0 || sb_http_body_set(&pss->body, body, h->len) != 0)
+        return -1;
     lws_callback_on_writable(wsi);
     return 0;
 }
 
+static int respond_json(struct lws *wsi, pss_t *pss, unsigned status, const char *json)
+{
+    sb_http_head_t h = {.status = status, .ctype = "application/json", .len = strlen(json)};
+    return respond(wsi, pss, &h, json);
+}
+
 static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
 {
-    char path[256] = "";
-    /* Why lws_hdr_copy and not `in`: one source for the path in every callback. */
-    if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0)
-        return respond(wsi, pss, 405, "application/json", "{\"error\":\"method not allowed\"}", 30,
-                       0);
-    char *q = strchr(path, '?');
-    if (q)
-        *q = '\0';
+    char path[256];
+    sb_http_method_t m = sb_http_method(wsi, path, sizeof path);
+    pss->head = m == SB_HTTP_HEAD;
+    if (sb_http_check_framing(wsi))
+        return respond_json(wsi, pss, 400, "{\"error\":\"bad request\"}");
+    /* Every route here is read-only: GET and HEAD, nothing else (RFC 9110 15.5.6). */
+    if (m != SB_HTTP_GET && m != SB_HTTP_HEAD) {
+        static const char body[] = "{\"error\":\"method not allowed\"}";
+        sb_http_head_t h = {.status = 405, .ctype = "application/json", .len = sizeof body - 1,
+                            .extra_name = "allow:", .extra_value = "GET, HEAD"};
+        return respond(wsi, pss, &h, body);
+    }
     if (strcmp(path, "/livez") == 0)
-        return respond(wsi, pss, 200, "application/json", "{\"status\":\"ok\"}", 15, 0);
+        return respond_json(wsi, pss, 200, "{\"status\":\"ok\"}");
     if (strcmp(path, "/readyz") == 0) {
         const char *why = NULL;
         char body[256];
         int ok = sb_node_ready(n, &why);
-        int len =
-            ok ? snprintf(body, sizeof body, "{\"status\":\"ready\"}")
-               : snprintf(body, sizeof body, "{\"status\":\"unready\",\"reason\":\"%s\"}", why);
-        return respond(wsi, pss, ok ? 200 : 503, "application/json", body, (size_t)len, 0);
+        if (ok)
+            snprintf(body, sizeof body, "{\"status\":\"ready\"}");
+        else
+            snprintf(body, sizeof body, "{\"status\":\"unready\",\"reason\":\"%s\"}", why);
+        return respond_json(wsi, pss, ok ? 200 : 503, body);
     }
     if (strcmp(path, "/metrics") == 0) {
-        size_t len;
+        size_t len = 0;
         char *text = sb_metrics_render(n, &len);
-        int rc = respond(wsi, pss, 200, "text/plain; version=0.0.4", text ? text : "",
-                         text ? len : 0, 0);
+        sb_http_head_t h = {.status = text ? 200 : 500, .ctype = "text/plain; version=0.0.4",
+                            .len = text ? len : 0};
+        int rc = respond(wsi, pss, &h, text ? text : "");
         free(text);
         return rc;
     }
     if (strcmp(path, "/ws") == 0)
-        return respond(wsi, pss, 426, "application/json",
-                       "{\"error\":\"WebSocket upgrade required\"}", 37, 0);
-    for (size_t i = 0; i < sizeof static_routes / sizeof static_routes[0]; i++) {
-        if (strcmp(path, static_routes[i].path) != 0)
-            continue;
-        const sb_embed_t *f = sb_embed_find(sb_client_files, static_routes[i].file);
-        if (f)
-            return respond(wsi, pss, 200, content_type(f->name), f->data, f->len,
-                           strstr(f->name, ".html") != NULL);
+        return respond_json(wsi, pss, 426, "{\"error\":\"WebSocket upgrade required\"}");
+    const sb_embed_t *f = sb_http_static(
+        static_routes, sizeof static_routes / sizeof static_routes[0], sb_client_files, path);
+    if (f) {
+        sb_http_head_t h = {.status = 200, .ctype = sb_http_content_type(f->name), .len = f->len,
+                            .csp = sb_http_is_page(f) ? page_csp : NULL};
+        return respond(wsi, pss, &h, f->data);
     }
-    return respond(wsi, pss, 404, "application/json", "{\"error\":\"not found\"}", 21, 0);
+    return respond_json(wsi, pss, 404, "{\"error\":\"not found\"}");
 }
 
 static int origin_allowed(struct lws *wsi, sb_node_t *n)
@@ -115,12 +104,35 @@ static int origin_allowed(struct lws *wsi, sb_node_t *n)
     if (n->cfg.allowed_origins.n == 0)
         return 1;
     char origin[256];
-    if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
+    int len = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    if (len <= 0)
         return 0;
-    for (int i = 0; i < n->cfg.allowed_origins.n; i++)
-        if (strcmp(origin, n->cfg.allowed_origins.v[i]) == 0)
+    /* The whole value, by its length: "https://ok.example\0.evil" is not "https://ok.example"
+     * (strcmp would stop at the NUL a client put there). */
+    for (int i = 0; i < n->cfg.allowed_origins.n; i++) {
+        const char *allowed = n->cfg.allowed_origins.v[i];
+        if (strlen(allowed) == (size_t)len && memcmp(origin, allowed, (size_t)len) == 0)
             return 1;
+    }
     return 0;
+}
+
+/* RFC 6455 4.1/4.2.1: Sec-WebSocket-Key is 16 bytes in base64, i.e. 22 characters of the
+ * base64 alphabet and "==". lws 4.1.6 hashes whatever it is given. */
+static int key_valid(struct lws *wsi)
+{
+    char key[32];
+    int len = lws_hdr_copy(wsi, key, sizeof key, WSI_TOKEN_KEY);
+    if (len != 24 || key[22] != '=' || key[23] != '=')
+        return 0;
+    for (int i = 0; i < 22; i++) {
+        char c = key[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '+' || c == '/'))
+            return 0;
+    }
+    /* The last character carries 2 bits of the 16th byte and 4 bits of padding: zeros. */
+    return strchr("AQgw", key[21]) != NULL;
 }
 
 /* 400 with "Sec-WebSocket-Version: 13" (lws has no text for 426). Returns what
@@ -157,8 +169,12 @@ static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
     if (lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_VERSION) <= 0 ||
         strcmp(version, "13") != 0)
         return refuse_version(wsi);
+    if (!key_valid(wsi) || sb_http_check_framing(wsi)) {
+        lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, NULL);
+        return 1;
+    }
     if (!origin_allowed(wsi, n)) {
-        sb_info("refused a WebSocket upgrade: origin not allowed");
+        sb_info_limited("refused a WebSocket upgrade: origin not allowed");
         lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
         return 1;
     }
@@ -237,6 +253,40 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
     return 0;
 }
 
+/* Milliseconds since the kernel last received data on the socket of wsi (any frame: a text
+ * frame, a pong, and also the client's own pings, which lws 4.1.6 answers without telling us);
+ * -1 when unknown. */
+static int64_t kernel_rx_age_ms(struct lws *wsi)
+{
+    struct tcp_info ti;
+    socklen_t tl = sizeof ti;
+    int fd = (int)lws_get_socket_fd(wsi);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0)
+        return -1;
+    return (int64_t)ti.tcpi_last_data_recv;
+}
+
+/* Before our ping goes out: a client that pinged us (or sent anything) within the ping
+ * interval is alive, though lws never showed us its pings. Its last sign of life is taken
+ * from the kernel and the ping is called off; a client whose bytes stopped is pinged as
+ * before. Why here: the WRITEABLE of a due ping is the one point server.c sees between the
+ * sweep's decision and the hang-up (session.c could ask kernel_rx_age_ms in its sweep). */
+static void heard_by_kernel(sb_session_t *s)
+{
+    int64_t age = kernel_rx_age_ms(s->wsi);
+    if (age < 0)
+        return;
+    int64_t now = sb_mono_ms(), heard = now - age;
+    if (heard > s->last_rx_ms)
+        s->last_rx_ms = heard;
+    if (now - s->last_rx_ms < s->node->cfg.ping_interval_ms) {
+        s->ping_due = 0;
+        s->ping_sent_ms = 0;
+    }
+}
+
+static const struct lws_protocols protocols[2];
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
@@ -246,30 +296,27 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     if (!n && lws_get_context(wsi))
         n = lws_context_user(lws_get_context(wsi));
 
+    if (sb_listen_filter(wsi, reason, in, &protocols[0]))
+        return 1; /* refused at accept by a connection cap */
     switch (reason) {
+    case LWS_CALLBACK_RAW_ADOPT:
+        /* lws turns a CONNECT request (and anything it adopts as raw) into a raw socket with
+         * no timeout of its own; nothing here speaks raw: refuse it at once. */
+        return -1;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return confirm_upgrade(wsi, n);
     case LWS_CALLBACK_HTTP:
         return handle_http(wsi, pss, n);
-    case LWS_CALLBACK_HTTP_WRITEABLE: {
-        if (!pss || !pss->body)
+    case LWS_CALLBACK_HTTP_BODY:
+        return 0; /* no route reads a body (the method check refused what could have one) */
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (!pss || !pss->body.buf)
             break;
-        int rc = lws_write(wsi, (unsigned char *)pss->body + LWS_PRE, pss->body_len,
-                           LWS_WRITE_HTTP_FINAL);
-        free(pss->body);
-        pss->body = NULL;
-        if (rc < 0)
-            return -1;
-        if (lws_http_transaction_completed(wsi))
-            return -1;
-        break;
-    }
+        return sb_http_body_write(wsi, &pss->body, pss->head);
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-        if (pss && pss->body) {
-            free(pss->body);
-            pss->body = NULL;
-        }
+        if (pss)
+            sb_http_body_free(&pss->body);
         break;
     case LWS_CALLBACK_ESTABLISHED: {
         sb_session_t *s = sb_session_new(n, wsi);
@@ -289,9 +336,23 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (pss && pss->sess)
             pss->sess->last_rx_ms = sb_mono_ms();
         break;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* A close frame's payload is empty or a 2-byte code (and a reason): RFC 6455 5.5.1.
+         * lws 4.1.6 echoes a 1-byte payload as an empty close; answer 1002 instead. */
+        if (len == 1 && pss && pss->sess) {
+            unsigned char frame[LWS_PRE + 2];
+            frame[LWS_PRE] = (unsigned char)(LWS_CLOSE_STATUS_PROTOCOL_ERR >> 8);
+            frame[LWS_PRE + 1] = (unsigned char)(LWS_CLOSE_STATUS_PROTOCOL_ERR & 0xff);
+            lws_write(wsi, frame + LWS_PRE, 2, CLOSE_OPCODE);
+            sb_metrics_close(n, LWS_CLOSE_STATUS_PROTOCOL_ERR);
+            return -1;
+        }
+        break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!pss->sess)
             return -1;
+        if (pss->sess->ping_due)
+            heard_by_kernel(pss->sess);
         return sb_session_writable(pss->sess);
     case LWS_CALLBACK_CLOSED:
         if (pss && pss->sess) {
@@ -312,7 +373,7 @@ static const struct lws_protocols protocols[] = {
      * reassembled in session memory only while they are in flight. tx_packet_size: without it
      * lws caps each send() at rx_buffer_size and copies the rest of a larger frame aside (a
      * 4 KiB signal took 4 sends; tests/bench measured +25% msgs/s for 4 KiB signals with it). */
-    {"switchboard.v1", callback, sizeof(pss_t), 1024, 0, NULL, 65536},
+    {PROTOCOL_NAME, callback, sizeof(pss_t), 1024, 0, NULL, 65536},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -329,11 +390,13 @@ int sb_server_start(sb_node_t *n)
                      .listen = n->cfg.listen,
                      .protocols = protocols,
                      .user = n,
-                     .vhost_name = "switchboard",
+                     .vhost_name = VHOST_NAME,
                      .idle_policy = &idle_policy,
                      .tls_cert = n->cfg.tls_cert,
                      .tls_key = n->cfg.tls_key,
-                     .extra_options = LWS_SERVER_OPTION_VALIDATE_UTF8};
+                     .extra_options = LWS_SERVER_OPTION_VALIDATE_UTF8,
+                     .max_connections = n->cfg.max_connections,
+                     .max_per_source = n->cfg.max_connections_per_ip};
     n->lws = sb_listen(&l);
     if (!n->lws)
         return -1;

@@ -1,0 +1,137 @@
+/* HTTP helpers shared by the node and the admin (see http.h). */
+#include "http.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+sb_http_method_t sb_http_method(struct lws *wsi, char *path, size_t len)
+{
+    static const struct {
+        enum lws_token_indexes tok;
+        sb_http_method_t m;
+    } methods[] = {
+        {WSI_TOKEN_GET_URI, SB_HTTP_GET},       {WSI_TOKEN_POST_URI, SB_HTTP_POST},
+        {WSI_TOKEN_PUT_URI, SB_HTTP_PUT},       {WSI_TOKEN_DELETE_URI, SB_HTTP_DELETE},
+        {WSI_TOKEN_PATCH_URI, SB_HTTP_PATCH},   {WSI_TOKEN_OPTIONS_URI, SB_HTTP_OPTIONS},
+        {WSI_TOKEN_HEAD_URI, SB_HTTP_HEAD},
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        if (lws_hdr_total_length(wsi, methods[i].tok) > 0) {
+            if (lws_hdr_copy(wsi, path, (int)len, methods[i].tok) <= 0)
+                path[0] = '\0';
+            char *q = strchr(path, '?');
+            if (q)
+                *q = '\0';
+            return methods[i].m;
+        }
+    }
+    path[0] = '\0';
+    return SB_HTTP_OTHER;
+}
+
+unsigned sb_http_check_framing(struct lws *wsi)
+{
+    int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH);
+    if (total <= 0) {
+        /* Absent, or present and empty: lws reports both as 0; an empty one is a fragment. */
+        char none[2];
+        if (lws_hdr_copy_fragment(wsi, none, sizeof none, WSI_TOKEN_HTTP_CONTENT_LENGTH, 0) >= 0)
+            return HTTP_STATUS_BAD_REQUEST;
+        return 0;
+    }
+    char v[32], extra[2];
+    /* A second Content-Length line is a second fragment of the same token. */
+    if (lws_hdr_copy_fragment(wsi, extra, sizeof extra, WSI_TOKEN_HTTP_CONTENT_LENGTH, 1) >= 0 ||
+        lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, 1) > 0)
+        return HTTP_STATUS_BAD_REQUEST;
+    int n = lws_hdr_copy_fragment(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_LENGTH, 0);
+    if (n <= 0 || n > 18) /* 18 digits: below 2^63 whatever they are */
+        return HTTP_STATUS_BAD_REQUEST;
+    for (int i = 0; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return HTTP_STATUS_BAD_REQUEST;
+    return 0;
+}
+
+static int add_header(struct lws *wsi, const char *name, const char *value, unsigned char **p,
+                      unsigned char *end)
+{
+    return lws_add_http_header_by_name(wsi, (const unsigned char *)name,
+                                       (const unsigned char *)value, (int)strlen(value), p, end);
+}
+
+int sb_http_write_head(struct lws *wsi, const sb_http_head_t *h)
+{
+    unsigned char hdr[LWS_PRE + 2048], *start = hdr + LWS_PRE, *p = start,
+                                       *end = hdr + sizeof hdr - 1;
+    if (lws_add_http_common_headers(wsi, h->status, h->ctype, (lws_filepos_t)h->len, &p, end))
+        return -1;
+    /* Every answer: never cached (figures change; a page must not outlive a token). */
+    if (add_header(wsi, "cache-control:", "no-store", &p, end) ||
+        add_header(wsi, "x-content-type-options:", "nosniff", &p, end) ||
+        add_header(wsi, "referrer-policy:", "no-referrer", &p, end))
+        return -1;
+    if (h->csp && (add_header(wsi, "content-security-policy:", h->csp, &p, end) ||
+                   add_header(wsi, "x-frame-options:", "DENY", &p, end)))
+        return -1;
+    if (h->extra_name && add_header(wsi, h->extra_name, h->extra_value, &p, end))
+        return -1;
+    if (lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    return 0;
+}
+
+int sb_http_body_set(sb_http_body_t *b, const char *body, size_t len)
+{
+    sb_http_body_free(b);
+    b->buf = malloc(LWS_PRE + len + 1);
+    if (!b->buf)
+        return -1;
+    if (len > 0)
+        memcpy(b->buf + LWS_PRE, body, len);
+    b->len = len;
+    return 0;
+}
+
+int sb_http_body_write(struct lws *wsi, sb_http_body_t *b, int skip_body)
+{
+    int rc = 0;
+    if (!skip_body && b->buf && b->len > 0)
+        rc = lws_write(wsi, (unsigned char *)b->buf + LWS_PRE, b->len, LWS_WRITE_HTTP_FINAL);
+    sb_http_body_free(b);
+    if (rc < 0)
+        return -1;
+    /* Keep-alive: lws waits for the next request on this connection, or closes it (-1). */
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+void sb_http_body_free(sb_http_body_t *b)
+{
+    free(b->buf);
+    b->buf = NULL;
+    b->len = 0;
+}
+
+const char *sb_http_content_type(const char *file)
+{
+    const char *dot = strrchr(file, '.');
+    if (dot && strcmp(dot, ".js") == 0)
+        return "text/javascript; charset=utf-8";
+    if (dot && strcmp(dot, ".css") == 0)
+        return "text/css; charset=utf-8";
+    return "text/html; charset=utf-8";
+}
+
+const sb_embed_t *sb_http_static(const sb_http_route_t *routes, size_t n, const sb_embed_t *files,
+                                 const char *path)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(path, routes[i].path) == 0)
+            return sb_embed_find(files, routes[i].file);
+    return NULL;
+}
+
+int sb_http_is_page(const sb_embed_t *f)
+{
+    return strstr(f->name, ".html") != NULL;
+}
