@@ -1,0 +1,375 @@
+"""common/cluster.c against real Redis processes, through tests/tools/cluster_probe: routing of
+commands and scripts to the primary of their slot (INFO commandstats per shard), MOVED after a
+slot moved, ASK during a migration, a dead seed, an uncovered slot, sharded pub/sub on a cluster
+and on a single Redis, and kill -9 of a primary (errors during the failover, then the promoted
+replica serves and the topology callback fired)."""
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cluster import RedisCluster  # noqa: E402
+from harness import BUILD, RedisServer, free_port, wait_for  # noqa: E402
+
+PROBE = os.path.join(BUILD, "tests", "tools", "cluster_probe")
+
+
+class Probe:
+    """One cluster_probe process: send command lines, read JSON lines (replies and events)."""
+
+    def __init__(self, url, tmpdir, name="probe"):
+        self.log_path = os.path.join(tmpdir, f"{name}.log")
+        self.logf = open(self.log_path, "ab")
+        self.p = subprocess.Popen([PROBE, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self.logf, text=True, bufsize=1)
+        self.lines = queue.Queue()
+        self.seen = []  # everything read and not yet taken by a wait
+        self.ids = itertools.count()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def send(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def wait(self, pred, timeout=5.0, msg="probe output"):
+        """The first line (already seen or to come) matching pred; it is consumed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, o in enumerate(self.seen):
+                if pred(o):
+                    return self.seen.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {msg}; seen {self.seen[-20:]}\n"
+                                     f"log: {self.log()[-3000:]}")
+            try:
+                o = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if o is None:
+                raise AssertionError(f"probe exited while waiting for {msg}\n{self.log()}")
+            self.seen.append(o)
+
+    def events(self, kind):
+        """Drains what has arrived and returns (and consumes) every event of kind."""
+        while True:
+            try:
+                o = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if o is not None:
+                self.seen.append(o)
+        got = [o for o in self.seen if o.get("event") == kind]
+        self.seen = [o for o in self.seen if o.get("event") != kind]
+        return got
+
+    def call(self, verb, *args, timeout=5.0):
+        """Sends verb with a fresh id; returns its result line ({"reply"}, {"error"}, {"rc"})."""
+        rid = f"r{next(self.ids)}"
+        self.send(" ".join([verb, rid] + [str(a) for a in args]))
+        return self.wait(lambda o: o.get("id") == rid, timeout, msg=f"reply to {verb} {args}")
+
+    def cmd(self, key, *argv, **kw):
+        return self.call("cmd", key, *argv, **kw)
+
+    def state(self):
+        self.send("state")
+        return self.wait(lambda o: "state" in o, msg="state")["state"]
+
+    def owner(self, slot):
+        self.send(f"owner {slot}")
+        return self.wait(lambda o: "owner" in o, msg="owner")
+
+    def wait_up(self, timeout=10.0):
+        wait_for(lambda: self.state()["up"], timeout, interval=0.05, msg="probe up")
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def quit(self):
+        """Closes the client and checks that the loop closed with no handle left."""
+        self.send("quit")
+        o = self.wait(lambda o: o.get("event") == "exit", 10, msg="exit")
+        assert o["loop_close"] == 0, self.log()
+        assert self.p.wait(10) == 0
+        assert "ERROR: AddressSanitizer" not in self.log()
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
+@pytest.fixture(scope="module")
+def rc(tmp_path_factory):
+    c = RedisCluster(str(tmp_path_factory.mktemp("cluster")))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def probes(tmp_path):
+    made = []
+
+    def make(url, name="probe"):
+        p = Probe(url, str(tmp_path), name=f"{name}{len(made)}")
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.kill()
+
+
+def keys_on_each_primary(rc, n=4):
+    """{primary port: [n keys whose slot it serves]} (keys k<i>, no hash tags, so "{k<i>}:x"
+    is in the same slot)."""
+    out = {p: [] for p in rc.primaries()}
+    for i in itertools.count():
+        k = f"k{i}"
+        owner = rc.owner(rc.keyslot(k))
+        if len(out[owner]) < n:
+            out[owner].append(k)
+        if all(len(v) == n for v in out.values()):
+            return out
+
+
+def test_01_routes_commands_and_scripts_to_the_slot_primary(rc, probes):
+    p = probes(rc.url)
+    p.wait_up()
+    st = p.state()
+    assert st["cluster"] is True and st["holes"] == 0
+    assert sorted(x["port"] for x in st["primaries"]) == rc.primaries()
+    assert sum(x["nslots"] for x in st["primaries"]) == 16384
+    assert all(x["run_id"] and len(x["id"]) == 40 for x in st["primaries"])
+    spread = keys_on_each_primary(rc)
+    rc.reset_stats()
+    for owner, keys in spread.items():
+        for k in keys:
+            assert p.cmd(k, "SET", k, f"v-{k}")["reply"] == "OK"
+            # The script is not loaded anywhere yet: NOSCRIPT, SCRIPT LOAD, retry on that shard.
+            assert p.call("script", 1, "{%s}:n" % k, 7)["reply"] == 7
+    for owner, keys in spread.items():
+        stats = rc.commandstats(owner)
+        # Exactly this shard's keys landed here: SET and the script's INCRBY.
+        assert stats.get("set") == len(keys), (owner, stats)
+        assert stats.get("incrby") == len(keys), (owner, stats)
+        direct = rc.client(owner)
+        for k in keys:
+            assert direct.get(k) == f"v-{k}"
+            assert direct.get("{%s}:n" % k) == "7"
+    # The probe never got a redirect: its map was right (no command ran twice anywhere).
+    total_set = sum(rc.commandstats(o).get("set", 0) for o in rc.primaries())
+    assert total_set == sum(len(v) for v in spread.values())
+    p.quit()
+
+
+def test_02_moved_after_a_slot_moved_updates_the_map(rc, probes):
+    p = probes(rc.url)
+    p.wait_up()
+    key = "{moved-test}a"
+    slot = rc.keyslot(key)
+    assert p.cmd(key, "SET", key, "before")["reply"] == "OK"
+    src = rc.owner(slot)
+    dst = next(x for x in rc.primaries() if x != src)
+    assert p.owner(slot)["owner"] == f"127.0.0.1:{src}"
+    rc.move_slot(slot, dst)
+    rc.reset_stats()
+    # The probe's map still says src: src answers MOVED, the probe follows it.
+    assert p.cmd(key, "GET", key)["reply"] == "before"
+    assert rc.commandstats(dst).get("get") == 1
+    assert p.owner(slot)["owner"] == f"127.0.0.1:{dst}"
+    topo = p.wait(lambda o: o.get("event") == "topology", msg="topology event")
+    assert topo["why"] == "owner" and topo["first"] == slot and topo["slots"] == 1
+    # From now on it goes straight to dst.
+    rc.reset_stats()
+    assert p.cmd(key, "SET", key, "after")["reply"] == "OK"
+    assert rc.commandstats(dst).get("set") == 1
+    assert rc.commandstats(src).get("set") is None
+    rc.move_slot(slot, src)  # put it back for the other tests
+    p.quit()
+
+
+def test_03_ask_during_a_migration(rc, probes):
+    p = probes(rc.url)
+    p.wait_up()
+    moved, stays = "{ask-test}moved", "{ask-test}stays"
+    slot = rc.keyslot(moved)
+    assert p.cmd(moved, "SET", moved, "m")["reply"] == "OK"
+    assert p.cmd(stays, "SET", stays, "s")["reply"] == "OK"
+    src = rc.owner(slot)
+    dst = next(x for x in rc.primaries() if x != src)
+    rc.move_slot(slot, dst, finish=False)
+    rc.migrate_keys(slot, src, dst, keys=[moved])
+    rc.reset_stats()
+    # moved is already on dst: src says ASK, the probe sends ASKING + GET to dst.
+    assert p.cmd(moved, "GET", moved)["reply"] == "m"
+    assert rc.commandstats(dst).get("asking") == 1
+    assert rc.commandstats(dst).get("get") == 1
+    # stays is still on src: served there.
+    assert p.cmd(stays, "GET", stays)["reply"] == "s"
+    # A new key in a migrating slot is created on the target (src says ASK for a missing key).
+    assert p.cmd("{ask-test}new", "SET", "{ask-test}new", "n")["reply"] == "OK"
+    pipe = rc.client(dst).pipeline(transaction=False)
+    pipe.execute_command("ASKING")
+    pipe.get("{ask-test}new")
+    assert pipe.execute()[1] == "n"
+    # ASK does not change the map: the slot is still src's.
+    assert p.owner(slot)["owner"] == f"127.0.0.1:{src}"
+    assert p.events("topology") == []
+    rc.migrate_keys(slot, src, dst)
+    rc.finish_slot(slot, dst)
+    assert p.cmd(stays, "GET", stays)["reply"] == "s"
+    rc.move_slot(slot, src)
+    p.quit()
+
+
+def test_04_dead_seed_is_skipped(rc, probes):
+    dead = free_port()
+    p = probes(f"redis-cluster://127.0.0.1:{dead},127.0.0.1:{rc.ports[1]}")
+    p.wait_up()
+    assert len(p.state()["primaries"]) == 3
+    assert p.cmd("x", "SET", "x", "1")["reply"] == "OK"
+    p.quit()
+
+
+def test_05_sharded_pubsub_on_the_cluster(rc, probes):
+    sub, pub = probes(rc.url, "sub"), probes(rc.url, "pub")
+    sub.wait_up()
+    pub.wait_up()
+    chan = "{pubsub-test}events"
+    slot = rc.keyslot(chan)
+    owner = rc.owner(slot)
+    sub.send(f"sub {chan}")
+    sub.wait(lambda o: o.get("event") == "subscribed" and o["channel"] == chan)
+    # The subscription is on the channel's shard only.
+    for port in rc.primaries():
+        chans = rc.client(port).execute_command("PUBSUB", "SHARDCHANNELS")
+        assert (chan in chans) == (port == owner), (port, chans)
+    assert pub.call("pub", chan, "hello%20there")["reply"] == 1
+    m = sub.wait(lambda o: o.get("event") == "message", msg="message")
+    assert m["channel"] == chan and m["payload"] == "hello there"
+    # SPUBLISH straight to the owner reaches it too (it is a real sharded subscription).
+    assert rc.client(owner).execute_command("SPUBLISH", chan, "direct") == 1
+    assert sub.wait(lambda o: o.get("event") == "message")["payload"] == "direct"
+    # The slot moves: Redis drops the subscription, the probe re-reads the map and
+    # resubscribes on the new owner, and says so (subscribers resync then).
+    dst = next(x for x in rc.primaries() if x != owner)
+    rc.move_slot(slot, dst)
+    sub.wait(lambda o: o.get("event") == "subscribed" and o["channel"] == chan, 10,
+             msg="resubscribed after the move")
+    assert chan in rc.client(dst).execute_command("PUBSUB", "SHARDCHANNELS")
+    assert chan not in rc.client(owner).execute_command("PUBSUB", "SHARDCHANNELS")
+    assert pub.call("pub", chan, "after-move")["reply"] == 1
+    assert sub.wait(lambda o: o.get("event") == "message")["payload"] == "after-move"
+    # Unsubscribed: nothing is delivered any more.
+    sub.send(f"unsub {chan}")
+    sub.wait(lambda o: o.get("unsub") == chan)
+    wait_for(lambda: chan not in rc.client(dst).execute_command("PUBSUB", "SHARDCHANNELS"), 5)
+    assert pub.call("pub", chan, "nobody")["reply"] == 0
+    rc.move_slot(slot, owner)
+    sub.quit()
+    pub.quit()
+
+
+def test_06_single_redis_same_api(tmp_path, probes):
+    r = RedisServer(str(tmp_path))
+    try:
+        p = probes(r.url)
+        p.wait_up()
+        st = p.state()
+        assert st["cluster"] is False and st["holes"] == 0
+        assert len(st["primaries"]) == 1 and st["primaries"][0]["nslots"] == 16384
+        assert p.cmd("a", "SET", "a", "1")["reply"] == "OK"
+        assert p.call("script", 1, "n", 3)["reply"] == 3
+        # No CLUSTER command was sent (it would fail on a non-cluster Redis anyway).
+        assert "cluster" not in r.client().info("commandstats").keys().__str__()
+        # Redis 7 accepts SSUBSCRIBE/SPUBLISH without cluster mode.
+        p.send("sub room:1")
+        p.wait(lambda o: o.get("event") == "subscribed")
+        assert r.client().execute_command("PUBSUB", "SHARDCHANNELS") == ["room:1"]
+        assert p.call("pub", "room:1", "x")["reply"] == 1
+        assert p.wait(lambda o: o.get("event") == "message")["payload"] == "x"
+        # A restart (new run id) is reported for every slot; the subscription comes back.
+        old = p.state()["primaries"][0]["run_id"]
+        r.kill()
+        r.start()
+        topo = p.wait(lambda o: o.get("event") == "topology", 10, msg="restart event")
+        assert topo["why"] == "restart" and topo["slots"] == 16384
+        assert p.state()["primaries"][0]["run_id"] != old
+        p.wait(lambda o: o.get("event") == "subscribed", 5, msg="resubscribed")
+        assert p.call("pub", "room:1", "y")["reply"] == 1
+        assert p.wait(lambda o: o.get("event") == "message")["payload"] == "y"
+        p.quit()
+    finally:
+        r.stop()
+
+
+def test_07_uncovered_slot_fails_only_that_slot(rc, probes):
+    p = probes(rc.url)
+    p.wait_up()
+    key = "{hole-test}k"
+    slot = rc.keyslot(key)
+    owner = rc.owner(slot)
+    other = next(k for k in (f"o{i}" for i in range(100)) if rc.keyslot(k) != slot)
+    for port in rc.alive():
+        rc.client(port).execute_command("CLUSTER", "DELSLOTS", slot)
+    try:
+        wait_for(lambda: p.state()["holes"] == 1, 10, msg="the probe sees the hole")
+        st = p.state()
+        assert st["first_hole"] == slot and st["up"] is False
+        # Refused at once, without a callback: the caller answers unavailable.
+        r = p.cmd(key, "GET", key)
+        assert r.get("rc") == -1, r
+        assert p.owner(slot)["owner"] is None
+        assert p.cmd(other, "SET", other, "1")["reply"] == "OK"
+    finally:
+        rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
+    wait_for(lambda: p.state()["up"], 10, msg="whole again")
+    assert p.cmd(key, "SET", key, "1")["reply"] == "OK"
+    p.quit()
+
+
+def test_08_primary_killed_failover(tmp_path, probes):
+    c = RedisCluster(str(tmp_path / "fo"))
+    try:
+        p = probes(c.url)
+        p.wait_up()
+        spread = keys_on_each_primary(c, 2)
+        for keys in spread.values():
+            for k in keys:
+                assert p.cmd(k, "SET", k, "v")["reply"] == "OK"
+        victim = next(x for x in c.primaries() if x not in c.ports[:2])  # not a seed
+        replica = next(s[3][0] for s in c.slots() if s[2] == victim)
+        victim_slots = sum(s[1] - s[0] + 1 for s in c.slots() if s[2] == victim)
+        key = spread[victim][0]
+        safe = next(k for o, ks in spread.items() if o != victim for k in ks)
+        time.sleep(0.5)  # let the replica receive the writes (replication is asynchronous)
+        c.kill(victim)
+        # During the failover: the victim's slots fail (unavailable), the others work.
+        r = p.cmd(key, "GET", key)
+        assert r.get("rc") == -1 or r.get("error", "").startswith("unavailable"), r
+        assert p.cmd(safe, "GET", safe)["reply"] == "v"
+        wait_for(lambda: p.state()["up"], 30, interval=0.2, msg="promoted replica serving")
+        assert p.cmd(key, "GET", key)["reply"] == "v"
+        assert p.owner(c.keyslot(key))["owner"] == f"127.0.0.1:{replica}"
+        topo = p.wait(lambda o: o.get("event") == "topology", 5, msg="topology after failover")
+        assert topo["why"] == "owner" and topo["slots"] == victim_slots
+        assert sorted(x["port"] for x in p.state()["primaries"]) == sorted(
+            [x for x in c.primaries()])
+        p.quit()
+    finally:
+        c.stop()
