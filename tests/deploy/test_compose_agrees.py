@@ -625,3 +625,45 @@ def test_settings_name_real_options(binary, prefix, own, env):
         names = {k for k in names if not k.startswith("SWITCHBOARD_ADMIN_")}
     unknown = sorted(names - known)
     assert not unknown, f"not options of switchboard-{binary}: {unknown}"
+
+
+# ---- what a real engine needs (tests/deploy/compose.sh runs the file for real) -------------
+
+def test_compose_file_starts_under_every_engine(compose, services):
+    """Three faults found by starting the stack with docker.io 20.10 / docker-compose 1.29 and
+    podman-compose 1.0.3 offline; the compose suite would catch them late and slowly."""
+    # docker-compose 1.x rejects a top-level name (the project name comes from -p or
+    # COMPOSE_PROJECT_NAME).
+    assert "name" not in compose
+    # An engine whose own hard limit is lower cannot grant 1048576 open files: overridable.
+    for n in NODES:
+        assert interpolation_default(str(services[n]["ulimits"]["nofile"]), "SB_NOFILE") == "1048576"
+    # One CMD-SHELL string: podman-compose mangles the quoting of a ["CMD", "bash", "-c", ...].
+    test = services["lb"]["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] == "CMD-SHELL" and len(test) == 2
+    # No anonymous volume left by down: redis:7 declares /data a volume.
+    assert "/data" in services["redis"].get("tmpfs", [])
+    assert "volumes" not in services["redis"]
+
+
+def test_dockerfile_needs_no_registry_frontend():
+    with open(DOCKERFILE) as f:
+        first = f.readline()
+    assert not re.match(r"#\s*syntax\s*=", first, re.I), "BuildKit would fetch a frontend image"
+
+
+def test_build_context_follows_the_dockerignore():
+    """tests/deploy/build_context.py sends the legacy builder what BuildKit would send."""
+    import io
+    import tarfile
+    r = subprocess.run([os.environ.get("PYTHON", "/usr/bin/python3"),
+                        os.path.join(ROOT, "tests", "deploy", "build_context.py"), ROOT,
+                        os.path.join(DEPLOY, "Dockerfile.dockerignore")],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    names = tarfile.open(fileobj=io.BytesIO(r.stdout)).getnames()
+    tops = {n.split("/", 1)[0] for n in names}
+    assert {"CMakeLists.txt", "node", "admin", "common", "lua", "client", "deploy"} <= tops
+    assert not tops & {".git", "build", "tests", "docs", ".env"}
+    assert not [t for t in tops if t.startswith("build-") or t.startswith("build_")]
+    assert not [n for n in names if "/node_modules/" in n or n.endswith(".pyc")]
