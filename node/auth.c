@@ -89,6 +89,17 @@ static int cmp_claim(json_t *v, int64_t t, int64_t delta)
     return c < bound ? -1 : c > bound;
 }
 
+/* 1 when the numeric claim v is within the range of a NumericDate we compare exactly: any
+ * integer (jansson holds it in 64 bits), or a real within +-2^63. A real like 1e300 is a
+ * number, but no date: without this a token with exp 1e300 never expired. */
+static int claim_in_range(json_t *v)
+{
+    if (json_is_integer(v))
+        return 1;
+    double d = json_real_value(v);
+    return d > -9223372036854775808.0 && d < 9223372036854775808.0;
+}
+
 static int refuse(char *why, size_t whylen, const char *reason)
 {
     snprintf(why, whylen, "%s", reason);
@@ -107,10 +118,14 @@ static int check_claims(json_t *claims, const char *room, int64_t now_s, char **
         return refuse(why, whylen, "token has no exp");
     if (!json_is_number(exp))
         return refuse(why, whylen, "exp is not a number");
+    if (!claim_in_range(exp))
+        return refuse(why, whylen, "exp is out of range");
     if (cmp_claim(exp, now_s, -SB_AUTH_LEEWAY_S) < 0)
         return refuse(why, whylen, "token expired");
     if (nbf && !json_is_number(nbf))
         return refuse(why, whylen, "nbf is not a number");
+    if (nbf && !claim_in_range(nbf))
+        return refuse(why, whylen, "nbf is out of range");
     if (nbf && cmp_claim(nbf, now_s, SB_AUTH_LEEWAY_S) > 0)
         return refuse(why, whylen, "token not valid yet (nbf)");
     if (claim_room && !json_is_string(claim_room))

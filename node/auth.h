@@ -21,6 +21,7 @@
  *   the signature is HMAC-SHA256 of the token's first two parts under secret;
  * - the payload is an object with a numeric "exp" and now_s <= exp + SB_AUTH_LEEWAY_S;
  * - "nbf", when present, is numeric and nbf <= now_s + SB_AUTH_LEEWAY_S;
+ * - exp and nbf, when reals, lie within +-2^63 (1e300 is refused; integers always do);
  * - "room", when present, is a string equal to room;
  * - "sub", when present, is a string.
  * Returns 0 and, when sub_out is not NULL, sets *sub_out to a malloc'd copy of "sub" (the

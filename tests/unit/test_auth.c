@@ -161,6 +161,18 @@ static void test_exp_missing_or_mistyped(void **state)
     assert_int_equal(verify_hs256("{\"exp\":true}"), -1);
 }
 
+static void test_exp_nbf_out_of_range(void **state)
+{
+    (void)state;
+    /* A real far past any date is no date: 1e300 would never expire (issue 17). */
+    assert_int_equal(verify_hs256("{\"exp\":1e300}"), -1);
+    assert_int_equal(verify_hs256("{\"exp\":9.3e18}"), -1);
+    assert_int_equal(verify_hs256(claims("{\"exp\":%lld,\"nbf\":-1e300}", NOW + 60)), -1);
+    /* Reals within range still count, as before. */
+    assert_int_equal(verify_hs256("{\"exp\":9.2e18}"), 0);
+    assert_int_equal(verify_hs256(claims("{\"exp\":%lld.0}", NOW + 60)), 0);
+}
+
 static void test_nbf(void **state)
 {
     (void)state;
@@ -415,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_good_token_minimal),
         cmocka_unit_test(test_exp_leeway),
         cmocka_unit_test(test_exp_missing_or_mistyped),
+        cmocka_unit_test(test_exp_nbf_out_of_range),
         cmocka_unit_test(test_nbf),
         cmocka_unit_test(test_room_claim),
         cmocka_unit_test(test_sub_not_string),
