@@ -111,8 +111,7 @@ start_engine() {
             > "$RUN/dockerd-netns.log" 2>&1 < /dev/null &
     fi
     echo $! > "$RUN/dockerd.launch"
-    local i
-    for i in $(seq 1 300); do
+    for _ in $(seq 1 300); do
         if docker version > /dev/null 2>&1; then
             log "dockerd ($1) up, pid $(cat "$PIDFILE")"
             return 0
@@ -133,8 +132,7 @@ stop_engine() {
         pid=$(cat "$f")
         if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
             kill -TERM "$pid"
-            local i
-            for i in $(seq 1 150); do
+            for _ in $(seq 1 150); do
                 [ -d "/proc/$pid" ] || break
                 sleep 0.2
             done
@@ -149,8 +147,7 @@ stop_engine() {
     local cpid=$RUN/exec/containerd/containerd.pid
     if [ -f "$cpid" ]; then
         pid=$(cat "$cpid")
-        local i
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = containerd ] || break
             sleep 0.2
         done
@@ -256,12 +253,14 @@ cmd_up() {
     log "compose up (project $PROJECT, SB_NOFILE=$NOFILE)"
     compose up -d --no-build || { compose logs --tail 30 >&2 || true; die "compose up failed"; }
     # up -d waits for the dependencies' health, not for the last service's (the LB): wait here.
-    local i names unhealthy
-    for i in $(seq 1 120); do
-        names=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT")
-        unhealthy=$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' \
-            $names | grep -v ' healthy$' || true)
-        if [ -z "$unhealthy" ] && [ "$(echo "$names" | wc -w)" -eq 6 ]; then
+    local names=() unhealthy=""
+    for _ in $(seq 1 120); do
+        mapfile -t names < <(docker ps -q --filter "label=com.docker.compose.project=$PROJECT")
+        if [ ${#names[@]} -gt 0 ]; then
+            unhealthy=$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' \
+                "${names[@]}" | grep -v ' healthy$' || true)
+        fi
+        if [ -z "$unhealthy" ] && [ ${#names[@]} -eq 6 ]; then
             log "stack healthy in $((SECONDS - t0)) s"
             host_untouched
             return 0
@@ -283,9 +282,10 @@ host_untouched() {
     if [ "$(iptables-save 2>/dev/null | grep -c DOCKER)" -gt 0 ]; then
         die "DOCKER iptables rules in the host namespace"
     fi
-    local net
+    local net nets
+    mapfile -t nets < <(docker network ls -q)
     for net in $(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
-            $(docker network ls -q)); do
+            "${nets[@]}"); do
         if [ "$(ip route show match "$net" | grep -vc '^default')" -gt 0 ]; then
             die "the host namespace routes to the container network $net"
         fi
