@@ -147,6 +147,9 @@ void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta);
 json_t *sb_totals_from_reply(const redisReply *reply);
 
 /* reap.c: removing what a dead node left behind. */
+/* The map of reaps in progress (a->reaping): at start, and at exit once the loop has ended. */
+void sb_reap_init(sb_admin_t *a);
+void sb_reap_free(sb_admin_t *a);
 typedef struct {
     int64_t sockets; /* sockets this reap removed (room_remove answered "ok") */
     int64_t links;   /* links those removals ended */
@@ -211,6 +214,10 @@ typedef void (*sb_nodes_cb)(sb_admin_t *a, sb_nodes_t *nodes, const char *error,
 int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data);
 
 /* reconcile.c */
+/* The nodes this admin's passes have seen (a->known_nodes, for node-up): at start, and at exit
+ * once the loop has ended. */
+void sb_reconcile_init(sb_admin_t *a);
+void sb_reconcile_free(sb_admin_t *a);
 /* Called exactly once; r is borrowed. */
 typedef void (*sb_pass_cb)(sb_admin_t *a, const sb_pass_result_t *r, const char *error, void *data);
 /* Runs a pass now, or joins the one in progress (concurrent callers share one pass). cb may be

@@ -78,12 +78,6 @@ static void make_holder(sb_admin_t *a)
     snprintf(a->holder, sizeof a->holder, "%s:%d:%s", host, (int)getpid(), hex);
 }
 
-static void free_known(void *value, void *arg)
-{
-    (void)arg;
-    free(value);
-}
-
 int main(int argc, char **argv)
 {
     sb_admin_t admin = {0}; /* the process context: on the stack, passed explicitly */
@@ -105,8 +99,8 @@ int main(int argc, char **argv)
     free(token);
     snprintf(a->events_max, sizeof a->events_max, "%lld", (long long)a->cfg.events_max);
     make_holder(a);
-    sb_map_init(&a->reaping);
-    sb_map_init(&a->known_nodes);
+    sb_reap_init(a);
+    sb_reconcile_init(a);
     srandom((unsigned)(time(NULL) ^ (getpid() << 8)));
 
     uv_loop_t loop;
@@ -145,9 +139,8 @@ int main(int argc, char **argv)
     uv_walk(&loop, close_walk, NULL);
     int lc = uv_loop_close(&loop);
     sb_info("stopped (uv_loop_close=%d)", lc);
-    sb_map_free(&a->reaping);
-    sb_map_each(&a->known_nodes, free_known, NULL);
-    sb_map_free(&a->known_nodes);
+    sb_reap_free(a);
+    sb_reconcile_free(a);
     sb_admin_auth_free(a);
     sb_admin_options_free(&a->cfg);
     return lc == 0 ? 0 : 1;

@@ -69,6 +69,19 @@ int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid
     return rc;
 }
 
+/* ---- the reaps in progress ---------------------------------------------------------------- */
+
+void sb_reap_init(sb_admin_t *a)
+{
+    sb_map_init(&a->reaping);
+}
+
+void sb_reap_free(sb_admin_t *a)
+{
+    /* Empty by now: closing the Redis client ended every reap (each removes its own entry). */
+    sb_map_free(&a->reaping);
+}
+
 /* ---- a batch of reaps ---------------------------------------------------------------------- */
 
 void sb_batch_open(sb_batch_t *b)

@@ -329,8 +329,7 @@ static void note_nodes(sb_admin_t *a, const sb_nodes_t *nodes)
         if (copy && sb_map_put(&fresh, nodes->v[i].id, copy) != 0)
             free(copy);
     }
-    sb_map_each(&a->known_nodes, free_known, NULL);
-    sb_map_free(&a->known_nodes);
+    sb_reconcile_free(a);
     a->known_nodes = fresh;
     a->nodes_primed = 1;
 }
@@ -353,6 +352,17 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
 }
 
 /* ---- starting and sharing a pass ----------------------------------------------------------- */
+
+void sb_reconcile_init(sb_admin_t *a)
+{
+    sb_map_init(&a->known_nodes);
+}
+
+void sb_reconcile_free(sb_admin_t *a)
+{
+    sb_map_each(&a->known_nodes, free_known, NULL);
+    sb_map_free(&a->known_nodes);
+}
 
 int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
 {
