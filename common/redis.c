@@ -342,7 +342,10 @@ static void on_sharded_readable(redisAsyncContext *ac)
 {
     sb_redis_t *r = ac->data;
     if (redisBufferRead(&ac->c) != REDIS_OK) {
-        sb_redis_drop(r, ac->c.errstr[0] ? ac->c.errstr : "server closed the connection");
+        /* Static text, not ac->c.errstr: the context is freed inside sb_redis_drop, which
+         * logs its reason afterwards. */
+        sb_debug("redis %s: read failed: %s", r->name, ac->c.errstr);
+        sb_redis_drop(r, "server closed the connection");
         return;
     }
     while (r->ac == ac) {
@@ -563,7 +566,15 @@ sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts)
     r->o.url = r->url;
     r->o.name = r->name;
     char err[128];
-    if (sb_redis_url_parse(r->url, &r->u, err, sizeof err) != 0) {
+    int bad = sb_redis_url_parse(r->url, &r->u, err, sizeof err) != 0;
+    if (!bad && r->u.cluster) {
+        /* Why refuse: this client talks to one server; given a seed list it would send every
+         * command to the first seed and fail with MOVED for two thirds of the keys. */
+        snprintf(err, sizeof err, "a redis-cluster:// URL needs the cluster client (cluster.h)");
+        sb_redis_url_free(&r->u);
+        bad = 1;
+    }
+    if (bad) {
         sb_error("redis: %s", err);
         free(r->url);
         free(r->name);

@@ -51,7 +51,8 @@ typedef struct {
 enum { SB_EUNAVAIL = -1, SB_ENOMEM = -2, SB_EINVAL = -3 };
 
 /* Creates a client and starts connecting. The URL must already be valid (config checked it).
- * Returns NULL only when out of memory or the URL is invalid. */
+ * Returns NULL only when out of memory or the URL is invalid (or a redis-cluster:// seed list:
+ * that needs sb_cluster_new). */
 sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts);
 
 /* 1 when connected and AUTH/SELECT done. */

@@ -49,8 +49,8 @@ int sb_slotmap_holes(const sb_slotmap_t *m, int *first);
 int sb_slotmap_find(const sb_slotmap_t *m, const char *host, int port);
 
 typedef struct {
-    int ask;  /* 1: -ASK (one command, map unchanged); 0: -MOVED (the slot moved for good) */
-    int slot; /* 0..16383 */
+    int ask;        /* 1: -ASK (one command, map unchanged); 0: -MOVED (the slot moved for good) */
+    int slot;       /* 0..16383 */
     char host[256]; /* "" when the error carried no host (":port"): the host that answered */
     int port;
 } sb_redirect_t;

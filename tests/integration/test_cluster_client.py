@@ -5,6 +5,7 @@ and on a single Redis, and kill -9 of a primary (errors during the failover, the
 replica serves and the topology callback fired)."""
 import itertools
 import json
+import re
 import os
 import queue
 import subprocess
@@ -20,6 +21,7 @@ from cluster import RedisCluster  # noqa: E402
 from harness import BUILD, RedisServer, free_port, wait_for  # noqa: E402
 
 PROBE = os.path.join(BUILD, "tests", "tools", "cluster_probe")
+SANITIZER = re.compile(r"ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer")
 
 
 class Probe:
@@ -106,7 +108,7 @@ class Probe:
         o = self.wait(lambda o: o.get("event") == "exit", 10, msg="exit")
         assert o["loop_close"] == 0, self.log()
         assert self.p.wait(10) == 0
-        assert "ERROR: AddressSanitizer" not in self.log()
+        assert not SANITIZER.search(self.log()), self.log()
 
     def kill(self):
         if self.p.poll() is None:
@@ -227,6 +229,12 @@ def test_03_ask_during_a_migration(rc, probes):
     pipe.execute_command("ASKING")
     pipe.get("{ask-test}new")
     assert pipe.execute()[1] == "n"
+    # A multi-key command with its keys split between src and dst: src answers TRYAGAIN; the
+    # probe retries with a short backoff (5 times), then hands the TRYAGAIN to the caller.
+    r = p.cmd(moved, "MGET", moved, stays)
+    assert r["reply"]["err"].startswith("TRYAGAIN"), r
+    mget = rc.client(src).info("commandstats")["cmdstat_mget"]
+    assert mget["calls"] + mget.get("rejected_calls", 0) + mget.get("failed_calls", 0) == 6, mget
     # ASK does not change the map: the slot is still src's.
     assert p.owner(slot)["owner"] == f"127.0.0.1:{src}"
     assert p.events("topology") == []
