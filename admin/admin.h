@@ -80,8 +80,8 @@ struct sb_admin {
     sb_redis_t *redis;
     unsigned char *token_digest; /* HMAC of the token under token_key (auth.c) */
     unsigned char token_key[32];
-    char holder[80];       /* this process's id for the reconcile lease */
-    char events_max[24];   /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
+    char holder[80];             /* this process's id for the reconcile lease */
+    char events_max[24];         /* cfg.events_max as text, for XADD MAXLEN ~ and room_remove */
     uv_signal_t sigint, sigterm; /* main.c */
     int stopping;
     /* lease.c */

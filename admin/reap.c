@@ -255,8 +255,8 @@ static void on_scan(const redisReply *items, const char *error, void *data)
             continue;
         }
         size_t rlen = (size_t)(sp - e->str);
-        if (sb_batch_reap(a, &r->batch, e->str, rlen, sp + 1, e->len - rlen - 1, r->node,
-                          on_socket, r) != 0)
+        if (sb_batch_reap(a, &r->batch, e->str, rlen, sp + 1, e->len - rlen - 1, r->node, on_socket,
+                          r) != 0)
             break;
     }
     if (sb_batch_settle(&r->batch))

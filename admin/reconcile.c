@@ -29,7 +29,7 @@ struct sb_pass {
     uint64_t started_ns; /* uv_hrtime() at the start */
     int by_lease;        /* started while this admin held the lease: may log node-up */
     sb_scan_t rooms;     /* P:rooms */
-    sb_batch_t batch; /* the room_check and reap calls of the current SSCAN batch */
+    sb_batch_t batch;    /* the room_check and reap calls of the current SSCAN batch */
 };
 
 typedef struct {
@@ -257,8 +257,7 @@ static void on_checked(redisReply *reply, const char *error, void *data)
         const redisReply *e = reply->element[i];
         if (e->type != REDIS_REPLY_STRING || e->len == 0)
             continue;
-        sb_batch_reap(p->a, &p->batch, c->room, strlen(c->room), e->str, e->len, "", on_swept,
-                      p);
+        sb_batch_reap(p->a, &p->batch, c->room, strlen(c->room), e->str, e->len, "", on_swept, p);
     }
     free(c);
     settle(p);
@@ -292,8 +291,8 @@ static void on_rooms(const redisReply *items, const char *error, void *data)
         sb_key_room_n(key, sizeof key, a->cfg.prefix, c->room, e->len, "members"); /* valid */
         const char *args[] = {key, a->cfg.prefix, c->room};
         sb_batch_add(&p->batch);
-        if (sb_batch_issued(&p->batch, sb_script_call(a->redis, sb_script("room_check"), 1, 3,
-                                                      args, NULL, on_checked, c)) != 0)
+        if (sb_batch_issued(&p->batch, sb_script_call(a->redis, sb_script("room_check"), 1, 3, args,
+                                                      NULL, on_checked, c)) != 0)
             free(c);
     }
     settle(p);

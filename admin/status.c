@@ -188,8 +188,8 @@ json_t *sb_status_json(const sb_status_t *st)
     for (int i = 0; sorted && i < st->nodes.n; i++)
         json_array_append_new(nodes, node_json(&sorted[i], now));
     free(sorted);
-    /* Entries are {id, type, at, data}: the documented shape (docs/admin.md), plus the stream id for clients
-     * that dedupe. */
+    /* Entries are {id, type, at, data}: the documented shape (docs/admin.md), plus the stream id
+     * for clients that dedupe. */
     json_t *events = st->events ? json_incref(st->events) : json_array();
     json_t *totals = st->totals ? json_incref(st->totals) : json_object();
     return json_pack("{s:o,s:I,s:I,s:I,s:I,s:O,s:o,s:o}", "nodes", nodes, "rooms",

@@ -45,10 +45,14 @@ static void test_global_and_node_keys(void **state)
     char buf[SB_KEY_MAX];
     const struct {
         const char *suffix, *want;
-    } globals[] = {{"instance", "sb:instance"},       {"stats", "sb:stats"},
-                   {"rooms", "sb:rooms"},             {"nodes", "sb:nodes"},
-                   {"events", "sb:events"},           {"admin:lock", "sb:admin:lock"},
-                   {"admin:totals", "sb:admin:totals"}, {"admin:last", "sb:admin:last"}};
+    } globals[] = {{"instance", "sb:instance"},
+                   {"stats", "sb:stats"},
+                   {"rooms", "sb:rooms"},
+                   {"nodes", "sb:nodes"},
+                   {"events", "sb:events"},
+                   {"admin:lock", "sb:admin:lock"},
+                   {"admin:totals", "sb:admin:totals"},
+                   {"admin:last", "sb:admin:last"}};
     for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++) {
         assert_int_equal(sb_key_global(buf, sizeof buf, "sb", globals[i].suffix),
                          (int)strlen(globals[i].want));
@@ -127,8 +131,8 @@ static void test_names_match_the_readme_schema(void **state)
         if (!strstr(schema, line))
             fail_msg("%s is not in lua/README.md's key schema", buf);
     }
-    const char *globals[] = {"instance", "stats", "rooms", "nodes", "events",
-                             "admin:lock", "admin:totals", "admin:last"};
+    const char *globals[] = {"instance", "stats",      "rooms",        "nodes",
+                             "events",   "admin:lock", "admin:totals", "admin:last"};
     for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++) {
         assert_true(sb_key_global(buf, sizeof buf, "P", globals[i]) > 0);
         snprintf(line, sizeof line, "\n%s ", buf);
