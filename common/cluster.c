@@ -678,10 +678,12 @@ static void apply_map(sb_cluster_t *c, sb_slotmap_t *m)
     c->map_loaded = 1;
     place_channels(c);
     /* Primaries that serve nothing any more (demoted after a failover, emptied by a reshard)
-     * are closed last, once nothing points at them. */
+     * are closed last, once nothing points at them. One still awaiting replies is kept until
+     * a later map: closing it would fail commands that a live server is about to answer. */
     for (int i = c->nprim - 1; i >= 0; i--) {
-        if (c->prim[i]->nslots == 0) {
-            drop_primary(c, c->prim[i]);
+        primary_t *p = c->prim[i];
+        if (p->nslots == 0 && (!sb_redis_up(p->cmd) || sb_redis_pending(p->cmd) == 0)) {
+            drop_primary(c, p);
             i = c->nprim; /* the array was reordered: start over */
         }
     }

@@ -21,10 +21,16 @@ static void on_poll(uv_poll_t *handle, int status, int events)
         /* Why: hiredis only learns of a failure by doing I/O. While connecting, a write event
          * makes it check SO_ERROR; once connected, a read returns the error. Either way hiredis
          * disconnects and every pending callback gets its error. */
-        sb_warn("redis: poll error on fd %d: %s", g->ac->c.fd, uv_strerror(status));
-        if (!(g->ac->c.flags & REDIS_CONNECTED))
+        if (!(g->ac->c.flags & REDIS_CONNECTED)) {
+            /* libuv reports POLLERR as UV_EBADF: while connecting that is just a refused
+             * connection, which the connect callback reports; not worth a warning per retry. */
+            sb_debug("redis: poll error while connecting on fd %d: %s", g->ac->c.fd,
+                     uv_strerror(status));
             redisAsyncHandleWrite(g->ac);
-        else if (g->on_readable)
+            return;
+        }
+        sb_warn("redis: poll error on fd %d: %s", g->ac->c.fd, uv_strerror(status));
+        if (g->on_readable)
             g->on_readable(g->ac);
         else
             redisAsyncHandleRead(g->ac);

@@ -29,7 +29,7 @@ def _free_ports(n):
 
 class RedisCluster:
     def __init__(self, tmpdir, primaries=3, replicas_per_primary=1, node_timeout_ms=1000,
-                 full_coverage=False, extra=()):
+                 full_coverage=False, password=None, extra=()):
         self.dir = tmpdir
         self.n = primaries * (1 + replicas_per_primary)
         ports = _free_ports(2 * self.n)
@@ -39,14 +39,18 @@ class RedisCluster:
         self.node_timeout_ms = node_timeout_ms
         self.replicas_per_primary = replicas_per_primary
         self.full_coverage = full_coverage
+        self.password = password
         self.extra = list(extra)
+        if password:
+            self.extra += ["--requirepass", password, "--masterauth", password]
         try:
             for port, bus in zip(self.ports, self.bus_ports):
                 self._start(port, bus)
             for port in self.ports:
                 wait_for(lambda p=port: self.ping(p), 10, msg=f"redis {port}")
             out = subprocess.run(
-                ["redis-cli", "--cluster", "create"] + [f"127.0.0.1:{p}" for p in self.ports] +
+                ["redis-cli", "--no-auth-warning"] + (["-a", password] if password else []) +
+                ["--cluster", "create"] + [f"127.0.0.1:{p}" for p in self.ports] +
                 ["--cluster-replicas", str(replicas_per_primary), "--cluster-yes"],
                 capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stdout + out.stderr
@@ -79,7 +83,7 @@ class RedisCluster:
     def client(self, port):
         import redis
         return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                           socket_timeout=5)
+                           socket_timeout=5, password=self.password)
 
     def ping(self, port):
         try:

@@ -365,6 +365,9 @@ def test_08_primary_killed_failover(tmp_path, probes):
         victim_slots = sum(s[1] - s[0] + 1 for s in c.slots() if s[2] == victim)
         key = spread[victim][0]
         safe = next(k for o, ks in spread.items() if o != victim for k in ks)
+        chan = "{%s}:events" % key  # a channel on the victim's shard
+        p.send(f"sub {chan}")
+        p.wait(lambda o: o.get("event") == "subscribed", msg="subscribed")
         time.sleep(0.5)  # let the replica receive the writes (replication is asynchronous)
         c.kill(victim)
         # During the failover: the victim's slots fail (unavailable), the others work.
@@ -378,6 +381,36 @@ def test_08_primary_killed_failover(tmp_path, probes):
         assert topo["why"] == "owner" and topo["slots"] == victim_slots
         assert sorted(x["port"] for x in p.state()["primaries"]) == sorted(
             [x for x in c.primaries()])
+        # The subscription followed its slot to the promoted replica.
+        p.wait(lambda o: o.get("event") == "subscribed" and o["channel"] == chan, 10,
+               msg="resubscribed on the promoted replica")
+        assert chan in c.client(replica).execute_command("PUBSUB", "SHARDCHANNELS")
+        assert p.call("pub", chan, "after-failover")["reply"] == 1
+        assert p.wait(lambda o: o.get("event") == "message")["payload"] == "after-failover"
         p.quit()
+    finally:
+        c.stop()
+
+
+def test_09_auth_with_user_and_password(tmp_path, probes):
+    # A password with characters that must be percent-escaped in the URL ('@' and ',').
+    c = RedisCluster(str(tmp_path / "auth"), replicas_per_primary=0, password="p@ss,w")
+    try:
+        seeds = ",".join(f"127.0.0.1:{x}" for x in c.ports[:2])
+        p = probes(f"redis-cluster://default:p%40ss%2Cw@{seeds}")
+        p.wait_up()
+        for keys in keys_on_each_primary(c, 1).values():
+            assert p.cmd(keys[0], "SET", keys[0], "1")["reply"] == "OK"
+        p.send("sub authed")
+        p.wait(lambda o: o.get("event") == "subscribed")
+        assert p.call("pub", "authed", "x")["reply"] == 1
+        assert p.wait(lambda o: o.get("event") == "message")["payload"] == "x"
+        p.quit()
+        bad = probes(f"redis-cluster://default:wrong@{seeds}")
+        time.sleep(1.0)
+        st = bad.state()
+        assert st["up"] is False and st["primaries"] == []
+        assert "handshake refused" in bad.log()
+        bad.quit()
     finally:
         c.stop()
