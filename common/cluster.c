@@ -188,6 +188,7 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         finish(q, reply, NULL);
         return;
     }
+    int was_asking = q->asking;
     q->asking = 0;
     sb_redirect_t rd;
     if (sb_redirect_parse(reply->str, reply->len, &rd) == 0) {
@@ -241,8 +242,12 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
                 via->host, via->port);
         const char *load[3] = {"SCRIPT", "LOAD", q->script->data};
         size_t load_lens[3] = {6, 4, q->script->len};
-        /* Pipelined on the same connection: Redis runs them in order. */
+        const char *asking = "ASKING";
+        size_t alen = 6;
+        /* Pipelined on the same connection: Redis runs them in order. After an ASK the retry
+         * needs its own ASKING (it only covers the next command). */
         if (sb_redis_argv(via->cmd, NULL, NULL, 3, load, load_lens) == 0 &&
+            (!was_asking || sb_redis_argv(via->cmd, NULL, NULL, 1, &asking, &alen) == 0) &&
             sb_redis_argv(via->cmd, on_req_reply, q, q->argc, q->argv, q->lens) == 0) {
             q->via = via;
             return;
@@ -734,7 +739,7 @@ static void refresh_now(sb_cluster_t *c)
     }
     c->next_source++;
     for (int i = 0; i < c->nseeds && !via; i++) {
-        if (sb_redis_up(c->seeds[i])) {
+        if (c->seeds[i] && sb_redis_up(c->seeds[i])) {
             via = c->seeds[i];
             host = c->u.seeds[i].host;
         }
@@ -807,7 +812,10 @@ static void on_tick(uv_timer_t *t)
     while (list) {
         req_t *q = list;
         list = q->next;
-        if (now < q->due) {
+        if (c->closed) {
+            /* A callback of this loop closed the client. */
+            finish(q, NULL, "closing");
+        } else if (now < q->due) {
             q->next = c->delayed;
             c->delayed = q;
         } else if (dispatch(q) != 0) {
@@ -870,11 +878,11 @@ sb_cluster_t *sb_cluster_new(const sb_cluster_opts_t *opts)
                               .timeout_ms = opts->timeout_ms,
                               .on_up = on_seed_up,
                               .data = c};
-        c->seeds[c->nseeds] = url ? sb_redis_new(&ro) : NULL;
+        /* Same index as c->u.seeds; NULL when it could not be made (out of memory). */
+        c->seeds[i] = url ? sb_redis_new(&ro) : NULL;
         free(url);
-        if (c->seeds[c->nseeds])
-            c->nseeds++;
     }
+    c->nseeds = c->u.nseeds;
     c->refresh_at = sb_mono_ms();
     return c;
 }
@@ -904,10 +912,13 @@ void sb_cluster_close(sb_cluster_t *c)
     c->chans = NULL;
     c->nchans = 0;
     for (int i = 0; i < c->nseeds; i++)
-        sb_redis_close(c->seeds[i]);
+        if (c->seeds[i])
+            sb_redis_close(c->seeds[i]);
     free(c->seeds);
     c->seeds = NULL;
     c->nseeds = 0;
+    for (unsigned s = 0; s < SB_SLOTS; s++)
+        c->owner[s] = NULL;
     while (c->nprim > 0)
         drop_primary(c, c->prim[c->nprim - 1]);
     free(c->prim);

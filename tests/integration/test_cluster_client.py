@@ -235,6 +235,20 @@ def test_03_ask_during_a_migration(rc, probes):
     assert r["reply"]["err"].startswith("TRYAGAIN"), r
     mget = rc.client(src).info("commandstats")["cmdstat_mget"]
     assert mget["calls"] + mget.get("rejected_calls", 0) + mget.get("failed_calls", 0) == 6, mget
+    # A script on a key of the migrating slot that src no longer has, with dst's script cache
+    # empty: ASK, then on dst NOSCRIPT, then SCRIPT LOAD + ASKING + EVALSHA on dst. src sees
+    # the call once (a retry without ASKING would bounce back to src with MOVED).
+    rc.client(dst).script_flush()
+    rc.reset_stats()
+    assert p.call("script", 1, "{ask-test}cnt", 5)["reply"] == 5
+    ev = rc.client(src).info("commandstats")["cmdstat_evalsha"]
+    assert ev["calls"] + ev.get("rejected_calls", 0) + ev.get("failed_calls", 0) == 1, ev
+    assert rc.commandstats(dst).get("asking") == 2
+    assert rc.commandstats(dst).get("script|load") == 1
+    pipe = rc.client(dst).pipeline(transaction=False)
+    pipe.execute_command("ASKING")
+    pipe.get("{ask-test}cnt")
+    assert pipe.execute()[1] == "5"
     # ASK does not change the map: the slot is still src's.
     assert p.owner(slot)["owner"] == f"127.0.0.1:{src}"
     assert p.events("topology") == []
