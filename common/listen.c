@@ -50,12 +50,12 @@ int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const ch
         setrlimit(RLIMIT_NOFILE, &rl); /* a failure leaves the soft limit, which is then used */
     }
     int64_t limit = fd_limit();
-    int64_t room = limit - SB_LISTEN_FD_RESERVE - SB_LISTEN_LWS_OWN;
+    int64_t room = limit - SB_LISTEN_OVERHEAD;
     if (room < 1) {
         snprintf(err, errlen,
                  "--%s: the fd limit (ulimit -n %lld) leaves no room for connections after a "
                  "reserve of %d",
-                 opt_max, (long long)limit, SB_LISTEN_FD_RESERVE + SB_LISTEN_LWS_OWN);
+                 opt_max, (long long)limit, SB_LISTEN_OVERHEAD);
         return -1;
     }
     if (*max_connections == 0) {
@@ -65,7 +65,7 @@ int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const ch
                  "--%s: %lld is more than the fd limit allows (ulimit -n %lld less a reserve of "
                  "%d: at most %lld)",
                  opt_max, (long long)*max_connections, (long long)limit,
-                 SB_LISTEN_FD_RESERVE + SB_LISTEN_LWS_OWN, (long long)room);
+                 SB_LISTEN_OVERHEAD, (long long)room);
         return -1;
     }
     if (*max_per_source == 0) {
@@ -148,16 +148,19 @@ static int on_accept(limiter_t *lim, int fd)
     }
     /* An adoption that failed after we counted it never told us; its fd is free again. */
     release_slot(lim, &lim->fds[fd]);
-    if (lim->stats.open >= lim->max_connections) {
-        lim->stats.refused_max++;
-        sb_warn_limited("refused a connection: --max-connections (%lld) reached",
-                        (long long)lim->max_connections);
-        return 1;
-    }
     char src[INET6_ADDRSTRLEN + 8];
     if (source_of(fd, src, sizeof src) != 0)
         return 1; /* the peer is gone already */
     uintptr_t n = (uintptr_t)sb_map_get(&lim->by_source, src);
+    /* At the cap, only a source with next to nothing open gets one of the spare slots: the
+     * flood's addresses are full, a health probe's is not. */
+    if (lim->stats.open >= lim->max_connections &&
+        (n >= SB_LISTEN_SPARE_BELOW || lim->stats.open >= lim->max_connections + SB_LISTEN_SPARE)) {
+        lim->stats.refused_max++;
+        sb_warn_limited("refused a connection from %s: --max-connections (%lld) reached", src,
+                        (long long)lim->max_connections);
+        return 1;
+    }
     if ((int64_t)n >= lim->max_per_source) {
         lim->stats.refused_source++;
         sb_warn_limited("refused a connection from %s: its %lld connections reach the "
@@ -331,7 +334,7 @@ struct lws_context *sb_listen(const sb_listen_t *l)
         lws_context_destroy(ctx);
         return NULL;
     }
-    lim->max_connections = l->max_connections > 0 ? l->max_connections : INT64_MAX;
+    lim->max_connections = l->max_connections > 0 ? l->max_connections : INT64_MAX / 2;
     lim->max_per_source = l->max_per_source > 0 ? l->max_per_source : INT64_MAX;
     sb_map_init(&lim->by_source);
     sb_map_init(&lim->by_wsi);

@@ -14,7 +14,15 @@
  * connections can never take the last descriptors the process needs to stay ready. */
 #define SB_LISTEN_FD_RESERVE 64
 /* Descriptors lws uses itself (listeners, its event pipe) inside its share. */
-#define SB_LISTEN_LWS_OWN 32
+#define SB_LISTEN_LWS_OWN 16
+/* Spare connections past --max-connections, only for a source holding fewer than
+ * SB_LISTEN_SPARE_BELOW connections: health probes and the odd new client still get in while
+ * a flood from a few addresses holds the node at its cap. Inside lws's share too. */
+#define SB_LISTEN_SPARE 32
+#define SB_LISTEN_SPARE_BELOW 4
+/* What the fd limit must leave besides connections: the default --max-connections is the fd
+ * limit less this (112). */
+#define SB_LISTEN_OVERHEAD (SB_LISTEN_FD_RESERVE + SB_LISTEN_LWS_OWN + SB_LISTEN_SPARE)
 
 typedef struct {
     uv_loop_t *loop;
@@ -32,7 +40,7 @@ typedef struct {
 /* Connection figures of one listener (for metrics). */
 typedef struct {
     int64_t open;            /* accepted connections not closed yet (HTTP and WebSocket) */
-    uint64_t refused_max;    /* refused at accept: --max-connections reached */
+    uint64_t refused_max;    /* refused at accept: --max-connections (and the spare) reached */
     uint64_t refused_source; /* refused at accept: the source address's cap reached */
 } sb_listen_stats_t;
 
