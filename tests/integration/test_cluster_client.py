@@ -340,13 +340,15 @@ def test_06_single_redis_same_api(tmp_path, probes):
         r.stop()
 
 
-def test_07_uncovered_slot_fails_only_that_slot(rc, probes):
+def test_07_uncovered_slot_fails_only_that_slot_clusterdown_fails_all(rc, probes):
     p = probes(rc.url)
     p.wait_up()
     key = "{hole-test}k"
     slot = rc.keyslot(key)
     owner = rc.owner(slot)
-    other = next(k for k in (f"o{i}" for i in range(100)) if rc.keyslot(k) != slot)
+    slot2 = (slot + 1) % 16384
+    owner2 = rc.owner(slot2)
+    other = next(k for k in (f"o{i}" for i in range(100)) if rc.keyslot(k) not in (slot, slot2))
     for port in rc.alive():
         rc.client(port).execute_command("CLUSTER", "DELSLOTS", slot)
     try:
@@ -358,8 +360,21 @@ def test_07_uncovered_slot_fails_only_that_slot(rc, probes):
         assert r.get("rc") == -1, r
         assert p.owner(slot)["owner"] is None
         assert p.cmd(other, "SET", other, "1")["reply"] == "OK"
+        # With full coverage required the whole cluster refuses (CLUSTERDOWN): the probe hands
+        # that on as "unavailable", for every slot.
+        # (The setting is read when the state is recomputed: a second hole makes that happen.)
+        for port in rc.alive():
+            rc.client(port).config_set("cluster-require-full-coverage", "yes")
+            rc.client(port).execute_command("CLUSTER", "DELSLOTS", slot2)
+        r = wait_for(lambda: (lambda r: r if "error" in r else None)(p.cmd(other, "GET", other)),
+                     10, msg="CLUSTERDOWN")
+        assert r["error"].startswith("unavailable: CLUSTERDOWN"), r
     finally:
+        for port in rc.alive():
+            rc.client(port).config_set("cluster-require-full-coverage", "no")
         rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
+        if rc.owner(slot2) is None:
+            rc.client(owner2).execute_command("CLUSTER", "ADDSLOTS", slot2)
     wait_for(lambda: p.state()["up"], 10, msg="whole again")
     assert p.cmd(key, "SET", key, "1")["reply"] == "OK"
     p.quit()
