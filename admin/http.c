@@ -355,18 +355,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 {
     (void)len;
     pss_t *pss = user;
-    struct lws_vhost *vh = lws_get_vhost(wsi);
-    sb_admin_t *a = vh ? lws_vhost_user(vh) : NULL;
-    if (!a && lws_get_context(wsi))
-        a = lws_context_user(lws_get_context(wsi));
-
-    if (sb_listen_filter(wsi, reason, in, &protocols[0]))
-        return 1; /* refused at accept by a connection cap */
+    sb_admin_t *a = sb_listen_user(wsi);
+    int rc;
+    if (sb_listen_filter(wsi, reason, in, &protocols[0], &rc))
+        return rc; /* refused at accept (a cap), or a raw socket (CONNECT) */
     switch (reason) {
-    case LWS_CALLBACK_RAW_ADOPT:
-        /* lws turns a CONNECT request into a raw socket with no timeout of its own; nothing
-         * here speaks raw: refuse it at once. */
-        return -1;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return -1; /* no WebSocket here */
     case LWS_CALLBACK_HTTP: {

@@ -212,9 +212,23 @@ static void limiter_free(limiter_t *lim)
     free(lim);
 }
 
-int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in,
-                     const struct lws_protocols *p0)
+void *sb_listen_user(struct lws *wsi)
 {
+    struct lws_vhost *vh = lws_get_vhost(wsi);
+    void *user = vh ? lws_vhost_user(vh) : NULL;
+    if (!user && lws_get_context(wsi))
+        user = lws_context_user(lws_get_context(wsi));
+    return user;
+}
+
+int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in,
+                     const struct lws_protocols *p0, int *rc)
+{
+    *rc = 0;
+    if (reason == LWS_CALLBACK_RAW_ADOPT) {
+        *rc = -1;
+        return 1;
+    }
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
     case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
@@ -233,7 +247,8 @@ int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         /* `in` is the accepted socket; wsi is the listener's. */
-        return on_accept(lim, (int)(intptr_t)in);
+        *rc = on_accept(lim, (int)(intptr_t)in);
+        return *rc;
     case LWS_CALLBACK_WSI_DESTROY:
         on_destroy(lim, wsi);
         break;

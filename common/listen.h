@@ -57,12 +57,16 @@ int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const ch
  * then let the loop run so lws closes its handles. lws logs through sb_log_lws_emit. */
 struct lws_context *sb_listen(const sb_listen_t *l);
 
-/* The protocol callback calls this first, with the same arguments and its protocols[0]:
- * returns 1 when the callback must return 1 at once (a connection refused at accept by a cap;
- * lws then closes it), else 0. Keeps the counts of open connections per source; frees its
- * state at LWS_CALLBACK_PROTOCOL_DESTROY. */
+/* The protocol callback calls this first, with the same arguments and its protocols[0].
+ * Returns 1 when the callback must return *rc at once: a connection refused at accept by a
+ * cap (*rc = 1, lws closes it), or a raw adoption (*rc = -1: lws turns a CONNECT request into
+ * a raw socket with no timeout of its own, and nothing of ours speaks raw). Else 0. Keeps the
+ * counts of open connections per source; frees its state at LWS_CALLBACK_PROTOCOL_DESTROY. */
 int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in,
-                     const struct lws_protocols *p0);
+                     const struct lws_protocols *p0, int *rc);
+
+/* What sb_listen_t.user was: the vhost's user (the context's while no vhost is bound). */
+void *sb_listen_user(struct lws *wsi);
 
 /* Figures of the listener of ctx: its vhost's name and the name of its protocols[0] (zeros
  * when unknown, e.g. ctx NULL). */

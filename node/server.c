@@ -291,18 +291,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
                     size_t len)
 {
     pss_t *pss = user;
-    struct lws_vhost *vh = lws_get_vhost(wsi);
-    sb_node_t *n = vh ? lws_vhost_user(vh) : NULL;
-    if (!n && lws_get_context(wsi))
-        n = lws_context_user(lws_get_context(wsi));
-
-    if (sb_listen_filter(wsi, reason, in, &protocols[0]))
-        return 1; /* refused at accept by a connection cap */
+    sb_node_t *n = sb_listen_user(wsi);
+    int rc;
+    if (sb_listen_filter(wsi, reason, in, &protocols[0], &rc))
+        return rc; /* refused at accept (a cap), or a raw socket (CONNECT) */
     switch (reason) {
-    case LWS_CALLBACK_RAW_ADOPT:
-        /* lws turns a CONNECT request (and anything it adopts as raw) into a raw socket with
-         * no timeout of its own; nothing here speaks raw: refuse it at once. */
-        return -1;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return confirm_upgrade(wsi, n);
     case LWS_CALLBACK_HTTP:
