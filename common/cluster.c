@@ -52,7 +52,9 @@ typedef struct req {
     int64_t deadline, due;
     struct req *next; /* in the delayed list */
     char why[160];    /* the error text given to cb */
-    char blob[];      /* the copied arguments */
+    /* lens[argc], argv[argc], then the argument bytes (each NUL terminated). Aligned for the
+     * arrays: lens first (size_t), then pointers. */
+    _Alignas(max_align_t) char blob[];
 } req_t;
 
 typedef struct {
@@ -96,8 +98,6 @@ static void finish(req_t *q, redisReply *reply, const char *error)
 {
     if (q->cb)
         q->cb(reply, error, q->data);
-    free(q->argv);
-    free(q->lens);
     free(q);
 }
 
@@ -273,23 +273,21 @@ static req_t *new_req(sb_cluster_t *c, unsigned slot, sb_redis_cb cb, void *data
         total += strlen(prefix[i]) + 1;
     for (int i = 0; i < argc; i++)
         total += (lens ? lens[i] : strlen(argv[i])) + 1;
-    req_t *q = calloc(1, sizeof *q + total);
+    int n = nprefix + argc;
+    /* One allocation per command (the relay path sends one per signal): the struct, then the
+     * argv and lens arrays, then the argument bytes. */
+    size_t arrays = (size_t)n * (sizeof(char *) + sizeof(size_t));
+    req_t *q = calloc(1, sizeof *q + arrays + total);
     if (!q)
         return NULL;
     q->c = c;
     q->slot = slot;
     q->cb = cb;
     q->data = data;
-    q->argc = nprefix + argc;
-    q->argv = calloc((size_t)q->argc, sizeof *q->argv);
-    q->lens = calloc((size_t)q->argc, sizeof *q->lens);
-    if (!q->argv || !q->lens) {
-        free(q->argv);
-        free(q->lens);
-        free(q);
-        return NULL;
-    }
-    char *p = q->blob;
+    q->argc = n;
+    q->lens = (size_t *)(void *)q->blob;
+    q->argv = (const char **)(void *)(q->blob + (size_t)n * sizeof(size_t));
+    char *p = q->blob + arrays;
     for (int i = 0; i < q->argc; i++) {
         const char *a = i < nprefix ? prefix[i] : argv[i - nprefix];
         size_t l = i < nprefix ? strlen(a) : (lens ? lens[i - nprefix] : strlen(a));
@@ -308,17 +306,12 @@ static int start(req_t *q)
     if (!q)
         return SB_ENOMEM;
     if (q->c->closed) {
-        free(q->argv);
-        free(q->lens);
         free(q);
         return SB_EUNAVAIL;
     }
     int rc = dispatch(q);
-    if (rc != 0) {
-        free(q->argv);
-        free(q->lens);
+    if (rc != 0)
         free(q);
-    }
     return rc;
 }
 
