@@ -69,7 +69,7 @@ int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const ch
         return -1;
     }
     if (*max_per_source == 0) {
-        *max_per_source = *max_connections / 4 > 0 ? *max_connections / 4 : 1;
+        *max_per_source = *max_connections / 2 > 0 ? *max_connections / 2 : 1;
     } else if (*max_per_source > *max_connections) {
         snprintf(err, errlen, "--%s: %lld is more than --%s (%lld)", opt_per_source,
                  (long long)*max_per_source, opt_max, (long long)*max_connections);

@@ -46,7 +46,7 @@ typedef struct {
 
 /* Raises the soft RLIMIT_NOFILE to the hard limit, then resolves the caps: 0 in
  * *max_connections means "derived": the fd limit less SB_LISTEN_FD_RESERVE and
- * SB_LISTEN_LWS_OWN; 0 in *max_per_source means a quarter of *max_connections (at least 1).
+ * SB_LISTEN_LWS_OWN; 0 in *max_per_source means half of *max_connections (at least 1).
  * A value given above what the fd limit allows, or a per-source cap above the global one, is
  * an error. Returns 0, or -1 with one line naming the option (opt_max, opt_per_source are the
  * options' names, without dashes) in err. */

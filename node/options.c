@@ -55,7 +55,7 @@ static const sb_option_t node_options[] = {
      "open connections (HTTP and WebSocket) before new ones are refused at accept; 0 = the fd "
      "limit less 112 (a reserve)"},
     {"max-connections-per-ip", SB_OPT_INT, "0", 0, 100000000, OFF(max_connections_per_ip),
-     "open connections from one source address; 0 = a quarter of --max-connections"},
+     "open connections from one source address; 0 = half of --max-connections"},
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
     {0},
 };
