@@ -87,6 +87,7 @@ struct sb_cluster {
     /* Slots whose owner a MOVED changed since the last map: reported with the next map. */
     unsigned char moved[SB_SLOTS / 8];
     int nmoved;
+    sb_cluster_stats_t stats;
     uv_timer_t tick;
 };
 
@@ -192,6 +193,10 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
     q->asking = 0;
     sb_redirect_t rd;
     if (sb_redirect_parse(reply->str, reply->len, &rd) == 0) {
+        if (rd.ask)
+            c->stats.ask++;
+        else
+            c->stats.moved++;
         if (++q->redirects > MAX_REDIRECTS) {
             fail_req(q, "too many redirects, last: ", reply->str);
             return;
@@ -228,6 +233,7 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         return;
     }
     if (starts(reply->str, "TRYAGAIN")) {
+        c->stats.tryagain++;
         /* A multi-key command during a migration with keys on both sides: short backoff. */
         if (++q->tryagains > MAX_TRYAGAIN) {
             finish(q, reply, NULL);
@@ -238,6 +244,7 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
     }
     if (starts(reply->str, "NOSCRIPT") && q->script && !q->noscript) {
         q->noscript = 1;
+        c->stats.noscript++;
         sb_info("redis %s: script %s not loaded on %s:%d: loading", c->name, q->script->name,
                 via->host, via->port);
         const char *load[3] = {"SCRIPT", "LOAD", q->script->data};
@@ -256,6 +263,7 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         return;
     }
     if (starts(reply->str, "CLUSTERDOWN")) {
+        c->stats.clusterdown++;
         want_refresh(c, REFRESH_SOON_MS);
         fail_req(q, "", reply->str);
         return;
@@ -685,8 +693,10 @@ static void apply_map(sb_cluster_t *c, sb_slotmap_t *m)
             i = c->nprim; /* the array was reordered: start over */
         }
     }
-    if (changed)
+    if (changed) {
+        c->stats.map_changes++;
         fire_topology(c, bits, "owner");
+    }
     check_state(c);
 }
 
@@ -712,6 +722,7 @@ static void on_slots(redisReply *reply, const char *error, void *data)
         sb_warn("redis %s: %s", c->name, err);
         want_refresh(c, REFRESH_BROKEN_MS);
     } else {
+        c->stats.map_reads++;
         apply_map(c, &m);
     }
     sb_slotmap_free(&m);
@@ -974,4 +985,9 @@ int sb_cluster_slot_owner(const sb_cluster_t *c, unsigned slot)
         if (c->prim[i] == c->owner[slot])
             return i;
     return -1;
+}
+
+void sb_cluster_stats(const sb_cluster_t *c, sb_cluster_stats_t *out)
+{
+    *out = c->stats;
 }

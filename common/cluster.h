@@ -106,6 +106,14 @@ typedef struct {
     sb_redis_t *redis; /* its command connection (e.g. for SCAN); do not close it */
 } sb_cluster_node_t;
 
+/* Counters since sb_cluster_new, for metrics and tests. */
+typedef struct {
+    uint64_t moved, ask, tryagain, noscript, clusterdown; /* replies seen and handled */
+    uint64_t map_reads, map_changes; /* CLUSTER SLOTS answered; maps that moved a slot */
+} sb_cluster_stats_t;
+
+void sb_cluster_stats(const sb_cluster_t *c, sb_cluster_stats_t *out);
+
 /* Primaries are numbered 0..n-1; numbers are valid until the loop runs again (a map change
  * renumbers them). */
 int sb_cluster_nprimaries(const sb_cluster_t *c);

@@ -174,6 +174,8 @@ def test_01_routes_commands_and_scripts_to_the_slot_primary(rc, probes):
             assert direct.get(k) == f"v-{k}"
             assert direct.get("{%s}:n" % k) == "7"
     # The probe never got a redirect: its map was right (no command ran twice anywhere).
+    st = p.state()["stats"]
+    assert st["moved"] == 0 and st["ask"] == 0 and st["noscript"] >= 1
     total_set = sum(rc.commandstats(o).get("set", 0) for o in rc.primaries())
     assert total_set == sum(len(v) for v in spread.values())
     p.quit()
@@ -194,6 +196,7 @@ def test_02_moved_after_a_slot_moved_updates_the_map(rc, probes):
     assert p.cmd(key, "GET", key)["reply"] == "before"
     assert rc.commandstats(dst).get("get") == 1
     assert p.owner(slot)["owner"] == f"127.0.0.1:{dst}"
+    assert p.state()["stats"]["moved"] == 1
     topo = p.wait(lambda o: o.get("event") == "topology", msg="topology event")
     assert topo["why"] == "owner" and topo["first"] == slot and topo["slots"] == 1
     # From now on it goes straight to dst.
@@ -219,6 +222,7 @@ def test_03_ask_during_a_migration(rc, probes):
     rc.reset_stats()
     # moved is already on dst: src says ASK, the probe sends ASKING + GET to dst.
     assert p.cmd(moved, "GET", moved)["reply"] == "m"
+    assert p.state()["stats"]["ask"] == 1
     assert rc.commandstats(dst).get("asking") == 1
     assert rc.commandstats(dst).get("get") == 1
     # stays is still on src: served there.
@@ -233,6 +237,7 @@ def test_03_ask_during_a_migration(rc, probes):
     # probe retries with a short backoff (5 times), then hands the TRYAGAIN to the caller.
     r = p.cmd(moved, "MGET", moved, stays)
     assert r["reply"]["err"].startswith("TRYAGAIN"), r
+    assert p.state()["stats"]["tryagain"] == 6
     mget = rc.client(src).info("commandstats")["cmdstat_mget"]
     assert mget["calls"] + mget.get("rejected_calls", 0) + mget.get("failed_calls", 0) == 6, mget
     # A script on a key of the migrating slot that src no longer has, with dst's script cache

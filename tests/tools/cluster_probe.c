@@ -138,9 +138,16 @@ static void print_state(probe_t *p)
                                                n.port, "id", n.id, "run_id", n.run_id, "nslots",
                                                n.nslots, "up", n.up));
     }
-    emit(json_pack("{s:{s:b,s:b,s:i,s:i,s:o}}", "state", "up", sb_cluster_up(p->c), "cluster",
+    sb_cluster_stats_t st;
+    sb_cluster_stats(p->c, &st);
+    json_t *stats =
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "moved", (json_int_t)st.moved, "ask",
+                  (json_int_t)st.ask, "tryagain", (json_int_t)st.tryagain, "noscript",
+                  (json_int_t)st.noscript, "clusterdown", (json_int_t)st.clusterdown, "map_reads",
+                  (json_int_t)st.map_reads, "map_changes", (json_int_t)st.map_changes);
+    emit(json_pack("{s:{s:b,s:b,s:i,s:i,s:o,s:o}}", "state", "up", sb_cluster_up(p->c), "cluster",
                    sb_cluster_is_cluster(p->c), "holes", holes, "first_hole", first, "primaries",
-                   prims));
+                   prims, "stats", stats));
 }
 
 static void on_closed(uv_handle_t *h)
