@@ -31,6 +31,10 @@ sb_http_method_t sb_http_method(struct lws *wsi, char *path, size_t len)
 
 unsigned sb_http_check_framing(struct lws *wsi)
 {
+    /* No route takes a body, so no request needs Transfer-Encoding; with a Content-Length it
+     * is the other classic smuggling pair (RFC 9112 section 6.1). */
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        return HTTP_STATUS_BAD_REQUEST;
     int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH);
     if (total <= 0) {
         /* Absent, or present and empty: lws reports both as 0; an empty one is a fragment. */

@@ -103,6 +103,8 @@ BAD_LENGTHS = [
     ("minus", [b"Content-Length: -1"]),
     ("hex", [b"Content-Length: 0x2c"]),
     ("empty", [b"Content-Length: "]),
+    ("chunked-and-length", [b"Transfer-Encoding: chunked", b"Content-Length: 44"]),
+    ("chunked", [b"Transfer-Encoding: chunked"]),
 ]
 
 
