@@ -10,9 +10,9 @@ sb_http_method_t sb_http_method(struct lws *wsi, char *path, size_t len)
         enum lws_token_indexes tok;
         sb_http_method_t m;
     } methods[] = {
-        {WSI_TOKEN_GET_URI, SB_HTTP_GET},       {WSI_TOKEN_POST_URI, SB_HTTP_POST},
-        {WSI_TOKEN_PUT_URI, SB_HTTP_PUT},       {WSI_TOKEN_DELETE_URI, SB_HTTP_DELETE},
-        {WSI_TOKEN_PATCH_URI, SB_HTTP_PATCH},   {WSI_TOKEN_OPTIONS_URI, SB_HTTP_OPTIONS},
+        {WSI_TOKEN_GET_URI, SB_HTTP_GET},     {WSI_TOKEN_POST_URI, SB_HTTP_POST},
+        {WSI_TOKEN_PUT_URI, SB_HTTP_PUT},     {WSI_TOKEN_DELETE_URI, SB_HTTP_DELETE},
+        {WSI_TOKEN_PATCH_URI, SB_HTTP_PATCH}, {WSI_TOKEN_OPTIONS_URI, SB_HTTP_OPTIONS},
         {WSI_TOKEN_HEAD_URI, SB_HTTP_HEAD},
     };
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {

@@ -64,8 +64,8 @@ int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const ch
         snprintf(err, errlen,
                  "--%s: %lld is more than the fd limit allows (ulimit -n %lld less a reserve of "
                  "%d: at most %lld)",
-                 opt_max, (long long)*max_connections, (long long)limit,
-                 SB_LISTEN_OVERHEAD, (long long)room);
+                 opt_max, (long long)*max_connections, (long long)limit, SB_LISTEN_OVERHEAD,
+                 (long long)room);
         return -1;
     }
     if (*max_per_source == 0) {

@@ -80,10 +80,10 @@ void sb_log_rated(sb_log_rate_t *rate, sb_log_level_t level, const char *fmt, ..
 void sb_log_lws_emit(int lws_level, const char *line)
 {
     static sb_log_rate_t rate;
-    sb_log_level_t level = (lws_level & LLL_ERR)    ? SB_LOG_ERROR
-                           : (lws_level & LLL_WARN) ? SB_LOG_WARN
+    sb_log_level_t level = (lws_level & LLL_ERR)                   ? SB_LOG_ERROR
+                           : (lws_level & LLL_WARN)                ? SB_LOG_WARN
                            : (lws_level & (LLL_NOTICE | LLL_USER)) ? SB_LOG_INFO
-                                                                    : SB_LOG_DEBUG;
+                                                                   : SB_LOG_DEBUG;
     /* lws ends its lines with a newline (and may prefix a timestamp of its own: kept). */
     size_t len = strlen(line);
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))

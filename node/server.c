@@ -62,8 +62,11 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     /* Every route here is read-only: GET and HEAD, nothing else (RFC 9110 15.5.6). */
     if (m != SB_HTTP_GET && m != SB_HTTP_HEAD) {
         static const char body[] = "{\"error\":\"method not allowed\"}";
-        sb_http_head_t h = {.status = 405, .ctype = "application/json", .len = sizeof body - 1,
-                            .extra_name = "allow:", .extra_value = "GET, HEAD"};
+        sb_http_head_t h = {.status = 405,
+                            .ctype = "application/json",
+                            .len = sizeof body - 1,
+                            .extra_name = "allow:",
+                            .extra_value = "GET, HEAD"};
         return respond(wsi, pss, &h, body);
     }
     if (strcmp(path, "/livez") == 0)
@@ -81,7 +84,8 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     if (strcmp(path, "/metrics") == 0) {
         size_t len = 0;
         char *text = sb_metrics_render(n, &len);
-        sb_http_head_t h = {.status = text ? 200 : 500, .ctype = "text/plain; version=0.0.4",
+        sb_http_head_t h = {.status = text ? 200 : 500,
+                            .ctype = "text/plain; version=0.0.4",
                             .len = text ? len : 0};
         int rc = respond(wsi, pss, &h, text ? text : "");
         free(text);
@@ -92,7 +96,9 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     const sb_embed_t *f = sb_http_static(
         static_routes, sizeof static_routes / sizeof static_routes[0], sb_client_files, path);
     if (f) {
-        sb_http_head_t h = {.status = 200, .ctype = sb_http_content_type(f->name), .len = f->len,
+        sb_http_head_t h = {.status = 200,
+                            .ctype = sb_http_content_type(f->name),
+                            .len = f->len,
                             .csp = sb_http_is_page(f) ? page_csp : NULL};
         return respond(wsi, pss, &h, f->data);
     }
