@@ -99,16 +99,17 @@ start_engine() {
                 --default-ulimit "nofile=$NOFILE:$NOFILE" --ip6tables=false
                 --log-driver json-file --log-opt max-size=10m)
     # dockerd finds containerd, runc and docker-proxy on PATH: Debian's, not /usr/local's.
+    # It does not inherit fd 9 (the run lock): its containers' shims would hold the lock.
     local path=/usr/sbin:/usr/bin:/sbin:/bin
     if [ "$1" = host ]; then
         args+=(--bridge=none --iptables=false --ip-masq=false)
         env PATH=$path setsid "$DOCKERD" "${args[@]}" \
-            > "$RUN/dockerd-host.log" 2>&1 < /dev/null &
+            > "$RUN/dockerd-host.log" 2>&1 < /dev/null 9>&- &
     else
         # nsenter, not `ip netns exec`: that also remounts /sys for the namespace, which
         # hides the cgroup hierarchies under /sys/fs/cgroup from dockerd.
         env PATH=$path setsid nsenter --net="/run/netns/$NS" "$DOCKERD" "${args[@]}" \
-            > "$RUN/dockerd-netns.log" 2>&1 < /dev/null &
+            > "$RUN/dockerd-netns.log" 2>&1 < /dev/null 9>&- &
     fi
     echo $! > "$RUN/dockerd.launch"
     for _ in $(seq 1 300); do
@@ -205,13 +206,29 @@ stand_in() {
         return 0
     fi
     log "building the stand-in $tag from deploy/images/$2"
-    DOCKER_BUILDKIT=0 docker build -q --network host --label "org.switchboard.stand-in=$sum" \
+    DOCKER_BUILDKIT=0 docker build -q --force-rm --network host --label "org.switchboard.stand-in=$sum" \
         -t "$tag" "$dir" > /dev/null
+}
+
+# Containers left in the data root by a run that was killed before its down: a dockerd in the
+# host namespace would start them again (restart policy) and create their bridge there. Remove
+# them with the engine inside the namespace first.
+clear_leftovers() {
+    compgen -G "$DATA/containers/*" > /dev/null || return 0
+    log "removing containers a killed run left behind"
+    [ -e "/run/netns/$NS" ] || ip netns add "$NS"
+    start_engine netns
+    local ids
+    mapfile -t ids < <(docker ps -aq)
+    [ ${#ids[@]} -eq 0 ] || docker rm -f "${ids[@]}" > /dev/null
+    docker network prune -f > /dev/null
+    stop_engine
 }
 
 cmd_images() {
     local t0=$SECONDS prev
     prev=$(trap -p EXIT)
+    clear_leftovers
     start_engine host
     trap stop_engine EXIT
     base_image
@@ -224,7 +241,7 @@ cmd_images() {
     for target in node admin; do
         log "building switchboard-$target:latest"
         "$PY" "$ROOT/tests/deploy/build_context.py" "$SRC" "$SRC/deploy/Dockerfile.dockerignore" \
-            | DOCKER_BUILDKIT=0 docker build -q --network host -f deploy/Dockerfile \
+            | DOCKER_BUILDKIT=0 docker build -q --force-rm --network host -f deploy/Dockerfile \
                 --target "$target" -t "switchboard-$target:latest" - > /dev/null \
             || die "building switchboard-$target failed"
     done
@@ -249,6 +266,8 @@ cmd_up() {
     # What compose reads besides the environment: nothing from the user's ./.env.
     : > "$RUN/compose.env"
     (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$RUN/admin.token")
+    # A stack left by an interrupted run would be reused by up: start from nothing.
+    compose down --timeout 5 > /dev/null 2>&1 || true
     docker volume ls -q | sort > "$RUN/volumes.before"
     log "compose up (project $PROJECT, SB_NOFILE=$NOFILE)"
     compose up -d --no-build || { compose logs --tail 30 >&2 || true; die "compose up failed"; }
@@ -342,6 +361,12 @@ cmd_all() {
 }
 
 main() {
+    # One run at a time on a machine: the runs share the data root, the namespace and $RUN.
+    if [ "${1:-all}" != setup ]; then
+        need_root
+        exec 9> /run/sbcompose.lock
+        flock -w 1200 9 || die "another compose.sh run holds /run/sbcompose.lock"
+    fi
     case "${1:-all}" in
     setup) cmd_setup ;;
     images) cmd_images ;;
