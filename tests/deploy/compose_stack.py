@@ -6,13 +6,15 @@ reach the stack only through the load balancer's published port (127.0.0.1:8000)
 admin's (127.0.0.1:9090); Redis is read directly at its container address (routable in this
 namespace only) to compute the truth the admin's figures must equal.
 
-01 sockets through the LB land on all three node containers; two clients on different nodes
+00 podman-compose passes the LB's health check so that it still works (no engine needed)
+01 the engine granted what the file asks (open files, read-only root, user, published ports)
+02 sockets through the LB land on all three node containers; two clients on different nodes
    join one room, exchange offer/answer and bring a link up; figures equal the truth
-02 SIGKILL of a node container: its peers on the other nodes get peer-left `expired`, the
+03 SIGKILL of a node container: its peers on the other nodes get peer-left `expired`, the
    admin's figures equal the truth, and the node comes back healthy under the same id
-03 the Redis container restarted with its data gone: the nodes re-assert, clients see
+04 the Redis container restarted with its data gone: the nodes re-assert, clients see
    nothing, figures right, signalling works
-04 compose down: no container, network or new volume of the project is left
+05 compose down: no container, network or new volume of the project is left
 """
 import asyncio
 import json
@@ -182,15 +184,64 @@ def restart_wait_healthy(service, timeout=60):
 
 
 @pytest.fixture(autouse=True)
-def stack_healthy():
-    """Every test starts from six healthy containers."""
+def stack_healthy(request):
+    """Every test of the stack starts from six healthy containers."""
+    if "stack" not in request.node.name:
+        return
     for s in ("redis", "node1", "node2", "node3", "admin", "lb"):
         restart_wait_healthy(s)
 
 
+# ---- podman-compose's quoting (no engine needed) -----------------------------------------
+
+PODMAN_COMPOSE = os.environ.get("SB_PODMAN_COMPOSE", "/usr/bin/podman-compose")
+FAKE_PODMAN = """#!/usr/bin/python3
+import json, sys
+a = sys.argv
+if "run" in a and any(x.endswith("_lb_1") for x in a if x.startswith("--name=")):
+    json.dump(a[a.index("--healthcheck-command") + 1], open(sys.argv[0] + ".json", "w"))
+print("0" * 64)
+"""
+FAKE_MONITOR = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(int(sys.argv[1]) if self.path == "/healthz" else 404)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", 8404), H).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("monitor,healthy", [(200, True), (503, False)])
+def test_00_lb_health_check_survives_podman_compose(tmp_path, monitor, healthy):
+    """podman-compose 1.0.3 passes a health check to podman as one string that podman runs
+    with /bin/sh -c; it mangled the quoting of the old ["CMD", "bash", "-c", ...] form. Here
+    podman-compose writes the LB's `podman run` for a fake podman, and the health check it
+    passes is run against a fake HAProxy monitor in an empty network namespace."""
+    fake = tmp_path / "podman"
+    fake.write_text(FAKE_PODMAN)
+    fake.chmod(0o755)
+    env = dict(os.environ, SWITCHBOARD_ADMIN_TOKEN="x" * 24)
+    r = subprocess.run([PODMAN_COMPOSE, "--podman-path", str(fake), "-p", "pc",
+                        "-f", os.path.join(ROOT, "docker-compose.yml"), "up", "-d"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert os.path.exists(str(fake) + ".json"), r.stdout + r.stderr
+    with open(str(fake) + ".json") as f:
+        check = json.load(f)
+    script = (f"ip link set lo up; {shlex.quote(sys.executable)} -c {shlex.quote(FAKE_MONITOR)} "
+              f"{monitor} & srv=$!; "
+              "for i in $(seq 50); do bash -c 'exec 3<>/dev/tcp/127.0.0.1/8404' 2>/dev/null && break; sleep 0.1; done; "
+              f"/bin/sh -c {shlex.quote(check)}; rc=$?; kill $srv; exit $rc")
+    r = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True,
+                       timeout=30)
+    assert (r.returncode == 0) == healthy, f"{check!r}: rc {r.returncode} {r.stderr}"
+
+
 # ---- scenarios ----------------------------------------------------------------------------
 
-def test_00_engine_grants_what_compose_asks():
+def test_01_stack_engine_grants_what_compose_asks():
     nofile = os.environ.get("SB_NOFILE", "1048576")
     for n in sorted(NODES):
         assert docker("exec", container(n), "sh", "-c", "ulimit -n") == nofile
@@ -214,7 +265,7 @@ def test_00_engine_grants_what_compose_asks():
     assert e.value.code == 404
 
 
-def test_01_signal_and_link_across_node_containers():
+def test_02_stack_signal_and_link_across_node_containers():
     async def scenario():
         clients = await connect_spread(6)
         try:
@@ -251,7 +302,7 @@ def test_01_signal_and_link_across_node_containers():
     asyncio.run(scenario())
 
 
-def test_02_sigkill_of_a_node_container():
+def test_03_stack_sigkill_of_a_node_container():
     async def scenario():
         clients = await connect_spread(6)
         try:
@@ -294,7 +345,7 @@ def test_02_sigkill_of_a_node_container():
     wait_for(lambda: {x["id"] for x in mesh()["nodes"]} == NODES, 30, "three nodes in the admin")
 
 
-def test_03_redis_restarted_with_its_data_gone():
+def test_04_stack_redis_restarted_with_its_data_gone():
     async def scenario():
         clients = await connect_spread(6)
         try:
@@ -330,7 +381,7 @@ def test_03_redis_restarted_with_its_data_gone():
     asyncio.run(scenario())
 
 
-def test_04_compose_down_leaves_nothing():
+def test_05_stack_compose_down_leaves_nothing():
     label = f"label=com.docker.compose.project={PROJECT}"
     ids = docker("ps", "-aq", "--filter", label).split()
     assert len(ids) == 6
