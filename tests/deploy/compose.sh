@@ -362,6 +362,11 @@ cmd_all() {
 }
 
 main() {
+    # Namespaces and dockerd need root: through sudo when there is one (like install-deps.sh).
+    if [ "$(id -u)" -ne 0 ] && command -v sudo > /dev/null; then
+        exec sudo --preserve-env=SB_COMPOSE_JUNIT,SB_COMPOSE_SRC,SB_COMPOSE_PULL \
+            bash "$ROOT/tests/deploy/compose.sh" "$@"
+    fi
     # One run at a time on a machine: the runs share the data root, the namespace and $RUN.
     if [ "${1:-all}" != setup ]; then
         need_root
