@@ -154,6 +154,14 @@ stop_engine() {
             sleep 0.2
         done
     fi
+    # dockerd bind-mounts its data root onto itself and undoes it on a clean exit; one that was
+    # killed leaves that (and its layers' mounts) behind: ours only, deepest first.
+    local m
+    local mounts
+    mounts=$(findmnt -rn -o TARGET | grep -E "^($DATA|$RUN)(/|$)" | sort -r || true)
+    for m in $mounts; do
+        umount "$m" || log "cannot unmount $m"
+    done
 }
 
 # ---- images -------------------------------------------------------------------------------
