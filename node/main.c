@@ -15,24 +15,6 @@ extern char **environ;
 
 static void stop_now(sb_node_t *n);
 
-static int read_secret(const char *path, unsigned char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -1;
-    unsigned char buf[4096];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    if (n == 0)
-        return -1;
-    *out = malloc(n);
-    memcpy(*out, buf, n);
-    *len = n;
-    return 0;
-}
-
 /* ---- Redis connections ------------------------------------------------------------------- */
 
 static void on_cmd_up(sb_redis_t *r, void *data)
@@ -50,30 +32,13 @@ static void on_cmd_down(sb_redis_t *r, const char *why, void *data)
     n->lease_ok = 0;
 }
 
-/* Publishes a probe to our own channel; the pub/sub connection must deliver it back within the
- * Redis timeout (a subscription can look healthy and deliver nothing). */
-static void send_probe(sb_node_t *n)
-{
-    static uint64_t counter;
-    char body[96];
-    uint64_t nonce = ++counter;
-    snprintf(body, sizeof body, "{\"t\":\"probe\",\"nonce\":%llu}", (unsigned long long)nonce);
-    const char *argv[] = {"PUBLISH", n->channel, body};
-    if (sb_redis_argv(n->redis, NULL, NULL, 3, argv, NULL) == 0) {
-        n->probe_nonce = nonce;
-        n->probe_sent_ms = sb_mono_ms();
-    }
-}
-
 static void on_sub_up(sb_redis_t *r, void *data)
 {
     (void)r;
     sb_node_t *n = data;
-    n->pubsub_ok = 0;
-    n->probe_nonce = 0;
     /* Messages may have been lost while the subscription was down: re-read every room. */
-    sb_room_resync_all(n);
-    send_probe(n);
+    sb_route_resync_all(n);
+    sb_presence_on_pubsub_up(n);
 }
 
 static void on_sub_down(sb_redis_t *r, const char *why, void *data)
@@ -89,7 +54,7 @@ static void on_sub_message(sb_redis_t *r, const char *channel, const char *paylo
 {
     (void)r;
     (void)channel;
-    sb_room_on_event(data, payload, len);
+    sb_pubsub_on_message(data, payload, len);
 }
 
 int sb_node_ready(sb_node_t *n, const char **why)
@@ -123,20 +88,8 @@ static void on_sweep(uv_timer_t *t)
     int64_t now = sb_mono_ms();
     if (n->stopping)
         return;
-    sb_room_sweep(n);
-    /* Pub/sub probe every 500 ms; one not back within the Redis timeout means the
-     * subscription is dead even if its TCP connection looks fine: reconnect it. */
-    if (sb_redis_up(n->pubsub) && sb_redis_up(n->redis)) {
-        if (n->probe_nonce && now - n->probe_sent_ms > n->cfg.redis_timeout_ms) {
-            sb_warn("pubsub probe not delivered within %lld ms: reconnecting",
-                    (long long)n->cfg.redis_timeout_ms);
-            n->pubsub_ok = 0;
-            n->probe_nonce = 0;
-            sb_redis_drop(n->pubsub, "probe timeout");
-        } else if (!n->probe_nonce && now - n->probe_sent_ms >= 500) {
-            send_probe(n);
-        }
-    }
+    sb_route_sweep(n, now);
+    sb_presence_probe_tick(n, now);
     /* Idle sockets: a tick of a quarter of the shorter of the two (50 ms to 1 s), so a ping
      * and a hang-up come at most that late; one pass over the sockets per tick. */
     int64_t tick = (n->cfg.ping_interval_ms < n->cfg.ping_timeout_ms ? n->cfg.ping_interval_ms
@@ -149,14 +102,6 @@ static void on_sweep(uv_timer_t *t)
          * next services something (see the drain below). */
         if (sb_session_check_idle(n, now) > 0)
             lws_cancel_service(n->lws);
-    }
-    if (n->auth_secret) {
-        /* Only sockets that never got past the token check: meta_json is set once a join
-         * passed it, so a socket that joined and then left (it may join again) is kept. */
-        for (sb_session_t *s = n->sessions; s; s = s->next)
-            if (s->state == SS_IDLE && !s->in_redis && !s->close_code && !s->meta_json &&
-                now - s->connected_ms > n->cfg.auth_timeout_ms)
-                sb_session_close(s, 4001, "auth timeout");
     }
     if (n->draining && !n->stopping) {
         /* Why drop stragglers a Redis timeout before the deadline: a client that never lets
@@ -178,9 +123,7 @@ static void on_sweep(uv_timer_t *t)
             if (n->nsessions)
                 sb_warn("drain timeout: %d sockets still open", n->nsessions);
             n->stopping = 1;
-            if (sb_redis_up(n->redis))
-                sb_presence_release(n, on_drained);
-            else
+            if (!sb_redis_up(n->redis) || sb_presence_release(n, on_drained) != 0)
                 on_drained(n);
         }
     }
@@ -251,11 +194,15 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (n->cfg.turn_secret_file &&
-        read_secret(n->cfg.turn_secret_file, &n->turn_secret, &n->turn_secret_len) != 0) {
-        fprintf(stderr, "switchboard-node: --turn-secret-file: empty or unreadable\n");
-        sb_node_options_free(&n->cfg);
-        return 2;
+    if (n->cfg.turn_secret_file) {
+        char why[160];
+        if (sb_auth_read_secret(n->cfg.turn_secret_file, 1, &n->turn_secret,
+                                &n->turn_secret_len, why, sizeof why) != 0) {
+            fprintf(stderr, "switchboard-node: --turn-secret-file: %s\n", why);
+            free(n->auth_secret);
+            sb_node_options_free(&n->cfg);
+            return 2;
+        }
     }
     if (n->cfg.allowed_origins.n == 0 && !n->auth_secret)
         sb_warn("no --allowed-origin and no --auth-secret-file: any web page may use this node");
@@ -267,7 +214,7 @@ int main(int argc, char **argv)
     sb_map_init(&n->sess_by_id);
     sb_map_init(&n->rooms);
     sb_metrics_init(&n->metrics);
-    snprintf(n->channel, sizeof n->channel, "%s:node:%s", n->cfg.prefix, n->cfg.id);
+    sb_channel_node(n->channel, sizeof n->channel, n->cfg.prefix, n->cfg.id);
     sb_presence_start(n);
 
     sb_redis_opts_t ro = {.loop = &loop,

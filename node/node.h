@@ -9,6 +9,7 @@
 #include "prom.h"
 #include "proto.h"
 #include "ratelimit.h"
+#include "view.h"
 #include "redis.h"
 
 #include <jansson.h>
@@ -32,7 +33,7 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
 void sb_node_options_free(sb_node_config_t *cfg);
 
 typedef struct sb_node sb_node_t;
-typedef struct sb_room sb_room_t;
+typedef struct sb_seat sb_seat_t; /* a socket's place in a room: route.c's, opaque elsewhere */
 
 typedef struct sb_outmsg {
     struct sb_outmsg *next;
@@ -40,79 +41,34 @@ typedef struct sb_outmsg {
     unsigned char buf[]; /* LWS_PRE headroom, then len bytes */
 } sb_outmsg_t;
 
-typedef enum { SS_IDLE, SS_JOINING, SS_JOINED, SS_LEAVING } sb_sess_state_t;
-
-/* A WebSocket client. Refcounted: the connection holds one reference, every Redis command in
- * flight for it holds one. When lws closes the connection `closed` is set and wsi cleared; a
- * late reply sees the mark and only drops its reference. */
+/* A WebSocket client: the connection, its send queue, inbound reassembly, rate bucket and
+ * liveness. Nothing about rooms: that is its seat, owned by route.c. Refcounted: the
+ * connection holds one reference, every Redis command in flight for it holds one. When lws
+ * closes the connection `closed` is set and wsi cleared; a late reply sees the mark and only
+ * drops its reference. */
 typedef struct sb_session {
     int refs;
     int closed;
     struct lws *wsi;
     sb_node_t *node;
+    sb_seat_t *seat; /* owned by route.c (sb_route_attach .. sb_route_disconnect) */
     char id[SB_SID_MAX + 1];
     int64_t connected_ms;
-    int64_t last_rx_ms;             /* the last frame or pong from the client (liveness) */
+    int64_t last_rx_ms;             /* the last frame, ping or pong from the client (liveness) */
     int64_t ping_sent_ms;           /* our last ping; one per idle interval */
     int ping_due;                   /* a ping waits for the next WRITEABLE */
-    int idle_killed;                /* hung up for silence past --ping-timeout-ms */
+    int idle_killed;                /* hung up: a ping went unanswered past --ping-timeout-ms */
     struct sb_session *prev, *next; /* node's list of live sessions */
-
-    sb_sess_state_t state;
-    sb_room_t *room; /* while JOINING/JOINED/LEAVING */
-    char room_name[SB_ROOM_MAX + 1];
-    char *meta_json;                  /* compact meta as stored in Redis (with sub) */
-    char maybe_room[SB_ROOM_MAX + 1]; /* a join that timed out may have run there: undone
-                                       * before joining elsewhere and at close */
-    uint64_t await_seq;               /* JOINING: send `joined` once the room view reaches this */
-    json_t *join_rid;                 /* JOINING: rid of the join (new reference) */
-    char **halves;                    /* peers this socket reported `link up` to (for re-assert) */
-    int nhalves;
-    struct sb_session *room_next; /* room's list of local sessions */
 
     sb_outmsg_t *qhead, *qtail;
     size_t qbytes;
     char *rx;
     size_t rxlen, rxcap;
-    int in_redis; /* the join script succeeded and no removal has yet */
     sb_bucket_t bucket;
     int close_code; /* != 0: close with it at the next chance */
     char close_reason[64];
     int close_sent; /* our close frame is written */
 } sb_session_t;
-
-/* A node-local view of a room, kept in step with Redis through sequenced events. */
-typedef struct {
-    char id[SB_SID_MAX + 1];
-    char node[65];
-    char *meta_json; /* owned */
-} sb_member_t;
-
-typedef struct sb_held {
-    struct sb_held *next;
-    char from[SB_SID_MAX + 1];
-    char to[SB_SID_MAX + 1];
-    char *data_json; /* the signal's data, as JSON text (data_len bytes, NUL-terminated) */
-    size_t data_len;
-    int64_t at_ms;
-} sb_held_t;
-
-struct sb_room {
-    char name[SB_ROOM_MAX + 1];
-    sb_node_t *node;
-    int synced; /* seq and members are valid */
-    uint64_t seq;
-    sb_member_t *members;
-    int nmembers, cap;
-    sb_session_t *local;         /* local sessions in the room (any state but IDLE) */
-    json_t *buffered;            /* array of events waiting for their turn (new reference) */
-    sb_held_t *held, *held_tail; /* signals from senders not yet known here */
-    int64_t gap_since_ms;        /* > 0: a gap was seen at this time */
-    int64_t resync_due_ms;       /* > 0: read the room again then (a resync applied additions only);
-                                  * unlike gap_since_ms, applying later events does not clear it */
-    int resyncing;
-    int refs; /* local sessions + commands in flight */
-};
 
 typedef struct {
     uint64_t received[SB_MSG__COUNT];
@@ -135,6 +91,7 @@ struct sb_node {
     int lease_ok;       /* lease written since the last (re)connect */
     int pubsub_ok;      /* probe came back on the current pub/sub connection */
     uint64_t probe_nonce;
+    uint64_t probe_counter;
     int64_t probe_sent_ms;
     int draining;
     int64_t drain_deadline_ms;
@@ -144,24 +101,35 @@ struct sb_node {
     int nsessions, njoined;
     size_t send_queue_bytes;
     sb_map_t sess_by_id;
-    sb_map_t rooms;
+    sb_map_t rooms;           /* route.c: room name -> its view and references */
+    sb_seat_t *auth_head, *auth_tail; /* route.c: sockets awaiting a token, oldest first */
     sb_metrics_t metrics;
     unsigned char *auth_secret;
     size_t auth_secret_len;
     unsigned char *turn_secret;
     size_t turn_secret_len;
     uv_timer_t heartbeat, sweep;
+    uv_timer_t loss_timer; /* presence.c: the full resync once a data loss's grace ends */
     uv_signal_t sigint, sigterm;
     int64_t started_ms;
     int64_t loss_grace_until_ms; /* after a data loss: resyncs only add until then */
 };
 
+/* The data path, one way: server.c (lws) -> route.c (decode with proto.c, rate via the
+ * session, join/leave/link/signal and their Redis replies, the room views) -> session.c (send
+ * queue) ; pub/sub -> pubsub.c -> route.c (room events, signals) or presence.c (the probe).
+ *
+ * Callback contract, everywhere (libuv's): a function that takes a callback either returns an
+ * error and never calls it, or returns 0 and calls it exactly once, later. */
+
 /* session.c */
+/* A session for a new connection, registered by id; NULL when out of memory. */
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi);
 void sb_session_ref(sb_session_t *s);
 void sb_session_unref(sb_session_t *s);
 /* Queues a text frame (copied). Closes the session with 4003 when the queue would exceed
- * --max-send-queue-bytes. */
+ * --max-send-queue-bytes, and with 1011 when the frame cannot be allocated (a frame is never
+ * silently lost). */
 void sb_session_send(sb_session_t *s, const char *text, size_t len);
 /* Queues one text frame made of nparts pieces, copied once into the queue. */
 typedef struct {
@@ -169,51 +137,75 @@ typedef struct {
     size_t n;
 } sb_part_t;
 void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts);
-/* Pings sockets idle for --ping-interval-ms and hangs up those silent for --ping-timeout-ms;
- * called from the node's sweep. Returns how many were hung up. */
+/* Pings sockets idle for --ping-interval-ms and hangs up those whose ping went unanswered for
+ * --ping-timeout-ms - --ping-interval-ms (so a stall of the node itself hangs up nobody: it
+ * pings first); called from the node's sweep. Returns how many were hung up. */
 int sb_session_check_idle(sb_node_t *n, int64_t now_ms);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid);
-/* What an accepted join or leave costs in rate tokens (contract section 1); the message that
+/* Takes one rate token for an arriving message: 1 when it may be handled; 0 when refused (the
+ * session was sent `rate-limited` with rid, borrowed, and closed 4002 on abuse). */
+int sb_session_admit(sb_session_t *s, json_t *rid);
+/* What an accepted join or leave costs in rate tokens (docs/protocol.md); the message that
  * carried it paid 1 when it arrived, this charges the rest (a debt if the bucket is short). */
 #define SB_JOIN_LEAVE_COST 10
 void sb_session_charge_accepted(sb_session_t *s);
-/* Closes with code after the queued frames (or at once when kill), counted in metrics. */
+/* Closes with code after the queued frames, counted in metrics. */
 void sb_session_close(sb_session_t *s, int code, const char *reason);
-/* lws is about to free the connection. */
+/* lws is about to free the connection (call sb_route_disconnect first). */
 void sb_session_detach(sb_session_t *s);
 /* WRITEABLE: writes one queued frame; returns -1 to close. */
 int sb_session_writable(sb_session_t *s);
-/* A complete text message arrived (after reassembly). */
-void sb_session_on_message(sb_session_t *s, const char *buf, size_t len);
 
-/* room.c */
-void sb_room_join(sb_session_t *s, sb_msg_t *m);
-void sb_room_leave(sb_session_t *s, json_t *rid);
-void sb_room_signal(sb_session_t *s, sb_msg_t *m);
-void sb_room_link(sb_session_t *s, sb_msg_t *m);
-/* The socket went away without leave (clean close, reset, ping timeout, drain). */
-void sb_room_disconnect(sb_session_t *s);
-/* A message on our pub/sub channel (JSON, borrowed). */
-void sb_room_on_event(sb_node_t *n, const char *payload, size_t len);
-/* Periodic: gap timeouts, held signals expiry. */
-void sb_room_sweep(sb_node_t *n);
-/* Re-reads every room (pub/sub reconnected, or after data loss). */
-void sb_room_resync_all(sb_node_t *n);
-void sb_room_detach_session(sb_session_t *s);
-/* The socket was reaped while connected here: leave the view, close with 4000. */
-void sb_room_expire_session(sb_session_t *s);
-/* ice_servers for s: TURN credentials when configured, else []. A new reference. */
-json_t *sb_room_ice_servers(sb_session_t *s);
+/* route.c */
+/* A new connection: its seat (and, with auth on, its place in the token-timeout queue).
+ * 0, or -1 when out of memory (the caller refuses the connection). */
+int sb_route_attach(sb_session_t *s);
+/* A complete text message from the client (after reassembly). */
+void sb_route_message(sb_session_t *s, const char *buf, size_t len);
+/* The socket went away without leave (clean close, reset, ping timeout, drain): removes it
+ * from its room in Redis and frees its seat. */
+void sb_route_disconnect(sb_session_t *s);
+/* Pub/sub input, parsed by pubsub.c (strings borrowed): a join/left event of room; a signal
+ * relayed by another node; a link formed or ended; a lone half removed. */
+void sb_route_event(sb_node_t *n, const char *room, const sb_view_event_t *ev);
+void sb_route_signal_in(sb_node_t *n, const char *room, const char *from, const char *to,
+                        const char *data, size_t dlen);
+void sb_route_link_event(sb_node_t *n, const char *room, const char *a, const char *b, int up);
+void sb_route_unlink_event(sb_node_t *n, const char *room, const char *a, const char *b);
+/* Periodic: gap timeouts, held signals, token timeouts. */
+void sb_route_sweep(sb_node_t *n, int64_t now_ms);
+/* Re-reads every room (pub/sub reconnected, or a data loss's grace ended). */
+void sb_route_resync_all(sb_node_t *n);
+/* The room s is in according to Redis (its join succeeded and no removal yet), else NULL. */
+const char *sb_route_present_room(const sb_session_t *s);
+/* The presence key of s is gone while it is connected here: it was reaped. Runs the expired
+ * removal (a no-op when the admin already did) and closes s with 4000. */
+void sb_route_reaped(sb_session_t *s);
+/* Redis lost its data: re-creates every live socket's state (room_assert). Returns how many. */
+int sb_route_reassert_all(sb_node_t *n);
+
+/* pubsub.c */
+/* A message on our channel (borrowed): room events and signals to route.c, the probe to
+ * presence.c. Never trusts it further than its own checks. */
+void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len);
 
 /* presence.c */
 void sb_presence_start(sb_node_t *n);
 void sb_presence_on_up(sb_node_t *n);
 void sb_presence_heartbeat_now(sb_node_t *n);
+/* The pub/sub probe: sends one every 500 ms and drops the subscription when one is not back
+ * within the Redis timeout (called from the sweep). */
+void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms);
+/* The pub/sub connection came up (pubsub_ok is proven again by the next probe). */
+void sb_presence_on_pubsub_up(sb_node_t *n);
+/* A probe came back on the pub/sub connection. */
+void sb_presence_on_probe(sb_node_t *n, uint64_t nonce);
 void sb_presence_stop(sb_node_t *n);
-/* Removes the lease and index at the end of a drain; cb when done (or failed). */
-void sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n));
+/* Removes the lease and index at the end of a drain: 0 and cb once later (whether or not Redis
+ * managed it, which is logged), or -1 (Redis unreachable) and cb is never called. */
+int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n));
 
 /* metrics.c */
 void sb_metrics_init(sb_metrics_t *m);
@@ -227,11 +219,10 @@ char *sb_metrics_render(sb_node_t *n, size_t *len);
 /* server.c */
 int sb_server_start(sb_node_t *n);
 void sb_server_stop(sb_node_t *n);
-/* 1 and a reason when /readyz should answer 200. */
-int sb_node_ready(sb_node_t *n, const char **why);
 
 /* main.c */
+/* 1 and a reason when /readyz should answer 200. */
+int sb_node_ready(sb_node_t *n, const char **why);
 void sb_node_begin_drain(sb_node_t *n);
-
 
 #endif

@@ -29,16 +29,13 @@ static void round_unref(round_t *rd)
         free(rd);
 }
 
-static void lease_key(const sb_node_t *n, char *buf, size_t len)
+/* Writes the lease (and the node's entry in the index). Returns 0 and cb once later, or
+ * SB_EUNAVAIL and cb is never called; cb may be NULL. */
+static int write_lease(sb_node_t *n, sb_redis_cb cb, void *data)
 {
-    snprintf(buf, len, "%s:node:%s", n->cfg.prefix, n->cfg.id);
-}
-
-static void write_lease(sb_node_t *n, sb_redis_cb cb, void *data)
-{
-    char key[160], nodes[160], ttl[32], body[512];
-    lease_key(n, key, sizeof key);
-    snprintf(nodes, sizeof nodes, "%s:nodes", n->cfg.prefix);
+    char key[SB_KEY_MAX], nodes[SB_KEY_MAX], ttl[32], body[512];
+    sb_key_node_lease(key, sizeof key, n->cfg.prefix, n->cfg.id);
+    sb_key_global(nodes, sizeof nodes, n->cfg.prefix, "nodes");
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     snprintf(body, sizeof body,
              "{\"epoch\":\"%s\",\"sockets\":%d,\"joined\":%d,\"started_ms\":%lld,"
@@ -48,8 +45,7 @@ static void write_lease(sb_node_t *n, sb_redis_cb cb, void *data)
     const char *sadd[] = {"SADD", nodes, n->cfg.id};
     sb_redis_argv(n->redis, NULL, NULL, 3, sadd, NULL);
     const char *set[] = {"SET", key, body, "PX", ttl};
-    if (sb_redis_argv(n->redis, cb, data, 5, set, NULL) != 0 && cb)
-        cb(NULL, "unavailable", data);
+    return sb_redis_argv(n->redis, cb, data, 5, set, NULL);
 }
 
 static void on_lease(redisReply *reply, const char *error, void *data)
@@ -60,70 +56,23 @@ static void on_lease(redisReply *reply, const char *error, void *data)
 
 /* ---- data loss: re-assert ---------------------------------------------------------------- */
 
-static uv_timer_t *resync_timer;
-
-static void on_resync_timer(uv_timer_t *t)
+static void on_loss_timer(uv_timer_t *t)
 {
     sb_node_t *n = t->data;
     sb_info("resyncing every room after Redis data loss");
-    sb_room_resync_all(n);
-}
-
-static void on_close_free(uv_handle_t *h)
-{
-    free(h);
-}
-
-static void on_asserted(redisReply *reply, const char *error, void *data)
-{
-    sb_session_t *s = data;
-    if (error || sb_reply_is_error(reply))
-        sb_warn("session %s: re-assert failed: %s", s->id, error ? error : reply->str);
-    sb_session_unref(s);
+    sb_route_resync_all(n);
 }
 
 static void reassert_all(sb_node_t *n)
 {
-    int count = 0;
-    for (sb_session_t *s = n->sessions; s; s = s->next) {
-        if (!s->in_redis || s->closed || !(s->state == SS_JOINED || s->state == SS_JOINING))
-            continue;
-        char key[256], ttl[32];
-        sb_key_room(key, sizeof key, n->cfg.prefix, s->room_name, "members");
-        snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
-        int nargs = 8 + s->nhalves;
-        const char **args = calloc((size_t)nargs, sizeof(char *));
-        if (!args)
-            continue;
-        args[0] = key;
-        args[1] = n->cfg.prefix;
-        args[2] = s->room_name;
-        args[3] = s->id;
-        args[4] = n->cfg.id;
-        args[5] = n->epoch;
-        args[6] = s->meta_json ? s->meta_json : "{}";
-        args[7] = ttl;
-        for (int i = 0; i < s->nhalves; i++)
-            args[8 + i] = s->halves[i];
-        sb_session_ref(s);
-        if (sb_script_call(n->redis, sb_script("room_assert"), 1, nargs, args, NULL, on_asserted,
-                           s) != 0)
-            sb_session_unref(s);
-        free(args);
-        count++;
-    }
+    int count = sb_route_reassert_all(n);
     sb_warn("Redis lost its data: re-asserted %d sockets, the lease and their link halves", count);
     write_lease(n, on_lease, n);
     /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
      * notice (on reconnect, or at their next heartbeat at the latest); a resync before then
      * would tell clients their peers left. */
     n->loss_grace_until_ms = sb_mono_ms() + n->cfg.heartbeat_ms + 200;
-    if (!resync_timer) {
-        resync_timer = malloc(sizeof *resync_timer);
-        uv_timer_init(n->loop, resync_timer);
-        resync_timer->data = n;
-    }
-    uv_timer_start(resync_timer, on_resync_timer, (uint64_t)n->cfg.heartbeat_ms + 200, 0);
+    uv_timer_start(&n->loss_timer, on_loss_timer, (uint64_t)n->cfg.heartbeat_ms + 200, 0);
 }
 
 /* ---- instance ---------------------------------------------------------------------------- */
@@ -163,8 +112,8 @@ static round_t *round_new(sb_node_t *n)
 /* Sends GET P:instance for rd (taking a reference). */
 static void get_instance(sb_node_t *n, round_t *rd)
 {
-    char key[160];
-    snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
+    char key[SB_KEY_MAX];
+    sb_key_global(key, sizeof key, n->cfg.prefix, "instance");
     rd->refs++;
     if (sb_redis_command(n->redis, on_instance_get, rd, "GET %s", key) != 0)
         rd->refs--;
@@ -202,8 +151,8 @@ static void on_instance_get(redisReply *reply, const char *error, void *data)
     if (!error && reply && reply->type == REDIS_REPLY_NIL) {
         /* Missing: Redis lost its data (or is new). Create it; whoever wins the SET NX sets
          * the value every node then compares with. */
-        char key[160], value[40];
-        snprintf(key, sizeof key, "%s:instance", n->cfg.prefix);
+        char key[SB_KEY_MAX], value[40];
+        sb_key_global(key, sizeof key, n->cfg.prefix, "instance");
         random_hex(value, 16);
         rd->lost = 1;
         sb_redis_command(n->redis, on_instance_set, n, "SET %s %s NX", key, value);
@@ -223,30 +172,13 @@ static void on_instance_get(redisReply *reply, const char *error, void *data)
 
 /* ---- heartbeat --------------------------------------------------------------------------- */
 
-static void on_reaped_cleanup(redisReply *reply, const char *error, void *data)
-{
-    (void)reply;
-    (void)error;
-    free(data);
-}
-
 static void on_refresh(redisReply *reply, const char *error, void *data)
 {
     refresh_t *f = data;
     sb_session_t *s = f->s;
-    sb_node_t *n = s->node;
     if (!error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
-        !f->round->lost && !s->closed && s->in_redis &&
-        (s->state == SS_JOINED || s->state == SS_JOINING)) {
-        /* Rule 1: the key is gone, so the socket was reaped (or is about to be). Never
-         * re-create it: reap it properly (a no-op when the admin already did) and close. */
-        char key[256], evmax[] = "1000";
-        sb_key_room(key, sizeof key, n->cfg.prefix, s->room_name, "members");
-        const char *args[] = {key, n->cfg.prefix, s->room_name, s->id, "expired", n->cfg.id, evmax};
-        sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, on_reaped_cleanup,
-                       NULL);
-        sb_room_expire_session(s);
-    }
+        !f->round->lost && !s->closed)
+        sb_route_reaped(s); /* rule 1: never re-create it */
     round_unref(f->round);
     sb_session_unref(s);
     free(f);
@@ -266,14 +198,17 @@ void sb_presence_heartbeat_now(sb_node_t *n)
      * cannot re-create a reaped key, which is exactly rule 1. Replies come in order, after the
      * instance check of this round. */
     for (sb_session_t *s = n->sessions; s; s = s->next) {
-        if (!s->in_redis || s->closed)
+        const char *room = s->closed ? NULL : sb_route_present_room(s);
+        if (!room)
             continue;
         refresh_t *f = malloc(sizeof *f);
-        if (!f)
+        if (!f) {
+            sb_error("out of memory refreshing presence: the rest waits for the next heartbeat");
             break;
-        char pkey[256], suffix[128];
+        }
+        char pkey[SB_KEY_MAX], suffix[16 + SB_SID_MAX];
         snprintf(suffix, sizeof suffix, "presence:%s", s->id);
-        sb_key_room(pkey, sizeof pkey, n->cfg.prefix, s->room_name, suffix);
+        sb_key_room(pkey, sizeof pkey, n->cfg.prefix, room, suffix);
         f->round = rd;
         f->s = s;
         rd->refs++;
@@ -313,6 +248,8 @@ void sb_presence_on_up(sb_node_t *n)
 void sb_presence_start(sb_node_t *n)
 {
     random_hex(n->epoch, 16);
+    uv_timer_init(n->loop, &n->loss_timer);
+    n->loss_timer.data = n;
     uv_timer_init(n->loop, &n->heartbeat);
     n->heartbeat.data = n;
     uv_timer_start(&n->heartbeat, on_heartbeat, (uint64_t)n->cfg.heartbeat_ms,
@@ -323,11 +260,8 @@ void sb_presence_stop(sb_node_t *n)
 {
     uv_timer_stop(&n->heartbeat);
     uv_close((uv_handle_t *)&n->heartbeat, NULL);
-    if (resync_timer) {
-        uv_timer_stop(resync_timer);
-        uv_close((uv_handle_t *)resync_timer, on_close_free);
-        resync_timer = NULL;
-    }
+    uv_timer_stop(&n->loss_timer);
+    uv_close((uv_handle_t *)&n->loss_timer, NULL);
 }
 
 /* ---- release at the end of a drain ------------------------------------------------------- */
@@ -349,22 +283,70 @@ static void on_forgotten(redisReply *reply, const char *error, void *data)
     free(rl);
 }
 
-void sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
+int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
 {
-    char key[160];
-    lease_key(n, key, sizeof key);
+    char key[SB_KEY_MAX], nodes_key[SB_KEY_MAX];
+    sb_key_node_lease(key, sizeof key, n->cfg.prefix, n->cfg.id);
+    sb_key_global(nodes_key, sizeof nodes_key, n->cfg.prefix, "nodes");
     release_t *rl = malloc(sizeof *rl);
+    if (!rl)
+        return SB_ENOMEM;
     rl->n = n;
     rl->cb = cb;
     const char *del[] = {"DEL", key};
     sb_redis_argv(n->redis, NULL, NULL, 2, del, NULL);
-    const char *args[] = {n->cfg.prefix, n->cfg.id};
-    char nodes_key[160];
-    snprintf(nodes_key, sizeof nodes_key, "%s:nodes", n->cfg.prefix);
-    const char *cargs[] = {nodes_key, args[0], args[1]};
-    if (sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten, rl) !=
-        0) {
-        rl->cb(n);
+    const char *cargs[] = {nodes_key, n->cfg.prefix, n->cfg.id};
+    int rc = sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten, rl);
+    if (rc != 0)
         free(rl);
+    return rc;
+}
+
+/* ---- the pub/sub probe --------------------------------------------------------------------- */
+
+/* Publishes a probe to our own channel; the pub/sub connection must deliver it back within the
+ * Redis timeout (a subscription can look healthy and deliver nothing). */
+static void send_probe(sb_node_t *n)
+{
+    char body[96], channel[SB_KEY_MAX];
+    uint64_t nonce = ++n->probe_counter;
+    snprintf(body, sizeof body, "{\"t\":\"probe\",\"nonce\":%llu}", (unsigned long long)nonce);
+    sb_channel_node(channel, sizeof channel, n->cfg.prefix, n->cfg.id);
+    const char *argv[] = {"PUBLISH", channel, body};
+    if (sb_redis_argv(n->redis, NULL, NULL, 3, argv, NULL) == 0) {
+        n->probe_nonce = nonce;
+        n->probe_sent_ms = sb_mono_ms();
+    }
+}
+
+void sb_presence_on_pubsub_up(sb_node_t *n)
+{
+    n->pubsub_ok = 0;
+    n->probe_nonce = 0;
+    send_probe(n);
+}
+
+void sb_presence_on_probe(sb_node_t *n, uint64_t nonce)
+{
+    if (n->probe_nonce && nonce == n->probe_nonce) {
+        n->pubsub_ok = 1;
+        n->probe_nonce = 0;
+    }
+}
+
+void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms)
+{
+    /* A probe every 500 ms; one not back within the Redis timeout means the subscription is
+     * dead even if its TCP connection looks fine: reconnect it. */
+    if (!sb_redis_up(n->pubsub) || !sb_redis_up(n->redis))
+        return;
+    if (n->probe_nonce && now_ms - n->probe_sent_ms > n->cfg.redis_timeout_ms) {
+        sb_warn("pubsub probe not delivered within %lld ms: reconnecting",
+                (long long)n->cfg.redis_timeout_ms);
+        n->pubsub_ok = 0;
+        n->probe_nonce = 0;
+        sb_redis_drop(n->pubsub, "probe timeout");
+    } else if (!n->probe_nonce && now_ms - n->probe_sent_ms >= 500) {
+        send_probe(n);
     }
 }

@@ -246,7 +246,7 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         n->metrics.received[SB_MSG_UNKNOWN]++;
         sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol", NULL);
     } else {
-        sb_session_on_message(s, s->rx ? s->rx : "", total);
+        sb_route_message(s, s->rx ? s->rx : "", total);
     }
     /* Why release the buffer after every message: an idle socket should hold no receive memory
      * (node RSS per idle socket is a target). Keeping even a 1 KiB one cost 1 KiB of RSS per
@@ -321,6 +321,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         sb_session_t *s = sb_session_new(n, wsi);
         if (!s)
             return -1;
+        if (sb_route_attach(s) != 0) {
+            sb_session_detach(s);
+            return -1;
+        }
         pss->sess = s;
         sb_debug("session %s: connected", s->id);
         send_welcome(s);
@@ -356,6 +360,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_CLOSED:
         if (pss && pss->sess) {
             sb_debug("session %s: closed", pss->sess->id);
+            sb_route_disconnect(pss->sess); /* its Redis cleanup needs the seat: first */
             sb_session_detach(pss->sess);
             pss->sess = NULL;
         }

@@ -1,6 +1,6 @@
 /* Sessions: one per WebSocket, refcounted so that Redis replies arriving after lws closed the
- * socket find a live struct marked closed. Owns the send queue, inbound reassembly, the rate
- * bucket and message dispatch; what a message does to rooms lives in room.c. */
+ * socket find a live struct marked closed. Owns the send queue, the rate bucket, liveness
+ * (pings, silence) and closing. Knows nothing of rooms or messages' meaning (route.c). */
 #include "node.h"
 #include "log.h"
 
@@ -26,12 +26,15 @@ sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
     s->connected_ms = sb_mono_ms();
     s->last_rx_ms = s->connected_ms;
     sb_bucket_init(&s->bucket, (double)n->cfg.burst, s->connected_ms);
+    if (sb_map_put(&n->sess_by_id, s->id, s) != 0) {
+        free(s);
+        return NULL;
+    }
     s->next = n->sessions;
     if (n->sessions)
         n->sessions->prev = s;
     n->sessions = s;
     n->nsessions++;
-    sb_map_put(&n->sess_by_id, s->id, s);
     return s;
 }
 
@@ -59,14 +62,9 @@ void sb_session_unref(sb_session_t *s)
     if (--s->refs > 0)
         return;
     sb_assert(s->closed);
+    sb_assert(s->seat == NULL);
     free_queue(s);
-    for (int i = 0; i < s->nhalves; i++)
-        free(s->halves[i]);
-    free(s->halves);
-    free(s->meta_json);
     free(s->rx);
-    if (s->join_rid)
-        json_decref(s->join_rid);
     free(s);
 }
 
@@ -96,8 +94,13 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
         return;
     }
     sb_outmsg_t *m = malloc(sizeof *m + LWS_PRE + len);
-    if (!m)
+    if (!m) {
+        /* A frame we cannot queue is a message the client would never know it missed: end the
+         * connection instead, with 1011 (the close frame needs no allocation). */
+        sb_error("session %s: out of memory queueing %zu bytes: closing 1011", s->id, len);
+        sb_session_close(s, 1011, "server out of memory");
         return;
+    }
     m->next = NULL;
     m->len = len;
     unsigned char *at = m->buf + LWS_PRE;
@@ -156,18 +159,24 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
 int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
 {
     int killed = 0;
+    /* How long a ping may go unanswered: the silence allowed past the idle interval. */
+    int64_t answer_ms = n->cfg.ping_timeout_ms - n->cfg.ping_interval_ms;
     for (sb_session_t *s = n->sessions; s; s = s->next) {
         if (s->closed || !s->wsi || s->close_code || s->idle_killed)
             continue;
         int64_t idle = now_ms - s->last_rx_ms;
-        if (idle >= n->cfg.ping_timeout_ms) {
-            /* Silent past the timeout (its network is gone, or it stopped reading): no close
-             * frame would reach it. Hung up now; the close callback cleans up as for a reset. */
-            sb_info("session %s: silent for %lld ms: hanging up", s->id, (long long)idle);
+        int pinged = s->ping_sent_ms > s->last_rx_ms; /* our ping is out and unanswered */
+        if (pinged && idle >= n->cfg.ping_timeout_ms && now_ms - s->ping_sent_ms >= answer_ms) {
+            /* Silent past the timeout and through a ping (its network is gone, or it stopped
+             * reading): no close frame would reach it. Hung up now; the close callback cleans
+             * up as for a reset. Why only after a ping: when the node itself stalled (SIGSTOP,
+             * a VM pause, swap) every socket looks silent, though none was asked. */
+            sb_info("session %s: silent for %lld ms and no answer to a ping: hanging up", s->id,
+                    (long long)idle);
             s->idle_killed = 1;
             lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
             killed++;
-        } else if (idle >= n->cfg.ping_interval_ms && s->ping_sent_ms <= s->last_rx_ms) {
+        } else if (idle >= n->cfg.ping_interval_ms && !pinged) {
             s->ping_sent_ms = now_ms;
             s->ping_due = 1;
             lws_callback_on_writable(s->wsi);
@@ -243,8 +252,7 @@ void sb_session_detach(sb_session_t *s)
     s->wsi = NULL;
     if (!s->close_code)
         sb_metrics_close(n, 1006);
-    /* Cleanup in Redis first: it needs the room and id. */
-    sb_room_disconnect(s);
+    sb_assert(s->seat == NULL); /* sb_route_disconnect ran first */
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -257,39 +265,6 @@ void sb_session_detach(sb_session_t *s)
     sb_session_unref(s);
 }
 
-static void dispatch(sb_session_t *s, sb_msg_t *m)
-{
-    switch (m->type) {
-    case SB_MSG_PING: {
-        sb_session_send_json(s, sb_proto_reply("pong", m->rid));
-        break;
-    }
-    case SB_MSG_JOIN:
-        sb_room_join(s, m);
-        break;
-    case SB_MSG_LEAVE:
-        sb_room_leave(s, m->rid);
-        break;
-    case SB_MSG_SIGNAL:
-        sb_room_signal(s, m);
-        break;
-    case SB_MSG_LINK:
-        sb_room_link(s, m);
-        break;
-    case SB_MSG_ICE_SERVERS:
-        if (s->state != SS_JOINED) {
-            sb_session_send_error(s, "not-joined", "ice-servers needs a joined room", m->rid);
-            break;
-        }
-        json_t *o = sb_proto_reply("ice-servers", m->rid);
-        json_object_set_new(o, "ice_servers", sb_room_ice_servers(s));
-        sb_session_send_json(s, o);
-        break;
-    default:
-        break;
-    }
-}
-
 void sb_session_charge_accepted(sb_session_t *s)
 {
     sb_node_t *n = s->node;
@@ -297,38 +272,15 @@ void sb_session_charge_accepted(sb_session_t *s)
                      sb_mono_ms());
 }
 
-void sb_session_on_message(sb_session_t *s, const char *buf, size_t len)
+int sb_session_admit(sb_session_t *s, json_t *rid)
 {
     sb_node_t *n = s->node;
-    if (s->close_code)
-        return;
-    sb_msg_t m;
-    sb_proto_err_t err;
-    int rc = sb_proto_decode(buf, len, &m, &err);
-    n->metrics.received[rc == 0 ? m.type : SB_MSG_UNKNOWN]++;
-    /* Rate: every message costs 1 here; an accepted join or leave costs SB_JOIN_LEAVE_COST in
-     * all, the rest charged by sb_session_charge_accepted once Redis has accepted it (a
-     * refused one is charged like any other message, as the contract says). */
-    double cost = 1;
     sb_rate_result_t rr =
-        sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, cost, sb_mono_ms());
-    if (rr != SB_RATE_OK) {
-        json_t *rid = rc == 0 ? m.rid : err.rid;
-        sb_session_send_error(s, "rate-limited", "too many messages; slow down", rid);
-        if (rr == SB_RATE_ABUSE)
-            sb_session_close(s, 4002, "rate limit abuse");
-        if (rc == 0)
-            sb_msg_free(&m);
-        else if (err.rid)
-            json_decref(err.rid);
-        return;
-    }
-    if (rc != 0) {
-        sb_session_send_error(s, err.code, err.message, err.rid);
-        if (err.rid)
-            json_decref(err.rid);
-        return;
-    }
-    dispatch(s, &m);
-    sb_msg_free(&m);
+        sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, 1, sb_mono_ms());
+    if (rr == SB_RATE_OK)
+        return 1;
+    sb_session_send_error(s, "rate-limited", "too many messages; slow down", rid);
+    if (rr == SB_RATE_ABUSE)
+        sb_session_close(s, 4002, "rate limit abuse");
+    return 0;
 }

@@ -1,0 +1,1348 @@
+/* Routing: what a client's message does. Decodes it (proto.c), admits it (the session's rate
+ * bucket), runs join/leave/link/signal against Redis and answers; keeps each socket's seat (its
+ * room, membership state, link halves, token deadline) and the node's room views (view.c),
+ * and carries out what a view decides (notify, deliver, resync, expire). Sends go to the
+ * session; nothing here knows lws. Pub/sub input arrives already parsed (pubsub.c). */
+#include "node.h"
+#include "auth.h"
+#include "scripts.h"
+#include "turn.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { SEAT_IDLE, SEAT_JOINING, SEAT_JOINED, SEAT_LEAVING } seat_state_t;
+
+/* A room this node has local sockets in: its view and who holds it. */
+typedef struct {
+    sb_node_t *node;
+    sb_view_t *view;
+    int refs; /* seats in it + commands in flight + action runs */
+} room_t;
+
+struct sb_seat {
+    sb_session_t *s;
+    seat_state_t state;
+    room_t *room;   /* JOINING/JOINED/LEAVING */
+    int in_redis;   /* the join script succeeded and no removal has yet */
+    char *meta_json; /* compact meta as stored in Redis (with sub), once a join passed auth */
+    char *maybe_room; /* a join that timed out may have run there: undone before joining
+                       * elsewhere and at close (malloc'd, or NULL) */
+    json_t *join_rid; /* JOINING: rid of the join (new reference) */
+    char **halves;    /* peers this socket reported `link up` to (re-asserted after a loss) */
+    int nhalves;
+    int awaiting_token;            /* in the node's token-timeout queue */
+    sb_seat_t *auth_prev, *auth_next;
+};
+
+/* ---- rooms ------------------------------------------------------------------------------- */
+
+static room_t *room_get(sb_node_t *n, const char *name)
+{
+    room_t *r = sb_map_get(&n->rooms, name);
+    if (r)
+        return r;
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->node = n;
+    r->view = sb_view_new(name);
+    if (!r->view || sb_map_put(&n->rooms, sb_view_name(r->view), r) != 0) {
+        sb_view_free(r->view);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static const char *room_name(const room_t *r)
+{
+    return sb_view_name(r->view);
+}
+
+static void room_unref(room_t *r)
+{
+    if (--r->refs > 0)
+        return;
+    sb_assert(sb_view_nlocal(r->view) == 0);
+    sb_map_del(&r->node->rooms, room_name(r));
+    sb_view_free(r->view);
+    free(r);
+}
+
+/* ---- seats --------------------------------------------------------------------------------- */
+
+static void auth_unlink(sb_node_t *n, sb_seat_t *t)
+{
+    if (!t->awaiting_token)
+        return;
+    if (t->auth_prev)
+        t->auth_prev->auth_next = t->auth_next;
+    else
+        n->auth_head = t->auth_next;
+    if (t->auth_next)
+        t->auth_next->auth_prev = t->auth_prev;
+    else
+        n->auth_tail = t->auth_prev;
+    t->auth_prev = t->auth_next = NULL;
+    t->awaiting_token = 0;
+}
+
+int sb_route_attach(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    sb_seat_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return -1;
+    t->s = s;
+    s->seat = t;
+    if (n->auth_secret) {
+        /* Sockets join the queue in connection order and share one timeout, so the sweep
+         * only ever looks at its head. */
+        t->awaiting_token = 1;
+        t->auth_prev = n->auth_tail;
+        if (n->auth_tail)
+            n->auth_tail->auth_next = t;
+        else
+            n->auth_head = t;
+        n->auth_tail = t;
+    }
+    return 0;
+}
+
+static void halves_clear(sb_seat_t *t)
+{
+    for (int i = 0; i < t->nhalves; i++)
+        free(t->halves[i]);
+    t->nhalves = 0;
+}
+
+static void halves_del(sb_seat_t *t, const char *peer)
+{
+    for (int i = 0; i < t->nhalves; i++) {
+        if (strcmp(t->halves[i], peer) == 0) {
+            free(t->halves[i]);
+            t->halves[i] = t->halves[--t->nhalves];
+            return;
+        }
+    }
+}
+
+static int halves_has(const sb_seat_t *t, const char *peer)
+{
+    for (int i = 0; i < t->nhalves; i++)
+        if (strcmp(t->halves[i], peer) == 0)
+            return 1;
+    return 0;
+}
+
+/* 0, or -1 when out of memory (the half is in Redis but would not be re-asserted after a data
+ * loss: logged). */
+static int halves_add(sb_seat_t *t, const char *peer)
+{
+    if (halves_has(t, peer))
+        return 0;
+    char *copy = strdup(peer);
+    char **v = copy ? realloc(t->halves, sizeof(char *) * (size_t)(t->nhalves + 1)) : NULL;
+    if (!v) {
+        free(copy);
+        sb_error("session %s: out of memory keeping a link half", t->s->id);
+        return -1;
+    }
+    t->halves = v;
+    t->halves[t->nhalves++] = copy;
+    return 0;
+}
+
+/* Takes the seat out of its room (no Redis work): back to IDLE. from_view: also leave the
+ * view (0 when the view already dropped it). */
+static void seat_leave_room(sb_seat_t *t, int from_view)
+{
+    room_t *r = t->room;
+    if (!r)
+        return;
+    if (from_view)
+        sb_view_local_remove(r->view, t->s->id);
+    t->room = NULL;
+    if (t->in_redis) {
+        t->in_redis = 0;
+        t->s->node->njoined--;
+    }
+    t->state = SEAT_IDLE;
+    if (t->join_rid) {
+        json_decref(t->join_rid);
+        t->join_rid = NULL;
+    }
+    halves_clear(t);
+    room_unref(r);
+}
+
+static void seat_free(sb_seat_t *t)
+{
+    halves_clear(t);
+    free(t->halves);
+    free(t->meta_json);
+    free(t->maybe_room);
+    if (t->join_rid)
+        json_decref(t->join_rid);
+    free(t);
+}
+
+/* The local session with id in room r, or NULL. */
+static sb_session_t *local_in(room_t *r, const char *id)
+{
+    sb_session_t *s = sb_map_get(&r->node->sess_by_id, id);
+    return s && s->seat && s->seat->room == r ? s : NULL;
+}
+
+/* ---- replies ------------------------------------------------------------------------------- */
+
+/* Redis errors that mean "not now" (it cannot take writes, or is loading, busy, failing over):
+ * a retry may succeed, so the client is told `unavailable`. */
+static int transient_redis_error(const char *str)
+{
+    static const char *const prefixes[] = {"OOM",      "LOADING",     "BUSY",
+                                           "READONLY", "MASTERDOWN",  "MISCONF",
+                                           "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+        if (strncmp(str, prefixes[i], strlen(prefixes[i])) == 0)
+            return 1;
+    return 0;
+}
+
+static void send_unavailable(sb_session_t *s, json_t *rid)
+{
+    sb_session_send_error(s, "unavailable", "Redis is unreachable; retry later", rid);
+}
+
+/* Answers a request whose script call did not succeed with a status of its own: `unavailable`
+ * when Redis could not run it now (no connection, a timeout, a transient error), `internal`
+ * for anything a retry will not cure (a script error such as a key of the wrong type, or a
+ * status this node does not know), logged as an error with the request and the reason. */
+static void send_failure(sb_session_t *s, const char *what, redisReply *reply, const char *error,
+                         json_t *rid)
+{
+    if (error || !reply) {
+        send_unavailable(s, rid);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && reply->str && transient_redis_error(reply->str)) {
+        sb_warn("session %s: %s refused by Redis: %s", s->id, what, reply->str);
+        sb_session_send_error(s, "unavailable", "Redis cannot take this now; retry later", rid);
+        return;
+    }
+    const char *status = sb_reply_str(reply, 0, NULL);
+    sb_error("session %s: %s failed: %s", s->id, what,
+             reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str
+             : status                                       ? status
+                                                            : "unexpected reply");
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s failed on the server", what);
+    sb_session_send_error(s, "internal", msg, rid);
+}
+
+static int need_redis(sb_session_t *s, json_t *rid)
+{
+    if (sb_redis_up(s->node->redis))
+        return 1;
+    send_unavailable(s, rid);
+    return 0;
+}
+
+/* A growable text buffer for frames built as text. On allocation failure `failed` is set and
+ * further appends do nothing. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int failed;
+} text_t;
+
+static void text_add(text_t *b, const char *s, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->failed = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void text_str(text_t *b, const char *s)
+{
+    text_add(b, s, strlen(s));
+}
+
+/* Appends a JSON value (borrowed) as compact text. */
+static void text_json(text_t *b, const json_t *v)
+{
+    char *enc = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!enc) {
+        b->failed = 1;
+        return;
+    }
+    text_str(b, enc);
+    free(enc);
+}
+
+/* Queues the built frame, or closes with 1011 when it could not be built. */
+static void text_send(sb_session_t *s, text_t *b)
+{
+    if (b->failed) {
+        sb_error("session %s: out of memory building a frame: closing 1011", s->id);
+        sb_session_close(s, 1011, "server out of memory");
+    } else {
+        sb_session_send(s, b->p, b->len);
+    }
+    free(b->p);
+}
+
+static json_t *ice_servers(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    return sb_turn_ice_servers(n->turn_secret, n->turn_secret_len, n->cfg.turn_urls.v,
+                               n->cfg.turn_urls.n, s->id, sb_now_ms() / 1000, n->cfg.turn_ttl_ms);
+}
+
+/* ---- carrying out a view's actions ------------------------------------------------------- */
+
+static void deliver_signal(sb_session_t *dst, const char *from, const char *data, size_t dlen)
+{
+    static const char head[] = "{\"type\":\"signal\",\"from\":\"", mid[] = "\",\"data\":";
+    const sb_part_t parts[] = {{head, sizeof head - 1},
+                               {from, strlen(from)},
+                               {mid, sizeof mid - 1},
+                               {data, dlen},
+                               {"}", 1}};
+    sb_session_sendv(dst, parts, 5);
+}
+
+typedef struct {
+    text_t *b;
+    const char *self;
+    int first;
+} peers_t;
+
+static void add_peer(const sb_member_t *m, void *arg)
+{
+    peers_t *p = arg;
+    if (strcmp(m->id, p->self) == 0)
+        return;
+    text_str(p->b, p->first ? "{\"id\":\"" : ",{\"id\":\"");
+    text_str(p->b, m->id);
+    text_str(p->b, "\",\"meta\":");
+    text_str(p->b, m->meta_json);
+    text_str(p->b, "}");
+    p->first = 0;
+}
+
+/* `joined`, built as text: the member list is the view's now (meta texts are compact JSON). */
+static void send_joined(sb_session_t *s, room_t *r)
+{
+    sb_seat_t *t = s->seat;
+    text_t b = {0};
+    text_str(&b, "{\"type\":\"joined\"");
+    if (t->join_rid) {
+        text_str(&b, ",\"rid\":");
+        text_json(&b, t->join_rid);
+    }
+    text_str(&b, ",\"room\":\"");
+    text_str(&b, room_name(r));
+    text_str(&b, "\",\"id\":\"");
+    text_str(&b, s->id);
+    text_str(&b, "\",\"peers\":[");
+    peers_t p = {&b, s->id, 1};
+    sb_view_each_member(r->view, add_peer, &p);
+    text_str(&b, "],\"ice_servers\":");
+    json_t *ice = ice_servers(s);
+    if (ice)
+        text_json(&b, ice);
+    else
+        b.failed = 1;
+    json_decref(ice);
+    text_str(&b, "}");
+    if (t->join_rid) {
+        json_decref(t->join_rid);
+        t->join_rid = NULL;
+    }
+    t->state = SEAT_JOINED;
+    sb_info("session %s: joined room %s (%zu members)", s->id, room_name(r),
+            sb_view_nmembers(r->view));
+    text_send(s, &b);
+}
+
+typedef struct {
+    room_t *r;
+    const sb_act_t *a;
+} each_t;
+
+/* PEER_JOINED to one local socket: only those sent `joined` before the action's batch (a later
+ * one had the peer in its list). */
+static void tell_joined(const char *id, uint64_t joined_batch, void *arg)
+{
+    each_t *e = arg;
+    if (!joined_batch || joined_batch >= e->a->batch || strcmp(id, e->a->peer) == 0)
+        return;
+    sb_session_t *s = local_in(e->r, id);
+    if (!s)
+        return;
+    static const char head[] = "{\"type\":\"peer-joined\",\"id\":\"", mid[] = "\",\"meta\":";
+    const sb_part_t parts[] = {{head, sizeof head - 1},
+                               {e->a->peer, strlen(e->a->peer)},
+                               {mid, sizeof mid - 1},
+                               {e->a->text, e->a->len},
+                               {"}", 1}};
+    sb_session_sendv(s, parts, 5);
+}
+
+/* PEER_LEFT: every local socket forgets its half towards the peer (both halves are gone in
+ * Redis); those told of it get `peer-left`. */
+static void tell_left(const char *id, uint64_t joined_batch, void *arg)
+{
+    each_t *e = arg;
+    if (strcmp(id, e->a->peer) == 0)
+        return;
+    sb_session_t *s = local_in(e->r, id);
+    if (!s)
+        return;
+    halves_del(s->seat, e->a->peer);
+    if (!joined_batch || joined_batch >= e->a->batch)
+        return;
+    static const char head[] = "{\"type\":\"peer-left\",\"id\":\"", mid[] = "\",\"reason\":\"";
+    const sb_part_t parts[] = {{head, sizeof head - 1},
+                               {e->a->peer, strlen(e->a->peer)},
+                               {mid, sizeof mid - 1},
+                               {e->a->reason, strlen(e->a->reason)},
+                               {"\"}", 2}};
+    sb_session_sendv(s, parts, 5);
+}
+
+static void on_relinked(redisReply *reply, const char *error, void *data)
+{
+    sb_session_t *s = data;
+    const char *status = error ? error : sb_reply_str(reply, 0, NULL);
+    sb_debug("session %s: half re-sent: %s", s->id,
+             status ? status : (reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "?"));
+    sb_session_unref(s);
+}
+
+static int call_link_set(sb_session_t *s, const char *room, const char *peer, int up,
+                         sb_redis_cb cb, void *data)
+{
+    sb_node_t *n = s->node;
+    char key[SB_KEY_MAX];
+    if (sb_key_room(key, sizeof key, n->cfg.prefix, room, "members") < 0)
+        return SB_EINVAL;
+    const char *args[] = {key, n->cfg.prefix, room, s->id, peer, up ? "up" : "down", n->cfg.id};
+    return sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, cb, data);
+}
+
+/* RELINK: a member is (again) in the room; local sockets that hold a half towards it send it
+ * again. Normally there is none (halves are dropped when a peer leaves); after Redis lost its
+ * data the nodes re-assert in any order, and the half of whichever came back first could not be
+ * written then (room_assert skips peers that are not members yet). link_set is idempotent. */
+static void relink_one(const char *id, uint64_t joined_batch, void *arg)
+{
+    each_t *e = arg;
+    sb_session_t *s = joined_batch ? local_in(e->r, id) : NULL;
+    if (!s || !s->seat->in_redis || !halves_has(s->seat, e->a->peer))
+        return;
+    sb_session_ref(s);
+    if (call_link_set(s, room_name(e->r), e->a->peer, 1, on_relinked, s) != 0)
+        sb_session_unref(s);
+}
+
+static void resync(room_t *r);
+
+/* Carries out a view's actions, in order. The room is held for the whole run: an action may
+ * drop its last seat (EXPIRED), and the view must outlive the loop. */
+static void run(room_t *r, sb_acts_t *acts)
+{
+    r->refs++;
+    for (size_t i = 0; i < acts->n; i++) {
+        const sb_act_t *a = &acts->v[i];
+        each_t e = {r, a};
+        sb_session_t *s;
+        switch (a->kind) {
+        case SB_ACT_PEER_JOINED:
+            sb_view_each_local(r->view, tell_joined, &e);
+            break;
+        case SB_ACT_PEER_LEFT:
+            sb_view_each_local(r->view, tell_left, &e);
+            break;
+        case SB_ACT_JOINED:
+            if ((s = local_in(r, a->to)))
+                send_joined(s, r);
+            break;
+        case SB_ACT_DELIVER:
+            if ((s = local_in(r, a->to)))
+                deliver_signal(s, a->peer, a->text, a->len);
+            break;
+        case SB_ACT_EXPIRED:
+            if ((s = local_in(r, a->to))) {
+                sb_warn("session %s: reaped while connected: closing 4000", s->id);
+                seat_leave_room(s->seat, 0);
+                sb_session_close(s, 4000, "session expired");
+            }
+            break;
+        case SB_ACT_RELINK:
+            sb_view_each_local(r->view, relink_one, &e);
+            break;
+        case SB_ACT_RESYNC:
+            resync(r);
+            break;
+        }
+    }
+    if (acts->oom)
+        sb_error("room %s: out of memory applying an event: the room will be read again",
+                 room_name(r));
+    sb_acts_clear(acts);
+    room_unref(r);
+}
+
+/* ---- resync -------------------------------------------------------------------------------- */
+
+/* A member record {"node":N,"epoch":E,"meta":{...}} as written by our scripts: node and meta
+ * located in its text (no tree built). 0, or -1 when it does not hold them. */
+static int parse_record(const char *rec, size_t len, sb_view_member_in_t *m, char *node,
+                        size_t node_cap, char **meta)
+{
+    const char *v;
+    size_t vl;
+    if (!sb_json_member_span(rec, len, "node", &v, &vl) || vl < 2 || v[0] != '"' ||
+        vl - 2 > node_cap - 1)
+        return -1;
+    memcpy(node, v + 1, vl - 2);
+    node[vl - 2] = '\0';
+    m->node = node;
+    *meta = NULL;
+    if (sb_json_member_span(rec, len, "meta", &v, &vl) && vl >= 2 && v[0] == '{') {
+        *meta = malloc(vl + 1);
+        if (!*meta)
+            return -1;
+        memcpy(*meta, v, vl);
+        (*meta)[vl] = '\0';
+    }
+    m->meta_json = *meta;
+    return 0;
+}
+
+/* Members listed in reply from element `from` on as id, record pairs, parsed into a new array
+ * (free with members_free). NULL with *n = 0 when there are none; NULL with *n = SIZE_MAX when
+ * out of memory. */
+typedef struct {
+    sb_view_member_in_t *v;
+    char (*nodes)[SB_NODE_ID_MAX + 1];
+    char **metas;
+    size_t n;
+} members_t;
+
+static void members_free(members_t *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        free(m->metas[i]);
+    free(m->v);
+    free(m->nodes);
+    free(m->metas);
+}
+
+static int members_parse(const redisReply *reply, size_t from, members_t *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t count = reply->elements > from ? (reply->elements - from) / 2 : 0;
+    if (!count)
+        return 0;
+    out->v = calloc(count, sizeof *out->v);
+    out->nodes = calloc(count, sizeof *out->nodes);
+    out->metas = calloc(count, sizeof *out->metas);
+    if (!out->v || !out->nodes || !out->metas) {
+        members_free(out);
+        return -1;
+    }
+    for (size_t j = from; j + 1 < reply->elements; j += 2) {
+        size_t idlen, reclen;
+        const char *id = sb_reply_str(reply, j, &idlen);
+        const char *rec = sb_reply_str(reply, j + 1, &reclen);
+        if (!id || !rec || !sb_valid_sid(id))
+            continue;
+        sb_view_member_in_t *m = &out->v[out->n];
+        m->id = id;
+        if (parse_record(rec, reclen, m, out->nodes[out->n], sizeof out->nodes[0],
+                         &out->metas[out->n]) != 0) {
+            free(out->metas[out->n]);
+            out->metas[out->n] = NULL;
+            continue;
+        }
+        out->n++;
+    }
+    return 0;
+}
+
+static int data_loss_grace(const sb_node_t *n)
+{
+    /* Right after Redis lost its data the other nodes are still re-asserting their sockets: a
+     * member missing now is most likely not back yet. And while it is not yet known whether
+     * Redis lost its data (the check runs on every reconnect), an empty room may mean that. */
+    return sb_mono_ms() < n->loss_grace_until_ms || !n->instance_ok;
+}
+
+static void on_resync(redisReply *reply, const char *error, void *data)
+{
+    room_t *r = data;
+    sb_node_t *n = r->node;
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    members_t m = {0};
+    int ok = !error && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+             members_parse(reply, 1, &m) == 0;
+    if (!ok)
+        sb_warn("room %s: resync failed: %s", room_name(r), error ? error : "bad reply");
+    else
+        n->metrics.resyncs++;
+    sb_view_resync_done(r->view, ok, ok ? (uint64_t)sb_reply_int(reply, 0, 0) : 0, m.v, m.n,
+                        data_loss_grace(n), sb_mono_ms(), &acts);
+    members_free(&m);
+    run(r, &acts);
+    sb_acts_free(&acts);
+    room_unref(r); /* the reference the read held */
+}
+
+/* Sends room_read for a view that asked (sb_view_resync_start already done by the view). */
+static void resync(room_t *r)
+{
+    sb_node_t *n = r->node;
+    char key[SB_KEY_MAX];
+    sb_key_room(key, sizeof key, n->cfg.prefix, room_name(r), "members");
+    const char *args[] = {key, n->cfg.prefix, room_name(r)};
+    r->refs++;
+    if (sb_script_call(n->redis, sb_script("room_read"), 1, 3, args, NULL, on_resync, r) != 0) {
+        sb_acts_t acts;
+        sb_acts_init(&acts);
+        sb_view_resync_done(r->view, 0, 0, NULL, 0, 0, sb_mono_ms(), &acts); /* retried */
+        sb_acts_free(&acts);
+        room_unref(r);
+    }
+}
+
+/* Calls fn on every room, each held across its call (fn may drop the room's last seat). */
+static void each_room(sb_node_t *n, void (*fn)(room_t *r, void *arg), void *arg)
+{
+    size_t count = n->rooms.count, k = 0;
+    if (!count)
+        return;
+    room_t **v = malloc(count * sizeof *v);
+    if (!v) {
+        sb_error("out of memory walking %zu rooms", count);
+        return;
+    }
+    for (size_t b = 0; b < n->rooms.nbuckets; b++)
+        for (sb_map_entry_t *e = n->rooms.buckets[b]; e; e = e->next) {
+            room_t *r = e->value;
+            r->refs++;
+            v[k++] = r;
+        }
+    for (size_t i = 0; i < k; i++) {
+        fn(v[i], arg);
+        room_unref(v[i]);
+    }
+    free(v);
+}
+
+static void resync_room(room_t *r, void *arg)
+{
+    sb_acts_t *acts = arg;
+    sb_view_resync_request(r->view, acts);
+    run(r, acts);
+}
+
+void sb_route_resync_all(sb_node_t *n)
+{
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    each_room(n, resync_room, &acts);
+    sb_acts_free(&acts);
+}
+
+static void sweep_room(room_t *r, void *arg)
+{
+    sb_acts_t *acts = arg;
+    sb_view_sweep(r->view, sb_mono_ms(), acts);
+    run(r, acts);
+}
+
+void sb_route_sweep(sb_node_t *n, int64_t now_ms)
+{
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    each_room(n, sweep_room, &acts);
+    sb_acts_free(&acts);
+    /* Token timeouts: the queue is in connection order, so only its head can be due. */
+    while (n->auth_head && now_ms - n->auth_head->s->connected_ms > n->cfg.auth_timeout_ms) {
+        sb_seat_t *t = n->auth_head;
+        auth_unlink(n, t);
+        sb_session_close(t->s, 4001, "auth timeout");
+    }
+}
+
+/* ---- pub/sub input ------------------------------------------------------------------------ */
+
+void sb_route_event(sb_node_t *n, const char *room, const sb_view_event_t *ev)
+{
+    room_t *r = sb_map_get(&n->rooms, room);
+    if (!r)
+        return; /* no local socket in that room (any more) */
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    sb_view_event(r->view, ev, sb_mono_ms(), &acts);
+    run(r, &acts);
+    sb_acts_free(&acts);
+}
+
+/* A signal for local `to` in room r from `from`: delivered now, or held by the view. */
+static void signal_local(room_t *r, const char *from, const char *to, const char *data,
+                         size_t dlen)
+{
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    if (sb_view_signal(r->view, from, to, data, dlen, sb_mono_ms(), &acts) == SB_VIEW_DELIVER) {
+        sb_session_t *dst = local_in(r, to);
+        if (dst)
+            deliver_signal(dst, from, data, dlen);
+    }
+    sb_acts_free(&acts);
+}
+
+void sb_route_signal_in(sb_node_t *n, const char *room, const char *from, const char *to,
+                        const char *data, size_t dlen)
+{
+    room_t *r = sb_map_get(&n->rooms, room);
+    if (r)
+        signal_local(r, from, to, data, dlen);
+}
+
+void sb_route_link_event(sb_node_t *n, const char *room, const char *a, const char *b, int up)
+{
+    room_t *r = sb_map_get(&n->rooms, room);
+    if (!r)
+        return;
+    const char *ends[2][2] = {{a, b}, {b, a}};
+    for (int i = 0; i < 2; i++) {
+        sb_session_t *s = local_in(r, ends[i][0]);
+        if (!s || s->seat->state != SEAT_JOINED)
+            continue;
+        /* Both halves are gone in Redis, whichever side said down: forget ours too, or a
+         * re-assert after a data loss would bring it back. */
+        if (!up)
+            halves_del(s->seat, ends[i][1]);
+        static const char head[] = "{\"type\":\"link-state\",\"peer\":\"";
+        const char *tail = up ? "\",\"state\":\"up\"}" : "\",\"state\":\"down\"}";
+        const sb_part_t parts[] = {
+            {head, sizeof head - 1}, {ends[i][1], strlen(ends[i][1])}, {tail, strlen(tail)}};
+        sb_session_sendv(s, parts, 3);
+    }
+}
+
+void sb_route_unlink_event(sb_node_t *n, const char *room, const char *a, const char *b)
+{
+    room_t *r = sb_map_get(&n->rooms, room);
+    sb_session_t *s = r ? local_in(r, b) : NULL;
+    if (s)
+        halves_del(s->seat, a);
+}
+
+/* ---- requests ------------------------------------------------------------------------------ */
+
+/* A request in flight: the session (a reference), the rid (a reference), what it needs. */
+typedef struct {
+    sb_session_t *s;
+    json_t *rid;
+    char room[SB_ROOM_MAX + 1];
+    char peer[SB_SID_MAX + 1];
+    int up;
+} req_t;
+
+static req_t *req_new(sb_session_t *s, json_t *rid, const char *room)
+{
+    req_t *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->s = s;
+    q->rid = rid ? json_incref(rid) : NULL;
+    if (room)
+        snprintf(q->room, sizeof q->room, "%s", room);
+    sb_session_ref(s);
+    return q;
+}
+
+static void req_free(req_t *q)
+{
+    if (q->rid)
+        json_decref(q->rid);
+    sb_session_unref(q->s);
+    free(q);
+}
+
+/* room_remove for sid in room (mode leave / disconnect / expired). Returns 0 and cb once
+ * later, or SB_EUNAVAIL (logged) and cb is never called. cb may be NULL. */
+static int run_remove(sb_node_t *n, const char *room, const char *sid, const char *mode,
+                      sb_redis_cb cb, void *data)
+{
+    char key[SB_KEY_MAX], evmax[] = "1000";
+    sb_key_room(key, sizeof key, n->cfg.prefix, room, "members");
+    const char *args[] = {key, n->cfg.prefix, room, sid, mode, n->cfg.id, evmax};
+    int rc = sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, cb, data);
+    if (rc != 0)
+        sb_warn("session %s: cannot remove from room %s now (Redis unreachable); its presence "
+                "will expire and the admin will reap it",
+                sid, room);
+    return rc;
+}
+
+static void on_disconnect_removed(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    if (error)
+        sb_warn("session %s: cleanup failed: %s", q->s->id, error);
+    else if (reply && reply->type == REDIS_REPLY_ARRAY)
+        sb_debug("session %s: cleanup %s, %lld links removed", q->s->id,
+                 sb_reply_str(reply, 0, NULL) ? sb_reply_str(reply, 0, NULL) : "?",
+                 sb_reply_int(reply, 1, 0));
+    req_free(q);
+}
+
+/* Removes sid from room in Redis in the background (disconnect or expired). */
+static void remove_later(sb_session_t *s, const char *room, const char *mode)
+{
+    req_t *q = req_new(s, NULL, room);
+    if (!q) {
+        sb_error("session %s: out of memory removing it from room %s: the admin will reap it",
+                 s->id, room);
+        return;
+    }
+    if (run_remove(s->node, room, s->id, mode, on_disconnect_removed, q) != 0)
+        req_free(q);
+}
+
+static void forget_maybe_room(sb_seat_t *t)
+{
+    free(t->maybe_room);
+    t->maybe_room = NULL;
+}
+
+static void on_joined(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (s->closed) {
+        /* Closed while the join was in flight: the join went through, so undo it. */
+        if (status && strcmp(status, "ok") == 0)
+            remove_later(s, q->room, "disconnect");
+        req_free(q);
+        return;
+    }
+    sb_seat_t *t = s->seat;
+    room_t *r = t->room;
+    if (!status || strcmp(status, "ok") != 0) {
+        /* The script may still run after our timeout: remember to undo it. */
+        if (error) {
+            forget_maybe_room(t);
+            t->maybe_room = strdup(q->room);
+        }
+        seat_leave_room(t, 1);
+        if (status && strcmp(status, "room-full") == 0)
+            sb_session_send_error(s, "room-full", "the room is full", q->rid);
+        else
+            send_failure(s, "join", reply, error, q->rid);
+        req_free(q);
+        return;
+    }
+    sb_session_charge_accepted(s);
+    forget_maybe_room(t);
+    t->in_redis = 1;
+    n->njoined++;
+    uint64_t seq = (uint64_t)sb_reply_int(reply, 1, 0);
+    /* The snapshot matters only to the first local socket of the room (the view is not synced
+     * yet); otherwise it is not even parsed. */
+    members_t m = {0};
+    if (!sb_view_synced(r->view) && members_parse(reply, 2, &m) != 0)
+        sb_error("session %s: out of memory reading room %s: reading it again", s->id,
+                 room_name(r));
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    sb_view_local_joined(r->view, s->id, seq, m.v, m.n, sb_mono_ms(), &acts);
+    members_free(&m);
+    run(r, &acts);
+    sb_acts_free(&acts);
+    req_free(q);
+}
+
+/* The join's meta as stored: the client's, with `sub` set only from a verified token. Returns
+ * a malloc'd compact text, or NULL after answering the client. */
+static char *join_meta(sb_session_t *s, const sb_msg_t *m)
+{
+    sb_node_t *n = s->node;
+    json_t *meta = m->meta ? json_deep_copy(m->meta) : json_object();
+    if (!meta) {
+        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        return NULL;
+    }
+    json_object_del(meta, "sub"); /* only a verified token may set it */
+    if (n->auth_secret) {
+        char why[128], *sub = NULL;
+        if (!m->token) {
+            json_decref(meta);
+            sb_session_send_error(s, "unauthorized", "join needs a token", m->rid);
+            return NULL;
+        }
+        if (sb_auth_verify(n->auth_secret, n->auth_secret_len, m->token, m->room,
+                           sb_now_ms() / 1000, &sub, why, sizeof why) != 0) {
+            json_decref(meta);
+            sb_info("session %s: join refused: %s", s->id, why);
+            sb_session_send_error(s, "unauthorized", why, m->rid);
+            return NULL;
+        }
+        /* The server's word, so peers can trust it. */
+        if (sub)
+            json_object_set_new(meta, "sub", json_string(sub));
+        free(sub);
+        auth_unlink(n, s->seat);
+    }
+    char *meta_json = json_dumps(meta, JSON_COMPACT);
+    json_decref(meta);
+    if (!meta_json) {
+        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        return NULL;
+    }
+    if (strlen(meta_json) > SB_META_MAX + 64) {
+        free(meta_json);
+        sb_session_send_error(s, "bad-message", "\"meta\" is too large", m->rid);
+        return NULL;
+    }
+    return meta_json;
+}
+
+static void route_join(sb_session_t *s, const sb_msg_t *m)
+{
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    if (t->state != SEAT_IDLE) {
+        sb_session_send_error(s, "already-joined", "this socket is already in a room", m->rid);
+        return;
+    }
+    char *meta_json = join_meta(s, m);
+    if (!meta_json)
+        return;
+    if (!need_redis(s, m->rid)) {
+        free(meta_json);
+        return;
+    }
+    if (t->maybe_room && strcmp(t->maybe_room, m->room) != 0) {
+        /* A join to another room timed out earlier and may have run: undo it first (the
+         * script refuses harmlessly when it had not). The same room is simply retried:
+         * room_join answers a repeated join of the same socket as a success. */
+        run_remove(n, t->maybe_room, s->id, "disconnect", NULL, NULL);
+        forget_maybe_room(t);
+    }
+    room_t *r = room_get(n, m->room);
+    req_t *q = r ? req_new(s, m->rid, m->room) : NULL;
+    if (!q || sb_view_local_add(r->view, s->id) != 0) {
+        free(meta_json);
+        if (q)
+            req_free(q);
+        if (r && r->refs == 0) {
+            r->refs = 1;
+            room_unref(r);
+        }
+        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        return;
+    }
+    r->refs++;
+    free(t->meta_json);
+    t->meta_json = meta_json;
+    t->room = r;
+    t->state = SEAT_JOINING;
+    t->join_rid = m->rid ? json_incref(m->rid) : NULL;
+
+    char key[SB_KEY_MAX], ttl[32], max[32];
+    sb_key_room(key, sizeof key, n->cfg.prefix, m->room, "members");
+    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
+    const char *args[] = {key,      n->cfg.prefix, m->room, s->id, n->cfg.id,
+                          n->epoch, meta_json,     ttl,     max};
+    if (sb_script_call(n->redis, sb_script("room_join"), 1, 9, args, NULL, on_joined, q) != 0) {
+        req_free(q);
+        seat_leave_room(t, 1);
+        send_unavailable(s, m->rid);
+    }
+}
+
+static void on_left(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (s->closed) {
+        req_free(q);
+        return;
+    }
+    sb_seat_t *t = s->seat;
+    if (status && strcmp(status, "ok") == 0) {
+        sb_session_charge_accepted(s);
+        seat_leave_room(t, 1);
+        static const char head[] = "{\"type\":\"left\"", mid[] = ",\"room\":\"";
+        text_t b = {0};
+        text_str(&b, head);
+        if (q->rid) {
+            text_str(&b, ",\"rid\":");
+            text_json(&b, q->rid);
+        }
+        text_str(&b, mid);
+        text_str(&b, q->room);
+        text_str(&b, "\"}");
+        text_send(s, &b);
+        sb_info("session %s: left room %s", s->id, q->room);
+    } else if (status && strcmp(status, "gone") == 0) {
+        sb_warn("session %s: reaped while leaving: closing 4000", s->id);
+        seat_leave_room(t, 1);
+        sb_session_close(s, 4000, "session expired");
+    } else {
+        t->state = SEAT_JOINED;
+        send_failure(s, "leave", reply, error, q->rid);
+    }
+    req_free(q);
+}
+
+static void route_leave(sb_session_t *s, json_t *rid)
+{
+    sb_seat_t *t = s->seat;
+    if (t->state != SEAT_JOINED) {
+        sb_session_send_error(s, "not-joined", "this socket is not in a room", rid);
+        return;
+    }
+    if (!need_redis(s, rid))
+        return;
+    req_t *q = req_new(s, rid, room_name(t->room));
+    if (!q) {
+        sb_session_send_error(s, "internal", "out of memory", rid);
+        return;
+    }
+    t->state = SEAT_LEAVING;
+    if (run_remove(s->node, q->room, s->id, "leave", on_left, q) != 0) {
+        t->state = SEAT_JOINED;
+        req_free(q);
+        send_unavailable(s, rid);
+    }
+}
+
+void sb_route_disconnect(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    if (!t)
+        return;
+    auth_unlink(n, t);
+    if (t->maybe_room &&
+        !(t->in_redis && t->room && strcmp(t->maybe_room, room_name(t->room)) == 0))
+        remove_later(s, t->maybe_room, "disconnect");
+    if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
+        remove_later(s, room_name(t->room), "disconnect");
+    }
+    /* JOINING: the join's reply sees `closed` and undoes it (on_joined). LEAVING: the leave
+     * runs on. Either way the seat leaves the view now. */
+    seat_leave_room(t, 1);
+    s->seat = NULL;
+    seat_free(t);
+}
+
+static void on_signal_published(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    if (!q->s->closed) {
+        if (error || sb_reply_is_error(reply))
+            send_unavailable(q->s, q->rid);
+        else if (q->rid)
+            sb_session_send_json(q->s, sb_proto_reply("signal-ack", q->rid));
+    }
+    req_free(q);
+}
+
+static void signal_ack(sb_session_t *s, json_t *rid)
+{
+    if (rid)
+        sb_session_send_json(s, sb_proto_reply("signal-ack", rid));
+}
+
+static void route_signal(sb_session_t *s, const sb_msg_t *m)
+{
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    if (t->state != SEAT_JOINED) {
+        sb_session_send_error(s, "not-joined", "signal needs a joined room", m->rid);
+        return;
+    }
+    room_t *r = t->room;
+    const sb_member_t *peer = strcmp(m->to, s->id) == 0 ? NULL : sb_view_member(r->view, m->to);
+    if (!peer) {
+        sb_session_send_error(s, "peer-not-found", "no such peer in the room", m->rid);
+        return;
+    }
+    /* data as the client wrote it (already validated by the decoder), else re-encoded. */
+    char *encoded = NULL;
+    const char *data = m->data_raw;
+    size_t dlen = m->data_raw_len;
+    if (!data) {
+        encoded = json_dumps(m->data, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!encoded) {
+            sb_session_send_error(s, "internal", "cannot encode data", m->rid);
+            return;
+        }
+        data = encoded;
+        dlen = strlen(encoded);
+    }
+    if (strcmp(peer->node, n->cfg.id) == 0) {
+        /* Same node: no Redis round trip. The recipient may still be joining (held). */
+        signal_local(r, s->id, m->to, data, dlen);
+        signal_ack(s, m->rid);
+        free(encoded);
+        return;
+    }
+    if (!need_redis(s, m->rid)) {
+        free(encoded);
+        return;
+    }
+    /* {"t":"signal","room":R,"from":F,"to":T,"data":D}, written directly: the room name and
+     * both ids are of characters JSON never escapes ([A-Za-z0-9._-]), and D is valid JSON. */
+    static const char p1[] = "{\"t\":\"signal\",\"room\":\"", p2[] = "\",\"from\":\"",
+                      p3[] = "\",\"to\":\"", p4[] = "\",\"data\":";
+    const char *rn = room_name(r);
+    text_t b = {0};
+    text_add(&b, p1, sizeof p1 - 1);
+    text_str(&b, rn);
+    text_add(&b, p2, sizeof p2 - 1);
+    text_str(&b, s->id);
+    text_add(&b, p3, sizeof p3 - 1);
+    text_str(&b, m->to);
+    text_add(&b, p4, sizeof p4 - 1);
+    text_add(&b, data, dlen);
+    text_add(&b, "}", 1);
+    free(encoded);
+    char channel[SB_KEY_MAX];
+    req_t *q = b.failed ? NULL : req_new(s, m->rid, NULL);
+    if (!q || sb_channel_node(channel, sizeof channel, n->cfg.prefix, peer->node) < 0) {
+        if (q)
+            req_free(q);
+        free(b.p);
+        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        return;
+    }
+    const char *argv[] = {"PUBLISH", channel, b.p};
+    size_t lens[] = {7, strlen(channel), b.len};
+    if (sb_redis_argv(n->redis, on_signal_published, q, 3, argv, lens) != 0) {
+        req_free(q);
+        send_unavailable(s, m->rid);
+    }
+    free(b.p);
+}
+
+static void on_link_set(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (s->closed || s->seat->state != SEAT_JOINED) {
+        req_free(q);
+        return;
+    }
+    sb_seat_t *t = s->seat;
+    if (status && strcmp(status, "ok") == 0) {
+        if (q->up)
+            halves_add(t, q->peer);
+        else
+            halves_del(t, q->peer);
+        json_t *o = sb_proto_reply("link-ack", q->rid);
+        json_object_set_new(o, "peer", json_string(q->peer));
+        json_object_set_new(o, "state", json_string(q->up ? "up" : "down"));
+        sb_session_send_json(s, o);
+    } else if (status && strcmp(status, "peer-not-found") == 0) {
+        sb_session_send_error(s, "peer-not-found", "no such peer in the room", q->rid);
+    } else if (status && strcmp(status, "gone") == 0) {
+        sb_warn("session %s: reaped (link refused): closing 4000", s->id);
+        seat_leave_room(t, 1);
+        sb_session_close(s, 4000, "session expired");
+    } else {
+        send_failure(s, "link", reply, error, q->rid);
+    }
+    req_free(q);
+}
+
+static void route_link(sb_session_t *s, const sb_msg_t *m)
+{
+    sb_seat_t *t = s->seat;
+    if (t->state != SEAT_JOINED) {
+        sb_session_send_error(s, "not-joined", "link needs a joined room", m->rid);
+        return;
+    }
+    if (strcmp(m->peer, s->id) == 0) {
+        sb_session_send_error(s, "peer-not-found", "a socket cannot link to itself", m->rid);
+        return;
+    }
+    if (!need_redis(s, m->rid))
+        return;
+    req_t *q = req_new(s, m->rid, room_name(t->room));
+    if (!q) {
+        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        return;
+    }
+    snprintf(q->peer, sizeof q->peer, "%s", m->peer);
+    q->up = m->up;
+    if (call_link_set(s, q->room, m->peer, m->up, on_link_set, q) != 0) {
+        req_free(q);
+        send_unavailable(s, m->rid);
+    }
+}
+
+static void route_ice_servers(sb_session_t *s, json_t *rid)
+{
+    if (s->seat->state != SEAT_JOINED) {
+        sb_session_send_error(s, "not-joined", "ice-servers needs a joined room", rid);
+        return;
+    }
+    json_t *o = sb_proto_reply("ice-servers", rid);
+    json_object_set_new(o, "ice_servers", ice_servers(s));
+    sb_session_send_json(s, o);
+}
+
+void sb_route_message(sb_session_t *s, const char *buf, size_t len)
+{
+    sb_node_t *n = s->node;
+    if (s->close_code || !s->seat)
+        return;
+    sb_msg_t m;
+    sb_proto_err_t err;
+    int rc = sb_proto_decode(buf, len, &m, &err);
+    n->metrics.received[rc == 0 ? m.type : SB_MSG_UNKNOWN]++;
+    /* Rate: every message costs 1 here; an accepted join or leave costs SB_JOIN_LEAVE_COST in
+     * all, the rest charged once Redis has accepted it (a refused one costs 1, like any
+     * other message). */
+    if (!sb_session_admit(s, rc == 0 ? m.rid : err.rid)) {
+        if (rc == 0)
+            sb_msg_free(&m);
+        else if (err.rid)
+            json_decref(err.rid);
+        return;
+    }
+    if (rc != 0) {
+        sb_session_send_error(s, err.code, err.message, err.rid);
+        if (err.rid)
+            json_decref(err.rid);
+        return;
+    }
+    switch (m.type) {
+    case SB_MSG_PING:
+        sb_session_send_json(s, sb_proto_reply("pong", m.rid));
+        break;
+    case SB_MSG_JOIN:
+        route_join(s, &m);
+        break;
+    case SB_MSG_LEAVE:
+        route_leave(s, m.rid);
+        break;
+    case SB_MSG_SIGNAL:
+        route_signal(s, &m);
+        break;
+    case SB_MSG_LINK:
+        route_link(s, &m);
+        break;
+    case SB_MSG_ICE_SERVERS:
+        route_ice_servers(s, m.rid);
+        break;
+    default:
+        break;
+    }
+    sb_msg_free(&m);
+}
+
+/* ---- presence's questions ------------------------------------------------------------------ */
+
+const char *sb_route_present_room(const sb_session_t *s)
+{
+    const sb_seat_t *t = s->seat;
+    return t && t->in_redis && t->room && (t->state == SEAT_JOINED || t->state == SEAT_JOINING)
+               ? room_name(t->room)
+               : NULL;
+}
+
+void sb_route_reaped(sb_session_t *s)
+{
+    sb_seat_t *t = s->seat;
+    const char *room = sb_route_present_room(s);
+    if (!room)
+        return;
+    /* Rule 1: the key is gone, so the socket was reaped (or is about to be). Never re-create
+     * it: reap it properly (a no-op when the admin already did) and close. */
+    remove_later(s, room, "expired");
+    sb_warn("session %s: reaped while connected: closing 4000", s->id);
+    seat_leave_room(t, 1);
+    sb_session_close(s, 4000, "session expired");
+}
+
+static void on_asserted(redisReply *reply, const char *error, void *data)
+{
+    sb_session_t *s = data;
+    if (error || sb_reply_is_error(reply))
+        sb_warn("session %s: re-assert failed: %s", s->id, error ? error : reply->str);
+    sb_session_unref(s);
+}
+
+int sb_route_reassert_all(sb_node_t *n)
+{
+    int count = 0;
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    for (sb_session_t *s = n->sessions; s; s = s->next) {
+        const char *room = s->closed ? NULL : sb_route_present_room(s);
+        if (!room)
+            continue;
+        sb_seat_t *t = s->seat;
+        char key[SB_KEY_MAX];
+        sb_key_room(key, sizeof key, n->cfg.prefix, room, "members");
+        int nargs = 8 + t->nhalves;
+        const char **args = calloc((size_t)nargs, sizeof(char *));
+        if (!args) {
+            sb_error("session %s: out of memory re-asserting it", s->id);
+            continue;
+        }
+        args[0] = key;
+        args[1] = n->cfg.prefix;
+        args[2] = room;
+        args[3] = s->id;
+        args[4] = n->cfg.id;
+        args[5] = n->epoch;
+        args[6] = t->meta_json ? t->meta_json : "{}";
+        args[7] = ttl;
+        for (int i = 0; i < t->nhalves; i++)
+            args[8 + i] = t->halves[i];
+        sb_session_ref(s);
+        if (sb_script_call(n->redis, sb_script("room_assert"), 1, nargs, args, NULL, on_asserted,
+                           s) != 0)
+            sb_session_unref(s);
+        else
+            count++;
+        free(args);
+    }
+    return count;
+}
