@@ -492,9 +492,14 @@ static void run(room_t *r, sb_acts_t *acts)
             break;
         case SB_ACT_EXPIRED:
             if ((s = local_in(r, a->to))) {
-                sb_warn("session %s: reaped while connected: closing 4000", s->id);
+                /* Its own leave's event can beat the leave's reply (two connections): not a
+                 * reaping, the reply completes the leave. */
+                int leaving = s->seat->state == SEAT_LEAVING;
                 seat_leave_room(s->seat, 0);
-                sb_session_close(s, 4000, "session expired");
+                if (!leaving) {
+                    sb_warn("session %s: reaped while connected: closing 4000", s->id);
+                    sb_session_close(s, 4000, "session expired");
+                }
             }
             break;
         case SB_ACT_RELINK:
@@ -1020,7 +1025,8 @@ static void on_left(redisReply *reply, const char *error, void *data)
         seat_leave_room(t, 1);
         sb_session_close(s, 4000, "session expired");
     } else {
-        t->state = SEAT_JOINED;
+        /* Still in the room, unless its own left event already took it out of the view. */
+        t->state = t->room ? SEAT_JOINED : SEAT_IDLE;
         send_failure(s, "leave", reply, error, q->rid);
     }
     req_free(q);
