@@ -133,9 +133,17 @@ int main(int argc, char **argv)
     sb_info("admin %s: prefix %s, reconcile every %lld ms", a->holder, a->cfg.prefix,
             (long long)a->cfg.reconcile_interval_ms);
 
+    struct lws_context *lws = a->lws; /* sb_http_stop clears a->lws after starting teardown */
     uv_run(&loop, UV_RUN_DEFAULT);
     /* lws on a foreign loop closes its handles asynchronously: let them finish. */
     uv_run(&loop, UV_RUN_DEFAULT);
+    /* Why destroy it again (as the node does): on a foreign loop lws 4.1.6 only starts its
+     * teardown in the first call; it frees the context, and runs PROTOCOL_DESTROY (which frees
+     * the connection-cap state), on a second call once the loop no longer runs its handles. */
+    if (lws) {
+        lws_context_destroy(lws);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
     uv_walk(&loop, close_walk, NULL);
     int lc = uv_loop_close(&loop);
     sb_info("stopped (uv_loop_close=%d)", lc);
