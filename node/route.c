@@ -229,7 +229,7 @@ static void send_failure(sb_session_t *s, const char *what, redisReply *reply, c
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR && reply->str && transient_redis_error(reply->str)) {
-        sb_warn("session %s: %s refused by Redis: %s", s->id, what, reply->str);
+        sb_warn_limited("session %s: %s refused by Redis: %s", s->id, what, reply->str);
         sb_session_send_error(s, "unavailable", "Redis cannot take this now; retry later", rid);
         return;
     }
@@ -378,7 +378,7 @@ static void send_joined(sb_session_t *s, room_t *r)
         t->join_rid = NULL;
     }
     t->state = SEAT_JOINED;
-    sb_info("session %s: joined room %s (%zu members)", s->id, room_name(r),
+    sb_info_limited("session %s: joined room %s (%zu members)", s->id, room_name(r),
             sb_view_nmembers(r->view));
     text_send(s, &b);
 }
@@ -916,7 +916,7 @@ static char *join_meta(sb_session_t *s, const sb_msg_t *m)
         if (sb_auth_verify(n->auth_secret, n->auth_secret_len, m->token, m->room,
                            sb_now_ms() / 1000, &sub, why, sizeof why) != 0) {
             json_decref(meta);
-            sb_info("session %s: join refused: %s", s->id, why);
+            sb_info_limited("session %s: join refused: %s", s->id, why);
             sb_session_send_error(s, "unauthorized", why, m->rid);
             return NULL;
         }
@@ -1019,7 +1019,7 @@ static void on_left(redisReply *reply, const char *error, void *data)
         text_str(&b, q->room);
         text_str(&b, "\"}");
         text_send(s, &b);
-        sb_info("session %s: left room %s", s->id, q->room);
+        sb_info_limited("session %s: left room %s", s->id, q->room);
     } else if (status && strcmp(status, "gone") == 0) {
         sb_warn("session %s: reaped while leaving: closing 4000", s->id);
         seat_leave_room(t, 1);
