@@ -142,3 +142,62 @@ def test_03_socket_closed_while_redis_down_then_redis_empty(cluster, redis_serve
         for c in (stay, other):
             await c.close()
     asyncio.run(main())
+
+
+PINGS = ["--ping-interval-ms", "200", "--ping-timeout-ms", "400"]
+
+
+def test_04_stall_past_ping_timeout_drops_nobody(cluster, redis_server):
+    """Issue 11, fault 2: after the node itself stalls for longer than --ping-timeout-ms (but
+    less than the presence TTL) no client is hung up: it pings first, and clients answer. (It
+    used to close every socket with no close frame on the first sweep after the stall.)"""
+    args = ["--presence-ttl-ms", "4000", "--heartbeat-ms", "500", "--redis-timeout-ms", "500"]
+    a, b = cluster.node("na", args=args + PINGS), cluster.node("nb", args=args + PINGS)
+
+    async def main():
+        xs = [await Client.connect(a.ws_url) for _ in range(3)]
+        y = await Client.connect(b.ws_url)
+        await y.join("T")
+        for x in xs:
+            await x.join("T")
+        a.proc.signal(signal.SIGSTOP)
+        await asyncio.sleep(1.2)  # three ping timeouts, well under the TTL
+        a.proc.signal(signal.SIGCONT)
+        await asyncio.sleep(1.0)  # several sweeps, pings and answers after the stall
+        for x in xs:
+            assert x.closed is None, f"client dropped after a stall: {x.closed}"
+            assert (await x.request({"type": "ping"}))["type"] == "pong"
+        await y.none_of("peer-left", wait=0.3)
+        await xs[0].send({"type": "signal", "to": y.id, "data": {"n": 1}})
+        m = await y.expect("signal")
+        assert m["from"] == xs[0].id
+        for c in xs + [y]:
+            await c.close()
+    asyncio.run(main())
+
+
+def test_05_stall_past_ttl_and_reap_closes_4000(cluster, redis_server):
+    """The other half of fault 2: a stall past the TTL, reaped meanwhile, ends with 4000 for
+    every client of the stalled node even though the stall also passed the ping timeout."""
+    a = cluster.node("na", args=FAST + PINGS)
+    b = cluster.node("nb", args=FAST)
+    r = redis_server.client()
+
+    async def main():
+        xs = [await Client.connect(a.ws_url) for _ in range(3)]
+        y = await Client.connect(b.ws_url)
+        await y.join("U")
+        for x in xs:
+            await x.join("U")
+        a.proc.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: all(not r.exists(f"sb:{{U}}:presence:{x.id}") for x in xs), 5,
+                     msg="presence expired")
+            assert reap_like_admin(r, "na") == 3
+        finally:
+            a.proc.signal(signal.SIGCONT)
+        for x in xs:
+            code, _ = await x.wait_closed(5)
+            assert code == 4000
+        await y.close()
+    asyncio.run(main())
