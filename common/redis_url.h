@@ -19,7 +19,7 @@ typedef struct {
     struct sb_redis_seed {
         char *host; /* IPv6 without brackets */
         int port;
-    } *seeds;
+    } * seeds;
 } sb_redis_url_t;
 
 /* Parses url into out (strings malloc'd, owned by out; release with sb_redis_url_free, which is

@@ -196,8 +196,8 @@ int main(int argc, char **argv)
     }
     if (n->cfg.turn_secret_file) {
         char why[160];
-        if (sb_auth_read_secret(n->cfg.turn_secret_file, 1, &n->turn_secret,
-                                &n->turn_secret_len, why, sizeof why) != 0) {
+        if (sb_auth_read_secret(n->cfg.turn_secret_file, 1, &n->turn_secret, &n->turn_secret_len,
+                                why, sizeof why) != 0) {
             fprintf(stderr, "switchboard-node: --turn-secret-file: %s\n", why);
             free(n->auth_secret);
             sb_node_options_free(&n->cfg);

@@ -101,7 +101,7 @@ struct sb_node {
     int nsessions, njoined;
     size_t send_queue_bytes;
     sb_map_t sess_by_id;
-    sb_map_t rooms;           /* route.c: room name -> its view and references */
+    sb_map_t rooms;                   /* route.c: room name -> its view and references */
     sb_seat_t *auth_head, *auth_tail; /* route.c: sockets awaiting a token, oldest first */
     sb_metrics_t metrics;
     unsigned char *auth_secret;

@@ -296,7 +296,8 @@ int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
     const char *del[] = {"DEL", key};
     sb_redis_argv(n->redis, NULL, NULL, 2, del, NULL);
     const char *cargs[] = {nodes_key, n->cfg.prefix, n->cfg.id};
-    int rc = sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten, rl);
+    int rc =
+        sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten, rl);
     if (rc != 0)
         free(rl);
     return rc;

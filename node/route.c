@@ -25,15 +25,15 @@ typedef struct {
 struct sb_seat {
     sb_session_t *s;
     seat_state_t state;
-    room_t *room;   /* JOINING/JOINED/LEAVING */
-    int in_redis;   /* the join script succeeded and no removal has yet */
-    char *meta_json; /* compact meta as stored in Redis (with sub), once a join passed auth */
+    room_t *room;     /* JOINING/JOINED/LEAVING */
+    int in_redis;     /* the join script succeeded and no removal has yet */
+    char *meta_json;  /* compact meta as stored in Redis (with sub), once a join passed auth */
     char *maybe_room; /* a join that timed out may have run there: undone before joining
                        * elsewhere and at close (malloc'd, or NULL) */
     json_t *join_rid; /* JOINING: rid of the join (new reference) */
     char **halves;    /* peers this socket reported `link up` to (re-asserted after a loss) */
     int nhalves;
-    int awaiting_token;            /* in the node's token-timeout queue */
+    int awaiting_token; /* in the node's token-timeout queue */
     sb_seat_t *auth_prev, *auth_next;
 };
 
@@ -379,7 +379,7 @@ static void send_joined(sb_session_t *s, room_t *r)
     }
     t->state = SEAT_JOINED;
     sb_info_limited("session %s: joined room %s (%zu members)", s->id, room_name(r),
-            sb_view_nmembers(r->view));
+                    sb_view_nmembers(r->view));
     text_send(s, &b);
 }
 
@@ -716,8 +716,7 @@ void sb_route_event(sb_node_t *n, const char *room, const sb_view_event_t *ev)
 }
 
 /* A signal for local `to` in room r from `from`: delivered now, or held by the view. */
-static void signal_local(room_t *r, const char *from, const char *to, const char *data,
-                         size_t dlen)
+static void signal_local(room_t *r, const char *from, const char *to, const char *data, size_t dlen)
 {
     sb_acts_t acts;
     sb_acts_init(&acts);

@@ -86,7 +86,7 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
         /* Why kill at once: a client that does not read will not read a close frame either,
          * and its queue must not grow the node's memory. */
         sb_warn_limited("session %s: send queue over %lld bytes: closing 4003", s->id,
-                (long long)n->cfg.max_send_queue_bytes);
+                        (long long)n->cfg.max_send_queue_bytes);
         sb_session_close(s, 4003, "send queue full");
         free_queue(s);
         if (s->wsi)
@@ -171,8 +171,8 @@ int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
              * reading): no close frame would reach it. Hung up now; the close callback cleans
              * up as for a reset. Why only after a ping: when the node itself stalled (SIGSTOP,
              * a VM pause, swap) every socket looks silent, though none was asked. */
-            sb_info_limited("session %s: silent for %lld ms and no answer to a ping: hanging up", s->id,
-                    (long long)idle);
+            sb_info_limited("session %s: silent for %lld ms and no answer to a ping: hanging up",
+                            s->id, (long long)idle);
             s->idle_killed = 1;
             lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
             killed++;

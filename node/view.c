@@ -182,8 +182,7 @@ static void each_member_one(void *value, void *arg)
     e->fn(value, e->arg);
 }
 
-void sb_view_each_member(const sb_view_t *v, void (*fn)(const sb_member_t *m, void *arg),
-                         void *arg)
+void sb_view_each_member(const sb_view_t *v, void (*fn)(const sb_member_t *m, void *arg), void *arg)
 {
     each_member_t e = {fn, arg};
     sb_map_each(&v->members, each_member_one, &e);
@@ -577,8 +576,7 @@ static void drain_early(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
     while (v->early_head < v->nearly && v->early[v->early_head].seq <= v->seq + 1) {
         early_t *e = &v->early[v->early_head];
         if (e->seq == v->seq + 1) {
-            sb_view_event_t ev = {e->join, e->seq,      e->id,
-                                  e->node, e->meta_json, e->reason};
+            sb_view_event_t ev = {e->join, e->seq, e->id, e->node, e->meta_json, e->reason};
             apply(v, &ev, now_ms, acts);
             v->seq = e->seq;
         }
@@ -637,8 +635,8 @@ int sb_view_local_joined(sb_view_t *v, const char *id, uint64_t seq,
         /* The first local socket in this room: the snapshot is the room at seq. */
         clear_members(v);
         for (size_t i = 0; i < n; i++)
-            if (snapshot[i].id && member_put(v, snapshot[i].id, snapshot[i].node,
-                                             snapshot[i].meta_json) < 0)
+            if (snapshot[i].id &&
+                member_put(v, snapshot[i].id, snapshot[i].node, snapshot[i].meta_json) < 0)
                 v->need_resync = 1;
         v->seq = seq;
         v->synced = 1;

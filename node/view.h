@@ -22,11 +22,11 @@
 #include <stdint.h>
 
 #define SB_NODE_ID_MAX 64
-#define SB_VIEW_HELD_MAX 1024   /* held signals per room; past it the oldest is dropped */
+#define SB_VIEW_HELD_MAX 1024    /* held signals per room; past it the oldest is dropped */
 #define SB_VIEW_HELD_TTL_MS 5000 /* a held signal older than this is dropped */
-#define SB_VIEW_BUFFER_MAX 1024 /* early events per room; past it the buffer is dropped: resync */
-#define SB_VIEW_GAP_MS 200      /* a gap not filled within this asks for a resync */
-#define SB_VIEW_RETRY_MS 200    /* a failed or additions-only resync is retried after this */
+#define SB_VIEW_BUFFER_MAX 1024  /* early events per room; past it the buffer is dropped: resync */
+#define SB_VIEW_GAP_MS 200       /* a gap not filled within this asks for a resync */
+#define SB_VIEW_RETRY_MS 200     /* a failed or additions-only resync is retried after this */
 
 typedef struct {
     char id[SB_SID_MAX + 1];

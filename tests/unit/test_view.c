@@ -74,13 +74,13 @@ static const char *render(void)
     for (size_t i = 0; i < acts.n; i++) {
         const sb_act_t *a = &acts.v[i];
         char to = a->to[0] ? a->to[0] : '*', peer = a->peer[0] ? a->peer[0] : '-';
-        const char *k = a->kind == SB_ACT_PEER_JOINED   ? "peer-joined"
-                        : a->kind == SB_ACT_PEER_LEFT   ? "peer-left"
-                        : a->kind == SB_ACT_JOINED      ? "joined"
-                        : a->kind == SB_ACT_DELIVER     ? "deliver"
-                        : a->kind == SB_ACT_EXPIRED     ? "expired"
-                        : a->kind == SB_ACT_RELINK      ? "relink"
-                                                        : "resync";
+        const char *k = a->kind == SB_ACT_PEER_JOINED ? "peer-joined"
+                        : a->kind == SB_ACT_PEER_LEFT ? "peer-left"
+                        : a->kind == SB_ACT_JOINED    ? "joined"
+                        : a->kind == SB_ACT_DELIVER   ? "deliver"
+                        : a->kind == SB_ACT_EXPIRED   ? "expired"
+                        : a->kind == SB_ACT_RELINK    ? "relink"
+                                                      : "resync";
         o += (size_t)snprintf(out + o, sizeof out - o, "%s%s:%c<%c", i ? " " : "", k, to, peer);
         if (a->kind == SB_ACT_DELIVER)
             o += (size_t)snprintf(out + o, sizeof out - o, "(%s)", a->text);
@@ -129,7 +129,8 @@ static void test_events_before_sync_out_of_order(void **state)
     sb_view_local_joined(v, A, 10, snap, 2, T0, &acts);
     /* 9 is stale; 11 and 12 apply in order; A's `joined` comes after them. (C came and went
      * within this batch: the caller tells A of neither, by the batch rule.) */
-    assert_string_equal(render(), "peer-joined:*<c relink:*<c peer-left:*<c(disconnect) joined:a<-");
+    assert_string_equal(render(),
+                        "peer-joined:*<c relink:*<c peer-left:*<c(disconnect) joined:a<-");
     uint64_t batch = acts.v[0].batch;
     assert_int_equal(acts.v[2].batch, batch);
     int st = sb_view_local_state(v, A);
@@ -186,7 +187,8 @@ static void test_gap_resyncs(void **state)
     /* The read: at seq 12, X gone and C there (11 was X's departure). */
     sb_view_member_in_t room[] = {{A, "n1", "{}"}, {C, "n2", "{}"}};
     sb_view_resync_done(v, 1, 12, room, 2, 0, T0 + 5, &acts);
-    assert_string_equal(render(), "peer-left:*<x(disconnect) relink:*<a peer-joined:*<c relink:*<c");
+    assert_string_equal(render(),
+                        "peer-left:*<x(disconnect) relink:*<a peer-joined:*<c relink:*<c");
     assert_int_equal(sb_view_seq(v), 12);
     assert_false(sb_view_resyncing(v));
     sb_view_free(v);
@@ -331,7 +333,8 @@ static void test_recreated_room(void **state)
     sb_acts_clear(&acts);
     sb_view_member_in_t room[] = {{A, "n1", "{}"}, {C, "n2", "{}"}};
     sb_view_resync_done(v, 1, fresh, room, 2, 0, T0, &acts);
-    assert_string_equal(render(), "peer-left:*<x(disconnect) relink:*<a peer-joined:*<c relink:*<c");
+    assert_string_equal(render(),
+                        "peer-left:*<x(disconnect) relink:*<a peer-joined:*<c relink:*<c");
     assert_int_equal(sb_view_seq(v), fresh);
     /* The early event (the same number) was dropped as stale, not applied twice. */
     sb_acts_clear(&acts);

@@ -75,7 +75,7 @@ static void scenario(void)
         sb_view_local_joined(v, A, 10, snap, 2, T0, &acts);
         lost |= acts.oom;
         sb_acts_clear(&acts);
-        sb_view_signal(v, C, A, "held", 4, T0, &acts); /* C unknown yet: held (copied) */
+        sb_view_signal(v, C, A, "held", 4, T0, &acts);      /* C unknown yet: held (copied) */
         sb_view_event_t e12 = {1, 12, B, "n2", "{}", NULL}; /* early: a gap */
         sb_view_event(v, &e12, T0, &acts);
         lost |= acts.oom;
