@@ -179,6 +179,15 @@ static void seat_leave_room(sb_seat_t *t, int from_view)
     room_unref(r);
 }
 
+/* s was removed from its room by someone else (the admin reaped it, or its presence lapsed):
+ * its seat leaves the room (from_view: the view still lists it) and it is closed with 4000. */
+static void expire_seat(sb_session_t *s, int from_view, const char *when)
+{
+    sb_warn("session %s: reaped %s: closing 4000", s->id, when);
+    seat_leave_room(s->seat, from_view);
+    sb_session_close(s, 4000, "session expired");
+}
+
 static void seat_free(sb_seat_t *t)
 {
     halves_clear(t);
@@ -259,22 +268,30 @@ typedef struct {
     int failed;
 } text_t;
 
-static void text_add(text_t *b, const char *s, size_t n)
+/* Makes room for n more bytes (and the NUL); 0, or -1 with `failed` set. */
+static int text_reserve(text_t *b, size_t n)
 {
     if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
+        return -1;
+    if (b->len + n + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->failed = 1;
+        return -1;
     }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void text_add(text_t *b, const char *s, size_t n)
+{
+    if (text_reserve(b, n) != 0)
+        return;
     memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
@@ -494,12 +511,10 @@ static void run(room_t *r, sb_acts_t *acts)
             if ((s = local_in(r, a->to))) {
                 /* Its own leave's event can beat the leave's reply (two connections): not a
                  * reaping, the reply completes the leave. */
-                int leaving = s->seat->state == SEAT_LEAVING;
-                seat_leave_room(s->seat, 0);
-                if (!leaving) {
-                    sb_warn("session %s: reaped while connected: closing 4000", s->id);
-                    sb_session_close(s, 4000, "session expired");
-                }
+                if (s->seat->state == SEAT_LEAVING)
+                    seat_leave_room(s->seat, 0);
+                else
+                    expire_seat(s, 0, "while connected");
             }
             break;
         case SB_ACT_RELINK:
@@ -1020,9 +1035,7 @@ static void on_left(redisReply *reply, const char *error, void *data)
         text_send(s, &b);
         sb_info_limited("session %s: left room %s", s->id, q->room);
     } else if (status && strcmp(status, "gone") == 0) {
-        sb_warn("session %s: reaped while leaving: closing 4000", s->id);
-        seat_leave_room(t, 1);
-        sb_session_close(s, 4000, "session expired");
+        expire_seat(s, 1, "while leaving");
     } else {
         /* Still in the room, unless its own left event already took it out of the view. */
         t->state = t->room ? SEAT_JOINED : SEAT_IDLE;
@@ -1135,6 +1148,9 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
                       p3[] = "\",\"to\":\"", p4[] = "\",\"data\":";
     const char *rn = room_name(r);
     text_t b = {0};
+    /* One allocation of the exact size: this is the cross-node hot path. */
+    text_reserve(&b, sizeof p1 + sizeof p2 + sizeof p3 + sizeof p4 + strlen(rn) + strlen(s->id) +
+                         strlen(m->to) + dlen);
     text_add(&b, p1, sizeof p1 - 1);
     text_str(&b, rn);
     text_add(&b, p2, sizeof p2 - 1);
@@ -1185,9 +1201,7 @@ static void on_link_set(redisReply *reply, const char *error, void *data)
     } else if (status && strcmp(status, "peer-not-found") == 0) {
         sb_session_send_error(s, "peer-not-found", "no such peer in the room", q->rid);
     } else if (status && strcmp(status, "gone") == 0) {
-        sb_warn("session %s: reaped (link refused): closing 4000", s->id);
-        seat_leave_room(t, 1);
-        sb_session_close(s, 4000, "session expired");
+        expire_seat(s, 1, "(link refused)");
     } else {
         send_failure(s, "link", reply, error, q->rid);
     }
@@ -1293,16 +1307,13 @@ const char *sb_route_present_room(const sb_session_t *s)
 
 void sb_route_reaped(sb_session_t *s)
 {
-    sb_seat_t *t = s->seat;
     const char *room = sb_route_present_room(s);
     if (!room)
         return;
     /* Rule 1: the key is gone, so the socket was reaped (or is about to be). Never re-create
      * it: reap it properly (a no-op when the admin already did) and close. */
     remove_later(s, room, "expired");
-    sb_warn("session %s: reaped while connected: closing 4000", s->id);
-    seat_leave_room(t, 1);
-    sb_session_close(s, 4000, "session expired");
+    expire_seat(s, 1, "while connected");
 }
 
 static void on_asserted(redisReply *reply, const char *error, void *data)
