@@ -96,8 +96,12 @@ def test_01_amplification_sheds_the_largest_queues(cluster):
     node sheds the largest queues, i.e. heavy readers only (when it is over, at most 2 MB are
     the lights', so the rest is in 2 or 3 heavy queues of over 1 MB); queued bytes and RSS
     stay bounded; a legitimate pair keeps its latency; /readyz answers."""
+    # Why no ASan quarantine for this node: ASan keeps freed memory aside (256 MB by default)
+    # instead of reusing it, which is what this test measures; its checks stay on.
     node = cluster.node("budget", args=["--queue-budget-bytes", str(BUDGET),
-                                        "--max-send-queue-bytes", str(4 << 20)])
+                                        "--max-send-queue-bytes", str(4 << 20)],
+                        env={"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:halt_on_error=1:"
+                                             "quarantine_size_mb=0"})
     peak = {"queued": 0, "rss": 0}
     stop = threading.Event()
 
@@ -128,7 +132,13 @@ def test_01_amplification_sheds_the_largest_queues(cluster):
                 await push(sender, rid, 40)
             for sender, _, rid in heavies:
                 await push(sender, rid, 64)
-            await asyncio.sleep(0.5)
+            sent = len(lights) * 40 + len(heavies) * 64 + 5  # and the 5 latency probes
+
+            def received():
+                return node.metrics()['switchboard_node_messages_received_total'
+                                      '{type="signal"}'] >= sent
+            await asyncio.to_thread(wait_for, received, 20, 0.05, "every signal at the node")
+            await asyncio.sleep(0.3)
             during = max([await signal_latency(a, b, f"during{i}") for i in range(5)])
             st, body, _ = await asyncio.to_thread(http_get, node.http + "/readyz")
             assert st == 200, body
@@ -144,7 +154,7 @@ def test_01_amplification_sheds_the_largest_queues(cluster):
         assert peak["queued"] <= BUDGET + 2 * 65536, peak  # the budget, and the frame over it
         assert m["switchboard_node_send_queue_bytes"] <= BUDGET
         assert peak["rss"] < 20 * 1024, peak  # 50 MB would have queued without the budget
-        assert sheds >= 3, sheds  # how many depends on the kernel's share (9 to 21 seen)
+        assert sheds >= 3, sheds  # how many depends on the kernel's share (9 to 28 seen)
         assert m['switchboard_node_send_queue_sheds_total{budget="socket"}'] == 0
         # the light readers (smaller queues) were all kept: each reads its 40 signals, then
         # still talks
