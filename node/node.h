@@ -138,9 +138,10 @@ struct sb_node {
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi);
 void sb_session_ref(sb_session_t *s);
 void sb_session_unref(sb_session_t *s);
-/* Queues a text frame (copied). Closes the session with 4003 when the queue would exceed
- * --max-send-queue-bytes, and with 1011 when the frame cannot be allocated (a frame is never
- * silently lost). */
+/* Queues a text frame (copied). Closes the session with 4003 (dropping its queue) when the
+ * queue would exceed --max-send-queue-bytes, and with 1011 when the frame cannot be allocated
+ * (a frame is never silently lost). When the node's queued bytes then pass
+ * --queue-budget-bytes, the largest queues (maybe this one) are closed with 4003. */
 void sb_session_send(sb_session_t *s, const char *text, size_t len);
 /* Queues one text frame made of nparts pieces, copied once into the queue. */
 typedef struct {
