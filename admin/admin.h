@@ -127,6 +127,9 @@ typedef void (*sb_buckets_cb)(sb_admin_t *a, const sb_buckets_t *b, const char *
  * "node:N:sockets", or ""). Returns 0 and calls cb once later, or SB_EUNAVAIL / SB_ENOMEM (no
  * primary reachable, out of memory) without calling it. */
 int sb_buckets_read(sb_admin_t *a, const char *suffix, sb_buckets_cb cb, void *data);
+/* A malloc'd copy of b's tags into *tags and *n (NULL and 0 when none); 0, or -1 when out of
+ * memory. */
+int sb_buckets_keep(const sb_buckets_t *b, char (**tags)[SB_TAG_MAX], int *n);
 
 /* auth.c: the bearer token check. */
 /* Keeps a keyed digest of token (copied) for sb_admin_auth_check; 0 or -1. */

@@ -190,3 +190,17 @@ int sb_buckets_read(sb_admin_t *a, const char *suffix, sb_buckets_cb cb, void *d
     settle(rd); /* the +1 held while sending; the last chunk's reply calls back */
     return 0;
 }
+
+int sb_buckets_keep(const sb_buckets_t *b, char (**tags)[SB_TAG_MAX], int *n)
+{
+    *tags = NULL;
+    *n = 0;
+    if (!b->n)
+        return 0;
+    *tags = malloc(sizeof **tags * (size_t)b->n);
+    if (!*tags)
+        return -1;
+    memcpy(*tags, b->tags, sizeof **tags * (size_t)b->n);
+    *n = b->n;
+    return 0;
+}

@@ -344,14 +344,9 @@ static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, 
     reap_t *r = data;
     if (b->missing_slots)
         r->kept = 1; /* some index may be unread: the node stays listed for the next pass */
-    if (b->n) {
-        r->tags = malloc(sizeof *r->tags * (size_t)b->n);
-        if (!r->tags) {
-            finish(r, "out of memory");
-            return;
-        }
-        memcpy(r->tags, b->tags, sizeof *r->tags * (size_t)b->n);
-        r->ntags = b->n;
+    if (sb_buckets_keep(b, &r->tags, &r->ntags) != 0) {
+        finish(r, "out of memory");
+        return;
     }
     next_bucket(r);
 }

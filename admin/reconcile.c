@@ -336,14 +336,9 @@ static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, 
         sb_warn_limited("reconcile: %d slots unreadable (first %d): their rooms wait for the next "
                         "pass",
                         b->missing_slots, b->first_missing);
-    if (b->n) {
-        p->tags = malloc(sizeof *p->tags * (size_t)b->n);
-        if (!p->tags) {
-            finish(p, "out of memory");
-            return;
-        }
-        memcpy(p->tags, b->tags, sizeof *p->tags * (size_t)b->n);
-        p->ntags = b->n;
+    if (sb_buckets_keep(b, &p->tags, &p->ntags) != 0) {
+        finish(p, "out of memory");
+        return;
     }
     if (next_bucket(p) != 0)
         finish(p, "unavailable");

@@ -103,7 +103,8 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
                    "switchboard_node_connections_refused_total{cap=\"max-connections-per-ip\"} "
                    "%llu\n",
                    (unsigned long long)ls.refused_max, (unsigned long long)ls.refused_source);
-    sb_prom_gauge(&p, "switchboard_node_send_queue_bytes", "Bytes queued to clients.",
+    sb_prom_gauge(&p, "switchboard_node_send_queue_bytes",
+                  "Bytes queued to clients (frames waiting, and what lws holds of one).",
                   (long long)n->send_queue_bytes);
     sb_prom_gauge(&p, "switchboard_node_redis_up",
                   "1 when every hash slot is served by a connected Redis primary.",
@@ -118,6 +119,19 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
     sb_prom_counter(&p, "switchboard_node_redis_map_changes_total",
                     "Redis Cluster slot maps that moved a slot (failover, reshard).",
                     (long long)cs.map_changes);
+    sb_prom_gauge(&p, "switchboard_node_send_queue_budget_bytes",
+                  "The node-wide budget for queued bytes (--queue-budget-bytes).",
+                  (long long)n->cfg.queue_budget_bytes);
+    sb_prom_printf(&p,
+                   "# HELP switchboard_node_send_queue_sheds_total Sockets closed 4003 for what "
+                   "they had queued, by budget.\n"
+                   "# TYPE switchboard_node_send_queue_sheds_total counter\n"
+                   "switchboard_node_send_queue_sheds_total{budget=\"socket\"} %llu\n"
+                   "switchboard_node_send_queue_sheds_total{budget=\"node\"} %llu\n"
+                   "switchboard_node_send_queue_sheds_total{budget=\"stall\"} %llu\n",
+                   (unsigned long long)m->sheds[SB_SHED_SOCKET],
+                   (unsigned long long)m->sheds[SB_SHED_BUDGET],
+                   (unsigned long long)m->sheds[SB_SHED_STALL]);
     sb_prom_hist(&p, "switchboard_node_redis_command_duration_seconds", "Redis command latency.",
                  &m->redis_latency);
     sb_prom_counter(&p, "switchboard_node_pubsub_resyncs_total",

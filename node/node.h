@@ -26,6 +26,8 @@ typedef struct {
     char *auth_secret_file, *turn_secret_file, *tls_cert, *tls_key;
     int64_t auth_timeout_ms, turn_ttl_ms, drain_timeout_ms;
     int64_t max_connections, max_connections_per_ip; /* resolved at start (never 0) */
+    int64_t queue_budget_bytes; /* resolved at start (never 0): session.c's node-wide budget */
+    int64_t queue_stall_ms, join_timeout_ms;
 } sb_node_config_t;
 
 /* Parses options (defaults < env < flags) and checks combinations. Returns 0, 1 when --help or
@@ -62,7 +64,10 @@ typedef struct sb_session {
     struct sb_session *prev, *next; /* node's list of live sessions */
 
     sb_outmsg_t *qhead, *qtail;
-    size_t qbytes;
+    size_t qbytes;     /* queued frames + held: what counts against the send budgets */
+    size_t held;       /* a frame lws holds part of (a partial write), until its next WRITEABLE */
+    int64_t qsince_ms; /* when qbytes last became non-zero (stall check) */
+    struct sb_session *bl_prev, *bl_next; /* node's backlog: qbytes > 0, oldest qsince first */
     char *rx;
     size_t rxlen, rxcap;
     sb_bucket_t bucket;
@@ -71,9 +76,13 @@ typedef struct sb_session {
     int close_sent; /* our close frame is written */
 } sb_session_t;
 
+/* Why a socket's queue was shed (closed 4003): session.c's budgets. */
+typedef enum { SB_SHED_SOCKET, SB_SHED_BUDGET, SB_SHED_STALL, SB_SHED__COUNT } sb_shed_t;
+
 typedef struct {
     uint64_t received[SB_MSG__COUNT];
     uint64_t sent, resyncs;
+    uint64_t sheds[SB_SHED__COUNT];
     sb_map_t errors; /* code -> (uintptr_t) count */
     sb_map_t closes; /* code text -> count */
     sb_hist_t redis_latency;
@@ -104,10 +113,12 @@ struct sb_node {
     int stopping;
     sb_session_t *sessions;
     int nsessions, njoined;
-    size_t send_queue_bytes;
+    size_t send_queue_bytes;                   /* session.c: every session's qbytes */
+    sb_session_t *backlog_head, *backlog_tail; /* session.c: sessions with qbytes > 0 */
+    int64_t stall_check_ms;                    /* session.c: the last stall check */
     sb_map_t sess_by_id;
     sb_map_t rooms;                   /* route.c: room name -> its view and references */
-    sb_seat_t *auth_head, *auth_tail; /* route.c: sockets awaiting a token, oldest first */
+    sb_seat_t *auth_head, *auth_tail; /* route.c: sockets awaiting a join, oldest first */
     sb_metrics_t metrics;
     unsigned char *auth_secret;
     size_t auth_secret_len;
@@ -132,9 +143,10 @@ struct sb_node {
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi);
 void sb_session_ref(sb_session_t *s);
 void sb_session_unref(sb_session_t *s);
-/* Queues a text frame (copied). Closes the session with 4003 when the queue would exceed
- * --max-send-queue-bytes, and with 1011 when the frame cannot be allocated (a frame is never
- * silently lost). */
+/* Queues a text frame (copied). Closes the session with 4003 (dropping its queue) when the
+ * queue would exceed --max-send-queue-bytes, and with 1011 when the frame cannot be allocated
+ * (a frame is never silently lost). When the node's queued bytes then pass
+ * --queue-budget-bytes, the largest queues (maybe this one) are closed with 4003. */
 void sb_session_send(sb_session_t *s, const char *text, size_t len);
 /* Queues one text frame made of nparts pieces, copied once into the queue. */
 typedef struct {
@@ -144,7 +156,8 @@ typedef struct {
 void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts);
 /* Pings sockets idle for --ping-interval-ms and hangs up those whose ping went unanswered for
  * --ping-timeout-ms - --ping-interval-ms (so a stall of the node itself hangs up nobody: it
- * pings first); called from the node's sweep. Returns how many were hung up. */
+ * pings first); sheds (4003) sockets whose send queue has not been empty for
+ * --queue-stall-ms; called from the node's sweep. Returns how many were hung up or shed. */
 int sb_session_check_idle(sb_node_t *n, int64_t now_ms);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);

@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,12 +38,19 @@ static const sb_option_t node_options[] = {
      "token bucket size per socket (an accepted join/leave costs 10)"},
     {"max-send-queue-bytes", SB_OPT_INT, "1048576", 1024, 1073741824, OFF(max_send_queue_bytes),
      "outbound queue per socket before closing it with 4003"},
+    {"queue-budget-bytes", SB_OPT_INT, "0", 0, 1099511627776LL, OFF(queue_budget_bytes),
+     "bytes queued to all clients together before the largest queues are closed with 4003; "
+     "0 = a quarter of the memory the node may use (cgroup limit, else RAM)"},
+    {"queue-stall-ms", SB_OPT_INT, "20000", 100, DAY, OFF(queue_stall_ms),
+     "a socket whose send queue has not been empty for this long is closed with 4003"},
     {"allowed-origin", SB_OPT_ORIGINS, NULL, 0, 0, OFF(allowed_origins),
      "allowed Origin, exact scheme://host[:port], repeatable (none = any)"},
     {"auth-secret-file", SB_OPT_FILE, NULL, 0, 0, OFF(auth_secret_file),
      "HS256 secret (>= 32 bytes); when set, join needs a JWT"},
     {"auth-timeout-ms", SB_OPT_INT, "10000", 100, DAY, OFF(auth_timeout_ms),
      "with auth on, close sockets that have not joined by then (4001)"},
+    {"join-timeout-ms", SB_OPT_INT, "30000", 0, DAY, OFF(join_timeout_ms),
+     "with auth off, close sockets that have not joined by then (4001); 0 = never"},
     {"turn-secret-file", SB_OPT_FILE, NULL, 0, 0, OFF(turn_secret_file),
      "TURN REST shared secret (coturn use-auth-secret)"},
     {"turn-url", SB_OPT_URLS, NULL, 0, 0, OFF(turn_urls), "TURN/STUN URL, repeatable"},
@@ -60,6 +68,38 @@ static const sb_option_t node_options[] = {
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
     {0},
 };
+
+/* The memory this process may use: its cgroup's limit (v2 memory.max, or v1
+ * memory.limit_in_bytes) when one is set and below the RAM, else the RAM. 0 when unknown. */
+static uint64_t memory_available(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    char line[512], path[700];
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    uint64_t limit = 0;
+    while (f && !limit && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        const char *v1 = strstr(line, ":memory:");
+        if (strncmp(line, "0::", 3) == 0)
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max",
+                     strcmp(line + 3, "/") == 0 ? "" : line + 3);
+        else if (v1)
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes",
+                     strcmp(v1 + 8, "/") == 0 ? "" : v1 + 8);
+        else
+            continue;
+        FILE *m = fopen(path, "r");
+        unsigned long long v;
+        if (m && fscanf(m, "%llu", &v) == 1) /* "max" (no limit) does not scan */
+            limit = v;
+        if (m)
+            fclose(m);
+    }
+    if (f)
+        fclose(f);
+    return limit && (!ram || limit < ram) ? limit : ram;
+}
 
 /* One line naming the option, exit status 2 (contract section 1). */
 static int bad(const char *line)
@@ -108,6 +148,12 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
     if (sb_listen_limits(&cfg->max_connections, &cfg->max_connections_per_ip, "max-connections",
                          "max-connections-per-ip", err, sizeof err) != 0)
         return bad(err);
+    if (cfg->queue_budget_bytes == 0) {
+        /* A quarter: the rest is for the sockets themselves (about 4 KB each), lws, Redis
+         * replies and the allocator's slack. At least 16 MiB when the memory is unknown. */
+        uint64_t mem = memory_available();
+        cfg->queue_budget_bytes = mem >= 64ULL << 20 ? (int64_t)(mem / 4) : 16LL << 20;
+    }
     if (!cfg->id) {
         char host[256] = "node", hp[300];
         gethostname(host, sizeof host - 1);

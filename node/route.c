@@ -118,9 +118,9 @@ int sb_route_attach(sb_session_t *s)
         return -1;
     t->s = s;
     s->seat = t;
-    if (n->auth_secret) {
-        /* Sockets join the queue in connection order and share one timeout, so the sweep
-         * only ever looks at its head. */
+    if (n->auth_secret || n->cfg.join_timeout_ms > 0) {
+        /* Sockets join the queue in connection order and share one timeout (auth's with auth
+         * on, else --join-timeout-ms), so the sweep only ever looks at its head. */
         t->awaiting_token = 1;
         t->auth_prev = n->auth_tail;
         if (n->auth_tail)
@@ -168,7 +168,7 @@ static int halves_add(sb_seat_t *t, const char *peer)
     char **v = copy ? realloc(t->halves, sizeof(char *) * (size_t)(t->nhalves + 1)) : NULL;
     if (!v) {
         free(copy);
-        sb_error("session %s: out of memory keeping a link half", t->s->id);
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory keeping a link half", t->s->id);
         return -1;
     }
     t->halves = v;
@@ -203,7 +203,7 @@ static void seat_leave_room(sb_seat_t *t, int from_view)
  * its seat leaves the room (from_view: the view still lists it) and it is closed with 4000. */
 static void expire_seat(sb_session_t *s, int from_view, const char *when)
 {
-    sb_warn("session %s: reaped %s: closing 4000", s->id, when);
+    sb_warn_limited("session %s: reaped %s: closing 4000", s->id, when);
     seat_leave_room(s->seat, from_view);
     sb_session_close(s, 4000, "session expired");
 }
@@ -263,10 +263,10 @@ static void send_failure(sb_session_t *s, const char *what, redisReply *reply, c
         return;
     }
     const char *status = sb_reply_str(reply, 0, NULL);
-    sb_error("session %s: %s failed: %s", s->id, what,
-             reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str
-             : status                                       ? status
-                                                            : "unexpected reply");
+    sb_log_limited(SB_LOG_ERROR, "session %s: %s failed: %s", s->id, what,
+                   reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str
+                   : status                                       ? status
+                                                                  : "unexpected reply");
     char msg[96];
     snprintf(msg, sizeof msg, "%s failed on the server", what);
     sb_session_send_error(s, "internal", msg, rid);
@@ -340,7 +340,8 @@ static void text_json(text_t *b, const json_t *v)
 static void text_send(sb_session_t *s, text_t *b)
 {
     if (b->failed) {
-        sb_error("session %s: out of memory building a frame: closing 1011", s->id);
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory building a frame: closing 1011",
+                       s->id);
         sb_session_close(s, 1011, "server out of memory");
     } else {
         sb_session_send(s, b->p, b->len);
@@ -472,8 +473,9 @@ static void on_relinked(redisReply *reply, const char *error, void *data)
 {
     sb_session_t *s = data;
     const char *status = error ? error : sb_reply_str(reply, 0, NULL);
-    sb_debug("session %s: half re-sent: %s", s->id,
-             status ? status : (reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "?"));
+    sb_debug_limited("session %s: half re-sent: %s", s->id,
+                     status ? status
+                            : (reply && reply->type == REDIS_REPLY_ERROR ? reply->str : "?"));
     sb_session_unref(s);
 }
 
@@ -546,8 +548,9 @@ static void run(room_t *r, sb_acts_t *acts)
         }
     }
     if (acts->oom)
-        sb_error("room %s: out of memory applying an event: the room will be read again",
-                 room_name(r));
+        sb_log_limited(SB_LOG_ERROR,
+                       "room %s: out of memory applying an event: the room will be read again",
+                       room_name(r));
     sb_acts_clear(acts);
     room_unref(r);
 }
@@ -648,7 +651,7 @@ static void on_resync(redisReply *reply, const char *error, void *data)
     int ok = !error && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
              members_parse(reply, 1, &m) == 0;
     if (!ok)
-        sb_warn("room %s: resync failed: %s", room_name(r), error ? error : "bad reply");
+        sb_warn_limited("room %s: resync failed: %s", room_name(r), error ? error : "bad reply");
     else
         n->metrics.resyncs++;
     sb_view_resync_done(r->view, ok, ok ? (uint64_t)sb_reply_int(reply, 0, 0) : 0, m.v, m.n,
@@ -682,7 +685,7 @@ static void each_room(sb_node_t *n, void (*fn)(room_t *r, void *arg), void *arg)
         return;
     room_t **v = malloc(count * sizeof *v);
     if (!v) {
-        sb_error("out of memory walking %zu rooms", count);
+        sb_log_limited(SB_LOG_ERROR, "out of memory walking %zu rooms", count);
         return;
     }
     for (size_t b = 0; b < n->rooms.nbuckets; b++)
@@ -746,11 +749,14 @@ void sb_route_sweep(sb_node_t *n, int64_t now_ms)
     sb_acts_init(&acts);
     each_room(n, sweep_room, &acts);
     sb_acts_free(&acts);
-    /* Token timeouts: the queue is in connection order, so only its head can be due. */
-    while (n->auth_head && now_ms - n->auth_head->s->connected_ms > n->cfg.auth_timeout_ms) {
+    /* Token and join timeouts: the queue is in connection order, so only its head can be due.
+     * The idle-before-join timeout (auth off) bounds how long a socket that never joins holds
+     * a connection slot. */
+    int64_t timeout = n->auth_secret ? n->cfg.auth_timeout_ms : n->cfg.join_timeout_ms;
+    while (n->auth_head && now_ms - n->auth_head->s->connected_ms > timeout) {
         sb_seat_t *t = n->auth_head;
         auth_unlink(n, t);
-        sb_session_close(t->s, 4001, "auth timeout");
+        sb_session_close(t->s, 4001, n->auth_secret ? "auth timeout" : "join timeout");
     }
 }
 
@@ -860,9 +866,10 @@ static int run_remove(sb_node_t *n, const char *room, const char *sid, const cha
     const char *args[] = {NULL, NULL, n->cfg.prefix, room, sid, mode, n->cfg.id};
     int rc = room_script(n, room, "room_remove", 2, 7, args, cb, data);
     if (rc != 0)
-        sb_warn("session %s: cannot remove from room %s now (Redis unreachable); its presence "
-                "will expire and the admin will reap it",
-                sid, room);
+        sb_warn_limited(
+            "session %s: cannot remove from room %s now (Redis unreachable); its presence "
+            "will expire and the admin will reap it",
+            sid, room);
     return rc;
 }
 
@@ -891,11 +898,11 @@ static void on_disconnect_removed(redisReply *reply, const char *error, void *da
 {
     req_t *q = data;
     if (error) {
-        sb_warn("session %s: cleanup failed: %s", q->s->id, error);
+        sb_warn_limited("session %s: cleanup failed: %s", q->s->id, error);
     } else if (reply && reply->type == REDIS_REPLY_ARRAY) {
-        sb_debug("session %s: cleanup %s, %lld links removed", q->s->id,
-                 sb_reply_str(reply, 0, NULL) ? sb_reply_str(reply, 0, NULL) : "?",
-                 sb_reply_int(reply, 1, 0));
+        sb_debug_limited("session %s: cleanup %s, %lld links removed", q->s->id,
+                         sb_reply_str(reply, 0, NULL) ? sb_reply_str(reply, 0, NULL) : "?",
+                         sb_reply_int(reply, 1, 0));
         log_cleanup(q->s->node, q->room, q->s->id, q->mode, reply);
     }
     req_free(q);
@@ -906,8 +913,9 @@ static void remove_later(sb_session_t *s, const char *room, const char *mode)
 {
     req_t *q = req_new(s, NULL, room);
     if (!q) {
-        sb_error("session %s: out of memory removing it from room %s: the admin will reap it",
-                 s->id, room);
+        sb_log_limited(SB_LOG_ERROR,
+                       "session %s: out of memory removing it from room %s: the admin will reap it",
+                       s->id, room);
         return;
     }
     q->mode = mode;
@@ -952,6 +960,7 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     }
     sb_session_charge_accepted(s);
     forget_maybe_room(t);
+    auth_unlink(n, t); /* joined: no join timeout any more (with auth, the token ended it) */
     t->in_redis = 1;
     n->njoined++;
     uint64_t seq = (uint64_t)sb_reply_int(reply, 1, 0);
@@ -959,8 +968,8 @@ static void on_joined(redisReply *reply, const char *error, void *data)
      * yet); otherwise it is not even parsed. */
     members_t m = {0};
     if (!sb_view_synced(r->view) && members_parse(reply, 2, &m) != 0)
-        sb_error("session %s: out of memory reading room %s: reading it again", s->id,
-                 room_name(r));
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading room %s: reading it again",
+                       s->id, room_name(r));
     sb_acts_t acts;
     sb_acts_init(&acts);
     sb_view_local_joined(r->view, s->id, seq, m.v, m.n, sb_mono_ms(), &acts);
@@ -1418,7 +1427,7 @@ static void on_asserted(redisReply *reply, const char *error, void *data)
 {
     sb_session_t *s = data;
     if (error || sb_reply_is_error(reply))
-        sb_warn("session %s: re-assert failed: %s", s->id, error ? error : reply->str);
+        sb_warn_limited("session %s: re-assert failed: %s", s->id, error ? error : reply->str);
     sb_session_unref(s);
 }
 
@@ -1437,7 +1446,7 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         int nargs = 9 + t->nhalves;
         const char **args = calloc((size_t)nargs, sizeof(char *));
         if (!args) {
-            sb_error("session %s: out of memory re-asserting it", s->id);
+            sb_log_limited(SB_LOG_ERROR, "session %s: out of memory re-asserting it", s->id);
             continue;
         }
         args[2] = n->cfg.prefix;

@@ -326,7 +326,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return -1;
         }
         pss->sess = s;
-        sb_debug("session %s: connected", s->id);
+        sb_debug_limited("session %s: connected", s->id);
         send_welcome(s);
         break;
     }
@@ -359,7 +359,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return sb_session_writable(pss->sess);
     case LWS_CALLBACK_CLOSED:
         if (pss && pss->sess) {
-            sb_debug("session %s: closed", pss->sess->id);
+            sb_debug_limited("session %s: closed", pss->sess->id);
             sb_route_disconnect(pss->sess); /* its Redis cleanup needs the seat: first */
             sb_session_detach(pss->sess);
             pss->sess = NULL;

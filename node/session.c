@@ -43,6 +43,59 @@ void sb_session_ref(sb_session_t *s)
     s->refs++;
 }
 
+/* ---- queue accounting: the per-socket limit and the node-wide budget ----------------------
+ * Every byte a socket has waiting (its queued frames, and a frame lws holds part of after a
+ * partial write) is counted in s->qbytes and n->send_queue_bytes. A socket with bytes waiting
+ * is on the node's backlog list, in the order its queue last became non-empty, so the stall
+ * check looks only at the list's head and the budget's shedding only at backlogged sockets. */
+
+/* How long a shed socket is given to read up to our close frame before it is dropped. */
+#define SHED_CLOSE_S 2
+
+static void backlog_unlink(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    if (s->bl_prev)
+        s->bl_prev->bl_next = s->bl_next;
+    else
+        n->backlog_head = s->bl_next;
+    if (s->bl_next)
+        s->bl_next->bl_prev = s->bl_prev;
+    else
+        n->backlog_tail = s->bl_prev;
+    s->bl_prev = s->bl_next = NULL;
+}
+
+static void queue_charge(sb_session_t *s, size_t len)
+{
+    sb_node_t *n = s->node;
+    if (len == 0)
+        return;
+    if (s->qbytes == 0) {
+        s->qsince_ms = sb_mono_ms();
+        s->bl_prev = n->backlog_tail;
+        if (n->backlog_tail)
+            n->backlog_tail->bl_next = s;
+        else
+            n->backlog_head = s;
+        n->backlog_tail = s;
+    }
+    s->qbytes += len;
+    n->send_queue_bytes += len;
+}
+
+static void queue_release(sb_session_t *s, size_t len)
+{
+    if (len == 0)
+        return;
+    sb_assert(s->qbytes >= len && s->node->send_queue_bytes >= len);
+    s->qbytes -= len;
+    s->node->send_queue_bytes -= len;
+    if (s->qbytes == 0)
+        backlog_unlink(s);
+}
+
+/* Frees every queued frame and stops counting what lws holds (lws frees that with the wsi). */
 static void free_queue(sb_session_t *s)
 {
     sb_outmsg_t *m = s->qhead;
@@ -51,9 +104,84 @@ static void free_queue(sb_session_t *s)
         free(m);
         m = next;
     }
-    s->node->send_queue_bytes -= s->qbytes;
     s->qhead = s->qtail = NULL;
-    s->qbytes = 0;
+    s->held = 0;
+    queue_release(s, s->qbytes);
+}
+
+/* Closes s with 4003 and drops what it has queued: the close frame goes out at its next
+ * WRITEABLE, once the kernel and lws have passed on what they already hold (a reader that
+ * reads again gets the frames up to there, then the close). A socket that does not read
+ * within SHED_CLOSE_S is dropped without it. Its held frame stays in lws until then, bounded
+ * by one frame, and is no longer counted (it cannot grow). */
+static void shed(sb_session_t *s, sb_shed_t why, const char *reason)
+{
+    sb_node_t *n = s->node;
+    static const char *const what[] = {"over --max-send-queue-bytes",
+                                       "largest over the node's "
+                                       "--queue-budget-bytes",
+                                       "not drained for --queue-stall-ms"};
+    n->metrics.sheds[why]++;
+    sb_warn_limited("session %s: send queue of %zu bytes %s: closing 4003", s->id, s->qbytes,
+                    what[why]);
+    sb_session_close(s, 4003, reason);
+    free_queue(s);
+    if (s->wsi) {
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, SHED_CLOSE_S);
+        /* lws on a foreign libuv loop re-arms its timer for an earlier timeout only when it
+         * next services something (main.c's drain says the same). */
+        lws_cancel_service(n->lws);
+    }
+}
+
+/* Past --queue-budget-bytes: sheds the largest queues until what stays is within it. Sockets
+ * already closing are shed too when they still have frames queued (they keep their code). */
+static void enforce_budget(sb_node_t *n)
+{
+    size_t budget = (size_t)n->cfg.queue_budget_bytes;
+    if (n->send_queue_bytes <= budget)
+        return;
+    size_t over = n->send_queue_bytes - budget;
+    while (over > 0) {
+        sb_session_t *big = NULL;
+        for (sb_session_t *x = n->backlog_head; x; x = x->bl_next)
+            if ((!x->close_code || x->qhead) && (!big || x->qbytes > big->qbytes))
+                big = x;
+        if (!big)
+            return;
+        size_t freed = big->qbytes;
+        if (big->close_code) {
+            free_queue(big);
+        } else {
+            shed(big, SB_SHED_BUDGET, "node send budget exceeded");
+        }
+        over = freed >= over ? 0 : over - freed;
+    }
+}
+
+/* Sheds sockets whose queue has not been empty for --queue-stall-ms; the backlog is in
+ * qsince order, so only its head can be due. Returns how many. */
+static int check_stalled(sb_node_t *n, int64_t now_ms)
+{
+    /* Why shift after a gap: when the node itself stalled (SIGSTOP, a VM pause, swap) no queue
+     * could drain meanwhile, so that time is not the readers' (the sweep runs every second at
+     * least; a longer gap is the node's). Shifting every socket alike keeps the list ordered. */
+    int64_t gap = now_ms - n->stall_check_ms;
+    if (n->stall_check_ms && gap > 2000)
+        for (sb_session_t *x = n->backlog_head; x; x = x->bl_next)
+            x->qsince_ms += gap;
+    n->stall_check_ms = now_ms;
+    int shed_n = 0;
+    sb_session_t *x = n->backlog_head;
+    while (x && now_ms - x->qsince_ms >= n->cfg.queue_stall_ms) {
+        sb_session_t *next = x->bl_next;
+        if (!x->close_code) {
+            shed(x, SB_SHED_STALL, "send queue stalled");
+            shed_n++;
+        }
+        x = next;
+    }
+    return shed_n;
 }
 
 void sb_session_unref(sb_session_t *s)
@@ -83,21 +211,15 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
         len += parts[i].n;
     sb_node_t *n = s->node;
     if (s->qbytes + len > (size_t)n->cfg.max_send_queue_bytes) {
-        /* Why kill at once: a client that does not read will not read a close frame either,
-         * and its queue must not grow the node's memory. */
-        sb_warn_limited("session %s: send queue over %lld bytes: closing 4003", s->id,
-                        (long long)n->cfg.max_send_queue_bytes);
-        sb_session_close(s, 4003, "send queue full");
-        free_queue(s);
-        if (s->wsi)
-            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        shed(s, SB_SHED_SOCKET, "send queue full");
         return;
     }
     sb_outmsg_t *m = malloc(sizeof *m + LWS_PRE + len);
     if (!m) {
         /* A frame we cannot queue is a message the client would never know it missed: end the
          * connection instead, with 1011 (the close frame needs no allocation). */
-        sb_error("session %s: out of memory queueing %zu bytes: closing 1011", s->id, len);
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory queueing %zu bytes: closing 1011",
+                       s->id, len);
         sb_session_close(s, 1011, "server out of memory");
         return;
     }
@@ -113,11 +235,11 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
     else
         s->qhead = m;
     s->qtail = m;
-    s->qbytes += len;
-    n->send_queue_bytes += len;
+    queue_charge(s, len);
     n->metrics.sent++;
     if (s->wsi)
         lws_callback_on_writable(s->wsi);
+    enforce_budget(n);
 }
 
 void sb_session_send_json(sb_session_t *s, json_t *msg)
@@ -148,7 +270,7 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
     s->close_code = code;
     snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
     sb_metrics_close(s->node, code);
-    sb_debug("session %s: closing %d (%s)", s->id, code, reason);
+    sb_debug_limited("session %s: closing %d (%s)", s->id, code, reason);
     if (s->wsi) {
         lws_callback_on_writable(s->wsi);
         /* A client that never lets us write still goes away within a few seconds. */
@@ -158,7 +280,7 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
 
 int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
 {
-    int killed = 0;
+    int killed = check_stalled(n, now_ms);
     /* How long a ping may go unanswered: the silence allowed past the idle interval. */
     int64_t answer_ms = n->cfg.ping_timeout_ms - n->cfg.ping_interval_ms;
     for (sb_session_t *s = n->sessions; s; s = s->next) {
@@ -185,8 +307,26 @@ int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
     return killed;
 }
 
+/* WRITEABLE comes only once lws has passed on all it held: what it held is gone. */
+static void held_flushed(sb_session_t *s)
+{
+    size_t held = s->held;
+    s->held = 0;
+    queue_release(s, held);
+}
+
+/* A frame of len bytes went to lws: still counted while lws holds part of it. */
+static void frame_written(sb_session_t *s, size_t len)
+{
+    if (s->wsi && lws_partial_buffered(s->wsi))
+        s->held = len;
+    else
+        queue_release(s, len);
+}
+
 int sb_session_writable(sb_session_t *s)
 {
+    held_flushed(s);
     if (s->ping_due && !s->close_code) {
         /* One write per WRITEABLE: the ping first, the queue at the next one. Not empty: lws
          * 4.1.6 drops an empty pong without LWS_CALLBACK_RECEIVE_PONG, so the client's answer
@@ -205,9 +345,8 @@ int sb_session_writable(sb_session_t *s)
         s->qhead = m->next;
         if (!s->qhead)
             s->qtail = NULL;
-        s->qbytes -= m->len;
-        s->node->send_queue_bytes -= m->len;
         int rc = lws_write(s->wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
+        frame_written(s, m->len);
         free(m);
         if (rc < 0)
             return -1;

@@ -545,7 +545,8 @@ def section1(red):
                         ("node_one_message", ["--no-join", "--ping-first"]),
                         ("node_joined", []),
                         ("node_linked", ["--link"])):
-        node = Node(red, "bench-mem")
+        # --join-timeout-ms 0: the unjoined states are measured on purpose
+        node = Node(red, "bench-mem", ["--join-timeout-ms", "0"])
         time.sleep(0.5)
         measure(node, args, label)
         node.stop()
