@@ -155,6 +155,8 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts);
 int sb_session_check_idle(sb_node_t *n, int64_t now_ms);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);
+/* {"type":type[,"rid":rid]}, built as text (rid borrowed). */
+void sb_session_send_reply(sb_session_t *s, const char *type, json_t *rid);
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid);
 /* Takes one rate token for an arriving message: 1 when it may be handled; 0 when refused (the
  * session was sent `rate-limited` with rid, borrowed, and closed 4002 on abuse). */

@@ -271,6 +271,16 @@ void sb_session_send_json(sb_session_t *s, json_t *msg)
     free(text);
 }
 
+void sb_session_send_reply(sb_session_t *s, const char *type, json_t *rid)
+{
+    char text[256];
+    size_t len = sb_proto_reply_text(text, sizeof text, type, rid);
+    if (len)
+        sb_session_send(s, text, len);
+    else
+        sb_session_send_json(s, sb_proto_reply(type, rid));
+}
+
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid)
 {
     size_t len;
