@@ -12,6 +12,7 @@
 #define SB_ADMIN_H
 
 #include "prom.h"
+#include "cluster.h"
 #include "config.h"
 #include "keys.h"
 #include "map.h"
@@ -77,7 +78,9 @@ struct sb_admin {
     sb_admin_config_t cfg;
     uv_loop_t *loop;
     struct lws_context *lws;
-    sb_redis_t *redis;
+    sb_cluster_t *db; /* Redis: one server or a cluster (buckets.c routes commands by key) */
+    int cluster;      /* db is a Redis Cluster: one bucket per slot (common/keys.h) */
+    int redis_up;     /* every slot served by a connected primary (lease.c, from on_state) */
     unsigned char *token_digest; /* HMAC of the token under token_key (auth.c) */
     unsigned char token_key[32];
     char holder[80];             /* this process's id for the reconcile lease */
@@ -100,6 +103,31 @@ struct sb_admin {
     sb_admin_metrics_t metrics;
 };
 
+/* buckets.c: the admin's Redis. */
+/* argv[1] is the key the command is routed by (every command the admin sends has one); the
+ * callback contract of sb_cluster_command. */
+int sb_admin_cmd(sb_admin_t *a, sb_redis_cb cb, void *data, int argc, const char **argv,
+                 const size_t *lens);
+/* Runs the embedded script name, routed by args[0] (KEYS[1]); sb_cluster_script's contract. */
+int sb_admin_script(sb_admin_t *a, const char *name, int nkeys, int nargs, const char **args,
+                    const size_t *lens, sb_redis_cb cb, void *data);
+/* The bucket tag of room[0..len) (static), NULL when out of memory. */
+const char *sb_admin_tag(const sb_admin_t *a, const char *room, size_t len);
+/* What bucket_read found over every bucket of every primary. */
+typedef struct {
+    char (*tags)[SB_TAG_MAX]; /* buckets whose P:{T}:suffix exists */
+    int n;
+    int64_t rooms, members, links, linked; /* the buckets' figures, summed */
+    int missing_slots; /* slots whose buckets could not be read (no primary, or it failed) */
+    int first_missing; /* the lowest of them */
+} sb_buckets_t;
+/* b is borrowed (valid during the call); error is always NULL (failures are missing slots). */
+typedef void (*sb_buckets_cb)(sb_admin_t *a, const sb_buckets_t *b, const char *error, void *data);
+/* Reads every bucket: the sums of their figures, and which have P:{T}:suffix ("rooms",
+ * "node:N:sockets", or ""). Returns 0 and calls cb once later, or SB_EUNAVAIL / SB_ENOMEM (no
+ * primary reachable, out of memory) without calling it. */
+int sb_buckets_read(sb_admin_t *a, const char *suffix, sb_buckets_cb cb, void *data);
+
 /* auth.c: the bearer token check. */
 /* Keeps a keyed digest of token (copied) for sb_admin_auth_check; 0 or -1. */
 int sb_admin_auth_init(sb_admin_t *a, const char *token, size_t len);
@@ -118,13 +146,13 @@ int sb_admin_auth_query_has_token(const char *query);
 void sb_lease_start(sb_admin_t *a);
 /* Stops and closes both timers (shutdown). */
 void sb_lease_stop(sb_admin_t *a);
-/* The Redis client's hooks: a reply came back; the connection is up (tries the lease at once);
- * the connection is down (the lease is lost, readiness waits for a new reply). */
+/* The Redis client's hooks: a reply came back; every slot is served (tries the lease at once);
+ * some slot is not (the lease is lost, readiness waits for a new reply). */
 void sb_lease_redis_replied(sb_admin_t *a);
 void sb_lease_redis_up(sb_admin_t *a);
 void sb_lease_redis_down(sb_admin_t *a);
-/* 1 while the Redis connection works: connected, and a reply came back within two lease
- * ticks plus the command timeout (a connection to a stopped Redis can look connected). */
+/* 1 while Redis works: every slot served, and a reply came back within two lease ticks plus
+ * the command timeout (a connection to a stopped Redis can look connected). */
 int sb_lease_redis_ready(const sb_admin_t *a);
 
 /* http.c */
@@ -153,16 +181,17 @@ void sb_reap_free(sb_admin_t *a);
 typedef struct {
     int64_t sockets; /* sockets this reap removed (room_remove answered "ok") */
     int64_t links;   /* links those removals ended */
-    int forgotten;   /* node_forget removed the node from P:nodes */
+    int forgotten;   /* this reap removed the node from P:nodes */
 } sb_reap_result_t;
 /* Called exactly once; r is borrowed; error is NULL or why the reap stopped early. */
 typedef void (*sb_reap_cb)(sb_admin_t *a, const sb_reap_result_t *r, const char *error, void *data);
 /* Reaps node N (whose lease lapsed) through its socket index: every socket whose presence is
- * gone is removed by room_remove "expired" (which re-checks), then node_forget. Calls sharing a
+ * gone is removed by room_remove "expired" (which re-checks), then the node leaves P:nodes (when
+ * none of its sockets was live and every bucket could be read). Calls sharing a
  * node join the reap in progress. Returns 0 and calls cb once, or SB_EUNAVAIL without. Totals
  * and node-down events are recorded by the reap itself. */
 int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data);
-/* room_remove "expired" of one socket. status: 1 removed (links set), 0 live or gone, -1 error. */
+/* room_remove "expired" of one socket. status: 1 removed (links set), 2 live, 0 gone, -1 error. */
 typedef void (*sb_reap_socket_cb)(sb_admin_t *a, int status, int64_t links, void *data);
 int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
                    const char *node, sb_reap_socket_cb cb, void *data);
@@ -230,9 +259,10 @@ json_t *sb_pass_json(const sb_pass_result_t *r);
 typedef struct {
     sb_nodes_t nodes;
     int64_t rooms, members, links, linked;
-    json_t *last;   /* P:admin:last parsed (new reference) or NULL */
-    json_t *totals; /* object of P:admin:totals as integers (new reference) */
-    json_t *events; /* newest events (new reference) or NULL */
+    int missing_slots, first_missing; /* slots whose figures could not be read (partial) */
+    json_t *last;                     /* P:admin:last parsed (new reference) or NULL */
+    json_t *totals;                   /* object of P:admin:totals as integers (new reference) */
+    json_t *events;                   /* newest events (new reference) or NULL */
 } sb_status_t;
 typedef void (*sb_status_cb)(sb_admin_t *a, sb_status_t *st, const char *error, void *data);
 /* Reaps lapsed nodes, then reads the figures, the last pass, the totals and (with events > 0)

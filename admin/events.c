@@ -33,7 +33,7 @@ void sb_events_add(sb_admin_t *a, const char *type, json_t *data)
     }
     const char *argv[] = {"XADD", key,    "MAXLEN", "~",    a->events_max,
                           "*",    "type", type,     "data", text};
-    if (sb_redis_argv(a->redis, NULL, NULL, 10, argv, NULL) != 0 && !a->stopping)
+    if (sb_admin_cmd(a, NULL, NULL, 10, argv, NULL) != 0 && !a->stopping)
         sb_warn("activity log: could not add a %s event (Redis unavailable)", type);
     free(text);
 }

@@ -332,7 +332,7 @@ static int route(req_t *r, struct lws *wsi)
     sb_key_global(key, sizeof key, a->cfg.prefix, "events"); /* fits: prefix <= 64 */
     snprintf(count, sizeof count, "%d", limit);
     const char *argv[] = {"XREVRANGE", key, "+", "-", "COUNT", count};
-    return start_async(r, sb_redis_argv(a->redis, on_events, r, 6, argv, NULL));
+    return start_async(r, sb_admin_cmd(a, on_events, r, 6, argv, NULL));
 }
 
 /* ---- the lws callback ---------------------------------------------------------------------- */

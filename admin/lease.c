@@ -61,7 +61,7 @@ static void try_lease(sb_admin_t *a)
 {
     if (a->stopping)
         return;
-    if (!sb_redis_up(a->redis)) {
+    if (!a->redis_up) {
         if (a->lease_held)
             sb_info("reconcile lease: Redis unreachable; not reconciling");
         a->lease_held = 0;
@@ -72,8 +72,10 @@ static void try_lease(sb_admin_t *a)
         return;
     char ttl[32];
     snprintf(ttl, sizeof ttl, "%lld", (long long)lease_ttl_ms(a));
-    const char *args[] = {a->cfg.prefix, a->holder, ttl};
-    if (sb_script_call(a->redis, sb_script("admin_lock"), 0, 3, args, NULL, on_lock, a) == 0)
+    char lock[SB_KEY_MAX];
+    sb_key_global(lock, sizeof lock, a->cfg.prefix, "admin:lock"); /* fits: prefix <= 64 */
+    const char *args[] = {lock, a->cfg.prefix, a->holder, ttl};
+    if (sb_admin_script(a, "admin_lock", 1, 4, args, NULL, on_lock, a) == 0)
         a->lease_pending = 1;
 }
 
@@ -114,6 +116,7 @@ void sb_lease_redis_replied(sb_admin_t *a)
 
 void sb_lease_redis_up(sb_admin_t *a)
 {
+    a->redis_up = 1;
     /* Try the lease at once: a fresh admin (or one back from a Redis outage) reconciles
      * without waiting for the next tick. */
     try_lease(a);
@@ -121,6 +124,7 @@ void sb_lease_redis_up(sb_admin_t *a)
 
 void sb_lease_redis_down(sb_admin_t *a)
 {
+    a->redis_up = 0;
     /* A new connection must prove itself with a reply of its own before /readyz says 200. */
     a->last_reply_ms = 0;
     if (a->lease_held)
@@ -134,6 +138,5 @@ int sb_lease_redis_ready(const sb_admin_t *a)
     /* The lease is tried every tick, so a reply is due at least that often; allow one missed
      * attempt and the command timeout on top. */
     int64_t window = 2 * tick_ms(a) + a->cfg.redis_timeout_ms;
-    return sb_redis_up(a->redis) && a->last_reply_ms > 0 &&
-           sb_mono_ms() - a->last_reply_ms <= window;
+    return a->redis_up && a->last_reply_ms > 0 && sb_mono_ms() - a->last_reply_ms <= window;
 }

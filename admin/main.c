@@ -4,7 +4,6 @@
  * work is in the other modules (admin.h lists them). */
 #include "admin.h"
 #include "log.h"
-#include "scripts.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -22,17 +21,13 @@ static void on_redis_reply(double seconds, void *data)
     sb_lease_redis_replied(data);
 }
 
-static void on_redis_up(sb_redis_t *r, void *data)
+static void on_redis_state(sb_cluster_t *c, int up, void *data)
 {
-    sb_scripts_load_all(r);
-    sb_lease_redis_up(data);
-}
-
-static void on_redis_down(sb_redis_t *r, const char *why, void *data)
-{
-    (void)r;
-    (void)why;
-    sb_lease_redis_down(data);
+    (void)c;
+    if (up)
+        sb_lease_redis_up(data);
+    else
+        sb_lease_redis_down(data);
 }
 
 static void stop_now(sb_admin_t *a)
@@ -45,7 +40,7 @@ static void stop_now(sb_admin_t *a)
      * the operations in flight only drop references. Closing the Redis client fails every call
      * in flight, which also ends a pass in progress (and answers its waiters). */
     sb_http_stop(a);
-    sb_redis_close(a->redis);
+    sb_cluster_close(a->db);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -106,18 +101,18 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     uv_loop_init(&loop);
     a->loop = &loop;
-    sb_redis_opts_t ro = {.loop = &loop,
-                          .url = a->cfg.redis,
-                          .name = "command",
-                          .timeout_ms = a->cfg.redis_timeout_ms,
-                          .on_up = on_redis_up,
-                          .on_down = on_redis_down,
-                          .observe = on_redis_reply,
-                          .data = a};
-    a->redis = sb_redis_new(&ro);
-    if (!a->redis || sb_http_start(a) != 0) {
-        if (a->redis)
-            sb_redis_close(a->redis);
+    sb_cluster_opts_t co = {.loop = &loop,
+                            .url = a->cfg.redis,
+                            .name = "redis",
+                            .timeout_ms = a->cfg.redis_timeout_ms,
+                            .on_state = on_redis_state,
+                            .observe = on_redis_reply,
+                            .data = a};
+    a->db = sb_cluster_new(&co);
+    a->cluster = a->db && sb_cluster_is_cluster(a->db);
+    if (!a->db || sb_http_start(a) != 0) {
+        if (a->db)
+            sb_cluster_close(a->db);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         sb_admin_auth_free(a);

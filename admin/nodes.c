@@ -1,5 +1,6 @@
-/* The walk over the node index P:nodes: SSCAN in batches of bounded COUNT, one MGET of the
- * batch's leases, and an awaited reap (reap.c) of every node whose lease is gone. Produces the
+/* The walk over the node index P:nodes: SSCAN in batches of bounded COUNT, a GET of each of
+ * the batch's leases (pipelined; one GET each because leases are in different slots on a Redis
+ * Cluster), and an awaited reap (reap.c) of every node whose lease is gone. Produces the
  * list of live nodes with their leases for mesh-status, metrics and the pass. Does not reap
  * sockets itself or look at rooms. */
 #include "admin.h"
@@ -20,6 +21,9 @@ typedef struct {
     int nbatch;
     char **lapsed; /* borrowed from batch */
     int nlapsed, ilapsed;
+    struct lease_get *gets; /* one per id of the batch */
+    int gets_pending;
+    const char *gets_error;
     sb_nodes_cb cb;
     void *data;
 } walk_t;
@@ -36,8 +40,20 @@ void sb_nodes_free(sb_nodes_t *nodes)
     free(nodes);
 }
 
+typedef struct lease_get {
+    walk_t *w;
+    int present;   /* the lease exists */
+    json_t *lease; /* parsed (new reference), NULL when not JSON */
+} lease_get_t;
+
 static void clear_batch(walk_t *w)
 {
+    for (int i = 0; w->gets && i < w->nbatch; i++)
+        json_decref(w->gets[i].lease);
+    free(w->gets);
+    w->gets = NULL;
+    w->gets_pending = 0;
+    w->gets_error = NULL;
     for (int i = 0; i < w->nbatch; i++)
         free(w->batch[i]);
     free(w->batch);
@@ -114,12 +130,11 @@ static void reap_next(walk_t *w)
         finish(w, "unavailable");
 }
 
-static void on_leases(redisReply *reply, const char *error, void *data)
+/* Every GET of the batch answered: the live nodes are kept, the lapsed ones reaped. */
+static void leases_done(walk_t *w)
 {
-    walk_t *w = data;
-    if (error || !reply || reply->type != REDIS_REPLY_ARRAY ||
-        reply->elements != (size_t)w->nbatch) {
-        finish(w, error ? error : "bad MGET reply");
+    if (w->gets_error) {
+        finish(w, w->gets_error);
         return;
     }
     w->lapsed = calloc((size_t)w->nbatch, sizeof(char *));
@@ -128,19 +143,33 @@ static void on_leases(redisReply *reply, const char *error, void *data)
         return;
     }
     for (int i = 0; i < w->nbatch; i++) {
-        const redisReply *e = reply->element[i];
-        if (e->type == REDIS_REPLY_STRING) {
-            json_t *lease = json_loadb(e->str, e->len, 0, NULL);
-            if (add_live(w->out, w->batch[i], lease) != 0) {
-                json_decref(lease);
+        lease_get_t *g = &w->gets[i];
+        if (g->present) {
+            if (add_live(w->out, w->batch[i], g->lease) != 0) {
                 finish(w, "out of memory");
                 return;
             }
+            g->lease = NULL; /* stolen */
         } else {
             w->lapsed[w->nlapsed++] = w->batch[i];
         }
     }
     reap_next(w);
+}
+
+static void on_lease(redisReply *reply, const char *error, void *data)
+{
+    lease_get_t *g = data;
+    walk_t *w = g->w;
+    if (error || !reply || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)) {
+        if (!w->gets_error)
+            w->gets_error = error ? error : "bad GET reply";
+    } else if (reply->type == REDIS_REPLY_STRING) {
+        g->present = 1;
+        g->lease = json_loadb(reply->str, reply->len, 0, NULL);
+    }
+    if (--w->gets_pending == 0)
+        leases_done(w);
 }
 
 static void on_scan(const redisReply *items, const char *error, void *data)
@@ -180,25 +209,32 @@ static void on_scan(const redisReply *items, const char *error, void *data)
         after_batch(w);
         return;
     }
-    /* One MGET for the batch's leases: bounded by the SSCAN COUNT. */
-    const char **argv = calloc((size_t)w->nbatch + 1, sizeof(char *));
-    char(*keys)[SB_KEY_MAX] = calloc((size_t)w->nbatch, sizeof *keys);
-    int rc = SB_ENOMEM;
-    if (argv && keys) {
-        argv[0] = "MGET";
-        rc = 0;
-        for (int i = 0; i < w->nbatch && rc == 0; i++) {
-            if (sb_key_node_lease(keys[i], sizeof keys[i], a->cfg.prefix, w->batch[i]) < 0)
-                rc = SB_EINVAL;
-            argv[i + 1] = keys[i];
-        }
-        if (rc == 0)
-            rc = sb_redis_argv(a->redis, on_leases, w, w->nbatch + 1, argv, NULL);
+    /* The batch's leases, bounded by the SSCAN COUNT. */
+    w->gets = calloc((size_t)w->nbatch, sizeof *w->gets);
+    if (!w->gets) {
+        finish(w, "out of memory");
+        return;
     }
-    free(argv);
-    free(keys);
-    if (rc != 0)
-        finish(w, "unavailable");
+    w->gets_pending = 1; /* held while sending */
+    for (int i = 0; i < w->nbatch; i++) {
+        char key[SB_KEY_MAX];
+        w->gets[i].w = w;
+        if (sb_key_node_lease(key, sizeof key, a->cfg.prefix, w->batch[i]) < 0) {
+            w->gets_error = "node id too long";
+            break;
+        }
+        const char *argv[] = {"GET", key};
+        w->gets_pending++;
+        if (sb_admin_cmd(a, on_lease, &w->gets[i], 2, argv, NULL) != 0) {
+            w->gets_pending--;
+            w->gets_error = "unavailable";
+            break;
+        }
+    }
+    /* The replies come later (the callback contract), so this never finishes the batch
+     * unless nothing was sent. */
+    if (--w->gets_pending == 0)
+        leases_done(w);
 }
 
 static int scan_next(walk_t *w)
@@ -223,7 +259,7 @@ int sb_nodes_walk(sb_admin_t *a, sb_nodes_cb cb, void *data)
     sb_map_init(&w->seen);
     int rc = SB_EINVAL;
     if (sb_key_global(key, sizeof key, a->cfg.prefix, "nodes") >= 0 &&
-        sb_scan_init(&w->index, a->redis, key) == 0)
+        sb_scan_init(&w->index, a->db, key) == 0)
         rc = scan_next(w);
     if (rc != 0) {
         sb_map_free(&w->seen);

@@ -1,6 +1,8 @@
-/* Reaping what dead nodes left: a node whose lease lapsed is walked through its socket index
- * P:node:N:sockets (SSCAN, one batch of room_remove "expired" calls at a time), then forgotten
- * with node_forget. Work is proportional to the dead node's sockets. room_remove re-checks
+/* Reaping what dead nodes left: a node whose lease lapsed is walked through its socket index in
+ * every bucket that has one, P:{T}:node:N:sockets (found with bucket_read; then SSCAN, one batch
+ * of room_remove "expired" calls at a time), then forgotten (removed from P:nodes) once its
+ * lease is still absent and nothing of it is left. Work is proportional to the dead node's
+ * sockets (plus one bucket_read over the buckets). room_remove re-checks
  * inside itself that the presence key is absent ("live" otherwise), so reaping never removes a
  * live socket and running it twice (two admins, or mesh-status and a pass) is harmless: only
  * one run gets "ok" for a socket, so the counts stay exact. Does not decide which nodes are
@@ -9,7 +11,6 @@
 #include "keys.h"
 #include "log.h"
 #include "scan.h"
-#include "scripts.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ typedef struct {
     sb_admin_t *a;
     sb_reap_socket_cb cb;
     void *data;
+    char room[SB_ROOM_MAX + 1], sid[SB_SID_MAX + 1];
 } sock_t;
 
 static void on_socket_removed(redisReply *reply, const char *error, void *data)
@@ -37,8 +39,14 @@ static void on_socket_removed(redisReply *reply, const char *error, void *data)
         if (st && strcmp(st, "ok") == 0) {
             status = 1;
             links = sb_reply_int(reply, 1, 0);
+            /* room_remove leaves the activity log to its caller (another slot). */
+            if (links > 0)
+                sb_events_add(s->a, "p2p-cleanup",
+                              json_pack("{s:s,s:s,s:s,s:I}", "reason", "expired", "room", s->room,
+                                        "id", s->sid, "stale_connections", (json_int_t)links));
         } else if (st) {
-            status = 0; /* "live": its node refreshed it; "gone": already reaped */
+            /* "live": its node refreshed it; "gone": already reaped */
+            status = strcmp(st, "live") == 0 ? 2 : 0;
         }
     }
     s->cb(s->a, status, links, s->data);
@@ -48,8 +56,11 @@ static void on_socket_removed(redisReply *reply, const char *error, void *data)
 int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
                    const char *node, sb_reap_socket_cb cb, void *data)
 {
-    char key[SB_KEY_MAX];
-    if (sb_key_room_n(key, sizeof key, a->cfg.prefix, room, rlen, "members") < 0)
+    char key[SB_KEY_MAX], bucket[SB_KEY_MAX];
+    const char *tag = sb_valid_room_n(room, rlen) ? sb_admin_tag(a, room, rlen) : NULL;
+    if (!tag || slen > SB_SID_MAX ||
+        sb_key_room_n(key, sizeof key, a->cfg.prefix, room, rlen, "members") < 0 ||
+        sb_key_room(bucket, sizeof bucket, a->cfg.prefix, tag, "stats") < 0)
         return SB_EINVAL;
     sock_t *s = malloc(sizeof *s);
     if (!s)
@@ -57,13 +68,14 @@ int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid
     s->a = a;
     s->cb = cb;
     s->data = data;
-    const char *args[] = {key,       a->cfg.prefix,    room,         sid,
-                          "expired", node ? node : "", a->events_max};
-    size_t lens[] = {
-        strlen(key),          strlen(a->cfg.prefix), rlen, slen, 7, node ? strlen(node) : 0,
-        strlen(a->events_max)};
-    int rc =
-        sb_script_call(a->redis, sb_script("room_remove"), 1, 7, args, lens, on_socket_removed, s);
+    memcpy(s->room, room, rlen);
+    s->room[rlen] = '\0';
+    memcpy(s->sid, sid, slen);
+    s->sid[slen] = '\0';
+    const char *args[] = {key, bucket, a->cfg.prefix, room, sid, "expired", node ? node : ""};
+    size_t lens[] = {strlen(key), strlen(bucket),         strlen(a->cfg.prefix), rlen, slen,
+                     7,           node ? strlen(node) : 0};
+    int rc = sb_admin_script(a, "room_remove", 2, 7, args, lens, on_socket_removed, s);
     if (rc != 0)
         free(s);
     return rc;
@@ -152,7 +164,10 @@ typedef struct waiter {
 typedef struct {
     sb_admin_t *a;
     char node[96];
-    sb_scan_t index; /* P:node:N:sockets */
+    char (*tags)[SB_TAG_MAX]; /* buckets with an index of this node */
+    int ntags, itag;
+    int kept;        /* a socket was live, or some bucket could not be read: not forgotten */
+    sb_scan_t index; /* P:{T}:node:N:sockets of tags[itag] */
     waiter_t *waiters;
     sb_reap_result_t res;
     sb_batch_t batch; /* the room_remove calls of the current SSCAN batch */
@@ -177,6 +192,7 @@ static void finish(reap_t *r, const char *error)
         free(w);
         w = next;
     }
+    free(r->tags);
     free(r);
 }
 
@@ -189,8 +205,8 @@ static void on_forgotten(redisReply *reply, const char *error, void *data)
     }
     if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
         r->res.forgotten = 1;
-        /* Only the run whose node_forget removed the node gets 1: one event per death, however
-         * many admins reap. */
+        /* Only the run whose SREM removed the node gets 1: one event per death, however many
+         * admins reap. */
         sb_events_add(r->a, "node-down",
                       json_pack("{s:s,s:I,s:I}", "node", r->node, "stale_sockets",
                                 (json_int_t)r->res.sockets, "stale_links",
@@ -200,6 +216,58 @@ static void on_forgotten(redisReply *reply, const char *error, void *data)
 }
 
 static int scan_next(reap_t *r);
+
+/* The lease is checked again, then the node leaves P:nodes. Why not atomic with the check: the
+ * lease and P:nodes are in different slots on a cluster. A node that is in fact alive writes
+ * both again with its next heartbeat, and a socket it joined in between is found by the
+ * reconcile pass (a member without presence) should it die before that. */
+static void on_lease_checked(redisReply *reply, const char *error, void *data)
+{
+    reap_t *r = data;
+    sb_admin_t *a = r->a;
+    if (error || !reply || reply->type != REDIS_REPLY_INTEGER) {
+        finish(r, error ? error : "bad EXISTS reply");
+        return;
+    }
+    if (reply->integer != 0) {
+        finish(r, NULL); /* back: a live node */
+        return;
+    }
+    char key[SB_KEY_MAX];
+    sb_key_global(key, sizeof key, a->cfg.prefix, "nodes"); /* fits: prefix <= 64 */
+    const char *argv[] = {"SREM", key, r->node};
+    if (sb_admin_cmd(a, on_forgotten, r, 3, argv, NULL) != 0)
+        finish(r, "unavailable");
+}
+
+static void forget(reap_t *r)
+{
+    sb_admin_t *a = r->a;
+    if (r->kept) {
+        finish(r, NULL);
+        return;
+    }
+    char key[SB_KEY_MAX];
+    sb_key_node_lease(key, sizeof key, a->cfg.prefix, r->node); /* fits: id <= 64 */
+    const char *argv[] = {"EXISTS", key};
+    if (sb_admin_cmd(a, on_lease_checked, r, 2, argv, NULL) != 0)
+        finish(r, "unavailable");
+}
+
+/* Starts the walk of the next bucket's index, or forgets the node after the last. */
+static void next_bucket(reap_t *r)
+{
+    sb_admin_t *a = r->a;
+    if (r->itag >= r->ntags) {
+        forget(r);
+        return;
+    }
+    char key[SB_KEY_MAX];
+    const char *tag = r->tags[r->itag++];
+    if (sb_key_node_sockets(key, sizeof key, a->cfg.prefix, tag, r->node) < 0 ||
+        sb_scan_init(&r->index, a->db, key) != 0 || scan_next(r) != 0)
+        finish(r, "unavailable");
+}
 
 static void batch_complete(reap_t *r)
 {
@@ -214,9 +282,7 @@ static void batch_complete(reap_t *r)
             finish(r, "unavailable");
         return;
     }
-    const char *args[] = {a->cfg.prefix, r->node};
-    if (sb_script_call(a->redis, sb_script("node_forget"), 0, 2, args, NULL, on_forgotten, r) != 0)
-        finish(r, "unavailable");
+    next_bucket(r);
 }
 
 static void on_socket(sb_admin_t *a, int status, int64_t links, void *data)
@@ -226,6 +292,8 @@ static void on_socket(sb_admin_t *a, int status, int64_t links, void *data)
     if (status == 1) {
         r->res.sockets++;
         r->res.links += links;
+    } else if (status == 2) {
+        r->kept = 1; /* a live socket: the node is not gone */
     }
     if (sb_batch_reaped(&r->batch, status, links))
         batch_complete(r);
@@ -247,11 +315,11 @@ static void on_scan(const redisReply *items, const char *error, void *data)
         const char *sp = memchr(e->str, ' ', e->len);
         if (!sp || sp == e->str || (size_t)(sp - e->str) + 1 >= e->len) {
             /* Not "R S": no script wrote it and none can remove it; drop it so the index can
-             * drain and node_forget can succeed. */
+             * drain and the node can be forgotten. */
             sb_warn("reap: dropping malformed index entry of node %s", r->node);
             const char *argv[] = {"SREM", r->index.key, e->str};
             size_t lens[] = {4, strlen(r->index.key), e->len};
-            sb_redis_argv(a->redis, NULL, NULL, 3, argv, lens);
+            sb_admin_cmd(a, NULL, NULL, 3, argv, lens);
             continue;
         }
         size_t rlen = (size_t)(sp - e->str);
@@ -266,6 +334,26 @@ static void on_scan(const redisReply *items, const char *error, void *data)
 static int scan_next(reap_t *r)
 {
     return sb_scan_next(&r->index, on_scan, r);
+}
+
+/* The buckets that hold an index of the node: each is walked in turn. */
+static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, void *data)
+{
+    (void)a;
+    (void)error;
+    reap_t *r = data;
+    if (b->missing_slots)
+        r->kept = 1; /* some index may be unread: the node stays listed for the next pass */
+    if (b->n) {
+        r->tags = malloc(sizeof *r->tags * (size_t)b->n);
+        if (!r->tags) {
+            finish(r, "out of memory");
+            return;
+        }
+        memcpy(r->tags, b->tags, sizeof *r->tags * (size_t)b->n);
+        r->ntags = b->n;
+    }
+    next_bucket(r);
 }
 
 int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data)
@@ -290,11 +378,10 @@ int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data)
     }
     r->a = a;
     snprintf(r->node, sizeof r->node, "%s", node);
-    char key[SB_KEY_MAX];
+    char suffix[SB_KEY_MAX];
     int rc = SB_EINVAL;
-    if (sb_key_node_sockets(key, sizeof key, a->cfg.prefix, node) >= 0 &&
-        sb_scan_init(&r->index, a->redis, key) == 0)
-        rc = scan_next(r);
+    if (snprintf(suffix, sizeof suffix, "node:%s:sockets", node) < (int)sizeof suffix)
+        rc = sb_buckets_read(a, suffix, on_buckets, r);
     if (rc != 0) {
         free(r);
         free(w);
@@ -302,7 +389,8 @@ int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data)
     }
     r->waiters = w;
     /* Without the map entry (out of memory) a second caller starts its own reap of the node:
-     * harmless, since room_remove and node_forget re-check everything inside themselves. */
+     * harmless, since room_remove re-checks everything inside itself and the forgetting checks
+     * the lease again. */
     if (sb_map_put(&a->reaping, r->node, r) != 0)
         sb_warn("reap of node %s: not joinable (out of memory)", r->node);
     sb_debug("reaping node %s: its lease lapsed", node);

@@ -1,8 +1,9 @@
 /* The reconcile pass. A pass: (1) walks the node index and reaps every node whose lease lapsed
- * (nodes.c, reap.c); (2) sweeps P:rooms with SSCAN of bounded COUNT (scan.c), runs room_check on
- * each room of a batch (it repairs the room's figures, half links, degrees and node counts, and
- * returns the members without presence), and reaps those members with room_remove "expired";
- * (3) runs stats_check while P:rooms is small enough; (4) records the result in P:admin:last,
+ * (nodes.c, reap.c); (2) for each bucket with rooms (bucket_read, buckets.c), sweeps its
+ * P:{T}:rooms with SSCAN of bounded COUNT (scan.c), runs room_check on each room of a batch (it
+ * repairs the room's figures, half links, degrees and node counts, and returns the members
+ * without presence), and reaps those members with room_remove "expired"; (3) runs stats_check
+ * on the bucket while its rooms index is small enough; (4) records the result in P:admin:last,
  * P:admin:totals and, when something changed, the activity log. Only one batch is in flight at
  * a time, so no Redis call is long and the loop stays free. Concurrent callers share one pass.
  * Does not decide when passes run (lease.c) or serve HTTP. */
@@ -10,7 +11,6 @@
 #include "keys.h"
 #include "log.h"
 #include "scan.h"
-#include "scripts.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +26,12 @@ struct sb_pass {
     sb_admin_t *a;
     pwaiter_t *waiters;
     sb_pass_result_t res;
-    uint64_t started_ns; /* uv_hrtime() at the start */
-    int by_lease;        /* started while this admin held the lease: may log node-up */
-    sb_scan_t rooms;     /* P:rooms */
-    sb_batch_t batch;    /* the room_check and reap calls of the current SSCAN batch */
+    uint64_t started_ns;      /* uv_hrtime() at the start */
+    int by_lease;             /* started while this admin held the lease: may log node-up */
+    char (*tags)[SB_TAG_MAX]; /* buckets with rooms (or figures) */
+    int ntags, itag;
+    sb_scan_t rooms;  /* P:{T}:rooms of tags[itag - 1] */
+    sb_batch_t batch; /* the room_check and reap calls of the current SSCAN batch */
 };
 
 typedef struct {
@@ -68,7 +70,7 @@ static void record(sb_pass_t *p)
     char key[SB_KEY_MAX];
     if (text && sb_key_global(key, sizeof key, a->cfg.prefix, "admin:last") >= 0) {
         const char *argv[] = {"SET", key, text};
-        sb_redis_argv(a->redis, NULL, NULL, 3, argv, NULL);
+        sb_admin_cmd(a, NULL, NULL, 3, argv, NULL);
         free(text);
     }
     int64_t violations = 0;
@@ -109,6 +111,7 @@ static void finish(sb_pass_t *p, const char *error)
     p->res.duration_ms = (int64_t)(seconds * 1000.0 + 0.5);
     if (a->pass == p)
         a->pass = NULL;
+    free(p->tags);
     if (!error) {
         sb_admin_metrics_observe_pass(a, seconds);
         record(p);
@@ -127,28 +130,25 @@ static void finish(sb_pass_t *p, const char *error)
 
 /* ---- (4) the figures after the pass -------------------------------------------------------- */
 
-static void on_figures(redisReply *reply, const char *error, void *data)
+static void on_figures(sb_admin_t *a, const sb_buckets_t *b, const char *error, void *data)
 {
+    (void)a;
+    (void)error;
     sb_pass_t *p = data;
-    if (error || !reply || reply->type != REDIS_REPLY_ARRAY) {
-        finish(p, error ? error : "bad HMGET reply");
-        return;
-    }
-    p->res.remaining_links = sb_reply_int(reply, 0, 0);
-    p->res.active_users = sb_reply_int(reply, 1, 0);
+    p->res.remaining_links = b->links;
+    p->res.active_users = b->members;
     finish(p, NULL);
 }
 
 static void read_figures(sb_pass_t *p)
 {
-    char key[SB_KEY_MAX];
-    sb_key_global(key, sizeof key, p->a->cfg.prefix, "stats"); /* shorter than P:rooms' walk */
-    const char *argv[] = {"HMGET", key, "links", "members"};
-    if (sb_redis_argv(p->a->redis, on_figures, p, 4, argv, NULL) != 0)
+    if (sb_buckets_read(p->a, "", on_figures, p) != 0)
         finish(p, "unavailable");
 }
 
-/* ---- (3) stats_check, bounded -------------------------------------------------------------- */
+static int next_bucket(sb_pass_t *p);
+
+/* ---- (3) stats_check of a bucket, bounded -------------------------------------------------- */
 
 static void on_stats_checked(redisReply *reply, const char *error, void *data)
 {
@@ -159,7 +159,8 @@ static void on_stats_checked(redisReply *reply, const char *error, void *data)
     }
     p->res.stats_checked = 1;
     p->res.violations[SB_VIOL_COUNTER] += sb_reply_int(reply, 0, 0);
-    read_figures(p);
+    if (next_bucket(p) != 0)
+        finish(p, "unavailable");
 }
 
 static void on_rooms_count(redisReply *reply, const char *error, void *data)
@@ -171,23 +172,25 @@ static void on_rooms_count(redisReply *reply, const char *error, void *data)
         return;
     }
     if (reply->integer > SB_STATS_CHECK_MAX_ROOMS) {
-        /* stats_check reads every room in one script: above this size it would hold Redis
-         * for too long. The per-room checks already applied their deltas to P:stats. */
-        sb_debug("reconcile: %lld rooms: stats_check skipped (above %d)", (long long)reply->integer,
-                 SB_STATS_CHECK_MAX_ROOMS);
-        read_figures(p);
+        /* stats_check reads every room of the bucket in one script: above this size it would
+         * hold Redis for too long. The per-room checks already applied their deltas. */
+        sb_debug("reconcile: %lld rooms in a bucket: stats_check skipped (above %d)",
+                 (long long)reply->integer, SB_STATS_CHECK_MAX_ROOMS);
+        if (next_bucket(p) != 0)
+            finish(p, "unavailable");
         return;
     }
-    const char *args[] = {a->cfg.prefix};
-    if (sb_script_call(a->redis, sb_script("stats_check"), 0, 1, args, NULL, on_stats_checked, p) !=
-        0)
+    char stats[SB_KEY_MAX];
+    sb_key_room(stats, sizeof stats, a->cfg.prefix, p->tags[p->itag - 1], "stats"); /* fits */
+    const char *args[] = {stats, a->cfg.prefix};
+    if (sb_admin_script(a, "stats_check", 1, 2, args, NULL, on_stats_checked, p) != 0)
         finish(p, "unavailable");
 }
 
 static void check_stats(sb_pass_t *p)
 {
     const char *argv[] = {"SCARD", p->rooms.key};
-    if (sb_redis_argv(p->a->redis, on_rooms_count, p, 2, argv, NULL) != 0)
+    if (sb_admin_cmd(p->a, on_rooms_count, p, 2, argv, NULL) != 0)
         finish(p, "unavailable");
 }
 
@@ -287,12 +290,18 @@ static void on_rooms(const redisReply *items, const char *error, void *data)
         }
         c->p = p;
         memcpy(c->room, e->str, e->len + 1);
-        char key[SB_KEY_MAX];
+        char key[SB_KEY_MAX], bucket[SB_KEY_MAX];
+        const char *tag = sb_admin_tag(a, c->room, e->len);
         sb_key_room_n(key, sizeof key, a->cfg.prefix, c->room, e->len, "members"); /* valid */
-        const char *args[] = {key, a->cfg.prefix, c->room};
+        if (!tag || sb_key_room(bucket, sizeof bucket, a->cfg.prefix, tag, "stats") < 0) {
+            free(c);
+            sb_batch_fail(&p->batch, "out of memory");
+            break;
+        }
+        const char *args[] = {key, bucket, a->cfg.prefix, c->room};
         sb_batch_add(&p->batch);
-        if (sb_batch_issued(&p->batch, sb_script_call(a->redis, sb_script("room_check"), 1, 3, args,
-                                                      NULL, on_checked, c)) != 0)
+        if (sb_batch_issued(&p->batch,
+                            sb_admin_script(a, "room_check", 2, 4, args, NULL, on_checked, c)) != 0)
             free(c);
     }
     settle(p);
@@ -301,6 +310,43 @@ static void on_rooms(const redisReply *items, const char *error, void *data)
 static int scan_rooms(sb_pass_t *p)
 {
     return sb_scan_next(&p->rooms, on_rooms, p);
+}
+
+/* Starts the sweep of the next bucket's rooms, or reads the figures after the last. */
+static int next_bucket(sb_pass_t *p)
+{
+    if (p->itag >= p->ntags) {
+        read_figures(p);
+        return 0;
+    }
+    char key[SB_KEY_MAX];
+    const char *tag = p->tags[p->itag++];
+    if (sb_key_room(key, sizeof key, p->a->cfg.prefix, tag, "rooms") < 0 ||
+        sb_scan_init(&p->rooms, p->a->db, key) != 0)
+        return SB_EINVAL;
+    return scan_rooms(p);
+}
+
+static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, void *data)
+{
+    (void)a;
+    (void)error;
+    sb_pass_t *p = data;
+    if (b->missing_slots)
+        sb_warn_limited("reconcile: %d slots unreadable (first %d): their rooms wait for the next "
+                        "pass",
+                        b->missing_slots, b->first_missing);
+    if (b->n) {
+        p->tags = malloc(sizeof *p->tags * (size_t)b->n);
+        if (!p->tags) {
+            finish(p, "out of memory");
+            return;
+        }
+        memcpy(p->tags, b->tags, sizeof *p->tags * (size_t)b->n);
+        p->ntags = b->n;
+    }
+    if (next_bucket(p) != 0)
+        finish(p, "unavailable");
 }
 
 /* ---- (1) dead nodes ------------------------------------------------------------------------ */
@@ -346,7 +392,7 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
         finish(p, error);
         return;
     }
-    if (scan_rooms(p) != 0)
+    if (sb_buckets_read(a, "rooms", on_buckets, p) != 0)
         finish(p, "unavailable");
 }
 
@@ -380,7 +426,7 @@ int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
         }
         return 0;
     }
-    if (a->stopping || !sb_redis_up(a->redis)) {
+    if (a->stopping || !a->redis_up) {
         free(w);
         return SB_EUNAVAIL;
     }
@@ -394,11 +440,7 @@ int sb_reconcile_run(sb_admin_t *a, sb_pass_cb cb, void *data)
     p->by_lease = a->lease_held;
     p->res.at_ms = sb_now_ms();
     p->started_ns = uv_hrtime();
-    char key[SB_KEY_MAX];
-    int rc = SB_EINVAL;
-    if (sb_key_global(key, sizeof key, a->cfg.prefix, "rooms") >= 0 &&
-        sb_scan_init(&p->rooms, a->redis, key) == 0)
-        rc = sb_nodes_walk(a, on_nodes, p);
+    int rc = sb_nodes_walk(a, on_nodes, p);
     if (rc != 0) {
         free(p);
         free(w);

@@ -4,10 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
-int sb_scan_init(sb_scan_t *s, sb_redis_t *redis, const char *key)
+int sb_scan_init(sb_scan_t *s, sb_cluster_t *db, const char *key)
 {
     memset(s, 0, sizeof *s);
-    s->redis = redis;
+    s->db = db;
     strcpy(s->cursor, "0");
     int n = snprintf(s->key, sizeof s->key, "%s", key);
     return n < 0 || (size_t)n >= sizeof s->key ? -1 : 0;
@@ -38,5 +38,5 @@ int sb_scan_next(sb_scan_t *s, sb_scan_cb cb, void *data)
     s->cb = cb;
     s->data = data;
     const char *argv[] = {"SSCAN", s->key, s->cursor, "COUNT", SB_SCAN_COUNT};
-    return sb_redis_argv(s->redis, on_sscan, s, 5, argv, NULL);
+    return sb_cluster_command(s->db, s->key, strlen(s->key), on_sscan, s, 5, argv, NULL);
 }

@@ -5,6 +5,7 @@
 #ifndef SB_ADMIN_SCAN_H
 #define SB_ADMIN_SCAN_H
 
+#include "cluster.h"
 #include "keys.h"
 #include "redis.h"
 
@@ -16,7 +17,7 @@
 typedef void (*sb_scan_cb)(const redisReply *items, const char *error, void *data);
 
 typedef struct {
-    sb_redis_t *redis;
+    sb_cluster_t *db;
     char key[SB_KEY_MAX];
     char cursor[32];
     int started; /* a batch has come back: cursor "0" now means the walk is complete */
@@ -25,7 +26,7 @@ typedef struct {
 } sb_scan_t;
 
 /* Starts a walk over the set key (copied; -1 when longer than SB_KEY_MAX). Sends nothing. */
-int sb_scan_init(sb_scan_t *s, sb_redis_t *redis, const char *key);
+int sb_scan_init(sb_scan_t *s, sb_cluster_t *db, const char *key);
 /* 1 once the batch last handed over was the set's last (nothing more to ask for). */
 int sb_scan_done(const sb_scan_t *s);
 /* Asks for the next batch. Returns 0 and calls cb exactly once, later, or an error (SB_EUNAVAIL)

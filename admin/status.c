@@ -1,8 +1,9 @@
 /* The cluster figures for mesh-status and metrics: first every node whose lease lapsed is
- * reaped (awaited), then one pipeline reads P:stats (the counters the room scripts keep in step
- * with every change), P:admin:last, P:admin:totals and the newest entries of P:events. Reading
- * the maintained counters keeps this O(nodes) whatever the number of rooms and sockets. Does
- * not repair rooms (reconcile.c). */
+ * reaped (awaited), then the buckets' figures are read and summed (bucket_read on each primary:
+ * the counters the room scripts keep in step with every change), with P:admin:last,
+ * P:admin:totals and the newest entries of P:events. Reading the maintained counters keeps this
+ * O(nodes + buckets) whatever the number of rooms and sockets; slots that could not be read make
+ * the figures partial, with the slots named. Does not repair rooms (reconcile.c). */
 #include "admin.h"
 #include "keys.h"
 #include "log.h"
@@ -51,15 +52,17 @@ static int failed(collect_t *c, redisReply *reply, const char *error)
     return 0;
 }
 
-static void on_stats(redisReply *reply, const char *error, void *data)
+static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, void *data)
 {
+    (void)a;
+    (void)error;
     collect_t *c = data;
-    if (!failed(c, reply, error)) {
-        c->st.rooms = sb_reply_int(reply, 0, 0);
-        c->st.members = sb_reply_int(reply, 1, 0);
-        c->st.links = sb_reply_int(reply, 2, 0);
-        c->st.linked = sb_reply_int(reply, 3, 0);
-    }
+    c->st.rooms = b->rooms;
+    c->st.members = b->members;
+    c->st.links = b->links;
+    c->st.linked = b->linked;
+    c->st.missing_slots = b->missing_slots;
+    c->st.first_missing = b->first_missing;
     settle(c);
 }
 
@@ -96,16 +99,18 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
         done(c);
         return;
     }
-    char stats[SB_KEY_MAX], last[SB_KEY_MAX], totals[SB_KEY_MAX], events[SB_KEY_MAX], count[24];
+    char last[SB_KEY_MAX], totals[SB_KEY_MAX], events[SB_KEY_MAX], count[24];
     /* The prefix is at most 64 characters: these names always fit. */
-    sb_key_global(stats, sizeof stats, a->cfg.prefix, "stats");
     sb_key_global(last, sizeof last, a->cfg.prefix, "admin:last");
     sb_key_global(totals, sizeof totals, a->cfg.prefix, "admin:totals");
     sb_key_global(events, sizeof events, a->cfg.prefix, "events");
     snprintf(count, sizeof count, "%d", c->events);
-    /* Pipelined: replies come in order on the one connection; each settles one count. */
-    c->pending = 1;
-    const char *q1[] = {"HMGET", stats, "rooms", "members", "links", "linked"};
+    /* Issued together; each reply settles one count. */
+    c->pending = 2;
+    if (sb_buckets_read(a, "", on_buckets, c) != 0) {
+        c->pending--;
+        c->error = "unavailable";
+    }
     const char *q2[] = {"GET", last};
     const char *q3[] = {"HGETALL", totals};
     const char *q4[] = {"XREVRANGE", events, "+", "-", "COUNT", count};
@@ -113,11 +118,11 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
         int argc;
         const char **argv;
         sb_redis_cb cb;
-    } qs[] = {{6, q1, on_stats}, {2, q2, on_last}, {2, q3, on_totals}, {6, q4, on_events}};
-    int nq = c->events > 0 ? 4 : 3;
-    for (int i = 0; i < nq; i++) {
+    } qs[] = {{2, q2, on_last}, {2, q3, on_totals}, {6, q4, on_events}};
+    int nq = c->events > 0 ? 3 : 2;
+    for (int i = 0; i < nq && !c->error; i++) {
         c->pending++;
-        if (sb_redis_argv(a->redis, qs[i].cb, c, qs[i].argc, qs[i].argv, NULL) != 0) {
+        if (sb_admin_cmd(a, qs[i].cb, c, qs[i].argc, qs[i].argv, NULL) != 0) {
             c->pending--;
             c->error = "unavailable";
             break;
@@ -192,8 +197,15 @@ json_t *sb_status_json(const sb_status_t *st)
      * for clients that dedupe. */
     json_t *events = st->events ? json_incref(st->events) : json_array();
     json_t *totals = st->totals ? json_incref(st->totals) : json_object();
-    return json_pack("{s:o,s:I,s:I,s:I,s:I,s:O,s:o,s:o}", "nodes", nodes, "rooms",
-                     (json_int_t)st->rooms, "active_users", (json_int_t)st->members, "p2p_links",
-                     (json_int_t)st->links, "p2p_users", (json_int_t)st->linked, "last_reconcile",
-                     st->last ? st->last : json_null(), "totals", totals, "events", events);
+    json_t *o = json_pack("{s:o,s:I,s:I,s:I,s:I,s:O,s:o,s:o,s:b}", "nodes", nodes, "rooms",
+                          (json_int_t)st->rooms, "active_users", (json_int_t)st->members,
+                          "p2p_links", (json_int_t)st->links, "p2p_users", (json_int_t)st->linked,
+                          "last_reconcile", st->last ? st->last : json_null(), "totals", totals,
+                          "events", events, "partial", st->missing_slots > 0);
+    /* Never silently low: figures that miss slots say which. */
+    if (o && st->missing_slots > 0)
+        json_object_set_new(
+            o, "missing_slots",
+            json_pack("{s:i,s:i}", "count", st->missing_slots, "first", st->first_missing));
+    return o;
 }

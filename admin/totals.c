@@ -25,7 +25,7 @@ void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta)
         return; /* cannot happen: the prefix is at most 64 characters */
     snprintf(d, sizeof d, "%lld", (long long)delta);
     const char *argv[] = {"HINCRBY", key, field, d};
-    if (sb_redis_argv(a->redis, NULL, NULL, 4, argv, NULL) != 0 && !a->stopping)
+    if (sb_admin_cmd(a, NULL, NULL, 4, argv, NULL) != 0 && !a->stopping)
         sb_warn("totals: could not add %lld to %s (Redis unavailable)", (long long)delta, field);
 }
 

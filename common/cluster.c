@@ -487,6 +487,14 @@ static char *primary_url(sb_cluster_t *c, const char *host, int port)
     return url;
 }
 
+/* The caller's latency observer gets its own data, not the primary. */
+static void on_observe(double seconds, void *data)
+{
+    primary_t *p = data;
+    if (p->c->o.observe)
+        p->c->o.observe(seconds, p->c->o.data);
+}
+
 static primary_t *add_primary(sb_cluster_t *c, const char *host, int port, const char *id)
 {
     primary_t **v = realloc(c->prim, sizeof *v * (size_t)(c->nprim + 1));
@@ -513,7 +521,7 @@ static primary_t *add_primary(sb_cluster_t *c, const char *host, int port, const
         .timeout_ms = c->o.timeout_ms,
         .on_up = on_cmd_up,
         .on_down = on_cmd_down,
-        .observe = c->o.observe,
+        .observe = on_observe,
         .data = p,
     };
     p->cmd = sb_redis_new(&ro);
@@ -990,4 +998,23 @@ int sb_cluster_slot_owner(const sb_cluster_t *c, unsigned slot)
 void sb_cluster_stats(const sb_cluster_t *c, sb_cluster_stats_t *out)
 {
     *out = c->stats;
+}
+
+int sb_cluster_pending(const sb_cluster_t *c)
+{
+    int n = 0;
+    for (int i = 0; i < c->nprim; i++)
+        n += sb_redis_pending(c->prim[i]->cmd);
+    for (const req_t *q = c->delayed; q; q = q->next)
+        n++;
+    return n;
+}
+
+int sb_cluster_drop_subscriber(sb_cluster_t *c, const char *channel, const char *why)
+{
+    channel_t *ch = find_chan(c, channel);
+    if (!ch || !ch->on || !ch->on->sub)
+        return SB_EINVAL;
+    sb_redis_drop(ch->on->sub, why);
+    return 0;
 }

@@ -84,6 +84,14 @@ int sb_cluster_publish(sb_cluster_t *c, const char *channel, const char *payload
 int sb_cluster_subscribe(sb_cluster_t *c, const char *channel);
 int sb_cluster_unsubscribe(sb_cluster_t *c, const char *channel);
 
+/* Commands sent and not yet answered (or waiting for a retry), over every primary. */
+int sb_cluster_pending(const sb_cluster_t *c);
+
+/* Drops the pub/sub connection that carries channel (it reconnects and resubscribes all its
+ * channels; on_subscribed fires for each): for a subscription that looks alive and delivers
+ * nothing. 0, or SB_EINVAL when channel is not placed on a connection. */
+int sb_cluster_drop_subscriber(sb_cluster_t *c, const char *channel, const char *why);
+
 /* 1 when the map is read, every slot is covered and every primary is connected. */
 int sb_cluster_up(const sb_cluster_t *c);
 

@@ -1,7 +1,9 @@
 /* Key and channel names, and the validators of what goes into them. Pure. */
 #include "keys.h"
+#include "slot.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int fit(int n, size_t len)
@@ -32,14 +34,62 @@ int sb_key_node_lease(char *buf, size_t len, const char *prefix, const char *nod
     return fit(snprintf(buf, len, "%s:node:%s", prefix, node), len);
 }
 
-int sb_key_node_sockets(char *buf, size_t len, const char *prefix, const char *node)
+int sb_key_node_sockets(char *buf, size_t len, const char *prefix, const char *tag,
+                        const char *node)
 {
-    return fit(snprintf(buf, len, "%s:node:%s:sockets", prefix, node), len);
+    return fit(snprintf(buf, len, "%s:{%s}:node:%s:sockets", prefix, tag, node), len);
 }
 
-int sb_channel_node(char *buf, size_t len, const char *prefix, const char *node)
+int sb_channel_node(char *buf, size_t len, const char *prefix, const char *tag, const char *node)
 {
-    return fit(snprintf(buf, len, "%s:node:%s", prefix, node), len);
+    return fit(snprintf(buf, len, "%s:{%s}:node:%s", prefix, tag, node), len);
+}
+
+/* Why a table built by search and not a formula: CRC16 cannot be inverted into a short
+ * readable tag directly; trying "#0", "#1", ... fills all 16384 slots after about 180,000
+ * tries (the last one found is "#167975"; a few ms, once per process), and every process (and
+ * tests/keyspace.py) finds the same tags. Static: the table is immutable once built, and both
+ * binaries are single-threaded. */
+static char (*slot_tags)[SB_TAG_MAX];
+
+static int build_tags(void)
+{
+    char(*t)[SB_TAG_MAX] = calloc(SB_SLOTS, sizeof *t);
+    if (!t)
+        return -1;
+    unsigned left = SB_SLOTS;
+    for (unsigned n = 0; left && n < 1000000; n++) {
+        char tag[SB_TAG_MAX];
+        int len = snprintf(tag, sizeof tag, "#%u", n);
+        unsigned s = sb_crc16(tag, (size_t)len) & (SB_SLOTS - 1);
+        if (!t[s][0]) {
+            memcpy(t[s], tag, (size_t)len + 1);
+            left--;
+        }
+    }
+    if (left) {
+        free(t);
+        return -1;
+    }
+    slot_tags = t;
+    return 0;
+}
+
+const char *sb_tag_of_slot(unsigned slot)
+{
+    if (!slot_tags && build_tags() != 0)
+        return NULL;
+    return slot_tags[slot & (SB_SLOTS - 1)];
+}
+
+const char *sb_tag_of_room(int cluster, const char *room, size_t len)
+{
+    if (!cluster)
+        return SB_TAG_SINGLE;
+    if (len > SB_ROOM_MAX)
+        return NULL;
+    /* The room's keys are P:{R}:..., so their slot is R's CRC16 (R is never empty). */
+    return sb_tag_of_slot(sb_crc16(room, len) & (SB_SLOTS - 1));
 }
 
 static int charset_ok(const char *s, size_t len, size_t min, size_t max, const char *extra)

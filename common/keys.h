@@ -22,12 +22,24 @@ int sb_key_room_n(char *buf, size_t len, const char *prefix, const char *room, s
 int sb_key_global(char *buf, size_t len, const char *prefix, const char *suffix);
 /* P:node:N, node N's lease key. */
 int sb_key_node_lease(char *buf, size_t len, const char *prefix, const char *node);
-/* P:node:N:sockets, the index of the sockets node N hosts. */
-int sb_key_node_sockets(char *buf, size_t len, const char *prefix, const char *node);
-/* The pub/sub channel everything for node N is published to. (It is spelled like the lease
- * key, P:node:N; channels and keys are separate namespaces in Redis. The scripts build the
- * same name: lua/README.md.) */
-int sb_channel_node(char *buf, size_t len, const char *prefix, const char *node);
+/* Buckets (lua/README.md): the figures and indexes that span rooms are kept per bucket, in
+ * the room's own slot, so every room script touches one slot. A bucket is named by its tag T
+ * ("P:{T}:stats", "P:{T}:rooms", ...): "#" on a single Redis (one bucket), and on a Redis
+ * Cluster "#<n>", n the smallest number whose tag "#<n>" hashes to the room's slot (one bucket
+ * per slot). Room names never contain '#', so a bucket never collides with a room. */
+#define SB_TAG_MAX 8 /* "#" + up to 6 digits + NUL */
+#define SB_TAG_SINGLE "#"
+/* The tag of the bucket of slot (cluster), built once on first use. */
+const char *sb_tag_of_slot(unsigned slot);
+/* The tag of room[0..len)'s bucket: sb_tag_of_slot of its slot when cluster, else "#". */
+const char *sb_tag_of_room(int cluster, const char *room, size_t len);
+/* P:{T}:node:N:sockets, bucket T's index of the sockets node N hosts ("R S" entries). */
+int sb_key_node_sockets(char *buf, size_t len, const char *prefix, const char *tag,
+                        const char *node);
+/* P:{T}:node:N, the sharded pub/sub channel that carries to node N the events of bucket T's
+ * rooms and the signals for N's sockets in them (in the bucket's slot, so the scripts may
+ * publish to it). The scripts build the same name: lua/README.md. */
+int sb_channel_node(char *buf, size_t len, const char *prefix, const char *tag, const char *node);
 
 /* 1 when s is a valid room name: 1..64 of [A-Za-z0-9._-]. */
 int sb_valid_room(const char *s);

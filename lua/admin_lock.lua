@@ -1,7 +1,7 @@
 #!lua
 -- admin_lock: takes or renews the reconcile lease of one admin process.
 --
--- KEYS     none needed (call with numkeys 0, or KEYS[1] = P:admin:lock); names come from ARGV
+-- KEYS[1]  P:admin:lock (routes the call to that key's slot on a Redis Cluster)
 -- ARGV[1]  prefix P           ARGV[2]  holder id H (unique per admin process)
 -- ARGV[3]  lease TTL in ms
 --
@@ -16,6 +16,9 @@ if not H or H == '' or not ttl or ttl < 1 then
     return redis.error_reply('ERR admin_lock: bad arguments')
 end
 local lock = P .. ':admin:lock'
+if KEYS[1] ~= lock then
+    return redis.error_reply('ERR admin_lock: KEYS[1] must be ' .. lock)
+end
 local cur = redis.call('GET', lock)
 if cur and cur ~= H then
     return 0

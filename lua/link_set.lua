@@ -2,6 +2,7 @@
 -- link_set: socket S reports its P2P connection with peer B as up or down.
 --
 -- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- KEYS[2]  P:{T}:stats, the room's bucket (T: the tag of the room's slot; lua/README.md)
 -- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
 -- ARGV[4]  peer B             ARGV[5]  "up" | "down"      ARGV[6]  node id N (S's node)
 --
@@ -12,7 +13,7 @@
 --
 -- Does: up adds S's half (B to P:{R}:links:S); the link forms when B's half towards S exists
 -- too. Down removes both halves; the link ends when both existed. A formed or ended link
--- updates links (room and P:stats), both ends' degrees, and linked when a degree goes 0<->1,
+-- updates links (room and bucket), both ends' degrees, and linked when a degree goes 0<->1,
 -- and publishes {"t":"link",...,"state":...} stamped with the room's CURRENT seq (a link is not
 -- a membership change) to the nodes of S and B, once when they share a node.
 -- Does not: increment seq; publish anything when nothing formed or ended (idempotent).

@@ -2,6 +2,7 @@
 -- room_assert: a node re-asserts one of its live sockets after Redis lost its data.
 --
 -- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- KEYS[2]  P:{T}:stats, the room's bucket (T: the tag of the room's slot; lua/README.md)
 -- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
 -- ARGV[4]  node id N          ARGV[5]  node epoch E       ARGV[6]  meta (JSON object text)
 -- ARGV[7]  presence TTL in ms
@@ -11,7 +12,7 @@
 --
 -- Does: SET presence (PX; the one place besides room_join that creates it, because only the
 -- owning node, which knows S is alive, calls it). A missing record is added exactly as
--- room_join adds it (record, P:{R}:nodes, socket index, P:nodes, counters, room creation with
+-- room_join adds it (record, P:{R}:nodes, socket index, counters, room creation with
 -- a time based seq, "join" event with a new seq); an existing one only gets its index entry
 -- back. Then S's half towards each listed peer that is a member is added as "link up" does
 -- (a link forms when the peer's half exists: counters, degrees, "link" event). Peers that are

@@ -2,11 +2,13 @@
 -- room_check: the admin recomputes room R's figures from its sets and repairs what differs.
 --
 -- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- KEYS[2]  P:{T}:stats, the room's bucket (T: the tag of the room's slot; lua/README.md)
 -- ARGV[1]  prefix P           ARGV[2]  room R
 --
 -- Returns  {counter_fixes, half_link_fixes, degree_fixes, S1, S2, ...}
 --          counter_fixes    wrong fields of P:{R}:stats (members, links, linked, a missing seq),
---                           of P:{R}:nodes, a missing socket index entry, R missing from P:rooms
+--                           of P:{R}:nodes, a missing socket index entry, R missing from its
+--                           bucket's rooms index P:{T}:rooms
 --          half_link_fixes  halves removed because they pointed at a non-member (or at S itself)
 --          degree_fixes     wrong, missing or extra fields of P:{R}:degree
 --          S1, S2, ...      members without a presence key, for the admin to reap with
@@ -14,10 +16,11 @@
 --
 -- Does: truth = HLEN members, the links formed by the members' halves, each member's degree,
 -- per-node counts from the records. Every wrong room figure is rewritten and the same delta is
--- applied to P:stats, so P:stats stays the sum of the rooms. An empty room is deleted as
--- room_remove deletes it (its members, nodes, degree and stats keys, P:rooms, P:stats rooms;
--- whatever figure it still held is taken off P:stats and counted as a counter fix).
--- Does not: remove members without presence (it returns them); recompute P:stats rooms or
+-- applied to the bucket P:{T}:stats, so the bucket stays the sum of its rooms. An empty room
+-- is deleted as room_remove deletes it (its members, nodes, degree and stats keys, the
+-- bucket's rooms index and rooms figure; whatever figure it still held is taken off the bucket
+-- and counted as a counter fix).
+-- Does not: remove members without presence (it returns them); recompute the bucket's rooms or
 -- other rooms (stats_check); find half links held by sockets that are not members (their keys
 -- are only reachable by scanning); publish events (figures are not membership changes).
 
@@ -32,7 +35,6 @@ end
 local function num(v) return tonumber(v or '0') or 0 end
 
 local stats = base .. 'stats'
-local gstats = P .. ':stats'
 local degree = base .. 'degree'
 local nodes = base .. 'nodes'
 local fields = {'members', 'links', 'linked'}
@@ -56,7 +58,7 @@ if #all == 0 then
     end
     degree_fixes = redis.call('HLEN', degree)
     redis.call('DEL', members, nodes, degree, stats)
-    if redis.call('SREM', P .. ':rooms', R) == 1 then
+    if redis.call('SREM', bucket .. 'rooms', R) == 1 then
         redis.call('HINCRBY', gstats, 'rooms', -1)
     end
     return {counter_fixes, 0, degree_fixes}
@@ -74,8 +76,7 @@ for i = 1, #all, 2 do
     local N = node_of(all[i + 1])
     if N then
         per_node[N] = (per_node[N] or 0) + 1
-        if redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S) == 1 then
-            redis.call('SADD', P .. ':nodes', N)
+        if redis.call('SADD', node_index(N), R .. ' ' .. S) == 1 then
             counter_fixes = counter_fixes + 1
         end
     end
@@ -147,7 +148,7 @@ degree_fixes = degree_fixes + repair_counts(degree, deg)
 -- Node counts: exactly one field per node hosting members.
 counter_fixes = counter_fixes + repair_counts(nodes, per_node)
 
--- Room figures, and the same deltas on P:stats.
+-- Room figures, and the same deltas on the bucket.
 local cur = redis.call('HMGET', stats, 'members', 'links', 'linked', 'seq')
 for i = 1, 3 do
     local f = fields[i]
@@ -162,7 +163,7 @@ if not tonumber(cur[4] or '') then
     redis.call('HSET', stats, 'seq', int(clock_seq()))
     counter_fixes = counter_fixes + 1
 end
-if redis.call('SADD', P .. ':rooms', R) == 1 then
+if redis.call('SADD', bucket .. 'rooms', R) == 1 then
     redis.call('HINCRBY', gstats, 'rooms', 1)
     counter_fixes = counter_fixes + 1
 end

@@ -2,6 +2,7 @@
 -- room_join: adds socket S to room R.
 --
 -- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- KEYS[2]  P:{T}:stats, the room's bucket (T: the tag of the room's slot; lua/README.md)
 -- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
 -- ARGV[4]  node id N          ARGV[5]  node epoch E
 -- ARGV[6]  meta: a JSON object, validated and compact (e.g. {}), stored and relayed verbatim
@@ -15,11 +16,10 @@
 --                         run after the node's command timeout; nothing written but PEXPIRE)
 --          {"room-full"}  R has max members already (nothing written)
 --
--- Does: record, presence (PX), P:{R}:nodes count, socket index P:node:N:sockets ("R S"),
--- P:nodes (so the admin's reap index always lists a node that owns sockets), members counters
--- of the room and P:stats, the room's creation when it was empty (P:rooms, P:stats rooms, a
--- time based seq), seq + 1, and the "join" event to every node of the room, the joiner's
--- own node included.
+-- Does: record, presence (PX), P:{R}:nodes count, socket index P:{T}:node:N:sockets ("R S"),
+-- members counters of the room and the bucket, the room's creation when it was empty (the
+-- bucket's rooms index and rooms figure, a time based seq), seq + 1, and the "join" event to
+-- every node of the room, the joiner's own node included.
 -- Does not: check that S is in no other room (the node knows), validate meta, touch links.
 
 local P, R, S, N, E, meta = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]

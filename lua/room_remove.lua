@@ -2,11 +2,11 @@
 -- room_remove: removes socket S from room R with every half link to or from it.
 --
 -- KEYS[1]  P:{R}:members (routes the call to the room's slot; must match ARGV[1], ARGV[2])
+-- KEYS[2]  P:{T}:stats, the room's bucket (T: the tag of the room's slot; lua/README.md)
 -- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
 -- ARGV[4]  mode: "leave" | "disconnect" (the socket's node asks) | "expired" (the admin reaps)
 -- ARGV[5]  node id N: leave/disconnect: the caller's node, which must hold S's presence key;
 --          expired: the node whose socket index listed S ("" when unknown)
--- ARGV[6]  cap of P:events (XADD MAXLEN ~); optional, default 1000
 --
 -- Returns  {"ok", links_removed, seq}  seq of the "left" event, 0 when the room was deleted
 --          {"gone"}  leave/disconnect: S's presence key is absent or held by another node;
@@ -17,15 +17,15 @@
 --
 -- Does: removes S's halves and every member's half towards S (a link counts as formed, and is
 -- removed from the counters, when both halves existed), degrees, linked, the record, presence,
--- P:{R}:nodes count, socket index entry, members counters of the room and P:stats. An empty
--- room is deleted (its keys, P:rooms, P:stats rooms; any figure it still held is taken off
--- P:stats so the sum stays right) and nothing is published; otherwise seq + 1 and a "left"
--- event goes to every node still in the room. When links were removed, a "p2p-cleanup" entry
--- is added to P:events. Running it twice is harmless: the second run returns {"gone"}.
+-- P:{R}:nodes count, socket index entry, members counters of the room and its bucket. An
+-- empty room is deleted (its keys, the bucket's rooms index and rooms figure; any figure it
+-- still held is taken off the bucket so the sum stays right) and nothing is published;
+-- otherwise seq + 1 and a "left" event goes to every node still in the room. Running it twice
+-- is harmless: the second run returns {"gone"}. (The caller adds the "p2p-cleanup" entry to
+-- P:events when links_removed > 0: that stream is in another slot.)
 -- Does not: publish "link" events (a "left" implies the end of every link with S).
 
 local P, R, S, mode, N = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
-local events_max = tonumber(ARGV[6] or '') or 1000
 local base = P .. ':{' .. R .. '}:'
 local members = base .. 'members'
 if KEYS[1] ~= members then
@@ -34,7 +34,7 @@ end
 if mode ~= 'leave' and mode ~= 'disconnect' and mode ~= 'expired' then
     return redis.error_reply('ERR room_remove: mode must be leave, disconnect or expired')
 end
-if S == '' or events_max < 1 then
+if S == '' then
     return redis.error_reply('ERR room_remove: bad arguments')
 end
 
@@ -51,7 +51,7 @@ if mode == 'expired' then
     end
     if not rec then
         if N ~= '' then
-            redis.call('SREM', P .. ':node:' .. N .. ':sockets', entry)
+            redis.call('SREM', node_index(N), entry)
         end
         return {'gone'}
     end
@@ -63,13 +63,12 @@ else
         -- A presence key without a record cannot come from these scripts; drop it so the
         -- socket index and presence do not outlive the (absent) membership.
         redis.call('DEL', presence)
-        redis.call('SREM', P .. ':node:' .. N .. ':sockets', entry)
+        redis.call('SREM', node_index(N), entry)
         return {'gone'}
     end
 end
 
 local stats = base .. 'stats'
-local gstats = P .. ':stats'
 local degree = base .. 'degree'
 local mylinks = base .. 'links:' .. S
 
@@ -124,18 +123,18 @@ if node then
     if redis.call('HINCRBY', base .. 'nodes', node, -1) <= 0 then
         redis.call('HDEL', base .. 'nodes', node)
     end
-    redis.call('SREM', P .. ':node:' .. node .. ':sockets', entry)
+    redis.call('SREM', node_index(node), entry)
 end
 if N ~= '' and N ~= node then
-    redis.call('SREM', P .. ':node:' .. N .. ':sockets', entry)
+    redis.call('SREM', node_index(N), entry)
 end
 redis.call('HINCRBY', stats, 'members', -1)
 redis.call('HINCRBY', gstats, 'members', -1)
 
 local seq = 0
 if redis.call('HLEN', members) == 0 then
-    -- Whatever figure the room still holds is wrong (it has no member); take it off P:stats
-    -- with the room, so P:stats stays the sum of the rooms that exist.
+    -- Whatever figure the room still holds is wrong (it has no member); take it off the
+    -- bucket with the room, so the bucket stays the sum of its rooms.
     local left = redis.call('HMGET', stats, 'members', 'links', 'linked')
     local fields = {'members', 'links', 'linked'}
     for i = 1, 3 do
@@ -145,7 +144,7 @@ if redis.call('HLEN', members) == 0 then
         end
     end
     redis.call('DEL', members, base .. 'nodes', degree, stats)
-    if redis.call('SREM', P .. ':rooms', R) == 1 then
+    if redis.call('SREM', bucket .. 'rooms', R) == 1 then
         redis.call('HINCRBY', gstats, 'rooms', -1)
     end
 else
@@ -153,16 +152,6 @@ else
     local event = '{"t":"left","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
         ',"id":' .. cjson.encode(S) .. ',"reason":' .. cjson.encode(mode) .. '}'
     publish_room(event)
-end
-
-if removed > 0 then
-    local g = redis.call('HMGET', gstats, 'links', 'members')
-    local data = '{"reason":' .. cjson.encode(mode) .. ',"room":' .. cjson.encode(R) ..
-        ',"id":' .. cjson.encode(S) .. ',"stale_connections":' .. int(removed) ..
-        ',"remaining_connections":' .. int(tonumber(g[1] or '0') or 0) ..
-        ',"active_users":' .. int(tonumber(g[2] or '0') or 0) .. '}'
-    redis.call('XADD', P .. ':events', 'MAXLEN', '~', int(events_max), '*',
-        'type', 'p2p-cleanup', 'data', data)
 end
 
 return {'ok', removed, seq}

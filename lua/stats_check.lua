@@ -1,23 +1,27 @@
 #!lua
--- stats_check: recomputes P:stats from the rooms' figures and repairs it.
+-- stats_check: recomputes one bucket's figures from its rooms' figures and repairs them.
 --
--- KEYS     none needed (call with numkeys 0, or KEYS[1] = P:stats); names come from ARGV
+-- KEYS[1]  P:{T}:stats, the bucket (T: a tag of one slot on a Redis Cluster, "all" on a single
+--          Redis; lua/README.md). Its rooms index P:{T}:rooms is in the same slot.
 -- ARGV[1]  prefix P
 --
--- Returns  {fixes}: how many of the fields rooms, members, links, linked of P:stats were wrong
---          (each one is rewritten with the true sum)
+-- Returns  {fixes}: how many of the fields rooms, members, links, linked of the bucket were
+--          wrong (each one is rewritten with the true sum)
 --
--- Does: rooms = SCARD P:rooms; members, links and linked = the sums of P:{R}:stats over every
--- room R of P:rooms. Run it after room_check has repaired each room's own figures.
--- Does not: look at the rooms' sets (room_check's work); scan the keyspace. It reads every room
--- of P:rooms (SMEMBERS), which is fine for version 1's single primary; a Redis Cluster version
--- would sum per slot from the admin instead.
+-- Does: rooms = SCARD P:{T}:rooms; members, links and linked = the sums of P:{R}:stats over
+-- every room R of P:{T}:rooms (those rooms are in T's slot). Run it after room_check has
+-- repaired each room's own figures.
+-- Does not: look at the rooms' sets (room_check's work); scan the keyspace; look at other
+-- buckets (the admin sums them).
 
 local P = ARGV[1]
-if not P or P == '' then
-    return redis.error_reply('ERR stats_check: bad arguments')
+local gstats = KEYS[1] or ''
+local bucket = string.sub(gstats, 1, -6)
+if not P or P == '' or string.sub(gstats, -6) ~= ':stats' or
+    string.sub(bucket, 1, #P + 3) ~= P .. ':{#' or string.sub(bucket, -2) ~= '}:' then
+    return redis.error_reply('ERR stats_check: KEYS[1] must be a bucket P:{T}:stats')
 end
-local rooms = redis.call('SMEMBERS', P .. ':rooms')
+local rooms = redis.call('SMEMBERS', bucket .. 'rooms')
 local fields = {'members', 'links', 'linked'}
 local sum = {rooms = #rooms, members = 0, links = 0, linked = 0}
 for _, R in ipairs(rooms) do
@@ -26,7 +30,6 @@ for _, R in ipairs(rooms) do
         sum[fields[i]] = sum[fields[i]] + (tonumber(v[i] or '0') or 0)
     end
 end
-local gstats = P .. ':stats'
 local fixes = 0
 for _, f in ipairs({'rooms', 'members', 'links', 'linked'}) do
     local cur = redis.call('HGET', gstats, f)

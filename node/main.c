@@ -17,56 +17,54 @@ static void stop_now(sb_node_t *n);
 
 /* ---- Redis connections ------------------------------------------------------------------- */
 
-static void on_cmd_up(sb_redis_t *r, void *data)
+static void on_db_state(sb_cluster_t *c, int up, void *data)
 {
-    (void)r;
-    sb_presence_on_up(data);
-}
-
-static void on_cmd_down(sb_redis_t *r, const char *why, void *data)
-{
-    (void)r;
-    (void)why;
+    (void)c;
     sb_node_t *n = data;
-    n->instance_ok = 0;
-    n->lease_ok = 0;
+    n->db_up = up;
+    if (up) {
+        sb_presence_on_up(n);
+    } else {
+        n->instance_ok = 0;
+        n->lease_ok = 0;
+    }
 }
 
-static void on_sub_up(sb_redis_t *r, void *data)
-{
-    (void)r;
-    sb_node_t *n = data;
-    /* Messages may have been lost while the subscription was down: re-read every room. */
-    sb_route_resync_all(n);
-    sb_presence_on_pubsub_up(n);
-}
-
-static void on_sub_down(sb_redis_t *r, const char *why, void *data)
-{
-    (void)r;
-    (void)why;
-    sb_node_t *n = data;
-    n->pubsub_ok = 0;
-}
-
-static void on_sub_message(sb_redis_t *r, const char *channel, const char *payload, size_t len,
+static void on_db_topology(sb_cluster_t *c, const unsigned char *affected, const char *why,
                            void *data)
 {
-    (void)r;
+    (void)c;
+    sb_node_t *n = data;
+    /* A promoted replica, or a primary restarted, may miss the last writes to these slots:
+     * presence refreshes already in flight cannot tell a reaping from that (round_t), and our
+     * sockets there are re-asserted (the keys of the ones Redis still has are left as they
+     * are: room_assert only adds). */
+    n->topology++;
+    sb_presence_data_lost(n, affected, why);
+}
+
+static void on_db_message(sb_cluster_t *c, const char *channel, const char *payload, size_t len,
+                          void *data)
+{
+    (void)c;
     (void)channel;
     sb_pubsub_on_message(data, payload, len);
+}
+
+static void on_db_subscribed(sb_cluster_t *c, const char *channel, void *data)
+{
+    (void)c;
+    sb_pubsub_on_subscribed(data, channel);
 }
 
 int sb_node_ready(sb_node_t *n, const char **why)
 {
     if (n->draining)
         *why = "draining";
-    else if (!sb_redis_up(n->redis))
+    else if (!n->db_up)
         *why = "redis unreachable";
     else if (!n->instance_ok || !n->lease_ok)
         *why = "lease not registered";
-    else if (!sb_redis_up(n->pubsub))
-        *why = "pubsub unreachable";
     else if (!n->pubsub_ok)
         *why = "pubsub not proven";
     else
@@ -89,6 +87,7 @@ static void on_sweep(uv_timer_t *t)
     if (n->stopping)
         return;
     sb_route_sweep(n, now);
+    sb_pubsub_sweep(n, now);
     sb_presence_probe_tick(n, now);
     /* Idle sockets: a tick of a quarter of the shorter of the two (50 ms to 1 s), so a ping
      * and a hang-up come at most that late; one pass over the sockets per tick. */
@@ -118,12 +117,12 @@ static void on_sweep(uv_timer_t *t)
                     lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
             lws_cancel_service(n->lws);
         }
-        int pending = sb_redis_pending(n->redis);
+        int pending = sb_cluster_pending(n->db);
         if ((n->nsessions == 0 && pending == 0) || now > n->drain_deadline_ms) {
             if (n->nsessions)
                 sb_warn("drain timeout: %d sockets still open", n->nsessions);
             n->stopping = 1;
-            if (!sb_redis_up(n->redis) || sb_presence_release(n, on_drained) != 0)
+            if (!n->db_up || sb_presence_release(n, on_drained) != 0)
                 on_drained(n);
         }
     }
@@ -172,8 +171,8 @@ static void stop_now(sb_node_t *n)
     uv_close((uv_handle_t *)&n->sigterm, NULL);
     sb_presence_stop(n);
     sb_server_stop(n);
-    sb_redis_close(n->redis);
-    sb_redis_close(n->pubsub);
+    sb_pubsub_stop(n);
+    sb_cluster_close(n->db);
 }
 
 int main(int argc, char **argv)
@@ -213,35 +212,37 @@ int main(int argc, char **argv)
     n->started_ms = sb_now_ms();
     sb_map_init(&n->sess_by_id);
     sb_map_init(&n->rooms);
+    sb_map_init(&n->buckets);
     sb_metrics_init(&n->metrics);
-    sb_channel_node(n->channel, sizeof n->channel, n->cfg.prefix, n->cfg.id);
     sb_presence_start(n);
 
-    sb_redis_opts_t ro = {.loop = &loop,
-                          .url = n->cfg.redis,
-                          .name = "command",
-                          .timeout_ms = n->cfg.redis_timeout_ms,
-                          .on_up = on_cmd_up,
-                          .on_down = on_cmd_down,
-                          .observe = sb_metrics_observe,
-                          .data = n};
-    n->redis = sb_redis_new(&ro);
-    sb_redis_opts_t po = {.loop = &loop,
-                          .url = n->cfg.redis,
-                          .name = "pubsub",
-                          .timeout_ms = n->cfg.redis_timeout_ms,
-                          .subscriber = 1,
-                          .on_up = on_sub_up,
-                          .on_down = on_sub_down,
-                          .on_message = on_sub_message,
-                          .data = n};
-    n->pubsub = sb_redis_new(&po);
-    sb_redis_subscribe(n->pubsub, n->channel);
+    sb_cluster_opts_t co = {.loop = &loop,
+                            .url = n->cfg.redis,
+                            .name = "redis",
+                            .timeout_ms = n->cfg.redis_timeout_ms,
+                            .on_topology = on_db_topology,
+                            .on_state = on_db_state,
+                            .on_message = on_db_message,
+                            .on_subscribed = on_db_subscribed,
+                            .observe = sb_metrics_observe,
+                            .data = n};
+    n->db = sb_cluster_new(&co);
+    n->cluster = n->db && sb_cluster_is_cluster(n->db);
+    if (!n->db || sb_pubsub_start(n) != 0) {
+        fprintf(stderr, "switchboard-node: out of memory starting the Redis client\n");
+        if (n->db)
+            sb_cluster_close(n->db);
+        sb_presence_stop(n);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        sb_node_options_free(&n->cfg);
+        return 1;
+    }
 
     if (sb_server_start(n) != 0) {
         sb_presence_stop(n);
-        sb_redis_close(n->redis);
-        sb_redis_close(n->pubsub);
+        sb_pubsub_stop(n);
+        sb_cluster_close(n->db);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         sb_node_options_free(&n->cfg);
@@ -270,6 +271,7 @@ int main(int argc, char **argv)
     sb_info("stopped (uv_loop_close=%d)", lc);
     sb_map_free(&n->sess_by_id);
     sb_map_free(&n->rooms);
+    sb_map_free(&n->buckets);
     sb_metrics_free(&n->metrics);
     free(n->auth_secret);
     free(n->turn_secret);

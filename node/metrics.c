@@ -105,8 +105,19 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
                    (unsigned long long)ls.refused_max, (unsigned long long)ls.refused_source);
     sb_prom_gauge(&p, "switchboard_node_send_queue_bytes", "Bytes queued to clients.",
                   (long long)n->send_queue_bytes);
-    sb_prom_gauge(&p, "switchboard_node_redis_up", "1 when the Redis command connection works.",
-                  sb_redis_up(n->redis) ? 1 : 0);
+    sb_prom_gauge(&p, "switchboard_node_redis_up",
+                  "1 when every hash slot is served by a connected Redis primary.",
+                  n->db_up ? 1 : 0);
+    sb_cluster_stats_t cs;
+    sb_cluster_stats(n->db, &cs);
+    sb_prom_gauge(&p, "switchboard_node_redis_primaries", "Redis primaries the node talks to.",
+                  sb_cluster_nprimaries(n->db));
+    sb_prom_counter(&p, "switchboard_node_redis_redirects_total",
+                    "Redis Cluster redirects followed (MOVED and ASK).",
+                    (long long)(cs.moved + cs.ask));
+    sb_prom_counter(&p, "switchboard_node_redis_map_changes_total",
+                    "Redis Cluster slot maps that moved a slot (failover, reshard).",
+                    (long long)cs.map_changes);
     sb_prom_hist(&p, "switchboard_node_redis_command_duration_seconds", "Redis command latency.",
                  &m->redis_latency);
     sb_prom_counter(&p, "switchboard_node_pubsub_resyncs_total",

@@ -3,6 +3,7 @@
 #ifndef SB_NODE_H
 #define SB_NODE_H
 
+#include "cluster.h"
 #include "config.h"
 #include "keys.h"
 #include "map.h"
@@ -90,13 +91,17 @@ struct sb_node {
     uv_loop_t *loop;
     struct lws_context *lws;
     char epoch[33];
-    sb_redis_t *redis;  /* commands */
-    sb_redis_t *pubsub; /* our channel */
-    char channel[128];  /* P:node:N */
-    char instance[64];  /* known value of P:instance ("" = not yet known) */
-    int instance_ok;    /* instance checked on this connection */
-    int lease_ok;       /* lease written since the last (re)connect */
-    int pubsub_ok;      /* probe came back on the current pub/sub connection */
+    sb_cluster_t *db;      /* Redis: one server or a cluster (commands, scripts, sharded pub/sub) */
+    int cluster;           /* db is a Redis Cluster: one bucket per slot (common/keys.h) */
+    int db_up;             /* every slot is served by a connected primary (on_state) */
+    char home[SB_KEY_MAX]; /* P:{T}:node:N of the bucket of our own id: the probe's channel */
+    sb_map_t buckets;      /* pubsub.c: node channels subscribed, by channel name */
+    int bucket_waits;      /* pubsub.c: buckets with joins waiting for their subscription */
+    uint64_t topology;     /* bumped when slots changed owner or a primary restarted */
+    char instance[64];     /* known value of P:instance ("" = not yet known) */
+    int instance_ok;       /* instance checked on this connection */
+    int lease_ok;          /* lease written since the last (re)connect */
+    int pubsub_ok;         /* probe came back on the current pub/sub connection */
     uint64_t probe_nonce;
     uint64_t probe_counter;
     int64_t probe_sent_ms;
@@ -201,28 +206,50 @@ const char *sb_route_present_room(const sb_session_t *s);
 /* The presence key of s is gone while it is connected here: it was reaped. Runs the expired
  * removal (a no-op when the admin already did) and closes s with 4000. */
 void sb_route_reaped(sb_session_t *s);
-/* Redis lost its data: re-creates every live socket's state (room_assert). Returns how many. */
-int sb_route_reassert_all(sb_node_t *n);
+/* Redis lost its data: re-creates the state of every live socket whose room's slot is in
+ * slots (a bitmap of SB_SLOTS bits; NULL: all) with room_assert. Returns how many. */
+int sb_route_reassert(sb_node_t *n, const unsigned char *slots);
+/* Re-reads every room of bucket tag (its node channel was subscribed again). */
+void sb_route_resync_bucket(sb_node_t *n, const char *tag);
 
 /* pubsub.c */
-/* A message on our channel (borrowed): room events and signals to route.c, the probe to
- * presence.c. Never trusts it further than its own checks. */
+/* A message on one of our node channels (borrowed): room events and signals to route.c, the
+ * probe to presence.c. Never trusts it further than its own checks. */
 void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len);
+/* Subscribes our home channel (the probe's). 0, or -1 when out of memory. */
+int sb_pubsub_start(sb_node_t *n);
+void sb_pubsub_stop(sb_node_t *n);
+/* Our node channel of bucket tag must be subscribed before a join script runs there (its
+ * events and signals for us arrive on it). Returns 0 when it is (cb is not called), 1 when
+ * cb(n, data, ok) will be called once, later (ok 0: not subscribed within the Redis timeout),
+ * or SB_ENOMEM (cb is never called). Subscriptions are kept (at most one per slot). */
+int sb_pubsub_bucket(sb_node_t *n, const char *tag, void (*cb)(sb_node_t *n, void *data, int ok),
+                     void *data);
+/* A subscription is (again) in place: wakes the joins waiting for it; a second one means
+ * messages may have been missed: the bucket's rooms are re-read. */
+void sb_pubsub_on_subscribed(sb_node_t *n, const char *channel);
+/* Fails the joins that waited longer than the Redis timeout. */
+void sb_pubsub_sweep(sb_node_t *n, int64_t now_ms);
 
 /* presence.c */
 void sb_presence_start(sb_node_t *n);
 void sb_presence_on_up(sb_node_t *n);
 void sb_presence_heartbeat_now(sb_node_t *n);
-/* The pub/sub probe: sends one every 500 ms and drops the subscription when one is not back
- * within the Redis timeout (called from the sweep). */
+/* Redis may have lost the last writes to slots (a bitmap of SB_SLOTS bits; NULL: all of them):
+ * re-asserts our sockets there and the lease, then resyncs every room once the other nodes had
+ * a heartbeat to do the same. why is for the log. */
+void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char *why);
+/* The pub/sub probe: sends one every 500 ms to our home channel and drops its connection when
+ * one is not back within the Redis timeout (called from the sweep). */
 void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms);
 /* The pub/sub connection came up (pubsub_ok is proven again by the next probe). */
 void sb_presence_on_pubsub_up(sb_node_t *n);
 /* A probe came back on the pub/sub connection. */
 void sb_presence_on_probe(sb_node_t *n, uint64_t nonce);
 void sb_presence_stop(sb_node_t *n);
-/* Removes the lease and index at the end of a drain: 0 and cb once later (whether or not Redis
- * managed it, which is logged), or -1 (Redis unreachable) and cb is never called. */
+/* Removes the lease (and, with no socket left in a room, our entry in P:nodes) at the end of a
+ * drain: 0 and cb once later (whether or not Redis managed it, which is logged), or an error
+ * (Redis unreachable) and cb is never called. */
 int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n));
 
 /* metrics.c */

@@ -15,7 +15,8 @@
 static const sb_option_t node_options[] = {
     {"listen", SB_OPT_HOSTPORT, "0.0.0.0:8080", 0, 0, OFF(listen), "address to listen on"},
     {"redis", SB_OPT_REDIS_URL, "redis://127.0.0.1:6379", 0, 0, OFF(redis),
-     "redis://[user:pass@]host:port[/db] or unix:///path"},
+     "redis://[user:pass@]host:port[/db], unix:///path or "
+     "redis-cluster://[user:pass@]host:port[,host:port...]"},
     {"redis-timeout-ms", SB_OPT_INT, "1000", 10, 60000, OFF(redis_timeout_ms),
      "timeout of every Redis command and connect"},
     {"id", SB_OPT_NAME, NULL, 0, 0, OFF(id), "node id, [A-Za-z0-9._:-] (default hostname:port)"},

@@ -1,7 +1,9 @@
 /* Presence: the node lease, the per-socket presence keys (refreshed with PEXPIRE for every
  * joined socket from one timer), the pub/sub probe, and what happens after a reconnect:
  * P:instance tells a Redis that lost its data (re-assert everything we hold) from one that
- * did not (a missing presence key means the socket was reaped: close it with 4000). */
+ * did not (a missing presence key means the socket was reaped: close it with 4000). On a Redis
+ * Cluster the cluster client also reports slots that changed hands (a failover may lose the
+ * last writes): their sockets are re-asserted the same way (sb_presence_data_lost). */
 #include "node.h"
 #include "scripts.h"
 #include "log.h"
@@ -16,6 +18,7 @@ typedef struct {
     int refs;
     int lost;          /* P:instance changed: presence replies of this round mean nothing */
     char expected[64]; /* P:instance as known when the round was sent ("" = not verified) */
+    uint64_t topology; /* n->topology when the round was sent */
 } round_t;
 
 typedef struct {
@@ -43,9 +46,9 @@ static int write_lease(sb_node_t *n, sb_redis_cb cb, void *data)
              n->epoch, n->nsessions, n->njoined, (long long)n->started_ms,
              n->draining ? "true" : "false", SB_VERSION);
     const char *sadd[] = {"SADD", nodes, n->cfg.id};
-    sb_redis_argv(n->redis, NULL, NULL, 3, sadd, NULL);
+    sb_cluster_command(n->db, nodes, strlen(nodes), NULL, NULL, 3, sadd, NULL);
     const char *set[] = {"SET", key, body, "PX", ttl};
-    return sb_redis_argv(n->redis, cb, data, 5, set, NULL);
+    return sb_cluster_command(n->db, key, strlen(key), cb, data, 5, set, NULL);
 }
 
 static void on_lease(redisReply *reply, const char *error, void *data)
@@ -63,10 +66,12 @@ static void on_loss_timer(uv_timer_t *t)
     sb_route_resync_all(n);
 }
 
-static void reassert_all(sb_node_t *n)
+void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char *why)
 {
-    int count = sb_route_reassert_all(n);
-    sb_warn("Redis lost its data: re-asserted %d sockets, the lease and their link halves", count);
+    int count = sb_route_reassert(n, slots);
+    sb_warn("Redis may have lost data (%s): re-asserted %d sockets, the lease and their link "
+            "halves",
+            why, count);
     write_lease(n, on_lease, n);
     /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
      * notice (on reconnect, or at their next heartbeat at the latest); a resync before then
@@ -90,7 +95,7 @@ static void check_instance_value(sb_node_t *n, const char *value, round_t *rd)
         snprintf(n->instance, sizeof n->instance, "%s", value);
         if (rd)
             rd->lost = 1;
-        reassert_all(n);
+        sb_presence_data_lost(n, NULL, "P:instance changed");
     }
     n->instance_ok = 1;
 }
@@ -104,6 +109,7 @@ static round_t *round_new(sb_node_t *n)
         return NULL;
     rd->n = n;
     rd->refs = 1;
+    rd->topology = n->topology;
     if (n->instance_ok)
         snprintf(rd->expected, sizeof rd->expected, "%s", n->instance);
     return rd;
@@ -115,7 +121,8 @@ static void get_instance(sb_node_t *n, round_t *rd)
     char key[SB_KEY_MAX];
     sb_key_global(key, sizeof key, n->cfg.prefix, "instance");
     rd->refs++;
-    if (sb_redis_command(n->redis, on_instance_get, rd, "GET %s", key) != 0)
+    const char *argv[] = {"GET", key};
+    if (sb_cluster_command(n->db, key, strlen(key), on_instance_get, rd, 2, argv, NULL) != 0)
         rd->refs--;
 }
 
@@ -155,7 +162,8 @@ static void on_instance_get(redisReply *reply, const char *error, void *data)
         sb_key_global(key, sizeof key, n->cfg.prefix, "instance");
         random_hex(value, 16);
         rd->lost = 1;
-        sb_redis_command(n->redis, on_instance_set, n, "SET %s %s NX", key, value);
+        const char *argv[] = {"SET", key, value, "NX"};
+        sb_cluster_command(n->db, key, strlen(key), on_instance_set, n, 4, argv, NULL);
     } else if (!error && reply && reply->type == REDIS_REPLY_STRING) {
         /* Why compare with the value known when the round was sent: another node may already
          * have re-created P:instance after a data loss, and our own check of it may have run
@@ -176,8 +184,10 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
 {
     refresh_t *f = data;
     sb_session_t *s = f->s;
+    /* A round sent before slots changed hands may have asked a server that lost the key in a
+     * failover: only a round that saw no change can tell a reaping. */
     if (!error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
-        !f->round->lost && !s->closed)
+        !f->round->lost && f->round->topology == s->node->topology && !s->closed)
         sb_route_reaped(s); /* rule 1: never re-create it */
     round_unref(f->round);
     sb_session_unref(s);
@@ -186,7 +196,7 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
 
 void sb_presence_heartbeat_now(sb_node_t *n)
 {
-    if (!sb_redis_up(n->redis))
+    if (!n->db_up)
         return;
     round_t *rd = round_new(n);
     if (!rd)
@@ -214,11 +224,11 @@ void sb_presence_heartbeat_now(sb_node_t *n)
         rd->refs++;
         sb_session_ref(s);
         const char *argv[] = {"PEXPIRE", pkey, ttl};
-        if (sb_redis_argv(n->redis, on_refresh, f, 3, argv, NULL) != 0) {
+        if (sb_cluster_command(n->db, pkey, strlen(pkey), on_refresh, f, 3, argv, NULL) != 0) {
+            /* That slot's primary is not connected: the others still get theirs. */
             rd->refs--;
             sb_session_unref(s);
             free(f);
-            break;
         }
     }
     write_lease(n, on_lease, n);
@@ -232,7 +242,6 @@ static void on_heartbeat(uv_timer_t *t)
 
 void sb_presence_on_up(sb_node_t *n)
 {
-    sb_scripts_load_all(n->redis);
     n->instance_ok = 0;
     n->lease_ok = 0;
     round_t *rd = round_new(n);
@@ -273,10 +282,9 @@ typedef struct {
 
 static void on_forgotten(redisReply *reply, const char *error, void *data)
 {
-    (void)reply;
     release_t *rl = data;
-    if (error)
-        sb_warn("drain: could not remove the lease: %s", error);
+    if (error || sb_reply_is_error(reply))
+        sb_warn("drain: could not remove the lease: %s", error ? error : reply->str);
     else
         sb_info("drain: lease removed");
     rl->cb(rl->n);
@@ -293,11 +301,14 @@ int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
         return SB_ENOMEM;
     rl->n = n;
     rl->cb = cb;
+    /* Out of the reap index only when no socket of ours is left in a room: otherwise the admin
+     * must still find us there to reap what our removals could not remove. */
+    if (n->njoined == 0) {
+        const char *srem[] = {"SREM", nodes_key, n->cfg.id};
+        sb_cluster_command(n->db, nodes_key, strlen(nodes_key), NULL, NULL, 3, srem, NULL);
+    }
     const char *del[] = {"DEL", key};
-    sb_redis_argv(n->redis, NULL, NULL, 2, del, NULL);
-    const char *cargs[] = {nodes_key, n->cfg.prefix, n->cfg.id};
-    int rc =
-        sb_script_call(n->redis, sb_script("node_forget"), 1, 3, cargs, NULL, on_forgotten, rl);
+    int rc = sb_cluster_command(n->db, key, strlen(key), on_forgotten, rl, 2, del, NULL);
     if (rc != 0)
         free(rl);
     return rc;
@@ -309,12 +320,11 @@ int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
  * Redis timeout (a subscription can look healthy and deliver nothing). */
 static void send_probe(sb_node_t *n)
 {
-    char body[96], channel[SB_KEY_MAX];
+    char body[96];
     uint64_t nonce = ++n->probe_counter;
-    snprintf(body, sizeof body, "{\"t\":\"probe\",\"nonce\":%llu}", (unsigned long long)nonce);
-    sb_channel_node(channel, sizeof channel, n->cfg.prefix, n->cfg.id);
-    const char *argv[] = {"PUBLISH", channel, body};
-    if (sb_redis_argv(n->redis, NULL, NULL, 3, argv, NULL) == 0) {
+    int len =
+        snprintf(body, sizeof body, "{\"t\":\"probe\",\"nonce\":%llu}", (unsigned long long)nonce);
+    if (sb_cluster_publish(n->db, n->home, body, (size_t)len, NULL, NULL) == 0) {
         n->probe_nonce = nonce;
         n->probe_sent_ms = sb_mono_ms();
     }
@@ -339,14 +349,14 @@ void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms)
 {
     /* A probe every 500 ms; one not back within the Redis timeout means the subscription is
      * dead even if its TCP connection looks fine: reconnect it. */
-    if (!sb_redis_up(n->pubsub) || !sb_redis_up(n->redis))
+    if (!n->db_up)
         return;
     if (n->probe_nonce && now_ms - n->probe_sent_ms > n->cfg.redis_timeout_ms) {
         sb_warn("pubsub probe not delivered within %lld ms: reconnecting",
                 (long long)n->cfg.redis_timeout_ms);
         n->pubsub_ok = 0;
         n->probe_nonce = 0;
-        sb_redis_drop(n->pubsub, "probe timeout");
+        sb_cluster_drop_subscriber(n->db, n->home, "probe timeout");
     } else if (!n->probe_nonce && now_ms - n->probe_sent_ms >= 500) {
         send_probe(n);
     }

@@ -1,10 +1,12 @@
-/* Pub/sub dispatch: what arrives on this node's channel. Room events (join, left, link, unlink)
- * and relayed signals go to route.c, the probe to presence.c. Every payload is text our own
- * scripts or nodes wrote (lua/README.md); its fields are located in the text (no tree is built)
- * and checked (ids and room names by their character sets) before use: a malformed message is
- * dropped, never half applied. */
+/* Pub/sub: the node channels this node subscribes to (one per bucket it has rooms in, plus its
+ * home channel for the probe), and dispatch of what arrives on them. Room events (join, left,
+ * link, unlink) and relayed signals go to route.c, the probe to presence.c. Every payload is text
+ * our own scripts or nodes wrote (lua/README.md); its fields are located in the text (no tree is
+ * built) and checked (ids and room names by their character sets) before use: a malformed message
+ * is dropped, never half applied. */
 #include "node.h"
 #include "log.h"
+#include "slot.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -121,4 +123,150 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
                  (strcmp(state, "up") == 0 || strcmp(state, "down") == 0))
             sb_route_link_event(n, room, a, b, state[0] == 'u');
     }
+}
+
+/* ---- subscriptions ------------------------------------------------------------------------- */
+
+typedef struct waiter {
+    struct waiter *next;
+    void (*cb)(sb_node_t *n, void *data, int ok);
+    void *data;
+    int64_t since_ms;
+} waiter_t;
+
+/* One node channel P:{T}:node:N. */
+typedef struct {
+    char channel[SB_KEY_MAX];
+    char tag[SB_TAG_MAX];
+    int ready;      /* Redis confirmed the subscription at least once */
+    waiter_t *head; /* joins waiting for the first confirmation, oldest first */
+    waiter_t *tail;
+} bucket_t;
+
+static bucket_t *bucket_get(sb_node_t *n, const char *tag)
+{
+    char channel[SB_KEY_MAX];
+    if (sb_channel_node(channel, sizeof channel, n->cfg.prefix, tag, n->cfg.id) < 0)
+        return NULL;
+    bucket_t *b = sb_map_get(&n->buckets, channel);
+    if (b)
+        return b;
+    b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    memcpy(b->channel, channel, sizeof channel);
+    snprintf(b->tag, sizeof b->tag, "%s", tag);
+    if (sb_map_put(&n->buckets, b->channel, b) != 0) {
+        free(b);
+        return NULL;
+    }
+    if (sb_cluster_subscribe(n->db, b->channel) != 0) {
+        sb_map_del(&n->buckets, b->channel);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+int sb_pubsub_start(sb_node_t *n)
+{
+    const char *tag =
+        n->cluster ? sb_tag_of_slot(sb_slot(n->cfg.id, strlen(n->cfg.id))) : SB_TAG_SINGLE;
+    if (!tag || sb_channel_node(n->home, sizeof n->home, n->cfg.prefix, tag, n->cfg.id) < 0)
+        return -1;
+    return bucket_get(n, tag) ? 0 : -1;
+}
+
+static void free_bucket(void *value, void *arg)
+{
+    sb_node_t *n = arg;
+    bucket_t *b = value;
+    while (b->head) {
+        waiter_t *w = b->head;
+        b->head = w->next;
+        w->cb(n, w->data, 0);
+        free(w);
+    }
+    free(b);
+}
+
+void sb_pubsub_stop(sb_node_t *n)
+{
+    sb_map_each(&n->buckets, free_bucket, n);
+    sb_map_free(&n->buckets);
+    sb_map_init(&n->buckets);
+    n->bucket_waits = 0;
+}
+
+int sb_pubsub_bucket(sb_node_t *n, const char *tag, void (*cb)(sb_node_t *n, void *data, int ok),
+                     void *data)
+{
+    bucket_t *b = bucket_get(n, tag);
+    if (!b)
+        return SB_ENOMEM;
+    if (b->ready)
+        return 0;
+    waiter_t *w = malloc(sizeof *w);
+    if (!w)
+        return SB_ENOMEM;
+    *w = (waiter_t){NULL, cb, data, sb_mono_ms()};
+    if (!b->head)
+        n->bucket_waits++;
+    if (b->tail)
+        b->tail->next = w;
+    else
+        b->head = w;
+    b->tail = w;
+    return 1;
+}
+
+/* Calls back every waiter of b with ok (a callback may add waiters to other buckets). */
+static void wake(sb_node_t *n, bucket_t *b, int ok)
+{
+    waiter_t *w = b->head;
+    if (!w)
+        return;
+    b->head = b->tail = NULL;
+    n->bucket_waits--;
+    while (w) {
+        waiter_t *next = w->next;
+        w->cb(n, w->data, ok);
+        free(w);
+        w = next;
+    }
+}
+
+void sb_pubsub_on_subscribed(sb_node_t *n, const char *channel)
+{
+    bucket_t *b = sb_map_get(&n->buckets, channel);
+    if (!b)
+        return;
+    int again = b->ready;
+    b->ready = 1;
+    wake(n, b, 1);
+    /* Why re-read on a second confirmation: the subscription was lost (a reconnect, a slot
+     * moving to another primary) and what was published meanwhile never reached us. */
+    if (again)
+        sb_route_resync_bucket(n, b->tag);
+    if (strcmp(channel, n->home) == 0)
+        sb_presence_on_pubsub_up(n);
+}
+
+static void sweep_bucket(void *value, void *arg)
+{
+    sb_node_t *n = arg;
+    bucket_t *b = value;
+    if (b->head && sb_mono_ms() - b->head->since_ms > n->cfg.redis_timeout_ms) {
+        sb_warn_limited("subscription %s not confirmed within %lld ms: joins there fail",
+                        b->channel, (long long)n->cfg.redis_timeout_ms);
+        wake(n, b, 0);
+    }
+}
+
+void sb_pubsub_sweep(sb_node_t *n, int64_t now_ms)
+{
+    (void)now_ms;
+    /* Only while some join waits: otherwise this costs nothing however many buckets. */
+    if (n->bucket_waits > 0)
+        sb_map_each(&n->buckets, sweep_bucket, n);
 }

@@ -8,6 +8,7 @@
 #include "scripts.h"
 #include "turn.h"
 #include "log.h"
+#include "slot.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,8 @@ typedef enum { SEAT_IDLE, SEAT_JOINING, SEAT_JOINED, SEAT_LEAVING } seat_state_t
 typedef struct {
     sb_node_t *node;
     sb_view_t *view;
-    int refs; /* seats in it + commands in flight + action runs */
+    const char *tag; /* its bucket (common/keys.h; static) */
+    int refs;        /* seats in it + commands in flight + action runs */
 } room_t;
 
 struct sb_seat {
@@ -48,7 +50,8 @@ static room_t *room_get(sb_node_t *n, const char *name)
     if (!r)
         return NULL;
     r->node = n;
-    r->view = sb_view_new(name);
+    r->tag = sb_tag_of_room(n->cluster, name, strlen(name));
+    r->view = r->tag ? sb_view_new(name) : NULL;
     if (!r->view || sb_map_put(&n->rooms, sb_view_name(r->view), r) != 0) {
         sb_view_free(r->view);
         free(r);
@@ -70,6 +73,23 @@ static void room_unref(room_t *r)
     sb_map_del(&r->node->rooms, room_name(r));
     sb_view_free(r->view);
     free(r);
+}
+
+/* Runs a room script (lua/README.md): args[0] and args[1] are filled with its keys, the room's
+ * P:{R}:members and its bucket's P:{T}:stats; nkeys 1 passes only the first. The callback
+ * contract of sb_cluster_script. */
+static int room_script(sb_node_t *n, const char *room, const char *script, int nkeys, int nargs,
+                       const char **args, sb_redis_cb cb, void *data)
+{
+    char members[SB_KEY_MAX], bucket[SB_KEY_MAX];
+    const char *tag = sb_tag_of_room(n->cluster, room, strlen(room));
+    if (!tag || sb_key_room(members, sizeof members, n->cfg.prefix, room, "members") < 0 ||
+        sb_key_room(bucket, sizeof bucket, n->cfg.prefix, tag, "stats") < 0)
+        return SB_EINVAL;
+    args[0] = members;
+    if (nkeys > 1)
+        args[1] = bucket;
+    return sb_cluster_script(n->db, sb_script(script), nkeys, nargs, args, NULL, cb, data);
 }
 
 /* ---- seats --------------------------------------------------------------------------------- */
@@ -252,9 +272,11 @@ static void send_failure(sb_session_t *s, const char *what, redisReply *reply, c
     sb_session_send_error(s, "internal", msg, rid);
 }
 
-static int need_redis(sb_session_t *s, json_t *rid)
+/* 1 when the primary of room's slot is connected (so a command there can be sent), else the
+ * client is told `unavailable`. */
+static int need_redis(sb_session_t *s, const char *room, json_t *rid)
 {
-    if (sb_redis_up(s->node->redis))
+    if (sb_cluster_slot_up(s->node->db, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
         return 1;
     send_unavailable(s, rid);
     return 0;
@@ -459,11 +481,9 @@ static int call_link_set(sb_session_t *s, const char *room, const char *peer, in
                          sb_redis_cb cb, void *data)
 {
     sb_node_t *n = s->node;
-    char key[SB_KEY_MAX];
-    if (sb_key_room(key, sizeof key, n->cfg.prefix, room, "members") < 0)
-        return SB_EINVAL;
-    const char *args[] = {key, n->cfg.prefix, room, s->id, peer, up ? "up" : "down", n->cfg.id};
-    return sb_script_call(n->redis, sb_script("link_set"), 1, 7, args, NULL, cb, data);
+    const char *args[] = {NULL,  NULL, n->cfg.prefix,      room,
+                          s->id, peer, up ? "up" : "down", n->cfg.id};
+    return room_script(n, room, "link_set", 2, 8, args, cb, data);
 }
 
 /* RELINK: a member is (again) in the room; local sockets that hold a half towards it send it
@@ -643,11 +663,9 @@ static void on_resync(redisReply *reply, const char *error, void *data)
 static void resync(room_t *r)
 {
     sb_node_t *n = r->node;
-    char key[SB_KEY_MAX];
-    sb_key_room(key, sizeof key, n->cfg.prefix, room_name(r), "members");
-    const char *args[] = {key, n->cfg.prefix, room_name(r)};
+    const char *args[] = {NULL, n->cfg.prefix, room_name(r)};
     r->refs++;
-    if (sb_script_call(n->redis, sb_script("room_read"), 1, 3, args, NULL, on_resync, r) != 0) {
+    if (room_script(n, room_name(r), "room_read", 1, 3, args, on_resync, r) != 0) {
         sb_acts_t acts;
         sb_acts_init(&acts);
         sb_view_resync_done(r->view, 0, 0, NULL, 0, 0, sb_mono_ms(), &acts); /* retried */
@@ -693,6 +711,26 @@ void sb_route_resync_all(sb_node_t *n)
     sb_acts_init(&acts);
     each_room(n, resync_room, &acts);
     sb_acts_free(&acts);
+}
+
+typedef struct {
+    sb_acts_t acts;
+    const char *tag;
+} bucket_walk_t;
+
+static void resync_room_of_bucket(room_t *r, void *arg)
+{
+    bucket_walk_t *w = arg;
+    if (strcmp(r->tag, w->tag) == 0)
+        resync_room(r, &w->acts);
+}
+
+void sb_route_resync_bucket(sb_node_t *n, const char *tag)
+{
+    bucket_walk_t w = {.tag = tag};
+    sb_acts_init(&w.acts);
+    each_room(n, resync_room_of_bucket, &w);
+    sb_acts_free(&w.acts);
 }
 
 static void sweep_room(room_t *r, void *arg)
@@ -790,6 +828,7 @@ typedef struct {
     char room[SB_ROOM_MAX + 1];
     char peer[SB_SID_MAX + 1];
     int up;
+    const char *mode; /* removals: "leave", "disconnect", "expired" (static) */
 } req_t;
 
 static req_t *req_new(sb_session_t *s, json_t *rid, const char *room)
@@ -818,10 +857,8 @@ static void req_free(req_t *q)
 static int run_remove(sb_node_t *n, const char *room, const char *sid, const char *mode,
                       sb_redis_cb cb, void *data)
 {
-    char key[SB_KEY_MAX], evmax[] = "1000";
-    sb_key_room(key, sizeof key, n->cfg.prefix, room, "members");
-    const char *args[] = {key, n->cfg.prefix, room, sid, mode, n->cfg.id, evmax};
-    int rc = sb_script_call(n->redis, sb_script("room_remove"), 1, 7, args, NULL, cb, data);
+    const char *args[] = {NULL, NULL, n->cfg.prefix, room, sid, mode, n->cfg.id};
+    int rc = room_script(n, room, "room_remove", 2, 7, args, cb, data);
     if (rc != 0)
         sb_warn("session %s: cannot remove from room %s now (Redis unreachable); its presence "
                 "will expire and the admin will reap it",
@@ -829,15 +866,38 @@ static int run_remove(sb_node_t *n, const char *room, const char *sid, const cha
     return rc;
 }
 
+/* The activity log's p2p-cleanup entry for a removal that took formed links with it
+ * (room_remove leaves it to its caller: P:events is in another slot). Fire and forget: losing
+ * it loses a log line, never a figure. */
+static void log_cleanup(sb_node_t *n, const char *room, const char *sid, const char *mode,
+                        redisReply *reply)
+{
+    const char *status = sb_reply_str(reply, 0, NULL);
+    long long removed = sb_reply_int(reply, 1, 0);
+    char key[SB_KEY_MAX], body[256];
+    if (!status || strcmp(status, "ok") != 0 || removed <= 0 ||
+        sb_key_global(key, sizeof key, n->cfg.prefix, "events") < 0)
+        return;
+    /* Room names and ids are of characters JSON never escapes. */
+    snprintf(body, sizeof body,
+             "{\"reason\":\"%s\",\"room\":\"%s\",\"id\":\"%s\",\"stale_connections\":%lld}", mode,
+             room, sid, removed);
+    const char *argv[] = {"XADD", key,    "MAXLEN",      "~",    "1000",
+                          "*",    "type", "p2p-cleanup", "data", body};
+    sb_cluster_command(n->db, key, strlen(key), NULL, NULL, 10, argv, NULL);
+}
+
 static void on_disconnect_removed(redisReply *reply, const char *error, void *data)
 {
     req_t *q = data;
-    if (error)
+    if (error) {
         sb_warn("session %s: cleanup failed: %s", q->s->id, error);
-    else if (reply && reply->type == REDIS_REPLY_ARRAY)
+    } else if (reply && reply->type == REDIS_REPLY_ARRAY) {
         sb_debug("session %s: cleanup %s, %lld links removed", q->s->id,
                  sb_reply_str(reply, 0, NULL) ? sb_reply_str(reply, 0, NULL) : "?",
                  sb_reply_int(reply, 1, 0));
+        log_cleanup(q->s->node, q->room, q->s->id, q->mode, reply);
+    }
     req_free(q);
 }
 
@@ -850,6 +910,7 @@ static void remove_later(sb_session_t *s, const char *room, const char *mode)
                  s->id, room);
         return;
     }
+    q->mode = mode;
     if (run_remove(s->node, room, s->id, mode, on_disconnect_removed, q) != 0)
         req_free(q);
 }
@@ -954,6 +1015,47 @@ static char *join_meta(sb_session_t *s, const sb_msg_t *m)
     return meta_json;
 }
 
+/* A join that could not be sent: its seat leaves the room, the client hears `unavailable`. */
+static void join_failed(req_t *q)
+{
+    sb_session_t *s = q->s;
+    if (!s->closed && s->seat && s->seat->state == SEAT_JOINING) {
+        seat_leave_room(s->seat, 1);
+        send_unavailable(s, q->rid);
+    }
+    req_free(q);
+}
+
+/* Runs room_join for the seat of q (JOINING, its bucket's channel subscribed). */
+static void join_send(req_t *q)
+{
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    char ttl[32], max[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
+    const char *args[] = {NULL,      NULL,     n->cfg.prefix, q->room, s->id,
+                          n->cfg.id, n->epoch, t->meta_json,  ttl,     max};
+    if (room_script(n, q->room, "room_join", 2, 10, args, on_joined, q) != 0)
+        join_failed(q);
+}
+
+static void on_bucket_ready(sb_node_t *n, void *data, int ok)
+{
+    (void)n;
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    if (s->closed || !s->seat || s->seat->state != SEAT_JOINING) {
+        req_free(q); /* closed meanwhile: nothing was sent, nothing to undo */
+        return;
+    }
+    if (ok)
+        join_send(q);
+    else
+        join_failed(q);
+}
+
 static void route_join(sb_session_t *s, const sb_msg_t *m)
 {
     sb_node_t *n = s->node;
@@ -965,7 +1067,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
     char *meta_json = join_meta(s, m);
     if (!meta_json)
         return;
-    if (!need_redis(s, m->rid)) {
+    if (!need_redis(s, m->room, m->rid)) {
         free(meta_json);
         return;
     }
@@ -995,18 +1097,14 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
     t->room = r;
     t->state = SEAT_JOINING;
     t->join_rid = m->rid ? json_incref(m->rid) : NULL;
-
-    char key[SB_KEY_MAX], ttl[32], max[32];
-    sb_key_room(key, sizeof key, n->cfg.prefix, m->room, "members");
-    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
-    snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
-    const char *args[] = {key,      n->cfg.prefix, m->room, s->id, n->cfg.id,
-                          n->epoch, meta_json,     ttl,     max};
-    if (sb_script_call(n->redis, sb_script("room_join"), 1, 9, args, NULL, on_joined, q) != 0) {
-        req_free(q);
-        seat_leave_room(t, 1);
-        send_unavailable(s, m->rid);
-    }
+    /* Why wait for the subscription: the room's events and the signals for this socket come
+     * on the bucket's node channel; subscribed before the join runs, nothing published after
+     * the join is missed (the join's reply carries the members up to its seq). */
+    int rc = sb_pubsub_bucket(n, r->tag, on_bucket_ready, q);
+    if (rc == 0)
+        join_send(q);
+    else if (rc < 0)
+        join_failed(q);
 }
 
 static void on_left(redisReply *reply, const char *error, void *data)
@@ -1020,6 +1118,7 @@ static void on_left(redisReply *reply, const char *error, void *data)
     }
     sb_seat_t *t = s->seat;
     if (status && strcmp(status, "ok") == 0) {
+        log_cleanup(s->node, q->room, s->id, "leave", reply);
         sb_session_charge_accepted(s);
         seat_leave_room(t, 1);
         static const char head[] = "{\"type\":\"left\"", mid[] = ",\"room\":\"";
@@ -1051,7 +1150,7 @@ static void route_leave(sb_session_t *s, json_t *rid)
         sb_session_send_error(s, "not-joined", "this socket is not in a room", rid);
         return;
     }
-    if (!need_redis(s, rid))
+    if (!need_redis(s, room_name(t->room), rid))
         return;
     req_t *q = req_new(s, rid, room_name(t->room));
     if (!q) {
@@ -1138,7 +1237,7 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
         free(encoded);
         return;
     }
-    if (!need_redis(s, m->rid)) {
+    if (!need_redis(s, room_name(r), m->rid)) {
         free(encoded);
         return;
     }
@@ -1163,16 +1262,15 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
     free(encoded);
     char channel[SB_KEY_MAX];
     req_t *q = b.failed ? NULL : req_new(s, m->rid, NULL);
-    if (!q || sb_channel_node(channel, sizeof channel, n->cfg.prefix, peer->node) < 0) {
+    /* The recipient's node channel of the room's bucket: the room's slot, like its events. */
+    if (!q || sb_channel_node(channel, sizeof channel, n->cfg.prefix, r->tag, peer->node) < 0) {
         if (q)
             req_free(q);
         free(b.p);
         sb_session_send_error(s, "internal", "out of memory", m->rid);
         return;
     }
-    const char *argv[] = {"PUBLISH", channel, b.p};
-    size_t lens[] = {7, strlen(channel), b.len};
-    if (sb_redis_argv(n->redis, on_signal_published, q, 3, argv, lens) != 0) {
+    if (sb_cluster_publish(n->db, channel, b.p, b.len, on_signal_published, q) != 0) {
         req_free(q);
         send_unavailable(s, m->rid);
     }
@@ -1219,7 +1317,7 @@ static void route_link(sb_session_t *s, const sb_msg_t *m)
         sb_session_send_error(s, "peer-not-found", "a socket cannot link to itself", m->rid);
         return;
     }
-    if (!need_redis(s, m->rid))
+    if (!need_redis(s, room_name(t->room), m->rid))
         return;
     req_t *q = req_new(s, m->rid, room_name(t->room));
     if (!q) {
@@ -1324,7 +1422,7 @@ static void on_asserted(redisReply *reply, const char *error, void *data)
     sb_session_unref(s);
 }
 
-int sb_route_reassert_all(sb_node_t *n)
+int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
 {
     int count = 0;
     char ttl[32];
@@ -1334,27 +1432,25 @@ int sb_route_reassert_all(sb_node_t *n)
         if (!room)
             continue;
         sb_seat_t *t = s->seat;
-        char key[SB_KEY_MAX];
-        sb_key_room(key, sizeof key, n->cfg.prefix, room, "members");
-        int nargs = 8 + t->nhalves;
+        if (slots && !sb_cluster_slot_in(slots, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
+            continue;
+        int nargs = 9 + t->nhalves;
         const char **args = calloc((size_t)nargs, sizeof(char *));
         if (!args) {
             sb_error("session %s: out of memory re-asserting it", s->id);
             continue;
         }
-        args[0] = key;
-        args[1] = n->cfg.prefix;
-        args[2] = room;
-        args[3] = s->id;
-        args[4] = n->cfg.id;
-        args[5] = n->epoch;
-        args[6] = t->meta_json ? t->meta_json : "{}";
-        args[7] = ttl;
+        args[2] = n->cfg.prefix;
+        args[3] = room;
+        args[4] = s->id;
+        args[5] = n->cfg.id;
+        args[6] = n->epoch;
+        args[7] = t->meta_json ? t->meta_json : "{}";
+        args[8] = ttl;
         for (int i = 0; i < t->nhalves; i++)
-            args[8 + i] = t->halves[i];
+            args[9 + i] = t->halves[i];
         sb_session_ref(s);
-        if (sb_script_call(n->redis, sb_script("room_assert"), 1, nargs, args, NULL, on_asserted,
-                           s) != 0)
+        if (room_script(n, room, "room_assert", 2, nargs, args, on_asserted, s) != 0)
             sb_session_unref(s);
         else
             count++;

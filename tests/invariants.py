@@ -9,13 +9,17 @@ a space, so key names and socket index entries split unambiguously.
 import json
 import re
 
+import keyspace
+
 
 def _room_keys(r, prefix):
     """{room: {"members", "nodes", "degree", "stats", "presence": [S], "links": [S]}}."""
-    pat = re.compile(re.escape(prefix) + r":\{([^}]*)\}:(members|nodes|degree|stats|"
+    pat = re.compile(re.escape(prefix) + r":\{([^}#]*)\}:(members|nodes|degree|stats|"
                      r"presence:(.+)|links:(.+))$")
     rooms = {}
     for key in r.scan_iter(match=f"{prefix}:{{*}}:*", count=1000):
+        if key.startswith(prefix + ":{#"):
+            continue  # a bucket (_buckets)
         m = pat.match(key)
         if not m:
             rooms.setdefault("?", {}).setdefault("unknown", []).append(key)
@@ -29,6 +33,25 @@ def _room_keys(r, prefix):
         else:
             ent[kind] = True
     return rooms
+
+
+def _buckets(r, prefix):
+    """{tag: {"stats": {...}, "rooms": set, "sockets": {node: set}}} of every bucket P:{#...}."""
+    pat = re.compile(re.escape(prefix) + r":\{(#[^}]*)\}:(stats|rooms|node:(.+):sockets)$")
+    out = {}
+    for key in r.scan_iter(match=f"{prefix}:{{#*}}:*", count=1000):
+        m = pat.match(key)
+        if not m:
+            out.setdefault("?", {}).setdefault("unknown", []).append(key)
+            continue
+        b = out.setdefault(m.group(1), {"stats": {}, "rooms": set(), "sockets": {}})
+        if m.group(2) == "stats":
+            b["stats"] = r.hgetall(key)
+        elif m.group(2) == "rooms":
+            b["rooms"] = set(r.smembers(key))
+        else:
+            b["sockets"][m.group(3)] = set(r.smembers(key))
+    return out
 
 
 def _node_of(rec):
@@ -92,6 +115,7 @@ def check(r, prefix="sb", presence=True):
     expected_entries = {}  # node -> set of "R S"
     sums = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
     nonempty = set()
+    room_figures = {}  # room -> its true figures
     for room, ent in sorted(rooms.items()):
         base = f"{prefix}:{{{room}}}:"
         members, halves, degree, links = _room_truth(r, prefix, room, ent["links"])
@@ -160,40 +184,72 @@ def check(r, prefix="sb", presence=True):
                 raise ValueError
         except ValueError:
             bad.append(f"room {room}: no valid seq in stats: {st.get('seq')!r}")
+        room_figures[room] = want
         for k in want:
             sums[k] += want[k]
     sums["rooms"] = len(nonempty)
 
-    # Global figures.
-    have = _int_fields(r.hgetall(f"{prefix}:stats"), ("rooms", "members", "links", "linked"))
-    if have != sums:
-        bad.append(f"{prefix}:stats {have} != sum of rooms {sums}")
-    listed = set(r.smembers(f"{prefix}:rooms"))
-    if listed != nonempty:
-        bad.append(f"{prefix}:rooms {sorted(listed)} != non-empty rooms {sorted(nonempty)}")
+    # Buckets: each room's cross-room figures and index entries are in its bucket, P:{#} on a
+    # single Redis or P:{#n} (the tag of the room's slot) on a cluster; every bucket's figures
+    # are the sums over its rooms, so their total is the sum over all rooms.
+    buckets = _buckets(r, prefix)
+    for key in buckets.pop("?", {}).get("unknown", []):
+        bad.append(f"unexpected bucket key {key}")
+    cluster = any(t != "#" for t in buckets)
 
-    # Socket index: P:node:N:sockets holds exactly "R S" for each member hosted by N.
-    node_re = re.compile(re.escape(prefix) + r":node:(.+):sockets$")
+    def tag_of(room):
+        return keyspace.bucket_tag(room, cluster)
+
+    total = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    want_b = {}
+    for room in nonempty:
+        w = want_b.setdefault(tag_of(room), {"rooms": 0, "members": 0, "links": 0,
+                                              "linked": 0, "set": set()})
+        w["rooms"] += 1
+        w["set"].add(room)
+        for k in ("members", "links", "linked"):
+            w[k] += room_figures[room][k]
+    for tag in sorted(set(buckets) | set(want_b)):
+        b = buckets.get(tag, {"stats": {}, "rooms": set(), "sockets": {}})
+        w = want_b.get(tag, {"rooms": 0, "members": 0, "links": 0, "linked": 0, "set": set()})
+        have = _int_fields(b["stats"], ("rooms", "members", "links", "linked"))
+        want = {k: w[k] for k in ("rooms", "members", "links", "linked")}
+        if have != want:
+            bad.append(f"bucket {tag} stats {have} != sum of its rooms {want}")
+        if b["rooms"] != w["set"]:
+            bad.append(f"bucket {tag} rooms {sorted(b['rooms'])} != its non-empty rooms "
+                       f"{sorted(w['set'])}")
+        for k in total:
+            total[k] += have[k]
+    if total != sums:
+        bad.append(f"buckets' total {total} != sum of rooms {sums}")
+
+    # Socket index: P:{T}:node:N:sockets holds exactly "R S" for each member of a room of
+    # bucket T hosted by N.
     indexed = {}
-    for key in r.scan_iter(match=f"{prefix}:node:*:sockets", count=1000):
-        m = node_re.match(key)
-        if m and r.type(key) == "set":
-            indexed[m.group(1)] = set(r.smembers(key))
+    for tag, b in buckets.items():
+        for node, entries in b["sockets"].items():
+            for e in entries:
+                room = e.split(" ", 1)[0]
+                if tag_of(room) != tag:
+                    bad.append(f"socket index of {node} in bucket {tag}: {e!r} belongs to "
+                               f"bucket {tag_of(room)}")
+            indexed.setdefault(node, set()).update(entries)
     for node in sorted(set(indexed) | set(expected_entries)):
         have, want = indexed.get(node, set()), expected_entries.get(node, set())
         for e in sorted(have - want):
             bad.append(f"socket index of {node}: {e!r} is not a member hosted there")
         for e in sorted(want - have):
             bad.append(f"socket index of {node}: {e!r} missing")
-    known = set(r.smembers(f"{prefix}:nodes"))
-    for node in sorted(n for n, v in indexed.items() if v):
-        if node not in known:
-            bad.append(f"node {node} hosts sockets but is not in {prefix}:nodes")
     return bad
 
 
 def counters(r, prefix="sb"):
-    """P:stats as maintained by the scripts (missing fields as 0): what the admin reports."""
+    """The buckets' figures as maintained by the scripts, summed (missing fields as 0): what
+    the admin reports."""
     s = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
-    s.update({k: int(v) for k, v in r.hgetall(f"{prefix}:stats").items() if k in s})
+    for b in _buckets(r, prefix).values():
+        for k, v in b.get("stats", {}).items():
+            if k in s:
+                s[k] += int(v)
     return s

@@ -98,8 +98,7 @@
         switch (ev.type) {
         case 'p2p-cleanup':
             return `${d.stale_connections} stale connection(s) removed` +
-                (d.reason ? ` (${d.reason}${d.room ? `, room ${d.room}` : ''})` : '') +
-                `; ${d.remaining_connections} remaining, ${d.active_users} active users`;
+                (d.reason ? ` (${d.reason}${d.room ? `, room ${d.room}` : ''})` : '');
         case 'node-down':
             return `node ${d.node} down: ${d.stale_sockets} stale socket(s), ${d.stale_links} link(s) removed`;
         case 'node-up':

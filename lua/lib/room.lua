@@ -2,8 +2,20 @@
 -- other, so cmake/embed.cmake replaces a script's line "--@include lib/room.lua" with this
 -- file (tests/lua/conftest.py does the same): what the tests load is what ships. The line
 -- stands after the legend, so "#!lua" stays the script's first line. Expects the including
--- script to have defined P (prefix), R (room) and base (P:{R}:) before it. Defines only
--- local functions: it writes nothing by itself.
+-- script to have defined P (prefix), R (room) and base (P:{R}:) before it, and KEYS[2] to be
+-- the room's bucket P:{T}:stats (lua/README.md: T is a tag of the room's slot on a Redis
+-- Cluster, "all" on a single Redis). Defines bucket (P:{T}:) and local functions; it writes
+-- nothing by itself.
+
+-- Why a bucket: a script may touch the keys of one slot only, so the figures and indexes that
+-- span rooms (stats, rooms, a node's sockets, the node channels) are kept per bucket, in the
+-- room's own slot; the admin sums the buckets.
+local bucket = string.sub(KEYS[2] or '', 1, -6)
+if string.sub(KEYS[2] or '', -6) ~= ':stats' or string.sub(bucket, 1, #P + 3) ~= P .. ':{#' or
+    string.sub(bucket, -2) ~= '}:' then
+    return redis.error_reply('ERR KEYS[2] must be the room\'s bucket ' .. P .. ':{T}:stats')
+end
+local gstats = KEYS[2]
 
 -- A number as Redis text: %d, because tostring prints large integers in exponent form.
 local function int(n) return string.format('%d', n) end
@@ -17,12 +29,13 @@ local function node_of(rec)
     return nil
 end
 
--- PUBLISH event to node n's channel P:node:n.
+-- SPUBLISH event to node n's channel of this bucket, P:{T}:node:n (sharded pub/sub: on a
+-- cluster the message stays on the room's shard).
 local function publish_to(n, event)
-    redis.call('PUBLISH', P .. ':node:' .. n, event)
+    redis.call('SPUBLISH', bucket .. 'node:' .. n, event)
 end
 
--- PUBLISH event to every node of the room (P:{R}:nodes).
+-- Publishes event to every node of the room (P:{R}:nodes).
 local function publish_room(event)
     for _, n in ipairs(redis.call('HKEYS', base .. 'nodes')) do
         publish_to(n, event)
@@ -36,13 +49,13 @@ local function clock_seq()
     return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Creates the room (it has no member yet): P:rooms, P:stats rooms, and a seq started at the
+-- Creates the room (it has no member yet): the bucket's rooms index and rooms figure, and a seq started at the
 -- clock. Why time based: a room deleted and created again must not reuse a sequence number a
 -- node may still hold for it. Each change takes more than a microsecond, so the old sequence
 -- never got past the clock; the new one starts above it (unless the clock steps back).
 local function open_room()
-    if redis.call('SADD', P .. ':rooms', R) == 1 then
-        redis.call('HINCRBY', P .. ':stats', 'rooms', 1)
+    if redis.call('SADD', bucket .. 'rooms', R) == 1 then
+        redis.call('HINCRBY', gstats, 'rooms', 1)
     end
     local seq0 = clock_seq()
     local old = tonumber(redis.call('HGET', base .. 'stats', 'seq') or '0') or 0
@@ -51,16 +64,20 @@ local function open_room()
     end
 end
 
--- Socket S of node N is alive: presence (PX ttl), N's socket index entry "R S", and N in the
--- admin's reap index P:nodes.
+-- The bucket's index of the sockets node N hosts: P:{T}:node:N:sockets.
+local function node_index(N)
+    return bucket .. 'node:' .. N .. ':sockets'
+end
+
+-- Socket S of node N is alive: presence (PX ttl) and N's socket index entry "R S". (N's place
+-- in the admin's reap index P:nodes is kept by its heartbeat: that key is in another slot.)
 local function claim(S, N, ttl)
     redis.call('SET', base .. 'presence:' .. S, N, 'PX', int(ttl))
-    redis.call('SADD', P .. ':node:' .. N .. ':sockets', R .. ' ' .. S)
-    redis.call('SADD', P .. ':nodes', N)
+    redis.call('SADD', node_index(N), R .. ' ' .. S)
 end
 
 -- Adds the record of S (node N, epoch E, meta: JSON object text kept verbatim), the room's
--- node count, the members counters (room and P:stats), seq + 1, and publishes the "join" event
+-- node count, the members counters (room and bucket), seq + 1, and publishes the "join" event
 -- to every node of the room, N included. Returns the new seq.
 local function add_member(S, N, E, meta)
     local rec = '{"node":' .. cjson.encode(N) .. ',"epoch":' .. cjson.encode(E) ..
@@ -68,7 +85,7 @@ local function add_member(S, N, E, meta)
     redis.call('HSET', base .. 'members', S, rec)
     redis.call('HINCRBY', base .. 'nodes', N, 1)
     redis.call('HINCRBY', base .. 'stats', 'members', 1)
-    redis.call('HINCRBY', P .. ':stats', 'members', 1)
+    redis.call('HINCRBY', gstats, 'members', 1)
     local seq = redis.call('HINCRBY', base .. 'stats', 'seq', 1)
     publish_room('{"t":"join","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
         ',"id":' .. cjson.encode(S) .. ',"node":' .. cjson.encode(N) .. ',"meta":' .. meta .. '}')
@@ -76,7 +93,7 @@ local function add_member(S, N, E, meta)
 end
 
 -- The link S-B formed (delta 1) or ended (delta -1): both ends' degrees (a field at 0 is
--- deleted), links, and linked when a degree goes 0<->1, in the room and P:stats.
+-- deleted), links, and linked when a degree goes 0<->1, in the room and its bucket.
 local function count_link(S, B, delta)
     local degree = base .. 'degree'
     local linked = 0
@@ -94,10 +111,10 @@ local function count_link(S, B, delta)
         end
     end
     redis.call('HINCRBY', base .. 'stats', 'links', delta)
-    redis.call('HINCRBY', P .. ':stats', 'links', delta)
+    redis.call('HINCRBY', gstats, 'links', delta)
     if linked ~= 0 then
         redis.call('HINCRBY', base .. 'stats', 'linked', linked)
-        redis.call('HINCRBY', P .. ':stats', 'linked', linked)
+        redis.call('HINCRBY', gstats, 'linked', linked)
     end
 end
 

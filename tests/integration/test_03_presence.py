@@ -19,9 +19,10 @@ def reap_like_admin(r, node):
     """Stands in for the admin: reaps every socket of node whose presence is gone."""
     sha = r.script_load(lua_text.script("room_remove"))
     reaped = 0
-    for entry in r.smembers(f"sb:node:{node}:sockets"):
+    for entry in r.smembers(f"sb:{{#}}:node:{node}:sockets"):
         room, sid = entry.split(" ")
-        res = r.evalsha(sha, 1, f"sb:{{{room}}}:members", "sb", room, sid, "expired", node)
+        res = r.evalsha(sha, 2, f"sb:{{{room}}}:members", "sb:{#}:stats", "sb", room, sid,
+                        "expired", node)
         reaped += res[0] == "ok"
     return reaped
 

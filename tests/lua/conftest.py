@@ -1,6 +1,6 @@
 """Fixtures for the Lua script tests: one real redis-server per module (tests/harness.py),
 FLUSHALL before each test, the scripts of lua/ loaded with SCRIPT LOAD and called with EVALSHA,
-a pub/sub listener on every node channel, and a "wrote nothing" check."""
+a sharded pub/sub listener on the node channels the tests use, and a "wrote nothing" check."""
 import contextlib
 import json
 import os
@@ -20,9 +20,13 @@ sys.path.insert(0, TESTS)
 
 from harness import RedisServer  # noqa: E402
 import invariants  # noqa: E402
+import keyspace  # noqa: E402
+from spubsub import ShardedSubscriber  # noqa: E402
 import lua_text  # noqa: E402
 
 PREFIX = "sb"
+# The node ids the tests use: the Events listener subscribes to their channels.
+NODES = ("n1", "n2", "n3", "n9")
 
 
 def script_files():
@@ -47,21 +51,24 @@ class Scripts:
     def members_key(self, room):
         return f"{self.prefix}:{{{room}}}:members"
 
+    def bucket_key(self, room, suffix="stats"):
+        return keyspace.bucket(self.prefix, room, suffix)
+
     def room_call(self, name, room, *args):
-        return self.r.evalsha(self.sha[name], 1, self.members_key(room), self.prefix, room,
-                              *args)
+        return self.r.evalsha(self.sha[name], 2, self.members_key(room), self.bucket_key(room),
+                              self.prefix, room, *args)
 
     def join(self, room, sid, node="n1", epoch="e1", meta="{}", ttl=15000, max_members=64):
         return self.room_call("room_join", room, sid, node, epoch, meta, ttl, max_members)
 
-    def remove(self, room, sid, mode="leave", node="n1", events_max=1000):
-        return self.room_call("room_remove", room, sid, mode, node, events_max)
+    def remove(self, room, sid, mode="leave", node="n1"):
+        return self.room_call("room_remove", room, sid, mode, node)
 
     def link(self, room, sid, peer, state="up", node="n1"):
         return self.room_call("link_set", room, sid, peer, state, node)
 
     def read(self, room):
-        return self.room_call("room_read", room)
+        return self.r.evalsha(self.sha["room_read"], 1, self.members_key(room), self.prefix, room)
 
     def assert_(self, room, sid, node="n1", epoch="e1", meta="{}", ttl=15000, peers=()):
         return self.room_call("room_assert", room, sid, node, epoch, meta, ttl, *peers)
@@ -69,53 +76,48 @@ class Scripts:
     def check(self, room):
         return self.room_call("room_check", room)
 
-    def stats_check(self):
-        return self.r.evalsha(self.sha["stats_check"], 0, self.prefix)
-
-    def node_forget(self, node):
-        return self.r.evalsha(self.sha["node_forget"], 0, self.prefix, node)
+    def stats_check(self, room_in_bucket="a"):
+        return self.r.evalsha(self.sha["stats_check"], 1, self.bucket_key(room_in_bucket),
+                              self.prefix)
 
     def admin_lock(self, holder, ttl_ms):
-        return self.r.evalsha(self.sha["admin_lock"], 0, self.prefix, holder, ttl_ms)
+        return self.r.evalsha(self.sha["admin_lock"], 1, f"{self.prefix}:admin:lock",
+                              self.prefix, holder, ttl_ms)
 
 
 class Events:
-    """Everything published on P:node:*, read up to a sentinel so nothing is left in flight:
-    Redis delivers one subscriber's messages in publish order, so once the sentinel (published
-    after the calls under test returned) arrives, every earlier event has arrived too."""
+    """Everything published on the bucket's node channels P:{#}:node:N (N in NODES; sharded
+    pub/sub has no patterns), read up to a sentinel so nothing is left in flight: Redis
+    delivers one subscriber's messages in publish order, so once the sentinel (published after
+    the calls under test returned) arrives, every earlier event has arrived too."""
 
     def __init__(self, server, prefix=PREFIX):
         self.prefix = prefix
         self.client = server.client()
-        self.ps = self.client.pubsub()
-        self.ps.psubscribe(f"{prefix}:node:*")
-        m = self.ps.get_message(timeout=5.0)  # the confirmation: subscribed from here on
-        assert m and m["type"] == "psubscribe", m
-        self.sentinel = f"{prefix}:node:__sentinel__"
+        self.head = keyspace.bucket(prefix, "a", "node:")
+        self.sentinel = self.head + "__sentinel__"
+        self.sub = ShardedSubscriber("127.0.0.1", server.port,
+                                     [self.head + n for n in NODES] + [self.sentinel])
 
     def drain(self):
         """[(node, event dict)] published since the last drain, in order."""
         nonce = uuid.uuid4().hex
-        self.client.publish(self.sentinel, nonce)
+        self.client.execute_command("SPUBLISH", self.sentinel, nonce)
         out = []
         deadline = time.monotonic() + 5.0
         while True:
-            m = self.ps.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if m is None:
-                if time.monotonic() < deadline:
-                    continue
+            try:
+                channel, data = self.sub.get(timeout=max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
                 raise AssertionError("pub/sub sentinel never arrived")
-            if m["type"] != "pmessage":
-                continue
-            if m["channel"] == self.sentinel:
-                if m["data"] == nonce:
+            if channel == self.sentinel:
+                if data == nonce:
                     return out
                 continue
-            node = m["channel"][len(self.prefix) + len(":node:"):]
-            out.append((node, json.loads(m["data"])))
+            out.append((channel[len(self.head):], json.loads(data)))
 
     def close(self):
-        self.ps.close()
+        self.sub.close()
         self.client.close()
 
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "keys.h"
+#include "slot.h"
 
 #ifndef SB_LUA_README
 #error "SB_LUA_README must name lua/README.md (tests/unit/CMakeLists.txt)"
@@ -46,8 +47,6 @@ static void test_global_and_node_keys(void **state)
     const struct {
         const char *suffix, *want;
     } globals[] = {{"instance", "sb:instance"},
-                   {"stats", "sb:stats"},
-                   {"rooms", "sb:rooms"},
                    {"nodes", "sb:nodes"},
                    {"events", "sb:events"},
                    {"admin:lock", "sb:admin:lock"},
@@ -61,16 +60,45 @@ static void test_global_and_node_keys(void **state)
     /* Node ids may hold ':' and '.' (--id allows [A-Za-z0-9._:-]). */
     assert_int_equal(sb_key_node_lease(buf, sizeof buf, "sb", "host:8080"), 17);
     assert_string_equal(buf, "sb:node:host:8080");
-    assert_int_equal(sb_key_node_sockets(buf, sizeof buf, "sb", "host:8080"), 25);
-    assert_string_equal(buf, "sb:node:host:8080:sockets");
-    assert_int_equal(sb_channel_node(buf, sizeof buf, "sb", "n1"), 10);
-    assert_string_equal(buf, "sb:node:n1");
-    /* The channel is spelled like the lease key (separate namespaces in Redis): the scripts
-     * publish to P:node:N, and the node subscribes to the same text. */
-    char lease[SB_KEY_MAX];
-    sb_key_node_lease(lease, sizeof lease, "x", "n-2");
-    sb_channel_node(buf, sizeof buf, "x", "n-2");
-    assert_string_equal(buf, lease);
+    assert_int_equal(sb_key_node_sockets(buf, sizeof buf, "sb", "#", "host:8080"), 29);
+    assert_string_equal(buf, "sb:{#}:node:host:8080:sockets");
+    assert_int_equal(sb_channel_node(buf, sizeof buf, "sb", "#12", "n1"), 16);
+    assert_string_equal(buf, "sb:{#12}:node:n1");
+}
+
+/* Bucket tags: one bucket on a single Redis; on a cluster the tag of the room's slot, so a
+ * bucket key hashes where the room's keys do. The values are the ones tests/keyspace.py
+ * computes (the Lua tests and invariants use them). */
+static void test_bucket_tags(void **state)
+{
+    (void)state;
+    assert_string_equal(sb_tag_of_room(0, "x7", 2), "#");
+    assert_string_equal(sb_tag_of_slot(0), "#4549");
+    assert_string_equal(sb_tag_of_slot(16383), "#10157");
+    assert_string_equal(sb_tag_of_room(1, "x7", 2), "#10618");
+    char buf[SB_KEY_MAX], members[SB_KEY_MAX];
+    const char *rooms[] = {"a", "x7", "demo", "room-42", "Z.z_z"};
+    for (size_t i = 0; i < sizeof rooms / sizeof rooms[0]; i++) {
+        const char *tag = sb_tag_of_room(1, rooms[i], strlen(rooms[i]));
+        assert_non_null(tag);
+        assert_int_equal(tag[0], '#');
+        assert_true(strlen(tag) < SB_TAG_MAX);
+        sb_key_room(members, sizeof members, "sb", rooms[i], "members");
+        sb_key_room(buf, sizeof buf, "sb", tag, "stats");
+        assert_int_equal(sb_slot(buf, strlen(buf)), sb_slot(members, strlen(members)));
+        sb_key_node_sockets(buf, sizeof buf, "sb", tag, "n1");
+        assert_int_equal(sb_slot(buf, strlen(buf)), sb_slot(members, strlen(members)));
+        sb_channel_node(buf, sizeof buf, "sb", tag, "n1");
+        assert_int_equal(sb_slot(buf, strlen(buf)), sb_slot(members, strlen(members)));
+    }
+    /* Every slot has a tag, distinct, hashing to that slot. */
+    for (unsigned s = 0; s < SB_SLOTS; s++) {
+        const char *t = sb_tag_of_slot(s);
+        assert_int_equal(sb_slot(t, strlen(t)), s);
+    }
+    /* A tag is never a valid room name: buckets and rooms cannot collide. */
+    assert_false(sb_valid_room("#"));
+    assert_false(sb_valid_room(sb_tag_of_slot(7)));
 }
 
 /* Each builder at its boundary: a buffer of exactly length + 1 fits, one byte less is -1. */
@@ -89,10 +117,10 @@ static void test_truncation_is_refused(void **state)
     assert_int_equal(sb_key_global(small, 10, "sb", "events"), 9);
     assert_int_equal(sb_key_node_lease(small, 10, "sb", "n1"), -1);
     assert_int_equal(sb_key_node_lease(small, 11, "sb", "n1"), 10);
-    assert_int_equal(sb_key_node_sockets(small, 18, "sb", "n1"), -1);
-    assert_int_equal(sb_key_node_sockets(small, 19, "sb", "n1"), 18);
-    assert_int_equal(sb_channel_node(small, 10, "sb", "n1"), -1);
-    assert_int_equal(sb_channel_node(small, 11, "sb", "n1"), 10);
+    assert_int_equal(sb_key_node_sockets(small, 22, "sb", "#", "n1"), -1);
+    assert_int_equal(sb_key_node_sockets(small, 23, "sb", "#", "n1"), 22);
+    assert_int_equal(sb_channel_node(small, 14, "sb", "#", "n1"), -1);
+    assert_int_equal(sb_channel_node(small, 15, "sb", "#", "n1"), 14);
     /* A room over SB_ROOM_MAX is refused whatever the buffer, so no key ever holds one. */
     char room[SB_ROOM_MAX + 2];
     memset(room, 'r', sizeof room - 1);
@@ -108,7 +136,7 @@ static void test_truncation_is_refused(void **state)
     sid[SB_SID_MAX] = '\0';
     snprintf(suffix, sizeof suffix, "presence:%s", sid);
     assert_true(sb_key_room_n(buf, sizeof buf, prefix, room, SB_ROOM_MAX, suffix) > 0);
-    assert_true(sb_key_node_sockets(buf, sizeof buf, prefix, prefix) > 0);
+    assert_true(sb_key_node_sockets(buf, sizeof buf, prefix, "#167975", prefix) > 0);
 }
 
 /* Every name pattern stands in the README's key schema (with P, R, S and N as placeholders). */
@@ -131,8 +159,8 @@ static void test_names_match_the_readme_schema(void **state)
         if (!strstr(schema, line))
             fail_msg("%s is not in lua/README.md's key schema", buf);
     }
-    const char *globals[] = {"instance", "stats",      "rooms",        "nodes",
-                             "events",   "admin:lock", "admin:totals", "admin:last"};
+    const char *globals[] = {"instance",   "nodes",        "events",
+                             "admin:lock", "admin:totals", "admin:last"};
     for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++) {
         assert_true(sb_key_global(buf, sizeof buf, "P", globals[i]) > 0);
         snprintf(line, sizeof line, "\n%s ", buf);
@@ -144,11 +172,18 @@ static void test_names_match_the_readme_schema(void **state)
     char *lease = strstr(schema, line);
     assert_non_null(lease);
     assert_non_null(strstr(lease + 1, "string")); /* the lease row is a string key */
-    sb_key_node_sockets(buf, sizeof buf, "P", "N");
+    const char *buckets[] = {"stats", "rooms"};
+    for (size_t i = 0; i < sizeof buckets / sizeof buckets[0]; i++) {
+        assert_true(sb_key_room(buf, sizeof buf, "P", "T", buckets[i]) > 0);
+        snprintf(line, sizeof line, "\n%s ", buf);
+        if (!strstr(schema, line))
+            fail_msg("%s is not in lua/README.md's key schema", buf);
+    }
+    sb_key_node_sockets(buf, sizeof buf, "P", "T", "N");
     snprintf(line, sizeof line, "\n%s ", buf);
     assert_non_null(strstr(schema, line));
-    /* The channel row: the same text, marked channel. */
-    sb_channel_node(buf, sizeof buf, "P", "N");
+    /* The channel row, marked channel. */
+    sb_channel_node(buf, sizeof buf, "P", "T", "N");
     snprintf(line, sizeof line, "\n%s", buf);
     int channel = 0;
     for (const char *p = strstr(schema, line); p; p = strstr(p + 1, line)) {
@@ -221,6 +256,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_room_keys),
         cmocka_unit_test(test_global_and_node_keys),
+        cmocka_unit_test(test_bucket_tags),
         cmocka_unit_test(test_truncation_is_refused),
         cmocka_unit_test(test_names_match_the_readme_schema),
         cmocka_unit_test(test_valid_room),
