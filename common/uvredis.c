@@ -8,8 +8,15 @@
 typedef struct {
     redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
     uv_poll_t poll;
-    int events;
+    int events;                                 /* what hiredis wants watched */
+    int watched;                                /* what the poll handle watches now */
     void (*on_readable)(redisAsyncContext *ac); /* NULL: hiredis reads */
+    /* Output hiredis buffered while connected is written from `flush`, before the loop next
+     * polls, instead of after a POLLOUT round trip; POLLOUT only when the socket is full. */
+    uv_prepare_t flush;
+    int flush_due; /* hiredis has output for the flush */
+    int writing;   /* inside redisAsyncHandleWrite: a write request now means "socket full" */
+    int open;      /* uv handles not yet closed */
 } glue_t;
 
 static void on_poll(uv_poll_t *handle, int status, int events)
@@ -43,16 +50,40 @@ static void on_poll(uv_poll_t *handle, int status, int events)
             redisAsyncHandleRead(g->ac);
     }
     /* The read may have freed the context (disconnect): cleanup cleared g->ac then. */
-    if (g->ac && (events & UV_WRITABLE))
+    if (g->ac && (events & UV_WRITABLE)) {
+        g->writing = 1;
         redisAsyncHandleWrite(g->ac);
+        g->writing = 0;
+    }
 }
 
+/* Why compare first: libuv 1.44's uv_poll_start re-registers the fd (epoll_ctl DEL, then ADD)
+ * even when the events are the same, and hiredis asks for reads after every write. */
 static void update(glue_t *g)
 {
+    if (g->events == g->watched)
+        return;
+    g->watched = g->events;
     if (g->events)
         uv_poll_start(&g->poll, g->events, on_poll);
     else
         uv_poll_stop(&g->poll);
+}
+
+/* Everything hiredis buffered in this loop iteration (e.g. one PUBLISH per relayed signal) goes
+ * out in one write() (hiredis writes its whole output buffer). */
+static void on_flush(uv_prepare_t *h)
+{
+    glue_t *g = h->data;
+    uv_prepare_stop(h);
+    if (!g->ac || !g->flush_due)
+        return;
+    g->flush_due = 0;
+    /* May free the context (a write error disconnects): g itself lives until its handles
+     * closed, which is after this callback. */
+    g->writing = 1;
+    redisAsyncHandleWrite(g->ac);
+    g->writing = 0;
 }
 
 static void add_read(void *p)
@@ -72,6 +103,13 @@ static void del_read(void *p)
 static void add_write(void *p)
 {
     glue_t *g = p;
+    /* While connecting, POLLOUT is how hiredis learns the connect finished; and a write asked
+     * for from inside a write means the socket took only part of the buffer. */
+    if ((g->ac->c.flags & REDIS_CONNECTED) && !g->writing) {
+        g->flush_due = 1;
+        uv_prepare_start(&g->flush, on_flush);
+        return;
+    }
     g->events |= UV_WRITABLE;
     update(g);
 }
@@ -79,13 +117,16 @@ static void add_write(void *p)
 static void del_write(void *p)
 {
     glue_t *g = p;
+    g->flush_due = 0;
     g->events &= ~UV_WRITABLE;
     update(g);
 }
 
 static void on_close(uv_handle_t *h)
 {
-    free(h->data);
+    glue_t *g = h->data;
+    if (--g->open == 0)
+        free(g);
 }
 
 static void cleanup(void *p)
@@ -93,8 +134,9 @@ static void cleanup(void *p)
     glue_t *g = p;
     g->ac = NULL;
     uv_poll_stop(&g->poll);
-    /* Why: a uv handle may only be freed in its close callback. */
+    /* Why: a uv handle may only be freed in its close callback (both, here). */
     uv_close((uv_handle_t *)&g->poll, on_close);
+    uv_close((uv_handle_t *)&g->flush, on_close);
 }
 
 int sb_uvredis_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -108,8 +150,11 @@ int sb_uvredis_attach(redisAsyncContext *ac, uv_loop_t *loop)
         free(g);
         return -1;
     }
+    uv_prepare_init(loop, &g->flush);
+    g->open = 2;
     g->ac = ac;
     g->poll.data = g;
+    g->flush.data = g;
     ac->ev.addRead = add_read;
     ac->ev.delRead = del_read;
     ac->ev.addWrite = add_write;

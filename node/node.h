@@ -38,6 +38,10 @@ void sb_node_options_free(sb_node_config_t *cfg);
 typedef struct sb_node sb_node_t;
 typedef struct sb_seat sb_seat_t; /* a socket's place in a room: route.c's, opaque elsewhere */
 
+/* Most bytes of queued frames one write carries (below lws's tx_packet_size, so lws sends it
+ * in one piece). */
+#define SB_WRITE_BATCH 65536
+
 typedef struct sb_outmsg {
     struct sb_outmsg *next;
     size_t len;
@@ -74,6 +78,9 @@ typedef struct sb_session {
     int close_code; /* != 0: close with it at the next chance */
     char close_reason[64];
     int close_sent; /* our close frame is written */
+    /* On the node's flush list: frames queued this loop iteration, written before it waits. */
+    int flush_listed;
+    struct sb_session *flush_prev, *flush_next;
 } sb_session_t;
 
 /* Why a socket's queue was shed (closed 4003): session.c's budgets. */
@@ -116,6 +123,11 @@ struct sb_node {
     size_t send_queue_bytes;                   /* session.c: every session's qbytes */
     sb_session_t *backlog_head, *backlog_tail; /* session.c: sessions with qbytes > 0 */
     int64_t stall_check_ms;                    /* session.c: the last stall check */
+    /* session.c: sessions with frames to write, flushed by `flush` before the loop next polls,
+     * each with one system call when its socket takes it (frames framed into `batch`). */
+    sb_session_t *flush_head;
+    uv_prepare_t flush;
+    unsigned char batch[LWS_PRE + SB_WRITE_BATCH];
     sb_map_t sess_by_id;
     sb_map_t rooms;                   /* route.c: room name -> its view and references */
     sb_seat_t *auth_head, *auth_tail; /* route.c: sockets awaiting a join, oldest first */
@@ -161,6 +173,8 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts);
 int sb_session_check_idle(sb_node_t *n, int64_t now_ms);
 /* Encodes msg (stolen) and queues it. */
 void sb_session_send_json(sb_session_t *s, json_t *msg);
+/* {"type":type[,"rid":rid]}, built as text (rid borrowed). */
+void sb_session_send_reply(sb_session_t *s, const char *type, json_t *rid);
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid);
 /* Takes one rate token for an arriving message: 1 when it may be handled; 0 when refused (the
  * session was sent `rate-limited` with rid, borrowed, and closed 4002 on abuse). */
@@ -173,8 +187,12 @@ void sb_session_charge_accepted(sb_session_t *s);
 void sb_session_close(sb_session_t *s, int code, const char *reason);
 /* lws is about to free the connection (call sb_route_disconnect first). */
 void sb_session_detach(sb_session_t *s);
-/* WRITEABLE: writes one queued frame; returns -1 to close. */
+/* WRITEABLE: writes the queued frames (in batches, until the socket is full); returns -1 to
+ * close. */
 int sb_session_writable(sb_session_t *s);
+/* Starts / stops the flush of queued frames (a uv_prepare on n->loop; stop closes it). */
+void sb_session_flush_start(sb_node_t *n);
+void sb_session_flush_stop(sb_node_t *n);
 
 /* route.c */
 /* A new connection: its seat (and, with auth on, its place in the token-timeout queue).

@@ -173,7 +173,247 @@ static const char *str_field(json_t *root, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* ---- the hot messages without a tree ---------------------------------------------------------
+ * `signal`, `ping` and `link` are most of what clients send. They are decoded by a scanner that
+ * accepts only a strict subset of JSON: strings of printable ASCII with the short escapes (no
+ * \u), numbers without an exponent of at most 18 characters, at most 16 levels of nesting and
+ * 16 members per object (duplicates found by comparing keys, which carry no escapes). In that
+ * subset the scanner accepts exactly what jansson (JSON_REJECT_DUPLICATES) accepts, and the
+ * fields it reads are then those of the tree. Anything outside it, anything it would refuse
+ * and every other message type goes to sb_proto_decode_tree, so every error reply is the one
+ * jansson's path gives. The fuzzer checks that the two agree on every input it accepts. */
+
+#define HOT_DEPTH 16
+#define HOT_KEYS 16
+
+typedef struct {
+    const char *s;
+    size_t n;
+} span_t;
+
+/* p at an opening quote: past the closing one, or NULL outside the subset (or unterminated).
+ * *plain: no escape in it. */
+static const char *hot_string(const char *p, const char *end, int *plain)
+{
+    *plain = 1;
+    for (p++; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            return p + 1;
+        if (c < 0x20 || c >= 0x80)
+            return NULL; /* control characters (jansson refuses), UTF-8 (jansson checks it) */
+        if (c == '\\') {
+            if (++p >= end || !strchr("\"\\/bfnrt", *p) || *p == '\0')
+                return NULL; /* \u and anything else: jansson's business */
+            *plain = 0;
+        }
+    }
+    return NULL;
+}
+
+static const char *hot_digits(const char *p, const char *end)
+{
+    const char *start = p;
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p > start ? p : NULL;
+}
+
+/* -?(0|[1-9][0-9]*)(.[0-9]+)? of at most 18 characters: what jansson reads as an int64 or a
+ * finite double. */
+static const char *hot_number(const char *p, const char *end)
+{
+    const char *start = p;
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == '0')
+        p++;
+    else if (!(p = hot_digits(p, end)))
+        return NULL;
+    if (p < end && *p == '.' && !(p = hot_digits(p + 1, end)))
+        return NULL;
+    if (p < end && (*p == 'e' || *p == 'E' || (*p >= '0' && *p <= '9')))
+        return NULL;
+    return p - start <= 18 ? p : NULL;
+}
+
+static const char *hot_value(const char *p, const char *end, int depth);
+
+/* p at '{': past the '}', or NULL. With keys, the object's members are reported there. */
+static const char *hot_object(const char *p, const char *end, int depth, span_t *keys, span_t *vals,
+                              int *nkeys)
+{
+    span_t own[HOT_KEYS];
+    int n = 0;
+    if (!keys)
+        keys = own;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        goto done;
+    for (;;) {
+        int plain;
+        if (p >= end || *p != '"' || n == HOT_KEYS)
+            return NULL;
+        const char *ke = hot_string(p, end, &plain);
+        if (!ke || !plain)
+            return NULL;
+        span_t k = {p + 1, (size_t)(ke - p - 2)};
+        for (int i = 0; i < n; i++)
+            if (keys[i].n == k.n && memcmp(keys[i].s, k.s, k.n) == 0)
+                return NULL; /* a duplicate: jansson's error */
+        p = skip_ws(ke, end);
+        if (p >= end || *p != ':')
+            return NULL;
+        const char *vs = skip_ws(p + 1, end), *ve = hot_value(vs, end, depth + 1);
+        if (!ve)
+            return NULL;
+        if (vals)
+            vals[n] = (span_t){vs, (size_t)(ve - vs)};
+        keys[n++] = k;
+        p = skip_ws(ve, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            break;
+        return NULL;
+    }
+done:
+    if (nkeys)
+        *nkeys = n;
+    return p + 1;
+}
+
+static const char *hot_value(const char *p, const char *end, int depth)
+{
+    int plain;
+    if (p >= end || depth > HOT_DEPTH)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return hot_string(p, end, &plain);
+    case '{':
+        return hot_object(p, end, depth, NULL, NULL, NULL);
+    case '[':
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == ']')
+            return p + 1;
+        for (;;) {
+            if (!(p = hot_value(p, end, depth + 1)))
+                return NULL;
+            p = skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = skip_ws(p + 1, end);
+                continue;
+            }
+            return p < end && *p == ']' ? p + 1 : NULL;
+        }
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        return hot_number(p, end);
+    }
+}
+
+/* A string value without escapes: its characters (NUL-terminated) into out, or 0. */
+static int hot_plain(span_t v, char *out, size_t cap)
+{
+    if (v.n < 2 || v.s[0] != '"' || v.n - 2 >= cap || memchr(v.s + 1, '\\', v.n - 2))
+        return 0;
+    memcpy(out, v.s + 1, v.n - 2);
+    out[v.n - 2] = '\0';
+    return 1;
+}
+
+static int span_is(span_t k, const char *name)
+{
+    return k.n == strlen(name) && memcmp(k.s, name, k.n) == 0;
+}
+
+/* 1 with msg filled when buf is a well-formed signal, ping or link in the subset; 0 otherwise
+ * (msg then holds nothing to free). */
+static int decode_hot(const char *buf, size_t len, sb_msg_t *msg)
+{
+    const char *p = skip_ws(buf, buf + len), *end = buf + len;
+    span_t keys[HOT_KEYS], vals[HOT_KEYS];
+    int n = 0;
+    if (p >= end || *p != '{' || !(p = hot_object(p, end, 1, keys, vals, &n)) ||
+        skip_ws(p, end) != end)
+        return 0;
+    span_t type = {0}, rid = {0}, to = {0}, data = {0}, peer = {0}, state = {0};
+    for (int i = 0; i < n; i++) {
+        span_t *f = span_is(keys[i], "type")    ? &type
+                    : span_is(keys[i], "rid")   ? &rid
+                    : span_is(keys[i], "to")    ? &to
+                    : span_is(keys[i], "data")  ? &data
+                    : span_is(keys[i], "peer")  ? &peer
+                    : span_is(keys[i], "state") ? &state
+                                                : NULL;
+        if (f)
+            *f = vals[i];
+    }
+    char t[8], word[8];
+    if (!hot_plain(type, t, sizeof t))
+        return 0;
+    if (strcmp(t, "signal") == 0) {
+        if (!data.s || !hot_plain(to, msg->id, sizeof msg->id) || !sb_valid_sid(msg->id))
+            return 0;
+        msg->type = SB_MSG_SIGNAL;
+        msg->to = msg->id;
+        msg->data_raw = data.s;
+        msg->data_raw_len = data.n;
+    } else if (strcmp(t, "link") == 0) {
+        if (!hot_plain(peer, msg->id, sizeof msg->id) || !sb_valid_sid(msg->id) ||
+            !hot_plain(state, word, sizeof word) ||
+            (strcmp(word, "up") != 0 && strcmp(word, "down") != 0))
+            return 0;
+        msg->type = SB_MSG_LINK;
+        msg->peer = msg->id;
+        msg->up = word[0] == 'u';
+    } else if (strcmp(t, "ping") == 0) {
+        msg->type = SB_MSG_PING;
+    } else {
+        return 0;
+    }
+    if (!rid.s)
+        return 1;
+    if (rid.s[0] == '"') {
+        /* Plain ASCII: bytes are characters. */
+        if (rid.n - 2 > SB_RID_MAX || memchr(rid.s + 1, '\\', rid.n - 2))
+            return 0;
+        msg->rid = json_stringn(rid.s + 1, rid.n - 2);
+    } else {
+        /* 0 .. 2^53-1, digits only (a sign, a fraction: the tree decides). */
+        json_int_t v = 0;
+        if (rid.n > 16)
+            return 0;
+        for (size_t i = 0; i < rid.n; i++) {
+            if (rid.s[i] < '0' || rid.s[i] > '9')
+                return 0;
+            v = v * 10 + (rid.s[i] - '0');
+        }
+        if (v > 9007199254740991LL)
+            return 0;
+        msg->rid = json_integer(v);
+    }
+    return msg->rid != NULL; /* out of memory: the tree path reports it as it does */
+}
+
 int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err)
+{
+    memset(msg, 0, sizeof *msg);
+    memset(err, 0, sizeof *err);
+    if (decode_hot(buf, len, msg))
+        return 0;
+    return sb_proto_decode_tree(buf, len, msg, err);
+}
+
+int sb_proto_decode_tree(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err)
 {
     memset(msg, 0, sizeof *msg);
     memset(err, 0, sizeof *err);
@@ -281,6 +521,8 @@ void sb_msg_free(sb_msg_t *msg)
 {
     if (msg->root)
         json_decref(msg->root);
+    else if (msg->rid)
+        json_decref(msg->rid); /* decoded without a tree: the rid was made for msg */
     memset(msg, 0, sizeof *msg);
 }
 
@@ -308,4 +550,53 @@ char *sb_proto_error(const char *code, const char *message, json_t *rid, size_t 
     json_object_set_new(o, "code", json_string(code));
     json_object_set_new(o, "message", json_string(message));
     return sb_proto_encode(o, len);
+}
+
+size_t sb_proto_reply_text(char *out, size_t cap, const char *type, const json_t *rid)
+{
+    char num[32];
+    const char *rt = NULL;
+    size_t rl = 0;
+    int quote = 0;
+    if (json_is_integer(rid)) {
+        rl = (size_t)snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(rid));
+        rt = num;
+    } else if (json_is_string(rid)) {
+        /* Copied as is only where jansson would write the same bytes: no escapes needed, and
+         * ASCII (so no question of how a code point is written). */
+        rt = json_string_value(rid);
+        rl = json_string_length(rid);
+        for (size_t i = 0; i < rl; i++) {
+            unsigned char c = (unsigned char)rt[i];
+            if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\')
+                return 0;
+        }
+        quote = 1;
+    } else if (rid) {
+        return 0;
+    }
+    size_t tl = strlen(type);
+    /* {"type":"T"} or {"type":"T","rid":R} */
+    size_t need = 10 + tl + 2 + (rt ? 7 + rl + 2 * (size_t)quote : 0); /* with the NUL */
+    if (need > cap)
+        return 0;
+    char *p = out;
+    memcpy(p, "{\"type\":\"", 9);
+    p += 9;
+    memcpy(p, type, tl);
+    p += tl;
+    *p++ = '"';
+    if (rt) {
+        memcpy(p, ",\"rid\":", 7);
+        p += 7;
+        if (quote)
+            *p++ = '"';
+        memcpy(p, rt, rl);
+        p += rl;
+        if (quote)
+            *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return (size_t)(p - out);
 }

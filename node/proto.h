@@ -29,8 +29,11 @@ extern const char *const sb_msg_type_names[SB_MSG__COUNT];
 
 typedef struct {
     sb_msg_type_t type;
-    json_t *root;      /* new reference: owns everything the borrowed pointers below point into */
-    json_t *rid;       /* borrowed; NULL when absent */
+    /* new reference: owns everything the borrowed pointers below point into; NULL when the
+     * message was decoded without a tree (signal, ping, link: rid is then msg's own reference,
+     * to / peer point into id, data is NULL and data_raw set) */
+    json_t *root;
+    json_t *rid;       /* borrowed (released by sb_msg_free); NULL when absent */
     const char *room;  /* join */
     json_t *meta;      /* join: borrowed object, or NULL */
     const char *token; /* join: or NULL */
@@ -41,8 +44,9 @@ typedef struct {
      * caller then encodes data). */
     const char *data_raw;
     size_t data_raw_len;
-    const char *peer; /* link */
-    int up;           /* link: 1 up, 0 down */
+    const char *peer;        /* link */
+    int up;                  /* link: 1 up, 0 down */
+    char id[SB_SID_MAX + 1]; /* to / peer, when decoded without a tree */
 } sb_msg_t;
 
 typedef struct {
@@ -55,6 +59,9 @@ typedef struct {
  * err (release err->rid with json_decref). Never reads past len; buf need not be NUL
  * terminated. */
 int sb_proto_decode(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err);
+/* The same, always through a jansson tree: what sb_proto_decode does for everything but the
+ * common shapes of signal, ping and link, and the reference it must agree with (fuzzed). */
+int sb_proto_decode_tree(const char *buf, size_t len, sb_msg_t *msg, sb_proto_err_t *err);
 void sb_msg_free(sb_msg_t *msg);
 
 /* Locates the value of the top-level member `key` of the JSON object text buf[0..len) without
@@ -75,6 +82,11 @@ char *sb_proto_encode(json_t *msg, size_t *len);
 
 /* {"type":"error","code":code,"message":message[,"rid":rid]}: malloc'd; rid borrowed. */
 char *sb_proto_error(const char *code, const char *message, json_t *rid, size_t *len);
+
+/* {"type":type[,"rid":rid]} as text into out (cap bytes, NUL-terminated), byte for byte what
+ * sb_proto_encode(sb_proto_reply(type, rid)) gives: its length, or 0 when it does not fit or
+ * the rid needs jansson to be written (escapes, non-ASCII). rid borrowed. */
+size_t sb_proto_reply_text(char *out, size_t cap, const char *type, const json_t *rid);
 
 /* {"type":t,...} with rid attached when given (borrowed): a new object. */
 json_t *sb_proto_reply(const char *type, json_t *rid);

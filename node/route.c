@@ -1201,7 +1201,7 @@ static void on_signal_published(redisReply *reply, const char *error, void *data
         if (error || sb_reply_is_error(reply))
             send_unavailable(q->s, q->rid);
         else if (q->rid)
-            sb_session_send_json(q->s, sb_proto_reply("signal-ack", q->rid));
+            sb_session_send_reply(q->s, "signal-ack", q->rid);
     }
     req_free(q);
 }
@@ -1209,7 +1209,7 @@ static void on_signal_published(redisReply *reply, const char *error, void *data
 static void signal_ack(sb_session_t *s, json_t *rid)
 {
     if (rid)
-        sb_session_send_json(s, sb_proto_reply("signal-ack", rid));
+        sb_session_send_reply(s, "signal-ack", rid);
 }
 
 static void route_signal(sb_session_t *s, const sb_msg_t *m)
@@ -1379,7 +1379,7 @@ void sb_route_message(sb_session_t *s, const char *buf, size_t len)
     }
     switch (m.type) {
     case SB_MSG_PING:
-        sb_session_send_json(s, sb_proto_reply("pong", m.rid));
+        sb_session_send_reply(s, "pong", m.rid);
         break;
     case SB_MSG_JOIN:
         route_join(s, &m);

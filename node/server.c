@@ -404,6 +404,7 @@ int sb_server_start(sb_node_t *n)
     n->lws = sb_listen(&l);
     if (!n->lws)
         return -1;
+    sb_session_flush_start(n);
     sb_info("node %s listening on %s (epoch %s)", n->cfg.id, n->cfg.listen, n->epoch);
     return 0;
 }
@@ -411,6 +412,7 @@ int sb_server_start(sb_node_t *n)
 void sb_server_stop(sb_node_t *n)
 {
     if (n->lws) {
+        sb_session_flush_stop(n);
         lws_context_destroy(n->lws);
         n->lws = NULL;
     }

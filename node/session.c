@@ -196,6 +196,171 @@ void sb_session_unref(sb_session_t *s)
     free(s);
 }
 
+/* ---- writing ------------------------------------------------------------------------------
+ * Why not a WRITEABLE callback per frame: with lws on libuv every lws_callback_on_writable arms
+ * POLLOUT through uv_poll_start, and disarming it after the write costs the same (libuv 1.44
+ * re-registers the fd: epoll_ctl DEL then ADD each time), which was a third of a loaded node's
+ * CPU. Instead a queued frame lists its session for the flush, a uv_prepare that runs before the
+ * loop next polls: everything queued for a socket in that iteration (a read that brought several
+ * frames, a pub/sub read that brought several signals) goes out in one system call, with no
+ * poll round trip. WRITEABLE is used only when the socket is full (lws holds the unsent rest
+ * in its buflist_out and asks for it), and for pings and our close frame. */
+
+static void flush_unlist(sb_session_t *s)
+{
+    if (!s->flush_listed)
+        return;
+    if (s->flush_prev)
+        s->flush_prev->flush_next = s->flush_next;
+    else
+        s->node->flush_head = s->flush_next;
+    if (s->flush_next)
+        s->flush_next->flush_prev = s->flush_prev;
+    s->flush_prev = s->flush_next = NULL;
+    s->flush_listed = 0;
+}
+
+static void on_flush(uv_prepare_t *h);
+
+static void want_flush(sb_session_t *s)
+{
+    sb_node_t *n = s->node;
+    if (s->flush_listed || !s->wsi || uv_is_closing((uv_handle_t *)&n->flush))
+        return;
+    s->flush_listed = 1;
+    s->flush_prev = NULL;
+    s->flush_next = n->flush_head;
+    if (n->flush_head)
+        n->flush_head->flush_prev = s;
+    n->flush_head = s;
+    uv_prepare_start(&n->flush, on_flush);
+}
+
+/* The WebSocket header of an unmasked text frame of len bytes (RFC 6455 5.2) at out: its
+ * length (2, 4 or 10). */
+static size_t frame_header(unsigned char *out, size_t len)
+{
+    out[0] = 0x81; /* FIN, text */
+    if (len < 126) {
+        out[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        out[1] = 126;
+        out[2] = (unsigned char)(len >> 8);
+        out[3] = (unsigned char)len;
+        return 4;
+    }
+    out[1] = 127;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+/* Takes the first frame off the queue; its bytes stay counted until frame_written. */
+static sb_outmsg_t *pop_frame(sb_session_t *s)
+{
+    sb_outmsg_t *m = s->qhead;
+    s->qhead = m->next;
+    if (!s->qhead)
+        s->qtail = NULL;
+    return m;
+}
+
+/* Once lws holds nothing, what it held is gone (WRITEABLE may not have come in between: the
+ * flush writes without it). */
+static void held_flushed(sb_session_t *s)
+{
+    size_t held = s->held;
+    s->held = 0;
+    queue_release(s, held);
+}
+
+/* len bytes of frames went to lws: still counted while lws holds part of them. */
+static void frame_written(sb_session_t *s, size_t len)
+{
+    if (s->wsi && lws_partial_buffered(s->wsi))
+        s->held = len;
+    else
+        queue_release(s, len);
+}
+
+/* Writes queued frames until the queue is empty or the socket is full (lws then keeps the
+ * unsent rest of the last write and asks for WRITEABLE itself). Several frames go in one write,
+ * framed by us into the node's batch buffer (LWS_WRITE_RAW: lws sends bytes as they are, and
+ * its partial-write buffering works on bytes); a frame alone, or one too big to batch, goes
+ * from its own buffer. Why this is safe outside WRITEABLE in lws 4.1.6: lws_write only sends
+ * (lws_issue_raw), and while lws holds unsent bytes (lws_partial_buffered) we do not write at
+ * all, so our frames never interleave with each other or with lws's own control frames (its
+ * pongs and close go out after its buffered bytes, always whole). Returns -1 on a write error. */
+static int write_queue(sb_session_t *s)
+{
+    unsigned char *batch = s->node->batch + LWS_PRE;
+    if (!lws_partial_buffered(s->wsi))
+        held_flushed(s);
+    while (s->qhead && !lws_partial_buffered(s->wsi)) {
+        sb_outmsg_t *m = s->qhead;
+        int rc;
+        size_t payload = 0;
+        if (!m->next || m->len + 10 > SB_WRITE_BATCH) {
+            pop_frame(s);
+            payload = m->len;
+            rc = lws_write(s->wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
+            free(m);
+        } else {
+            size_t used = 0;
+            while ((m = s->qhead) && used + 10 + m->len <= SB_WRITE_BATCH) {
+                pop_frame(s);
+                used += frame_header(batch + used, m->len);
+                memcpy(batch + used, m->buf + LWS_PRE, m->len);
+                used += m->len;
+                payload += m->len;
+                free(m);
+            }
+            rc = lws_write(s->wsi, batch, used, LWS_WRITE_RAW);
+        }
+        frame_written(s, payload);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void on_flush(uv_prepare_t *h)
+{
+    sb_node_t *n = h->data;
+    uv_prepare_stop(h);
+    sb_session_t *s;
+    while ((s = n->flush_head) != NULL) {
+        flush_unlist(s);
+        /* A closing session writes at WRITEABLE (its queue, then the close frame). */
+        if (!s->wsi || s->close_code || s->idle_killed || !s->qhead)
+            continue;
+        if (lws_partial_buffered(s->wsi)) {
+            lws_callback_on_writable(s->wsi);
+            continue;
+        }
+        if (write_queue(s) < 0) {
+            /* The connection is gone (lws marked the socket unusable): lws closes it, and
+             * the close callback cleans up. */
+            free_queue(s);
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        }
+    }
+}
+
+void sb_session_flush_start(sb_node_t *n)
+{
+    uv_prepare_init(n->loop, &n->flush);
+    n->flush.data = n;
+}
+
+void sb_session_flush_stop(sb_node_t *n)
+{
+    /* Sessions still listed stay listed until they detach (nothing is written any more). */
+    uv_close((uv_handle_t *)&n->flush, NULL);
+}
+
 void sb_session_send(sb_session_t *s, const char *text, size_t len)
 {
     sb_part_t part = {text, len};
@@ -237,8 +402,7 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
     s->qtail = m;
     queue_charge(s, len);
     n->metrics.sent++;
-    if (s->wsi)
-        lws_callback_on_writable(s->wsi);
+    want_flush(s);
     enforce_budget(n);
 }
 
@@ -250,6 +414,16 @@ void sb_session_send_json(sb_session_t *s, json_t *msg)
         return;
     sb_session_send(s, text, len);
     free(text);
+}
+
+void sb_session_send_reply(sb_session_t *s, const char *type, json_t *rid)
+{
+    char text[256];
+    size_t len = sb_proto_reply_text(text, sizeof text, type, rid);
+    if (len)
+        sb_session_send(s, text, len);
+    else
+        sb_session_send_json(s, sb_proto_reply(type, rid));
 }
 
 void sb_session_send_error(sb_session_t *s, const char *code, const char *message, json_t *rid)
@@ -307,28 +481,12 @@ int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
     return killed;
 }
 
-/* WRITEABLE comes only once lws has passed on all it held: what it held is gone. */
-static void held_flushed(sb_session_t *s)
-{
-    size_t held = s->held;
-    s->held = 0;
-    queue_release(s, held);
-}
-
-/* A frame of len bytes went to lws: still counted while lws holds part of it. */
-static void frame_written(sb_session_t *s, size_t len)
-{
-    if (s->wsi && lws_partial_buffered(s->wsi))
-        s->held = len;
-    else
-        queue_release(s, len);
-}
-
 int sb_session_writable(sb_session_t *s)
 {
+    /* WRITEABLE comes only once lws has passed on all it held: what it held is gone. */
     held_flushed(s);
     if (s->ping_due && !s->close_code) {
-        /* One write per WRITEABLE: the ping first, the queue at the next one. Not empty: lws
+        /* The ping first, then the queue (write_queue checks lws_partial_buffered). Not empty: lws
          * 4.1.6 drops an empty pong without LWS_CALLBACK_RECEIVE_PONG, so the client's answer
          * must echo something for us to see it. */
         unsigned char frame[LWS_PRE + 2];
@@ -336,23 +494,14 @@ int sb_session_writable(sb_session_t *s)
         s->ping_due = 0;
         if (lws_write(s->wsi, frame + LWS_PRE, 2, LWS_WRITE_PING) < 0)
             return -1;
-        if (s->qhead)
-            lws_callback_on_writable(s->wsi);
-        return 0;
     }
-    sb_outmsg_t *m = s->qhead;
-    if (m) {
-        s->qhead = m->next;
-        if (!s->qhead)
-            s->qtail = NULL;
-        int rc = lws_write(s->wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
-        frame_written(s, m->len);
-        free(m);
-        if (rc < 0)
+    if (s->qhead) {
+        /* Everything queued, in batches, until the socket is full; lws asks for WRITEABLE
+         * again itself when it holds an unsent rest. */
+        if (write_queue(s) < 0)
             return -1;
-        if (s->qhead || s->close_code) {
-            lws_callback_on_writable(s->wsi);
-        }
+        if (s->close_code && !lws_partial_buffered(s->wsi))
+            lws_callback_on_writable(s->wsi); /* the close frame, next */
         return 0;
     }
     if (s->close_code && !s->close_sent) {
@@ -399,6 +548,7 @@ void sb_session_detach(sb_session_t *s)
     if (s->next)
         s->next->prev = s->prev;
     n->nsessions--;
+    flush_unlist(s);
     sb_map_del(&n->sess_by_id, s->id);
     free_queue(s);
     sb_session_unref(s);

@@ -1,7 +1,8 @@
 /* Fuzzes the protocol decoder (node/proto.c) and its raw `data` locator with arbitrary
  * frames: whatever the decoder accepts must satisfy what the session relies on without
- * re-checking (the located `data` text included), and whatever it refuses must yield a
- * well-formed error frame with an error code of docs/protocol.md. */
+ * re-checking (the located `data` text included), what it decodes without a tree must be what
+ * the tree decoder gives, and whatever it refuses must yield a well-formed error frame with an
+ * error code of docs/protocol.md. */
 #include "fuzz.h"
 #include "proto.h"
 
@@ -36,9 +37,28 @@ static json_t *roundtrip(char *frame, size_t len)
     return o;
 }
 
+/* sb_proto_decode without a tree must give what the tree decoder gives. */
+static void check_same_as_tree(const sb_msg_t *m, const char *buf, size_t len)
+{
+    sb_msg_t t;
+    sb_proto_err_t e;
+    FUZZ_CHECK(sb_proto_decode_tree(buf, len, &t, &e) == 0);
+    FUZZ_CHECK(t.root != NULL && t.type == m->type);
+    FUZZ_CHECK(t.rid ? m->rid && json_equal(t.rid, m->rid) : !m->rid);
+    if (t.type == SB_MSG_SIGNAL) {
+        FUZZ_CHECK(strcmp(t.to, m->to) == 0);
+        FUZZ_CHECK(t.data_raw == m->data_raw && t.data_raw_len == m->data_raw_len);
+    }
+    if (t.type == SB_MSG_LINK)
+        FUZZ_CHECK(strcmp(t.peer, m->peer) == 0 && t.up == m->up);
+    sb_msg_free(&t);
+}
+
 static void check_accepted(const sb_msg_t *m)
 {
-    FUZZ_CHECK(m->root != NULL);
+    /* a tree, or (signal, ping, link) none */
+    FUZZ_CHECK(m->root != NULL || m->type == SB_MSG_SIGNAL || m->type == SB_MSG_PING ||
+               m->type == SB_MSG_LINK);
     FUZZ_CHECK(m->type >= SB_MSG_JOIN && m->type < SB_MSG_UNKNOWN);
     FUZZ_CHECK(!m->rid || valid_rid(m->rid));
     switch (m->type) {
@@ -53,8 +73,8 @@ static void check_accepted(const sb_msg_t *m)
         break;
     case SB_MSG_SIGNAL:
         FUZZ_CHECK(m->to && sb_valid_sid(m->to));
-        FUZZ_CHECK(m->data != NULL);
-        if (m->data_raw) {
+        FUZZ_CHECK(m->data != NULL || (m->root == NULL && m->data_raw != NULL));
+        if (m->data_raw && m->data) {
             /* what the node relays as is: the very same JSON value */
             json_t *v = json_loadb(m->data_raw, m->data_raw_len, JSON_DECODE_ANY, NULL);
             FUZZ_CHECK(v != NULL && json_equal(v, m->data));
@@ -70,7 +90,12 @@ static void check_accepted(const sb_msg_t *m)
     }
     /* A reply carrying the rid, as the session builds it. */
     size_t len = 0;
-    json_t *o = roundtrip(sb_proto_encode(sb_proto_reply("pong", m->rid), &len), len);
+    char *frame = sb_proto_encode(sb_proto_reply("pong", m->rid), &len);
+    /* the same reply built as text: byte for byte, when it is built at all */
+    char text[256];
+    size_t tl = sb_proto_reply_text(text, sizeof text, "pong", m->rid);
+    FUZZ_CHECK(tl == 0 || (frame && tl == len && memcmp(text, frame, len) == 0));
+    json_t *o = roundtrip(frame, len);
     FUZZ_CHECK(!m->rid || json_equal(json_object_get(o, "rid"), m->rid));
     json_decref(o);
 }
@@ -103,6 +128,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(val >= (const char *)data && val + vlen <= (const char *)data + size);
     if (sb_proto_decode((const char *)data, size, &m, &e) == 0) {
         check_accepted(&m);
+        if (!m.root)
+            check_same_as_tree(&m, (const char *)data, size);
         sb_msg_free(&m);
         FUZZ_CHECK(m.root == NULL);
     } else {

@@ -15,17 +15,69 @@
 
 #define SID_A "AAAAAAAAAAAAAAAAAAAAAA" /* 22 characters: a well-formed socket id */
 
-/* Decodes the NUL-terminated text s; on success returns msg for the caller to check and free. */
+/* signal's data as a value (new reference), however it was decoded. */
+static json_t *data_of(const sb_msg_t *m)
+{
+    if (m->data)
+        return json_incref(m->data);
+    assert_non_null(m->data_raw);
+    json_t *v = json_loadb(m->data_raw, m->data_raw_len, JSON_DECODE_ANY, NULL);
+    assert_non_null(v);
+    return v;
+}
+
+/* What the session relies on is the same in a (sb_proto_decode) and t (the tree decoder). */
+static void assert_same_msg(const sb_msg_t *a, const sb_msg_t *t)
+{
+    assert_int_equal(a->type, t->type);
+    if (t->rid)
+        assert_true(a->rid && json_equal(a->rid, t->rid));
+    else
+        assert_null(a->rid);
+    switch (t->type) {
+    case SB_MSG_SIGNAL: {
+        assert_string_equal(a->to, t->to);
+        /* the relayed text: the same bytes of the same frame */
+        assert_ptr_equal(a->data_raw, t->data_raw);
+        assert_int_equal(a->data_raw_len, t->data_raw_len);
+        json_t *da = data_of(a), *dt = data_of(t);
+        assert_true(json_equal(da, dt));
+        json_decref(da);
+        json_decref(dt);
+        break;
+    }
+    case SB_MSG_LINK:
+        assert_string_equal(a->peer, t->peer);
+        assert_int_equal(a->up, t->up);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Decodes buf[0..len) both ways; returns sb_proto_decode's msg for the caller to check and
+ * free, and whether it went without a tree in *fast. */
+static sb_msg_t decode_ok_n(const char *buf, size_t len, int *fast)
+{
+    sb_msg_t m, t;
+    sb_proto_err_t e;
+    int rc = sb_proto_decode(buf, len, &m, &e);
+    if (rc != 0)
+        fail_msg("expected success for %.*s, got %s: %s", (int)len, buf, e.code, e.message);
+    assert_null(e.rid);
+    rc = sb_proto_decode_tree(buf, len, &t, &e);
+    assert_int_equal(rc, 0);
+    assert_non_null(t.root);
+    assert_same_msg(&m, &t);
+    sb_msg_free(&t);
+    if (fast)
+        *fast = m.root == NULL;
+    return m;
+}
+
 static sb_msg_t decode_ok(const char *s)
 {
-    sb_msg_t m;
-    sb_proto_err_t e;
-    int rc = sb_proto_decode(s, strlen(s), &m, &e);
-    if (rc != 0)
-        fail_msg("expected success for %s, got %s: %s", s, e.code, e.message);
-    assert_null(e.rid);
-    assert_non_null(m.root);
-    return m;
+    return decode_ok_n(s, strlen(s), NULL);
 }
 
 /* Checks that an error reply can be built from e and has the shape docs/protocol.md gives. */
@@ -108,11 +160,15 @@ static void test_signal(void **state)
     sb_msg_t m = decode_ok("{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":{\"sdp\":\"v=0\"}}");
     assert_int_equal(m.type, SB_MSG_SIGNAL);
     assert_string_equal(m.to, SID_A);
-    assert_string_equal(json_string_value(json_object_get(m.data, "sdp")), "v=0");
+    json_t *d = data_of(&m);
+    assert_string_equal(json_string_value(json_object_get(d, "sdp")), "v=0");
+    json_decref(d);
     sb_msg_free(&m);
     /* data is opaque: any JSON value, null included. */
     m = decode_ok("{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":null}");
-    assert_true(json_is_null(m.data));
+    d = data_of(&m);
+    assert_true(json_is_null(d));
+    json_decref(d);
     sb_msg_free(&m);
 }
 
@@ -127,11 +183,7 @@ static void assert_raw_data(const char *frame, const char *want)
         assert_non_null(m.data_raw);
         assert_int_equal(m.data_raw_len, strlen(want));
         assert_memory_equal(m.data_raw, want, strlen(want));
-        /* and it is the same JSON value as the parsed one */
-        json_t *v = json_loadb(m.data_raw, m.data_raw_len, JSON_DECODE_ANY, NULL);
-        assert_non_null(v);
-        assert_true(json_equal(v, m.data));
-        json_decref(v);
+        /* and it is the same JSON value as the parsed one (decode_ok compared them) */
     }
     sb_msg_free(&m);
 }
@@ -621,6 +673,147 @@ static void test_error_frame(void **state)
     free(s);
 }
 
+/* signal, ping and link in their common shapes are decoded without a tree; outside the subset
+ * the tree decodes them, with the same result (decode_ok_n compares the two every time). */
+static void test_hot_path(void **state)
+{
+    (void)state;
+    const char *fast[] = {
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":{\"type\":\"offer\",\"sdp\":\"v=0\\r\\n"
+        "o=- 1 2 IN IP4 127.0.0.1\\r\\n\"}}",
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":{\"candidate\":\"candidate:1 1 udp "
+        "2122260223 10.0.0.1 5000 typ host\",\"sdpMid\":\"0\",\"sdpMLineIndex\":0}}",
+        " {\"data\" : [ true, false, null, -0, 0.5, -12.25, \"\\\"\\\\\\/\\b\\f\\n\\r\\t\", {}, [] "
+        "],"
+        " \"to\" : \"" SID_A "\" , \"rid\" : \"r-1\", \"type\" : \"signal\"}\n",
+        "{\"type\":\"signal\",\"rid\":9007199254740991,\"to\":\"" SID_A "\",\"data\":\"x\"}",
+        "{\"type\":\"ping\"}",
+        "{\"type\":\"ping\",\"rid\":0,\"extra\":{\"a\":[1,{\"b\":null}]}}",
+        "{\"type\":\"link\",\"peer\":\"" SID_A "\",\"state\":\"up\",\"rid\":\"\"}",
+        "{\"state\":\"down\",\"type\":\"link\",\"peer\":\"" SID_A "\"}",
+    };
+    for (size_t i = 0; i < sizeof fast / sizeof *fast; i++) {
+        int f = 0;
+        sb_msg_t m = decode_ok_n(fast[i], strlen(fast[i]), &f);
+        if (!f)
+            fail_msg("expected the tree-less decoder to take %s", fast[i]);
+        sb_msg_free(&m);
+    }
+    const char *slow[] = {
+        /* \u escapes, UTF-8, exponents, long numbers: jansson's to check */
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"\\u00e9\"}",
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"\xc3\xa9\"}",
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":1e3}",
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":1234567890123456789}",
+        /* an escaped id, key or rid */
+        "{\"type\":\"signal\",\"to\":\"\\u0041AAAAAAAAAAAAAAAAAAAAA\",\"data\":1}",
+        "{\"type\":\"ping\",\"r\\u0069d\":1}",
+        "{\"type\":\"ping\",\"rid\":\"a\\nb\"}",
+        "{\"type\":\"ping\",\"rid\":-0}",
+        "{\"t\\u0079pe\":\"ping\"}",
+        /* other types */
+        "{\"type\":\"leave\"}",
+        "{\"type\":\"join\",\"room\":\"r\"}",
+    };
+    for (size_t i = 0; i < sizeof slow / sizeof *slow; i++) {
+        int f = 1;
+        sb_msg_t m = decode_ok_n(slow[i], strlen(slow[i]), &f);
+        if (f)
+            fail_msg("expected the tree decoder to take %s", slow[i]);
+        sb_msg_free(&m);
+    }
+    /* 16 members and 16 levels are the subset's bounds; past them, the tree (same result). */
+    char buf[1024];
+    for (int members = 15; members <= 17; members++) {
+        int n = snprintf(buf, sizeof buf, "{\"type\":\"ping\"");
+        for (int i = 1; i < members; i++)
+            n += snprintf(buf + n, sizeof buf - (size_t)n, ",\"k%d\":%d", i, i);
+        snprintf(buf + n, sizeof buf - (size_t)n, "}");
+        int f = 0;
+        sb_msg_t m = decode_ok_n(buf, strlen(buf), &f);
+        assert_int_equal(f, members <= 16);
+        sb_msg_free(&m);
+    }
+    for (int depth = 14; depth <= 16; depth++) {
+        int n = snprintf(buf, sizeof buf, "{\"type\":\"ping\",\"x\":");
+        for (int i = 0; i < depth; i++)
+            buf[n++] = '[';
+        for (int i = 0; i < depth; i++)
+            buf[n++] = ']';
+        snprintf(buf + n, sizeof buf - (size_t)n, "}");
+        int f = 0;
+        sb_msg_t m = decode_ok_n(buf, strlen(buf), &f);
+        assert_int_equal(f, depth <= 15); /* the object is level 1 */
+        sb_msg_free(&m);
+    }
+}
+
+/* What the subset looks like but jansson refuses is refused, with jansson's error. */
+static void test_hot_path_refusals(void **state)
+{
+    (void)state;
+    const char *bad_json[] = {
+        "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":{\"a\":1,\"a\":2}}",
+        "{\"type\":\"ping\",\"type\":\"ping\"}",
+        "{\"type\":\"ping\"} x",
+        "{\"type\":\"ping\",}",
+        "{\"type\":\"ping\",\"x\":[1,]}",
+        "{\"type\":\"ping\",\"x\":01}",
+        "{\"type\":\"ping\",\"x\":-}",
+        "{\"type\":\"ping\",\"x\":1.}",
+        "{\"type\":\"ping\",\"x\":.5}",
+        "{\"type\":\"ping\",\"x\":\"a\tb\"}",
+        "{\"type\":\"ping\",\"x\":\"\\x\"}",
+        "{\"type\":\"ping\",\"x\":tru}",
+        "{\"type\":\"ping\" \"x\":1}",
+    };
+    for (size_t i = 0; i < sizeof bad_json / sizeof *bad_json; i++)
+        decode_err(bad_json[i], "bad-json");
+    decode_err("{\"type\":\"signal\",\"to\":\"short\",\"data\":1}", "peer-not-found");
+    decode_err("{\"type\":\"signal\",\"to\":\"" SID_A "\"}", "bad-message");
+    decode_err("{\"type\":\"link\",\"peer\":\"" SID_A "\",\"state\":\"sideways\"}", "bad-message");
+    const char *to_not_string = "{\"type\":\"signal\",\"rid\":7,\"to\":1,\"data\":1}";
+    json_t *rid = decode_err_n(to_not_string, strlen(to_not_string), "bad-message");
+    assert_int_equal(json_integer_value(rid), 7);
+    json_decref(rid);
+    decode_err("{\"type\":\"ping\",\"rid\":9007199254740992}", "bad-message");
+    decode_err("{\"type\":\"ping\",\"rid\":1.0}", "bad-message");
+}
+
+/* Replies built as text are byte for byte jansson's; rids that need escaping are left to it. */
+static void test_reply_text(void **state)
+{
+    (void)state;
+    json_t *rids[] = {NULL,
+                      json_integer(0),
+                      json_integer(42),
+                      json_integer(9007199254740991LL),
+                      json_string(""),
+                      json_string("abc"),
+                      json_string("a/b c~")};
+    for (size_t i = 0; i < sizeof rids / sizeof *rids; i++) {
+        char out[256];
+        size_t len = sb_proto_reply_text(out, sizeof out, "signal-ack", rids[i]);
+        size_t jl = 0;
+        char *j = sb_proto_encode(sb_proto_reply("signal-ack", rids[i]), &jl);
+        assert_int_equal(len, jl);
+        assert_string_equal(out, j);
+        free(j);
+        /* too small a buffer: 0, never a cut frame */
+        assert_int_equal(sb_proto_reply_text(out, len, "signal-ack", rids[i]), 0);
+        assert_int_equal(sb_proto_reply_text(out, len + 1, "signal-ack", rids[i]), len);
+        if (rids[i])
+            json_decref(rids[i]);
+    }
+    const char *escaped[] = {"a\"b", "a\\b", "\n", "\xc3\xa9"};
+    for (size_t i = 0; i < sizeof escaped / sizeof *escaped; i++) {
+        char out[256];
+        json_t *rid = json_string(escaped[i]);
+        assert_int_equal(sb_proto_reply_text(out, sizeof out, "pong", rid), 0);
+        json_decref(rid);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -649,6 +842,9 @@ int main(void)
         cmocka_unit_test(test_encode),
         cmocka_unit_test(test_reply),
         cmocka_unit_test(test_error_frame),
+        cmocka_unit_test(test_hot_path),
+        cmocka_unit_test(test_hot_path_refusals),
+        cmocka_unit_test(test_reply_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
