@@ -156,3 +156,99 @@ def test_01_rooms_spread_and_traffic_stays_on_the_rooms_primary(cluster, redis_s
     asyncio.run(main())
     wait_for(lambda: invariants.counters(r)["members"] == 0, 3, msg="everyone gone")
     check_invariants(r)
+
+
+# ---- 04 ----------------------------------------------------------------------------------------
+
+def test_04_seed_list_with_a_dead_address_connects(cluster, redis_server, tmp_path):
+    rc = redis_server.rc
+    dead = free_port()  # nothing listens there
+    url = f"redis-cluster://127.0.0.1:{dead},127.0.0.1:{rc.ports[0]}"
+    na = cluster.node("na", redis_url=url)
+    admin = Admin(url, str(tmp_path))
+    cluster.admins.append(admin)
+
+    async def main():
+        a = await Client.connect(na.ws_url)
+        b = await Client.connect(na.ws_url)
+        rooms = [rooms_on(rc, p, 1, prefix=f"seed{p}-")[0] for p in rc.primaries()]
+        for room in rooms:  # a room on each primary: the whole map was learnt
+            await a.join(room)
+            await b.join(room)
+            await a.expect("peer-joined", id=b.id)
+            assert (await a.request({"type": "signal", "to": b.id, "data": room}))["type"] == \
+                "signal-ack"
+            assert (await b.expect("signal"))["data"] == room
+            assert (await a.request({"type": "leave"}))["type"] == "left"
+            assert (await b.request({"type": "leave"}))["type"] == "left"
+        await a.join(rooms[0])
+        m = admin.mesh()
+        assert m["active_users"] == 1 and not m.get("partial"), m
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+# ---- 05 ----------------------------------------------------------------------------------------
+
+def test_05_uncovered_slots_unavailable_there_only_admin_partial(tmp_path):
+    """3 primaries without replicas, cluster-require-full-coverage no: kill -9 one primary and
+    its slots are served by nobody, while the cluster keeps serving the others."""
+    from conftest import Cluster
+    rc = RedisCluster(str(tmp_path), primaries=3, replicas_per_primary=0)
+    c = Cluster(ClusterRedisServer(rc), str(tmp_path))
+    try:
+        na = c.node("na", args=FAST_NODE)
+        admin = c.admin(args=FAST_ADMIN)
+        # Not a kill: the global keys (node leases, P:nodes, the admin's lease, totals,
+        # events) live in their own slots and 7 keys land on every one of 3 primaries, so a
+        # dead primary makes mesh-status 503 (reported). One slot unassigned on every node
+        # (CLUSTER DELSLOTS) is the uncovered slot here.
+        victim = rc.primaries()[0]
+        lost_room = rooms_on(rc, victim, 1, prefix="lost")[0]
+        lost = [(room_slot(lost_room), room_slot(lost_room))]
+        n_lost = 1
+        fine_room = rooms_on(rc, next(p for p in rc.primaries() if p != victim), 1,
+                             prefix="fine")[0]
+
+        async def main():
+            a = await Client.connect(na.ws_url)
+            b = await Client.connect(na.ws_url)
+            await a.join(fine_room)
+            m = admin.mesh()
+            assert not m.get("partial") and m["active_users"] == 1, m
+            for p in [victim] + [p for p in rc.ports if p != victim]:
+                rc.client(p).execute_command("CLUSTER", "DELSLOTS", lost[0][0])
+            wait_for(lambda: all(rc.owner(lost[0][0], p) is None for p in rc.ports), 10,
+                     msg="slot unassigned everywhere")
+            t0 = time.monotonic()
+            tries = 0
+            while time.monotonic() - t0 < 1.5:  # answered at once, and stays so
+                rep = await b.request({"type": "join", "room": lost_room}, timeout=5)
+                assert rep["type"] == "error" and rep["code"] == "unavailable", rep
+                tries += 1
+                await asyncio.sleep(0.1)
+            assert tries >= 5
+            assert not na.ready()  # not every slot is served
+            # The other rooms work: join, signal, leave.
+            await b.join(fine_room)
+            await a.expect("peer-joined", id=b.id)
+            assert (await b.request({"type": "signal", "to": a.id, "data": 1}))["type"] == \
+                "signal-ack"
+            assert (await a.expect("signal"))["data"] == 1
+            m = admin.mesh()
+            print("mesh-status with a primary gone:", {k: m.get(k) for k in
+                  ("partial", "missing_slots", "active_users")})
+            assert m["partial"] is True, m
+            assert m["missing_slots"] == {"count": n_lost, "first": lost[0][0]}, (m, lost)
+            r = ClusterRedisServer(rc).client()
+            print("counters:", invariants.counters(r))
+            wait_for(lambda: admin.mesh()["active_users"] == 2, 3,
+                     msg="both members of fine_room counted")
+            await a.close()
+            await b.close()
+        asyncio.run(main())
+    finally:
+        problems = c.stop()
+        rc.stop()
+    assert not problems, problems
