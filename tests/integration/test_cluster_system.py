@@ -252,3 +252,94 @@ def test_05_uncovered_slots_unavailable_there_only_admin_partial(tmp_path):
         problems = c.stop()
         rc.stop()
     assert not problems, problems
+
+
+# ---- 02 ----------------------------------------------------------------------------------------
+
+def test_02_primary_killed_mid_traffic(cluster, redis_server):
+    rc = redis_server.rc
+    # A presence TTL above the failover time (node timeout 1 s + election, about 2-3 s here):
+    # with 1.5 s the lease of a node on the dead primary lapses during the failover and the
+    # admin reaps every socket of that node (closed 4000), which is expiry doing its job.
+    slow_ttl = ["--presence-ttl-ms", "6000", "--heartbeat-ms", "1000",
+                "--redis-timeout-ms", "500", "--rate", "1000", "--burst", "1000"]
+    na, nb = cluster.node("na", args=slow_ttl), cluster.node("nb", args=slow_ttl)
+    admin = cluster.admin(args=FAST_ADMIN)
+    r = redis_server.client()
+    victim = rc.primaries()[0]
+    hit = rooms_on(rc, victim, 2, prefix="hit")
+    calm = rooms_on(rc, rc.primaries()[1], 1, prefix="calm")
+    errors = []
+
+    async def main():
+        members = {}
+        for room in hit + calm:
+            members[room] = []
+            for i in range(3):
+                c = await Client.connect((na, nb)[i % 2].ws_url)
+                await c.join(room)
+                members[room].append(c)
+        gone = []
+        stop = asyncio.Event()
+
+        async def traffic(room):
+            i = 0
+            while not stop.is_set():
+                cs = members[room]
+                a, b = cs[i % len(cs)], cs[(i + 1) % len(cs)]
+                rep = await a.request({"type": "signal", "to": b.id, "data": i}, timeout=5)
+                if rep["type"] != "signal-ack":
+                    errors.append((room, rep.get("code")))
+                i += 1
+                await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(traffic(room)) for room in hit + calm]
+        await asyncio.sleep(0.5)
+        old = [rc.owner(room_slot(room)) for room in hit]
+        assert old == [victim, victim]
+        rc.kill(victim)
+        wait_for(lambda: all(rc.owner(room_slot(room)) not in (None, victim) for room in hit),
+                 15, msg="replica promoted")
+        # Joins work again on the promoted replica (a retry on `unavailable` is the client's).
+        for room in hit:
+            c = await Client.connect(na.ws_url)
+            for _ in range(50):
+                rep = await c.request({"type": "join", "room": room}, timeout=5)
+                if rep["type"] == "joined":
+                    break
+                assert rep["code"] == "unavailable", rep
+                await asyncio.sleep(0.1)
+            assert rep["type"] == "joined", rep
+            members[room].append(c)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        # One member of each room leaves after the failover: exactly one peer-left each.
+        for room in hit + calm:
+            x = members[room].pop(0)
+            assert (await x.request({"type": "leave"}))["type"] == "left"
+            gone.append(x.id)
+            for c in members[room]:
+                await c.expect("peer-left", id=x.id, timeout=3)
+        await asyncio.sleep((TTL_MS + 2 * INTERVAL_MS) / 1000)  # any resurrection would show
+        status, res = admin.post("/admin/reconcile")
+        assert status == 200, res
+        live = [c for room in hit + calm for c in members[room]]
+        for room in hit + calm:
+            ids = {c.id for c in members[room]}
+            for c in members[room]:
+                assert view(c) == ids - {c.id}, (room, view(c) ^ (ids - {c.id}))
+                assert all(n == 1 for n in counts(c, "peer-left").values()), c.seen
+                assert not any(m["type"] == "peer-joined" and m["id"] in gone for m in c.seen
+                               if m is not None)
+                assert c.closed is None
+        m = admin.mesh()
+        t = invariants.truth(r)
+        assert (m["active_users"], m["rooms"]) == (len(live), 3) == (t["members"], t["rooms"])
+        assert not m.get("partial")
+        check_invariants(r)
+        for c in live:
+            await c.close()
+    asyncio.run(main())
+    print("errors during the failover:", errors)
+    assert all(code == "unavailable" for _, code in errors), errors
+    assert all(room in hit for room, _ in errors), errors
