@@ -191,11 +191,6 @@ def test_04_seed_list_with_a_dead_address_connects(cluster, redis_server, tmp_pa
 
 # ---- 05 ----------------------------------------------------------------------------------------
 
-# Known bug (found here, not fixed): with one slot uncovered the node logs "not every slot can
-# be served", stops renewing its lease, and ~TTL later the admin reaps the node ("its lease
-# lapsed") and closes its sockets in *served* rooms with 4000. Strict: passes (XPASS fails the
-# run) once the node keeps its lease while a slot is down, then drop this mark.
-@pytest.mark.xfail(strict=True, reason="node lease lapses while one slot is uncovered")
 def test_05_uncovered_slots_unavailable_there_only_admin_partial(tmp_path):
     """3 primaries without replicas, cluster-require-full-coverage no: kill -9 one primary and
     its slots are served by nobody, while the cluster keeps serving the others."""
