@@ -196,7 +196,10 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
 
 void sb_presence_heartbeat_now(sb_node_t *n)
 {
-    if (!n->db_up)
+    /* On a cluster, a slot nobody serves must not stop the lease and the other slots'
+     * presence (their primaries are there): each command fails alone when its slot's primary
+     * is not connected. Without this the admin reaped every socket of the node. */
+    if (!n->db_up && !n->cluster)
         return;
     round_t *rd = round_new(n);
     if (!rd)

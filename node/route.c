@@ -503,6 +503,23 @@ static void relink_one(const char *id, uint64_t joined_batch, void *arg)
         sb_session_unref(s);
 }
 
+/* RELINK of every member (after a read of the room): each local socket's halves, once. */
+static void relink_all(const char *id, uint64_t joined_batch, void *arg)
+{
+    each_t *e = arg;
+    sb_session_t *s = joined_batch ? local_in(e->r, id) : NULL;
+    if (!s || !s->seat->in_redis)
+        return;
+    for (int i = 0; i < s->seat->nhalves; i++) {
+        const char *peer = s->seat->halves[i];
+        if (!sb_view_member(e->r->view, peer))
+            continue;
+        sb_session_ref(s);
+        if (call_link_set(s, room_name(e->r), peer, 1, on_relinked, s) != 0)
+            sb_session_unref(s);
+    }
+}
+
 static void resync(room_t *r);
 
 /* Carries out a view's actions, in order. The room is held for the whole run: an action may
@@ -540,7 +557,7 @@ static void run(room_t *r, sb_acts_t *acts)
             }
             break;
         case SB_ACT_RELINK:
-            sb_view_each_local(r->view, relink_one, &e);
+            sb_view_each_local(r->view, a->peer[0] ? relink_one : relink_all, &e);
             break;
         case SB_ACT_RESYNC:
             resync(r);

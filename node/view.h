@@ -47,7 +47,8 @@ typedef enum {
     SB_ACT_EXPIRED,     /* local `to` was removed from the room by someone else (reaped): the
                          * view has dropped it; close it with 4000 */
     SB_ACT_RELINK,      /* member `peer` is (again) in the room: local sockets holding a half
-                         * towards it send the half again (after a data loss) */
+                         * towards it send the half again (after a data loss); `peer` "" (after
+                         * a read of the room): the same for every member */
     SB_ACT_RESYNC,      /* read the room (room_read); sb_view_resync_start was already done */
 } sb_act_kind_t;
 

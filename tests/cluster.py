@@ -186,6 +186,15 @@ class RedisCluster:
         """kill -9 of one node."""
         self.procs[port].kill()
 
+    def restart(self, port):
+        """Starts a killed node again on its port, empty (no persistence) but with its
+        nodes.conf: it rejoins with its node id, as a primary of its slots if no replica took
+        them over meanwhile (then its replica resyncs from it: the slots restarted empty),
+        else as a replica."""
+        assert not self.procs[port].alive()
+        self._start(port, self.bus_ports[self.ports.index(port)])
+        wait_for(lambda: self.ping(port), 10, msg=f"redis {port} restarted")
+
     def stop(self):
         for p in list(self.procs.values()):
             p.stop()

@@ -97,6 +97,7 @@ class Proc:
 
 class RedisServer:
     """A private redis-server on a free loopback port in a temp directory."""
+    cluster = False  # see tests/integration/conftest.py, ClusterRedisServer
 
     def __init__(self, tmpdir=None, port=None, extra=()):
         self.dir = tmpdir or tempfile.mkdtemp(prefix="sb-redis-")

@@ -49,6 +49,12 @@ run_suite "unit (asan)" unit build-asan "-asan"
 run_suite "lua" $py -m pytest -q -p no:cacheprovider tests/lua --junitxml="$out/results/lua.xml"
 run_suite "integration (normal)" env SWITCHBOARD_BUILD="$root/build" \
     $py -m pytest -q -p no:cacheprovider tests/integration tests/deploy tests/docs --junitxml="$out/results/integration.xml"
+# The protocol, admin and chaos suites once more on a 3-primary, 3-replica Redis Cluster (one
+# cluster per module; tests/integration/conftest.py). Measured about 100 s on 2 cores.
+run_suite "integration on a Redis Cluster (normal)" env SB_REDIS=cluster SWITCHBOARD_BUILD="$root/build" \
+    $py -m pytest -q -p no:cacheprovider tests/integration/test_02_protocol.py \
+    tests/integration/test_admin_reconcile.py tests/integration/test_08_chaos.py \
+    --junitxml="$out/results/integration-cluster.xml"
 if [ -z "${SB_TEST_QUICK:-}" ]; then
     run_suite "integration (asan)" env SWITCHBOARD_BUILD="$root/build-asan" \
         $py -m pytest -q -p no:cacheprovider tests/integration --junitxml="$out/results/integration-asan.xml"

@@ -481,6 +481,10 @@ def test_11_refused_join_costs_1_accepted_join_10(cluster):
     run(main())
 
 
+# Single Redis only: the proxy stands in front of one Redis address, and a cluster client
+# follows the slot map to the primaries' own addresses (the redirects bypass the proxy). The
+# ordering it tests (reply after the events, on two connections) is the node's, not Redis's.
+@pytest.mark.single_redis("a reply-delaying proxy fronts one Redis; cluster redirects bypass it")
 def test_12_signal_to_a_joiner_waits_for_its_joined(cluster, redis_server):
     """The join script's reply and the pub/sub events reach a node on two connections, in
     either order. Here node A gets its replies 300 ms late: bob (node B) learns of carol's join

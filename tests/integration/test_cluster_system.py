@@ -1,0 +1,346 @@
+"""Switchboard on a real Redis Cluster (issue 12, Tests): nodes and the admin on 3 primaries +
+3 replicas (tests/cluster.py) started by the test on loopback.
+
+01 rooms spread over every primary; a room's traffic runs only on its primary (commandstats)
+02 kill -9 of a primary mid-traffic: replica promoted, at most `unavailable`, no lost or
+   repeated peer-left, no resurrected socket, figures equal the truth after one admin pass
+03 slots holding live rooms moved to another primary mid-traffic: no event lost or repeated
+04 a seed list with a dead address still connects
+05 a slot nobody serves: `unavailable` for its rooms only, mesh-status "partial"
+"""
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import invariants  # noqa: E402
+import keyspace  # noqa: E402
+from client import Client  # noqa: E402
+from cluster import RedisCluster  # noqa: E402
+from conftest import ClusterRedisServer  # noqa: E402
+from harness import Admin, free_port, wait_for  # noqa: E402
+
+TTL_MS, HEARTBEAT_MS, NODE_REDIS_TIMEOUT_MS, INTERVAL_MS = 1500, 300, 500, 300
+FAST_NODE = ["--presence-ttl-ms", str(TTL_MS), "--heartbeat-ms", str(HEARTBEAT_MS),
+             "--redis-timeout-ms", str(NODE_REDIS_TIMEOUT_MS), "--rate", "1000",
+             "--burst", "1000"]
+FAST_ADMIN = ["--reconcile-interval-ms", str(INTERVAL_MS)]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    rc = RedisCluster(str(tmp_path_factory.mktemp("rc")))
+    yield ClusterRedisServer(rc)
+    rc.stop()
+
+
+@pytest.fixture
+def redis_server(shared):
+    """conftest's `cluster` fixture runs its nodes and admin on this module's cluster."""
+    shared.reset()
+    return shared
+
+
+def room_slot(room):
+    return keyspace.keyslot("{" + room + "}")
+
+
+def rooms_on(rc, port, n, prefix="r", avoid=()):
+    """n room names whose slot the primary at port serves (distinct slots)."""
+    out, slots, i = [], set(avoid), 0
+    while len(out) < n:
+        name = f"{prefix}{i}"
+        s = room_slot(name)
+        if s not in slots and rc.owner(s) == port:
+            out.append(name)
+            slots.add(s)
+        i += 1
+    return out
+
+
+def view(c):
+    """Peers a client was told about since its last joined (peer-joined minus peer-left)."""
+    v = set()
+    for m in c.seen:
+        if m["type"] == "joined":
+            v = {p["id"] for p in m["peers"]}
+        elif m["type"] == "peer-joined":
+            v.add(m["id"])
+        elif m["type"] == "peer-left":
+            v.discard(m["id"])
+    return v
+
+
+def counts(c, kind):
+    """{peer id: how many `kind` events the client got about it}."""
+    out = {}
+    for m in c.seen:
+        if m["type"] == kind:
+            out[m["id"]] = out.get(m["id"], 0) + 1
+    return out
+
+
+def check_invariants(r):
+    bad = invariants.check(r)
+    assert bad == [], "\n".join(bad[:20])
+
+
+# ---- 01 ----------------------------------------------------------------------------------------
+
+def test_01_rooms_spread_and_traffic_stays_on_the_rooms_primary(cluster, redis_server):
+    rc = redis_server.rc
+    prim = rc.primaries()
+    assert len(prim) == 3
+    # Node ids whose home bucket (the probe's channel) is on the measured room's primary, so
+    # their probes do not count as traffic elsewhere.
+    target = prim[1]
+    ids = [f"n{i}" for i in range(200) if rc.owner(keyspace.keyslot(f"n{i}")) == target][:2]
+    na, nb = cluster.node(ids[0]), cluster.node(ids[1])
+    r = redis_server.client()
+    names = [f"spread{i}" for i in range(30)]
+
+    async def main():
+        cs = []
+        for i, room in enumerate(names):
+            c = await Client.connect((na, nb)[i % 2].ws_url)
+            await c.join(room)
+            cs.append(c)
+        owners = {}
+        for room in names:
+            p = rc.owner(room_slot(room))
+            # The room's keys are on that primary, its bucket too.
+            assert rc.client(p).hlen(f"sb:{{{room}}}:members") == 1, room
+            assert rc.client(p).exists(keyspace.bucket("sb", room, "stats", cluster=True))
+            owners.setdefault(p, []).append(room)
+        print("rooms per primary:", {p: len(v) for p, v in owners.items()})
+        assert sorted(owners) == prim, owners  # every primary holds rooms
+        assert invariants.counters(r)["rooms"] == 30
+        # Now traffic in one room of the target primary only: joins, signals, links, leave.
+        # The other sockets go first, so no heartbeat of theirs runs elsewhere meanwhile.
+        room = owners[target][0]
+        x = cs[names.index(room)]
+        for c in cs:
+            if c is not x:
+                await c.close()
+        await asyncio.sleep(0.1)
+        assert invariants.counters(r)["members"] == 1
+        before = {p: rc.commandstats(p) for p in prim}
+        y = await Client.connect((nb if x.node == na.name else na).ws_url)
+        await y.join(room)
+        await x.expect("peer-joined", id=y.id)
+        for i in range(50):
+            assert (await x.request({"type": "signal", "to": y.id, "data": i}))["type"] == \
+                "signal-ack"
+        for i in range(50):
+            assert (await y.expect("signal"))["data"] == i
+        for a, b in ((x, y), (y, x)):
+            assert (await a.request({"type": "link", "peer": b.id, "state": "up"}))["type"] == \
+                "link-ack"
+        assert (await y.request({"type": "leave"}))["type"] == "left"
+        await x.expect("peer-left", id=y.id)
+        after = {p: rc.commandstats(p) for p in prim}
+        moved = {p: {k: after[p].get(k, 0) - before[p].get(k, 0)
+                     for k in ("evalsha", "spublish")} for p in prim}
+        print("evalsha/spublish per primary during the room's traffic:", moved)
+        # join + 50 signals (spublish) + 2 links + leave, plus heartbeats: all on the owner
+        assert moved[target]["evalsha"] >= 4 and moved[target]["spublish"] >= 50, moved
+        for p in prim:
+            if p != target:
+                assert moved[p] == {"evalsha": 0, "spublish": 0}, moved
+        await x.close()
+        await y.close()
+    asyncio.run(main())
+    wait_for(lambda: invariants.counters(r)["members"] == 0, 3, msg="everyone gone")
+    check_invariants(r)
+
+
+# ---- 04 ----------------------------------------------------------------------------------------
+
+def test_04_seed_list_with_a_dead_address_connects(cluster, redis_server, tmp_path):
+    rc = redis_server.rc
+    dead = free_port()  # nothing listens there
+    url = f"redis-cluster://127.0.0.1:{dead},127.0.0.1:{rc.ports[0]}"
+    na = cluster.node("na", redis_url=url)
+    admin = Admin(url, str(tmp_path))
+    cluster.admins.append(admin)
+
+    async def main():
+        a = await Client.connect(na.ws_url)
+        b = await Client.connect(na.ws_url)
+        rooms = [rooms_on(rc, p, 1, prefix=f"seed{p}-")[0] for p in rc.primaries()]
+        for room in rooms:  # a room on each primary: the whole map was learnt
+            await a.join(room)
+            await b.join(room)
+            await a.expect("peer-joined", id=b.id)
+            assert (await a.request({"type": "signal", "to": b.id, "data": room}))["type"] == \
+                "signal-ack"
+            assert (await b.expect("signal"))["data"] == room
+            assert (await a.request({"type": "leave"}))["type"] == "left"
+            assert (await b.request({"type": "leave"}))["type"] == "left"
+        await a.join(rooms[0])
+        m = admin.mesh()
+        assert m["active_users"] == 1 and not m.get("partial"), m
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+# ---- 05 ----------------------------------------------------------------------------------------
+
+def test_05_uncovered_slots_unavailable_there_only_admin_partial(tmp_path):
+    """3 primaries without replicas, cluster-require-full-coverage no: kill -9 one primary and
+    its slots are served by nobody, while the cluster keeps serving the others."""
+    from conftest import Cluster
+    rc = RedisCluster(str(tmp_path), primaries=3, replicas_per_primary=0)
+    c = Cluster(ClusterRedisServer(rc), str(tmp_path))
+    try:
+        na = c.node("na", args=FAST_NODE)
+        admin = c.admin(args=FAST_ADMIN)
+        # Not a kill: the global keys (node leases, P:nodes, the admin's lease, totals,
+        # events) live in their own slots and 7 keys land on every one of 3 primaries, so a
+        # dead primary makes mesh-status 503 (reported). One slot unassigned on every node
+        # (CLUSTER DELSLOTS) is the uncovered slot here.
+        victim = rc.primaries()[0]
+        lost_room = rooms_on(rc, victim, 1, prefix="lost")[0]
+        lost = [(room_slot(lost_room), room_slot(lost_room))]
+        n_lost = 1
+        fine_room = rooms_on(rc, next(p for p in rc.primaries() if p != victim), 1,
+                             prefix="fine")[0]
+
+        async def main():
+            a = await Client.connect(na.ws_url)
+            b = await Client.connect(na.ws_url)
+            await a.join(fine_room)
+            m = admin.mesh()
+            assert not m.get("partial") and m["active_users"] == 1, m
+            for p in [victim] + [p for p in rc.ports if p != victim]:
+                rc.client(p).execute_command("CLUSTER", "DELSLOTS", lost[0][0])
+            wait_for(lambda: all(rc.owner(lost[0][0], p) is None for p in rc.ports), 10,
+                     msg="slot unassigned everywhere")
+            t0 = time.monotonic()
+            tries = 0
+            while time.monotonic() - t0 < 1.5:  # answered at once, and stays so
+                rep = await b.request({"type": "join", "room": lost_room}, timeout=5)
+                assert rep["type"] == "error" and rep["code"] == "unavailable", rep
+                tries += 1
+                await asyncio.sleep(0.1)
+            assert tries >= 5
+            assert not na.ready()  # not every slot is served
+            # The other rooms work: join, signal, leave.
+            await b.join(fine_room)
+            await a.expect("peer-joined", id=b.id)
+            assert (await b.request({"type": "signal", "to": a.id, "data": 1}))["type"] == \
+                "signal-ack"
+            assert (await a.expect("signal"))["data"] == 1
+            m = admin.mesh()
+            print("mesh-status with a primary gone:", {k: m.get(k) for k in
+                  ("partial", "missing_slots", "active_users")})
+            assert m["partial"] is True, m
+            assert m["missing_slots"] == {"count": n_lost, "first": lost[0][0]}, (m, lost)
+            r = ClusterRedisServer(rc).client()
+            print("counters:", invariants.counters(r))
+            wait_for(lambda: admin.mesh()["active_users"] == 2, 3,
+                     msg=f"both members of fine_room counted: {admin.mesh()} "
+                     f"{invariants.counters(r)} {rc.slots()}")
+            await a.close()
+            await b.close()
+        asyncio.run(main())
+    finally:
+        problems = c.stop()
+        rc.stop()
+    assert not problems, problems
+
+
+# ---- 02 ----------------------------------------------------------------------------------------
+
+def test_02_primary_killed_mid_traffic(cluster, redis_server):
+    rc = redis_server.rc
+    # A presence TTL above the failover time (node timeout 1 s + election, about 2-3 s here):
+    # with 1.5 s the lease of a node on the dead primary lapses during the failover and the
+    # admin reaps every socket of that node (closed 4000), which is expiry doing its job.
+    slow_ttl = ["--presence-ttl-ms", "6000", "--heartbeat-ms", "1000",
+                "--redis-timeout-ms", "500", "--rate", "1000", "--burst", "1000"]
+    na, nb = cluster.node("na", args=slow_ttl), cluster.node("nb", args=slow_ttl)
+    admin = cluster.admin(args=FAST_ADMIN)
+    r = redis_server.client()
+    victim = rc.primaries()[0]
+    hit = rooms_on(rc, victim, 2, prefix="hit")
+    calm = rooms_on(rc, rc.primaries()[1], 1, prefix="calm")
+    errors = []
+
+    async def main():
+        members = {}
+        for room in hit + calm:
+            members[room] = []
+            for i in range(3):
+                c = await Client.connect((na, nb)[i % 2].ws_url)
+                await c.join(room)
+                members[room].append(c)
+        gone = []
+        stop = asyncio.Event()
+
+        async def traffic(room):
+            i = 0
+            while not stop.is_set():
+                cs = members[room]
+                a, b = cs[i % len(cs)], cs[(i + 1) % len(cs)]
+                rep = await a.request({"type": "signal", "to": b.id, "data": i}, timeout=5)
+                if rep["type"] != "signal-ack":
+                    errors.append((room, rep.get("code")))
+                i += 1
+                await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(traffic(room)) for room in hit + calm]
+        await asyncio.sleep(0.5)
+        old = [rc.owner(room_slot(room)) for room in hit]
+        assert old == [victim, victim]
+        rc.kill(victim)
+        wait_for(lambda: all(rc.owner(room_slot(room)) not in (None, victim) for room in hit),
+                 15, msg="replica promoted")
+        # Joins work again on the promoted replica (a retry on `unavailable` is the client's).
+        for room in hit:
+            c = await Client.connect(na.ws_url)
+            for _ in range(50):
+                rep = await c.request({"type": "join", "room": room}, timeout=5)
+                if rep["type"] == "joined":
+                    break
+                assert rep["code"] == "unavailable", rep
+                await asyncio.sleep(0.1)
+            assert rep["type"] == "joined", rep
+            members[room].append(c)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        # One member of each room leaves after the failover: exactly one peer-left each.
+        for room in hit + calm:
+            x = members[room].pop(0)
+            assert (await x.request({"type": "leave"}))["type"] == "left"
+            gone.append(x.id)
+            for c in members[room]:
+                await c.expect("peer-left", id=x.id, timeout=3)
+        await asyncio.sleep((TTL_MS + 2 * INTERVAL_MS) / 1000)  # any resurrection would show
+        status, res = admin.post("/admin/reconcile")
+        assert status == 200, res
+        live = [c for room in hit + calm for c in members[room]]
+        for room in hit + calm:
+            ids = {c.id for c in members[room]}
+            for c in members[room]:
+                assert view(c) == ids - {c.id}, (room, view(c) ^ (ids - {c.id}))
+                assert all(n == 1 for n in counts(c, "peer-left").values()), c.seen
+                assert not any(m["type"] == "peer-joined" and m["id"] in gone for m in c.seen
+                               if m is not None)
+                assert c.closed is None
+        m = admin.mesh()
+        t = invariants.truth(r)
+        assert (m["active_users"], m["rooms"]) == (len(live), 3) == (t["members"], t["rooms"])
+        assert not m.get("partial")
+        check_invariants(r)
+        for c in live:
+            await c.close()
+    asyncio.run(main())
+    print("errors during the failover:", errors)
+    assert all(code == "unavailable" for _, code in errors), errors
+    assert all(room in hit for room, _ in errors), errors
