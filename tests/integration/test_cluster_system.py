@@ -158,6 +158,186 @@ def test_01_rooms_spread_and_traffic_stays_on_the_rooms_primary(cluster, redis_s
     check_invariants(r)
 
 
+# ---- 03 ----------------------------------------------------------------------------------------
+
+def migrate_slot_in_batches(rc, slot, dst, batch=2, pause=0.05):
+    """Moves slot to the primary at dst as redis-cli --cluster reshard does (IMPORTING on the
+    target, MIGRATING on the source, MIGRATE ... KEYS in batches, SETSLOT NODE everywhere), with
+    a pause after each batch so traffic meets the slot with its keys split between the two.
+    Returns (source port, keys moved)."""
+    src = rc.move_slot(slot, dst, finish=False)
+    s = rc.client(src)
+    moved = 0
+    while True:
+        keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+        if not keys:
+            break
+        s.execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        time.sleep(pause)
+    rc.finish_slot(slot, dst)
+    return src, moved
+
+
+def test_03_slots_moved_mid_traffic(cluster, redis_server):
+    rc = redis_server.rc
+    na, nb = cluster.node("na", args=FAST_NODE), cluster.node("nb", args=FAST_NODE)
+    admin = cluster.admin(args=FAST_ADMIN)
+    r = redis_server.client()
+    src, dst = rc.primaries()[0], rc.primaries()[1]
+    rooms = rooms_on(rc, src, 3, prefix="mv")
+    calm = rooms_on(rc, rc.primaries()[2], 1, prefix="still")[0]
+    redirects0 = {n.name: n.metrics().get("switchboard_node_redis_redirects_total", 0)
+                  for n in (na, nb)}
+    errors, acked, churned = [], {}, {}
+
+    async def main():
+        members = {}
+        for room in rooms + [calm]:
+            members[room] = []
+            for i in range(3):
+                c = await Client.connect((na, nb)[i % 2].ws_url)
+                await c.join(room)
+                members[room].append(c)
+            for c in members[room]:
+                for o in members[room]:
+                    if o is not c and o.id not in view(c):
+                        await c.expect("peer-joined", id=o.id)
+        stop = asyncio.Event()
+
+        async def signals(room):
+            """Every ordered pair of the room's steady members, in turn, one at a time."""
+            cs, i = members[room], 0
+            while not stop.is_set():
+                a, b = cs[i % 3], cs[(i + 1 + (i // 3) % 2) % 3]
+                rep = await a.request({"type": "signal", "to": b.id, "data": {"k": i}}, timeout=5)
+                if rep["type"] == "signal-ack":
+                    acked.setdefault((a.id, b.id), []).append(i)
+                else:
+                    errors.append((room, "signal", rep.get("code")))
+                i += 1
+                await asyncio.sleep(0.005)
+
+        async def churn(room):
+            """A fresh socket joins and leaves, over and over, on alternating nodes."""
+            i = 0
+            while not stop.is_set():
+                c = await Client.connect((na, nb)[i % 2].ws_url)
+                i += 1
+                for _ in range(100):
+                    rep = await c.request({"type": "join", "room": room}, timeout=5)
+                    if rep["type"] == "joined":
+                        break
+                    errors.append((room, "join", rep.get("code")))
+                    assert rep["code"] == "unavailable", rep
+                    await asyncio.sleep(0.02)
+                assert rep["type"] == "joined", rep
+                await asyncio.sleep(0.02)
+                for _ in range(100):
+                    rep = await c.request({"type": "leave"}, timeout=5)
+                    if rep["type"] == "left":
+                        break
+                    errors.append((room, "leave", rep.get("code")))
+                    assert rep["code"] == "unavailable", rep
+                    await asyncio.sleep(0.02)
+                assert rep["type"] == "left", rep
+                churned.setdefault(room, []).append(c.id)
+                await c.close()
+        tasks = [asyncio.create_task(f(room)) for room in rooms + [calm]
+                 for f in (signals, churn)]
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        report = []
+        for room in rooms:
+            report.append(await asyncio.to_thread(migrate_slot_in_batches, rc, room_slot(room),
+                                                  dst))
+        took = time.monotonic() - t0
+        await asyncio.sleep(0.5)  # traffic goes on after the move
+        stop.set()
+        await asyncio.gather(*tasks)
+        print(f"moved {len(rooms)} slots in {took:.2f} s (source, keys): {report}")
+        for room in rooms:
+            assert rc.owner(room_slot(room)) == dst
+            assert rc.client(dst).hlen(f"sb:{{{room}}}:members") >= 3, room
+            assert rc.client(src).exists(f"sb:{{{room}}}:members") == 0, room
+        # The nodes' sharded subscriptions followed the slots: their channel of each moved
+        # bucket is subscribed on the new owner, no longer on the old one.
+        for room in rooms:
+            for n in (na, nb):
+                ch = keyspace.bucket("sb", room, f"node:{n.name}", cluster=True)
+                wait_for(lambda: ch in rc.client(dst).execute_command("PUBSUB", "SHARDCHANNELS",
+                                                                     ch), 3, msg=ch)
+                assert ch not in rc.client(src).execute_command("PUBSUB", "SHARDCHANNELS", ch)
+        # Joins, signals and leaves after the move, across the two nodes (events arrive
+        # through the new owner).
+        for room in rooms:
+            x = await Client.connect(na.ws_url)
+            y = await Client.connect(nb.ws_url)
+            await x.join(room)
+            await y.join(room)
+            await x.expect("peer-joined", id=y.id)
+            for c in members[room]:
+                await c.expect("peer-joined", id=x.id)
+                await c.expect("peer-joined", id=y.id)
+            for k in range(5):
+                assert (await x.request({"type": "signal", "to": y.id, "data": k}))["type"] == \
+                    "signal-ack"
+                assert (await y.request({"type": "signal", "to": x.id, "data": k}))["type"] == \
+                    "signal-ack"
+            for k in range(5):
+                assert (await y.expect("signal", **{"from": x.id}))["data"] == k
+                assert (await x.expect("signal", **{"from": y.id}))["data"] == k
+            assert (await y.request({"type": "leave"}))["type"] == "left"
+            await x.expect("peer-left", id=y.id)
+            members[room].append(x)
+            churned.setdefault(room, []).append(y.id)
+            await y.close()
+        await asyncio.sleep(0.3)
+        # No event lost or repeated: every steady member saw each churned socket join once
+        # and leave once, and its view is the room's steady members.
+        for room in rooms + [calm]:
+            ids = {c.id for c in members[room]}
+            for c in members[room]:
+                assert view(c) == ids - {c.id}, (room, view(c) ^ (ids - {c.id}))
+                joined, left = counts(c, "peer-joined"), counts(c, "peer-left")
+                for gone in churned.get(room, []):
+                    if gone == c.id:
+                        continue
+                    # A socket that joined after c was told of it in c's `joined` instead.
+                    assert left.get(gone) == 1, (room, gone, left.get(gone), c.seen)
+                    assert joined.get(gone, 0) <= 1, (room, gone, c.seen)
+                assert all(v == 1 for v in joined.values()), (room, joined)
+                assert all(v == 1 for v in left.values()), (room, left)
+                assert c.closed is None
+        # Per pair: every acknowledged signal arrived exactly once, in the order sent.
+        by_id = {c.id: c for room in rooms + [calm] for c in members[room]}
+        for (a, b), ks in acked.items():
+            got = [m["data"]["k"] for m in by_id[b].seen
+                   if m["type"] == "signal" and m["from"] == a and isinstance(m["data"], dict)]
+            assert got == ks, (a, b, ks, got)
+        print("signals acknowledged:", sum(len(v) for v in acked.values()),
+              "churn cycles:", sum(len(v) for v in churned.values()))
+        status, res = admin.post("/admin/reconcile")
+        assert status == 200, res
+        m = admin.mesh()
+        t = invariants.truth(r)
+        live = sum(len(members[room]) for room in rooms + [calm])
+        assert (m["active_users"], m["rooms"]) == (live, 4) == (t["members"], t["rooms"]), (m, t)
+        assert (m["p2p_links"], m["p2p_users"]) == (t["links"], t["linked"]), (m, t)
+        assert not m.get("partial"), m
+        check_invariants(r)
+        for room in rooms + [calm]:
+            for c in members[room]:
+                await c.close()
+    asyncio.run(main())
+    redirects = {n.name: n.metrics().get("switchboard_node_redis_redirects_total", 0) -
+                 redirects0[n.name] for n in (na, nb)}
+    print("errors during the moves:", errors, "redirects followed:", redirects)
+    assert sum(redirects.values()) > 0, redirects  # the nodes did meet MOVED/ASK
+    assert all(code == "unavailable" for *_, code in errors), errors
+    assert all(room in rooms for room, *_ in errors), errors
+
+
 # ---- 04 ----------------------------------------------------------------------------------------
 
 def test_04_seed_list_with_a_dead_address_connects(cluster, redis_server, tmp_path):
