@@ -78,6 +78,9 @@ static void on_chunk(redisReply *reply, const char *error, void *data)
         sb_warn_limited("bucket_read failed for %d slots: %s", ch->ntags,
                         error ? error : (reply && reply->str ? reply->str : "bad reply"));
         missing(b, ch->ntags, ch->first);
+        /* The usual cause on a cluster: a slot of the chunk moved (a reshard) and the map is
+         * stale; bucket_read's "non local key" is no MOVED, so nothing else says so. */
+        sb_cluster_refresh(rd->a->db);
     } else {
         b->rooms += sb_reply_int(reply, 0, 0);
         b->members += sb_reply_int(reply, 1, 0);

@@ -14,9 +14,8 @@
 #include <string.h>
 
 enum {
-    MAX_REDIRECTS = 5,
-    MAX_TRYAGAIN = 5,
     TICK_MS = 20,
+    RECEIVER_WAIT_MS = 10,
     /* Map re-reads: soon after a hint (MOVED, lost primary), then this often while broken, and
      * this often anyway (a safety net for changes nothing told us about). */
     REFRESH_SOON_MS = 50,
@@ -44,9 +43,10 @@ typedef struct req {
     int argc;
     const char **argv;
     size_t *lens;
-    primary_t *via; /* where it was last sent (valid while its reply is pending) */
-    int redirects, tryagains, noscript;
-    int asking; /* next send goes to ask_host:ask_port after ASKING */
+    primary_t *via;          /* where it was last sent (valid while its reply is pending) */
+    int redirects, noscript; /* redirects: MOVED/ASK/TRYAGAIN met so far */
+    int until_received;      /* SPUBLISH: again while nobody received it (see cluster.h) */
+    int asking;              /* next send goes to ask_host:ask_port after ASKING */
     char ask_host[256];
     int ask_port;
     int64_t deadline, due;
@@ -186,60 +186,64 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         return;
     }
     if (reply->type != REDIS_REPLY_ERROR) {
+        /* Nobody subscribed on the slot's shard: after a slot moved, the receivers are
+         * re-subscribing on the new owner; published now, the message would be lost. */
+        if (q->until_received && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
+            q->deadline - sb_mono_ms() > RECEIVER_WAIT_MS) {
+            delay_req(q, RECEIVER_WAIT_MS);
+            return;
+        }
         finish(q, reply, NULL);
         return;
     }
     int was_asking = q->asking;
     q->asking = 0;
-    sb_redirect_t rd;
-    if (sb_redirect_parse(reply->str, reply->len, &rd) == 0) {
-        if (rd.ask)
+    int64_t delay = 0;
+    sb_next_t next = sb_redirect_next(reply->str, reply->len, q->script != NULL, q->redirects,
+                                      q->deadline - sb_mono_ms(), &delay);
+    if (next != SB_NEXT_DONE) {
+        sb_redirect_t rd;
+        if (sb_redirect_parse(reply->str, reply->len, &rd) != 0)
+            c->stats.tryagain++;
+        else if (rd.ask)
             c->stats.ask++;
-        else
+        else {
             c->stats.moved++;
-        if (++q->redirects > MAX_REDIRECTS) {
-            fail_req(q, "too many redirects, last: ", reply->str);
-            return;
-        }
-        /* ":port" (unknown endpoint): the host of the node that answered. */
-        const char *host = rd.host[0] ? rd.host : via->host;
-        if (rd.ask) {
-            /* The slot is being migrated and this key already left: ask the target for this
-             * one command; the slot still belongs to the source (map unchanged). */
-            q->asking = 1;
-            snprintf(q->ask_host, sizeof q->ask_host, "%s", host);
-            q->ask_port = rd.port;
-        } else {
             /* The slot moved for good: route it there now, read the whole map soon (other
-             * slots probably moved too). */
+             * slots probably moved too). ":port" (unknown endpoint): the host that answered. */
+            const char *host = rd.host[0] ? rd.host : via->host;
             primary_t *p = find_primary(c, host, rd.port);
             if (!p)
                 p = add_primary(c, host, rd.port, "");
-            if (p && rd.slot < SB_SLOTS) {
+            if (p && rd.slot < SB_SLOTS && c->owner[rd.slot] != p) {
                 primary_t *old = c->owner[rd.slot];
-                if (old != p) {
-                    c->moved[rd.slot >> 3] |= (unsigned char)(1u << (rd.slot & 7));
-                    c->nmoved++;
-                    if (old)
-                        old->nslots--;
-                    p->nslots++;
-                    c->owner[rd.slot] = p;
-                }
+                c->moved[rd.slot >> 3] |= (unsigned char)(1u << (rd.slot & 7));
+                c->nmoved++;
+                if (old)
+                    old->nslots--;
+                p->nslots++;
+                c->owner[rd.slot] = p;
             }
             want_refresh(c, REFRESH_SOON_MS);
         }
-        if (dispatch(q) != 0)
-            delay_req(q, TICK_MS); /* target not connected yet */
-        return;
-    }
-    if (starts(reply->str, "TRYAGAIN")) {
-        c->stats.tryagain++;
-        /* A multi-key command during a migration with keys on both sides: short backoff. */
-        if (++q->tryagains > MAX_TRYAGAIN) {
-            finish(q, reply, NULL);
+        q->redirects++;
+        if (next == SB_NEXT_FAIL) {
+            fail_req(q, "slot moving or redirected too often, last: ", reply->str);
             return;
         }
-        delay_req(q, 10 * q->tryagains);
+        if (next == SB_NEXT_FOLLOW && rd.ask) {
+            /* The slot is being migrated and this key already left: ask the target for this
+             * one command; the slot still belongs to the source (map unchanged). */
+            q->asking = 1;
+            snprintf(q->ask_host, sizeof q->ask_host, "%s", rd.host[0] ? rd.host : via->host);
+            q->ask_port = rd.port;
+        }
+        /* WAIT: TRYAGAIN, a script told ASK (it waits until the slot has moved), or a
+         * redirect loop: to the owner again, later. */
+        if (next == SB_NEXT_WAIT)
+            delay_req(q, delay);
+        else if (dispatch(q) != 0)
+            delay_req(q, TICK_MS); /* target not connected yet */
         return;
     }
     if (starts(reply->str, "NOSCRIPT") && q->script && !q->noscript) {
@@ -352,6 +356,17 @@ int sb_cluster_publish(sb_cluster_t *c, const char *channel, const char *payload
     const char *argv[3] = {"SPUBLISH", channel, payload};
     size_t lens[3] = {8, strlen(channel), len};
     return sb_cluster_command(c, channel, lens[1], cb, data, 3, argv, lens);
+}
+
+int sb_cluster_publish_received(sb_cluster_t *c, const char *channel, const char *payload,
+                                size_t len, sb_redis_cb cb, void *data)
+{
+    const char *argv[3] = {"SPUBLISH", channel, payload};
+    size_t lens[3] = {8, strlen(channel), len};
+    req_t *q = new_req(c, sb_slot(channel, lens[1]), cb, data, 0, NULL, 3, argv, lens);
+    if (q)
+        q->until_received = 1;
+    return start(q);
 }
 
 /* --- primaries -------------------------------------------------------------------------- */

@@ -57,10 +57,12 @@ int sb_cluster_is_cluster(const sb_cluster_t *c);
 /* The callback contract of everything that sends: returns 0 and calls cb exactly once, later,
  * or returns SB_EUNAVAIL (the slot's primary is not connected, or no one serves the slot) or
  * SB_ENOMEM and never calls it. cb may be NULL. Arguments are copied. The reply is borrowed.
- * Redirects are followed inside: cb never sees MOVED, ASK, TRYAGAIN (unless still so after 5
- * tries) or NOSCRIPT (once). When the command could not be served because of the cluster's
- * state (CLUSTERDOWN, lost primary, uncovered slot, redirect loop), cb gets reply NULL and an
- * error starting with "unavailable": callers map it like a transport error. */
+ * Redirects are followed inside: cb never sees MOVED, ASK, TRYAGAIN or NOSCRIPT (once); a
+ * script told ASK or TRYAGAIN (its slot is migrating) is sent again with backoff until the slot
+ * has moved, within timeout_ms, then fails "unavailable". When the command could not be served
+ * because of the cluster's state (CLUSTERDOWN, lost primary, uncovered slot, redirect loop), cb
+ * gets reply NULL and an error starting with "unavailable": callers map it like a transport error.
+ */
 
 /* Runs argv (argc strings, lens may be NULL for strlen) on the primary of key's slot. */
 int sb_cluster_command(sb_cluster_t *c, const char *key, size_t keylen, sb_redis_cb cb, void *data,
@@ -77,6 +79,14 @@ int sb_cluster_script(sb_cluster_t *c, const sb_embed_t *script, int nkeys, int 
  * receivers on that shard. */
 int sb_cluster_publish(sb_cluster_t *c, const char *channel, const char *payload, size_t len,
                        sb_redis_cb cb, void *data);
+
+/* As sb_cluster_publish, but while the reply is 0 (nobody subscribed on that shard) it is
+ * published again every 10 ms until someone receives it or the timeout passes (the reply is
+ * then 0). For a channel someone is known to subscribe to: after its slot moved, the
+ * subscribers re-subscribe on the new owner a moment later, and a message published in between
+ * is lost. Order: a later message sent meanwhile may overtake the one waiting. */
+int sb_cluster_publish_received(sb_cluster_t *c, const char *channel, const char *payload,
+                                size_t len, sb_redis_cb cb, void *data);
 
 /* Sharded pub/sub: SSUBSCRIBE channel on the shard owning its slot, kept across reconnects and
  * map changes (on_subscribed tells when it is in place). Returns 0, SB_EINVAL when already

@@ -261,3 +261,16 @@ int sb_redirect_parse(const char *err, size_t len, sb_redirect_t *out)
     out->port = (int)port;
     return 0;
 }
+
+sb_next_t sb_redirect_next(const char *err, size_t len, int script, int tries, int64_t left_ms,
+                           int64_t *delay_ms)
+{
+    sb_redirect_t rd;
+    int redirect = sb_redirect_parse(err, len, &rd) == 0;
+    if (!redirect && !(len >= 8 && memcmp(err, "TRYAGAIN", 8) == 0))
+        return SB_NEXT_DONE;
+    if (redirect && tries < SB_MAX_FOLLOWS && !(rd.ask && script))
+        return SB_NEXT_FOLLOW;
+    *delay_ms = 10 * (int64_t)(tries + 1 < 5 ? tries + 1 : 5);
+    return left_ms > *delay_ms ? SB_NEXT_WAIT : SB_NEXT_FAIL;
+}

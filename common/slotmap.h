@@ -60,4 +60,21 @@ typedef struct {
  * Returns 0 and fills out, or -1 when err is not a well-formed redirect. */
 int sb_redirect_parse(const char *err, size_t len, sb_redirect_t *out);
 
+/* What a command does next after an error reply (cluster.c; docs/design.md, "Slot migrations"). */
+typedef enum {
+    SB_NEXT_DONE,   /* not a redirect or a retry: the reply is the caller's */
+    SB_NEXT_FOLLOW, /* MOVED, or ASK of a plain command: send it to the target now */
+    SB_NEXT_WAIT,   /* send it to the slot's owner again after *delay_ms */
+    SB_NEXT_FAIL,   /* no time left: "unavailable" */
+} sb_next_t;
+
+enum { SB_MAX_FOLLOWS = 5 }; /* redirects followed at once; past that they wait (a loop) */
+
+/* The decision for error text err (len bytes) of a command that was redirected or retried
+ * `tries` times already and may wait left_ms more. A script never follows ASK: the slot is
+ * migrating and the script's undeclared keys may still be on the source, so it waits, like
+ * TRYAGAIN, until the slot has moved (MOVED). Waits back off 10, 20, .. 50 ms. Pure. */
+sb_next_t sb_redirect_next(const char *err, size_t len, int script, int tries, int64_t left_ms,
+                           int64_t *delay_ms);
+
 #endif

@@ -17,6 +17,10 @@ local members = base .. 'members'
 if KEYS[1] ~= members then
     return redis.error_reply('ERR room_read: KEYS[1] must be ' .. members)
 end
+-- As in lib/room.lua: a migrating slot's keys may be split; read once it has moved.
+if type(redis.pcall('EXISTS', base .. 'moving')) == 'table' then
+    return redis.error_reply('TRYAGAIN ' .. ARGV[2] .. ': its slot is being migrated')
+end
 local all = redis.call('HGETALL', members)
 local seq = 0
 if #all > 0 then

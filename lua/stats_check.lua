@@ -21,6 +21,10 @@ if not P or P == '' or string.sub(gstats, -6) ~= ':stats' or
     string.sub(bucket, 1, #P + 3) ~= P .. ':{#' or string.sub(bucket, -2) ~= '}:' then
     return redis.error_reply('ERR stats_check: KEYS[1] must be a bucket P:{T}:stats')
 end
+-- As in lib/room.lua: a migrating slot's keys may be split; check once it has moved.
+if type(redis.pcall('EXISTS', bucket .. 'moving')) == 'table' then
+    return redis.error_reply('TRYAGAIN ' .. gstats .. ': its slot is being migrated')
+end
 local rooms = redis.call('SMEMBERS', bucket .. 'rooms')
 local fields = {'members', 'links', 'linked'}
 local sum = {rooms = #rooms, members = 0, links = 0, linked = 0}

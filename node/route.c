@@ -1296,7 +1296,9 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
         sb_session_send_error(s, "internal", "out of memory", m->rid);
         return;
     }
-    if (sb_cluster_publish(n->db, channel, b.p, b.len, on_signal_published, q) != 0) {
+    /* Until received: the recipient's node subscribes to this channel while the recipient is
+     * here, so 0 receivers means its subscription is moving with the slot (a moment). */
+    if (sb_cluster_publish_received(n->db, channel, b.p, b.len, on_signal_published, q) != 0) {
         req_free(q);
         send_unavailable(s, m->rid);
     }

@@ -17,6 +17,17 @@ if string.sub(KEYS[2] or '', -6) ~= ':stats' or string.sub(bucket, 1, #P + 3) ~=
 end
 local gstats = KEYS[2]
 
+-- A slot being migrated (lua/README.md, "Slot migrations"): the room's keys may be split
+-- between the source and the target, and Redis checks only KEYS, not the names derived here.
+-- The source refuses a key that is not there ("non local key") after earlier writes stood, and
+-- the target (after ASKING) takes a key still on the source for missing. So nothing runs while
+-- the slot migrates: P:{R}:moving never exists, and only a migrating source refuses to look
+-- it up. TRYAGAIN: the caller retries until the slot has moved (the node never sends a script
+-- to an importing target).
+if type(redis.pcall('EXISTS', base .. 'moving')) == 'table' then
+    return redis.error_reply('TRYAGAIN ' .. R .. ': its slot is being migrated')
+end
+
 -- A number as Redis text: %d, because tostring prints large integers in exponent form.
 local function int(n) return string.format('%d', n) end
 

@@ -256,12 +256,50 @@ static void test_redirects(void **state)
     assert_int_equal(r.port, 29);
 }
 
+/* What a command does after an error reply during a migration (docs/design.md). */
+static sb_next_t next_of(const char *err, int script, int tries, int64_t left, int64_t *delay)
+{
+    *delay = -1;
+    return sb_redirect_next(err, strlen(err), script, tries, left, delay);
+}
+
+static void test_redirect_next(void **state)
+{
+    (void)state;
+    int64_t d;
+    /* Not ours: the caller gets the reply. */
+    assert_int_equal(next_of("ERR wrong", 0, 0, 500, &d), SB_NEXT_DONE);
+    assert_int_equal(next_of("NOSCRIPT x", 1, 0, 500, &d), SB_NEXT_DONE);
+    assert_int_equal(next_of("CLUSTERDOWN down", 1, 0, 500, &d), SB_NEXT_DONE);
+    /* MOVED is followed by everyone, ASK by plain commands only. */
+    assert_int_equal(next_of("MOVED 1 h:2", 0, 0, 500, &d), SB_NEXT_FOLLOW);
+    assert_int_equal(next_of("MOVED 1 h:2", 1, 0, 500, &d), SB_NEXT_FOLLOW);
+    assert_int_equal(next_of("ASK 1 h:2", 0, 0, 500, &d), SB_NEXT_FOLLOW);
+    /* A script told ASK waits for the slot to move, with backoff, like TRYAGAIN. */
+    assert_int_equal(next_of("ASK 1 h:2", 1, 0, 500, &d), SB_NEXT_WAIT);
+    assert_int_equal(d, 10);
+    assert_int_equal(next_of("TRYAGAIN Multiple keys", 0, 2, 500, &d), SB_NEXT_WAIT);
+    assert_int_equal(d, 30);
+    assert_int_equal(next_of("TRYAGAIN r: its slot is being migrated", 1, 40, 500, &d),
+                     SB_NEXT_WAIT);
+    assert_int_equal(d, 50); /* capped */
+    /* A redirect loop: after SB_MAX_FOLLOWS follows, wait instead. */
+    assert_int_equal(next_of("MOVED 1 h:2", 0, SB_MAX_FOLLOWS - 1, 500, &d), SB_NEXT_FOLLOW);
+    assert_int_equal(next_of("MOVED 1 h:2", 0, SB_MAX_FOLLOWS, 500, &d), SB_NEXT_WAIT);
+    /* No time left for the wait: unavailable. A follow needs no time. */
+    assert_int_equal(next_of("TRYAGAIN x", 0, 0, 10, &d), SB_NEXT_FAIL);
+    assert_int_equal(next_of("ASK 1 h:2", 1, 3, 40, &d), SB_NEXT_FAIL);
+    assert_int_equal(next_of("ASK 1 h:2", 1, 3, 41, &d), SB_NEXT_WAIT);
+    assert_int_equal(next_of("MOVED 1 h:2", 0, 0, -5, &d), SB_NEXT_FOLLOW);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_three_primaries), cmocka_unit_test(test_holes_and_empty),
         cmocka_unit_test(test_endpoints),       cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_single),          cmocka_unit_test(test_redirects),
+        cmocka_unit_test(test_redirect_next),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
