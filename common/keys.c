@@ -45,6 +45,12 @@ int sb_channel_node(char *buf, size_t len, const char *prefix, const char *tag, 
     return fit(snprintf(buf, len, "%s:{%s}:node:%s", prefix, tag, node), len);
 }
 
+int sb_key_node_backlog(char *buf, size_t len, const char *prefix, const char *tag,
+                        const char *node)
+{
+    return fit(snprintf(buf, len, "%s:{%s}:node:%s:backlog", prefix, tag, node), len);
+}
+
 /* Why a table built by search and not a formula: CRC16 cannot be inverted into a short
  * readable tag directly; trying "#0", "#1", ... fills all 16384 slots after about 180,000
  * tries (the last one found is "#167975"; a few ms, once per process), and every process (and

@@ -40,6 +40,9 @@ int sb_key_node_sockets(char *buf, size_t len, const char *prefix, const char *t
  * rooms and the signals for N's sockets in them (in the bucket's slot, so the scripts may
  * publish to it). The scripts build the same name: lua/README.md. */
 int sb_channel_node(char *buf, size_t len, const char *prefix, const char *tag, const char *node);
+/* P:{T}:node:N:backlog, the events of that channel nobody received (lua/README.md). */
+int sb_key_node_backlog(char *buf, size_t len, const char *prefix, const char *tag,
+                        const char *node);
 
 /* 1 when s is a valid room name: 1..64 of [A-Za-z0-9._-]. */
 int sb_valid_room(const char *s);

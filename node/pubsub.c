@@ -236,6 +236,59 @@ static void wake(sb_node_t *n, bucket_t *b, int ok)
     }
 }
 
+/* The backlog of a bucket being replayed: what the scripts published to our channel while
+ * nobody received it (lua/README.md). */
+typedef struct {
+    sb_node_t *n;
+    char tag[SB_TAG_MAX];
+} replay_t;
+
+static void on_backlog(redisReply *reply, const char *error, void *data)
+{
+    replay_t *rp = data;
+    sb_node_t *n = rp->n;
+    if (error && strncmp(error, "closing", 7) == 0) {
+        free(rp);
+        return;
+    }
+    size_t count = 0;
+    if (!error && reply && reply->type == REDIS_REPLY_ARRAY) {
+        /* In the order published, before the resync: the view applies the join and left
+         * events by seq (a live event that came first waits in its early buffer), so a socket
+         * that joined and left meanwhile is told as such, not lost in the difference. */
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *e = reply->element[i];
+            if (e->type == REDIS_REPLY_STRING) {
+                sb_pubsub_on_message(n, e->str, e->len);
+                count++;
+            }
+        }
+    } else if (error || sb_reply_is_error(reply)) {
+        sb_warn_limited("bucket %s: backlog not read (%s): the resync tells the difference",
+                        rp->tag, error ? error : reply->str);
+    }
+    if (count)
+        sb_info("bucket %s: %zu events replayed from the backlog", rp->tag, count);
+    sb_route_resync_bucket(n, rp->tag);
+    free(rp);
+}
+
+/* Replays b's backlog, then re-reads b's rooms; or only the latter when that cannot be sent. */
+static void replay_then_resync(sb_node_t *n, bucket_t *b)
+{
+    char key[SB_KEY_MAX];
+    replay_t *rp = malloc(sizeof *rp);
+    if (rp && sb_key_node_backlog(key, sizeof key, n->cfg.prefix, b->tag, n->cfg.id) > 0) {
+        rp->n = n;
+        memcpy(rp->tag, b->tag, sizeof rp->tag);
+        const char *argv[3] = {"LPOP", key, "1024"};
+        if (sb_cluster_command(n->db, key, strlen(key), on_backlog, rp, 3, argv, NULL) == 0)
+            return;
+    }
+    free(rp);
+    sb_route_resync_bucket(n, b->tag);
+}
+
 void sb_pubsub_on_subscribed(sb_node_t *n, const char *channel)
 {
     bucket_t *b = sb_map_get(&n->buckets, channel);
@@ -243,11 +296,20 @@ void sb_pubsub_on_subscribed(sb_node_t *n, const char *channel)
         return;
     int again = b->ready;
     b->ready = 1;
+    if (!again) {
+        /* A backlog left by an earlier process with our id is not for us: nothing of ours
+         * was published before our first subscription (a join waits for it). */
+        char key[SB_KEY_MAX];
+        const char *argv[2] = {"DEL", key};
+        if (sb_key_node_backlog(key, sizeof key, n->cfg.prefix, b->tag, n->cfg.id) > 0)
+            sb_cluster_command(n->db, key, strlen(key), NULL, NULL, 2, argv, NULL);
+    }
     wake(n, b, 1);
     /* Why re-read on a second confirmation: the subscription was lost (a reconnect, a slot
-     * moving to another primary) and what was published meanwhile never reached us. */
+     * moving to another primary) and what was published meanwhile never reached us; the
+     * scripts kept the room events of that gap in our backlog, replayed first. */
     if (again)
-        sb_route_resync_bucket(n, b->tag);
+        replay_then_resync(n, b);
     if (strcmp(channel, n->home) == 0)
         sb_presence_on_pubsub_up(n);
 }

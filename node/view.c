@@ -570,10 +570,11 @@ lost:
     return -1;
 }
 
-/* Applies early events that are next in sequence; drops stale ones. */
-static void drain_early(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
+/* Applies early events that are next in sequence, up to seq `upto`; drops stale ones. */
+static void drain_upto(sb_view_t *v, uint64_t upto, int64_t now_ms, sb_acts_t *acts)
 {
-    while (v->early_head < v->nearly && v->early[v->early_head].seq <= v->seq + 1) {
+    while (v->early_head < v->nearly && v->early[v->early_head].seq <= v->seq + 1 &&
+           v->early[v->early_head].seq <= upto) {
         early_t *e = &v->early[v->early_head];
         if (e->seq == v->seq + 1) {
             sb_view_event_t ev = {e->join, e->seq, e->id, e->node, e->meta_json, e->reason};
@@ -586,6 +587,11 @@ static void drain_early(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
     if (v->early_head == v->nearly)
         v->early_head = v->nearly = 0;
     v->gap_since_ms = v->nearly ? (v->gap_since_ms ? v->gap_since_ms : now_ms) : 0;
+}
+
+static void drain_early(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
+{
+    drain_upto(v, UINT64_MAX, now_ms, acts);
 }
 
 static void start_resync(sb_view_t *v, sb_acts_t *acts)
@@ -716,6 +722,11 @@ void sb_view_resync_done(sb_view_t *v, int ok, uint64_t seq, const sb_view_membe
         v->resync_due_ms = now_ms + SB_VIEW_RETRY_MS;
         return;
     }
+    /* Events that came during the read and continue our sequence are the room's exact history
+     * up to the read: applied first, so a member that joined and left meanwhile is told both
+     * (the difference alone would hide it; issue 12, events replayed after a slot moved). */
+    if (v->synced)
+        drain_upto(v, seq, now_ms, acts);
     /* Members that are gone (one pass: mark what the read lists, drop the rest), told as
      * peer-left. Skipped during the grace after a data loss. */
     if (!grace) {

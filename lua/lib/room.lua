@@ -42,8 +42,19 @@ end
 
 -- SPUBLISH event to node n's channel of this bucket, P:{T}:node:n (sharded pub/sub: on a
 -- cluster the message stays on the room's shard).
+-- When nobody receives it (node n's subscription is moving with the slot, its pub/sub
+-- connection is reconnecting, or n is dead), the event is also kept in n's backlog of the
+-- bucket, P:{T}:node:n:backlog (at most 1024, for 10 s), which n replays when its subscription
+-- is back, before it re-reads the rooms: events of that gap are then told, not just the
+-- difference (lua/README.md, "Slot migrations").
 local function publish_to(n, event)
-    redis.call('SPUBLISH', bucket .. 'node:' .. n, event)
+    local channel = bucket .. 'node:' .. n
+    if redis.call('SPUBLISH', channel, event) == 0 then
+        local backlog = channel .. ':backlog'
+        redis.call('RPUSH', backlog, event)
+        redis.call('LTRIM', backlog, -1024, -1)
+        redis.call('PEXPIRE', backlog, 10000)
+    end
 end
 
 -- Publishes event to every node of the room (P:{R}:nodes).

@@ -237,6 +237,33 @@ def test_join_event_text_is_exact_and_keeps_empty_arrays(r, server, sb):
     ps.close()
 
 
+def test_events_nobody_received_wait_in_the_nodes_backlog(r, server, sb):
+    """An event published to a node channel nobody subscribes to (the node re-subscribing after
+    its slot moved) is kept in that node's backlog of the bucket, in order, capped and
+    expiring; with the node subscribed nothing is kept (lua/README.md, "Slot migrations")."""
+    b1, b2 = f"{BK}:node:n1:backlog", f"{BK}:node:n2:backlog"
+    s = sb.join("a", "A", "n1")[1]
+    sb.join("a", "B", "n2")
+    assert sb.remove("a", "B", node="n2")[0] == "ok"
+    got = [json.loads(e) for e in r.lrange(b1, 0, -1)]
+    assert [(e["t"], e.get("id"), e["seq"]) for e in got] == \
+        [("join", "A", s), ("join", "B", s + 1), ("left", "B", s + 2)]
+    # n2 left the room with B: the left event goes to the nodes still in it.
+    assert [json.loads(e)["id"] for e in r.lrange(b2, 0, -1)] == ["B"]
+    assert 0 < r.pttl(b1) <= 10000
+    r.delete(b1, b2)
+    ps = ShardedSubscriber("127.0.0.1", server.port, [f"{BK}:node:n1"])
+    sb.join("a", "C", "n1")
+    assert json.loads(ps.get(timeout=5)[1])["id"] == "C"
+    assert r.exists(b1) == 0
+    ps.close()
+    # At most the last 1024.
+    for i in range(1030):
+        sb.join("b", f"X{i}", "n1", max_members=2000)
+    kept = r.lrange(b1, 0, -1)
+    assert len(kept) == 1024 and json.loads(kept[-1])["id"] == "X1029"
+
+
 def test_second_join_on_other_node_notifies_both_nodes(r, sb, events, consistent):
     s1 = sb.join("a", "A", "n1")[1]
     events.drain()

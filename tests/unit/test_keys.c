@@ -64,6 +64,8 @@ static void test_global_and_node_keys(void **state)
     assert_string_equal(buf, "sb:{#}:node:host:8080:sockets");
     assert_int_equal(sb_channel_node(buf, sizeof buf, "sb", "#12", "n1"), 16);
     assert_string_equal(buf, "sb:{#12}:node:n1");
+    assert_int_equal(sb_key_node_backlog(buf, sizeof buf, "sb", "#12", "n1"), 24);
+    assert_string_equal(buf, "sb:{#12}:node:n1:backlog");
 }
 
 /* Bucket tags: one bucket on a single Redis; on a cluster the tag of the room's slot, so a
@@ -180,6 +182,9 @@ static void test_names_match_the_readme_schema(void **state)
             fail_msg("%s is not in lua/README.md's key schema", buf);
     }
     sb_key_node_sockets(buf, sizeof buf, "P", "T", "N");
+    snprintf(line, sizeof line, "\n%s ", buf);
+    assert_non_null(strstr(schema, line));
+    sb_key_node_backlog(buf, sizeof buf, "P", "T", "N");
     snprintf(line, sizeof line, "\n%s ", buf);
     assert_non_null(strstr(schema, line));
     /* The channel row, marked channel. */
