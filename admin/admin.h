@@ -236,6 +236,10 @@ typedef struct {
     sb_node_info_t *v; /* live nodes (lease present), in no particular order */
     int n, cap;
     sb_reap_result_t reaped; /* summed over the lapsed nodes reaped by this walk */
+    /* Redis Cluster with a shard lost: leases that could not be read (those nodes are listed
+     * with lease NULL and never reaped), and whether P:nodes itself could not be read (the
+     * list is then empty). Figures built on them are partial. */
+    int unknown, index_unread;
 } sb_nodes_t;
 void sb_nodes_free(sb_nodes_t *nodes);
 /* Called exactly once. nodes is handed over (the callback frees it with sb_nodes_free, and
@@ -266,7 +270,15 @@ typedef struct {
     json_t *last;                     /* P:admin:last parsed (new reference) or NULL */
     json_t *totals;                   /* object of P:admin:totals as integers (new reference) */
     json_t *events;                   /* newest events (new reference) or NULL */
+    /* Global keys that could not be read (a Redis Cluster shard lost): SB_UNREAD_* bits. */
+    unsigned unread;
 } sb_status_t;
+enum {
+    SB_UNREAD_NODES = 1,  /* P:nodes, or some node's lease */
+    SB_UNREAD_LAST = 2,   /* P:admin:last */
+    SB_UNREAD_TOTALS = 4, /* P:admin:totals */
+    SB_UNREAD_EVENTS = 8, /* P:events */
+};
 typedef void (*sb_status_cb)(sb_admin_t *a, sb_status_t *st, const char *error, void *data);
 /* Reaps lapsed nodes, then reads the figures, the last pass, the totals and (with events > 0)
  * that many newest events. Returns 0 and calls cb once with st borrowed (valid during cb), or

@@ -75,8 +75,26 @@ static void try_lease(sb_admin_t *a)
     char lock[SB_KEY_MAX];
     sb_key_global(lock, sizeof lock, a->cfg.prefix, "admin:lock"); /* fits: prefix <= 64 */
     const char *args[] = {lock, a->cfg.prefix, a->holder, ttl};
-    if (sb_admin_script(a, "admin_lock", 1, 4, args, NULL, on_lock, a) == 0)
+    int rc = sb_admin_script(a, "admin_lock", 1, 4, args, NULL, on_lock, a);
+    if (rc == 0) {
         a->lease_pending = 1;
+        return;
+    }
+    if (rc != SB_EUNAVAIL || !sb_cluster_is_cluster(a->db))
+        return;
+    /* The shard of P:admin:lock is lost (the others answer): no lease, so no pass, but the
+     * figures are still served (partial). A PING to a connected primary keeps /readyz's "a
+     * reply within two ticks" about the admin's Redis, not about the lock's shard. */
+    if (a->lease_held)
+        sb_warn("reconcile lease: its shard is lost; not reconciling");
+    a->lease_held = 0;
+    a->nodes_primed = 0;
+    for (int i = 0; i < sb_cluster_nprimaries(a->db); i++) {
+        sb_cluster_node_t p;
+        if (sb_cluster_primary(a->db, i, &p) == 0 && p.up && p.nslots > 0 &&
+            sb_redis_command(p.redis, NULL, NULL, "PING") == 0)
+            break;
+    }
 }
 
 static void on_tick(uv_timer_t *t)

@@ -23,8 +23,9 @@ static void on_redis_reply(double seconds, void *data)
 
 static void on_redis_state(sb_cluster_t *c, int up, void *data)
 {
-    (void)c;
-    if (up)
+    /* A shard lost: the others still answer, so the admin keeps reaping and reporting there
+     * (its figures say partial); its lease needs the shard of P:admin:lock. */
+    if (up || sb_cluster_partly_up(c))
         sb_lease_redis_up(data);
     else
         sb_lease_redis_down(data);

@@ -42,7 +42,8 @@ void sb_nodes_free(sb_nodes_t *nodes)
 
 typedef struct lease_get {
     walk_t *w;
-    int present;   /* the lease exists */
+    int present;   /* the lease exists (or could not be read: unknown) */
+    int unknown;   /* could not be read */
     json_t *lease; /* parsed (new reference), NULL when not JSON */
 } lease_get_t;
 
@@ -98,8 +99,10 @@ static void after_batch(walk_t *w)
         finish(w, NULL);
         return;
     }
-    if (scan_next(w) != 0)
-        finish(w, "unavailable");
+    if (scan_next(w) == 0)
+        return;
+    w->out->index_unread = sb_cluster_is_cluster(w->a->db);
+    finish(w, w->out->index_unread ? NULL : "unavailable");
 }
 
 static void reap_next(walk_t *w);
@@ -145,6 +148,7 @@ static void leases_done(walk_t *w)
     for (int i = 0; i < w->nbatch; i++) {
         lease_get_t *g = &w->gets[i];
         if (g->present) {
+            w->out->unknown += g->unknown;
             if (add_live(w->out, w->batch[i], g->lease) != 0) {
                 finish(w, "out of memory");
                 return;
@@ -161,7 +165,12 @@ static void on_lease(redisReply *reply, const char *error, void *data)
 {
     lease_get_t *g = data;
     walk_t *w = g->w;
-    if (error || !reply || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)) {
+    if (error && strncmp(error, "unavailable", 11) == 0 && sb_cluster_is_cluster(w->a->db)) {
+        /* Its slot's shard is lost: the node may well be alive. Listed, never reaped. */
+        g->present = 1;
+        g->unknown = 1;
+    } else if (error || !reply ||
+               (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)) {
         if (!w->gets_error)
             w->gets_error = error ? error : "bad GET reply";
     } else if (reply->type == REDIS_REPLY_STRING) {
@@ -176,6 +185,12 @@ static void on_scan(const redisReply *items, const char *error, void *data)
 {
     walk_t *w = data;
     sb_admin_t *a = w->a;
+    if (error && strncmp(error, "unavailable", 11) == 0 && sb_cluster_is_cluster(a->db)) {
+        /* P:nodes is on a shard that is lost: the nodes read so far, marked partial. */
+        w->out->index_unread = 1;
+        finish(w, NULL);
+        return;
+    }
     if (error) {
         finish(w, error);
         return;
@@ -225,7 +240,12 @@ static void on_scan(const redisReply *items, const char *error, void *data)
         }
         const char *argv[] = {"GET", key};
         w->gets_pending++;
-        if (sb_admin_cmd(a, on_lease, &w->gets[i], 2, argv, NULL) != 0) {
+        int rc = sb_admin_cmd(a, on_lease, &w->gets[i], 2, argv, NULL);
+        if (rc == SB_EUNAVAIL && sb_cluster_is_cluster(a->db)) {
+            /* No connected primary serves the lease's slot (a shard lost): unknown. */
+            w->gets_pending--;
+            w->gets[i].present = w->gets[i].unknown = 1;
+        } else if (rc != 0) {
             w->gets_pending--;
             w->gets_error = "unavailable";
             break;

@@ -42,10 +42,14 @@ static void settle(collect_t *c)
         done(c);
 }
 
-static int failed(collect_t *c, redisReply *reply, const char *error)
+/* A global key's read failed. On a Redis Cluster that is its shard being lost: the figures are
+ * then partial and say what is missing (bit), rather than no answer at all. */
+static int failed(collect_t *c, redisReply *reply, const char *error, unsigned bit)
 {
     if (error || !reply || sb_reply_is_error(reply)) {
-        if (!c->error)
+        if (sb_cluster_is_cluster(c->a->db))
+            c->st.unread |= bit;
+        else if (!c->error)
             c->error = error ? error : "Redis error";
         return 1;
     }
@@ -63,13 +67,16 @@ static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, 
     c->st.linked = b->linked;
     c->st.missing_slots = b->missing_slots;
     c->st.first_missing = b->first_missing;
+    /* Not one slot answered: nothing to report, partial or not. */
+    if (b->missing_slots >= SB_SLOTS && !c->error)
+        c->error = "unavailable";
     settle(c);
 }
 
 static void on_last(redisReply *reply, const char *error, void *data)
 {
     collect_t *c = data;
-    if (!failed(c, reply, error) && reply->type == REDIS_REPLY_STRING)
+    if (!failed(c, reply, error, SB_UNREAD_LAST) && reply->type == REDIS_REPLY_STRING)
         c->st.last = json_loadb(reply->str, reply->len, 0, NULL);
     settle(c);
 }
@@ -77,38 +84,54 @@ static void on_last(redisReply *reply, const char *error, void *data)
 static void on_totals(redisReply *reply, const char *error, void *data)
 {
     collect_t *c = data;
-    c->st.totals = sb_totals_from_reply(failed(c, reply, error) ? NULL : reply);
+    c->st.totals = sb_totals_from_reply(failed(c, reply, error, SB_UNREAD_TOTALS) ? NULL : reply);
     settle(c);
 }
 
 static void on_events(redisReply *reply, const char *error, void *data)
 {
     collect_t *c = data;
-    if (!failed(c, reply, error))
+    if (!failed(c, reply, error, SB_UNREAD_EVENTS))
         c->st.events = sb_events_from_reply(reply);
     settle(c);
 }
 
+/* Everything after the node walk; 0, or -1 when nothing could be sent (c is then freed and
+ * the callback not called: for sb_status_collect, which may not call back synchronously). */
+static int after_nodes(collect_t *c, int sync);
+
 static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *data)
 {
+    (void)a;
     collect_t *c = data;
     c->st.nodes = *nodes; /* take the contents */
     free(nodes);
+    if (c->st.nodes.unknown || c->st.nodes.index_unread)
+        c->st.unread |= SB_UNREAD_NODES;
     if (error) {
         c->error = error;
         done(c);
         return;
     }
+    after_nodes(c, 0);
+}
+
+static int after_nodes(collect_t *c, int sync)
+{
+    sb_admin_t *a = c->a;
     char last[SB_KEY_MAX], totals[SB_KEY_MAX], events[SB_KEY_MAX], count[24];
     /* The prefix is at most 64 characters: these names always fit. */
     sb_key_global(last, sizeof last, a->cfg.prefix, "admin:last");
     sb_key_global(totals, sizeof totals, a->cfg.prefix, "admin:totals");
     sb_key_global(events, sizeof events, a->cfg.prefix, "events");
     snprintf(count, sizeof count, "%d", c->events);
-    /* Issued together; each reply settles one count. */
+    /* Issued together; each reply settles one count; the 1 is held while sending. */
     c->pending = 2;
+    int sent = 1;
     if (sb_buckets_read(a, "", on_buckets, c) != 0) {
+        /* Not one primary could be asked: no shard answers, nothing to report. */
         c->pending--;
+        sent = 0;
         c->error = "unavailable";
     }
     const char *q2[] = {"GET", last};
@@ -118,17 +141,30 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
         int argc;
         const char **argv;
         sb_redis_cb cb;
-    } qs[] = {{2, q2, on_last}, {2, q3, on_totals}, {6, q4, on_events}};
+        unsigned bit;
+    } qs[] = {{2, q2, on_last, SB_UNREAD_LAST},
+              {2, q3, on_totals, SB_UNREAD_TOTALS},
+              {6, q4, on_events, SB_UNREAD_EVENTS}};
     int nq = c->events > 0 ? 3 : 2;
     for (int i = 0; i < nq && !c->error; i++) {
         c->pending++;
-        if (sb_admin_cmd(a, qs[i].cb, c, qs[i].argc, qs[i].argv, NULL) != 0) {
-            c->pending--;
-            c->error = "unavailable";
-            break;
+        if (sb_admin_cmd(a, qs[i].cb, c, qs[i].argc, qs[i].argv, NULL) == 0) {
+            sent++;
+            continue;
         }
+        c->pending--;
+        if (sb_cluster_is_cluster(a->db)) {
+            c->st.unread |= qs[i].bit; /* its shard is lost: partial */
+            continue;
+        }
+        c->error = "unavailable";
+    }
+    if (sync && !sent) {
+        free(c); /* nothing sent: no callback (the callback contract) */
+        return -1;
     }
     settle(c);
+    return 0;
 }
 
 int sb_status_collect(sb_admin_t *a, int events, sb_status_cb cb, void *data)
@@ -141,6 +177,11 @@ int sb_status_collect(sb_admin_t *a, int events, sb_status_cb cb, void *data)
     c->cb = cb;
     c->data = data;
     int rc = sb_nodes_walk(a, on_nodes, c);
+    if (rc == SB_EUNAVAIL && sb_cluster_is_cluster(a->db)) {
+        /* P:nodes is on a lost shard: the figures without the node list, marked partial. */
+        c->st.unread |= SB_UNREAD_NODES;
+        return after_nodes(c, 1) == 0 ? 0 : SB_EUNAVAIL;
+    }
     if (rc != 0)
         free(c);
     return rc;
@@ -201,11 +242,26 @@ json_t *sb_status_json(const sb_status_t *st)
                           (json_int_t)st->rooms, "active_users", (json_int_t)st->members,
                           "p2p_links", (json_int_t)st->links, "p2p_users", (json_int_t)st->linked,
                           "last_reconcile", st->last ? st->last : json_null(), "totals", totals,
-                          "events", events, "partial", st->missing_slots > 0);
+                          "events", events, "partial", st->missing_slots > 0 || st->unread);
     /* Never silently low: figures that miss slots say which. */
     if (o && st->missing_slots > 0)
         json_object_set_new(
             o, "missing_slots",
             json_pack("{s:i,s:i}", "count", st->missing_slots, "first", st->first_missing));
+    /* And the global keys that could not be read (their shard is lost), by what they feed. */
+    if (o && st->unread) {
+        static const struct {
+            unsigned bit;
+            const char *name;
+        } names[] = {{SB_UNREAD_NODES, "nodes"},
+                     {SB_UNREAD_LAST, "last_reconcile"},
+                     {SB_UNREAD_TOTALS, "totals"},
+                     {SB_UNREAD_EVENTS, "events"}};
+        json_t *u = json_array();
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (st->unread & names[i].bit)
+                json_array_append_new(u, json_string(names[i].name));
+        json_object_set_new(o, "unreadable", u);
+    }
     return o;
 }

@@ -963,6 +963,16 @@ int sb_cluster_is_cluster(const sb_cluster_t *c)
     return c->cluster;
 }
 
+int sb_cluster_partly_up(const sb_cluster_t *c)
+{
+    if (!c->map_loaded || c->closed)
+        return 0;
+    for (int i = 0; i < c->nprim; i++)
+        if (c->prim[i]->nslots > 0 && sb_redis_up(c->prim[i]->cmd))
+            return 1;
+    return 0;
+}
+
 int sb_cluster_slot_up(const sb_cluster_t *c, unsigned slot)
 {
     return slot < SB_SLOTS && c->owner[slot] && sb_redis_up(c->owner[slot]->cmd);

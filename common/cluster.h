@@ -105,6 +105,10 @@ int sb_cluster_drop_subscriber(sb_cluster_t *c, const char *channel, const char 
 /* 1 when the map is read, every slot is covered and every primary is connected. */
 int sb_cluster_up(const sb_cluster_t *c);
 
+/* 1 when the map is read and some primary serving slots is connected: some rooms can be
+ * served (a shard lost leaves the others working). */
+int sb_cluster_partly_up(const sb_cluster_t *c);
+
 /* 1 when slot's primary is known and connected (commands for it can be sent). */
 int sb_cluster_slot_up(const sb_cluster_t *c, unsigned slot);
 

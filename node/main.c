@@ -59,9 +59,13 @@ static void on_db_subscribed(sb_cluster_t *c, const char *channel, void *data)
 
 int sb_node_ready(sb_node_t *n, const char **why)
 {
+    /* A Redis Cluster with a shard lost still serves the other shards' rooms, and every node
+     * sees the same cluster: 503 on all of them would leave the load balancer nowhere to send
+     * anyone (docs/design.md, "A whole shard lost"). The lease, the instance check and the
+     * probe below still have to work. */
     if (n->draining)
         *why = "draining";
-    else if (!n->db_up)
+    else if (!n->db_up && !(n->cluster && sb_cluster_partly_up(n->db)))
         *why = "redis unreachable";
     else if (!n->instance_ok || !n->lease_ok)
         *why = "lease not registered";

@@ -195,6 +195,11 @@
             p2p_links: s.p2p_links, p2p_users: s.p2p_users,
         };
         for (const f of FIGURES) $(`fig-${f}`).textContent = String(values[f]);
+        // A Redis Cluster shard lost: the figures cover only the slots that answered.
+        const missing = s.missing_slots ? `${s.missing_slots.count} hash slots missing (first ${s.missing_slots.first})` : '';
+        const unread = (s.unreadable || []).join(', ');
+        $('partial').hidden = !s.partial;
+        $('partial').textContent = s.partial ? `Partial figures: ${[missing, unread && `not readable: ${unread}`].filter(Boolean).join('; ')}` : '';
         const r = s.last_reconcile;
         pairs($('last-reconcile'), r ? [
             ['at', new Date(r.at).toLocaleString()],
