@@ -46,6 +46,13 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
                   "Redis hash slots whose figures could not be read (the figures above are "
                   "partial when > 0).",
                   st->missing_slots);
+    int unread = 0;
+    for (unsigned bits = st->unread; bits; bits &= bits - 1)
+        unread++;
+    sb_prom_gauge(&o, "switchboard_cluster_unreadable",
+                  "Kinds of global keys that could not be read, their shard lost (mesh-status "
+                  "unreadable: nodes, last_reconcile, totals, events).",
+                  unread);
     sb_prom_counter(&o, "switchboard_stale_sockets_removed_total",
                     "Sockets reaped after their presence expired (all admins).",
                     total(st, "stale_sockets_removed"));

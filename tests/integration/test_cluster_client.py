@@ -234,31 +234,38 @@ def test_03_ask_during_a_migration(rc, probes):
     pipe.get("{ask-test}new")
     assert pipe.execute()[1] == "n"
     # A multi-key command with its keys split between src and dst: src answers TRYAGAIN; the
-    # probe retries with a short backoff (5 times), then hands the TRYAGAIN to the caller.
-    r = p.cmd(moved, "MGET", moved, stays)
-    assert r["reply"]["err"].startswith("TRYAGAIN"), r
-    assert p.state()["stats"]["tryagain"] == 6
+    # probe retries with backoff (10 to 50 ms) until its command timeout (2 s), then fails
+    # "unavailable" (the slot did not finish moving).
+    t0 = time.monotonic()
+    r = p.cmd(moved, "MGET", moved, stays, timeout=10)
+    took = time.monotonic() - t0
+    assert r["error"].startswith("unavailable") and "TRYAGAIN" in r["error"], r
+    assert 1.5 < took < 4, took
+    tries = p.state()["stats"]["tryagain"]
+    assert tries >= 20, tries
     mget = rc.client(src).info("commandstats")["cmdstat_mget"]
-    assert mget["calls"] + mget.get("rejected_calls", 0) + mget.get("failed_calls", 0) == 6, mget
-    # A script on a key of the migrating slot that src no longer has, with dst's script cache
-    # empty: ASK, then on dst NOSCRIPT, then SCRIPT LOAD + ASKING + EVALSHA on dst. src sees
-    # the call once (a retry without ASKING would bounce back to src with MOVED).
+    assert mget["calls"] + mget.get("rejected_calls", 0) + mget.get("failed_calls", 0) == tries
+    # A script on a key of the migrating slot that src no longer has: src says ASK, and a
+    # script does not follow ASK (the keys it derives may still be on src; docs/design.md,
+    # "Slot migrations"): it is sent to src again with backoff until the slot has moved, here
+    # never, so "unavailable" at the timeout; dst never ran it.
     rc.client(dst).script_flush()
     rc.reset_stats()
-    assert p.call("script", 1, "{ask-test}cnt", 5)["reply"] == 5
+    r = p.call("script", 1, "{ask-test}cnt", 5, timeout=10)
+    assert r["error"].startswith("unavailable") and "ASK" in r["error"], r
     ev = rc.client(src).info("commandstats")["cmdstat_evalsha"]
-    assert ev["calls"] + ev.get("rejected_calls", 0) + ev.get("failed_calls", 0) == 1, ev
-    assert rc.commandstats(dst).get("asking") == 2
-    assert rc.commandstats(dst).get("script|load") == 1
-    pipe = rc.client(dst).pipeline(transaction=False)
-    pipe.execute_command("ASKING")
-    pipe.get("{ask-test}cnt")
-    assert pipe.execute()[1] == "5"
+    assert ev["calls"] + ev.get("rejected_calls", 0) + ev.get("failed_calls", 0) >= 20, ev
+    assert "evalsha" not in rc.commandstats(dst) and "asking" not in rc.commandstats(dst)
     # ASK does not change the map: the slot is still src's.
     assert p.owner(slot)["owner"] == f"127.0.0.1:{src}"
     assert p.events("topology") == []
     rc.migrate_keys(slot, src, dst)
     rc.finish_slot(slot, dst)
+    # Once moved, the script runs on dst, whose empty script cache costs one NOSCRIPT.
+    rc.reset_stats()
+    assert p.call("script", 1, "{ask-test}cnt", 5)["reply"] == 5
+    assert rc.commandstats(dst).get("script|load") == 1
+    assert rc.client(dst).get("{ask-test}cnt") == "5"
     assert p.cmd(stays, "GET", stays)["reply"] == "s"
     rc.move_slot(slot, src)
     p.quit()

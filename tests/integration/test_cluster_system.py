@@ -553,6 +553,7 @@ def test_07_a_whole_shard_lost(tmp_path):
                 "Authorization": f"Bearer {admin.token}"})[1].decode())
             assert prom["switchboard_cluster_missing_slots"] == lost_slots, prom
             assert prom["switchboard_cluster_active_users"] == 4, prom
+            assert prom["switchboard_cluster_unreadable"] == len(m["unreadable"]) > 0, prom
             # The rooms of the other shards work: signal, leave, join.
             for room in live:
                 x, y = members[room]

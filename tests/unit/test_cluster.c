@@ -45,6 +45,9 @@ static void nothing_is_sent_while_down(sb_cluster_t *c)
     assert_int_equal(sb_cluster_script(c, &sb_lua_files[0], 1, 2, args, NULL, on_reply, NULL),
                      SB_EUNAVAIL);
     assert_int_equal(sb_cluster_publish(c, "ch", "x", 1, on_reply, NULL), SB_EUNAVAIL);
+    assert_int_equal(sb_cluster_publish_received(c, "ch", "x", 1, on_reply, NULL), SB_EUNAVAIL);
+    /* No primary connected: not even partly up (readiness of node and admin). */
+    assert_int_equal(sb_cluster_partly_up(c), 0);
     /* Bad arguments are refused before anything else. */
     assert_int_equal(sb_cluster_command(c, "k", 1, on_reply, NULL, 0, argv, NULL), SB_EINVAL);
     assert_int_equal(sb_cluster_script(c, &sb_lua_files[0], 3, 2, args, NULL, on_reply, NULL),
