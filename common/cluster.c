@@ -15,7 +15,8 @@
 
 enum {
     TICK_MS = 20,
-    RECEIVER_WAIT_MS = 10,
+    RECEIVER_WAIT_MS = 10, /* doubling up to 160: a dead receiver costs ~5 publishes a second */
+    RECEIVER_WAIT_MAX_MS = 160,
     /* Map re-reads: soon after a hint (MOVED, lost primary), then this often while broken, and
      * this often anyway (a safety net for changes nothing told us about). */
     REFRESH_SOON_MS = 50,
@@ -46,6 +47,7 @@ typedef struct req {
     primary_t *via;          /* where it was last sent (valid while its reply is pending) */
     int redirects, noscript; /* redirects: MOVED/ASK/TRYAGAIN met so far */
     int until_received;      /* SPUBLISH: again while nobody received it (see cluster.h) */
+    int64_t receiver_wait;   /* the next wait for that */
     int asking;              /* next send goes to ask_host:ask_port after ASKING */
     char ask_host[256];
     int ask_port;
@@ -188,9 +190,11 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
     if (reply->type != REDIS_REPLY_ERROR) {
         /* Nobody subscribed on the slot's shard: after a slot moved, the receivers are
          * re-subscribing on the new owner; published now, the message would be lost. */
+        int64_t wait = q->receiver_wait ? q->receiver_wait : RECEIVER_WAIT_MS;
         if (q->until_received && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
-            q->deadline - sb_mono_ms() > RECEIVER_WAIT_MS) {
-            delay_req(q, RECEIVER_WAIT_MS);
+            q->deadline - sb_mono_ms() > wait) {
+            q->receiver_wait = wait * 2 < RECEIVER_WAIT_MAX_MS ? wait * 2 : RECEIVER_WAIT_MAX_MS;
+            delay_req(q, wait);
             return;
         }
         finish(q, reply, NULL);

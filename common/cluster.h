@@ -81,10 +81,11 @@ int sb_cluster_publish(sb_cluster_t *c, const char *channel, const char *payload
                        sb_redis_cb cb, void *data);
 
 /* As sb_cluster_publish, but while the reply is 0 (nobody subscribed on that shard) it is
- * published again every 10 ms until someone receives it or the timeout passes (the reply is
- * then 0). For a channel someone is known to subscribe to: after its slot moved, the
- * subscribers re-subscribe on the new owner a moment later, and a message published in between
- * is lost. Order: a later message sent meanwhile may overtake the one waiting. */
+ * published again after 10, 20, 40, 80, 160, 160, ... ms until someone receives it or the
+ * timeout passes (the reply is then 0; a receiver that is dead costs a few publishes). For a
+ * channel someone is known to subscribe to: after its slot moved, the subscribers re-subscribe on
+ * the new owner a moment later, and a message published in between is lost. Order: a later message
+ * sent meanwhile may overtake the one waiting. */
 int sb_cluster_publish_received(sb_cluster_t *c, const char *channel, const char *payload,
                                 size_t len, sb_redis_cb cb, void *data);
 
