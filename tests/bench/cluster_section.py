@@ -41,6 +41,7 @@ ENV = {
     "SB_BENCH_CL_SAMPLE": _num("SB_BENCH_CL_SAMPLE", 2000),  # of them joined (2 sockets each)
     "SB_BENCH_CL_NODE_TIMEOUT_MS": _num("SB_BENCH_CL_NODE_TIMEOUT_MS", 5000),
     "SB_BENCH_CL_PERF_SECONDS": _num("SB_BENCH_CL_PERF_SECONDS", 4.0),  # 0: no perf
+    "SB_BENCH_CL_REPLICA_RUN": _num("SB_BENCH_CL_REPLICA_RUN", 1),  # also 1 Redis + a replica
 }
 NODE_ARGS = ["--rate", "1000000", "--burst", "1000000"]  # as sections 2 and 3
 
@@ -96,13 +97,25 @@ def _base_argv(B, port, d):
             "--loglevel", "warning"]
 
 
-def start_single(B):
-    port = B.free_port()
-    d = os.path.join(B.WORK, f"cl-single-{port}")
-    os.makedirs(d, exist_ok=True)
-    s = Server(B, port, _base_argv(B, port, d), f"cl-redis-{port}")
-    return Topology("1 Redis", f"redis://127.0.0.1:{port}", [s], [None],
-                    [(0, keyspace.SLOTS - 1, port)])
+def start_single(B, with_replica=False):
+    """One redis-server; with_replica: and a replica of it (--replicaof), in sync."""
+    servers = []
+    for role in ("primary", "replica")[:1 + with_replica]:
+        port = B.free_port()
+        d = os.path.join(B.WORK, f"cl-single-{port}")
+        os.makedirs(d, exist_ok=True)
+        argv = _base_argv(B, port, d)
+        if servers:
+            argv += ["--replicaof", "127.0.0.1", str(servers[0].port),
+                     "--repl-diskless-sync-delay", "0"]
+        servers.append(Server(B, port, argv, f"cl-redis-{port}"))
+    if with_replica:
+        B.wait_for(lambda: servers[1].r.info("replication").get("master_link_status") == "up",
+                   30, "replica in sync")
+    return Topology("1 Redis + 1 replica" if with_replica else "1 Redis",
+                    f"redis://127.0.0.1:{servers[0].port}", servers[:1],
+                    [servers[1] if with_replica else None],
+                    [(0, keyspace.SLOTS - 1, servers[0].port)])
 
 
 def start_cluster(B, primaries=3):
@@ -271,9 +284,18 @@ def perf_top(B, pid, seconds, n=8):
         if m:
             rows.append({"pct": float(m.group(1)), "dso": m.group(2), "kernel": m.group(3) == "k",
                          "symbol": m.group(4)})
-    m = re.search(r"# Samples: (\d+)", rep.stdout)
+    m = re.search(r"# Samples: ([\d.]+)([KM]?)", rep.stdout)
     os.unlink(data)
-    return {"samples": int(m.group(1)) if m else None,
+    by_dso = {}
+    for r in rows:
+        if r["dso"] == "redis-check-rdb":  # Debian: redis-server is a link to it
+            r["dso"] = "redis-server"
+        by_dso[r["dso"]] = by_dso.get(r["dso"], 0.0) + r["pct"]
+        if r["symbol"].startswith("0x"):  # no symbols for this library
+            r["symbol"] = f"({r['dso']})"
+    return {"samples": int(float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6}[m.group(2)])
+            if m else None,
+            "by_dso": sorted(by_dso.items(), key=lambda kv: -kv[1])[:4],
             "kernel_pct": sum(r["pct"] for r in rows if r["kernel"]),
             "top_user": [r for r in rows if not r["kernel"]][:n],
             "top_kernel": [r for r in rows if r["kernel"]][:3]}
@@ -349,7 +371,10 @@ def run(B, red=None):
     """Section 7; `red` (bench.py's own Redis) is not used: this section starts its own."""
     R = {"env": dict(ENV), "loadavg_start": B.sh("cut -d' ' -f1-3 /proc/loadavg")}
     have_perf = ENV["SB_BENCH_CL_PERF_SECONDS"] > 0 and bool(B.sh("command -v perf"))
-    for key, start in (("single", start_single), ("cluster", start_cluster)):
+    tops = [("single", start_single), ("cluster", start_cluster)]
+    if ENV["SB_BENCH_CL_REPLICA_RUN"]:  # what replication alone costs, without cluster mode
+        tops.insert(1, ("replica", lambda B: start_single(B, with_replica=True)))
+    for key, start in tops:
         B.log(f"section {SECTION}: {key}: starting Redis")
         topo = start(B)
         nodes = []
@@ -424,7 +449,7 @@ def projection(R, run):
 def _runs(R):
     """(run, "relay" or "state changes", Redis key, its results) in the order of the tables."""
     for run, label in (("relay", "relay"), ("churn", "state changes")):
-        for key in ("single", "cluster"):
+        for key in ("single", "replica", "cluster"):
             if R.get(key):
                 yield run, label, key, R[key]
 
@@ -440,7 +465,10 @@ def render(a, R):
     a(f"## {SECTION}. One Redis against a Redis Cluster of 3 primaries")
     a("")
     a(f"The same 2 nodes (release build, `--rate 1000000 --burst 1000000`) on one `redis-server` "
-      f"(`redis://`), then on a cluster of 3 primaries and 3 replicas (`redis-cluster://`, "
+      "(`redis://`), "
+      + ("on one with a replica (`--replicaof`: what replication costs without cluster mode), "
+         if R.get("replica") else "") +
+      f"then on a cluster of 3 primaries and 3 replicas (`redis-cluster://`, "
       f"`--cluster-node-timeout {E['SB_BENCH_CL_NODE_TIMEOUT_MS']}`), all on this machine's "
       f"{R.get('nproc') or 2} cores with the load generator. Relay: {E['SB_BENCH_CL_PAIRS']} "
       "pairs (rooms) across the 2 nodes, flat out, each signal one `SPUBLISH` to the recipient "
@@ -473,8 +501,9 @@ def render(a, R):
           f"{_f(u.get('nodes'), 1)} / {_f(u.get('client'), 1)} us |")
     a("")
     a("Per shard (a *message* is one `SPUBLISH`, a *script call* one `EVALSHA`; *Redis us* is "
-      "commandstats' time inside the command, *CPU us* the process's whole CPU, event loop, "
-      "network and cluster bus included):")
+      "commandstats' time inside the command, wall clock, so on a busy box it includes waiting "
+      "for a core; *CPU us* is the process's whole CPU, event loop, network, replication and "
+      "cluster bus included):")
     a("")
     a("| run | Redis | shard (primary port) | ops/s on it | share | primary CPU | CPU us per op "
       "| Redis us per op | ops per CPU-second | replica CPU | replica CPU us per op |")
@@ -496,7 +525,8 @@ def render(a, R):
         a(f"Idle (the 2 nodes connected, no clients, 3 s): one Redis "
           f"{', '.join(_f(v, 1) + '%' for v in idle_s.values())}; the cluster's 6 processes "
           f"{', '.join(_f(v, 1) + '%' for v in idle_c.values())} of a core (cluster bus pings, "
-          "replication pings, the nodes' heartbeats); included in the figures above.")
+          "replication pings, the nodes' heartbeats); included in the figures above, not "
+          "subtracted.")
         a("")
     a("Commands per shard over the window (`INFO commandstats`: calls, Redis us per call; top 5 "
       "by calls; inside scripts the commands a script runs are counted too):")
@@ -559,14 +589,15 @@ def render(a, R):
               f"{_f(p.get('cluster_box_bound'))} | {_f(p.get('node_cores_at_x3'), 1)} |")
         a("")
         _limits(a, R, P)
-    pf = [(k, R[k]["perf"]) for k in ("single", "cluster") if R.get(k, {}).get("perf")]
+    pf = [(k, R[k]["perf"]) for k in ("single", "replica", "cluster")
+          if R.get(k, {}).get("perf")]
     if pf:
         a(f"`perf record -F 999` of the busiest primary for {E['SB_BENCH_CL_PERF_SECONDS']:.0f} s "
           "of an extra run of each workload (self time, % of samples; this VM has no hardware "
           "counters, so perf samples on the cpu-clock timer and kernel time that runs with "
           "interrupts off lands on the next point they are on, e.g. `finish_task_switch`):")
         a("")
-        a("| workload | Redis | primary | samples | kernel | top redis-server / libc symbols | "
+        a("| workload | Redis | primary | samples | by binary | top user-space symbols | "
           "top kernel symbols |")
         a("| --- | --- | --- | --- | --- | --- | --- |")
         for run in ("relay", "churn"):
@@ -579,10 +610,22 @@ def render(a, R):
                       f"`{pr['error'].strip()}` | | | |")
                     continue
                 a(f"| {'relay' if run == 'relay' else 'state changes'} | {R[k]['label']} | "
-                  f"{x[run]['port']} | {_f(pr['samples'])} | {pr['kernel_pct']:.0f}% | "
+                  f"{x[run]['port']} | {_f(pr['samples'])} | "
+                  + ", ".join(f"{d} {v:.0f}%" for d, v in pr["by_dso"]) + " | "
                   + "; ".join(f"{t['symbol']} {t['pct']:.1f}%" for t in pr["top_user"]) + " | "
                   + "; ".join(f"{t['symbol']} {t['pct']:.1f}%" for t in pr["top_kernel"]) + " |")
         a("")
+
+
+def _per_op(R, key, run):
+    """(primary CPU us, replica CPU us, Redis us inside the command) per operation of one
+    topology and workload, over all its shards."""
+    w = R.get(key, {}).get(run, {}).get("window")
+    if not w or not w["ops"]:
+        return None
+    u = w["us_per_op"]
+    redis_us = sum(r["redis_us_per_op"] * r["ops"] for r in w["shards"] if r["ops"]) / w["ops"]
+    return u["primaries"], u["replicas"], redis_us
 
 
 def _limits(a, R, P):
@@ -590,39 +633,64 @@ def _limits(a, R, P):
     rl, ch = P.get("relay", {}), P.get("churn", {})
     c_u = R["cluster"]["relay"]["window"].get("us_per_op", {})
     s_u = R["single"]["relay"]["window"].get("us_per_op", {})
+    n = R.get("nproc") or 2
     a("**What limits it.**")
     a("")
     if rl and c_u and s_u:
         a(f"- *The machine's cores, not Redis.* Per relayed message this run spent "
-          f"{_f(s_u['primaries'], 1)} us in one Redis against {_f(c_u['nodes'], 1)} us in the "
-          f"nodes and {_f(c_u['client'], 1)} us in the client (cluster run). On "
-          f"{R.get('nproc') or 2} cores the whole box cannot pass about "
-          f"{_f(rl.get('single_box_bound'))} messages/s with one Redis and "
-          f"{_f(rl.get('cluster_box_bound'))} with the cluster, whatever the number of shards: "
-          "3 shards do not add cores.")
+          f"{_f(s_u['primaries'], 1)} us in one Redis ({_f(c_u['primaries'], 1)} us in the "
+          f"cluster's primaries) against {_f(c_u['nodes'], 1)} us in the nodes and "
+          f"{_f(c_u['client'], 1)} us in the client. On {n} cores the whole box cannot pass "
+          f"about {_f(rl.get('single_box_bound'))} messages/s with one Redis and "
+          f"{_f(rl.get('cluster_box_bound'))} with the cluster (and "
+          f"{_f(ch.get('single_box_bound'))} / {_f(ch.get('cluster_box_bound'))} script "
+          "calls/s), whatever the number of shards: 3 shards add processes, not cores, and "
+          "each costs more per operation than one Redis (below).")
     if rl.get("node_cores_at_x3"):
         a(f"- *The nodes' CPU.* At the projected {_f(rl['x3'])} messages/s the nodes would need "
-          f"about {_f(rl['node_cores_at_x3'], 1)} cores (at {_f(rl['cluster_node_us'], 1)} us per "
-          f"message across 2 nodes), and {_f(ch.get('node_cores_at_x3'), 1)} cores for the "
-          f"projected {_f(ch.get('x3'))} script calls/s: the tier to scale first is the nodes, "
-          "which scale out behind the load balancer.")
+          f"about {_f(rl['node_cores_at_x3'], 1)} cores (at {_f(rl['cluster_node_us'], 1)} us "
+          f"per message, both nodes together), and {_f(ch.get('node_cores_at_x3'), 1)} cores "
+          f"for the projected {_f(ch.get('x3'))} script calls/s: the tier that runs out first "
+          "is the nodes, which scale out behind the load balancer.")
+    rows = []
+    for run, what in (("relay", "message"), ("churn", "script call")):
+        cells = []
+        for key in ("single", "replica", "cluster"):
+            x = _per_op(R, key, run)
+            if x:
+                cells.append(f"{R[key]['label']} {x[0]:.1f} us (inside the command {x[2]:.1f} us"
+                             + (f"; replica {x[1]:.1f} us" if R[key]["replicas"][0] else "")
+                             + ")")
+        rows.append(f"per {what}: " + ", ".join(cells))
     if rl.get("single_cap") and rl.get("mean_cap"):
-        a(f"- *Cluster mode costs per operation.* One shard serves "
-          f"{_f(rl['mean_cap'])} messages per CPU-second against {_f(rl['single_cap'])} for "
-          f"one Redis ({rl['mean_cap'] / rl['single_cap']:.2f} x), and "
-          f"{_f(ch.get('mean_cap'))} script calls against {_f(ch.get('single_cap'))}. In "
-          "cluster mode a primary sends every `SPUBLISH` to its replica over the cluster bus "
-          "(Redis 7 propagates sharded pub/sub messages to the whole shard) and replicates every "
-          "script's writes; the replica columns above are that cost on the other side.")
+        a(f"- *Cluster mode costs more per operation.* Primary CPU {'; '.join(rows)}. So one "
+          f"shard serves {_f(rl['mean_cap'])} messages per CPU-second against "
+          f"{_f(rl['single_cap'])} for one Redis ({rl['mean_cap'] / rl['single_cap']:.2f} x), "
+          f"and {_f(ch.get('mean_cap'))} script calls against {_f(ch.get('single_cap'))} "
+          f"({ch['mean_cap'] / ch['single_cap']:.2f} x): 3 primaries give "
+          f"{rl['x3'] / rl['single_cap']:.1f} x and {ch['x3'] / ch['single_cap']:.1f} x one "
+          "Redis, not 3 x. Where it goes (commandstats and perf above): a primary replicates "
+          "each script's writes to its replica (the replica's `MULTI`/`EXEC` per script call), "
+          "which the run of one Redis with a replica pays too; in cluster mode a `SPUBLISH` "
+          "is also sent to the shard's replica over the cluster bus (`clusterSendMessage`, "
+          "`clusterBuildMessageHdr`; Redis 7 delivers sharded messages on every node of the "
+          "shard) and each command is checked against the slot map (`getNodeByQuery`).")
+    a("- *Per-operation figures at low load are pessimistic for relay.* A primary relaying "
+      "here is 10-30% busy and is woken for a few messages at a time, so most of its CPU is the "
+      "kernel's (wake-ups, loopback TCP; see the perf table): a saturated shard reads more "
+      "commands per wake-up, so its messages per CPU-second would be higher (section 2's "
+      "`redis-benchmark -P 16 PUBLISH` passes a million per second on one core). Script calls "
+      "are dominated by the script itself and scale as measured.")
     a("- *Cross-slot fan-out.* None per operation: a signal is one `SPUBLISH` on the room's "
       "shard and a room's events are published by its script on the same shard, so the rooms' "
-      "load divides by the spread above. What does span shards is per node, not per "
-      "operation: a connection and a sharded subscriber per primary, the lease and `P:nodes` on "
-      "one shard, the admin's bucket reads on every primary.")
+      "load divides by the spread above. What spans shards is per node, not per operation: a "
+      "connection and a sharded subscriber per primary, the lease and `P:nodes` on one shard "
+      "(the `set`/`sadd` rows), the heartbeats' `PEXPIRE` on each room's shard, and the admin's "
+      "bucket reads on every primary.")
     sp = R.get("spread")
     if sp and rl.get("with_spread") and rl.get("x3"):
         a(f"- *Spread.* With rooms at a min/max ratio of {sp['min_max']:.3f}, the fullest primary "
           f"saturates first: {_f(rl['with_spread'])} instead of {_f(rl['x3'])} messages/s. The "
-          f"{R['env']['SB_BENCH_CL_PAIRS']} rooms of the relay run spread less evenly (shares in "
-          "the per-shard table), which is why the measured per-shard rates differ.")
+          f"{R['env']['SB_BENCH_CL_PAIRS']} rooms of the relay run spread less evenly (the share "
+          "column), which is why the measured per-shard rates differ.")
     a("")
