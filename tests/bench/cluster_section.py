@@ -44,6 +44,7 @@ ENV = {
     "SB_BENCH_CL_REPLICA_RUN": _num("SB_BENCH_CL_REPLICA_RUN", 1),  # also 1 Redis + a replica
 }
 NODE_ARGS = ["--rate", "1000000", "--burst", "1000000"]  # as sections 2 and 3
+CLUSTER_FN = re.compile(r"(crc16|keyHashSlot|getNodeByQuery|slotToKey|cluster|.*[Ss]lot)")
 
 
 # ---- Redis: one server, or 3 primaries + 3 replicas --------------------------------------------
@@ -284,7 +285,7 @@ def perf_top(B, pid, seconds, n=8):
         if m:
             rows.append({"pct": float(m.group(1)), "dso": m.group(2), "kernel": m.group(3) == "k",
                          "symbol": m.group(4)})
-    m = re.search(r"# Samples: ([\d.]+)([KM]?)", rep.stdout)
+    m = re.search(r"# Samples: (\S+)", rep.stdout)
     os.unlink(data)
     by_dso = {}
     for r in rows:
@@ -293,9 +294,11 @@ def perf_top(B, pid, seconds, n=8):
         by_dso[r["dso"]] = by_dso.get(r["dso"], 0.0) + r["pct"]
         if r["symbol"].startswith("0x"):  # no symbols for this library
             r["symbol"] = f"({r['dso']})"
-    return {"samples": int(float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6}[m.group(2)])
-            if m else None,
+    return {"samples": m.group(1) if m else None,  # as perf says it ("1K" is about 1000)
             "by_dso": sorted(by_dso.items(), key=lambda kv: -kv[1])[:4],
+            # Redis's cluster-mode code: slot of a key, slot checks, per-slot key index, bus
+            "cluster_pct": sum(r["pct"] for r in rows if not r["kernel"] and CLUSTER_FN.match(
+                r["symbol"])),
             "kernel_pct": sum(r["pct"] for r in rows if r["kernel"]),
             "top_user": [r for r in rows if not r["kernel"]][:n],
             "top_kernel": [r for r in rows if r["kernel"]][:3]}
@@ -597,9 +600,9 @@ def render(a, R):
           "counters, so perf samples on the cpu-clock timer and kernel time that runs with "
           "interrupts off lands on the next point they are on, e.g. `finish_task_switch`):")
         a("")
-        a("| workload | Redis | primary | samples | by binary | top user-space symbols | "
-          "top kernel symbols |")
-        a("| --- | --- | --- | --- | --- | --- | --- |")
+        a("| workload | Redis | primary | samples | by binary | cluster-mode functions | top "
+          "user-space symbols | top kernel symbols |")
+        a("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for run in ("relay", "churn"):
             for k, x in pf:
                 if run not in x:
@@ -607,11 +610,12 @@ def render(a, R):
                 pr = x[run]["redis"]
                 if "error" in pr:
                     a(f"| {run} | {R[k]['label']} | {x[run]['port']} | perf failed: "
-                      f"`{pr['error'].strip()}` | | | |")
+                      f"`{pr['error'].strip()}` | | | | |")
                     continue
                 a(f"| {'relay' if run == 'relay' else 'state changes'} | {R[k]['label']} | "
-                  f"{x[run]['port']} | {_f(pr['samples'])} | "
-                  + ", ".join(f"{d} {v:.0f}%" for d, v in pr["by_dso"]) + " | "
+                  f"{x[run]['port']} | {pr['samples']} | "
+                  + ", ".join(f"{d} {v:.0f}%" for d, v in pr["by_dso"])
+                  + f" | {pr.get('cluster_pct', 0):.1f}% | "
                   + "; ".join(f"{t['symbol']} {t['pct']:.1f}%" for t in pr["top_user"]) + " | "
                   + "; ".join(f"{t['symbol']} {t['pct']:.1f}%" for t in pr["top_kernel"]) + " |")
         a("")
@@ -669,18 +673,33 @@ def _limits(a, R, P):
           f"and {_f(ch.get('mean_cap'))} script calls against {_f(ch.get('single_cap'))} "
           f"({ch['mean_cap'] / ch['single_cap']:.2f} x): 3 primaries give "
           f"{rl['x3'] / rl['single_cap']:.1f} x and {ch['x3'] / ch['single_cap']:.1f} x one "
-          "Redis, not 3 x. Where it goes (commandstats and perf above): a primary replicates "
-          "each script's writes to its replica (the replica's `MULTI`/`EXEC` per script call), "
-          "which the run of one Redis with a replica pays too; in cluster mode a `SPUBLISH` "
-          "is also sent to the shard's replica over the cluster bus (`clusterSendMessage`, "
-          "`clusterBuildMessageHdr`; Redis 7 delivers sharded messages on every node of the "
-          "shard) and each command is checked against the slot map (`getNodeByQuery`).")
-    a("- *Per-operation figures at low load are pessimistic for relay.* A primary relaying "
-      "here is 10-30% busy and is woken for a few messages at a time, so most of its CPU is the "
-      "kernel's (wake-ups, loopback TCP; see the perf table): a saturated shard reads more "
-      "commands per wake-up, so its messages per CPU-second would be higher (section 2's "
-      "`redis-benchmark -P 16 PUBLISH` passes a million per second on one core). Script calls "
-      "are dominated by the script itself and scale as measured.")
+          "Redis, not 3 x.")
+        s1, r1, c1 = (_per_op(R, k, "churn") for k in ("single", "replica", "cluster"))
+        sm, rm, cm = (_per_op(R, k, "relay") for k in ("single", "replica", "cluster"))
+        if s1 and r1 and c1 and sm and rm and cm:
+            a(f"  Where it goes (commandstats and perf): of the {c1[0] - s1[0]:.1f} us more per "
+              f"script call, {r1[0] - s1[0]:.1f} us is replication, paid as much by one Redis "
+              "with a replica (the primary feeds each script's writes to the replica, which "
+              "applies them as one `MULTI`/`EXEC`), and "
+              f"{c1[0] - r1[0]:.1f} us is cluster mode: every command a script runs is checked "
+              "against the script's slot (`crc16`, `getNodeByQuery`), and Redis 7 keeps a "
+              "per-slot index of keys, updated as the scripts create and delete keys (the "
+              "cluster-mode functions column of the perf table). Per "
+              f"message, replication adds {rm[0] - sm[0]:.1f} us (a `SPUBLISH` is propagated "
+              f"to the replica) and cluster mode {cm[0] - rm[0]:.1f} us more: there a "
+              "`SPUBLISH` goes to the shard's replica as a cluster-bus message "
+              "(`clusterBuildMessageHdr`, `clusterSendMessage` in perf), which costs more "
+              f"inside the command ({sm[2]:.1f} us one Redis, {cm[2]:.1f} us a shard).")
+    busy = [r["primary"]["cpu_pct"] for k in ("single", "replica", "cluster") if R.get(k)
+            for r in R[k]["relay"]["window"]["shards"]]
+    if busy:
+        a(f"- *Per-message figures at low load are pessimistic.* A primary relaying here is "
+          f"{min(busy):.0f}-{max(busy):.0f}% busy and is woken for a few messages at a time, so "
+          "most of its CPU is the kernel's (wake-ups, loopback TCP: the perf table): a "
+          "saturated shard reads more commands per wake-up and would pass more messages per "
+          "CPU-second (section 2's `redis-benchmark -P 16 PUBLISH` passes about a million per "
+          "second on one core). Script calls are mostly the script's own work (the kernel is "
+          "under 15% of their samples) and scale as measured.")
     a("- *Cross-slot fan-out.* None per operation: a signal is one `SPUBLISH` on the room's "
       "shard and a room's events are published by its script on the same shard, so the rooms' "
       "load divides by the spread above. What spans shards is per node, not per operation: a "
