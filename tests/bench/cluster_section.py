@@ -715,19 +715,31 @@ def _limits(a, R, P):
         s1, r1, c1 = (_per_op(R, k, "churn") for k in ("single", "replica", "cluster"))
         sm, rm, cm = (_per_op(R, k, "relay") for k in ("single", "replica", "cluster"))
         if s1 and r1 and c1 and sm and rm and cm:
-            a(f"  Where it goes (commandstats and perf): of the {c1[0] - s1[0]:.1f} us more per "
-              f"script call, {r1[0] - s1[0]:.1f} us is replication, paid as much by one Redis "
-              "with a replica (the primary feeds each script's writes to the replica, which "
-              "applies them as one `MULTI`/`EXEC`), and "
-              f"{c1[0] - r1[0]:.1f} us is cluster mode: every command a script runs is checked "
-              "against the script's slot (`crc16`, `getNodeByQuery`), and Redis 7 keeps a "
-              "per-slot index of keys, updated as the scripts create and delete keys (the "
-              "cluster-mode functions column of the perf table). Per "
-              f"message, replication adds {rm[0] - sm[0]:.1f} us (a `SPUBLISH` is propagated "
-              f"to the replica) and cluster mode {cm[0] - rm[0]:.1f} us more: there a "
-              "`SPUBLISH` goes to the shard's replica as a cluster-bus message "
-              "(`clusterBuildMessageHdr`, `clusterSendMessage` in perf), which costs more "
-              f"inside the command ({sm[2]:.1f} us one Redis, {cm[2]:.1f} us a shard).")
+            def pf(key, run, what):
+                x = R[key].get("perf", {}).get(run, {}).get("redis", {})
+                ok = (_samples(x.get("samples")) or 0) >= PERF_MIN_SAMPLES
+                return x.get(what) if ok else None
+            ck, sk = pf("cluster", "churn", "kernel_pct"), pf("single", "churn", "kernel_pct")
+            cc, rc = pf("cluster", "churn", "cluster_pct"), pf("cluster", "relay", "cluster_pct")
+            a(f"  Where it goes: of the {c1[0] - s1[0]:.1f} us more per script call, "
+              f"{r1[0] - s1[0]:.1f} us is replication, which one Redis with a replica pays as "
+              "well (the primary feeds each script's writes to its replica, which applies them "
+              f"as one `MULTI`/`EXEC`: the commandstats rows), and {c1[0] - r1[0]:.1f} us comes "
+              "with cluster mode: each key a script touches is checked against the script's "
+              "slot (`crc16`, `getNodeByQuery`), Redis 7 keeps a per-slot index of keys that "
+              "the scripts' creations and deletions update, and the cluster bus runs beside."
+              + (f" By name these cluster-mode functions are {cc:.1f}% of the busiest shard's "
+                 "samples (perf table); the kernel's share is "
+                 f"{ck:.0f}% against {sk:.0f}% on one Redis; the rest is spread thin over the "
+                 "allocator and dict code, not one hot spot." if cc is not None and ck is not None
+                 and sk is not None else "")
+              + f" Per message, replication adds {rm[0] - sm[0]:.1f} us (the `SPUBLISH` is "
+              f"propagated to the replica) and cluster mode {cm[0] - rm[0]:.1f} us more: there "
+              "a `SPUBLISH` reaches the shard's replica as a cluster-bus message "
+              "(`clusterSendMessage`, `clusterBuildMessageHdr`"
+              + (f"; cluster-mode functions {rc:.1f}% of the samples" if rc is not None else "")
+              + f"), and costs more inside the command ({sm[2]:.1f} us one Redis, {cm[2]:.1f} us "
+              "a shard).")
     busy = [r["primary"]["cpu_pct"] for k in ("single", "replica", "cluster") if R.get(k)
             for r in R[k]["relay"]["window"]["shards"]]
     if busy:
