@@ -41,10 +41,13 @@ ENV = {
     "SB_BENCH_CL_SAMPLE": _num("SB_BENCH_CL_SAMPLE", 2000),  # of them joined (2 sockets each)
     "SB_BENCH_CL_NODE_TIMEOUT_MS": _num("SB_BENCH_CL_NODE_TIMEOUT_MS", 5000),
     "SB_BENCH_CL_PERF_SECONDS": _num("SB_BENCH_CL_PERF_SECONDS", 4.0),  # 0: no perf
-    "SB_BENCH_CL_REPLICA_RUN": _num("SB_BENCH_CL_REPLICA_RUN", 1),  # also 1 Redis + a replica
+    # also 1 Redis + a replica, and 3 primaries without replicas
+    "SB_BENCH_CL_REPLICA_RUN": _num("SB_BENCH_CL_REPLICA_RUN", 1),
     "SB_BENCH_CL_REPEATS": _num("SB_BENCH_CL_REPEATS", 3),  # runs of each; the median is shown
+    "SB_BENCH_CL_SAT_N": _num("SB_BENCH_CL_SAT_N", 1000000),  # SPUBLISH flat out; 0: skip
 }
 NODE_ARGS = ["--rate", "1000000", "--burst", "1000000"]  # as sections 2 and 3
+KEYS = ("single", "replica", "cluster0", "cluster")  # the topologies, in the tables' order
 CLUSTER_FN = re.compile(r"(crc16|keyHashSlot|getNodeByQuery|slotToKey|cluster|.*[Ss]lot)")
 
 
@@ -120,10 +123,10 @@ def start_single(B, with_replica=False):
                     [(0, keyspace.SLOTS - 1, servers[0].port)])
 
 
-def start_cluster(B, primaries=3):
-    """primaries + as many replicas (one each), joined by redis-cli --cluster create; returns
+def start_cluster(B, primaries=3, replicas=1):
+    """primaries, each with `replicas` replicas, joined by redis-cli --cluster create; returns
     once every node says cluster_state:ok and every replica is in sync."""
-    n = 2 * primaries
+    n = primaries * (1 + replicas)
     ports = set()
     while len(ports) < 2 * n:
         ports.add(B.free_port())
@@ -142,7 +145,7 @@ def start_cluster(B, primaries=3):
             servers.append(Server(B, port, argv, f"cl-redis-{port}"))
         out = subprocess.run(["redis-cli", "--cluster", "create"] +
                              [f"127.0.0.1:{p}" for p in data_ports] +
-                             ["--cluster-replicas", "1", "--cluster-yes"],
+                             ["--cluster-replicas", str(replicas), "--cluster-yes"],
                              capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create: {out.stdout[-800:]}{out.stderr}")
@@ -153,7 +156,7 @@ def start_cluster(B, primaries=3):
                 if "cluster_state:ok" not in s.r.execute_command("CLUSTER", "INFO"):
                     return None
                 rows = s.r.execute_command("CLUSTER", "SLOTS")
-                if any(len(r) < 4 for r in rows):
+                if any(len(r) < 3 + replicas for r in rows):
                     return None
                 repl = s.r.info("replication")
                 if repl["role"] == "slave" and repl.get("master_link_status") != "up":
@@ -165,14 +168,16 @@ def start_cluster(B, primaries=3):
         prims = [by_port[p] for p in prim_ports]
         reps = []
         for p in prim_ports:
-            rep = [r[3][1] for r in rows if r[2][1] == p]
+            rep = [r[3][1] for r in rows if r[2][1] == p and len(r) > 3]
             reps.append(by_port[rep[0]] if rep else None)
     except BaseException:
         for s in servers:
             s.proc.stop(5)
         raise
     url = "redis-cluster://" + ",".join(f"127.0.0.1:{p.port}" for p in prims[:2])
-    return Topology(f"{primaries} primaries + {primaries} replicas", url, prims, reps, slots)
+    label = (f"{primaries} primaries + {primaries * replicas} replicas" if replicas else
+             f"{primaries} primaries, no replicas")
+    return Topology(label, url, prims, reps, slots)
 
 
 # ---- measurement -------------------------------------------------------------------------------
@@ -267,6 +272,29 @@ def repeated(run):
     med = runs[len(runs) // 2]
     med["repeats"] = [r["window"].get("us_per_op", {}).get("primaries") for r in runs]
     return med
+
+
+def saturated(B, topo):
+    """What one primary passes flat out: redis-benchmark -c 50 -P 16 SPUBLISH (200 B, no
+    subscriber) on a channel of its first slot; its CPU (and its replica's) per message."""
+    p, rep_ = topo.primaries[0], topo.replicas[0]
+    chan = f"bench:{{{keyspace.slot_tags()[topo.slots[0][0]]}}}"
+    n = ENV["SB_BENCH_CL_SAT_N"]
+    pids = [p.pid] + ([rep_.pid] if rep_ else [])
+    c0 = [B.cpu_s(x) for x in pids]
+    t0 = time.monotonic()
+    out = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(p.port), "-n", str(n),
+                          "-c", "50", "-P", "16", "--csv", "SPUBLISH", chan, "x" * 200],
+                         capture_output=True, text=True, timeout=600)
+    dt = time.monotonic() - t0
+    c1 = [B.cpu_s(x) for x in pids]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith('"') and "rps" not in ln]
+    if not rows:
+        return {"error": (out.stderr or out.stdout)[-300:]}
+    rps = float(rows[-1].split('","')[1])
+    return {"n": n, "rps": rps, "primary_cpu_pct": (c1[0] - c0[0]) / dt * 100,
+            "primary_us_per_op": (c1[0] - c0[0]) * 1e6 / n,
+            "replica_us_per_op": (c1[1] - c0[1]) * 1e6 / n if rep_ else None}
 
 
 def idle(B, topo, nodes, seconds=3.0):
@@ -389,8 +417,10 @@ def run(B, red=None):
     R = {"env": dict(ENV), "loadavg_start": B.sh("cut -d' ' -f1-3 /proc/loadavg")}
     have_perf = ENV["SB_BENCH_CL_PERF_SECONDS"] > 0 and bool(B.sh("command -v perf"))
     tops = [("single", start_single), ("cluster", start_cluster)]
-    if ENV["SB_BENCH_CL_REPLICA_RUN"]:  # what replication alone costs, without cluster mode
-        tops.insert(1, ("replica", lambda B: start_single(B, with_replica=True)))
+    if ENV["SB_BENCH_CL_REPLICA_RUN"]:  # what replication costs without cluster mode, and
+        # cluster mode without replication
+        tops[1:1] = [("replica", lambda B: start_single(B, with_replica=True)),
+                     ("cluster0", lambda B: start_cluster(B, replicas=0))]
     for key, start in tops:
         B.log(f"section {SECTION}: {key}: starting Redis")
         topo = start(B)
@@ -401,6 +431,9 @@ def run(B, red=None):
             T = {"label": topo.label, "primaries": [s.port for s in topo.primaries],
                  "replicas": [s.port if s else None for s in topo.replicas]}
             T["idle_cpu_pct"] = idle(B, topo, nodes)
+            if ENV["SB_BENCH_CL_SAT_N"]:
+                B.log(f"section {SECTION}: {key}: redis-benchmark SPUBLISH -P 16 on one primary")
+                T["saturated"] = saturated(B, topo)
             B.log(f"section {SECTION}: {key}: relay across 2 nodes, "
                   f"{ENV['SB_BENCH_CL_PAIRS']} pairs, flat out")
             T["relay"] = repeated(lambda: measured_run(
@@ -439,19 +472,17 @@ def _f(x, d=0):
     return "n/a" if x is None else f"{x:,.{d}f}"
 
 
-def projection(R, run):
+def projection(R, run, ckey="cluster"):
     """Per-shard ops per Redis CPU-second, x 3; with the spread (the fullest shard saturates
     first); the whole-box bound on 2 cores from the measured CPU per operation."""
-    c, s = R["cluster"][run]["window"], R["single"][run]["window"]
+    c, s = R[ckey][run]["window"], R["single"][run]["window"]
     caps = [r["ops_per_cpu_s"] for r in c["shards"] if r["ops_per_cpu_s"]]
     P = {"single_cap": s["shards"][0]["ops_per_cpu_s"], "shard_caps": caps,
          "mean_cap": sum(caps) / len(caps) if caps else None}
     P["x3"] = P["mean_cap"] * len(c["shards"]) if caps else None
     sp = R.get("spread")
-    if sp and caps:
-        shares = [p["share"] for p in sp["primaries"]]
-        P["with_spread"] = min(cap / sh for cap, sh in zip(
-            [r["ops_per_cpu_s"] or 0 for r in c["shards"]], shares) if sh > 0)
+    if sp and caps:  # the primary with the most of the 10,000 rooms saturates first
+        P["with_spread"] = P["mean_cap"] / max(p["share"] for p in sp["primaries"])
     for key, w in (("single", s), ("cluster", c)):
         u = w.get("us_per_op")
         if u:
@@ -467,7 +498,7 @@ def projection(R, run):
 def _runs(R):
     """(run, "relay" or "state changes", Redis key, its results) in the order of the tables."""
     for run, label in (("relay", "relay"), ("churn", "state changes")):
-        for key in ("single", "replica", "cluster"):
+        for key in KEYS:
             if R.get(key):
                 yield run, label, key, R[key]
 
@@ -485,7 +516,9 @@ def render(a, R):
     a(f"The same 2 nodes (release build, `--rate 1000000 --burst 1000000`) on one `redis-server` "
       "(`redis://`), "
       + ("on one with a replica (`--replicaof`: what replication costs without cluster mode), "
-         if R.get("replica") else "") +
+         if R.get("replica") else "")
+      + ("on 3 primaries without replicas (cluster mode without replication), "
+         if R.get("cluster0") else "") +
       f"then on a cluster of 3 primaries and 3 replicas (`redis-cluster://`, "
       f"`--cluster-node-timeout {E['SB_BENCH_CL_NODE_TIMEOUT_MS']}`), all on this machine's "
       f"{R.get('nproc') or 2} cores with the load generator. Relay: {E['SB_BENCH_CL_PAIRS']} "
@@ -592,32 +625,46 @@ def render(a, R):
     for run, what in (("relay", "messages"), ("churn", "script calls")):
         if not (R.get("single") and R.get("cluster")):
             break
-        P = projection(R, run)
-        R.setdefault("projection", {})[run] = P
+        R.setdefault("projection", {})[run] = projection(R, run)
+        if R.get("cluster0"):
+            R.setdefault("projection0", {})[run] = projection(R, run, "cluster0")
     P = R.get("projection", {})
     if P:
         a("Projection: the operations one shard serves per second of its own CPU, times 3 "
           "primaries (each on a core of its own), against one Redis; \"with the spread\" lets "
-          "the fullest primary of the 10,000 rooms saturate first. The whole-box bound is this "
+          "the primary with the most of the 10,000 rooms saturate first (mean per shard / its "
+          "share). The whole-box bound is this "
           f"machine's {R.get('nproc') or 2} cores divided by the measured CPU per operation of "
           "every process (Redis, replicas, nodes, client).")
         a("")
-        a("| workload | 1 Redis: ops per Redis CPU-second | cluster: per shard (each primary) | "
-          "x 3 primaries | with the spread | whole box, 1 Redis / cluster | node cores needed "
-          "at x 3 |")
-        a("| --- | --- | --- | --- | --- | --- | --- |")
+        a("| workload | cluster | 1 Redis: ops per Redis CPU-second | cluster: per shard (each "
+          "primary) | x 3 primaries | with the spread | whole box, 1 Redis / cluster | node "
+          "cores needed at x 3 |")
+        a("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for run, label in (("relay", "relay (messages/s)"),
                            ("churn", "state changes (script calls/s)")):
-            p = P.get(run)
-            if not p:
-                continue
-            a(f"| {label} | {_f(p['single_cap'])} | "
-              f"{', '.join(_f(c) for c in p['shard_caps'])} | {_f(p['x3'])} | "
-              f"{_f(p.get('with_spread'))} | {_f(p.get('single_box_bound'))} / "
-              f"{_f(p.get('cluster_box_bound'))} | {_f(p.get('node_cores_at_x3'), 1)} |")
+            for ckey, PP in (("cluster", P), ("cluster0", R.get("projection0", {}))):
+                p = PP.get(run)
+                if not p:
+                    continue
+                a(f"| {label} | {R[ckey]['label']} | {_f(p['single_cap'])} | "
+                  f"{', '.join(_f(c) for c in p['shard_caps'])} | {_f(p['x3'])} | "
+                  f"{_f(p.get('with_spread'))} | {_f(p.get('single_box_bound'))} / "
+                  f"{_f(p.get('cluster_box_bound'))} | {_f(p.get('node_cores_at_x3'), 1)} |")
         a("")
+        sat = [(R[k]["label"], R[k]["saturated"]) for k in KEYS
+               if R.get(k, {}).get("saturated", {}).get("rps")]
+        if sat:
+            a("One primary flat out, for reference (`redis-benchmark -c 50 -P 16 SPUBLISH`, 200 B, "
+              "no subscriber, on a channel of the primary's slots; its CPU over the run): "
+              + "; ".join(f"{lab}: {_f(x['rps'])} messages/s, {_f(x['primary_cpu_pct'])}% of a "
+                          f"core, {x['primary_us_per_op']:.2f} us per message"
+                          + (f" (replica {x['replica_us_per_op']:.2f} us)"
+                             if x.get("replica_us_per_op") is not None else "")
+                          for lab, x in sat) + ".")
+            a("")
         _limits(a, R, P)
-    pf = [(k, R[k]["perf"]) for k in ("single", "replica", "cluster")
+    pf = [(k, R[k]["perf"]) for k in KEYS
           if R.get(k, {}).get("perf")]
     if pf:
         a(f"`perf record -F 999` of the busiest primary for {E['SB_BENCH_CL_PERF_SECONDS']:.0f} s "
@@ -697,7 +744,7 @@ def _limits(a, R, P):
     rows = []
     for run, what in (("relay", "message"), ("churn", "script call")):
         cells = []
-        for key in ("single", "replica", "cluster"):
+        for key in KEYS:
             x = _per_op(R, key, run)
             if x:
                 cells.append(f"{R[key]['label']} {x[0]:.1f} us (inside the command {x[2]:.1f} us"
@@ -712,44 +759,46 @@ def _limits(a, R, P):
           f"({ch['mean_cap'] / ch['single_cap']:.2f} x): 3 primaries give "
           f"{rl['x3'] / rl['single_cap']:.1f} x and {ch['x3'] / ch['single_cap']:.1f} x one "
           "Redis, not 3 x.")
-        s1, r1, c1 = (_per_op(R, k, "churn") for k in ("single", "replica", "cluster"))
-        sm, rm, cm = (_per_op(R, k, "relay") for k in ("single", "replica", "cluster"))
-        if s1 and r1 and c1 and sm and rm and cm:
+        s1, r1, z1, c1 = (_per_op(R, k, "churn") for k in KEYS)
+        sm, rm, zm, cm = (_per_op(R, k, "relay") for k in KEYS)
+        sat = {k: R[k].get("saturated", {}).get("primary_us_per_op") for k in KEYS if R.get(k)}
+        if s1 and r1 and z1 and c1 and sm and rm and zm and cm:
             def pf(key, run, what):
                 x = R[key].get("perf", {}).get(run, {}).get("redis", {})
                 ok = (_samples(x.get("samples")) or 0) >= PERF_MIN_SAMPLES
                 return x.get(what) if ok else None
-            ck, sk = pf("cluster", "churn", "kernel_pct"), pf("single", "churn", "kernel_pct")
             cc, rc = pf("cluster", "churn", "cluster_pct"), pf("cluster", "relay", "cluster_pct")
-            a(f"  Where it goes: of the {c1[0] - s1[0]:.1f} us more per script call, "
-              f"{r1[0] - s1[0]:.1f} us is replication, which one Redis with a replica pays as "
-              "well (the primary feeds each script's writes to its replica, which applies them "
-              f"as one `MULTI`/`EXEC`: the commandstats rows), and {c1[0] - r1[0]:.1f} us comes "
-              "with cluster mode: each key a script touches is checked against the script's "
-              "slot (`crc16`, `getNodeByQuery`), Redis 7 keeps a per-slot index of keys that "
-              "the scripts' creations and deletions update, and the cluster bus runs beside."
-              + (f" By name these cluster-mode functions are {cc:.1f}% of the busiest shard's "
-                 "samples (perf table); the kernel's share is "
-                 f"{ck:.0f}% against {sk:.0f}% on one Redis; the rest is spread thin over the "
-                 "allocator and dict code, not one hot spot." if cc is not None and ck is not None
-                 and sk is not None else "")
-              + f" Per message, replication adds {rm[0] - sm[0]:.1f} us (the `SPUBLISH` is "
-              f"propagated to the replica) and cluster mode {cm[0] - rm[0]:.1f} us more: there "
-              "a `SPUBLISH` reaches the shard's replica as a cluster-bus message "
-              "(`clusterSendMessage`, `clusterBuildMessageHdr`"
-              + (f"; cluster-mode functions {rc:.1f}% of the samples" if rc is not None else "")
-              + f"), and costs more inside the command ({sm[2]:.1f} us one Redis, {cm[2]:.1f} us "
-              "a shard).")
-    busy = [r["primary"]["cpu_pct"] for k in ("single", "replica", "cluster") if R.get(k)
+            a(f"  Where it goes, from the four setups (primary CPU per operation): per script "
+              f"call cluster mode alone adds {z1[0] - s1[0]:.1f} us (3 primaries without "
+              f"replicas against one Redis), a replica adds {r1[0] - s1[0]:.1f} us to one Redis "
+              f"and {c1[0] - z1[0]:.1f} us to a shard (the primary feeds each writing script's "
+              "effects to its replica, which applies them as one `MULTI`/`EXEC`: the "
+              "commandstats rows). Per message cluster mode alone adds "
+              f"{zm[0] - sm[0]:.1f} us, a replica {rm[0] - sm[0]:.1f} us to one Redis (the "
+              f"`SPUBLISH` goes down the replication stream) but {cm[0] - zm[0]:.1f} us to a "
+              "shard: in cluster mode a `SPUBLISH` reaches the shard's replica as a message of "
+              "its own on the cluster bus (`clusterSendMessage`, `clusterBuildMessageHdr`"
+              + (f", cluster-mode functions {rc:.1f}% of the relay samples" if rc is not None
+                 else "") + ")."
+              + (f" Flat out the difference is plainest: one primary costs "
+                 f"{sat['single']:.2f} us per `SPUBLISH` alone, {sat['cluster0']:.2f} us in a "
+                 f"cluster without replicas, {sat['replica']:.2f} us with a replica and "
+                 f"{sat['cluster']:.2f} us in a cluster with one: the cluster-bus copy to the "
+                 "replica is what makes a shard's relay dearer, not the slot logic."
+                 if all(sat.get(k) for k in KEYS) else "")
+              + (f" For script calls the slot checks (`crc16`, `getNodeByQuery`) and the "
+                 "per-slot key index that Redis 7 keeps in cluster mode are, by name, "
+                 f"{cc:.1f}% of the busiest shard's samples." if cc is not None else ""))
+    busy = [r["primary"]["cpu_pct"] for k in KEYS if R.get(k)
             for r in R[k]["relay"]["window"]["shards"]]
     if busy:
         a(f"- *Per-message figures at low load are pessimistic.* A primary relaying here is "
           f"{min(busy):.0f}-{max(busy):.0f}% busy and is woken for a few messages at a time, so "
           "most of its CPU is the kernel's (wake-ups, loopback TCP: the perf table): a "
-          "saturated shard reads more commands per wake-up and would pass more messages per "
-          "CPU-second (section 2's `redis-benchmark -P 16 PUBLISH` passes about a million per "
-          "second on one core). Script calls are mostly the script's own work (the kernel is "
-          "under 15% of their samples) and scale as measured.")
+          "saturated shard reads more commands per wake-up and passes more messages per "
+          "CPU-second (the `redis-benchmark -P 16` line above is that ceiling, for `SPUBLISH` "
+          "alone). Script calls are mostly the script's own work (the kernel is under 15% of "
+          "their samples) and scale as measured.")
     a("- *Cross-slot fan-out.* None per operation: a signal is one `SPUBLISH` on the room's "
       "shard and a room's events are published by its script on the same shard, so the rooms' "
       "load divides by the spread above. What spans shards is per node, not per operation: a "
