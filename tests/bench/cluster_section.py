@@ -15,7 +15,6 @@ Starts its own redis-server processes on loopback (a plain one, and 6 with --clu
 yes joined by `redis-cli --cluster create`) and stops them by pid. Sizes: ENV below."""
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -513,7 +512,7 @@ def render(a, R):
     E = R["env"]
     a(f"## {SECTION}. One Redis against a Redis Cluster of 3 primaries")
     a("")
-    a(f"The same 2 nodes (release build, `--rate 1000000 --burst 1000000`) on one `redis-server` "
+    a("The same 2 nodes (release build, `--rate 1000000 --burst 1000000`) on one `redis-server` "
       "(`redis://`), "
       + ("on one with a replica (`--replicaof`: what replication costs without cluster mode), "
          if R.get("replica") else "")
