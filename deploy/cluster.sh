@@ -186,7 +186,7 @@ svc_redis_argv() {
           --maxmemory "${CFG[SB_REDIS_MAXMEMORY]}" --maxmemory-policy noeviction)
     [ "$MODE" = single ] && return
     ARGV+=(--cluster-port "${PORT[$(redis_port_var "$1" _BUS)]}"
-           --cluster-config-file "$dir/nodes.conf" --cluster-announce-ip "$HOST"
+           --cluster-config-file "$dir/nodes.conf"
            --protected-mode no --cluster-enabled yes
            --cluster-node-timeout "${CFG[SB_REDIS_CLUSTER_NODE_TIMEOUT_MS]}"
            --cluster-require-full-coverage no --repl-diskless-sync-delay 0)

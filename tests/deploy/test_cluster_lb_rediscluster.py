@@ -32,6 +32,7 @@ import invariants  # noqa: E402
 import keyspace  # noqa: E402
 from client import Client  # noqa: E402
 from clusterview import ClusterRedis  # noqa: E402
+from failover import ride_failover  # noqa: E402
 from test_cluster_lb import (Cluster, NODE_IDS, http_status, listening,  # noqa: E402
                              pytestmark, running, wait_for)
 
@@ -217,30 +218,18 @@ def test_03_kill_a_primary_its_replica_takes_over(cluster):
             pid, start = cluster.pids[name]
             survivor = next(p for p in nodes.ports if p != victim)
             slot = keyspace.keyslot("{" + room + "}")
-            t0 = time.monotonic()
-            os.kill(pid, 9)
-            promoted = ok_again = None
-            replies, meshes, n = {}, {}, 0
-            while time.monotonic() - t0 < 60:
-                n += 1
-                rep = await a.request({"type": "signal", "to": b.id, "data": n}, timeout=5)
-                kind = rep["type"] if rep["type"] != "error" else rep["code"]
-                replies[kind] = replies.get(kind, 0) + 1
-                assert kind in ("signal-ack", "unavailable"), rep
-                for oroom, oa, ob in others:  # the other shards never fail
-                    orep = await oa.request({"type": "signal", "to": ob.id, "data": n})
-                    assert orep["type"] == "signal-ack", (oroom, orep)
+            meshes = {}
+
+            def poll_mesh():
                 status, m = mesh(cluster)
-                key = str(status) + (" partial" if status == 200 and m.get("partial") else "")
+                key = f"{status} {m}" if status != 200 else \
+                    ("200 partial" if m.get("partial") else "200")
                 meshes[key] = meshes.get(key, 0) + 1
-                if promoted is None and nodes.owner(slot, survivor) not in (victim, None):
-                    promoted = time.monotonic() - t0
-                if promoted is not None and kind == "signal-ack":
-                    ok_again = time.monotonic() - t0
-                    break
-                await asyncio.sleep(0.2)
-            assert promoted is not None, f"no replica took over slot {slot}: {replies}"
-            assert ok_again is not None, f"room {room} never worked again: {replies}"
+
+            os.kill(pid, 9)
+            promoted, ok_again, replies = await ride_failover(
+                a, b, others, lambda: nodes.owner(slot, survivor) not in (victim, None),
+                each=poll_mesh)
             print(f"\nkill -9 of primary {name} ({victim}): replica promoted after "
                   f"{promoted:.1f} s, signals in its room acked again after {ok_again:.1f} s; "
                   f"replies meanwhile {replies}; mesh-status meanwhile {meshes}")

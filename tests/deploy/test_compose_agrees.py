@@ -680,14 +680,16 @@ def test_build_context_follows_the_dockerignore():
 REDIS_CLUSTER = ["redis", "redis2", "redis3", "redis4", "redis5", "redis6"]
 CLUSTER_SERVICES = SERVICES | set(REDIS_CLUSTER) | {"redis-init"}
 # Where a native cluster node must differ from a container: addresses and files.
-CLUSTER_PLACEMENT = REDIS_PLACEMENT | {"--cluster-port", "--cluster-config-file",
-                                       "--cluster-announce-ip"}
+CLUSTER_PLACEMENT = REDIS_PLACEMENT | {"--cluster-port", "--cluster-config-file"}
+NET = "${SB_REDIS_NET:-172.30.77}"
 
 
 def merge_override(base, override):
     """docker-compose's merge of an override file, for the keys docker-compose.cluster.yml
-    uses: environment and depends_on merge by key, tmpfs is a set union, the rest replaces."""
+    uses: environment and depends_on merge by key, tmpfs is a set union, the rest replaces;
+    the top-level networks are the override's."""
     out = {name: dict(svc) for name, svc in base["services"].items()}
+    out["_networks"] = override["networks"]
     for name, svc in override["services"].items():
         t = out.setdefault(name, {})
         for k, v in svc.items():
@@ -698,6 +700,10 @@ def merge_override(base, override):
             else:
                 t[k] = v
     return out
+
+
+def address_of(svc):
+    return svc["networks"]["default"]["ipv4_address"]
 
 
 @pytest.fixture(scope="module")
@@ -728,6 +734,10 @@ def test_cluster_merge_is_what_docker_compose_does(cservices):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     real = yaml.safe_load(r.stdout)["services"]
+    cservices = dict(cservices)
+    nets = cservices.pop("_networks")
+    assert yaml.safe_load(r.stdout)["networks"] == yaml.safe_load(
+        yaml.safe_dump(nets).replace(NET, "172.30.77"))
     assert set(real) == set(cservices) == CLUSTER_SERVICES
     for name in CLUSTER_SERVICES:
         # (config also inlines env_file and interpolates: compare what the files declare.)
@@ -736,6 +746,8 @@ def test_cluster_merge_is_what_docker_compose_does(cservices):
             assert k in renv and ("${" in v or renv[k] == v), (name, k, renv.get(k), v)
         assert set(real[name].get("depends_on", {})) == set(cservices[name].get("depends_on", {}))
         assert sorted(real[name].get("tmpfs", [])) == sorted(cservices[name].get("tmpfs", []))
+        if name.startswith("redis") and name != "redis-init":
+            assert address_of(real[name]) == address_of(cservices[name]).replace(NET, "172.30.77")
     assert [str(a) for a in real["redis"]["command"]] == \
         [str(a).replace("${SB_REDIS_MAXMEMORY:-256mb}", "256mb")
          .replace("${SB_REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}", "3000")
@@ -744,8 +756,10 @@ def test_cluster_merge_is_what_docker_compose_does(cservices):
 
 def test_cluster_same_services(cservices, cplan_order):
     plan, order = cplan_order
-    assert set(cservices) == set(plan) == CLUSTER_SERVICES
+    assert set(cservices) - {"_networks"} == set(plan) == CLUSTER_SERVICES
     for name, svc in cservices.items():
+        if name == "_networks":
+            continue
         for dep in svc.get("depends_on", {}):
             assert order.index(dep) < order.index(name), f"{name} starts before {dep}"
     # Everything but Redis is docker-compose.yml's, unchanged but for the Redis URL.
@@ -785,15 +799,17 @@ def test_cluster_redis_configuration_agrees(compose, cservices, cplan, env):
         assert "/data" in svc.get("tmpfs", []), f"{name}: an anonymous volume at /data"
         # nodes.conf outside the tmpfs, so that a restarted container keeps its identity.
         assert not c["--cluster-config-file"].startswith("/data/")
-        # The address it announces is its container's own.
-        ep = svc["entrypoint"]
-        assert ep[:2] == ["sh", "-c"] and '--cluster-announce-ip "$$(hostname -i)"' in ep[2]
-        assert ep[2].startswith("exec redis-server ") and ep[2].endswith('"$$@"')
-        assert svc["user"] == "redis" and svc.get("restart") == "unless-stopped"
-        assert n["--cluster-announce-ip"] == n["--bind"] == "127.0.0.1"
+        assert svc.get("restart") == "unless-stopped"
+        assert n["--bind"] == "127.0.0.1"
         assert n["--cluster-config-file"] == os.path.join(n["--dir"], "nodes.conf")
     ports = [cplan[x]["argv"][cplan[x]["argv"].index("--port") + 1] for x in REDIS_CLUSTER]
     assert ports == [str(int(env["SB_REDIS_PORT"]) + i) for i in range(6)]
+    # Fixed, distinct addresses (what each announces and what the seeds name), outside the
+    # range the other containers are given, inside the network's subnet.
+    addrs = [address_of(cservices[x]) for x in REDIS_CLUSTER]
+    assert addrs == [f"{NET}.{11 + i}" for i in range(6)]
+    (ipam,) = cservices["_networks"]["default"]["ipam"]["config"]
+    assert ipam == {"subnet": f"{NET}.0/24", "ip_range": f"{NET}.128/25"}
 
 
 def seeds(url):
@@ -802,11 +818,13 @@ def seeds(url):
 
 
 def test_cluster_seeds_name_every_redis(cservices, cplan):
+    """Every Redis, by address (a name would be resolved on the node's event loop)."""
     native_port = {x: cplan[x]["argv"][cplan[x]["argv"].index("--port") + 1]
                    for x in REDIS_CLUSTER}
     for name, var in [(n, "SWITCHBOARD_REDIS") for n in NODES] + \
             [("admin", "SWITCHBOARD_ADMIN_REDIS")]:
-        assert seeds(compose_env(cservices[name])[var]) == [f"{x}:6379" for x in REDIS_CLUSTER]
+        assert seeds(compose_env(cservices[name])[var]) == \
+            [f"{address_of(cservices[x])}:6379" for x in REDIS_CLUSTER]
         assert seeds(cplan[name]["env"][var]) == \
             [f"127.0.0.1:{native_port[x]}" for x in REDIS_CLUSTER]
 
@@ -822,7 +840,8 @@ def test_cluster_init_is_one_script_with_the_same_arguments(cservices, cplan):
     native_port = {cplan[x]["argv"][cplan[x]["argv"].index("--port") + 1]: x
                    for x in REDIS_CLUSTER}
     # Each native address stands for the service of that port, in the same order.
-    mapped = [a if ":" not in a else f"{native_port[a.split(':')[1]]}:6379" for a in argv[1:]]
+    mapped = [a if ":" not in a else f"{address_of(cservices[native_port[a.split(':')[1]]])}:6379"
+              for a in argv[1:]]
     assert [str(a) for a in svc["command"]] == mapped
     assert mapped[:2] == ["-r", "1"]
     assert cplan["redis-init"]["health"] == "exit 0"
