@@ -6,10 +6,12 @@ table of docs/deploy.md. By hand (not collected by pytest):
     SB_CLUSTER_DIR=/tmp/sbmem deploy/cluster.sh down
 
 (the same with SB_REDIS_MODE unset measures the single Redis). Opens SOCKETS (default 1200)
-WebSockets through the load balancer, joins them into rooms of PER_ROOM (default 4), then links
+WebSockets to the three nodes in turn (not through HAProxy, which admits 200 connections and
+300 per 10 s from one source), joins them into rooms of PER_ROOM (default 4), then links
 every member with the next one in its room (a ring: PER_ROOM links per room); prints INFO memory
 used_memory summed over the primaries (replicas hold as much again) before, after the joins and
-after the links, and the differences per socket, per link and per room.
+after the links, and the differences per socket, per link and per room (less the replication
+backlog and client buffers, which do not grow with the sockets).
 """
 import asyncio
 import os
@@ -42,17 +44,25 @@ def primaries(p):
 
 
 def used(rs):
-    return sum(r.info("memory")["used_memory"] for r in rs)
+    """used_memory of the primaries less what is not the keyspace: the replication backlog
+    (filled by the writes up to repl-backlog-size, 1 MB, a fixed cost per primary once full)
+    and client buffers."""
+    total = 0
+    for r in rs:
+        m = r.info("memory")
+        total += (m["used_memory"] - m.get("mem_replication_backlog", 0)
+                  - m.get("mem_clients_slaves", 0) - m.get("mem_clients_normal", 0))
+    return total
 
 
 async def main(n, per_room):
     p = ports(os.environ["SB_CLUSTER_DIR"])
     rs = primaries(p)
-    url = f"ws://127.0.0.1:{p['SB_LB_PORT']}/ws"
+    urls = [f"ws://127.0.0.1:{p[f'SB_NODE{i}_PORT']}/ws" for i in (1, 2, 3)]
     base = used(rs)
     clients = []
     for i in range(n):
-        clients.append(await Client.connect(url, open_timeout=10))
+        clients.append(await Client.connect(urls[i % 3], open_timeout=10))
     rooms = n // per_room
     for i, c in enumerate(clients):
         await c.join(f"mem{i // per_room}")
@@ -70,7 +80,7 @@ async def main(n, per_room):
     await asyncio.sleep(1)
     linked = used(rs)
     print(f"{len(rs)} primaries; {n} sockets in {rooms} rooms of {per_room}, {links} links")
-    print(f"used_memory (primaries): base {base}, joined {joined}, linked {linked}")
+    print(f"used_memory less backlog and client buffers (primaries): base {base}, joined {joined}, linked {linked}")
     print(f"per joined socket {(joined - base) / n:.0f} B (rooms included: "
           f"{(joined - base) / rooms:.0f} B per room of {per_room}); "
           f"per link {(linked - joined) / links:.0f} B")

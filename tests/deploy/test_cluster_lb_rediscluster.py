@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
@@ -218,13 +217,20 @@ def test_03_kill_a_primary_its_replica_takes_over(cluster):
             pid, start = cluster.pids[name]
             survivor = next(p for p in nodes.ports if p != victim)
             slot = keyspace.keyslot("{" + room + "}")
-            meshes = {}
+            meshes, ready = {}, {}
 
             def poll_mesh():
                 status, m = mesh(cluster)
                 key = f"{status} {m}" if status != 200 else \
                     ("200 partial" if m.get("partial") else "200")
                 meshes[key] = meshes.get(key, 0) + 1
+                # What the load balancer sees meanwhile: node1's /readyz, HAProxy's /healthz.
+                for what, port, path in (("node1 /readyz", cluster.ports["SB_NODE1_PORT"],
+                                          "/readyz"),
+                                         ("lb /healthz", cluster.ports["SB_LB_MONITOR_PORT"],
+                                          "/healthz")):
+                    k = f"{what} {http_status(f'http://127.0.0.1:{port}{path}')[0]}"
+                    ready[k] = ready.get(k, 0) + 1
 
             os.kill(pid, 9)
             promoted, ok_again, replies = await ride_failover(
@@ -232,7 +238,7 @@ def test_03_kill_a_primary_its_replica_takes_over(cluster):
                 each=poll_mesh)
             print(f"\nkill -9 of primary {name} ({victim}): replica promoted after "
                   f"{promoted:.1f} s, signals in its room acked again after {ok_again:.1f} s; "
-                  f"replies meanwhile {replies}; mesh-status meanwhile {meshes}")
+                  f"replies meanwhile {replies}; mesh-status meanwhile {meshes}; health checks {ready}")
             for c in clients:
                 await c.none_of("peer-left", wait=0.05)
                 assert c.closed is None
