@@ -18,6 +18,7 @@ import invariants
 
 TTL = 15000
 SCRIPTS = {"room_join", "room_remove", "link_set", "room_read", "room_assert", "room_check",
+           "session_away", "session_queue", "session_resume",
            "stats_check", "admin_lock", "bucket_read"}
 
 
@@ -129,7 +130,10 @@ def test_lib_is_pasted_where_declared_and_the_shebang_stays_first(r, sb):
              "room_assert": ("A", "n1", "e1", "{}", TTL),
              "link_set": ("B", "A", "up", "n1"),
              "room_remove": ("A", "leave", "n1"),
-             "room_check": ()}
+             "room_check": (),
+             "session_away": ("A", "n1", ""),
+             "session_queue": ("A", "B", "1", 10, 100),
+             "session_resume": ("A", "h", "", "", "n2", "e2", "h2", 1000, TTL)}
     assert set(calls) == users
     for name, args in calls.items():
         r.flushall()
