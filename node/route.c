@@ -643,6 +643,13 @@ static void run(room_t *r, sb_acts_t *acts)
             resync(r);
             break;
         case SB_ACT_PEER_AWAY:
+            /* Marked away while still connected here: the admin took it for lost (this node
+             * was stopped past its presence TTL). Its client resumes it at once (1012; the
+             * token is still good), and our refreshes stop keeping the away presence alive. */
+            if ((s = local_in(r, a->peer)) && s->seat->state == SEAT_JOINED) {
+                sb_warn_limited("session %s: marked away while connected: closing 1012", s->id);
+                sb_session_close(s, 1012, "resume");
+            }
             sb_view_each_local(r->view, tell_away, &e);
             break;
         case SB_ACT_PEER_BACK:

@@ -298,3 +298,40 @@ def test_08_kill_9_clients_resume_at_once(cluster, redis_server):
         for x in (a2, b, c2):
             await x.close()
     asyncio.run(main())
+
+
+def test_09_dead_node_sockets_go_away_then_the_admin_ends_the_grace(cluster, redis_server):
+    """kill -9 and no client comes back: the admin's reap marks the dead node's socket away
+    (peer-away, not peer-left), counts it as away, and once the grace is over removes it with
+    exactly one peer-left disconnect; figures right throughout."""
+    args = FAST + ["--resume-grace-ms", "1500"]
+    n1, n2 = cluster.node("n1", args=args), cluster.node("n2", args=args)
+    admin = cluster.admin(args=["--reconcile-interval-ms", "300"])
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+        m = admin.mesh()
+        assert m["away_sockets"] == 0 and m["p2p_links"] == 1
+        n1.proc.kill()
+        n1.killed = True
+        t0 = time.monotonic()
+        await b.expect("peer-away", id=a.id, timeout=6)
+        assert not any(x.get("type") == "peer-left" for x in b.seen)
+        wait_for(lambda: admin.mesh()["away_sockets"] == 1, 3, msg="admin counts it away")
+        m = admin.mesh()
+        assert m["active_users"] == 2 and m["p2p_links"] == 1
+        status, text, _ = __import__("harness").http_get(
+            admin.http + "/metrics", headers={"Authorization": f"Bearer {admin.token}"})
+        assert b"switchboard_cluster_away_sockets 1" in text
+        left = await b.expect("peer-left", id=a.id, timeout=8)
+        assert left["reason"] == "disconnect"
+        assert time.monotonic() - t0 > 1.4  # not before the grace
+        await b.none_of("peer-left", wait=1.0)
+        wait_for(lambda: admin.mesh()["away_sockets"] == 0, 3, msg="away count back to 0")
+        m = admin.mesh()
+        assert m["active_users"] == 1 and m["p2p_links"] == 0
+        assert invariants.away(r) == (0, 0)
+        consistent(r)
+        await b.close()
+    asyncio.run(main())
