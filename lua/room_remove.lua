@@ -56,16 +56,20 @@ local presence = base .. 'presence:' .. S
 local entry = R .. ' ' .. S
 local rec = redis.call('HGET', members, S)
 local reason = mode
+-- S is not a member: node N's index entry for it is stale (dropped), and nothing else to do.
+local function gone_from(node)
+    if node ~= '' then
+        redis.call('SREM', node_index(node), entry)
+    end
+    return {'gone'}
+end
 local away = rec and away_of(S)
 if mode == 'away' or (mode == 'expired' and away) then
     -- Why the deadline is checked here: whoever runs first (the node's timer, the admin's
     -- pass) removes it; a resume in between makes it not away, and a later away has a later
     -- deadline, so a stale timer never removes a resumed session.
     if not rec then
-        if N ~= '' then
-            redis.call('SREM', node_index(N), entry)
-        end
-        return {'gone'}
+        return gone_from(N)
     end
     if not away or away.deadline > clock_ms() then
         return {'live'}
@@ -78,10 +82,7 @@ elseif mode == 'expired' then
         return {'live'}
     end
     if not rec then
-        if N ~= '' then
-            redis.call('SREM', node_index(N), entry)
-        end
-        return {'gone'}
+        return gone_from(N)
     end
     local r = resume_of(S)
     if r and (r.g or 0) > 0 then

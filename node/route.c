@@ -482,14 +482,20 @@ static void send_joined(sb_session_t *s, room_t *r)
     }
 }
 
-/* PEER_AWAY / PEER_BACK to one local socket: only those sent `joined` before the action's
- * batch (a later one had the state in its list). */
+/* The local socket id when an action about another member is for it: it was sent `joined`
+ * before the action's batch (a later one had the member's state in its list); else NULL. */
+static sb_session_t *told_before(const each_t *e, const char *id, uint64_t joined_batch)
+{
+    if (!joined_batch || joined_batch >= e->a->batch || strcmp(id, e->a->peer) == 0)
+        return NULL;
+    return local_in(e->r, id);
+}
+
+/* PEER_AWAY / PEER_BACK to one local socket told of it before. */
 static void tell_away(const char *id, uint64_t joined_batch, void *arg)
 {
     each_t *e = arg;
-    if (!joined_batch || joined_batch >= e->a->batch || strcmp(id, e->a->peer) == 0)
-        return;
-    sb_session_t *s = local_in(e->r, id);
+    sb_session_t *s = told_before(e, id, joined_batch);
     if (!s)
         return;
     const char *head = e->a->kind == SB_ACT_PEER_AWAY ? "{\"type\":\"peer-away\",\"id\":\""
@@ -503,9 +509,7 @@ static void tell_away(const char *id, uint64_t joined_batch, void *arg)
 static void tell_joined(const char *id, uint64_t joined_batch, void *arg)
 {
     each_t *e = arg;
-    if (!joined_batch || joined_batch >= e->a->batch || strcmp(id, e->a->peer) == 0)
-        return;
-    sb_session_t *s = local_in(e->r, id);
+    sb_session_t *s = told_before(e, id, joined_batch);
     if (!s)
         return;
     static const char head[] = "{\"type\":\"peer-joined\",\"id\":\"", mid[] = "\",\"meta\":";
