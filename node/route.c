@@ -2092,7 +2092,18 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         sb_seat_t *t = s->seat;
         if (slots && !sb_cluster_slot_in(slots, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
             continue;
-        int nargs = 9 + t->nhalves;
+        char record[SB_RESUME_HASH_LEN + 512] = "";
+        if (t->tok_hash[0] && n->cfg.resume_grace_ms > 0) {
+            /* Its resume record, as room_join wrote it: origin and subject as JSON strings. */
+            json_t *rec = json_pack("{s:s,s:s,s:s,s:I}", "h", t->tok_hash, "o", s->origin, "u",
+                                    t->sub ? t->sub : "", "g", (json_int_t)n->cfg.resume_grace_ms);
+            char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+            if (text && strlen(text) < sizeof record)
+                memcpy(record, text, strlen(text) + 1);
+            free(text);
+            json_decref(rec);
+        }
+        int nargs = 10 + t->nhalves;
         const char **args = calloc((size_t)nargs, sizeof(char *));
         if (!args) {
             sb_log_limited(SB_LOG_ERROR, "session %s: out of memory re-asserting it", s->id);
@@ -2105,8 +2116,9 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         args[6] = n->epoch;
         args[7] = t->meta_json ? t->meta_json : "{}";
         args[8] = ttl;
+        args[9] = record;
         for (int i = 0; i < t->nhalves; i++)
-            args[9 + i] = t->halves[i];
+            args[10 + i] = t->halves[i];
         sb_session_ref(s);
         if (room_script(n, room, "room_assert", 2, nargs, args, on_asserted, s) != 0)
             sb_session_unref(s);

@@ -336,3 +336,28 @@ def test_09_dead_node_sockets_go_away_then_the_admin_ends_the_grace(cluster, red
         consistent(r)
         await b.close()
     asyncio.run(main())
+
+
+def test_10_resume_after_redis_restarted_empty(cluster, redis_server):
+    """After a data loss the nodes re-assert their sockets with their resume records, so a
+    socket lost afterwards still gets its grace and its token still works."""
+    n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+        redis_server.kill()
+        redis_server.start()
+        r2 = redis_server.client()
+        wait_for(lambda: r2.hlen("sb:{R}:resume") == 2 and
+                 figures(r2) == {"rooms": 1, "members": 2, "links": 1, "linked": 2}, 10,
+                 msg="state re-asserted")
+        a.abort()
+        await b.expect("peer-away", id=a.id, timeout=5)
+        a2, reply = await resume(n2.ws_url, a, ja)
+        assert reply["type"] == "resumed" and reply["links"] == [b.id], reply
+        await b.expect("peer-back", id=a.id)
+        consistent(r2)
+        await a2.close()
+        await b.close()
+    asyncio.run(main())

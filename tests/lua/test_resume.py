@@ -256,3 +256,19 @@ def test_removal_of_away_member_by_leave_path_clears_state(r, sb, room, consiste
     assert sb.remove("a", "B", "away", "n1")[0] == "ok"
     assert r.keys(f"{PREFIX}:{{a}}:*") == []
     assert invariants.check(r, PREFIX) == []
+
+
+def test_assert_restores_the_resume_record_after_a_data_loss(r, sb, consistent):
+    join(sb, "a", "A")
+    record = r.hget(K("a", "resume"), "A")
+    r.flushall()
+    assert sb.assert_("a", "A", "n1", "e-n1", '{"n":1}', TTL, resume=record) == ["ok", 1]
+    assert json.loads(r.hget(K("a", "resume"), "A")) == json.loads(record)
+    consistent()
+    # The socket is lost now: it gets its grace, and its token still works.
+    assert away(sb, "a", "A")[0] == "ok"
+    assert resume(sb, "a", "A", "tok-A")[0] == "ok"
+    consistent()
+    # An existing record is never replaced by a re-assert (the node's may be older).
+    assert sb.assert_("a", "A", "n2", "e-n2", '{"n":1}', TTL, resume=record) == ["ok", 0]
+    assert json.loads(r.hget(K("a", "resume"), "A"))["h"] == h("next")
