@@ -374,3 +374,32 @@ def test_10_resume_after_redis_restarted_empty(cluster, redis_server):
         await a2.close()
         await b.close()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("where", ["other node", "same node"])
+def test_11_takeover_of_a_socket_its_node_still_holds(cluster, redis_server, where):
+    """The client's socket is dead on its side but its node has not noticed (no reset reached
+    it): the resume takes the session over at once; the node closes its stale copy (4000,
+    "resumed elsewhere") without any cleanup, and nothing it does later touches the session."""
+    n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+        before = figures(r)
+        url = n2.ws_url if where == "other node" else n1.ws_url
+        a2, reply = await resume(url, a, ja)
+        assert reply["type"] == "resumed" and reply["links"] == [b.id], reply
+        assert reply["joined"] == [] and reply["left"] == []
+        code, why = await a.wait_closed(3)
+        assert (code, why) == (4000, "resumed elsewhere")
+        await b.expect("peer-back", id=a.id)
+        await asyncio.sleep(0.5)  # the stale copy's close has been handled by now
+        assert not any(x.get("type") in ("peer-left", "peer-away") for x in b.seen)
+        assert figures(r) == before
+        await b.request({"type": "signal", "to": a.id, "data": "z"})
+        assert (await a2.expect("signal"))["data"] == "z"
+        consistent(r)
+        await a2.close()
+        await b.close()
+    asyncio.run(main())
