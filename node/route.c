@@ -114,6 +114,15 @@ static int room_script(sb_node_t *n, const char *room, const char *script, int n
     return sb_cluster_script(n->db, sb_script(script), nkeys, nargs, args, NULL, cb, data);
 }
 
+/* A room just got by room_get that nothing holds (a request could not start): dropped. */
+static void room_drop_unused(room_t *r)
+{
+    if (r && r->refs == 0) {
+        r->refs = 1;
+        room_unref(r);
+    }
+}
+
 /* ---- seats --------------------------------------------------------------------------------- */
 
 static void auth_unlink(sb_node_t *n, sb_seat_t *t)
@@ -1229,10 +1238,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         free(meta_json);
         if (q)
             req_free(q);
-        if (r && r->refs == 0) {
-            r->refs = 1;
-            room_unref(r);
-        }
+        room_drop_unused(r);
         sb_session_send_error(s, "internal", "out of memory", m->rid);
         return;
     }
@@ -1949,10 +1955,7 @@ static void route_resume(sb_session_t *s, const sb_msg_t *m)
     if (!q || sb_resume_token(t->token, t->tok_hash) != 0) {
         if (q)
             req_free(q);
-        if (r && r->refs == 0) {
-            r->refs = 1;
-            room_unref(r);
-        }
+        room_drop_unused(r);
         resume_failed(s, "retry", "out of memory: retry", m->rid);
         return;
     }
