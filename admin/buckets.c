@@ -88,7 +88,7 @@ static void on_chunk(redisReply *reply, const char *error, void *data)
         for (int i = 0; i < ch->ntags; i++)
             send_chunk(rd, ch->redis, rd->suffix, &ch->tags[i], 1,
                        (int)sb_slot(ch->tags[i], strlen(ch->tags[i])));
-    } else if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 4) {
+    } else if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 5) {
         sb_warn_limited("bucket_read failed for %d slots: %s", ch->ntags,
                         error ? error : (reply && reply->str ? reply->str : "bad reply"));
         missing(b, ch->ntags, ch->first);
@@ -100,7 +100,8 @@ static void on_chunk(redisReply *reply, const char *error, void *data)
         b->members += sb_reply_int(reply, 1, 0);
         b->links += sb_reply_int(reply, 2, 0);
         b->linked += sb_reply_int(reply, 3, 0);
-        for (size_t i = 4; i < reply->elements; i++) {
+        b->away += sb_reply_int(reply, 4, 0);
+        for (size_t i = 5; i < reply->elements; i++) {
             size_t len;
             const char *t = sb_reply_str(reply, i, &len);
             if (!t || len >= SB_TAG_MAX)

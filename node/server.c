@@ -4,6 +4,7 @@
 #include "embed.h"
 #include "http.h"
 #include "listen.h"
+#include "resume.h"
 #include "log.h"
 
 #include <netinet/in.h>
@@ -201,6 +202,13 @@ static void send_welcome(sb_session_t *s)
         "max_send_queue_bytes", (json_int_t)n->cfg.max_send_queue_bytes);
     json_t *w = json_pack("{s:s,s:s,s:s,s:i,s:o}", "type", "welcome", "id", s->id, "node",
                           n->cfg.id, "protocol", 1, "limits", limits);
+    if (limits)
+        json_object_set_new(limits, "resume_grace_ms", json_integer(n->cfg.resume_grace_ms));
+    char token[SB_RESUME_TOKEN_MAX + 1], hash[SB_RESUME_HASH_LEN + 1];
+    /* The socket's token; only the one `joined` carries is bound to a session in Redis (a
+     * socket that never joined has nothing to resume). */
+    if (w && n->cfg.resume_grace_ms > 0 && sb_resume_token(token, hash) == 0)
+        json_object_set_new(w, "resume", json_string(token));
     sb_session_send_json(s, w);
 }
 
@@ -326,6 +334,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return -1;
         }
         pss->sess = s;
+        if (lws_hdr_copy(wsi, s->origin, sizeof s->origin, WSI_TOKEN_ORIGIN) < 0)
+            s->origin[0] = '\0';
         sb_debug_limited("session %s: connected", s->id);
         send_welcome(s);
         break;
@@ -340,6 +350,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             pss->sess->last_rx_ms = sb_mono_ms();
         break;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* Which code the client closed with decides its resume grace (route.c). */
+        if (pss && pss->sess) {
+            const unsigned char *c = in;
+            pss->sess->peer_close = len >= 2 ? (c[0] << 8 | c[1]) : 1005;
+        }
         /* A close frame's payload is empty or a 2-byte code (and a reason): RFC 6455 5.5.1.
          * lws 4.1.6 echoes a 1-byte payload as an empty close; answer 1002 instead. */
         if (len == 1 && pss && pss->sess) {

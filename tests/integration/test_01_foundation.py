@@ -163,15 +163,17 @@ def test_08_env_then_flags_precedence(cluster):
     asyncio.run(main())
 
 
-def test_09_clean_shutdown(cluster):
-    a = cluster.node("na")
+@pytest.mark.parametrize("grace,close", [(None, 1012), ("0", 1001)])
+def test_09_clean_shutdown(cluster, grace, close):
+    """SIGINT drains: 1012 (resume elsewhere) with session resume on, 1001 with it off."""
+    a = cluster.node("na", args=["--resume-grace-ms", grace] if grace else [])
 
     async def main():
         c = await Client.connect(a.ws_url)
         await c.join("r1")
         a.proc.signal(signal.SIGINT)
         code, _ = await c.wait_closed()
-        assert code == 1001
+        assert code == close
     asyncio.run(main())
     assert a.proc.p.wait(10) == 0
     assert "uv_loop_close=0" in a.proc.log()
