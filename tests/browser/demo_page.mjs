@@ -1,18 +1,24 @@
 // The demo page (client/index.html) driven the way a user does, and the cluster figures beside
 // it: shared by e2e_webrtc.mjs and e2e_resume.mjs. Pages are described by objects
-// {name, url, b (the browser of lib.mjs), id, node, responses, sockets}.
+// {name, url, b (the browser of lib.mjs), id, node, responses, sockets, frames}.
 import { assert, openBrowser, waitFor } from './lib.mjs';
 
-
-// Opens u's browser, records where its page's HTTP responses and WebSockets go (before the
-// first load, so nothing is missed), loads u.url and joins through the UI.
+// Opens u's browser, records where its page's HTTP responses and WebSockets go and the frames
+// its WebSockets receive (parsed; before the first load, so nothing is missed), loads u.url
+// and joins through the UI.
 export async function openPage(browsers, u) {
     u.b = await openBrowser(u.name);
     browsers.push(u.b);
     u.responses = [];
     u.sockets = [];
+    u.frames = [];
     u.b.page.on('response', (r) => u.responses.push(r.url()));
-    u.b.page.on('websocket', (ws) => u.sockets.push(ws.url()));
+    u.b.page.on('websocket', (ws) => {
+        u.sockets.push(ws.url());
+        ws.on('framereceived', (f) => {
+            try { u.frames.push(JSON.parse(f.payload)); } catch { /* not JSON: not ours */ }
+        });
+    });
     await u.b.page.goto(u.url, { waitUntil: 'load' });
     await joinThroughUi(u);
 }
@@ -140,4 +146,23 @@ export async function waitMesh(admin, baseline, want, timeoutMs) {
     } catch (e) {
         throw new Error(`${e.message}; last seen: ${last ? figures(last) : 'nothing'}`);
     }
+}
+
+// Alice and bob must be on different nodes; bob's page is reloaded at most maxReloads times.
+export async function spreadPages(lb, alice, bob, maxReloads) {
+    const MAX_RELOADS = maxReloads;
+    assert(alice.node && bob.node, `node ids missing: ${alice.node} / ${bob.node}`);
+    let reloads = 0;
+    // Only through a balancer, and only when it really put both on one node (the node
+    // each page's welcome named): a reload opens a new WebSocket, which it may send elsewhere.
+    while (lb && alice.node === bob.node && reloads < MAX_RELOADS) {
+        reloads++;
+        console.log(`# the balancer put alice and bob both on node ${alice.node}: reloading bob's page (${reloads}/${MAX_RELOADS})`);
+        await bob.b.page.reload({ waitUntil: 'load' });
+        await joinThroughUi(bob);
+        console.log(`#   after reload ${reloads}: bob (id ${bob.id.slice(0, 8)}) on node ${bob.node}`);
+    }
+    assert(alice.node !== bob.node, `both pages are on node ${alice.node}` +
+        (lb ? ` after ${reloads} reload(s) of bob's page` : ''));
+    return `alice on ${alice.node}, bob on ${bob.node}` + (lb ? `; ${reloads} reload(s) of bob's page` : '');
 }

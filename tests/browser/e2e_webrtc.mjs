@@ -26,7 +26,7 @@
 // `node e2e_webrtc.mjs --fake` runs against tests/browser/fake_node.mjs instead (the client and
 // demo alone, no C processes). Run it inside `unshare -n` (see run-e2e.sh): Chromium then only
 // has loopback to gather candidates on.
-import { figures, joinThroughUi, meshStatus, openPage, sendChat, throughLb, waitChat, waitMesh, waitPeer } from './demo_page.mjs';
+import { figures, meshStatus, openPage, sendChat, spreadPages, throughLb, waitChat, waitMesh, waitPeer } from './demo_page.mjs';
 import { Steps, assert, closeBrowser, runSteps, screenshot, waitFor } from './lib.mjs';
 
 const steps = new Steps();
@@ -102,22 +102,7 @@ async function main() {
     }
     const [alice, bob, carol] = users;
 
-    await steps.run('pages-on-different-nodes', async () => {
-        assert(alice.node && bob.node, `node ids missing: ${alice.node} / ${bob.node}`);
-        let reloads = 0;
-        // Only through a balancer, and only when it really put both on one node (the node
-        // each page's welcome named): a reload opens a new WebSocket, which it may send elsewhere.
-        while (lb && alice.node === bob.node && reloads < MAX_RELOADS) {
-            reloads++;
-            console.log(`# the balancer put alice and bob both on node ${alice.node}: reloading bob's page (${reloads}/${MAX_RELOADS})`);
-            await bob.b.page.reload({ waitUntil: 'load' });
-            await joinThroughUi(bob);
-            console.log(`#   after reload ${reloads}: bob (id ${bob.id.slice(0, 8)}) on node ${bob.node}`);
-        }
-        assert(alice.node !== bob.node, `both pages are on node ${alice.node}` +
-            (lb ? ` after ${reloads} reload(s) of bob's page` : ''));
-        return `alice on ${alice.node}, bob on ${bob.node}` + (lb ? `; ${reloads} reload(s) of bob's page` : '');
-    });
+    await steps.run('pages-on-different-nodes', async () => spreadPages(lb, alice, bob, MAX_RELOADS));
 
     if (lb) {
         await steps.run('through-load-balancer', async () => throughLb(lb, [alice, bob]));
