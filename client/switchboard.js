@@ -30,9 +30,11 @@ const DEFAULTS = {
 
 // Close codes after which the session is over on the server, so there is nothing to resume:
 // the server closed it on purpose (1000), drained an old-style node (1001), refused us by
-// policy (1008), reaped the session (4000), timed out a socket that never joined (4001) or
-// threw it out for abuse (4002). The client reconnects and joins anew (docs/client.md).
-const NO_RESUME_CLOSES = new Set([1000, 1001, 1008, 4000, 4001, 4002]);
+// policy (1008), or closed it for what we did or for its own failure (1009, 1011, 4003: those
+// closes get no grace), reaped it (4000), timed out a socket that never joined (4001) or threw
+// it out for abuse (4002). The client reconnects and joins anew (docs/client.md). Every other
+// close (1006 above all: a reset, no close frame, a dead node) is resumed.
+const NO_RESUME_CLOSES = new Set([1000, 1001, 1008, 1009, 1011, 4000, 4001, 4002, 4003]);
 
 // The server's drain: "resume elsewhere", at once.
 const CLOSE_DRAIN = 1012;
