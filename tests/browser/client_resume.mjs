@@ -187,7 +187,11 @@ async function main() {
     });
 
     await steps.run('silent-socket-noticed-and-taken-over', async () => {
-        await evalIn((u) => window.mk('c', u, 'rr', { pingIntervalMs: 300, pingTimeoutMs: 300, resume: { minMs: 100, maxMs: 400 } }), ws(1));
+        // With a token function: the resume carries a JWT as a join does.
+        await evalIn((u) => window.mk('c', u, 'rr', {
+            pingIntervalMs: 300, pingTimeoutMs: 300, resume: { minMs: 100, maxMs: 400 },
+            token: async ({ room }) => `jwt-for-${room}`,
+        }), ws(1));
         await waitJoined('c');
         await waitLinked('a', 'c');
         await waitLinked('b', 'c');
@@ -198,6 +202,8 @@ async function main() {
         const r = fake.resumed.at(-1);
         assert(r.id === idc && r.tookOver, `fake resumes: ${JSON.stringify(fake.resumed)}`);
         assert(rec.id === idc, 'c has another id');
+        const sent = resumesOf(idc, t0).at(-1).msg;
+        assert(sent.token === 'jwt-for-rr' && sent.room === 'rr', `c's resume: ${JSON.stringify(sent)}`);
         const d = (await events('c', 'disconnected')).at(-1);
         assert(d.code === 1006 && /ping/.test(d.reason), `disconnected: ${JSON.stringify(d)}`);
         for (const n of ['a', 'b']) {
