@@ -187,6 +187,11 @@ async function main() {
         assert(id === alice.id, `alice's id changed: ${alice.id} -> ${id}`);
         assert(state === 'joined', `alice's page state ${state}`);
         if (!fake) assert(node !== killed, `alice is on ${node}, the node that was killed`);
+        if (lb) {
+            // The resume went through the balancer, like the first socket.
+            const want = `${new URL(lb.url).protocol === 'https:' ? 'wss:' : 'ws:'}//${new URL(lb.url).host}/ws`;
+            assert(alice.sockets.length >= 2 && alice.sockets.every((x) => x === want), `alice's WebSockets: ${alice.sockets.join(' ')}`);
+        }
         const resumed = alice.frames.filter((f) => f.type === 'resumed');
         assert(resumed.length === 1 && resumed[0].id === alice.id && resumed[0].links?.includes(bob.id),
             `resumed frames: ${JSON.stringify(resumed)}`);
