@@ -541,7 +541,10 @@ export class Switchboard extends EventTarget {
             } else {
                 this.#addPeer(p.id, p.meta, false);
             }
+            // A peer may have gone away (or come back) while we could not hear it.
+            this.#onPeerAway(p.id, p.away === true);
         }
+        if (Array.isArray(msg.ice_servers)) this.#setIceServers(msg.ice_servers);
         for (const p of this.#peers.values()) {
             const link = links.has(p.id) ? 'up' : 'down';
             // A formed link has our half; otherwise whether ours survived is unknown, so the
@@ -567,7 +570,7 @@ export class Switchboard extends EventTarget {
                 try { p.pc.restartIce(); } catch (e) { this.#emitError(e, p.id); }
             }
         }
-        this.#scheduleIceRefresh();
+        if (!Array.isArray(msg.ice_servers)) this.#scheduleIceRefresh();
         for (const c of this.#connectWaiters.splice(0)) c.resolve({ id: this.#id, node: this.#node });
         this.#resolveJoinWaiters();
         if (this.#room !== this.#joinedRoom) this.#syncRoom();

@@ -223,6 +223,27 @@ async function main() {
         assert(!(await events('b', 'peer-left')).some((e) => e.id === ida), 'b saw a leave');
     });
 
+    await steps.run('resumed-tells-away-peers-and-ice-servers', async () => {
+        // a and b both lost; b's resume waits 1.5 s, so a resumes while b is away (a, away
+        // itself, never heard b's peer-away) and learns it from `resumed`.
+        fake.turnTtlMs = 60000;
+        fake.resumeFailures = [{ id: idb, reason: 'retry', retry_ms: 1500 }];
+        const n = (await events('a', 'reconnected')).length;
+        fake.resetSockets(null, ida);
+        fake.resetSockets(null, idb);
+        await waitReconnected('a', n + 1);
+        await waitFor('b to resume', async () => (await events('b', 'reconnected')).length >= 1 && (await events('a', 'peer-back')).some((e) => e.id === idb), { timeoutMs: 5000 });
+        const log = await events('a');
+        const since = log.findLastIndex((e) => e.type === 'reconnecting');
+        const seq = log.slice(since).filter((e) => (e.type === 'peer-away' || e.type === 'peer-back') && e.id === idb).map((e) => e.type);
+        assert(seq.join() === 'peer-away,peer-back', `a's events about b since its loss: ${seq}`);
+        const user = await evalIn((y) => window.clients.a.peerConnection(y).getConfiguration().iceServers.at(-1)?.username, idb);
+        assert(user && user.endsWith(`:${ida}`), `a's connection has ICE servers ${user} after the resume`);
+        fake.turnTtlMs = 0;
+        await waitLinked('a', 'b');
+        return `TURN user ${user.split(':')[0]}:…`;
+    });
+
     await steps.run('resume-failed-unknown-joins-anew-on-the-same-socket', async () => {
         fake.resumeFailures = [{ reason: 'unknown' }];
         const up0 = fake.upgrades;

@@ -160,7 +160,7 @@ class FakeCluster {
         this.turnTtlMs = turnTtlMs;
         this.resumeGraceMs = resumeGraceMs;
         this.queueMax = queueMax;
-        this.resumeFailures = []; // answers the next resumes get instead of resumed: {reason, retry_ms}
+        this.resumeFailures = []; // answers the next resumes get instead of resumed: {reason, retry_ms, id?} (id: only a resume of that session)
         this.resumed = []; // every successful resume: {id, node, tookOver}
         this.refuseUpgrades = 0; // the next N WebSocket upgrades get HTTP 503 (a node not there)
         this.upgrades = 0; // WebSocket upgrades accepted
@@ -384,10 +384,14 @@ class FakeCluster {
     // `resume` as the first message of a fresh socket: the session `msg.id` (away, or still
     // open elsewhere: taken over) moves onto this socket; the fresh session is discarded.
     #resume(fresh, msg, rid) {
-        const failure = this.resumeFailures.shift();
+        const i = this.resumeFailures.findIndex((f) => !f.id || f.id === msg.id);
+        const failure = i < 0 ? null : this.resumeFailures.splice(i, 1)[0];
         if (failure) {
             fresh.fresh = true; // nothing changed: the socket may resume again, or join
-            return this.#reply(fresh, { type: 'error', code: 'resume-failed', message: `resume failed: ${failure.reason}`, ...failure }, rid);
+            const { reason, retry_ms: retryMs } = failure;
+            const err = { type: 'error', code: 'resume-failed', reason, message: `resume failed: ${reason}` };
+            if (retryMs !== undefined) err.retry_ms = retryMs;
+            return this.#reply(fresh, err, rid);
         }
         const s = this.sockets.get(msg.id);
         if (!s || s === fresh || !s.room || s.room !== msg.room || !s.token || s.token !== msg.resume) {
@@ -410,11 +414,12 @@ class FakeCluster {
         const missed = s.missed || { joined: [], left: [] };
         s.missed = null;
         const room = this.rooms.get(s.room);
-        const peers = [...room.values()].filter((m) => m !== s).map((m) => ({ id: m.id, meta: m.meta }));
+        const peers = [...room.values()].filter((m) => m !== s).map((m) => (m.away ? { id: m.id, meta: m.meta, away: true } : { id: m.id, meta: m.meta }));
         const links = peers.filter((p) => this.#formed(s, room.get(p.id))).map((p) => p.id);
         this.#reply(s, {
             type: 'resumed', id: s.id, room: s.room, resume: this.#newToken(s), peers,
             joined: missed.joined.filter((id) => room.has(id)), left: missed.left, links,
+            ice_servers: this.iceServers(s.id),
         }, rid);
         for (const m of s.queue || []) s.ws.send(m);
         s.queue = [];
