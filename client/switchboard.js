@@ -478,7 +478,9 @@ export class Switchboard extends EventTarget {
         const msg = { type: 'resume', id: this.#id, room: this.#joinedRoom, resume: this.#resumeToken };
         if (token) msg.token = token;
         try {
-            await this.#request(msg);
+            const reply = this.#request(msg);
+            if (!this.#pingTimer) this.#startPing();
+            await reply;
             // #onResumed has run (from #dispatch, before this promise settled).
         } catch (err) {
             if (gen !== this.#gen || !this.#resuming) return;
@@ -508,6 +510,7 @@ export class Switchboard extends EventTarget {
     // Makes the current (welcomed) socket the client's: its welcome's id, `connected`, join.
     #adoptSocket() {
         const w = this.#welcomeMsg;
+        if (!this.#pingTimer) this.#startPing();
         this.#state = 'open';
         this.#id = w.id;
         if (!this.#room) this.#attempt = 0;
@@ -679,11 +682,6 @@ export class Switchboard extends EventTarget {
         this.#node = typeof msg.node === 'string' ? msg.node : null;
         this.#limits = msg.limits && typeof msg.limits === 'object' ? msg.limits : null;
         const gen = this.#gen;
-        this.#pingTimer = setInterval(() => {
-            this.#request({ type: 'ping' }, this.#opts.pingTimeoutMs).catch((err) => {
-                if (gen === this.#gen && err.code === 'timeout') this.#drop(1006, 'ping timeout');
-            });
-        }, this.#opts.pingIntervalMs);
         if (this.#resuming) {
             // The welcome's id is discarded if the resume succeeds. A node that offers no
             // resume (grace 0, e.g. an older version mid-rollout) cannot take the session.
@@ -694,6 +692,19 @@ export class Switchboard extends EventTarget {
             this.#resumeFailed('unsupported', new SwitchboardError('resume-failed', `node ${this.#node} does not offer resume`));
         }
         this.#adoptSocket();
+    }
+
+    // The liveness check of the current socket: a `ping` every pingIntervalMs, dropped (and
+    // resumed) without a `pong` within pingTimeoutMs. Started after `resume` went out, which
+    // must be the socket's first message.
+    #startPing() {
+        const gen = this.#gen;
+        clearInterval(this.#pingTimer);
+        this.#pingTimer = setInterval(() => {
+            this.#request({ type: 'ping' }, this.#opts.pingTimeoutMs).catch((err) => {
+                if (gen === this.#gen && err.code === 'timeout') this.#drop(1006, 'ping timeout');
+            });
+        }, this.#opts.pingIntervalMs);
     }
 
     // Brings the server's room membership in line with what the application asked for; one

@@ -187,10 +187,11 @@ async function main() {
     });
 
     await steps.run('silent-socket-noticed-and-taken-over', async () => {
-        // With a token function: the resume carries a JWT as a join does.
+        // With a token function: the resume carries a JWT as a join does. The function takes
+        // longer than the ping interval, and still `resume` must be the socket's first message.
         await evalIn((u) => window.mk('c', u, 'rr', {
             pingIntervalMs: 300, pingTimeoutMs: 300, resume: { minMs: 100, maxMs: 400 },
-            token: async ({ room }) => `jwt-for-${room}`,
+            token: async ({ room }) => { await new Promise((r) => setTimeout(r, 600)); return `jwt-for-${room}`; },
         }), ws(1));
         await waitJoined('c');
         await waitLinked('a', 'c');
@@ -202,8 +203,10 @@ async function main() {
         const r = fake.resumed.at(-1);
         assert(r.id === idc && r.tookOver, `fake resumes: ${JSON.stringify(fake.resumed)}`);
         assert(rec.id === idc, 'c has another id');
-        const sent = resumesOf(idc, t0).at(-1).msg;
-        assert(sent.token === 'jwt-for-rr' && sent.room === 'rr', `c's resume: ${JSON.stringify(sent)}`);
+        const last = resumesOf(idc, t0).at(-1);
+        assert(last.msg.token === 'jwt-for-rr' && last.msg.room === 'rr', `c's resume: ${JSON.stringify(last.msg)}`);
+        const first = fake.received.find((r) => r.from === last.from);
+        assert(first === last, `the first message of c's new socket was ${JSON.stringify(first.msg)}`);
         const d = (await events('c', 'disconnected')).at(-1);
         assert(d.code === 1006 && /ping/.test(d.reason), `disconnected: ${JSON.stringify(d)}`);
         for (const n of ['a', 'b']) {

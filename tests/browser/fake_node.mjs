@@ -313,7 +313,7 @@ class FakeCluster {
         s.fresh = false;
         switch (msg.type) {
         case 'resume':
-            if (!first) return this.#error(s, 'bad-message', rid, 'resume must be the first message');
+            if (!first) return this.#reply(s, { type: 'error', code: 'resume-failed', reason: 'unknown', message: 'resume must be the first message' }, rid);
             return this.#resume(s, msg, rid);
         case 'ping': return this.#reply(s, { type: 'pong' }, rid);
         case 'join': return this.#join(s, msg, rid);
