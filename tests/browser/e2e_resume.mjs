@@ -6,6 +6,8 @@
 // other page never sees the peer gone (away then back, if it saw it away); the admin counts one
 // link in every sample (every 100 ms) from before the kill until the dead node's presence has
 // expired and the admin has reconciled (presence TTL + reconcile interval of cluster.env, + 2 s).
+// Then the other page's node is drained (SIGTERM: it closes its sockets with 1012) and that
+// page resumes at once on the remaining node, with the same checks while it does.
 //
 // It needs nodes that offer resume: when the welcome carries no `resume` token (or
 // limits.resume_grace_ms is 0) it fails at once, saying so, rather than passing vacuously.
@@ -49,15 +51,15 @@ function nodePid(dir, node) {
     return Number(pid);
 }
 
-// Page side: types "NAME seq N" into the chat every `every` ms and sends it; a tick when the
+// Page side: types "NAME TAG N" into the chat every `every` ms and sends it; a tick when the
 // send button is disabled (no open channel) is counted as skipped.
-function startChatStream([name, every]) {
+function startChatStream([name, every, tag]) {
     window.chatSeq = 0;
     window.chatSkipped = 0;
     window.chatTimer = setInterval(() => {
         const input = document.getElementById('message');
         if (input.disabled) { window.chatSkipped++; return; }
-        input.value = `${name} seq ${++window.chatSeq}`;
+        input.value = `${name} ${tag} ${++window.chatSeq}`;
         document.getElementById('chat-form').requestSubmit();
     }, every);
 }
@@ -67,26 +69,55 @@ function stopChatStream() {
     return { sent: window.chatSeq, skipped: window.chatSkipped };
 }
 
-// The sequence numbers page `u` shows from `from`, in display order.
-function shownSeqs(u, from) {
-    return u.b.page.evaluate((f) => [...document.querySelectorAll('#log li')]
+// The sequence numbers of `tag` messages page `u` shows from `from`, in display order.
+function shownSeqs(u, from, tag) {
+    return u.b.page.evaluate(([f, t]) => [...document.querySelectorAll('#log li')]
         .filter((li) => li.querySelector('.from')?.textContent === f)
-        .map((li) => /seq (\d+)$/.exec(li.querySelector('.text').textContent))
-        .filter(Boolean).map((m) => Number(m[1])), from);
+        .map((li) => li.querySelector('.text').textContent.split(' '))
+        .filter((w) => w.length === 3 && w[1] === t).map((w) => Number(w[2])), [from, tag]);
 }
 
 function systemLines(u) {
     return u.b.page.evaluate(() => [...document.querySelectorAll('#log li.system .text')].map((e) => e.textContent));
 }
 
-// Bob's log about alice: at most one "lost their connection", as many "is back", no "left".
-async function bobSawAliceBack(bob) {
-    const lines = await systemLines(bob);
-    const away = lines.filter((t) => t.startsWith('alice lost their connection')).length;
-    const back = lines.filter((t) => t.startsWith('alice is back')).length;
-    assert(!lines.some((t) => t.startsWith('alice left')), `bob saw alice leave: ${lines.join(' | ')}`);
-    assert(away <= 1 && back <= away, `bob's log has ${away} away and ${back} back lines: ${lines.join(' | ')}`);
+// `viewer`'s log about `name`: at most one "lost their connection", as many "is back" (null
+// while one is missing), never "left".
+async function sawBack(viewer, name) {
+    const lines = await systemLines(viewer);
+    const away = lines.filter((t) => t.startsWith(`${name} lost their connection`)).length;
+    const back = lines.filter((t) => t.startsWith(`${name} is back`)).length;
+    assert(!lines.some((t) => t.startsWith(`${name} left`)), `${viewer.name} saw ${name} leave: ${lines.join(' | ')}`);
+    assert(away <= 1 && back <= away, `${viewer.name}'s log has ${away} away and ${back} back lines for ${name}: ${lines.join(' | ')}`);
     return away === back ? { away } : null;
+}
+
+// Both pages chat every SEND_EVERY_MS with `tag`, and the admin is sampled, until the
+// returned function is called: it then checks that every message arrived in order with no
+// tick skipped, and that the admin counted 1 link in every sample; returns a note.
+async function streamAndSample(pages, admin, baseline, tag) {
+    for (const u of pages) await u.b.page.evaluate(startChatStream, [u.name, SEND_EVERY_MS, tag]);
+    const stopSampling = sampleAdmin(admin, baseline);
+    return async (since) => {
+        const samples = await stopSampling();
+        const sent = {};
+        for (const u of pages) sent[u.name] = await u.b.page.evaluate(stopChatStream);
+        await new Promise((r) => setTimeout(r, 1000)); // the last messages in flight
+        for (const [from, to] of [[pages[0], pages[1]], [pages[1], pages[0]]]) {
+            const n = sent[from.name];
+            assert(n.skipped === 0, `${from.name}'s chat had no open channel for ${n.skipped} of its ${SEND_EVERY_MS} ms ticks`);
+            const got = await shownSeqs(to, from.name, tag);
+            const want = Array.from({ length: n.sent }, (_, i) => i + 1);
+            assert(JSON.stringify(got) === JSON.stringify(want),
+                `${to.name} shows ${got.length} of ${n.sent} "${tag}" messages from ${from.name}; first difference at ${got.findIndex((v, i) => v !== i + 1)}`);
+        }
+        const bad = samples.filter((x) => x.links !== 1);
+        assert(samples.length >= (Date.now() - since) / 500, `only ${samples.length} admin samples`);
+        assert(bad.length === 0, `the admin did not count 1 link in ${bad.length} of ${samples.length} samples, e.g. ` +
+            bad.slice(0, 5).map((x) => `+${x.t - since} ms: ${x.error || `${x.links} link(s)`}`).join('; '));
+        return `${pages.map((u) => sent[u.name].sent).join(' + ')} messages delivered in order, none skipped; ` +
+            `${samples.length} admin samples over ${Math.round((samples.at(-1).t - samples[0].t) / 1000)} s, all 1 link`;
+    };
 }
 
 // Polls the admin's p2p_links every 100 ms until stop(); returns the samples {t, links|error}.
@@ -163,10 +194,9 @@ async function main() {
 
     let killedAt;
     let killed;
-    let stopSampling;
+    let finish;
     await steps.run('kill-alice-node', async () => {
-        for (const u of [alice, bob]) await u.b.page.evaluate(startChatStream, [u.name, SEND_EVERY_MS]);
-        stopSampling = sampleAdmin(admin, baseline);
+        finish = await streamAndSample([alice, bob], admin, baseline, 'kill');
         await new Promise((r) => setTimeout(r, 1000)); // traffic and samples before the kill
         killed = alice.node;
         if (fake) {
@@ -206,7 +236,7 @@ async function main() {
         // before the resume took the session over (after kill -9, nobody may have yet); if
         // he did, he must hear peer-back too.
         await waitPeer(bob, alice, { chat: 'open', conn: 'connected', link: 'up', away: 'false' });
-        const away = await waitFor('bob to show as many "back" as "away" lines for alice', () => bobSawAliceBack(bob));
+        const away = await waitFor('bob to show as many "back" as "away" lines for alice', () => sawBack(bob, 'alice'));
         await screenshot(alice.b, 'resume-01-alice-reconnected');
         await screenshot(bob.b, 'resume-01-bob');
         return away.away ? 'bob saw alice away, then back' : 'bob saw no away (the resume came first)';
@@ -215,27 +245,38 @@ async function main() {
     await steps.run('datachannel-and-admin-held-throughout', async () => {
         const rest = killedAt + holdMs - Date.now();
         if (rest > 0) await new Promise((r) => setTimeout(r, rest));
-        const samples = await stopSampling();
-        const sent = {};
-        for (const u of [alice, bob]) sent[u.name] = await u.b.page.evaluate(stopChatStream);
-        await new Promise((r) => setTimeout(r, 1000)); // the last messages in flight
-        for (const [from, to] of [[alice, bob], [bob, alice]]) {
-            const s = sent[from.name];
-            assert(s.skipped === 0, `${from.name}'s chat had no open channel for ${s.skipped} of its ${SEND_EVERY_MS} ms ticks`);
-            const got = await shownSeqs(to, from.name);
-            const want = Array.from({ length: s.sent }, (_, i) => i + 1);
-            assert(JSON.stringify(got) === JSON.stringify(want),
-                `${to.name} shows ${got.length} of ${s.sent} messages from ${from.name}; first difference at ${got.findIndex((v, i) => v !== i + 1)}`);
-        }
-        assert(await bobSawAliceBack(bob), 'bob shows alice away (or gone) at the end');
+        const note = await finish(killedAt);
+        assert(await sawBack(bob, 'alice'), 'bob shows alice away (or gone) at the end');
         await waitPeer(bob, alice, { chat: 'open', link: 'up', away: 'false' }, 1000);
-        const bad = samples.filter((x) => x.links !== 1);
-        assert(samples.length > holdMs / 200, `only ${samples.length} admin samples`);
-        assert(bad.length === 0, `the admin did not count 1 link in ${bad.length} of ${samples.length} samples, e.g. ` +
-            bad.slice(0, 5).map((x) => `+${x.t - killedAt} ms: ${x.error || `${x.links} link(s)`}`).join('; '));
         await screenshot(alice.b, 'resume-02-alice-after');
-        return `${sent.alice.sent} + ${sent.bob.sent} messages delivered in order, none skipped; ` +
-            `${samples.length} admin samples over ${Math.round((samples.at(-1).t - samples[0].t) / 1000)} s, all 1 link`;
+        return note;
+    });
+
+    await steps.run('drain-bob-node-resumes-at-once', async () => {
+        const drained = bob.node;
+        const fin = await streamAndSample([alice, bob], admin, baseline, 'drain');
+        await new Promise((r) => setTimeout(r, 500));
+        const t0 = Date.now();
+        let how;
+        if (fake) {
+            fake.closeSockets(1012, 'resume elsewhere', drained);
+            how = `fake node ${drained} closed its sockets with 1012`;
+        } else {
+            const pid = nodePid(clusterDir, drained);
+            process.kill(pid, 'SIGTERM');
+            how = `SIGTERM to ${pid} (${drained}, bob's node)`;
+        }
+        await bob.b.page.waitForSelector('body[data-conn="reconnected"][data-resumes="1"]', { timeout: 15000 });
+        const took = Date.now() - t0;
+        const [id, node] = await bob.b.page.evaluate(() => [document.body.dataset.id, document.body.dataset.node]);
+        assert(id === bob.id, `bob's id changed: ${bob.id} -> ${id}`);
+        if (!fake) assert(node !== drained, `bob is on ${node}, the node that drained`);
+        await new Promise((r) => setTimeout(r, 2000)); // traffic after the resume
+        const note = await fin(t0);
+        await waitFor('alice to show as many "back" as "away" lines for bob', () => sawBack(alice, 'bob'), { timeoutMs: 5000 });
+        await waitPeer(alice, bob, { chat: 'open', link: 'up', away: 'false' }, 1000);
+        await screenshot(bob.b, 'resume-03-bob-after-drain');
+        return `${how}; bob resumed on ${node} ${took} ms later; ${note}`;
     });
 
     await steps.run('no-page-errors', async () => {
