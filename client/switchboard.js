@@ -125,7 +125,7 @@ export function defaultUrl() {
  *   url        WebSocket URL of a node (default: this page's host, path /ws)
  *   room       room to join on connect and rejoin after every reconnect (or call join())
  *   meta       object sent with join (peers see it); at most 1024 bytes serialized
- *   token      JWT string, or a function (async ok) called with {room} before every join
+ *   token      JWT string, or a function (async ok) called with {room} before every join/resume
  *   rtcConfig  base RTCConfiguration; the server's ice_servers are appended to its iceServers
  *   reconnect  {minMs, maxMs} backoff bounds (default 500 / 30000), or false for no reconnect
  *   resume     {minMs, maxMs} full-jitter backoff of resume attempts (default 500 / 5000), or
