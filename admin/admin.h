@@ -118,6 +118,7 @@ typedef struct {
     char (*tags)[SB_TAG_MAX]; /* buckets whose P:{T}:suffix exists */
     int n;
     int64_t rooms, members, links, linked; /* the buckets' figures, summed */
+    int64_t away;                          /* sockets away (session resume), summed */
     int missing_slots; /* slots whose buckets could not be read (no primary, or it failed) */
     int first_missing; /* the lowest of them */
 } sb_buckets_t;
@@ -262,6 +263,7 @@ json_t *sb_pass_json(const sb_pass_result_t *r);
 typedef struct {
     sb_nodes_t nodes;
     int64_t rooms, members, links, linked;
+    int64_t away; /* sockets away (session resume): members whose socket may still resume */
     int missing_slots, first_missing; /* slots whose figures could not be read (partial) */
     json_t *last;                     /* P:admin:last parsed (new reference) or NULL */
     json_t *totals;                   /* object of P:admin:totals as integers (new reference) */

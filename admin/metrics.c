@@ -42,6 +42,9 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
                   "P2P links with both halves and both ends live.", (long long)st->links);
     sb_prom_gauge(&o, "switchboard_cluster_p2p_users", "Live sockets in at least one P2P link.",
                   (long long)st->linked);
+    sb_prom_gauge(&o, "switchboard_cluster_away_sockets",
+                  "Members whose socket is lost and may still resume (counted in active users).",
+                  (long long)st->away);
     sb_prom_gauge(&o, "switchboard_cluster_missing_slots",
                   "Redis hash slots whose figures could not be read (the figures above are "
                   "partial when > 0).",

@@ -45,8 +45,10 @@ static void on_socket_removed(redisReply *reply, const char *error, void *data)
                               json_pack("{s:s,s:s,s:s,s:I}", "reason", "expired", "room", s->room,
                                         "id", s->sid, "stale_connections", (json_int_t)links));
         } else if (st) {
-            /* "live": its node refreshed it; "gone": already reaped */
-            status = strcmp(st, "live") == 0 ? 2 : 0;
+            /* "live": its node refreshed it, or it is away within its grace; "away": it was
+             * marked away now (its client may resume elsewhere): both keep the node listed
+             * until its index drains; "gone": already reaped */
+            status = strcmp(st, "live") == 0 || strcmp(st, "away") == 0 ? 2 : 0;
         }
     }
     s->cb(s->a, status, links, s->data);

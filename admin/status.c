@@ -61,6 +61,7 @@ static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, 
     c->st.members = b->members;
     c->st.links = b->links;
     c->st.linked = b->linked;
+    c->st.away = b->away;
     c->st.missing_slots = b->missing_slots;
     c->st.first_missing = b->first_missing;
     settle(c);
@@ -202,6 +203,8 @@ json_t *sb_status_json(const sb_status_t *st)
                           "p2p_links", (json_int_t)st->links, "p2p_users", (json_int_t)st->linked,
                           "last_reconcile", st->last ? st->last : json_null(), "totals", totals,
                           "events", events, "partial", st->missing_slots > 0);
+    if (o)
+        json_object_set_new(o, "away_sockets", json_integer(st->away));
     /* Never silently low: figures that miss slots say which. */
     if (o && st->missing_slots > 0)
         json_object_set_new(

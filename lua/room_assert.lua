@@ -6,11 +6,14 @@
 -- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
 -- ARGV[4]  node id N          ARGV[5]  node epoch E       ARGV[6]  meta (JSON object text)
 -- ARGV[7]  presence TTL in ms
--- ARGV[8..n]  the peers S holds a half towards (its "link up"s that were not taken back)
+-- ARGV[8]  S's resume record as the node knows it ({"h":...,"o":...,"u":...,"g":...}, see
+--          room_join), or "": restored when missing, so a socket lost after the data loss
+--          still gets its grace
+-- ARGV[9..n]  the peers S holds a half towards (its "link up"s that were not taken back)
 --
 -- Returns  {"ok", created}: created = 1 when S's record had to be re-created, 0 when it existed
 --
--- Does: SET presence (PX; the one place besides room_join that creates it, because only the
+-- Does: S's resume record when missing (ARGV[8]); SET presence (PX; the one place besides room_join that creates it, because only the
 -- owning node, which knows S is alive, calls it). A missing record is added exactly as
 -- room_join adds it (record, P:{R}:nodes, socket index, counters, room creation with
 -- a time based seq, "join" event with a new seq); an existing one only gets its index entry
@@ -46,9 +49,18 @@ if redis.call('HEXISTS', members, S) == 0 then
     add_member(S, N, E, meta)
 end
 
+local record = ARGV[8] or ''
+if record ~= '' and not resume_of(S) then
+    local ok, rr = pcall(cjson.decode, record)
+    if not ok or type(rr) ~= 'table' or type(rr.h) ~= 'string' then
+        return redis.error_reply('ERR room_assert: bad resume record')
+    end
+    set_resume(S, rr.h, rr.o or '', rr.u or '', rr.g or 0)
+end
+
 local mine = base .. 'links:' .. S
 local my_node = node_of(redis.call('HGET', members, S))
-for i = 8, #ARGV do
+for i = 9, #ARGV do
     local B = ARGV[i]
     local rec = B ~= S and redis.call('HGET', members, B)
     if rec and redis.call('SADD', mine, B) == 1 and

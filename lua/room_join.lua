@@ -7,16 +7,19 @@
 -- ARGV[4]  node id N          ARGV[5]  node epoch E
 -- ARGV[6]  meta: a JSON object, validated and compact (e.g. {}), stored and relayed verbatim
 -- ARGV[7]  presence TTL in ms ARGV[8]  max members of the room
+-- ARGV[9]  optional: SHA-256 (hex) of S's resume token; "" or absent: no resume record
+-- ARGV[10] origin of the socket   ARGV[11] JWT subject ("" without)   ARGV[12] grace in ms
 --
 -- Returns  {"ok", seq, S1, rec1, S2, rec2, ...}: the new sequence number and every member
---          (the joiner included) with its record {"node":N,"epoch":E,"meta":{...}}
+--          (the joiner included) with its record {"node":N,"epoch":E,"meta":{...}}; an away
+--          member's record ends with ,"away":1
 --          {"exists"}     S already has a presence key or a record in R (nothing written),
 --                         except when the record is this node's and its presence is live: then
 --                         {"ok", ...} as above with the current seq (a retried join that had
 --                         run after the node's command timeout; nothing written but PEXPIRE)
 --          {"room-full"}  R has max members already (nothing written)
 --
--- Does: record, presence (PX), P:{R}:nodes count, socket index P:{T}:node:N:sockets ("R S"),
+-- Does: record, presence (PX), resume record P:{R}:resume (ARGV[9] given), P:{R}:nodes count, socket index P:{T}:node:N:sockets ("R S"),
 -- members counters of the room and the bucket, the room's creation when it was empty (the
 -- bucket's rooms index and rooms figure, a time based seq), seq + 1, and the "join" event to
 -- every node of the room, the joiner's own node included.
@@ -41,7 +44,7 @@ end
 local presence = base .. 'presence:' .. S
 local function snapshot(seq)
     local reply = {'ok', seq}
-    local all = redis.call('HGETALL', members)
+    local all = listed(redis.call('HGETALL', members))
     for i = 1, #all do
         reply[#reply + 1] = all[i]
     end
@@ -71,4 +74,9 @@ if count == 0 then
     open_room()
 end
 claim(S, N, ttl)
+if (ARGV[9] or '') ~= '' then
+    -- Why stored at the join: the node may die at any moment, and the token must still let
+    -- its client resume elsewhere (the takeover in session_resume).
+    set_resume(S, ARGV[9], ARGV[10] or '', ARGV[11] or '', ARGV[12] or '0')
+end
 return snapshot(add_member(S, N, E, meta))

@@ -22,6 +22,16 @@ local seq = 0
 if #all > 0 then
     seq = tonumber(redis.call('HGET', base .. 'stats', 'seq') or '0') or 0
 end
+-- Away members: their record ends with ,"away":1 (as room_join and session_resume list them).
+local away = {}
+for _, s in ipairs(redis.call('HKEYS', base .. 'away')) do
+    away[s] = true
+end
+for i = 1, #all - 1, 2 do
+    if away[all[i]] then
+        all[i + 1] = string.sub(all[i + 1], 1, -2) .. ',"away":1}'
+    end
+end
 local reply = {seq}
 for i = 1, #all do
     reply[#reply + 1] = all[i]

@@ -5,15 +5,27 @@
 -- KEYS[2]  P:{T}:stats, the room's bucket (T: the tag of the room's slot; lua/README.md)
 -- ARGV[1]  prefix P           ARGV[2]  room R             ARGV[3]  socket id S
 -- ARGV[4]  mode: "leave" | "disconnect" (the socket's node asks) | "expired" (the admin reaps)
+--          | "away" (S's resume grace is over: the node that marked it away, or the admin)
 -- ARGV[5]  node id N: leave/disconnect: the caller's node, which must hold S's presence key;
---          expired: the node whose socket index listed S ("" when unknown)
+--          expired/away: the node whose socket index listed S ("" when unknown)
+-- ARGV[6]  optional, leave/disconnect: SHA-256 (hex) of the resume token the caller issued for
+--          S; when S's resume record holds another one, S was resumed (taken over): {"gone"}
 --
 -- Returns  {"ok", links_removed, seq}  seq of the "left" event, 0 when the room was deleted
 --          {"gone"}  leave/disconnect: S's presence key is absent or held by another node;
 --                    expired: S is not a member. Nothing written, except that "expired" drops
 --                    the stale "R S" entry of N's socket index, and leave/disconnect by the
 --                    owning node of a presence key without a record drops that key and entry.
---          {"live"}  expired: S's presence key exists, so S is alive (nothing written)
+--          {"live"}  expired: S's presence key exists, so S is alive, or S is away and its
+--                    grace is not over; away: S is not away or its grace is not over (nothing
+--                    written)
+--          {"away", seq}  expired: S's presence lapsed (its node died) and S has a resume
+--                    record with a grace: S is marked away instead (session_away), so its
+--                    client can resume elsewhere; the "away" event has seq
+--
+-- Away sockets: a removal once the grace is over ("away", or "expired" once the presence set
+-- to lapse at the deadline is gone) is published with reason "disconnect". Every removal also
+-- drops S's resume record and away state (queue included), with the away counters.
 --
 -- Does: removes S's halves and every member's half towards S (a link counts as formed, and is
 -- removed from the counters, when both halves existed), degrees, linked, the record, presence,
@@ -31,8 +43,8 @@ local members = base .. 'members'
 if KEYS[1] ~= members then
     return redis.error_reply('ERR room_remove: KEYS[1] must be ' .. members)
 end
-if mode ~= 'leave' and mode ~= 'disconnect' and mode ~= 'expired' then
-    return redis.error_reply('ERR room_remove: mode must be leave, disconnect or expired')
+if mode ~= 'leave' and mode ~= 'disconnect' and mode ~= 'expired' and mode ~= 'away' then
+    return redis.error_reply('ERR room_remove: mode must be leave, disconnect, expired or away')
 end
 if S == '' then
     return redis.error_reply('ERR room_remove: bad arguments')
@@ -43,21 +55,51 @@ end
 local presence = base .. 'presence:' .. S
 local entry = R .. ' ' .. S
 local rec = redis.call('HGET', members, S)
-if mode == 'expired' then
+local reason = mode
+-- S is not a member: node N's index entry for it is stale (dropped), and nothing else to do.
+local function gone_from(node)
+    if node ~= '' then
+        redis.call('SREM', node_index(node), entry)
+    end
+    return {'gone'}
+end
+local away = rec and away_of(S)
+if mode == 'away' or (mode == 'expired' and away) then
+    -- Why the deadline is checked here: whoever runs first (the node's timer, the admin's
+    -- pass) removes it; a resume in between makes it not away, and a later away has a later
+    -- deadline, so a stale timer never removes a resumed session.
+    if not rec then
+        return gone_from(N)
+    end
+    if not away or away.deadline > clock_ms() then
+        return {'live'}
+    end
+    reason = 'disconnect'
+elseif mode == 'expired' then
     -- Why re-checked here: the admin decided to reap from a snapshot; only the check inside
     -- the script is atomic with the removal, so a live socket is never reaped.
     if redis.call('EXISTS', presence) == 1 then
         return {'live'}
     end
     if not rec then
-        if N ~= '' then
-            redis.call('SREM', node_index(N), entry)
-        end
-        return {'gone'}
+        return gone_from(N)
+    end
+    local r = resume_of(S)
+    if r and (r.g or 0) > 0 then
+        -- A dead node's socket: away first, not gone (its client may resume elsewhere).
+        local seq = mark_away(S, node_of(rec) or N, r.g)
+        return {'away', seq}
     end
 else
     if redis.call('GET', presence) ~= N then
         return {'gone'}
+    end
+    local mine = ARGV[6] or ''
+    if mine ~= '' and rec then
+        local r = resume_of(S)
+        if r and r.h ~= mine then
+            return {'gone'} -- resumed on this node by a newer socket: not the caller's any more
+        end
     end
     if not rec then
         -- A presence key without a record cannot come from these scripts; drop it so the
@@ -115,6 +157,10 @@ if linked_delta ~= 0 then
     redis.call('HINCRBY', gstats, 'linked', linked_delta)
 end
 
+-- Resume state.
+drop_away(S)
+redis.call('HDEL', base .. 'resume', S)
+
 -- Membership.
 local node = node_of(rec)
 redis.call('HDEL', members, S)
@@ -135,22 +181,23 @@ local seq = 0
 if redis.call('HLEN', members) == 0 then
     -- Whatever figure the room still holds is wrong (it has no member); take it off the
     -- bucket with the room, so the bucket stays the sum of its rooms.
-    local left = redis.call('HMGET', stats, 'members', 'links', 'linked')
-    local fields = {'members', 'links', 'linked'}
-    for i = 1, 3 do
+    local left = redis.call('HMGET', stats, 'members', 'links', 'linked', 'away')
+    local fields = {'members', 'links', 'linked', 'away'}
+    for i = 1, 4 do
         local v = tonumber(left[i] or '0') or 0
         if v ~= 0 then
             redis.call('HINCRBY', gstats, fields[i], -v)
         end
     end
-    redis.call('DEL', members, base .. 'nodes', degree, stats)
+    redis.call('DEL', members, base .. 'nodes', degree, stats, base .. 'resume', base .. 'away',
+        base .. 'qbytes')
     if redis.call('SREM', bucket .. 'rooms', R) == 1 then
         redis.call('HINCRBY', gstats, 'rooms', -1)
     end
 else
     seq = redis.call('HINCRBY', stats, 'seq', 1)
     local event = '{"t":"left","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
-        ',"id":' .. cjson.encode(S) .. ',"reason":' .. cjson.encode(mode) .. '}'
+        ',"id":' .. cjson.encode(S) .. ',"reason":' .. cjson.encode(reason) .. '}'
     publish_room(event)
 end
 

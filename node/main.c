@@ -1,6 +1,7 @@
 /* switchboard-node: options, the libuv loop, start-up and shutdown. Owns the process context;
  * the only global is the signal flag libuv's signal handles stand in for. */
 #include "node.h"
+#include "listen.h"
 #include "auth.h"
 #include "scripts.h"
 #include "log.h"
@@ -134,9 +135,12 @@ void sb_node_begin_drain(sb_node_t *n)
         return;
     n->draining = 1;
     n->drain_deadline_ms = sb_mono_ms() + n->cfg.drain_timeout_ms;
-    sb_info("draining: closing %d sockets with 1001", n->nsessions);
+    /* With resume on, 1012: the client resumes elsewhere at once (its session goes away, not
+     * gone: route.c); without, 1001: reconnect and join again. */
+    int code = n->cfg.resume_grace_ms > 0 ? 1012 : 1001;
+    sb_info("draining: closing %d sockets with %d", n->nsessions, code);
     for (sb_session_t *s = n->sessions; s; s = s->next)
-        sb_session_close(s, 1001, "draining");
+        sb_session_close(s, code, code == 1012 ? "resume elsewhere" : "draining");
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -239,15 +243,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    if (sb_server_start(n) != 0) {
-        sb_presence_stop(n);
-        sb_pubsub_stop(n);
-        sb_cluster_close(n->db);
-        uv_run(&loop, UV_RUN_DEFAULT);
-        uv_loop_close(&loop);
-        sb_node_options_free(&n->cfg);
-        return 1;
-    }
+    if (sb_server_start(n) != 0)
+        sb_listen_exit(); /* logged; lws cannot be torn down safely now (common/listen.h) */
     uv_timer_init(&loop, &n->sweep);
     n->sweep.data = n;
     uv_timer_start(&n->sweep, on_sweep, 50, 50);
@@ -269,6 +266,7 @@ int main(int argc, char **argv)
     uv_walk(&loop, close_walk, NULL);
     int lc = uv_loop_close(&loop);
     sb_info("stopped (uv_loop_close=%d)", lc);
+    sb_route_away_free(n);
     sb_map_free(&n->sess_by_id);
     sb_map_free(&n->rooms);
     sb_map_free(&n->buckets);

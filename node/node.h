@@ -28,6 +28,7 @@ typedef struct {
     int64_t max_connections, max_connections_per_ip; /* resolved at start (never 0) */
     int64_t queue_budget_bytes; /* resolved at start (never 0): session.c's node-wide budget */
     int64_t queue_stall_ms, join_timeout_ms;
+    int64_t resume_grace_ms, resume_queue_max, resume_queue_bytes; /* session resume */
 } sb_node_config_t;
 
 /* Parses options (defaults < env < flags) and checks combinations. Returns 0, 1 when --help or
@@ -65,6 +66,9 @@ typedef struct sb_session {
     int64_t ping_sent_ms;           /* our last ping; one per idle interval */
     int ping_due;                   /* a ping waits for the next WRITEABLE */
     int idle_killed;                /* hung up: a ping went unanswered past --ping-timeout-ms */
+    int peer_close;                 /* the code of the client's close frame (1005: none given;
+                                     * 0: no close frame) */
+    char origin[128];               /* its Origin header ("" without): a resume must match it */
     struct sb_session *prev, *next; /* node's list of live sessions */
 
     sb_outmsg_t *qhead, *qtail;
@@ -140,7 +144,8 @@ struct sb_node {
     uv_timer_t loss_timer; /* presence.c: the full resync once a data loss's grace ends */
     uv_signal_t sigint, sigterm;
     int64_t started_ms;
-    int64_t loss_grace_until_ms; /* after a data loss: resyncs only add until then */
+    int64_t loss_grace_until_ms;           /* after a data loss: resyncs only add until then */
+    struct sb_away *away_head, *away_tail; /* route.c: sockets we marked away, by deadline */
 };
 
 /* The data path, one way: server.c (lws) -> route.c (decode with proto.c, rate via the
@@ -210,10 +215,12 @@ void sb_route_signal_in(sb_node_t *n, const char *room, const char *from, const 
                         const char *data, size_t dlen);
 void sb_route_link_event(sb_node_t *n, const char *room, const char *a, const char *b, int up);
 void sb_route_unlink_event(sb_node_t *n, const char *room, const char *a, const char *b);
-/* Periodic: gap timeouts, held signals, token timeouts. */
+/* Periodic: gap timeouts, held signals, token timeouts, resume graces that ended. */
 void sb_route_sweep(sb_node_t *n, int64_t now_ms);
 /* Re-reads every room (pub/sub reconnected, or a data loss's grace ended). */
 void sb_route_resync_all(sb_node_t *n);
+/* Frees the grace timers of sockets marked away (at exit; the admin expires what is left). */
+void sb_route_away_free(sb_node_t *n);
 /* The room s is in according to Redis (its join succeeded and no removal yet), else NULL. */
 const char *sb_route_present_room(const sb_session_t *s);
 /* The presence key of s is gone while it is connected here: it was reaped. Runs the expired

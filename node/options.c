@@ -51,6 +51,14 @@ static const sb_option_t node_options[] = {
      "with auth on, close sockets that have not joined by then (4001)"},
     {"join-timeout-ms", SB_OPT_INT, "30000", 0, DAY, OFF(join_timeout_ms),
      "with auth off, close sockets that have not joined by then (4001); 0 = never"},
+    {"resume-grace-ms", SB_OPT_INT, "15000", 0, DAY, OFF(resume_grace_ms),
+     "how long a lost socket stays a member (away) and may be resumed on any node; 0 = no "
+     "resume (a lost socket leaves at once)"},
+    {"resume-queue-max", SB_OPT_INT, "256", 1, 1000000, OFF(resume_queue_max),
+     "signals queued in Redis for one away socket; past it the sender gets peer-queue-full"},
+    {"resume-queue-bytes", SB_OPT_INT, "262144", 1024, 1073741824, OFF(resume_queue_bytes),
+     "bytes of signals queued in Redis for one away socket; past it the sender gets "
+     "peer-queue-full"},
     {"turn-secret-file", SB_OPT_FILE, NULL, 0, 0, OFF(turn_secret_file),
      "TURN REST shared secret (coturn use-auth-secret)"},
     {"turn-url", SB_OPT_URLS, NULL, 0, 0, OFF(turn_urls), "TURN/STUN URL, repeatable"},

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 
 const char *const sb_msg_type_names[SB_MSG__COUNT] = {"join",        "signal", "link",   "leave",
-                                                      "ice-servers", "ping",   "unknown"};
+                                                      "ice-servers", "ping",   "resume", "unknown"};
 
 int sb_proto_new_sid(char *out, size_t outlen)
 {
@@ -500,6 +500,19 @@ int sb_proto_decode_tree(const char *buf, size_t len, sb_msg_t *msg, sb_proto_er
             code = "peer-not-found", why = "no such peer in the room";
         else
             msg->up = strcmp(state, "up") == 0;
+        break;
+    }
+    case SB_MSG_RESUME: {
+        json_t *token = json_object_get(root, "token");
+        msg->sid = str_field(root, "id");
+        msg->room = str_field(root, "room");
+        msg->resume = str_field(root, "resume");
+        if (!msg->sid || !msg->room || !msg->resume)
+            why = "resume needs strings \"id\", \"room\" and \"resume\"";
+        else if (token && !json_is_null(token) && !json_is_string(token))
+            why = "\"token\" must be a string";
+        else
+            msg->token = json_is_string(token) ? json_string_value(token) : NULL;
         break;
     }
     case SB_MSG_UNKNOWN:

@@ -17,6 +17,7 @@ typedef enum {
     SB_MSG_LEAVE,
     SB_MSG_ICE_SERVERS,
     SB_MSG_PING,
+    SB_MSG_RESUME,
     SB_MSG_UNKNOWN,
     SB_MSG__COUNT
 } sb_msg_type_t;
@@ -33,12 +34,14 @@ typedef struct {
      * message was decoded without a tree (signal, ping, link: rid is then msg's own reference,
      * to / peer point into id, data is NULL and data_raw set) */
     json_t *root;
-    json_t *rid;       /* borrowed (released by sb_msg_free); NULL when absent */
-    const char *room;  /* join */
-    json_t *meta;      /* join: borrowed object, or NULL */
-    const char *token; /* join: or NULL */
-    const char *to;    /* signal */
-    json_t *data;      /* signal: borrowed, any JSON value */
+    json_t *rid;        /* borrowed (released by sb_msg_free); NULL when absent */
+    const char *room;   /* join, resume */
+    json_t *meta;       /* join: borrowed object, or NULL */
+    const char *token;  /* join, resume: or NULL */
+    const char *sid;    /* resume: the id to take back (unchecked: a bad one is refused later) */
+    const char *resume; /* resume: the token presented */
+    const char *to;     /* signal */
+    json_t *data;       /* signal: borrowed, any JSON value */
     /* signal: the exact text of `data` inside the frame (borrowed from the decoded buffer, so
      * valid only as long as it is), to relay without re-encoding; NULL when not located (the
      * caller then encodes data). */

@@ -63,15 +63,18 @@ static void on_signal(sb_node_t *n, const char *room, const char *payload, size_
         sb_route_signal_in(n, room, from, to, data, dlen);
 }
 
-static void on_member_event(sb_node_t *n, const char *room, int join, const char *payload,
-                            size_t len)
+/* join, left, away or back (change: 0, SB_VIEW_AWAY, SB_VIEW_BACK). */
+static void on_member_event(sb_node_t *n, const char *room, int join, int change,
+                            const char *payload, size_t len)
 {
     char id[SB_SID_MAX + 1], node[SB_NODE_ID_MAX + 1] = "", reason[16] = "";
-    sb_view_event_t ev = {join, 0, id, NULL, NULL, NULL};
+    sb_view_event_t ev = {join, 0, id, NULL, NULL, NULL, change};
     if (!sid_member(payload, len, "id", id) || !uint_member(payload, len, "seq", &ev.seq))
         return;
     char *meta = NULL;
-    if (join) {
+    if (change == SB_VIEW_AWAY) {
+        /* nothing more to read */
+    } else if (join || change == SB_VIEW_BACK) {
         const char *v;
         size_t vl;
         if (!str_member(payload, len, "node", node, sizeof node))
@@ -112,7 +115,9 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
     if (strcmp(type, "signal") == 0) {
         on_signal(n, room, payload, len);
     } else if (strcmp(type, "join") == 0 || strcmp(type, "left") == 0) {
-        on_member_event(n, room, type[0] == 'j', payload, len);
+        on_member_event(n, room, type[0] == 'j', 0, payload, len);
+    } else if (strcmp(type, "away") == 0 || strcmp(type, "back") == 0) {
+        on_member_event(n, room, 0, type[0] == 'a' ? SB_VIEW_AWAY : SB_VIEW_BACK, payload, len);
     } else if (strcmp(type, "link") == 0 || strcmp(type, "unlink") == 0) {
         char a[SB_SID_MAX + 1], b[SB_SID_MAX + 1], state[8] = "";
         if (!sid_member(payload, len, "a", a) || !sid_member(payload, len, "b", b))

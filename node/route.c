@@ -5,6 +5,7 @@
  * session; nothing here knows lws. Pub/sub input arrives already parsed (pubsub.c). */
 #include "node.h"
 #include "auth.h"
+#include "resume.h"
 #include "scripts.h"
 #include "turn.h"
 #include "log.h"
@@ -37,7 +38,28 @@ struct sb_seat {
     int nhalves;
     int awaiting_token; /* in the node's token-timeout queue */
     sb_seat_t *auth_prev, *auth_next;
+    /* Session resume. token: the resume token `joined`/`resumed` carries; tok_hash its
+     * SHA-256, the socket's incarnation in Redis ("" when none). */
+    char token[SB_RESUME_TOKEN_MAX + 1];
+    char tok_hash[SB_RESUME_HASH_LEN + 1];
+    char *sub;    /* JWT subject of the join (the resume record's), or NULL */
+    int used;     /* a join or resume was asked: a resume must be the first message */
+    int resuming; /* JOINING by a resume: `resumed`, not `joined`, completes it */
+    int renamed;  /* resuming under the old id already (fresh_id is the welcome's) */
+    char fresh_id[SB_SID_MAX + 1];
+    char *resumed_tail; /* ,"joined":[...],"left":[...],"links":[...] of the `resumed` reply */
+    char **queued;      /* "F DATA" signals queued while away, sent after `resumed` */
+    size_t nqueued;
 };
+
+/* A socket this node marked away: its grace ends at due_ms (route's sweep then removes it,
+ * unless it was resumed; the admin does it if this node is gone by then). FIFO: one grace. */
+typedef struct sb_away {
+    struct sb_away *next;
+    int64_t due_ms;
+    char room[SB_ROOM_MAX + 1];
+    char sid[SB_SID_MAX + 1];
+} sb_away_t;
 
 /* ---- rooms ------------------------------------------------------------------------------- */
 
@@ -90,6 +112,15 @@ static int room_script(sb_node_t *n, const char *room, const char *script, int n
     if (nkeys > 1)
         args[1] = bucket;
     return sb_cluster_script(n->db, sb_script(script), nkeys, nargs, args, NULL, cb, data);
+}
+
+/* A room just got by room_get that nothing holds (a request could not start): dropped. */
+static void room_drop_unused(room_t *r)
+{
+    if (r && r->refs == 0) {
+        r->refs = 1;
+        room_unref(r);
+    }
 }
 
 /* ---- seats --------------------------------------------------------------------------------- */
@@ -208,9 +239,22 @@ static void expire_seat(sb_session_t *s, int from_view, const char *when)
     sb_session_close(s, 4000, "session expired");
 }
 
+static void queued_clear(sb_seat_t *t)
+{
+    for (size_t i = 0; i < t->nqueued; i++)
+        free(t->queued[i]);
+    free(t->queued);
+    t->queued = NULL;
+    t->nqueued = 0;
+    free(t->resumed_tail);
+    t->resumed_tail = NULL;
+}
+
 static void seat_free(sb_seat_t *t)
 {
     halves_clear(t);
+    queued_clear(t);
+    free(t->sub);
     free(t->halves);
     free(t->meta_json);
     free(t->maybe_room);
@@ -384,16 +428,21 @@ static void add_peer(const sb_member_t *m, void *arg)
     text_str(p->b, m->id);
     text_str(p->b, "\",\"meta\":");
     text_str(p->b, m->meta_json);
-    text_str(p->b, "}");
+    text_str(p->b, m->away ? ",\"away\":true}" : "}");
     p->first = 0;
 }
+
+typedef struct {
+    room_t *r;
+    const sb_act_t *a;
+} each_t;
 
 /* `joined`, built as text: the member list is the view's now (meta texts are compact JSON). */
 static void send_joined(sb_session_t *s, room_t *r)
 {
     sb_seat_t *t = s->seat;
     text_t b = {0};
-    text_str(&b, "{\"type\":\"joined\"");
+    text_str(&b, t->resuming ? "{\"type\":\"resumed\"" : "{\"type\":\"joined\"");
     if (t->join_rid) {
         text_str(&b, ",\"rid\":");
         text_json(&b, t->join_rid);
@@ -402,6 +451,10 @@ static void send_joined(sb_session_t *s, room_t *r)
     text_str(&b, room_name(r));
     text_str(&b, "\",\"id\":\"");
     text_str(&b, s->id);
+    if (t->token[0]) {
+        text_str(&b, "\",\"resume\":\"");
+        text_str(&b, t->token);
+    }
     text_str(&b, "\",\"peers\":[");
     peers_t p = {&b, s->id, 1};
     sb_view_each_member(r->view, add_peer, &p);
@@ -412,30 +465,60 @@ static void send_joined(sb_session_t *s, room_t *r)
     else
         b.failed = 1;
     json_decref(ice);
+    if (t->resuming && t->resumed_tail)
+        text_str(&b, t->resumed_tail);
     text_str(&b, "}");
     if (t->join_rid) {
         json_decref(t->join_rid);
         t->join_rid = NULL;
     }
     t->state = SEAT_JOINED;
-    sb_info_limited("session %s: joined room %s (%zu members)", s->id, room_name(r),
-                    sb_view_nmembers(r->view));
+    sb_info_limited("session %s: %s room %s (%zu members)", s->id,
+                    t->resuming ? "resumed in" : "joined", room_name(r), sb_view_nmembers(r->view));
     text_send(s, &b);
+    if (t->resuming) {
+        /* What was queued while away, in order, before anything live (the view releases the
+         * signals it held for this socket after this action). */
+        for (size_t i = 0; i < t->nqueued; i++) {
+            char *sp = strchr(t->queued[i], ' ');
+            if (sp && sp > t->queued[i]) {
+                *sp = '\0';
+                deliver_signal(s, t->queued[i], sp + 1, strlen(sp + 1));
+            }
+        }
+        queued_clear(t);
+        t->resuming = 0;
+    }
 }
 
-typedef struct {
-    room_t *r;
-    const sb_act_t *a;
-} each_t;
+/* The local socket id when an action about another member is for it: it was sent `joined`
+ * before the action's batch (a later one had the member's state in its list); else NULL. */
+static sb_session_t *told_before(const each_t *e, const char *id, uint64_t joined_batch)
+{
+    if (!joined_batch || joined_batch >= e->a->batch || strcmp(id, e->a->peer) == 0)
+        return NULL;
+    return local_in(e->r, id);
+}
+
+/* PEER_AWAY / PEER_BACK to one local socket told of it before. */
+static void tell_away(const char *id, uint64_t joined_batch, void *arg)
+{
+    each_t *e = arg;
+    sb_session_t *s = told_before(e, id, joined_batch);
+    if (!s)
+        return;
+    const char *head = e->a->kind == SB_ACT_PEER_AWAY ? "{\"type\":\"peer-away\",\"id\":\""
+                                                      : "{\"type\":\"peer-back\",\"id\":\"";
+    const sb_part_t parts[] = {{head, strlen(head)}, {e->a->peer, strlen(e->a->peer)}, {"\"}", 2}};
+    sb_session_sendv(s, parts, 3);
+}
 
 /* PEER_JOINED to one local socket: only those sent `joined` before the action's batch (a later
  * one had the peer in its list). */
 static void tell_joined(const char *id, uint64_t joined_batch, void *arg)
 {
     each_t *e = arg;
-    if (!joined_batch || joined_batch >= e->a->batch || strcmp(id, e->a->peer) == 0)
-        return;
-    sb_session_t *s = local_in(e->r, id);
+    sb_session_t *s = told_before(e, id, joined_batch);
     if (!s)
         return;
     static const char head[] = "{\"type\":\"peer-joined\",\"id\":\"", mid[] = "\",\"meta\":";
@@ -522,6 +605,16 @@ static void relink_all(const char *id, uint64_t joined_batch, void *arg)
 
 static void resync(room_t *r);
 
+/* s's session was taken over by a resume (elsewhere, or by a newer socket here): it leaves its
+ * room without touching Redis (the session is not its any more) and is closed. */
+static void drop_stale(sb_session_t *s)
+{
+    sb_info_limited("session %s: resumed by another socket: closing this copy", s->id);
+    seat_leave_room(s->seat, 1);
+    s->seat->tok_hash[0] = '\0';
+    sb_session_close(s, 4000, "resumed elsewhere");
+}
+
 /* Carries out a view's actions, in order. The room is held for the whole run: an action may
  * drop its last seat (EXPIRED), and the view must outlive the loop. */
 static void run(room_t *r, sb_acts_t *acts)
@@ -562,6 +655,24 @@ static void run(room_t *r, sb_acts_t *acts)
         case SB_ACT_RESYNC:
             resync(r);
             break;
+        case SB_ACT_PEER_AWAY:
+            /* Marked away while still connected here: the admin took it for lost (this node
+             * was stopped past its presence TTL). Its client resumes it at once (1012; the
+             * token is still good), and our refreshes stop keeping the away presence alive. */
+            if ((s = local_in(r, a->peer)) && s->seat->state == SEAT_JOINED) {
+                sb_warn_limited("session %s: marked away while connected: closing 1012", s->id);
+                sb_session_close(s, 1012, "resume");
+            }
+            sb_view_each_local(r->view, tell_away, &e);
+            break;
+        case SB_ACT_PEER_BACK:
+            /* Resumed on another node while a copy of it is still joined here (we had not
+             * noticed the drop): that copy is stale; drop it without any cleanup. */
+            if ((s = local_in(r, a->peer)) && s->seat->state == SEAT_JOINED && a->text &&
+                strcmp(a->text, r->node->cfg.id) != 0)
+                drop_stale(s);
+            sb_view_each_local(r->view, tell_away, &e);
+            break;
         }
     }
     if (acts->oom)
@@ -596,6 +707,7 @@ static int parse_record(const char *rec, size_t len, sb_view_member_in_t *m, cha
         (*meta)[vl] = '\0';
     }
     m->meta_json = *meta;
+    m->away = sb_json_member_span(rec, len, "away", &v, &vl) && vl == 1 && v[0] == '1';
     return 0;
 }
 
@@ -760,8 +872,11 @@ static void sweep_room(room_t *r, void *arg)
     run(r, acts);
 }
 
+static void away_sweep(sb_node_t *n, int64_t now_ms);
+
 void sb_route_sweep(sb_node_t *n, int64_t now_ms)
 {
+    away_sweep(n, now_ms);
     sb_acts_t acts;
     sb_acts_init(&acts);
     each_room(n, sweep_room, &acts);
@@ -851,7 +966,8 @@ typedef struct {
     char room[SB_ROOM_MAX + 1];
     char peer[SB_SID_MAX + 1];
     int up;
-    const char *mode; /* removals: "leave", "disconnect", "expired" (static) */
+    const char *mode;                  /* removals: "leave", "disconnect", "expired" (static) */
+    char hash[SB_RESUME_HASH_LEN + 1]; /* removals, away: the socket's incarnation ("" none) */
 } req_t;
 
 static req_t *req_new(sb_session_t *s, json_t *rid, const char *room)
@@ -875,13 +991,15 @@ static void req_free(req_t *q)
     free(q);
 }
 
-/* room_remove for sid in room (mode leave / disconnect / expired). Returns 0 and cb once
- * later, or SB_EUNAVAIL (logged) and cb is never called. cb may be NULL. */
+/* room_remove for sid in room (mode leave / disconnect / expired / away); hash: the resume
+ * token hash of the caller's incarnation of sid (NULL or "": none), so a removal never touches
+ * a session resumed by another socket. Returns 0 and cb once later, or SB_EUNAVAIL (logged)
+ * and cb is never called. cb may be NULL. */
 static int run_remove(sb_node_t *n, const char *room, const char *sid, const char *mode,
-                      sb_redis_cb cb, void *data)
+                      const char *hash, sb_redis_cb cb, void *data)
 {
-    const char *args[] = {NULL, NULL, n->cfg.prefix, room, sid, mode, n->cfg.id};
-    int rc = room_script(n, room, "room_remove", 2, 7, args, cb, data);
+    const char *args[] = {NULL, NULL, n->cfg.prefix, room, sid, mode, n->cfg.id, hash ? hash : ""};
+    int rc = room_script(n, room, "room_remove", 2, 8, args, cb, data);
     if (rc != 0)
         sb_warn_limited(
             "session %s: cannot remove from room %s now (Redis unreachable); its presence "
@@ -936,7 +1054,9 @@ static void remove_later(sb_session_t *s, const char *room, const char *mode)
         return;
     }
     q->mode = mode;
-    if (run_remove(s->node, room, s->id, mode, on_disconnect_removed, q) != 0)
+    if (s->seat)
+        snprintf(q->hash, sizeof q->hash, "%s", s->seat->tok_hash);
+    if (run_remove(s->node, room, s->id, mode, q->hash, on_disconnect_removed, q) != 0)
         req_free(q);
 }
 
@@ -1024,7 +1144,8 @@ static char *join_meta(sb_session_t *s, const sb_msg_t *m)
         /* The server's word, so peers can trust it. */
         if (sub)
             json_object_set_new(meta, "sub", json_string(sub));
-        free(sub);
+        free(s->seat->sub);
+        s->seat->sub = sub; /* the resume record's subject */
         auth_unlink(n, s->seat);
     }
     char *meta_json = json_dumps(meta, JSON_COMPACT);
@@ -1058,12 +1179,18 @@ static void join_send(req_t *q)
     sb_session_t *s = q->s;
     sb_node_t *n = s->node;
     sb_seat_t *t = s->seat;
-    char ttl[32], max[32];
+    char ttl[32], max[32], grace[32];
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
-    const char *args[] = {NULL,      NULL,     n->cfg.prefix, q->room, s->id,
-                          n->cfg.id, n->epoch, t->meta_json,  ttl,     max};
-    if (room_script(n, q->room, "room_join", 2, 10, args, on_joined, q) != 0)
+    snprintf(grace, sizeof grace, "%lld", (long long)n->cfg.resume_grace_ms);
+    /* A fresh token per join, bound to the socket and the room (only its hash is stored). */
+    t->token[0] = t->tok_hash[0] = '\0';
+    if (n->cfg.resume_grace_ms > 0 && sb_resume_token(t->token, t->tok_hash) != 0)
+        t->token[0] = t->tok_hash[0] = '\0';
+    const char *args[] = {NULL,        NULL,      n->cfg.prefix,        q->room, s->id,
+                          n->cfg.id,   n->epoch,  t->meta_json,         ttl,     max,
+                          t->tok_hash, s->origin, t->sub ? t->sub : "", grace};
+    if (room_script(n, q->room, "room_join", 2, 14, args, on_joined, q) != 0)
         join_failed(q);
 }
 
@@ -1093,6 +1220,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
     char *meta_json = join_meta(s, m);
     if (!meta_json)
         return;
+    t->used = 1;
     if (!need_redis(s, m->room, m->rid)) {
         free(meta_json);
         return;
@@ -1101,7 +1229,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         /* A join to another room timed out earlier and may have run: undo it first (the
          * script refuses harmlessly when it had not). The same room is simply retried:
          * room_join answers a repeated join of the same socket as a success. */
-        run_remove(n, t->maybe_room, s->id, "disconnect", NULL, NULL);
+        run_remove(n, t->maybe_room, s->id, "disconnect", NULL, NULL, NULL);
         forget_maybe_room(t);
     }
     room_t *r = room_get(n, m->room);
@@ -1110,10 +1238,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         free(meta_json);
         if (q)
             req_free(q);
-        if (r && r->refs == 0) {
-            r->refs = 1;
-            room_unref(r);
-        }
+        room_drop_unused(r);
         sb_session_send_error(s, "internal", "out of memory", m->rid);
         return;
     }
@@ -1184,11 +1309,142 @@ static void route_leave(sb_session_t *s, json_t *rid)
         return;
     }
     t->state = SEAT_LEAVING;
-    if (run_remove(s->node, q->room, s->id, "leave", on_left, q) != 0) {
+    if (run_remove(s->node, q->room, s->id, "leave", t->tok_hash, on_left, q) != 0) {
         t->state = SEAT_JOINED;
         req_free(q);
         send_unavailable(s, rid);
     }
+}
+
+/* ---- session resume: away, grace, queue ------------------------------------------------ */
+
+/* A grace timer for sid in room (its deadline: now + the grace, a little after Redis's). */
+static void away_timer(sb_node_t *n, const char *room, const char *sid)
+{
+    sb_away_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory: the admin will end its grace",
+                       sid);
+        return;
+    }
+    /* Why 50 ms late: the deadline is Redis's clock; a removal a moment early answers "live"
+     * and would leave it to the admin. */
+    w->due_ms = sb_mono_ms() + n->cfg.resume_grace_ms + 50;
+    snprintf(w->room, sizeof w->room, "%s", room);
+    snprintf(w->sid, sizeof w->sid, "%s", sid);
+    if (n->away_tail)
+        n->away_tail->next = w;
+    else
+        n->away_head = w;
+    n->away_tail = w;
+}
+
+void sb_route_away_free(sb_node_t *n)
+{
+    while (n->away_head) {
+        sb_away_t *w = n->away_head;
+        n->away_head = w->next;
+        free(w);
+    }
+    n->away_tail = NULL;
+}
+
+typedef struct {
+    sb_node_t *node;
+    char room[SB_ROOM_MAX + 1];
+    char sid[SB_SID_MAX + 1];
+} expiry_t;
+
+static void on_grace_over(redisReply *reply, const char *error, void *data)
+{
+    expiry_t *x = data;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (status && strcmp(status, "ok") == 0) {
+        sb_info_limited("session %s: resume grace over in room %s: removed", x->sid, x->room);
+        log_cleanup(x->node, x->room, x->sid, "disconnect", reply);
+    } else {
+        sb_debug_limited("session %s: grace end: %s", x->sid,
+                         status  ? status
+                         : error ? error
+                                 : "error reply");
+    }
+    free(x);
+}
+
+/* Ends the graces that are due (room_remove "away": a no-op when the socket was resumed). */
+static void away_sweep(sb_node_t *n, int64_t now_ms)
+{
+    while (n->away_head && n->away_head->due_ms <= now_ms) {
+        sb_away_t *w = n->away_head;
+        n->away_head = w->next;
+        if (!n->away_head)
+            n->away_tail = NULL;
+        expiry_t *x = calloc(1, sizeof *x);
+        if (x) {
+            x->node = n;
+            memcpy(x->room, w->room, sizeof x->room);
+            memcpy(x->sid, w->sid, sizeof x->sid);
+            if (run_remove(n, w->room, w->sid, "away", NULL, on_grace_over, x) != 0)
+                free(x);
+        }
+        free(w);
+    }
+}
+
+static void on_away(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_node_t *n = q->s->node;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (status && strcmp(status, "ok") == 0) {
+        sb_info_limited("session %s: away in room %s", q->peer, q->room);
+        away_timer(n, q->room, q->peer);
+    } else if (status && strcmp(status, "none") == 0) {
+        /* No resume record (joined before resume was on): removed as before. */
+        if (run_remove(n, q->room, q->peer, "disconnect", q->hash, NULL, NULL) != 0)
+            sb_debug_limited("session %s: cleanup deferred to the admin", q->peer);
+    } else {
+        /* gone (resumed elsewhere, or removed); or Redis failed: its presence lapses and the
+         * admin marks it away then (room_remove "expired"). */
+        sb_debug_limited("session %s: away: %s", q->peer,
+                         status  ? status
+                         : error ? error
+                                 : "error reply");
+    }
+    req_free(q);
+}
+
+/* The socket of sid in room was lost: its session goes away (grace) instead of leaving. */
+static void go_away(sb_session_t *s, const char *room, const char *sid, const char *hash)
+{
+    sb_node_t *n = s->node;
+    req_t *q = req_new(s, NULL, room);
+    if (!q) {
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory: its presence will lapse", sid);
+        return;
+    }
+    snprintf(q->peer, sizeof q->peer, "%s", sid);
+    snprintf(q->hash, sizeof q->hash, "%s", hash);
+    const char *args[] = {NULL, NULL, n->cfg.prefix, room, sid, n->cfg.id, hash};
+    if (room_script(n, room, "session_away", 2, 7, args, on_away, q) != 0) {
+        sb_warn_limited("session %s: cannot mark it away now (Redis unreachable); its presence "
+                        "will lapse and the admin will",
+                        sid);
+        req_free(q);
+    }
+}
+
+/* Whether a closed socket keeps its session for the grace: a lost socket (no close frame, a
+ * reset, a ping timeout) or a drain (1012) does; a deliberate end does not: a close frame with
+ * 1000, 1001 or no code from the client, or a close of ours for its behaviour (4002, 4003,
+ * 1009, ...). */
+static int gets_grace(const sb_session_t *s)
+{
+    if (s->node->cfg.resume_grace_ms <= 0 || !s->seat || !s->seat->tok_hash[0])
+        return 0;
+    if (s->peer_close == 1000 || s->peer_close == 1001 || s->peer_close == 1005)
+        return 0;
+    return s->close_code == 0 || s->close_code == 1012;
 }
 
 void sb_route_disconnect(sb_session_t *s)
@@ -1202,7 +1458,10 @@ void sb_route_disconnect(sb_session_t *s)
         !(t->in_redis && t->room && strcmp(t->maybe_room, room_name(t->room)) == 0))
         remove_later(s, t->maybe_room, "disconnect");
     if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
-        remove_later(s, room_name(t->room), "disconnect");
+        if (t->state == SEAT_JOINED && gets_grace(s))
+            go_away(s, room_name(t->room), s->id, t->tok_hash);
+        else
+            remove_later(s, room_name(t->room), "disconnect");
     }
     /* JOINING: the join's reply sees `closed` and undoes it (on_joined). LEAVING: the leave
      * runs on. Either way the seat leaves the view now. */
@@ -1228,6 +1487,11 @@ static void signal_ack(sb_session_t *s, json_t *rid)
     if (rid)
         sb_session_send_reply(s, "signal-ack", rid);
 }
+
+static void publish_signal(sb_session_t *s, const char *rn, const char *tag, const char *to,
+                           const char *node, const char *data, size_t dlen, json_t *rid);
+static void queue_signal(sb_session_t *s, const char *room, const char *to, const char *data,
+                         size_t dlen, json_t *rid);
 
 static void route_signal(sb_session_t *s, const sb_msg_t *m)
 {
@@ -1256,51 +1520,135 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
         data = encoded;
         dlen = strlen(encoded);
     }
-    if (strcmp(peer->node, n->cfg.id) == 0) {
+    if (peer->away) {
+        /* Its socket is lost: the signal waits in Redis for its resume. */
+        queue_signal(s, room_name(r), m->to, data, dlen, m->rid);
+    } else if (strcmp(peer->node, n->cfg.id) == 0) {
         /* Same node: no Redis round trip. The recipient may still be joining (held). */
         signal_local(r, s->id, m->to, data, dlen);
         signal_ack(s, m->rid);
-        free(encoded);
-        return;
+    } else if (need_redis(s, room_name(r), m->rid)) {
+        publish_signal(s, room_name(r), r->tag, m->to, peer->node, data, dlen, m->rid);
     }
-    if (!need_redis(s, room_name(r), m->rid)) {
-        free(encoded);
-        return;
-    }
+    free(encoded);
+}
+
+/* Publishes a signal of s to `to` on node's channel of the room's bucket (tag); acked with rid
+ * once Redis took it. */
+static void publish_signal(sb_session_t *s, const char *rn, const char *tag, const char *to,
+                           const char *node, const char *data, size_t dlen, json_t *rid)
+{
+    sb_node_t *n = s->node;
     /* {"t":"signal","room":R,"from":F,"to":T,"data":D}, written directly: the room name and
      * both ids are of characters JSON never escapes ([A-Za-z0-9._-]), and D is valid JSON. */
     static const char p1[] = "{\"t\":\"signal\",\"room\":\"", p2[] = "\",\"from\":\"",
                       p3[] = "\",\"to\":\"", p4[] = "\",\"data\":";
-    const char *rn = room_name(r);
     text_t b = {0};
     /* One allocation of the exact size: this is the cross-node hot path. */
     text_reserve(&b, sizeof p1 + sizeof p2 + sizeof p3 + sizeof p4 + strlen(rn) + strlen(s->id) +
-                         strlen(m->to) + dlen);
+                         strlen(to) + dlen);
     text_add(&b, p1, sizeof p1 - 1);
     text_str(&b, rn);
     text_add(&b, p2, sizeof p2 - 1);
     text_str(&b, s->id);
     text_add(&b, p3, sizeof p3 - 1);
-    text_str(&b, m->to);
+    text_str(&b, to);
     text_add(&b, p4, sizeof p4 - 1);
     text_add(&b, data, dlen);
     text_add(&b, "}", 1);
-    free(encoded);
     char channel[SB_KEY_MAX];
-    req_t *q = b.failed ? NULL : req_new(s, m->rid, NULL);
+    req_t *q = b.failed ? NULL : req_new(s, rid, NULL);
     /* The recipient's node channel of the room's bucket: the room's slot, like its events. */
-    if (!q || sb_channel_node(channel, sizeof channel, n->cfg.prefix, r->tag, peer->node) < 0) {
+    if (!q || sb_channel_node(channel, sizeof channel, n->cfg.prefix, tag, node) < 0) {
         if (q)
             req_free(q);
         free(b.p);
-        sb_session_send_error(s, "internal", "out of memory", m->rid);
+        sb_session_send_error(s, "internal", "out of memory", rid);
         return;
     }
     if (sb_cluster_publish(n->db, channel, b.p, b.len, on_signal_published, q) != 0) {
         req_free(q);
-        send_unavailable(s, m->rid);
+        send_unavailable(s, rid);
     }
     free(b.p);
+}
+
+/* A signal to an away member in flight to session_queue: the data is kept for the case the
+ * recipient is back (answered "present"). */
+typedef struct {
+    req_t *q;
+    char *data;
+    size_t dlen;
+} queued_t;
+
+static void on_queued(redisReply *reply, const char *error, void *data)
+{
+    queued_t *w = data;
+    req_t *q = w->q;
+    sb_session_t *s = q->s;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (s->closed || !s->seat || s->seat->state != SEAT_JOINED || !s->seat->room ||
+        strcmp(room_name(s->seat->room), q->room) != 0) {
+        /* gone or elsewhere meanwhile: nothing to answer */
+    } else if (status && strcmp(status, "ok") == 0) {
+        signal_ack(s, q->rid);
+    } else if (status && strcmp(status, "full") == 0) {
+        sb_session_send_error(s, "peer-queue-full",
+                              "the peer is away and its queue is full; nothing was queued", q->rid);
+    } else if (status && strcmp(status, "gone") == 0) {
+        sb_session_send_error(s, "peer-not-found", "no such peer in the room", q->rid);
+    } else if (status && strcmp(status, "present") == 0) {
+        /* Back already (our view has not seen the event yet): send it to where it is now. */
+        const char *node = sb_reply_str(reply, 1, NULL);
+        room_t *r = s->seat->room;
+        if (node && strcmp(node, s->node->cfg.id) == 0) {
+            signal_local(r, s->id, q->peer, w->data, w->dlen);
+            signal_ack(s, q->rid);
+        } else if (node && node[0]) {
+            publish_signal(s, q->room, r->tag, q->peer, node, w->data, w->dlen, q->rid);
+        } else {
+            send_failure(s, "signal", reply, error, q->rid);
+        }
+    } else {
+        send_failure(s, "signal", reply, error, q->rid);
+    }
+    req_free(q);
+    free(w->data);
+    free(w);
+}
+
+static void queue_signal(sb_session_t *s, const char *room, const char *to, const char *data,
+                         size_t dlen, json_t *rid)
+{
+    sb_node_t *n = s->node;
+    if (!need_redis(s, room, rid))
+        return;
+    queued_t *w = calloc(1, sizeof *w);
+    req_t *q = w ? req_new(s, rid, room) : NULL;
+    char *copy = q ? malloc(dlen + 1) : NULL;
+    if (!copy) {
+        if (q)
+            req_free(q);
+        free(w);
+        sb_session_send_error(s, "internal", "out of memory", rid);
+        return;
+    }
+    memcpy(copy, data, dlen);
+    copy[dlen] = '\0';
+    w->q = q;
+    w->data = copy;
+    w->dlen = dlen;
+    snprintf(q->peer, sizeof q->peer, "%s", to);
+    char max[32], bytes[32];
+    snprintf(max, sizeof max, "%lld", (long long)n->cfg.resume_queue_max);
+    snprintf(bytes, sizeof bytes, "%lld", (long long)n->cfg.resume_queue_bytes);
+    const char *args[] = {NULL, NULL, n->cfg.prefix, room, to, s->id, copy, max, bytes};
+    if (room_script(n, room, "session_queue", 2, 9, args, on_queued, w) != 0) {
+        req_free(q);
+        free(copy);
+        free(w);
+        send_unavailable(s, rid);
+    }
 }
 
 static void on_link_set(redisReply *reply, const char *error, void *data)
@@ -1355,6 +1703,290 @@ static void route_link(sb_session_t *s, const sb_msg_t *m)
     if (call_link_set(s, q->room, m->peer, m->up, on_link_set, q) != 0) {
         req_free(q);
         send_unavailable(s, m->rid);
+    }
+}
+
+/* ---- session resume: the request ------------------------------------------------------- */
+
+#define RESUME_RETRY_MS 1000 /* `retry_ms` of a resume refused for a transient reason */
+
+/* {"type":"error","code":"resume-failed","reason":why,...}: "unknown" (nothing changed: join
+ * anew) or "retry" (transient: the same token may be sent again after retry_ms). */
+static void resume_failed(sb_session_t *s, const char *why, const char *message, json_t *rid)
+{
+    json_t *o = sb_proto_reply("error", rid);
+    json_object_set_new(o, "code", json_string("resume-failed"));
+    json_object_set_new(o, "reason", json_string(why));
+    json_object_set_new(o, "message", json_string(message));
+    if (strcmp(why, "retry") == 0)
+        json_object_set_new(o, "retry_ms", json_integer(RESUME_RETRY_MS));
+    sb_session_send_json(s, o);
+    sb_metrics_error(s->node, "resume-failed");
+}
+
+/* Gives session s the id `id` (registered by it; the old registration dropped). */
+static int rename_session(sb_session_t *s, const char *id)
+{
+    sb_node_t *n = s->node;
+    if (sb_map_get(&n->sess_by_id, s->id) == s)
+        sb_map_del(&n->sess_by_id, s->id);
+    snprintf(s->id, sizeof s->id, "%s", id);
+    return sb_map_put(&n->sess_by_id, s->id, s);
+}
+
+/* A resume that did not take place: the socket is the fresh one of its welcome again. */
+static void resume_undo(sb_session_t *s)
+{
+    sb_seat_t *t = s->seat;
+    seat_leave_room(t, 1);
+    if (t->renamed) {
+        rename_session(s, t->fresh_id);
+        t->renamed = 0;
+    }
+    t->resuming = 0;
+    t->token[0] = t->tok_hash[0] = '\0';
+    queued_clear(t);
+}
+
+/* Appends ,"name":[ids] from an array reply (ids checked). */
+static void text_ids(text_t *b, const char *name, const redisReply *arr)
+{
+    text_str(b, ",\"");
+    text_str(b, name);
+    text_str(b, "\":[");
+    int first = 1;
+    for (size_t i = 0; arr && arr->type == REDIS_REPLY_ARRAY && i < arr->elements; i++) {
+        const char *id = sb_reply_str(arr, i, NULL);
+        if (!id || !sb_valid_sid(id))
+            continue;
+        text_str(b, first ? "\"" : ",\"");
+        text_str(b, id);
+        text_str(b, "\"");
+        first = 0;
+    }
+    text_str(b, "]");
+}
+
+/* The session is ours after session_resume ok: halves, meta, what `resumed` will say. 0, or
+ * -1 when out of memory. */
+static int resume_take(sb_seat_t *t, const redisReply *reply)
+{
+    const redisReply *members = reply->element[2];
+    for (size_t i = 0; i + 1 < members->elements; i += 2) {
+        size_t len;
+        const char *id = sb_reply_str(members, i, NULL);
+        const char *rec = sb_reply_str(members, i + 1, &len);
+        const char *v;
+        size_t vl;
+        if (id && rec && strcmp(id, t->s->id) == 0 &&
+            sb_json_member_span(rec, len, "meta", &v, &vl) && vl >= 2 && v[0] == '{') {
+            free(t->meta_json);
+            t->meta_json = strndup(v, vl);
+        }
+    }
+    const redisReply *halves = reply->element[5];
+    for (size_t i = 0; i < halves->elements; i++) {
+        const char *p = sb_reply_str(halves, i, NULL);
+        if (p && sb_valid_sid(p) && halves_add(t, p) != 0)
+            return -1;
+    }
+    const redisReply *queued = reply->element[7];
+    if (queued->elements) {
+        t->queued = calloc(queued->elements, sizeof *t->queued);
+        if (!t->queued)
+            return -1;
+        for (size_t i = 0; i < queued->elements; i++) {
+            size_t len;
+            const char *item = sb_reply_str(queued, i, &len);
+            if (item && (t->queued[t->nqueued] = strndup(item, len)))
+                t->nqueued++;
+        }
+    }
+    text_t b = {0};
+    text_ids(&b, "joined", reply->element[3]);
+    text_ids(&b, "left", reply->element[4]);
+    text_ids(&b, "links", reply->element[6]);
+    text_str(&b, "");
+    if (b.failed) {
+        free(b.p);
+        return -1;
+    }
+    free(t->resumed_tail);
+    t->resumed_tail = b.p;
+    return 0;
+}
+
+static void on_resumed(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    int ok = status && strcmp(status, "ok") == 0 && reply->elements == 8;
+    for (size_t i = 2; ok && i < 8; i++)
+        ok = reply->element[i]->type == REDIS_REPLY_ARRAY;
+    if (s->closed || !s->seat) {
+        /* The new socket is gone too: the session is ours now, so it goes away again (with
+         * the token this node issued for it). */
+        if (ok)
+            go_away(s, q->room, q->peer, q->hash);
+        req_free(q);
+        return;
+    }
+    sb_seat_t *t = s->seat;
+    if (!ok) {
+        resume_undo(s);
+        if (status && strcmp(status, "unknown") == 0) {
+            sb_info_limited("session %s: resume of %s refused", s->id, q->peer);
+            resume_failed(s, "unknown", "no such session to resume: join anew", q->rid);
+        } else {
+            if (reply && reply->type == REDIS_REPLY_ERROR)
+                sb_log_limited(SB_LOG_ERROR, "session %s: resume failed: %s", s->id, reply->str);
+            resume_failed(s, "retry", "the session cannot be resumed now: retry", q->rid);
+        }
+        req_free(q);
+        return;
+    }
+    room_t *r = t->room;
+    if (!t->renamed) {
+        /* A stale copy of the socket is joined here (we had not noticed its drop): it goes,
+         * without cleanup, and this socket takes its id. */
+        sb_session_t *stale = sb_map_get(&n->sess_by_id, q->peer);
+        if (stale && stale != s && stale->seat && stale->seat->room)
+            drop_stale(stale);
+        if (rename_session(s, q->peer) != 0 || sb_view_local_add(r->view, s->id) != 0) {
+            sb_log_limited(SB_LOG_ERROR, "session %s: out of memory taking it back", q->peer);
+            sb_session_close(s, 1011, "out of memory");
+            go_away(s, q->room, q->peer, q->hash);
+            req_free(q);
+            return;
+        }
+        t->renamed = 1;
+    }
+    auth_unlink(n, t);
+    t->in_redis = 1;
+    n->njoined++;
+    if (resume_take(t, reply) != 0)
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading its resume", s->id);
+    uint64_t seq = (uint64_t)sb_reply_int(reply, 1, 0);
+    members_t m = {0};
+    if (!sb_view_synced(r->view) && members_parse(reply->element[2], 0, &m) != 0)
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading room %s", s->id,
+                       room_name(r));
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    sb_view_local_joined(r->view, s->id, seq, m.v, m.n, sb_mono_ms(), &acts);
+    members_free(&m);
+    run(r, &acts);
+    sb_acts_free(&acts);
+    req_free(q);
+}
+
+static void resume_send(req_t *q)
+{
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    char ttl[32], grace[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    snprintf(grace, sizeof grace, "%lld", (long long)n->cfg.resume_grace_ms);
+    char presented[SB_RESUME_HASH_LEN + 1];
+    snprintf(presented, sizeof presented, "%s", q->hash);
+    /* q->hash now carries the next token's hash (the presented one is spent on success). */
+    snprintf(q->hash, sizeof q->hash, "%s", t->tok_hash);
+    const char *args[] = {NULL,      NULL,      n->cfg.prefix, q->room,
+                          q->peer,   presented, s->origin,     t->sub ? t->sub : "",
+                          n->cfg.id, n->epoch,  t->tok_hash,   grace,
+                          ttl};
+    if (room_script(n, q->room, "session_resume", 2, 13, args, on_resumed, q) != 0) {
+        resume_undo(s);
+        resume_failed(s, "retry", "Redis is unreachable: retry", q->rid);
+        req_free(q);
+    }
+}
+
+static void on_resume_bucket(sb_node_t *n, void *data, int ok)
+{
+    (void)n;
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    if (s->closed || !s->seat || !s->seat->resuming) {
+        req_free(q);
+        return;
+    }
+    if (ok) {
+        resume_send(q);
+        return;
+    }
+    resume_undo(s);
+    resume_failed(s, "retry", "Redis is unreachable: retry", q->rid);
+    req_free(q);
+}
+
+/* {"type":"resume","id":S,"room":R,"resume":T[,"token":JWT]}: take session S back. */
+static void route_resume(sb_session_t *s, const sb_msg_t *m)
+{
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    char hash[SB_RESUME_HASH_LEN + 1];
+    if (n->cfg.resume_grace_ms <= 0 || t->state != SEAT_IDLE || t->used || !sb_valid_sid(m->sid) ||
+        !sb_valid_room(m->room) || strlen(m->resume) > SB_RESUME_TOKEN_MAX ||
+        strcmp(m->sid, s->id) == 0) {
+        resume_failed(s, "unknown", "no such session to resume: join anew", m->rid);
+        return;
+    }
+    free(t->sub);
+    t->sub = NULL;
+    if (n->auth_secret) {
+        /* The same subject as the session's: checked against its record in Redis. */
+        char why[128];
+        if (!m->token || sb_auth_verify(n->auth_secret, n->auth_secret_len, m->token, m->room,
+                                        sb_now_ms() / 1000, &t->sub, why, sizeof why) != 0) {
+            resume_failed(s, "unknown", "no such session to resume: join anew", m->rid);
+            return;
+        }
+    }
+    if (!n->db_up || sb_resume_hash(m->resume, hash) != 0) {
+        resume_failed(s, "retry", "Redis is unreachable: retry", m->rid);
+        return;
+    }
+    room_t *r = room_get(n, m->room);
+    req_t *q = r ? req_new(s, m->rid, m->room) : NULL;
+    if (!q || sb_resume_token(t->token, t->tok_hash) != 0) {
+        if (q)
+            req_free(q);
+        room_drop_unused(r);
+        resume_failed(s, "retry", "out of memory: retry", m->rid);
+        return;
+    }
+    snprintf(q->peer, sizeof q->peer, "%s", m->sid);
+    snprintf(q->hash, sizeof q->hash, "%s", hash);
+    r->refs++;
+    t->room = r;
+    t->state = SEAT_JOINING;
+    t->used = 1;
+    t->resuming = 1;
+    t->join_rid = m->rid ? json_incref(m->rid) : NULL;
+    snprintf(t->fresh_id, sizeof t->fresh_id, "%s", s->id);
+    /* Why the old id at once when no copy of it is here: signals for it that arrive before the
+     * reply (the resume's "back" event reaches senders first) are held for it, not lost. */
+    if (!sb_map_get(&n->sess_by_id, m->sid)) {
+        if (rename_session(s, m->sid) != 0 || sb_view_local_add(r->view, s->id) != 0) {
+            t->renamed = 1;
+            resume_undo(s);
+            req_free(q);
+            resume_failed(s, "retry", "out of memory: retry", m->rid);
+            return;
+        }
+        t->renamed = 1;
+    }
+    int rc = sb_pubsub_bucket(n, r->tag, on_resume_bucket, q);
+    if (rc == 0)
+        resume_send(q);
+    else if (rc < 0) {
+        resume_undo(s);
+        resume_failed(s, "retry", "Redis is unreachable: retry", q->rid);
+        req_free(q);
     }
 }
 
@@ -1413,6 +2045,9 @@ void sb_route_message(sb_session_t *s, const char *buf, size_t len)
     case SB_MSG_ICE_SERVERS:
         route_ice_servers(s, m.rid);
         break;
+    case SB_MSG_RESUME:
+        route_resume(s, &m);
+        break;
     default:
         break;
     }
@@ -1460,7 +2095,18 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         sb_seat_t *t = s->seat;
         if (slots && !sb_cluster_slot_in(slots, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
             continue;
-        int nargs = 9 + t->nhalves;
+        char record[SB_RESUME_HASH_LEN + 512] = "";
+        if (t->tok_hash[0] && n->cfg.resume_grace_ms > 0) {
+            /* Its resume record, as room_join wrote it: origin and subject as JSON strings. */
+            json_t *rec = json_pack("{s:s,s:s,s:s,s:I}", "h", t->tok_hash, "o", s->origin, "u",
+                                    t->sub ? t->sub : "", "g", (json_int_t)n->cfg.resume_grace_ms);
+            char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+            if (text && strlen(text) < sizeof record)
+                memcpy(record, text, strlen(text) + 1);
+            free(text);
+            json_decref(rec);
+        }
+        int nargs = 10 + t->nhalves;
         const char **args = calloc((size_t)nargs, sizeof(char *));
         if (!args) {
             sb_log_limited(SB_LOG_ERROR, "session %s: out of memory re-asserting it", s->id);
@@ -1473,8 +2119,9 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         args[6] = n->epoch;
         args[7] = t->meta_json ? t->meta_json : "{}";
         args[8] = ttl;
+        args[9] = record;
         for (int i = 0; i < t->nhalves; i++)
-            args[9 + i] = t->halves[i];
+            args[10 + i] = t->halves[i];
         sb_session_ref(s);
         if (room_script(n, room, "room_assert", 2, nargs, args, on_asserted, s) != 0)
             sb_session_unref(s);

@@ -4,6 +4,7 @@
 #include "embed.h"
 #include "http.h"
 #include "listen.h"
+#include "resume.h"
 #include "log.h"
 
 #include <netinet/in.h>
@@ -201,6 +202,13 @@ static void send_welcome(sb_session_t *s)
         "max_send_queue_bytes", (json_int_t)n->cfg.max_send_queue_bytes);
     json_t *w = json_pack("{s:s,s:s,s:s,s:i,s:o}", "type", "welcome", "id", s->id, "node",
                           n->cfg.id, "protocol", 1, "limits", limits);
+    if (limits)
+        json_object_set_new(limits, "resume_grace_ms", json_integer(n->cfg.resume_grace_ms));
+    char token[SB_RESUME_TOKEN_MAX + 1], hash[SB_RESUME_HASH_LEN + 1];
+    /* The socket's token; only the one `joined` carries is bound to a session in Redis (a
+     * socket that never joined has nothing to resume). */
+    if (w && n->cfg.resume_grace_ms > 0 && sb_resume_token(token, hash) == 0)
+        json_object_set_new(w, "resume", json_string(token));
     sb_session_send_json(s, w);
 }
 
@@ -326,6 +334,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return -1;
         }
         pss->sess = s;
+        if (lws_hdr_copy(wsi, s->origin, sizeof s->origin, WSI_TOKEN_ORIGIN) < 0)
+            s->origin[0] = '\0';
         sb_debug_limited("session %s: connected", s->id);
         send_welcome(s);
         break;
@@ -340,6 +350,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             pss->sess->last_rx_ms = sb_mono_ms();
         break;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* Which code the client closed with decides its resume grace (route.c). */
+        if (pss && pss->sess) {
+            const unsigned char *c = in;
+            pss->sess->peer_close = len >= 2 ? (c[0] << 8 | c[1]) : 1005;
+        }
         /* A close frame's payload is empty or a 2-byte code (and a reason): RFC 6455 5.5.1.
          * lws 4.1.6 echoes a 1-byte payload as an empty close; answer 1002 instead. */
         if (len == 1 && pss && pss->sess) {
@@ -371,13 +386,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
 }
 
+/* What lws allocates per connection for receiving, kept for the connection's life. Why 512:
+ * an ICE candidate signal (~300 B) still arrives in one piece, and each idle socket costs
+ * 512 B less than with 1024 (RSS per idle joined socket 3,808-3,832 B -> 3,306 B, 10,000
+ * sockets); larger messages (SDP) arrive in more pieces: node CPU per message at 4,000 msg/s
+ * was +0-10% for 200 B, +10-15% for 1.6 KB, +10% for 4 KB signals; 256 cost +25-35% for
+ * those and saved only 260 B more (issue 14; docs/design.md). Settable at build time for
+ * measurements (-DSB_RX_BUFFER=N). */
+#ifndef SB_RX_BUFFER
+#define SB_RX_BUFFER 512
+#endif
+
 static const struct lws_protocols protocols[] = {
     /* Index 0 is also what a client without a subprotocol gets: v1. rx_buffer_size is what
      * lws allocates per connection for receiving; larger messages arrive in pieces and are
      * reassembled in session memory only while they are in flight. tx_packet_size: without it
      * lws caps each send() at rx_buffer_size and copies the rest of a larger frame aside (a
      * 4 KiB signal took 4 sends; tests/bench measured +25% msgs/s for 4 KiB signals with it). */
-    {PROTOCOL_NAME, callback, sizeof(pss_t), 1024, 0, NULL, 65536},
+    {PROTOCOL_NAME, callback, sizeof(pss_t), SB_RX_BUFFER, 0, NULL, 65536},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

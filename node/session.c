@@ -549,7 +549,9 @@ void sb_session_detach(sb_session_t *s)
         s->next->prev = s->prev;
     n->nsessions--;
     flush_unlist(s);
-    sb_map_del(&n->sess_by_id, s->id);
+    /* A resumed socket may hold the id now (its stale copy was replaced): leave it alone. */
+    if (sb_map_get(&n->sess_by_id, s->id) == s)
+        sb_map_del(&n->sess_by_id, s->id);
     free_queue(s);
     sb_session_unref(s);
 }

@@ -27,6 +27,7 @@ typedef struct held {
 typedef struct {
     uint64_t seq;
     int join;
+    int change;
     char id[SB_SID_MAX + 1];
     char node[SB_NODE_ID_MAX + 1];
     char reason[16];
@@ -470,8 +471,52 @@ static void complete_joins(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
 
 /* ---- events -------------------------------------------------------------------------------- */
 
+/* PEER_AWAY / PEER_BACK for member id (node: BACK's new holder). */
+static void act_away(sb_view_t *v, sb_acts_t *acts, const char *id, int away, const char *node)
+{
+    sb_act_t *a = act_push(v, acts, away ? SB_ACT_PEER_AWAY : SB_ACT_PEER_BACK);
+    if (!a)
+        return;
+    act_ids(a, NULL, id);
+    if (!away) {
+        a->text = strdup(node ? node : "");
+        a->len = a->text ? strlen(a->text) : 0;
+        if (!a->text) {
+            acts->n--;
+            acts->oom = 1;
+            v->need_resync = 1;
+        }
+    }
+}
+
+/* An away or back event: the member stays; its flag (and, back, its node) changes. */
+static void apply_away(sb_view_t *v, const sb_view_event_t *ev, int64_t now_ms, sb_acts_t *acts)
+{
+    sb_member_t *m = sb_map_get(&v->members, ev->id);
+    if (ev->change == SB_VIEW_BACK) {
+        int added = member_put(v, ev->id, ev->node, ev->meta_json);
+        if (added < 0) {
+            v->need_resync = 1;
+            return;
+        }
+        m = sb_map_get(&v->members, ev->id);
+        m->away = 0;
+        act_away(v, acts, ev->id, 0, ev->node);
+        release_held(v, NULL, now_ms, acts);
+        return;
+    }
+    if (m && !m->away) {
+        m->away = 1;
+        act_away(v, acts, ev->id, 1, NULL);
+    }
+}
+
 static void apply(sb_view_t *v, const sb_view_event_t *ev, int64_t now_ms, sb_acts_t *acts)
 {
+    if (ev->change) {
+        apply_away(v, ev, now_ms, acts);
+        return;
+    }
     if (ev->join) {
         int added = member_put(v, ev->id, ev->node, ev->meta_json);
         if (added < 0) {
@@ -555,10 +600,12 @@ static int early_put(sb_view_t *v, const sb_view_event_t *ev)
     memset(&e, 0, sizeof e);
     e.seq = ev->seq;
     e.join = ev->join;
+    e.change = ev->change;
     snprintf(e.id, sizeof e.id, "%s", ev->id);
     snprintf(e.node, sizeof e.node, "%s", ev->node ? ev->node : "");
     snprintf(e.reason, sizeof e.reason, "%s", ev->reason ? ev->reason : "");
-    if (ev->join && ev->meta_json && !(e.meta_json = strdup(ev->meta_json)))
+    if ((ev->join || ev->change == SB_VIEW_BACK) && ev->meta_json &&
+        !(e.meta_json = strdup(ev->meta_json)))
         goto lost;
     memmove(v->early + i + 1, v->early + i, (v->nearly - i) * sizeof *v->early);
     v->early[i] = e;
@@ -576,15 +623,22 @@ static void drain_early(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
     while (v->early_head < v->nearly && v->early[v->early_head].seq <= v->seq + 1) {
         early_t *e = &v->early[v->early_head];
         if (e->seq == v->seq + 1) {
-            sb_view_event_t ev = {e->join, e->seq, e->id, e->node, e->meta_json, e->reason};
+            sb_view_event_t ev = {e->join,      e->seq,    e->id,    e->node,
+                                  e->meta_json, e->reason, e->change};
             apply(v, &ev, now_ms, acts);
             v->seq = e->seq;
         }
         early_free_at(v, v->early_head);
         v->early_head++;
     }
-    if (v->early_head == v->nearly)
-        v->early_head = v->nearly = 0;
+    if (v->early_head == v->nearly) {
+        /* Emptied: give the array back. Nearly every room gets an early event or two while its
+         * first join completes, and an idle room kept the array for good (70 B per idle
+         * joined socket, issue 14). */
+        free(v->early);
+        v->early = NULL;
+        v->early_head = v->nearly = v->early_cap = 0;
+    }
     v->gap_since_ms = v->nearly ? (v->gap_since_ms ? v->gap_since_ms : now_ms) : 0;
 }
 
@@ -634,10 +688,15 @@ int sb_view_local_joined(sb_view_t *v, const char *id, uint64_t seq,
     if (!v->synced) {
         /* The first local socket in this room: the snapshot is the room at seq. */
         clear_members(v);
-        for (size_t i = 0; i < n; i++)
-            if (snapshot[i].id &&
-                member_put(v, snapshot[i].id, snapshot[i].node, snapshot[i].meta_json) < 0)
+        for (size_t i = 0; i < n; i++) {
+            if (!snapshot[i].id)
+                continue;
+            if (member_put(v, snapshot[i].id, snapshot[i].node, snapshot[i].meta_json) < 0) {
                 v->need_resync = 1;
+                continue;
+            }
+            ((sb_member_t *)sb_map_get(&v->members, snapshot[i].id))->away = snapshot[i].away;
+        }
         v->seq = seq;
         v->synced = 1;
         drain_early(v, now_ms, acts);
@@ -756,6 +815,9 @@ void sb_view_resync_done(sb_view_t *v, int ok, uint64_t seq, const sb_view_membe
             v->need_resync = 1;
             continue;
         }
+        sb_member_t *mm = sb_map_get(&v->members, members[i].id);
+        int was_away = added ? 0 : mm->away;
+        mm->away = members[i].away;
         if (added) {
             sb_act_t *a = act_push(v, acts, SB_ACT_PEER_JOINED);
             if (a) {
@@ -766,6 +828,9 @@ void sb_view_resync_done(sb_view_t *v, int ok, uint64_t seq, const sb_view_membe
                     acts->n--;
             }
         }
+        /* Away state as read: told when it differs from what local sockets were told. */
+        if (mm->away != was_away)
+            act_away(v, acts, members[i].id, mm->away, mm->node);
     }
     if (n)
         act_push(v, acts, SB_ACT_RELINK); /* peer "": every member */

@@ -33,6 +33,7 @@ typedef struct {
     char node[SB_NODE_ID_MAX + 1];
     char *meta_json; /* compact JSON object text, owned */
     int mark;        /* scratch for resyncs */
+    int away;        /* its socket is lost and may resume (signals to it are queued in Redis) */
 } sb_member_t;
 
 typedef enum {
@@ -50,6 +51,10 @@ typedef enum {
                          * towards it send the half again (after a data loss); `peer` "" (after
                          * a read of the room): the same for every member */
     SB_ACT_RESYNC,      /* read the room (room_read); sb_view_resync_start was already done */
+    SB_ACT_PEER_AWAY,   /* tell every joined local socket but `peer` that `peer` is away */
+    SB_ACT_PEER_BACK,   /* tell every joined local socket but `peer` that `peer` is back; text:
+                         * the node that now holds it (a local `peer` joined here before is a
+                         * stale copy when that is another node: drop it without cleanup) */
 } sb_act_kind_t;
 
 typedef struct {
@@ -73,14 +78,19 @@ void sb_acts_init(sb_acts_t *a);
 void sb_acts_clear(sb_acts_t *a);
 void sb_acts_free(sb_acts_t *a);
 
-/* A join or left event of the room, parsed by the caller. Strings are borrowed. */
+/* Session resume events (sb_view_event_t.change). */
+#define SB_VIEW_AWAY 1 /* "away": the member's socket is lost; it stays a member */
+#define SB_VIEW_BACK 2 /* "back": the member resumed on node `node` (meta_json: its meta) */
+
+/* A join, left, away or back event of the room, parsed by the caller. Strings are borrowed. */
 typedef struct {
-    int join; /* 1 join, 0 left */
+    int join; /* 1 join, 0 left (when change is 0) */
     uint64_t seq;
     const char *id;
     const char *node;      /* join */
     const char *meta_json; /* join: compact JSON object text, or NULL for {} */
     const char *reason;    /* left: "leave", "disconnect", "expired" */
+    int change;            /* 0, SB_VIEW_AWAY or SB_VIEW_BACK */
 } sb_view_event_t;
 
 /* A member as a room read or a join reply lists it (borrowed strings). */
@@ -88,6 +98,7 @@ typedef struct {
     const char *id;
     const char *node;
     const char *meta_json;
+    int away; /* the read lists it as away */
 } sb_view_member_in_t;
 
 typedef struct sb_view sb_view_t;

@@ -15,7 +15,7 @@ import keyspace
 def _room_keys(r, prefix):
     """{room: {"members", "nodes", "degree", "stats", "presence": [S], "links": [S]}}."""
     pat = re.compile(re.escape(prefix) + r":\{([^}#]*)\}:(members|nodes|degree|stats|"
-                     r"presence:(.+)|links:(.+))$")
+                     r"resume|away|qbytes|presence:(.+)|links:(.+)|queue:(.+))$")
     rooms = {}
     for key in r.scan_iter(match=f"{prefix}:{{*}}:*", count=1000):
         if key.startswith(prefix + ":{#"):
@@ -25,8 +25,10 @@ def _room_keys(r, prefix):
             rooms.setdefault("?", {}).setdefault("unknown", []).append(key)
             continue
         room, kind = m.group(1), m.group(2)
-        ent = rooms.setdefault(room, {"presence": [], "links": [], "unknown": []})
-        if m.group(3) is not None:
+        ent = rooms.setdefault(room, {"presence": [], "links": [], "unknown": [], "queue": []})
+        if m.group(5) is not None:
+            ent["queue"].append(m.group(5))
+        elif m.group(3) is not None:
             ent["presence"].append(m.group(3))
         elif m.group(4) is not None:
             ent["links"].append(m.group(4))
@@ -37,16 +39,18 @@ def _room_keys(r, prefix):
 
 def _buckets(r, prefix):
     """{tag: {"stats": {...}, "rooms": set, "sockets": {node: set}}} of every bucket P:{#...}."""
-    pat = re.compile(re.escape(prefix) + r":\{(#[^}]*)\}:(stats|rooms|node:(.+):sockets)$")
+    pat = re.compile(re.escape(prefix) + r":\{(#[^}]*)\}:(stats|rooms|away|node:(.+):sockets)$")
     out = {}
     for key in r.scan_iter(match=f"{prefix}:{{#*}}:*", count=1000):
         m = pat.match(key)
         if not m:
             out.setdefault("?", {}).setdefault("unknown", []).append(key)
             continue
-        b = out.setdefault(m.group(1), {"stats": {}, "rooms": set(), "sockets": {}})
+        b = out.setdefault(m.group(1), {"stats": {}, "rooms": set(), "sockets": {}, "away": {}})
         if m.group(2) == "stats":
             b["stats"] = r.hgetall(key)
+        elif m.group(2) == "away":
+            b["away"] = dict(r.zrange(key, 0, -1, withscores=True))
         elif m.group(2) == "rooms":
             b["rooms"] = set(r.smembers(key))
         else:
@@ -113,7 +117,8 @@ def check(r, prefix="sb", presence=True):
     for key in rooms.pop("?", {}).get("unknown", []):
         bad.append(f"unexpected key {key}")
     expected_entries = {}  # node -> set of "R S"
-    sums = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    sums = {"rooms": 0, "members": 0, "links": 0, "linked": 0, "away": 0}
+    away_entries = {}  # tag-less: "R S" -> deadline of every away member
     nonempty = set()
     room_figures = {}  # room -> its true figures
     for room, ent in sorted(rooms.items()):
@@ -127,6 +132,11 @@ def check(r, prefix="sb", presence=True):
                 bad.append(f"room {room}: presence of {s} in an empty room")
             for s in ent["links"]:
                 bad.append(f"room {room}: links of {s} in an empty room")
+            for kind in ("resume", "away", "qbytes"):
+                if ent.get(kind):
+                    bad.append(f"room {room}: no members but {base}{kind} exists")
+            for s in ent["queue"]:
+                bad.append(f"room {room}: queue of {s} in an empty room")
             continue
         nonempty.add(room)
         # Halves: from members, towards members, never to oneself (invariant 1).
@@ -173,10 +183,34 @@ def check(r, prefix="sb", presence=True):
         want = {k: str(v) for k, v in per_node.items()}
         if stored != want:
             bad.append(f"room {room}: nodes hash {stored} != {want}")
+        # Away state (session resume): away sockets are members (a link needs two members,
+        # present or away: the halves check above covers it); resume records, queues and
+        # queued bytes belong to members, queues and bytes to away ones.
+        away = r.hgetall(base + "away")
+        for s, v in sorted(away.items()):
+            if s not in members:
+                bad.append(f"room {room}: away entry of non-member {s}")
+                continue
+            try:
+                away_entries[f"{room} {s}"] = int(v.split(" ", 1)[0])
+            except ValueError:
+                bad.append(f"room {room}: away entry of {s} has no deadline: {v!r}")
+        for s in r.hkeys(base + "resume"):
+            if s not in members:
+                bad.append(f"room {room}: resume record of non-member {s}")
+        for s in sorted(ent["queue"]):
+            if s not in away:
+                bad.append(f"room {room}: queue of {s}, which is not away")
+        for s, v in sorted(r.hgetall(base + "qbytes").items()):
+            if s not in away:
+                bad.append(f"room {room}: queued bytes of {s}, which is not away")
+            elif int(v) != sum(len(x.encode()) for x in r.lrange(base + "queue:" + s, 0, -1)):
+                bad.append(f"room {room}: queued bytes of {s} {v} != its queue's")
         # Room figures (invariant 3).
         st = r.hgetall(base + "stats")
-        have = _int_fields(st, ("members", "links", "linked"))
-        want = {"members": len(members), "links": links, "linked": len(degree)}
+        have = _int_fields(st, ("members", "links", "linked", "away"))
+        want = {"members": len(members), "links": links, "linked": len(degree),
+                "away": len(away)}
         if have != want:
             bad.append(f"room {room}: stats {have} != truth {want}")
         try:
@@ -200,22 +234,26 @@ def check(r, prefix="sb", presence=True):
     def tag_of(room):
         return keyspace.bucket_tag(room, cluster)
 
-    total = {"rooms": 0, "members": 0, "links": 0, "linked": 0}
+    total = {"rooms": 0, "members": 0, "links": 0, "linked": 0, "away": 0}
+    fig = ("rooms", "members", "links", "linked", "away")
     want_b = {}
     for room in nonempty:
-        w = want_b.setdefault(tag_of(room), {"rooms": 0, "members": 0, "links": 0,
-                                              "linked": 0, "set": set()})
+        w = want_b.setdefault(tag_of(room), dict({k: 0 for k in fig}, set=set()))
         w["rooms"] += 1
         w["set"].add(room)
-        for k in ("members", "links", "linked"):
+        for k in ("members", "links", "linked", "away"):
             w[k] += room_figures[room][k]
     for tag in sorted(set(buckets) | set(want_b)):
-        b = buckets.get(tag, {"stats": {}, "rooms": set(), "sockets": {}})
-        w = want_b.get(tag, {"rooms": 0, "members": 0, "links": 0, "linked": 0, "set": set()})
-        have = _int_fields(b["stats"], ("rooms", "members", "links", "linked"))
-        want = {k: w[k] for k in ("rooms", "members", "links", "linked")}
+        b = buckets.get(tag, {"stats": {}, "rooms": set(), "sockets": {}, "away": {}})
+        w = want_b.get(tag, dict({k: 0 for k in fig}, set=set()))
+        have = _int_fields(b["stats"], fig)
+        want = {k: w[k] for k in fig}
         if have != want:
             bad.append(f"bucket {tag} stats {have} != sum of its rooms {want}")
+        idx = {e: int(d) for e, d in b.get("away", {}).items()}
+        mine = {e: d for e, d in away_entries.items() if tag_of(e.split(" ", 1)[0]) == tag}
+        if idx != mine:
+            bad.append(f"bucket {tag} away index {idx} != its away members {mine}")
         if b["rooms"] != w["set"]:
             bad.append(f"bucket {tag} rooms {sorted(b['rooms'])} != its non-empty rooms "
                        f"{sorted(w['set'])}")
@@ -253,3 +291,15 @@ def counters(r, prefix="sb"):
             if k in s:
                 s[k] += int(v)
     return s
+
+
+def away(r, prefix="sb"):
+    """(away members by their entries, the buckets' away figure summed): the first from the
+    rooms' away hashes, the second as maintained by the scripts (what the admin reports)."""
+    truth_n = 0
+    for room, ent in _room_keys(r, prefix).items():
+        if room != "?":
+            members = r.hkeys(f"{prefix}:{{{room}}}:members")
+            truth_n += sum(1 for s in r.hkeys(f"{prefix}:{{{room}}}:away") if s in members)
+    counted = sum(int(b.get("stats", {}).get("away", 0)) for b in _buckets(r, prefix).values())
+    return truth_n, counted

@@ -54,13 +54,15 @@ run_suite "integration (normal)" env SWITCHBOARD_BUILD="$root/build" \
 run_suite "integration on a Redis Cluster (normal)" env SB_REDIS=cluster SWITCHBOARD_BUILD="$root/build" \
     $py -m pytest -q -p no:cacheprovider tests/integration/test_02_protocol.py \
     tests/integration/test_admin_reconcile.py tests/integration/test_08_chaos.py \
+    tests/integration/test_15_resume.py \
     --junitxml="$out/results/integration-cluster.xml"
 if [ -z "${SB_TEST_QUICK:-}" ]; then
     run_suite "integration (asan)" env SWITCHBOARD_BUILD="$root/build-asan" \
         $py -m pytest -q -p no:cacheprovider tests/integration --junitxml="$out/results/integration-asan.xml"
 fi
 # docker-compose.yml under a real engine (dockerd in a network namespace of its own; images
-# cached in /var/lib/switchboard-compose): measured cold about 95 s, warm about 55 s.
+# cached in /var/lib/switchboard-compose): measured cold about 95 s, warm about 55 s; then its
+# Redis Cluster variant (docker-compose.cluster.yml): about 40 s more (75 s on a loaded machine).
 run_suite "deploy (compose)" env SB_COMPOSE_JUNIT="$out/results/compose.xml" \
     bash tests/deploy/compose.sh all
 for t in tests/browser/run-*.sh; do

@@ -10,7 +10,7 @@
     const REFRESH_MS = 2500;
     const HISTORY_MS = 10 * 60 * 1000;
     const SVG = 'http://www.w3.org/2000/svg';
-    const FIGURES = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users'];
+    const FIGURES = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users', 'away_sockets'];
 
     const $ = (id) => document.getElementById(id);
     let timer = null;
@@ -192,7 +192,7 @@
     function render(s) {
         const values = {
             nodes: s.nodes.length, active_users: s.active_users, rooms: s.rooms,
-            p2p_links: s.p2p_links, p2p_users: s.p2p_users,
+            p2p_links: s.p2p_links, p2p_users: s.p2p_users, away_sockets: s.away_sockets || 0,
         };
         for (const f of FIGURES) $(`fig-${f}`).textContent = String(values[f]);
         const r = s.last_reconcile;

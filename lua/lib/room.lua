@@ -132,3 +132,94 @@ local function announce_link(S, B, state, na, nb)
         publish_to(nb, event)
     end
 end
+
+-- ---- session resume (lua/README.md, "Session resume") ----
+
+-- Redis's clock in milliseconds (deadlines of away sockets).
+local function clock_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The records of a member list (HGETALL members) as listed to nodes (room_join, room_read,
+-- session_resume): an away member's record gains "away":1 before its closing brace, so a view
+-- built from a read knows who is away. Changes `all` in place and returns it.
+local function listed(all)
+    local away = redis.call('HKEYS', base .. 'away')
+    if #away == 0 then
+        return all
+    end
+    local set = {}
+    for _, s in ipairs(away) do
+        set[s] = true
+    end
+    for i = 1, #all - 1, 2 do
+        if set[all[i]] then
+            all[i + 1] = string.sub(all[i + 1], 1, -2) .. ',"away":1}'
+        end
+    end
+    return all
+end
+
+-- S's resume record {"h":sha256 hex of its token,"o":origin,"u":JWT subject,"g":grace ms}, or
+-- nil.
+local function resume_of(S)
+    local raw = redis.call('HGET', base .. 'resume', S)
+    if not raw then
+        return nil
+    end
+    local ok, r = pcall(cjson.decode, raw)
+    if ok and type(r) == 'table' and type(r.h) == 'string' then
+        return r
+    end
+    return nil
+end
+
+local function set_resume(S, h, o, u, g)
+    redis.call('HSET', base .. 'resume', S,
+        cjson.encode({h = h, o = o, u = u, g = tonumber(g) or 0}))
+end
+
+-- S's away entry: deadline (ms, Redis clock) and the members at the time it went away, or nil.
+local function away_of(S)
+    local raw = redis.call('HGET', base .. 'away', S)
+    if not raw then
+        return nil
+    end
+    local ids = {}
+    for w in string.gmatch(raw, '%S+') do
+        ids[#ids + 1] = w
+    end
+    return {deadline = tonumber(table.remove(ids, 1)) or 0, members = ids}
+end
+
+-- Marks member S (its presence held by node `holder`) away for grace ms: the away entry, the
+-- bucket's deadline index P:{T}:away, the away counters of the room and the bucket, the
+-- presence key re-set to lapse at the deadline (so a pass of the admin finds it then even when
+-- no node is left to expire it), seq + 1 and the "away" event. Returns seq, deadline.
+local function mark_away(S, holder, grace)
+    local deadline = clock_ms() + grace
+    local ids = redis.call('HKEYS', base .. 'members')
+    redis.call('HSET', base .. 'away', S, int(deadline) .. ' ' .. table.concat(ids, ' '))
+    redis.call('ZADD', bucket .. 'away', int(deadline), R .. ' ' .. S)
+    redis.call('HINCRBY', base .. 'stats', 'away', 1)
+    redis.call('HINCRBY', gstats, 'away', 1)
+    redis.call('SET', base .. 'presence:' .. S, holder, 'PX', int(grace))
+    local seq = redis.call('HINCRBY', base .. 'stats', 'seq', 1)
+    publish_room('{"t":"away","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
+        ',"id":' .. cjson.encode(S) .. '}')
+    return seq, deadline
+end
+
+-- Clears S's away state (entry, index, queue, counters). 1 when S was away.
+local function drop_away(S)
+    if redis.call('HDEL', base .. 'away', S) == 0 then
+        return 0
+    end
+    redis.call('ZREM', bucket .. 'away', R .. ' ' .. S)
+    redis.call('DEL', base .. 'queue:' .. S)
+    redis.call('HDEL', base .. 'qbytes', S)
+    redis.call('HINCRBY', base .. 'stats', 'away', -1)
+    redis.call('HINCRBY', gstats, 'away', -1)
+    return 1
+end

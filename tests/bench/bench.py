@@ -28,6 +28,7 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lua_text  # noqa: E402  (tests/lua_text.py: the scripts as they ship)
+import cluster_section  # noqa: E402  (section 7: 1 vs 3 primaries, issue 12)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,8 +89,9 @@ ENV = {
     "SB_BENCH_KILL_REDIS_TIMEOUT_MS": env_int("SB_BENCH_KILL_REDIS_TIMEOUT_MS", 300),
     "SB_BENCH_KILL_INTERVAL_MS": env_int("SB_BENCH_KILL_INTERVAL_MS", 500),
     "SB_BENCH_KILL_DEFAULTS": env_int("SB_BENCH_KILL_DEFAULTS", 1),
-    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5"),
+    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7"),
 }
+ENV.update(cluster_section.ENV)
 OLD_SWEEP_S = 30.0  # the periodic sweep of the design Switchboard replaces (a stated constant)
 
 NODE = os.path.join(BUILD, "node", "switchboard-node")
@@ -1037,6 +1039,8 @@ def render(M, R, started, elapsed):
         render5(a, R["5"])
     if "1" in R:
         render6(a, R["1"])
+    if "7" in R:
+        cluster_section.render(a, R["7"])
     for s, err in R.get("errors", {}).items():
         a(f"**Section {s} failed in this run:** `{err}`")
         a("")
@@ -1540,7 +1544,8 @@ def main():
     red = Redis()
     try:
         for s, fn in (("1", section1), ("2", section2), ("3", section3), ("4", section4),
-                      ("5", section5)):
+                      ("5", section5),
+                      ("7", lambda red: cluster_section.run(sys.modules[__name__], red))):
             if s not in sections:
                 continue
             t0 = time.monotonic()

@@ -85,6 +85,9 @@ static void check_accepted(const sb_msg_t *m)
         FUZZ_CHECK(m->peer && sb_valid_sid(m->peer));
         FUZZ_CHECK(m->up == 0 || m->up == 1);
         break;
+    case SB_MSG_RESUME:
+        FUZZ_CHECK(m->sid && m->room && m->resume && m->root);
+        break;
     default:
         break;
     }

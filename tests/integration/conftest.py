@@ -123,9 +123,11 @@ class Cluster:
         self.tmpdir = tmpdir
         self.nodes = []
         self.admins = []
+        self.default_args = []  # put before every node's own args (the no_resume fixture)
 
     def node(self, name=None, args=(), redis_url=None, **kw):
-        n = Node(redis_url or self.redis.url, self.tmpdir, name=name, args=args, **kw)
+        n = Node(redis_url or self.redis.url, self.tmpdir, name=name,
+                 args=list(self.default_args) + list(args), **kw)
         self.nodes.append(n)
         return n
 
@@ -153,3 +155,12 @@ def cluster(redis_server, tmp_path):
     yield c
     problems = c.stop()
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def no_resume(cluster):
+    """Nodes of this test run with session resume off (--resume-grace-ms 0): for tests of what
+    a lost socket or a dead node does without a grace (peer-left at once, reaping as expired,
+    drain with 1001 and cleanup). test_15_resume.py covers the same events with resume on."""
+    cluster.default_args = ["--resume-grace-ms", "0"]
+    return cluster

@@ -172,7 +172,7 @@ def test_03_links_form_once_and_end_both_ways(cluster, redis_server):
 
 
 @pytest.mark.parametrize("how", ["leave", "close", "reset"])
-def test_04_cleanup_notifies_and_removes_links(cluster, redis_server, how):
+def test_04_cleanup_notifies_and_removes_links(cluster, redis_server, how, no_resume):
     a, b = cluster.node("na"), cluster.node("nb")
     r = redis_server.client()
 
@@ -221,7 +221,7 @@ def test_04_cleanup_notifies_and_removes_links(cluster, redis_server, how):
     assert took < 0.1 + 0.4  # docs/protocol.md: 100 ms on an idle machine; slack for ASan builds
 
 
-def test_05_ping_timeout_cleans_up(cluster, redis_server):
+def test_05_ping_timeout_cleans_up(cluster, redis_server, no_resume):
     from rawws import RawWS
     a = cluster.node("na", args=["--ping-interval-ms", "1000", "--ping-timeout-ms", "2000"])
     r = redis_server.client()

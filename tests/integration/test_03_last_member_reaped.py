@@ -37,7 +37,7 @@ def reap_in_redis(r, sockets, node):
     return reap_like_admin(r, node)
 
 
-def test_01_left_event_for_last_local_member(cluster, redis_server):
+def test_01_left_event_for_last_local_member(cluster, redis_server, no_resume):
     """The node is running when the `left` arrives on its pub/sub connection. room_remove tells
     only the nodes still in the room, so node a must still count there when its last local
     socket is reaped: a second member listed under node a, whose removal has not reached Redis
@@ -90,7 +90,7 @@ async def serves(a, room, y):
     await z.close()
 
 
-def test_02_last_local_member_reaped_during_stall(cluster, redis_server):
+def test_02_last_local_member_reaped_during_stall(cluster, redis_server, no_resume):
     """The issue's own scenario: the admin reaps the node's last local member of each room
     while the node is stopped. On resume the node's pub/sub probe has timed out, so it learns
     of the removal by re-reading the rooms (the view's resync path), not by a `left` event (none

@@ -27,7 +27,7 @@ def reap_like_admin(r, node):
     return reaped
 
 
-def test_01_stopped_node_is_reaped_and_never_resurrects(cluster, redis_server):
+def test_01_stopped_node_is_reaped_and_never_resurrects(cluster, redis_server, no_resume):
     a, b = cluster.node("na", args=FAST), cluster.node("nb", args=FAST)
     r = redis_server.client()
 
@@ -177,7 +177,7 @@ def test_04_stall_past_ping_timeout_drops_nobody(cluster, redis_server):
     asyncio.run(main())
 
 
-def test_05_stall_past_ttl_and_reap_closes_4000(cluster, redis_server):
+def test_05_stall_past_ttl_and_reap_closes_4000(cluster, redis_server, no_resume):
     """The other half of fault 2: a stall past the TTL, reaped meanwhile, ends with 4000 for
     every client of the stalled node even though the stall also passed the ping timeout."""
     a = cluster.node("na", args=FAST + PINGS)

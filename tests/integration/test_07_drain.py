@@ -101,7 +101,7 @@ BIG_QUEUE = ["--max-send-queue-bytes", "67108864"]
 FAST = ["--rate", "100000", "--burst", "100000"]
 
 
-def test_01_sigterm_drains_linked_sockets(cluster, redis_server):
+def test_01_sigterm_drains_linked_sockets(cluster, redis_server, no_resume):
     a = cluster.node("na", args=["--drain-timeout-ms", "6000"] + BIG_QUEUE)
     b = cluster.node("nb", args=FAST)
     r = redis_server.client()
@@ -198,7 +198,7 @@ def test_01_sigterm_drains_linked_sockets(cluster, redis_server):
     assert "uv_loop_close=0" in log
 
 
-def test_02_quick_drain_without_stragglers(cluster, redis_server):
+def test_02_quick_drain_without_stragglers(cluster, redis_server, no_resume):
     """Clients that read: the drain takes no longer than their cleanup."""
     a = cluster.node("na", args=["--drain-timeout-ms", "10000"])
     b = cluster.node("nb")
@@ -231,7 +231,7 @@ def test_02_quick_drain_without_stragglers(cluster, redis_server):
     assert took < 1.0, took  # nothing to wait for: not the 10 s drain timeout
 
 
-def test_03_drain_timeout_bounds_exit(cluster, redis_server):
+def test_03_drain_timeout_bounds_exit(cluster, redis_server, no_resume):
     """A client that never lets the node write its close: the drain still ends within
     --drain-timeout-ms (here shorter than lws's own 3 s give-up) with exit status 0, and the
     straggler is cleaned up like the others."""
@@ -269,7 +269,7 @@ def test_03_drain_timeout_bounds_exit(cluster, redis_server):
     assert "drain timeout" not in a.proc.log()
 
 
-def test_04_stopped_node_resumes_and_closes_4000(cluster, redis_server):
+def test_04_stopped_node_resumes_and_closes_4000(cluster, redis_server, no_resume):
     """The ungraceful counterpart: a node cut off (SIGSTOP) past its presence TTL, with no admin
     running to reap it. Its peers are told nothing while it is away (nobody can know it will
     not come back). On SIGCONT its first heartbeat finds the presence keys gone (rule 1: never

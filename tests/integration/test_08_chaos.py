@@ -1,12 +1,14 @@
 """Chaos with fixed seeds and bounded time (issue: faults and hostile input).
 
 3 nodes, the admin and Redis; ~200 clients in 20 rooms doing random operations (join, link up
-and down, signal, leave, TCP reset, going silent on pings) while faults rotate: kill -9 a node
+and down, signal, leave, TCP reset, TCP reset then session resume on a random node, going
+silent on pings) while faults rotate: kill -9 a node
 and restart it, SIGSTOP a node past its TTL then SIGCONT it, kill -9 Redis and restart it
 empty, SCRIPT FLUSH, CLIENT KILL TYPE pubsub. After the load stops and TTL plus a reconcile
 have passed: zero invariant violations, mesh-status equal to the truth computed from the
 test's own live clients, and every surviving client's view of its room equal to the live
-members (so it was told peer-left for each peer that vanished).
+members (so it was told peer-left for each peer that vanished); no session is left away (every
+grace ended or was resumed), and the invariants include the away state (tests/invariants.py).
 
 SB_CHAOS_SEEDS (default "1,2") and SB_CHAOS_OPS (default 5000) / SB_CHAOS_CLIENTS (200) tune it.
 """
@@ -28,8 +30,9 @@ SEEDS = [int(s) for s in os.environ.get("SB_CHAOS_SEEDS", "1,2").split(",") if s
 OPS = int(os.environ.get("SB_CHAOS_OPS", "5000"))
 CLIENTS = int(os.environ.get("SB_CHAOS_CLIENTS", "200"))
 ROOMS = 20
-TTL_MS, HB_MS, TIMEOUT_MS, RECONCILE_MS = 1500, 300, 400, 300
+TTL_MS, HB_MS, TIMEOUT_MS, RECONCILE_MS, GRACE_MS = 1500, 300, 400, 300, 1500
 NODE_ARGS = ["--presence-ttl-ms", str(TTL_MS), "--heartbeat-ms", str(HB_MS),
+             "--resume-grace-ms", str(GRACE_MS),
              "--redis-timeout-ms", str(TIMEOUT_MS), "--ping-interval-ms", "1000",
              "--ping-timeout-ms", "2000", "--rate", "1000", "--burst", "1000",
              "--max-room-members", "64"]
@@ -40,9 +43,15 @@ class Actor:
 
     def __init__(self, c):
         self.c = c
+        self.sid = c.id  # the session's id: after a resume, c's own welcome id is another
+        self.token = None  # the resume token of its last joined / resumed
         self.room = None
         self.halves = set()
         self.dead = False
+
+    @property
+    def id(self):
+        return self.sid
 
     @property
     def alive(self):
@@ -53,7 +62,7 @@ class Actor:
         v = None
         for m in self.c.seen:
             t = m.get("type")
-            if t == "joined":
+            if t in ("joined", "resumed"):
                 v = {p["id"] for p in m["peers"]}
             elif t == "left":
                 v = None
@@ -88,7 +97,7 @@ def test_chaos(cluster, redis_server, seed):
     nodes = [cluster.node(f"n{i}", args=NODE_ARGS) for i in range(3)]
     admin = cluster.admin(args=["--reconcile-interval-ms", str(RECONCILE_MS)])
     actors = []
-    counts = {"ops": 0, "faults": 0}
+    counts = {"ops": 0, "faults": 0, "resumes": 0, "refused": 0}
     stopped = set()  # names of SIGSTOPped nodes: their clients get no ops meanwhile
 
     async def new_actor():
@@ -110,31 +119,33 @@ def test_chaos(cluster, redis_server, seed):
             room = f"room{rng.randrange(ROOMS)}"
             rep = await safe(a.c.request({"type": "join", "room": room}))
             if not uncertain(a, rep) and rep.get("type") == "joined":
-                a.room, a.halves = room, set()
+                a.room, a.halves, a.token = room, set(), rep["resume"]
         elif kind < 0.35:
             peers = others()
             if peers:
                 b = rng.choice(peers)
                 state = "up" if rng.random() < 0.8 else "down"
-                rep = await safe(a.c.request({"type": "link", "peer": b.c.id, "state": state}))
+                rep = await safe(a.c.request({"type": "link", "peer": b.id, "state": state}))
                 if not uncertain(a, rep) and rep.get("type") == "link-ack":
-                    (a.halves.add if state == "up" else a.halves.discard)(b.c.id)
+                    (a.halves.add if state == "up" else a.halves.discard)(b.id)
                     if state == "down":
-                        b.halves.discard(a.c.id)
+                        b.halves.discard(a.id)
         elif kind < 0.70:
             peers = others()
             if peers:
-                await safe(a.c.send({"type": "signal", "to": rng.choice(peers).c.id,
+                await safe(a.c.send({"type": "signal", "to": rng.choice(peers).id,
                                      "data": {"n": counts["ops"]}}))
         elif kind < 0.78:
             rep = await safe(a.c.request({"type": "leave"}))
             if not uncertain(a, rep) and rep.get("type") == "left":
                 for b in actors:
-                    b.halves.discard(a.c.id)
+                    b.halves.discard(a.id)
                 a.room, a.halves = None, set()
         elif kind < 0.79:
             a.c.abort()  # TCP reset
             a.dead = True
+            if a.room and rng.random() < 0.6:
+                await resume(a)
         elif kind < 0.795:
             a.c.ws.transport.pause_reading()  # silent: pings go unanswered
             a.dead = True
@@ -144,6 +155,26 @@ def test_chaos(cluster, redis_server, seed):
         else:
             rep = await safe(a.c.request({"type": "ping"}))
             uncertain(a, rep)
+
+    async def resume(a):
+        """The client comes back on a random node with its token: same id, room and halves."""
+        node = rng.choice([n for n in nodes if n.proc.alive() and n.name not in stopped])
+        try:
+            c = await asyncio.wait_for(Client.connect(node.ws_url), 2)
+        except Exception:  # noqa: BLE001 - the node may be stopped or restarting
+            return
+        rep = await safe(c.request({"type": "resume", "id": a.id, "room": a.room,
+                                    "resume": a.token}))
+        if rep.get("type") == "resumed":
+            counts["resumes"] += 1
+            a.c, a.token, a.dead = c, rep["resume"], False
+            assert rep["id"] == a.id and rep["room"] == a.room, rep
+        elif rep.get("code") == "resume-failed" and rep.get("reason") == "unknown":
+            # Its grace ended meanwhile (a fault stalled things): a fresh socket, no room.
+            counts["refused"] += 1
+            a.c, a.sid, a.dead, a.room, a.halves = c, c.id, False, None, set()
+        else:
+            c.abort()  # no reply or retry: the session stays away and its grace ends
 
     async def fault(i):
         counts["faults"] += 1
@@ -215,13 +246,15 @@ def test_chaos(cluster, redis_server, seed):
             n.wait_ready(15)
         # silent clients go at the ping timeout (2 s, counted in whole seconds); the sockets of
         # a stopped or killed node at TTL + a reconcile
-        await asyncio.sleep(max(TTL_MS + 3 * RECONCILE_MS + 2 * HB_MS, 4500) / 1000)
+        # an away session (reset, drained, its node killed or reaped) at its grace's end, plus
+        # a reconcile when the admin ends it (its node is gone)
+        await asyncio.sleep(max(TTL_MS + GRACE_MS + 4 * RECONCILE_MS + 2 * HB_MS, 6000) / 1000)
         # clients closed by the server (4000, node killed) are dead too
         for a in actors:
             if a.c.closed is not None:
                 a.dead = True
         live = [a for a in actors if a.alive and a.room]
-        by_id = {a.c.id: a for a in live}
+        by_id = {a.id: a for a in live}
         status, res = admin.post("/admin/reconcile")
         assert status == 200, res
 
@@ -230,8 +263,8 @@ def test_chaos(cluster, redis_server, seed):
             for a in live:
                 for p in a.halves:
                     b = by_id.get(p)
-                    if b and b.room == a.room and a.c.id in b.halves:
-                        links.add(frozenset((a.c.id, p)))
+                    if b and b.room == a.room and a.id in b.halves:
+                        links.add(frozenset((a.id, p)))
             return links
 
         links = truth_links()
@@ -241,13 +274,16 @@ def test_chaos(cluster, redis_server, seed):
         want = (len(live), len(links), len(users))
         viol = invariants.check(r)
         print(f"seed {seed}: {counts['ops']} ops, {counts['faults']} faults, "
-              f"{len(actors)} clients ({len(live)} live), mesh {got}, truth {want}, "
-              f"violations {len(viol)}")
+              f"{len(actors)} clients ({len(live)} live), {counts['resumes']} resumes "
+              f"({counts['refused']} refused), mesh {got}, truth {want}, violations {len(viol)}")
         assert viol == [], viol[:10]
+        assert invariants.away(r) == (0, 0)
+        assert mesh["away_sockets"] == 0
+        assert counts["resumes"] > 0
         assert got == want
         for a in live:
-            expected = {b.c.id for b in live if b.room == a.room and b is not a}
-            assert a.view() == expected, (a.c.id, a.view() ^ expected)
+            expected = {b.id for b in live if b.room == a.room and b is not a}
+            assert a.view() == expected, (a.id, a.view() ^ expected)
         for a in actors:
             a.c.abort()  # a close handshake with hundreds of half-dead clients takes long
     asyncio.run(main())

@@ -90,7 +90,7 @@ def stats_truth(redis_server):
 
 # ---- 01 ----------------------------------------------------------------------------------------
 
-def test_01_normal_disconnect_links_gone_at_once(cluster, redis_server):
+def test_01_normal_disconnect_links_gone_at_once(cluster, redis_server, no_resume):
     na, nb = cluster.node("na"), cluster.node("nb")
     admin = cluster.admin(args=FAST_ADMIN)
 
@@ -134,7 +134,7 @@ def test_01_normal_disconnect_links_gone_at_once(cluster, redis_server):
 
 # ---- 02 ----------------------------------------------------------------------------------------
 
-def test_02_sigkilled_node_reaped_within_ttl_plus_interval(cluster, redis_server):
+def test_02_sigkilled_node_reaped_within_ttl_plus_interval(cluster, redis_server, no_resume):
     survivor = cluster.node("survivor", args=FAST_NODE)
     victim = cluster.node("victim", args=FAST_NODE)
     admin = cluster.admin(args=FAST_ADMIN)
@@ -209,7 +209,7 @@ def test_02_sigkilled_node_reaped_within_ttl_plus_interval(cluster, redis_server
     check_invariants(redis_server)
 
 
-def test_02b_mesh_status_reaps_a_lapsed_node_itself(cluster, redis_server):
+def test_02b_mesh_status_reaps_a_lapsed_node_itself(cluster, redis_server, no_resume):
     """mesh-status reaps lapsed nodes before it answers: exact even between passes."""
     survivor = cluster.node("survivor", args=FAST_NODE)
     victim = cluster.node("victim", args=FAST_NODE)
@@ -280,7 +280,7 @@ def test_03_many_links_per_socket_each_tracked_each_cleaned(cluster, redis_serve
 
 # ---- 04 ----------------------------------------------------------------------------------------
 
-def test_04_figures_equal_the_clients_own_after_random_churn(cluster, redis_server):
+def test_04_figures_equal_the_clients_own_after_random_churn(cluster, redis_server, no_resume):
     nodes = [cluster.node("na"), cluster.node("nb")]
     admin = cluster.admin(args=FAST_ADMIN)
     rng = random.Random(20260101)
@@ -584,7 +584,7 @@ def test_08_metrics_names_and_values(cluster, redis_server):
 
 # ---- 09 ----------------------------------------------------------------------------------------
 
-def test_09_large_state_bounded_calls(cluster, redis_server):
+def test_09_large_state_bounded_calls(cluster, redis_server, no_resume):
     """3000 rooms and a dead node's 1000 sockets, written with the room scripts themselves (no
     node process): one pass reaps and sweeps them with no Redis call over 5 ms (SLOWLOG), skips
     stats_check above its bound, and leaves the invariants whole."""

@@ -70,8 +70,9 @@ class Scripts:
     def read(self, room):
         return self.r.evalsha(self.sha["room_read"], 1, self.members_key(room), self.prefix, room)
 
-    def assert_(self, room, sid, node="n1", epoch="e1", meta="{}", ttl=15000, peers=()):
-        return self.room_call("room_assert", room, sid, node, epoch, meta, ttl, *peers)
+    def assert_(self, room, sid, node="n1", epoch="e1", meta="{}", ttl=15000, peers=(),
+                resume=""):
+        return self.room_call("room_assert", room, sid, node, epoch, meta, ttl, resume, *peers)
 
     def check(self, room):
         return self.room_call("room_check", room)

@@ -18,6 +18,7 @@ import invariants
 
 TTL = 15000
 SCRIPTS = {"room_join", "room_remove", "link_set", "room_read", "room_assert", "room_check",
+           "session_away", "session_queue", "session_resume",
            "stats_check", "admin_lock", "bucket_read"}
 
 
@@ -129,7 +130,10 @@ def test_lib_is_pasted_where_declared_and_the_shebang_stays_first(r, sb):
              "room_assert": ("A", "n1", "e1", "{}", TTL),
              "link_set": ("B", "A", "up", "n1"),
              "room_remove": ("A", "leave", "n1"),
-             "room_check": ()}
+             "room_check": (),
+             "session_away": ("A", "n1", ""),
+             "session_queue": ("A", "B", "1", 10, 100),
+             "session_resume": ("A", "h", "", "", "n2", "e2", "h2", 1000, TTL)}
     assert set(calls) == users
     for name, args in calls.items():
         r.flushall()
@@ -1010,9 +1014,11 @@ def test_bucket_read_sums_buckets_and_lists_the_nonempty(r, sb, writes_nothing):
     r.hset(f"{PREFIX}:{{#7}}:stats", mapping={"rooms": 2, "members": 3, "links": 0, "linked": 0})
     sha = sb.sha["bucket_read"]
     with writes_nothing():
-        assert r.evalsha(sha, 0, PREFIX, "rooms", "#", "#7", "#8") == [4, 6, 1, 2, "#", "#7"]
-        assert r.evalsha(sha, 0, PREFIX, "node:n2:sockets", "#", "#7") == [4, 6, 1, 2, "#"]
-        assert r.evalsha(sha, 0, PREFIX, "node:n9:sockets", "#", "#7") == [4, 6, 1, 2]
-        assert r.evalsha(sha, 0, PREFIX, "", "#8") == [0, 0, 0, 0]
+        assert r.evalsha(sha, 0, PREFIX, "rooms", "#", "#7", "#8") == [4, 6, 1, 2, 0, "#", "#7"]
+        assert r.evalsha(sha, 0, PREFIX, "node:n2:sockets", "#", "#7") == [4, 6, 1, 2, 0, "#"]
+        assert r.evalsha(sha, 0, PREFIX, "node:n9:sockets", "#", "#7") == [4, 6, 1, 2, 0]
+        assert r.evalsha(sha, 0, PREFIX, "", "#8") == [0, 0, 0, 0, 0]
+    r.hset(f"{PREFIX}:{{#7}}:stats", "away", 2)  # the away figure is summed too
+    assert r.evalsha(sha, 0, PREFIX, "", "#", "#7") == [4, 6, 1, 2, 2]
     with pytest.raises(redis.ResponseError, match="bad arguments"):
         r.evalsha(sha, 0, "")

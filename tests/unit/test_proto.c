@@ -274,6 +274,30 @@ static void test_simple_types(void **state)
     assert_string_equal(sb_msg_type_names[SB_MSG_UNKNOWN], "unknown");
 }
 
+static void test_resume(void **state)
+{
+    (void)state;
+    sb_msg_t m = decode_ok("{\"type\":\"resume\",\"id\":\"" SID_A "\",\"room\":\"r\","
+                           "\"resume\":\"tok\",\"token\":\"jwt\",\"rid\":7}");
+    assert_int_equal(m.type, SB_MSG_RESUME);
+    assert_string_equal(m.sid, SID_A);
+    assert_string_equal(m.room, "r");
+    assert_string_equal(m.resume, "tok");
+    assert_string_equal(m.token, "jwt");
+    sb_msg_free(&m);
+    m = decode_ok("{\"type\":\"resume\",\"id\":\"x\",\"room\":\"r\",\"resume\":\"t\"}");
+    assert_null(m.token); /* a bad id is refused later, as resume-failed "unknown" */
+    sb_msg_free(&m);
+    assert_string_equal(sb_msg_type_names[SB_MSG_RESUME], "resume");
+    decode_err("{\"type\":\"resume\",\"room\":\"r\",\"resume\":\"t\"}", "bad-message");
+    decode_err("{\"type\":\"resume\",\"id\":\"" SID_A "\",\"room\":\"r\"}", "bad-message");
+    decode_err("{\"type\":\"resume\",\"id\":\"" SID_A "\",\"room\":\"r\",\"resume\":1}",
+               "bad-message");
+    decode_err("{\"type\":\"resume\",\"id\":\"" SID_A "\",\"room\":\"r\",\"resume\":\"t\","
+               "\"token\":5}",
+               "bad-message");
+}
+
 static void test_valid_rids(void **state)
 {
     (void)state;
@@ -823,6 +847,7 @@ int main(void)
         cmocka_unit_test(test_member_span_never_overreads),
         cmocka_unit_test(test_link),
         cmocka_unit_test(test_simple_types),
+        cmocka_unit_test(test_resume),
         cmocka_unit_test(test_valid_rids),
         cmocka_unit_test(test_bad_json),
         cmocka_unit_test(test_bad_json_nul),

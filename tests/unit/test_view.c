@@ -80,12 +80,16 @@ static const char *render(void)
                         : a->kind == SB_ACT_DELIVER   ? "deliver"
                         : a->kind == SB_ACT_EXPIRED   ? "expired"
                         : a->kind == SB_ACT_RELINK    ? "relink"
+                        : a->kind == SB_ACT_PEER_AWAY ? "peer-away"
+                        : a->kind == SB_ACT_PEER_BACK ? "peer-back"
                                                       : "resync";
         o += (size_t)snprintf(out + o, sizeof out - o, "%s%s:%c<%c", i ? " " : "", k, to, peer);
         if (a->kind == SB_ACT_DELIVER)
             o += (size_t)snprintf(out + o, sizeof out - o, "(%s)", a->text);
         if (a->kind == SB_ACT_PEER_LEFT)
             o += (size_t)snprintf(out + o, sizeof out - o, "(%s)", a->reason);
+        if (a->kind == SB_ACT_PEER_BACK)
+            o += (size_t)snprintf(out + o, sizeof out - o, "(%s)", a->text);
     }
     return out;
 }
@@ -470,6 +474,117 @@ static void test_large_room(void **state)
     sb_view_free(v);
 }
 
+/* ---- session resume: away and back ---------------------------------------------------------- */
+
+static sb_view_event_t away_ev(uint64_t seq, const char *id)
+{
+    sb_view_event_t e = {0, seq, id, NULL, NULL, NULL, SB_VIEW_AWAY};
+    return e;
+}
+
+static sb_view_event_t back_ev(uint64_t seq, const char *id, const char *node)
+{
+    sb_view_event_t e = {0, seq, id, node, "{\"n\":\"x\"}", NULL, SB_VIEW_BACK};
+    return e;
+}
+
+static void test_away_and_back_events(void **state)
+{
+    (void)state;
+    sb_view_t *v = view_with_a();
+    sb_view_event_t a = away_ev(11, X);
+    sb_view_event(v, &a, T0, &acts);
+    assert_string_equal(render(), "peer-away:*<x");
+    assert_true(sb_view_member(v, X)->away);
+    assert_int_equal(sb_view_seq(v), 11);
+    /* Still a member: a signal from it is delivered (it was sent before it went away). */
+    sb_acts_clear(&acts);
+    assert_int_equal(sb_view_signal(v, X, A, "1", 1, T0, &acts), SB_VIEW_DELIVER);
+    /* Back on another node: the member moves there. */
+    sb_view_event_t b = back_ev(12, X, "n3");
+    sb_view_event(v, &b, T0, &acts);
+    assert_string_equal(render(), "peer-back:*<x(n3)");
+    assert_false(sb_view_member(v, X)->away);
+    assert_string_equal(sb_view_member(v, X)->node, "n3");
+    assert_string_equal(sb_view_member(v, X)->meta_json, "{\"n\":\"x\"}");
+    /* The same events again change nothing. */
+    sb_acts_clear(&acts);
+    sb_view_event(v, &a, T0, &acts);
+    sb_view_event(v, &b, T0, &acts);
+    assert_string_equal(render(), "");
+    sb_view_free(v);
+}
+
+static void test_away_event_out_of_order(void **state)
+{
+    (void)state;
+    sb_view_t *v = view_with_a();
+    sb_view_event_t b = back_ev(12, X, "n2");
+    sb_view_event(v, &b, T0, &acts); /* a gap: kept, and the room is read */
+    assert_string_equal(render(), "resync:*<-");
+    assert_false(sb_view_member(v, X)->away);
+    sb_acts_clear(&acts);
+    sb_view_event_t a = away_ev(11, X);
+    sb_view_event(v, &a, T0, &acts); /* buffered while the read is in flight */
+    assert_string_equal(render(), "");
+    /* The read answers at seq 10: both events then apply, in order. */
+    sb_view_member_in_t read[] = {{X, "n2", "{\"n\":\"x\"}", 0}, {A, "n1", "{}", 0}};
+    sb_view_resync_done(v, 1, 10, read, 2, 0, T0, &acts);
+    assert_string_equal(render(), "relink:*<- peer-away:*<x peer-back:*<x(n2)");
+    assert_false(sb_view_member(v, X)->away);
+    assert_int_equal(sb_view_seq(v), 12);
+    sb_view_free(v);
+}
+
+static void test_resync_reports_away_state(void **state)
+{
+    (void)state;
+    sb_view_t *v = view_with_a();
+    sb_view_resync_request(v, &acts);
+    sb_acts_clear(&acts);
+    sb_view_member_in_t read1[] = {{X, "n2", "{\"n\":\"x\"}", 1}, {A, "n1", "{}", 0}};
+    sb_view_resync_done(v, 1, 20, read1, 2, 0, T0, &acts);
+    assert_string_equal(render(), "peer-away:*<x relink:*<-");
+    assert_true(sb_view_member(v, X)->away);
+    sb_acts_clear(&acts);
+    sb_view_resync_request(v, &acts);
+    sb_acts_clear(&acts);
+    sb_view_member_in_t read2[] = {{X, "n3", "{\"n\":\"x\"}", 0}, {A, "n1", "{}", 0}};
+    sb_view_resync_done(v, 1, 21, read2, 2, 0, T0, &acts);
+    assert_string_equal(render(), "peer-back:*<x(n3) relink:*<-");
+    assert_false(sb_view_member(v, X)->away);
+    /* A first snapshot (join reply) keeps the flags too. */
+    sb_view_t *w = sb_view_new("r");
+    assert_int_equal(sb_view_local_add(w, A), 0);
+    sb_acts_clear(&acts);
+    assert_int_equal(sb_view_local_joined(w, A, 10, read1, 2, T0, &acts), 0);
+    assert_true(sb_view_member(w, X)->away);
+    sb_view_free(w);
+    sb_view_free(v);
+}
+
+/* A resume on this node: the socket is added under its old id before the reply, signals for it
+ * are held, and its `resumed` (JOINED) goes out once the view reaches the resume's seq, before
+ * them. */
+static void test_resume_holds_signals_until_resumed(void **state)
+{
+    (void)state;
+    sb_view_t *v = sb_view_new("r");
+    assert_int_equal(sb_view_local_add(v, A), 0);
+    sb_view_member_in_t snap[] = {{X, "n2", "{}", 0}, {A, "n1", "{}", 0}, {B, "n9", "{}", 1}};
+    assert_int_equal(sb_view_local_joined(v, A, 10, snap, 3, T0, &acts), 0);
+    sb_acts_clear(&acts);
+    assert_int_equal(sb_view_local_add(v, B), 0); /* B resumes here */
+    assert_int_equal(sb_view_signal(v, X, B, "s", 1, T0, &acts), SB_VIEW_HELD);
+    sb_view_event_t b = back_ev(11, B, "n1");
+    sb_view_event(v, &b, T0, &acts);
+    assert_string_equal(render(), "peer-back:*<b(n1)");
+    sb_acts_clear(&acts);
+    assert_int_equal(sb_view_local_joined(v, B, 11, NULL, 0, T0, &acts), 0);
+    assert_string_equal(render(), "joined:b<- deliver:b<x(s)");
+    sb_view_free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -493,6 +608,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_held_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_early_buffer_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_room, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_away_and_back_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_away_event_out_of_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resync_reports_away_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_holds_signals_until_resumed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
