@@ -6,10 +6,10 @@
 # client_resume.mjs (the client against scripted fake nodes), e2e_webrtc.mjs (the demo page
 # through HAProxy: SB_E2E_URLS is the load balancer's URL only, SB_LB_MONITOR_URL its monitor
 # port, SB_ADMIN_URL and SB_ADMIN_TOKEN the cluster's admin and its freshly generated token)
-# and, last since it kills a node, e2e_resume.mjs (a call survives kill -9 of one page's node;
-# it reads the node pids cluster.sh recorded in SB_CLUSTER_DIR; only with SB_E2E_RESUME=1 until
-# the server side of resume is merged). Then `cluster.sh down`, which stops exactly the pids `up` recorded (also on failure or ^C, from the EXIT
-# trap), and a check that nothing else still runs in the namespace. Exit status: 0 when every
+# and, last since it kills a node, e2e_resume.mjs (a call survives kill -9 of one page's node,
+# then the drain of the other's; it reads the node pids cluster.sh recorded in SB_CLUSTER_DIR).
+# Then `cluster.sh down`, which stops exactly the pids `up` recorded (also on failure or ^C,
+# from the EXIT trap), and a check that nothing else still runs in the namespace. Exit status: 0 when every
 # test passed. Output: `PASS/FAIL/SKIP name` lines, then `browser: N passed, N failed, N
 # skipped` (tests/run-all.sh reads it).
 #
@@ -133,10 +133,8 @@ if [ "$fake" = 0 ]; then
         run_test client_protocol.mjs
         run_test client_resume.mjs
         run_test e2e_webrtc.mjs
-        # e2e_resume.mjs (last: it kills a node with kill -9) runs once the server side of
-        # session resume (issue 15, branch `resume`) is merged: against nodes that offer no
-        # resume it fails at its step 03. Run it by hand: SB_E2E_RESUME=1 tests/browser/run-e2e.sh
-        if [ -n "${SB_E2E_RESUME:-}" ]; then run_test e2e_resume.mjs; fi
+        # Last: it kills one node (kill -9) and drains another.
+        run_test e2e_resume.mjs
     else
         fail run-e2e-cluster-up "deploy/cluster.sh up failed; its output:"
         sed 's/^/#   /' "$logs/cluster.log"
