@@ -1,7 +1,10 @@
 // The demo page served at `/`: join a room, see the peers and the state of each link, and chat
 // over WebRTC data channels. It only uses the public API of switchboard.js. State that tests
-// read is mirrored in data attributes: <body data-state data-id data-node data-room> and, per
-// peer, <li data-peer data-conn data-link data-chat>.
+// read is mirrored in data attributes: <body data-state data-conn data-resumes data-id
+// data-node data-room> and, per peer, <li data-peer data-conn data-link data-chat data-away>.
+// data-conn is the connection as the user sees it: connecting, connected, reconnecting (the
+// socket was lost, the session is being resumed and the calls go on), reconnected (resumed:
+// same id, same calls), or idle.
 import { Switchboard } from './switchboard.js';
 
 const $ = (id) => document.getElementById(id);
@@ -25,6 +28,11 @@ function setStatus(text) {
     $('status').textContent = text;
 }
 
+function setConn(state) {
+    body.dataset.conn = state;
+    $('conn').textContent = state;
+}
+
 function addLog(kind, from, text) {
     const li = document.createElement('li');
     li.className = kind;
@@ -43,6 +51,11 @@ function addLog(kind, from, text) {
 }
 
 // ---- peer list ----
+
+function peerName(id) {
+    const li = peerItem(id);
+    return li ? li.querySelector('.name').textContent : displayName(null, id);
+}
 
 function peerItem(id) {
     return peerList.querySelector(`li[data-peer="${CSS.escape(id)}"]`);
@@ -63,6 +76,7 @@ function renderPeer(id, meta) {
         li.dataset.conn = 'new';
         li.dataset.link = 'down';
         li.dataset.chat = 'connecting';
+        li.dataset.away = 'false';
         const name = document.createElement('span');
         name.className = 'name';
         const pid = document.createElement('code');
@@ -72,7 +86,7 @@ function renderPeer(id, meta) {
         const states = document.createElement('span');
         states.className = 'states';
         states.append(badge('conn', 'WebRTC connection state'), badge('link', 'link state confirmed by the server'),
-            badge('chat', 'chat channel'));
+            badge('chat', 'chat channel'), badge('away', 'its signaling connection dropped; it may come back'));
         li.append(name, pid, states);
         peerList.append(li);
     }
@@ -88,6 +102,7 @@ function updatePeer(id, changes = {}) {
     li.querySelector('.badge.conn').textContent = `webrtc: ${li.dataset.conn}`;
     li.querySelector('.badge.link').textContent = `link: ${li.dataset.link}`;
     li.querySelector('.badge.chat').textContent = `chat: ${li.dataset.chat}`;
+    li.querySelector('.badge.away').textContent = li.dataset.away === 'true' ? 'away' : '';
 }
 
 function updateCounts() {
@@ -109,12 +124,15 @@ function start(room, name) {
     const on = (type, fn) => me.addEventListener(type, (ev) => { if (me === sb) fn(ev.detail); });
 
     body.dataset.state = 'connecting';
+    body.dataset.resumes = '0';
+    setConn('connecting');
     setStatus('Connecting...');
 
     on('connected', ({ id, node }) => {
         body.dataset.id = id;
         body.dataset.node = node || '';
         body.dataset.state = 'connected';
+        setConn('connected');
         setStatus(`Connected to node ${node} as ${id.slice(0, 8)}, joining ${room}...`);
     });
     on('joined', ({ room: r, id, peers }) => {
@@ -125,14 +143,45 @@ function start(room, name) {
         $('leave').disabled = false;
         updateCounts();
     });
-    on('disconnected', ({ code, reconnectInMs }) => {
-        delete body.dataset.room;
+    on('disconnected', ({ code, reconnectInMs, resuming }) => {
         if (reconnectInMs === null) {
+            delete body.dataset.room;
             body.dataset.state = 'idle';
+            setConn('idle');
             return;
         }
         body.dataset.state = 'reconnecting';
+        setConn('reconnecting');
+        if (resuming) {
+            // The room, the peers and the calls stay: only the signaling socket is gone.
+            setStatus(`Connection lost (${code}); resuming in ${(reconnectInMs / 1000).toFixed(1)} s, calls go on...`);
+            return;
+        }
+        delete body.dataset.room;
         setStatus(`Disconnected (${code}); reconnecting in ${(reconnectInMs / 1000).toFixed(1)} s...`);
+    });
+    on('reconnecting', ({ graceMs }) => {
+        addLog('system', null, `Connection lost; resuming (the room keeps your place for ${(graceMs / 1000).toFixed(0)} s).`);
+    });
+    on('reconnected', ({ id, node, room: r, awayMs }) => {
+        body.dataset.state = 'joined';
+        body.dataset.room = r;
+        body.dataset.node = node || '';
+        body.dataset.resumes = String(Number(body.dataset.resumes || 0) + 1);
+        setConn('reconnected');
+        setStatus(`Reconnected to node ${node} as ${displayName({ name }, id)} (${id.slice(0, 8)}), same session, in room ${r}`);
+        addLog('system', null, `Reconnected after ${(awayMs / 1000).toFixed(1)} s; nothing was lost.`);
+    });
+    on('resume-failed', ({ reason }) => {
+        addLog('system', null, `Could not resume (${reason}); joining again as a new participant.`);
+    });
+    on('peer-away', ({ id }) => {
+        updatePeer(id, { away: 'true' });
+        addLog('system', null, `${peerName(id)} lost their connection; waiting for them to come back.`);
+    });
+    on('peer-back', ({ id }) => {
+        updatePeer(id, { away: 'false' });
+        addLog('system', null, `${peerName(id)} is back.`);
     });
     on('left', () => {
         delete body.dataset.room;
@@ -162,7 +211,7 @@ function start(room, name) {
         const li = peerItem(id);
         channels.delete(id);
         if (li) {
-            if (reason !== 'local') addLog('system', null, `${li.querySelector('.name').textContent} left (${reason}).`);
+            if (reason !== 'local') addLog('system', null, `${peerName(id)} left (${reason}).`);
             li.remove();
         }
         updateCounts();
@@ -195,6 +244,7 @@ $('leave').addEventListener('click', () => {
     peerList.replaceChildren();
     delete body.dataset.room;
     body.dataset.state = 'idle';
+    setConn('idle');
     setStatus('Not connected');
     $('leave').disabled = true;
     updateCounts();

@@ -2,6 +2,8 @@
 // room membership that survives reconnects, and one RTCPeerConnection per peer negotiated with
 // the "perfect negotiation" pattern over `signal` messages. It reports `link up` / `link down`
 // from what the browser's connections really do, so the server's P2P figures follow reality.
+// A lost socket is resumed (same id, room and links, on any node) within the server's grace,
+// keeping every RTCPeerConnection.
 // It does not create data channels or media tracks: the application adds those in the `peer`
 // event (or the `onpeer` option), before negotiation starts. No dependencies, no build step.
 // docs/client.md describes the API and how it maps to the protocol.
@@ -20,10 +22,30 @@ export class SwitchboardError extends Error {
 
 const DEFAULTS = {
     reconnect: { minMs: 500, maxMs: 30000 },
+    resume: { minMs: 500, maxMs: 5000 },
     requestTimeoutMs: 10000,
-    pingIntervalMs: 20000,
-    pingTimeoutMs: 10000,
+    pingIntervalMs: 10000,
+    pingTimeoutMs: 5000,
 };
+
+// Close codes after which the session is over on the server, so there is nothing to resume:
+// the server closed it on purpose (1000), drained an old-style node (1001), refused us by
+// policy (1008), or closed it for what we did or for its own failure (1009, 1011, 4003: those
+// closes get no grace), reaped it (4000), timed out a socket that never joined (4001) or threw
+// it out for abuse (4002). The client reconnects and joins anew (docs/client.md). Every other
+// close (1006 above all: a reset, no close frame, a dead node) is resumed.
+const NO_RESUME_CLOSES = new Set([1000, 1001, 1008, 1009, 1011, 4000, 4001, 4002, 4003]);
+
+// The server's drain: "resume elsewhere", at once.
+const CLOSE_DRAIN = 1012;
+
+// The code this client closes a socket with when it gives up on it but not on its session (a
+// ping timeout, a resume that got no answer): not 1000/1001, which would end the session.
+const CLOSE_ABANDON = 4900;
+
+// Signals held while the session is away, sent after `resumed`. Past this, a peer's signals
+// are dropped and its ICE restarted after the resume, which produces fresh ones.
+const MAX_HELD_SIGNALS = 256;
 
 // `join` errors that no retry can fix: the application must change the room or meta.
 const PERMANENT_JOIN_ERRORS = new Set(['bad-room', 'bad-message', 'bad-json', 'unknown-type']);
@@ -36,13 +58,14 @@ const CLOSE_ERRORS = {
     4001: 'auth-timeout',
     4002: 'rate-limit-abuse',
     4003: 'send-queue-overflow',
+    1008: 'policy',
 };
 
 // Room messages (peer-joined, peer-left, signal, link-state) that may arrive while our own
 // `join` is still in flight, kept until `joined` and then applied in order.
 const MAX_EARLY_MESSAGES = 1024;
 
-const ROOM_MESSAGES = new Set(['peer-joined', 'peer-left', 'signal', 'link-state']);
+const ROOM_MESSAGES = new Set(['peer-joined', 'peer-left', 'signal', 'link-state', 'peer-away', 'peer-back']);
 
 // setTimeout takes a signed 32-bit delay.
 const MAX_TIMER_MS = 0x7fffffff;
@@ -81,6 +104,16 @@ export function backoffDelay(attempt, { minMs, maxMs }, random = Math.random) {
     return Math.round(base / 2 + (random() * base) / 2);
 }
 
+/**
+ * The delay before resume attempt number `attempt` (0-based): "full jitter", uniform in
+ * [0, min(maxMs, minMs * 2^attempt)], so that the clients of a node that died do not all come
+ * back in the same instant, and the first try is often almost immediate.
+ */
+export function fullJitterDelay(attempt, { minMs, maxMs }, random = Math.random) {
+    const cap = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+    return Math.floor(random() * cap);
+}
+
 /** The default WebSocket URL: the page's own host, path /ws, ws: or wss: to match. */
 export function defaultUrl() {
     if (typeof location === 'undefined') throw new SwitchboardError('bad-option', 'url is required outside a page');
@@ -92,16 +125,24 @@ export function defaultUrl() {
  *   url        WebSocket URL of a node (default: this page's host, path /ws)
  *   room       room to join on connect and rejoin after every reconnect (or call join())
  *   meta       object sent with join (peers see it); at most 1024 bytes serialized
- *   token      JWT string, or a function (async ok) called with {room} before every join
+ *   token      JWT string, or a function (async ok) called with {room} before every join/resume
  *   rtcConfig  base RTCConfiguration; the server's ice_servers are appended to its iceServers
  *   reconnect  {minMs, maxMs} backoff bounds (default 500 / 30000), or false for no reconnect
+ *   resume     {minMs, maxMs} full-jitter backoff of resume attempts (default 500 / 5000), or
+ *              false: a lost socket is never resumed (rejoin with a new id instead)
  *   onpeer     function(detail) called when a peer's RTCPeerConnection is created, before
  *              negotiation; same detail as the `peer` event
- *   requestTimeoutMs, pingIntervalMs, pingTimeoutMs  (10000 / 20000 / 10000)
+ *   requestTimeoutMs, pingIntervalMs, pingTimeoutMs  (10000 / 10000 / 5000)
  *
  * Events (CustomEvent, payload in `event.detail`):
  *   connected     {id, node, limits}          welcome received on a new socket
- *   disconnected  {code, reason, reconnectInMs} the socket closed (reconnectInMs null: for good)
+ *   disconnected  {code, reason, reconnectInMs, resuming} the socket closed (reconnectInMs
+ *                                              null: for good; resuming: the session is kept)
+ *   reconnecting  {code, reason, graceMs, reconnectInMs} the socket was lost; resuming
+ *   reconnected   {id, node, room, peers, joined, left, links, awayMs} resumed: same id
+ *   resume-failed {reason, error?}             the session is gone (unknown, grace, ...); the
+ *                                              client joins anew by itself
+ *   peer-away     {id}  /  peer-back {id}      a peer's socket was lost / it resumed
  *   joined        {room, id, peers}            the server confirmed the join (also after rejoin)
  *   left          {room}                       the server confirmed the leave
  *   peer-joined   {id, meta, initial}          a peer is in the room (initial: listed in joined)
@@ -117,7 +158,7 @@ export class Switchboard extends EventTarget {
     #opts;
     #ws = null;
     #gen = 0; // bumped for every socket; callbacks of an older socket are ignored
-    #state = 'idle'; // idle, connecting, open, closed
+    #state = 'idle'; // idle, connecting, open, reconnecting, closed
     #id = null;
     #node = null;
     #limits = null;
@@ -141,11 +182,22 @@ export class Switchboard extends EventTarget {
     #joinWaiters = [];
     #leaveWaiters = [];
     #connectWaiters = [];
+    // Resume: the session (#id, #joinedRoom, #peers) outlives its socket while #resuming.
+    #resumeToken = null; // from the last joined/resumed; null: nothing to resume
+    #graceMs = 0; // limits.resume_grace_ms of the node that issued the token
+    #resuming = false;
+    #lostAt = 0;
+    #graceTimer = null;
+    #resumeAttempt = 0;
+    #welcomed = false; // the current socket got its welcome
+    #welcomeMsg = null; // that welcome
+    #held = []; // [{p, data}] signals sent while resuming
 
     constructor(options = {}) {
         super();
         const reconnect = options.reconnect === false ? false : { ...DEFAULTS.reconnect, ...(options.reconnect || {}) };
-        this.#opts = { ...DEFAULTS, ...options, reconnect };
+        const resume = options.resume === false || !reconnect ? false : { ...DEFAULTS.resume, ...(options.resume || {}) };
+        this.#opts = { ...DEFAULTS, ...options, reconnect, resume };
         this.#room = options.room ?? null;
         this.#meta = options.meta;
         this.#token = options.token;
@@ -157,14 +209,14 @@ export class Switchboard extends EventTarget {
     get node() { return this.#node; }
     /** The room the server confirmed, or null. */
     get room() { return this.#joinedRoom; }
-    /** idle, connecting, open (welcomed), or closed (after close()). */
+    /** idle, connecting, open (welcomed), reconnecting (resuming a lost session), or closed. */
     get state() { return this.#state; }
     /** The ICE servers in use: rtcConfig.iceServers followed by the server's. */
     get iceServers() { return this.#rtcConfiguration().iceServers; }
-    /** A snapshot of the peers: [{id, meta, polite, connectionState, link}]. */
+    /** A snapshot of the peers: [{id, meta, polite, connectionState, link, away}]. */
     get peers() {
         return [...this.#peers.values()].map((p) => ({
-            id: p.id, meta: p.meta, polite: p.polite, connectionState: p.pc.connectionState, link: p.link,
+            id: p.id, meta: p.meta, polite: p.polite, connectionState: p.pc.connectionState, link: p.link, away: p.away,
         }));
     }
 
@@ -220,14 +272,16 @@ export class Switchboard extends EventTarget {
 
     /**
      * Leaves, closes every peer connection and the socket, and stops reconnecting. The
-     * client cannot be used again.
+     * client cannot be used again. While reconnecting there is no socket to send `leave` on:
+     * the server ends the session when its grace runs out.
      */
     close() {
         if (this.#state === 'closed') return;
         const ws = this.#ws;
-        if (ws && ws.readyState === WebSocket.OPEN && this.#joinedRoom) this.#send({ type: 'leave' });
+        if (ws && ws.readyState === WebSocket.OPEN && this.#joinedRoom && !this.#resuming) this.#send({ type: 'leave' });
         this.#room = null;
         this.#detach();
+        this.#endSession();
         if (ws) try { ws.close(1000, 'bye'); } catch { /* already closing */ }
         this.#state = 'closed';
         this.#teardown('local');
@@ -256,7 +310,8 @@ export class Switchboard extends EventTarget {
             return;
         }
         this.#ws = ws;
-        this.#state = 'connecting';
+        this.#welcomed = false;
+        if (!this.#resuming) this.#state = 'connecting';
         ws.onmessage = (ev) => { if (gen === this.#gen) this.#onMessage(ev.data); };
         ws.onclose = (ev) => { if (gen === this.#gen) this.#onClose(ev.code, ev.reason); };
         ws.onerror = () => {}; // a close event always follows
@@ -266,8 +321,9 @@ export class Switchboard extends EventTarget {
         }, this.#opts.requestTimeoutMs);
     }
 
-    // Forgets the current socket: its late events are ignored from now on.
-    #detach() {
+    // Forgets the current socket: its late events are ignored from now on. With keepSession
+    // (a resume follows) the id, the room and the peers stay.
+    #detach(keepSession = false) {
         this.#gen++;
         clearTimeout(this.#welcomeTimer);
         clearInterval(this.#pingTimer);
@@ -277,8 +333,11 @@ export class Switchboard extends EventTarget {
         const ws = this.#ws;
         if (ws) ws.onmessage = ws.onclose = ws.onerror = null;
         this.#ws = null;
-        this.#id = null;
-        this.#joinedRoom = null;
+        this.#welcomed = false;
+        if (!keepSession) {
+            this.#id = null;
+            this.#joinedRoom = null;
+        }
         this.#joining = false;
         this.#early = [];
         const err = new SwitchboardError('disconnected', 'socket closed');
@@ -292,24 +351,33 @@ export class Switchboard extends EventTarget {
 
     // Gives up on a socket that looks dead: a browser reports the close of a silent TCP
     // connection only after its own long timeout, so act as if it had closed now.
+    // A socket dropped as dead (1006) is closed with CLOSE_ABANDON, so that a server that still
+    // hears us keeps the session for a resume; the other drops end it (1000).
     #drop(code, reason) {
         const ws = this.#ws;
         this.#gen++;
         if (ws) {
             ws.onmessage = ws.onclose = ws.onerror = null;
-            try { ws.close(1000, reason); } catch { /* already closing */ }
+            try { ws.close(code === 1006 ? CLOSE_ABANDON : 1000, reason); } catch { /* already closing */ }
         }
         this.#onClose(code, reason);
     }
 
     #onClose(code, reason) {
+        // A close that ends the session counts only on the socket that carries it: a resume
+        // attempt's socket closing for any reason is just a failed attempt.
+        if (this.#opts.resume && this.#state !== 'closed' && this.#resumeToken &&
+            (this.#resuming || !NO_RESUME_CLOSES.has(code))) {
+            this.#socketLost(code, reason);
+            return;
+        }
         this.#detach();
+        this.#endSession();
         this.#teardown('local');
-        if (CLOSE_ERRORS[code]) {
-            this.#emitError(new SwitchboardError(CLOSE_ERRORS[code], `server closed the socket: ${code} ${reason || ''}`.trim(), { closeCode: code }));
-            // Being thrown out for abuse or for a missing token is no reason to hammer the
+        if (this.#reportClose(code, reason)) {
+            // Being thrown out for abuse, policy or a missing token is no reason to hammer the
             // server: start the backoff several steps up.
-            if (code >= 4001 && code <= 4003) this.#attempt = Math.max(this.#attempt, 3);
+            if ((code >= 4001 && code <= 4003) || code === 1008) this.#attempt = Math.max(this.#attempt, 3);
         }
         let delay = null;
         if (this.#opts.reconnect && this.#state !== 'closed') {
@@ -317,16 +385,205 @@ export class Switchboard extends EventTarget {
             // load balancer sends us to a ready node), 4000 (reaped while the node had lost
             // Redis) soon. A repeat before the next successful join backs off, so a node that
             // keeps closing new sockets is not hammered.
-            if (code === 1001 && this.#attempt === 0) delay = 0;
+            if ((code === 1001 || code === CLOSE_DRAIN) && this.#attempt === 0) delay = 0;
             else if (code === 4000 && this.#attempt === 0) delay = Math.floor(Math.random() * this.#opts.reconnect.minMs);
             else delay = backoffDelay(this.#attempt, this.#opts.reconnect);
             this.#attempt++;
         }
         this.#state = delay === null ? 'idle' : 'connecting';
-        this.#emit('disconnected', { code, reason: reason || '', reconnectInMs: delay });
+        this.#emit('disconnected', { code, reason: reason || '', reconnectInMs: delay, resuming: false });
         if (delay !== null) {
             this.#reconnectTimer = setTimeout(() => { this.#reconnectTimer = null; this.#open(); }, delay);
         }
+    }
+
+    // An `error` event for the close codes that mean something went wrong; true if it was one.
+    #reportClose(code, reason) {
+        if (!CLOSE_ERRORS[code]) return false;
+        this.#emitError(new SwitchboardError(CLOSE_ERRORS[code], `server closed the socket: ${code} ${reason || ''}`.trim(), { closeCode: code }));
+        return true;
+    }
+
+    // ---- resume ----
+
+    // The socket is gone but the server keeps the session (id, room, links, queued signals)
+    // for limits.resume_grace_ms: reconnect through the same URL and resume it, keeping the
+    // peers and their connections. Called for the first loss and for every failed attempt.
+    #socketLost(code, reason) {
+        const first = !this.#resuming;
+        this.#detach(true);
+        this.#reportClose(code, reason);
+        if (first) {
+            this.#resuming = true;
+            this.#resumeAttempt = 0;
+            this.#lostAt = Date.now();
+            this.#state = 'reconnecting';
+            // Measured from when we noticed; the server's grace started no later, so it has
+            // usually ended already when this fires.
+            this.#graceTimer = setTimeout(() => this.#graceOver(), this.#graceMs);
+        }
+        // A drain says "resume elsewhere now"; the first attempt after any other loss is
+        // often near-immediate too (full jitter from 0).
+        const delay = first && code === CLOSE_DRAIN ? 0 : fullJitterDelay(this.#resumeAttempt, this.#opts.resume);
+        this.#resumeAttempt++;
+        this.#emit('disconnected', { code, reason: reason || '', reconnectInMs: delay, resuming: true });
+        if (first) this.#emit('reconnecting', { code, reason: reason || '', graceMs: this.#graceMs, reconnectInMs: delay });
+        this.#reconnectTimer = setTimeout(() => { this.#reconnectTimer = null; this.#open(); }, delay);
+    }
+
+    // Forgets everything about the resumable session (not the peers: callers tear them down).
+    #endSession() {
+        clearTimeout(this.#graceTimer);
+        this.#graceTimer = null;
+        this.#resuming = false;
+        this.#resumeToken = null;
+        this.#held = [];
+    }
+
+    // The session is lost for good: its peers are torn down (peer-left `local`), the app is
+    // told, and what follows is an ordinary connect and join with a new id.
+    #resumeFailed(reason, error) {
+        this.#endSession();
+        this.#id = null;
+        this.#joinedRoom = null;
+        this.#teardown('local');
+        clearTimeout(this.#iceTimer);
+        this.#iceTimer = null;
+        for (const resolve of this.#leaveWaiters.splice(0)) resolve();
+        this.#emit('resume-failed', error ? { reason, error } : { reason });
+    }
+
+    // The grace has passed since we noticed the loss: the server has ended the session (or is
+    // about to). A socket waiting for `resumed` is closed with 1000, which ends the session if
+    // the server had just resumed it after all; the next socket joins anew.
+    #graceOver() {
+        this.#graceTimer = null;
+        if (!this.#resuming) return;
+        const waiting = this.#ws && this.#welcomed;
+        this.#resumeFailed('grace', new SwitchboardError('resume-failed', `not resumed within ${this.#graceMs} ms`));
+        this.#state = 'connecting';
+        if (waiting) this.#drop(1000, 'resume grace passed');
+    }
+
+    // On the welcome of a resume attempt's socket: send `resume` as its first message.
+    async #sendResume(gen) {
+        let token = this.#token;
+        try {
+            if (typeof token === 'function') token = await token({ room: this.#joinedRoom });
+        } catch (e) {
+            this.#emitError(new SwitchboardError('token', `token callback failed: ${e && e.message}`));
+            token = undefined; // try anyway: a node without auth needs none
+        }
+        if (gen !== this.#gen || !this.#resuming) return;
+        const msg = { type: 'resume', id: this.#id, room: this.#joinedRoom, resume: this.#resumeToken };
+        if (token) msg.token = token;
+        try {
+            const reply = this.#request(msg);
+            if (!this.#pingTimer) this.#startPing();
+            await reply;
+            // #onResumed has run (from #dispatch, before this promise settled).
+        } catch (err) {
+            if (gen !== this.#gen || !this.#resuming) return;
+            if (err.code === 'disconnected') return; // #onClose schedules the next attempt
+            if (err.code === 'timeout') {
+                this.#drop(1006, 'no answer to resume');
+                return;
+            }
+            let wait = null;
+            if (err.code === 'resume-failed' && err.reason === 'retry') {
+                wait = Math.max(0, Number(err.retry_ms) || 0);
+            } else if (err.code === 'unavailable' || err.code === 'rate-limited') {
+                wait = fullJitterDelay(this.#resumeAttempt++, this.#opts.resume);
+            }
+            if (wait !== null) {
+                // A transient refusal: try the same token again on this socket.
+                setTimeout(() => { if (gen === this.#gen && this.#resuming) this.#sendResume(gen); }, Math.min(wait, MAX_TIMER_MS));
+                return;
+            }
+            // `unknown` (no such session, spent or expired token), or a node that does not
+            // speak resume (unknown-type): this socket is a fresh one; join with it.
+            this.#resumeFailed(err.code === 'resume-failed' ? String(err.reason || 'unknown') : err.code, err);
+            this.#adoptSocket();
+        }
+    }
+
+    // Makes the current (welcomed) socket the client's: its welcome's id, `connected`, join.
+    #adoptSocket() {
+        const w = this.#welcomeMsg;
+        if (!this.#pingTimer) this.#startPing();
+        this.#state = 'open';
+        this.#id = w.id;
+        if (!this.#room) this.#attempt = 0;
+        this.#emit('connected', { id: this.#id, node: this.#node, limits: this.#limits });
+        for (const c of this.#connectWaiters.splice(0)) c.resolve({ id: this.#id, node: this.#node });
+        this.#syncRoom();
+    }
+
+    #onResumed(msg) {
+        if (!this.#resuming || msg.id !== this.#id || typeof msg.room !== 'string') return;
+        const awayMs = Date.now() - this.#lostAt;
+        clearTimeout(this.#graceTimer);
+        this.#graceTimer = null;
+        this.#resuming = false;
+        this.#resumeAttempt = 0;
+        this.#attempt = 0;
+        this.#state = 'open';
+        this.#joinedRoom = msg.room;
+        this.#takeToken(msg.resume);
+        const list = Array.isArray(msg.peers) ? msg.peers.filter((p) => p && typeof p.id === 'string' && p.id !== this.#id) : [];
+        const strings = (a) => (Array.isArray(a) ? a.filter((x) => typeof x === 'string') : []);
+        const links = new Set(strings(msg.links));
+        const now = new Map(list.map((p) => [p.id, p]));
+        // Peers that left while we were away are gone; those that joined get connections now
+        // (their offers are among the signals queued for us, delivered next).
+        for (const id of [...this.#peers.keys()]) if (!now.has(id)) this.#removePeer(id, 'while-away');
+        for (const p of list) {
+            const known = this.#peers.get(p.id);
+            if (known) {
+                if (p.meta !== undefined) known.meta = p.meta;
+            } else {
+                this.#addPeer(p.id, p.meta, false);
+            }
+            // A peer may have gone away (or come back) while we could not hear it.
+            this.#onPeerAway(p.id, p.away === true);
+        }
+        if (Array.isArray(msg.ice_servers)) this.#setIceServers(msg.ice_servers);
+        for (const p of this.#peers.values()) {
+            const link = links.has(p.id) ? 'up' : 'down';
+            // A formed link has our half; otherwise whether ours survived is unknown, so the
+            // connection's state is reported again (`link` is idempotent).
+            p.reported = link === 'up' ? 'up' : 'unknown';
+            if (p.link !== link) {
+                p.link = link;
+                this.#emit('link', { peer: p.id, state: link });
+            }
+        }
+        this.#emit('reconnected', {
+            id: this.#id, node: this.#node, room: msg.room,
+            peers: list.map((p) => ({ id: p.id, meta: p.meta })),
+            joined: strings(msg.joined), left: strings(msg.left), links: [...links], awayMs,
+        });
+        const held = this.#held;
+        this.#held = [];
+        for (const { p, data } of held) this.#signal(p, data);
+        for (const p of [...this.#peers.values()]) {
+            this.#syncLink(p);
+            if (p.lostSignals && !p.closed) {
+                p.lostSignals = false;
+                try { p.pc.restartIce(); } catch (e) { this.#emitError(e, p.id); }
+            }
+        }
+        if (!Array.isArray(msg.ice_servers)) this.#scheduleIceRefresh();
+        for (const c of this.#connectWaiters.splice(0)) c.resolve({ id: this.#id, node: this.#node });
+        this.#resolveJoinWaiters();
+        if (this.#room !== this.#joinedRoom) this.#syncRoom();
+    }
+
+    // Keeps the latest resume token (joined, resumed) and the grace of the node that gave it.
+    #takeToken(token) {
+        const grace = Number(this.#limits && this.#limits.resume_grace_ms);
+        this.#resumeToken = typeof token === 'string' && token && grace > 0 ? token : null;
+        this.#graceMs = grace > 0 ? grace : 0;
     }
 
     // ---- messages ----
@@ -383,7 +640,12 @@ export class Switchboard extends EventTarget {
             if (req) {
                 this.#pending.delete(msg.rid);
                 clearTimeout(req.timer);
-                if (msg.type === 'error') req.reject(new SwitchboardError(String(msg.code), msg.message));
+                if (msg.type === 'error') {
+                    const extra = {};
+                    if (msg.reason !== undefined) extra.reason = msg.reason;
+                    if (msg.retry_ms !== undefined) extra.retry_ms = msg.retry_ms;
+                    req.reject(new SwitchboardError(String(msg.code), msg.message, extra));
+                }
                 else req.resolve(msg);
             }
         }
@@ -393,6 +655,9 @@ export class Switchboard extends EventTarget {
         switch (msg.type) {
         case 'welcome': this.#onWelcome(msg); break;
         case 'joined': this.#onJoined(msg); break;
+        case 'resumed': this.#onResumed(msg); break;
+        case 'peer-away': this.#onPeerAway(msg.id, true); break;
+        case 'peer-back': this.#onPeerAway(msg.id, false); break;
         case 'left': this.#onLeft(msg); break;
         case 'peer-joined': if (typeof msg.id === 'string') this.#addPeer(msg.id, msg.meta, false); break;
         case 'peer-left': this.#removePeer(msg.id, typeof msg.reason === 'string' ? msg.reason : 'leave'); break;
@@ -409,23 +674,37 @@ export class Switchboard extends EventTarget {
     }
 
     #onWelcome(msg) {
-        if (this.#state !== 'connecting' || typeof msg.id !== 'string') return;
+        if (this.#welcomed || this.#state === 'closed' || typeof msg.id !== 'string') return;
         clearTimeout(this.#welcomeTimer);
         this.#welcomeTimer = null;
-        this.#state = 'open';
-        this.#id = msg.id;
+        this.#welcomed = true;
+        this.#welcomeMsg = msg;
         this.#node = typeof msg.node === 'string' ? msg.node : null;
         this.#limits = msg.limits && typeof msg.limits === 'object' ? msg.limits : null;
-        if (!this.#room) this.#attempt = 0;
         const gen = this.#gen;
+        if (this.#resuming) {
+            // The welcome's id is discarded if the resume succeeds. A node that offers no
+            // resume (grace 0, e.g. an older version mid-rollout) cannot take the session.
+            if (Number(this.#limits && this.#limits.resume_grace_ms) > 0) {
+                this.#sendResume(gen);
+                return;
+            }
+            this.#resumeFailed('unsupported', new SwitchboardError('resume-failed', `node ${this.#node} does not offer resume`));
+        }
+        this.#adoptSocket();
+    }
+
+    // The liveness check of the current socket: a `ping` every pingIntervalMs, dropped (and
+    // resumed) without a `pong` within pingTimeoutMs. Started after `resume` went out, which
+    // must be the socket's first message.
+    #startPing() {
+        const gen = this.#gen;
+        clearInterval(this.#pingTimer);
         this.#pingTimer = setInterval(() => {
             this.#request({ type: 'ping' }, this.#opts.pingTimeoutMs).catch((err) => {
                 if (gen === this.#gen && err.code === 'timeout') this.#drop(1006, 'ping timeout');
             });
         }, this.#opts.pingIntervalMs);
-        this.#emit('connected', { id: this.#id, node: this.#node, limits: this.#limits });
-        for (const w of this.#connectWaiters.splice(0)) w.resolve({ id: this.#id, node: this.#node });
-        this.#syncRoom();
     }
 
     // Brings the server's room membership in line with what the application asked for; one
@@ -518,6 +797,7 @@ export class Switchboard extends EventTarget {
         if (typeof msg.room !== 'string') return;
         this.#joining = false;
         this.#joinedRoom = msg.room;
+        this.#takeToken(msg.resume);
         this.#attempt = 0;
         this.#iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
         this.#scheduleIceRefresh();
@@ -586,6 +866,8 @@ export class Switchboard extends EventTarget {
             reported: 'down', // the last link state we told the server
             reporting: false,
             link: 'down', // the last link-state the server told us
+            away: false, // the server said peer-away (its socket is lost, it may resume)
+            lostSignals: false, // signals to it were dropped while we resumed: restart ICE after
             queue: Promise.resolve(), // incoming signals, applied one at a time
             closed: false,
         };
@@ -636,9 +918,23 @@ export class Switchboard extends EventTarget {
         }
     }
 
+    // While resuming, signals are held (the connection goes on negotiating) and sent after
+    // `resumed`; past MAX_HELD_SIGNALS the peer gets an ICE restart after the resume instead.
     #signal(p, data) {
         if (p.closed) return;
+        if (this.#resuming) {
+            if (this.#held.length < MAX_HELD_SIGNALS) this.#held.push({ p, data });
+            else p.lostSignals = true;
+            return;
+        }
         this.#send({ type: 'signal', to: p.id, data });
+    }
+
+    #onPeerAway(id, away) {
+        const p = typeof id === 'string' && this.#peers.get(id);
+        if (!p || p.away === away) return; // a repeat is harmless
+        p.away = away;
+        this.#emit(away ? 'peer-away' : 'peer-back', { id });
     }
 
     async #negotiate(p) {
@@ -742,7 +1038,7 @@ export class Switchboard extends EventTarget {
     // `failed` or `closed`; `disconnected` is often transient and changes nothing. One request
     // at a time per peer; a transient failure is retried while the peer is still here.
     #syncLink(p) {
-        if (p.closed || p.reporting) return;
+        if (p.closed || p.reporting || this.#resuming) return; // #onResumed calls it again
         const cs = p.pc.connectionState;
         const want = cs === 'connected' ? 'up' : cs === 'failed' || cs === 'closed' ? 'down' : p.reported;
         if (want === p.reported) return;
@@ -798,7 +1094,7 @@ export class Switchboard extends EventTarget {
         const gen = this.#gen;
         this.#iceTimer = setTimeout(() => {
             this.#iceTimer = null;
-            if (gen !== this.#gen || !this.#joinedRoom) return;
+            if (gen !== this.#gen || !this.#joinedRoom || this.#resuming) return;
             this.#request({ type: 'ice-servers' }).catch((err) => {
                 if (gen !== this.#gen || err.code === 'disconnected') return;
                 this.#emitError(err);

@@ -4,66 +4,23 @@
 // RTCPeerConnections in headless Chromium. Several clients live in one page, each its own
 // "user". Run inside `unshare -n` with lo up (run-e2e.sh does), or anywhere with loopback only:
 //   node tests/browser/client_protocol.mjs
+import { clientHelpers, pageHarness } from './client_harness.mjs';
 import { startFakeCluster } from './fake_node.mjs';
-import { Steps, assert, closeBrowser, openBrowser, waitFor } from './lib.mjs';
+import { Steps, assert, closeBrowser, openBrowser, runSteps, waitFor } from './lib.mjs';
 
 const steps = new Steps();
 const MIN_MS = 100;
 let fake;
 let browser;
 let page;
-
-// Page side: creates a client that records every event it emits in window.logs[name].
-function pageHarness() {
-    window.clients = {};
-    window.logs = {};
-    window.mk = async (name, url, room, extra = {}) => {
-        const { Switchboard } = await import('/switchboard.js');
-        const log = (window.logs[name] = []);
-        const c = new Switchboard({
-            url, room, meta: { name }, reconnect: { minMs: 100, maxMs: 2000 },
-            onpeer: ({ pc }) => pc.createDataChannel('t', { negotiated: true, id: 0 }),
-            ...extra,
-        });
-        for (const t of ['connected', 'disconnected', 'joined', 'left', 'peer-joined', 'peer-left', 'peer',
-            'peer-state', 'link', 'ice-servers', 'error']) {
-            c.addEventListener(t, (e) => {
-                const d = { ...e.detail };
-                delete d.pc;
-                if (d.error) d.error = { code: d.error.code, message: d.error.message };
-                log.push({ type: t, at: performance.now(), ...d });
-            });
-        }
-        window.clients[name] = c;
-        if (room) await c.connect();
-        return c.id;
-    };
-}
-
-const ws = (i) => fake.urls[i].replace('http:', 'ws:') + '/ws';
-const evalIn = (fn, arg) => page.evaluate(fn, arg);
-const events = (name, type) => evalIn(([n, t]) => window.logs[n].filter((e) => !t || e.type === t), [name, type]);
-const clientId = (name) => evalIn((n) => window.clients[n].id, name);
-const peersOf = (name) => evalIn((n) => window.clients[n].peers, name);
-
-async function waitLinked(a, b, timeoutMs = 10000) {
-    const [ia, ib] = [await clientId(a), await clientId(b)];
-    await waitFor(`${a} and ${b} to see their link up`, async () => {
-        const pa = (await peersOf(a)).find((p) => p.id === ib);
-        const pb = (await peersOf(b)).find((p) => p.id === ia);
-        return pa && pb && pa.link === 'up' && pb.link === 'up';
-    }, { timeoutMs });
-}
-
-async function waitJoined(name, timeoutMs = 5000) {
-    return waitFor(`${name} to be in a room`, () => evalIn((n) => window.clients[n].room && window.clients[n].id, name), { timeoutMs });
-}
+let ws, evalIn, events, clientId, peersOf, waitLinked, waitJoined;
 
 async function main() {
     fake = await startFakeCluster({ nodes: ['fakeA', 'fakeB'] });
     browser = await openBrowser('protocol', `${fake.urls[0]}/`);
     page = browser.page;
     await page.evaluate(pageHarness);
+    ({ ws, evalIn, events, clientId, peersOf, waitLinked, waitJoined } = clientHelpers(page, fake));
 
     await steps.run('join-and-link-across-nodes', async () => {
         await evalIn(([a, b]) => Promise.all([window.mk('a', a, 'r1'), window.mk('b', b, 'r1')]), [ws(0), ws(1)]);
@@ -230,16 +187,8 @@ async function main() {
     });
 }
 
-let status = 1;
-try {
-    await main();
-} catch (e) {
-    console.log(`FAIL: ${e && e.stack ? e.stack : e}`);
-    steps.failed++;
-} finally {
+await runSteps(steps, main, async () => {
     if (browser && steps.failed) console.log(`# console:\n#   ${browser.console.join('\n#   ')}`);
     await closeBrowser(browser);
     if (fake) fake.close();
-    status = steps.finish();
-}
-process.exit(status);
+});

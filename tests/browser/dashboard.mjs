@@ -10,7 +10,7 @@
 //   SB_ARTIFACTS    where screenshots go (default tests/artifacts/browser)
 // tests/integration/test_admin_dashboard.py starts Redis, a node and the admin and runs this.
 // Prints `N passed, N failed, N skipped`; exit status 0 when every step passed.
-import { Steps, assert, closeBrowser, openBrowser, screenshot, waitFor } from './lib.mjs';
+import { Steps, assert, closeBrowser, openBrowser, runSteps, screenshot, waitFor } from './lib.mjs';
 
 const steps = new Steps();
 const FIGS = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users'];
@@ -229,13 +229,4 @@ async function main() {
     }
 }
 
-let status = 1;
-try {
-    await main();
-} catch (e) {
-    console.log(`FAIL: ${e && e.stack ? e.stack : e}`);
-    steps.failed++;
-} finally {
-    status = steps.finish();
-}
-process.exit(status);
+await runSteps(steps, main, async () => {});

@@ -4,6 +4,9 @@
 // servers on different ports) share one room state, as real nodes share Redis. Tests steer it
 // to do what a real node does only in rare situations: close sockets with 1001 / 4000 / 4002,
 // refuse joins, send duplicate or unknown messages, hand out short-lived TURN credentials.
+// It implements session resume (issue 15: tokens in welcome/joined/resumed, the away state with
+// peer-away/peer-back, queued signals with a bound, resume-failed `unknown`/`retry`, takeover of
+// a session whose old socket is still open) and can reset sockets (TCP RST) or go silent on one.
 // It is not a reference implementation: no rate limits, auth, Redis, or size limits beyond a cap.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -43,6 +46,8 @@ class WsConn {
         this.buf = Buffer.alloc(0);
         this.fragments = [];
         this.closed = false;
+        this.closedBy = null; // client (its close frame), server (close()), or lost (TCP)
+        this.silent = false; // a black hole: nothing read, nothing written
         this.onText = onText;
         this.onClose = onClose;
         socket.setNoDelay(true);
@@ -52,6 +57,7 @@ class WsConn {
     }
 
     #onData(chunk) {
+        if (this.silent) return;
         this.buf = Buffer.concat([this.buf, chunk]);
         for (;;) {
             if (this.buf.length < 2) return;
@@ -79,6 +85,7 @@ class WsConn {
             this.buf = this.buf.subarray(need);
             if (opcode === 0x8) {
                 const code = payload.length >= 2 ? payload.readUInt16BE(0) : 1005;
+                this.closedBy = 'client';
                 this.close(code === 1005 ? 1000 : code, '');
                 return;
             } else if (opcode === 0x9) {
@@ -95,7 +102,7 @@ class WsConn {
     }
 
     #write(opcode, payload) {
-        if (!this.closed && !this.socket.destroyed) this.socket.write(encodeFrame(opcode, payload));
+        if (!this.closed && !this.silent && !this.socket.destroyed) this.socket.write(encodeFrame(opcode, payload));
     }
 
     send(obj) {
@@ -104,6 +111,7 @@ class WsConn {
 
     close(code = 1000, reason = '') {
         if (this.closed) return;
+        this.closedBy ||= 'server';
         const r = Buffer.from(reason).subarray(0, 120);
         const p = Buffer.alloc(2 + r.length);
         p.writeUInt16BE(code, 0);
@@ -113,9 +121,18 @@ class WsConn {
         this.#finish(code);
     }
 
+    /** Drops the TCP connection with a reset and no close frame, as a dead link or node does. */
+    reset() {
+        if (this.closed) return;
+        this.socket.resetAndDestroy();
+        this.#finish(1006);
+    }
+
     #finish(code) {
         if (this.closed) return;
         this.closed = true;
+        this.closedBy ||= 'lost';
+        this.code = code;
         this.socket.destroy();
         this.onClose(code);
     }
@@ -125,27 +142,35 @@ class WsConn {
 
 /**
  * Starts `nodes` fake nodes and a fake admin on 127.0.0.1 (ephemeral ports).
- * Options: nodes (ids), adminToken, turnTtlMs (0: ice_servers is []), welcomeExtra (merged into
- * welcome), log (function). Returns the cluster object; call close() when done.
+ * Options: nodes (ids), adminToken, turnTtlMs (0: ice_servers is []), resumeGraceMs (0: no
+ * resume), queueMax (signals queued per away socket), log (function). Returns the cluster
+ * object; call close() when done.
  */
-export async function startFakeCluster({ nodes = ['fakeA', 'fakeB'], adminToken = 'fake-admin-token', turnTtlMs = 0, log = () => {} } = {}) {
-    const cluster = new FakeCluster({ adminToken, turnTtlMs, log });
+export async function startFakeCluster({ nodes = ['fakeA', 'fakeB'], adminToken = 'fake-admin-token', turnTtlMs = 0,
+    resumeGraceMs = 15000, queueMax = 64, log = () => {} } = {}) {
+    const cluster = new FakeCluster({ adminToken, turnTtlMs, resumeGraceMs, queueMax, log });
     for (const id of nodes) await cluster.addNode(id);
     await cluster.startAdmin();
     return cluster;
 }
 
 class FakeCluster {
-    constructor({ adminToken, turnTtlMs, log }) {
+    constructor({ adminToken, turnTtlMs, resumeGraceMs, queueMax, log }) {
         this.adminToken = adminToken;
         this.turnTtlMs = turnTtlMs;
+        this.resumeGraceMs = resumeGraceMs;
+        this.queueMax = queueMax;
+        this.resumeFailures = []; // answers the next resumes get instead of resumed: {reason, retry_ms, id?} (id: only a resume of that session)
+        this.resumed = []; // every successful resume: {id, node, tookOver}
+        this.refuseUpgrades = 0; // the next N WebSocket upgrades get HTTP 503 (a node not there)
+        this.upgrades = 0; // WebSocket upgrades accepted
         this.log = log;
         this.servers = [];
         this.urls = [];
         this.adminUrl = null;
         this.sockets = new Map(); // id -> session
         this.rooms = new Map(); // room -> Map(id -> session)
-        this.received = []; // every client message: {from, msg}
+        this.received = []; // every client message: {from, msg, at}
         this.joinErrors = []; // error codes the next joins get, one each
         this.duplicateRoomEvents = false; // send every peer-joined / peer-left twice
         this.extraFields = false; // add unknown fields and messages
@@ -180,7 +205,10 @@ class FakeCluster {
     }
 
     close() {
-        for (const s of this.sockets.values()) s.ws.close(1001, 'shutdown');
+        for (const s of this.sockets.values()) {
+            clearTimeout(s.graceTimer);
+            if (!s.away) s.ws.close(1001, 'shutdown');
+        }
         for (const server of this.servers) {
             server.close();
             server.closeAllConnections?.();
@@ -209,18 +237,35 @@ class FakeCluster {
             socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
             return;
         }
+        if (this.refuseUpgrades > 0) {
+            this.refuseUpgrades--;
+            socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+            return;
+        }
+        this.upgrades++;
         const accept = crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
         const protos = (req.headers['sec-websocket-protocol'] || '').split(',').map((s) => s.trim());
         socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
             `Sec-WebSocket-Accept: ${accept}\r\n` +
             (protos.includes('switchboard.v1') ? 'Sec-WebSocket-Protocol: switchboard.v1\r\n' : '') + '\r\n');
         const id = crypto.randomBytes(16).toString('base64url');
-        const s = { id, node: nodeId, room: null, meta: null, links: new Set() };
-        s.ws = new WsConn(socket, (text) => this.#onText(s, text), () => this.#onGone(s));
+        const s = { id, node: nodeId, room: null, meta: null, links: new Set(), fresh: true, away: false, token: null };
+        // The connection's session changes when a resume hands it to an older session.
+        const conn = new WsConn(socket, (text) => conn.session && !conn.silent && this.#onText(conn.session, text),
+            () => conn.session && this.#onGone(conn.session, conn));
+        conn.session = s;
+        s.ws = conn;
         this.sockets.set(id, s);
-        const welcome = { type: 'welcome', id, node: nodeId, protocol: 1, limits: { max_message_bytes: 65536 } };
+        const limits = { max_message_bytes: 65536, resume_grace_ms: this.resumeGraceMs };
+        const welcome = { type: 'welcome', id, node: nodeId, protocol: 1, limits };
+        if (this.resumeGraceMs > 0) welcome.resume = this.#newToken(s);
         if (this.extraFields) welcome.future_field = { x: 1 };
         s.ws.send(welcome);
+    }
+
+    #newToken(s) {
+        s.token = crypto.randomBytes(16).toString('base64url');
+        return s.token;
     }
 
     iceServers(id) {
@@ -244,6 +289,12 @@ class FakeCluster {
     #toRoom(room, exceptId, msg) {
         for (const m of this.rooms.get(room)?.values() || []) {
             if (m.id === exceptId) continue;
+            if (m.away) {
+                // What changed while it was away is told in `resumed`.
+                if (msg.type === 'peer-joined') m.missed.joined.push(msg.id);
+                if (msg.type === 'peer-left') m.missed.left.push(msg.id);
+                continue;
+            }
             m.ws.send(msg);
             if (this.duplicateRoomEvents && (msg.type === 'peer-joined' || msg.type === 'peer-left')) m.ws.send(msg);
         }
@@ -256,9 +307,14 @@ class FakeCluster {
         } catch {
             return this.#error(s, 'bad-json');
         }
-        this.received.push({ from: s.id, msg });
+        this.received.push({ from: s.id, msg, at: Date.now() });
         const rid = msg.rid;
+        const first = s.fresh;
+        s.fresh = false;
         switch (msg.type) {
+        case 'resume':
+            if (!first) return this.#reply(s, { type: 'error', code: 'resume-failed', reason: 'unknown', message: 'resume must be the first message' }, rid);
+            return this.#resume(s, msg, rid);
         case 'ping': return this.#reply(s, { type: 'pong' }, rid);
         case 'join': return this.#join(s, msg, rid);
         case 'leave':
@@ -268,8 +324,13 @@ class FakeCluster {
         case 'signal': {
             if (!s.room) return this.#error(s, 'not-joined', rid);
             const to = this.rooms.get(s.room).get(msg.to);
-            if (!to) return this.#error(s, 'peer-not-found', rid);
-            to.ws.send({ type: 'signal', from: s.id, data: msg.data });
+            if (!to || to === s) return this.#error(s, 'peer-not-found', rid);
+            if (to.away) {
+                if (to.queue.length >= this.queueMax) return this.#error(s, 'peer-queue-full', rid);
+                to.queue.push({ type: 'signal', from: s.id, data: msg.data });
+            } else {
+                to.ws.send({ type: 'signal', from: s.id, data: msg.data });
+            }
             if (rid !== undefined) this.#reply(s, { type: 'signal-ack' }, rid);
             return;
         }
@@ -292,6 +353,7 @@ class FakeCluster {
         s.meta = msg.meta && typeof msg.meta === 'object' ? msg.meta : {};
         room.set(s.id, s);
         const joined = { type: 'joined', room: msg.room, id: s.id, peers, ice_servers: this.iceServers(s.id) };
+        if (this.resumeGraceMs > 0) joined.resume = this.#newToken(s);
         if (this.extraFields) joined.unknown_field = 'ignored';
         this.#reply(s, joined, rid);
         if (this.extraFields) s.ws.send({ type: 'from-the-future', x: 1 });
@@ -315,8 +377,76 @@ class FakeCluster {
         if (was !== now) {
             const state = now ? 'up' : 'down';
             s.ws.send({ type: 'link-state', peer: peer.id, state });
-            peer.ws.send({ type: 'link-state', peer: s.id, state });
+            if (!peer.away) peer.ws.send({ type: 'link-state', peer: s.id, state });
         }
+    }
+
+    // `resume` as the first message of a fresh socket: the session `msg.id` (away, or still
+    // open elsewhere: taken over) moves onto this socket; the fresh session is discarded.
+    #resume(fresh, msg, rid) {
+        const i = this.resumeFailures.findIndex((f) => !f.id || f.id === msg.id);
+        const failure = i < 0 ? null : this.resumeFailures.splice(i, 1)[0];
+        if (failure) {
+            fresh.fresh = true; // nothing changed: the socket may resume again, or join
+            const { reason, retry_ms: retryMs } = failure;
+            const err = { type: 'error', code: 'resume-failed', reason, message: `resume failed: ${reason}` };
+            if (retryMs !== undefined) err.retry_ms = retryMs;
+            return this.#reply(fresh, err, rid);
+        }
+        const s = this.sockets.get(msg.id);
+        if (!s || s === fresh || !s.room || s.room !== msg.room || !s.token || s.token !== msg.resume) {
+            fresh.fresh = true;
+            return this.#reply(fresh, { type: 'error', code: 'resume-failed', reason: 'unknown', message: 'no such session' }, rid);
+        }
+        const tookOver = !s.away;
+        if (tookOver) {
+            s.ws.session = null; // its close is no longer this session's
+            s.ws.reset();
+        }
+        clearTimeout(s.graceTimer);
+        this.sockets.delete(fresh.id);
+        s.ws = fresh.ws;
+        s.ws.session = s;
+        s.node = fresh.node;
+        s.fresh = false;
+        const wasAway = s.away;
+        s.away = false;
+        const missed = s.missed || { joined: [], left: [] };
+        s.missed = null;
+        const room = this.rooms.get(s.room);
+        const peers = [...room.values()].filter((m) => m !== s).map((m) => (m.away ? { id: m.id, meta: m.meta, away: true } : { id: m.id, meta: m.meta }));
+        const links = peers.filter((p) => this.#formed(s, room.get(p.id))).map((p) => p.id);
+        this.#reply(s, {
+            type: 'resumed', id: s.id, room: s.room, resume: this.#newToken(s), peers,
+            joined: missed.joined.filter((id) => room.has(id)), left: missed.left, links,
+            ice_servers: this.iceServers(s.id),
+        }, rid);
+        for (const m of s.queue || []) s.ws.send(m);
+        s.queue = [];
+        if (wasAway) this.#toRoom(s.room, s.id, { type: 'peer-back', id: s.id });
+        this.resumed.push({ id: s.id, node: s.node, tookOver });
+    }
+
+    // Whether a closed socket's session gets the grace: a lost socket, a client close other
+    // than 1000/1001, and the drain (1012); never `leave` or a socket that never joined.
+    #graceFor(s, conn) {
+        if (!(this.resumeGraceMs > 0) || !s.room) return false;
+        if (conn.closedBy === 'lost') return true;
+        if (conn.closedBy === 'client') return conn.code !== 1000 && conn.code !== 1001;
+        return conn.code === 1012;
+    }
+
+    #goAway(s) {
+        s.away = true;
+        s.queue = [];
+        s.missed = { joined: [], left: [] };
+        this.#toRoom(s.room, s.id, { type: 'peer-away', id: s.id });
+        s.graceTimer = setTimeout(() => {
+            if (!s.away) return;
+            this.sockets.delete(s.id);
+            s.away = false;
+            this.#removeMember(s, 'disconnect');
+        }, this.resumeGraceMs);
     }
 
     #removeMember(s, reason) {
@@ -331,16 +461,34 @@ class FakeCluster {
         if (room.size === 0) this.rooms.delete(name);
     }
 
-    #onGone(s) {
+    #onGone(s, conn) {
+        if (this.#graceFor(s, conn)) return this.#goAway(s);
         this.sockets.delete(s.id);
         this.#removeMember(s, 'disconnect');
     }
 
+    #live(nodeId, id) {
+        return [...this.sockets.values()].filter((s) => !s.away && (nodeId === null || s.node === nodeId) && (id === null || s.id === id));
+    }
+
     /** Closes every socket (of one node, if given) with a close code, as a node would. */
     closeSockets(code, reason = '', nodeId = null) {
-        for (const s of [...this.sockets.values()]) {
-            if (nodeId === null || s.node === nodeId) s.ws.close(code, reason);
-        }
+        for (const s of this.#live(nodeId, null)) s.ws.close(code, reason);
+    }
+
+    /** Resets the TCP connection (no close frame) of every socket of a node, or of one socket. */
+    resetSockets(nodeId = null, id = null) {
+        for (const s of this.#live(nodeId, id)) s.ws.reset();
+    }
+
+    /** Makes a socket a black hole both ways (its TCP connection stays open), as a network does. */
+    silence(id) {
+        for (const s of this.#live(null, id)) s.ws.silent = true;
+    }
+
+    /** A session by id: {id, node, room, away, queue, ...}. */
+    session(id) {
+        return this.sockets.get(id);
     }
 
     /** Messages of a type the clients sent, in order. */

@@ -125,6 +125,22 @@ export class Steps {
     }
 }
 
+/**
+ * Runs main(), counts an exception outside the steps as a failure, then cleanup() (always),
+ * prints the summary and exits with the steps' status.
+ */
+export async function runSteps(steps, main, cleanup) {
+    try {
+        await main();
+    } catch (e) {
+        console.log(`FAIL: ${e && e.stack ? e.stack : e}`);
+        steps.failed++;
+    } finally {
+        await cleanup();
+    }
+    process.exit(steps.finish());
+}
+
 export function artifactsDir() {
     const dir = process.env.SB_ARTIFACTS || path.join(ROOT, 'tests/artifacts/browser');
     fs.mkdirSync(dir, { recursive: true });

@@ -2,17 +2,20 @@
 # Runs the browser tests in a private network namespace (only loopback, so WebRTC stays on
 # 127.0.0.1, nothing leaves the machine and cluster.env's fixed ports cannot collide with
 # anything): `deploy/cluster.sh up` starts the local cluster there (Redis, node1..node3, the
-# admin, HAProxy in front of the nodes; state in a temp dir), then client_protocol.mjs (the
-# client against scripted fake nodes) and e2e_webrtc.mjs (the demo page through HAProxy:
-# SB_E2E_URLS is the load balancer's URL only, SB_LB_MONITOR_URL its monitor port, SB_ADMIN_URL
-# and SB_ADMIN_TOKEN the cluster's admin and its freshly generated token). Then `cluster.sh
-# down`, which stops exactly the pids `up` recorded (also on failure or ^C, from the EXIT
-# trap), and a check that nothing else still runs in the namespace. Exit status: 0 when every
+# admin, HAProxy in front of the nodes; state in a temp dir), then client_protocol.mjs and
+# client_resume.mjs (the client against scripted fake nodes), e2e_webrtc.mjs (the demo page
+# through HAProxy: SB_E2E_URLS is the load balancer's URL only, SB_LB_MONITOR_URL its monitor
+# port, SB_ADMIN_URL and SB_ADMIN_TOKEN the cluster's admin and its freshly generated token)
+# and, last since it kills a node, e2e_resume.mjs (a call survives kill -9 of one page's node,
+# then the drain of the other's; it reads the node pids cluster.sh recorded in SB_CLUSTER_DIR).
+# Then `cluster.sh down`, which stops exactly the pids `up` recorded (also on failure or ^C,
+# from the EXIT trap), and a check that nothing else still runs in the namespace. Exit status: 0 when every
 # test passed. Output: `PASS/FAIL/SKIP name` lines, then `browser: N passed, N failed, N
 # skipped` (tests/run-all.sh reads it).
 #
-#   tests/browser/run-e2e.sh          both tests
-#   tests/browser/run-e2e.sh --fake   no C processes: e2e_webrtc.mjs runs against the fakes too
+#   tests/browser/run-e2e.sh          every test
+#   tests/browser/run-e2e.sh --fake   no C processes: client_protocol.mjs, client_resume.mjs,
+#                                     e2e_webrtc.mjs and e2e_resume.mjs against the fakes
 #
 # Environment: SWITCHBOARD_BUILD (default build/), SB_ARTIFACTS (default
 # tests/artifacts/browser: screenshots; logs/ gets the cluster's logs, copied there after
@@ -128,11 +131,15 @@ if [ "$fake" = 0 ]; then
              "${port[SB_NODE1_PORT]} ${port[SB_NODE2_PORT]} ${port[SB_NODE3_PORT]}, admin $SB_ADMIN_URL," \
              "redis ${port[SB_REDIS_PORT]}; logs in $logs"
         run_test client_protocol.mjs
+        run_test client_resume.mjs
         run_test e2e_webrtc.mjs
+        # Last: it kills one node (kill -9) and drains another.
+        run_test e2e_resume.mjs
     else
         fail run-e2e-cluster-up "deploy/cluster.sh up failed; its output:"
         sed 's/^/#   /' "$logs/cluster.log"
         run_test client_protocol.mjs
+        run_test client_resume.mjs
     fi
     t0=$SECONDS
     if stop_cluster; then
@@ -142,7 +149,9 @@ if [ "$fake" = 0 ]; then
     fi
 else
     run_test client_protocol.mjs
+    run_test client_resume.mjs
     run_test e2e_webrtc.mjs --fake
+    run_test e2e_resume.mjs --fake
 fi
 
 find_leftovers
