@@ -27,6 +27,7 @@ import urllib.request
 import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lua_text  # noqa: E402  (tests/lua_text.py: the scripts as they ship)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,7 +89,25 @@ ENV = {
     "SB_BENCH_KILL_REDIS_TIMEOUT_MS": env_int("SB_BENCH_KILL_REDIS_TIMEOUT_MS", 300),
     "SB_BENCH_KILL_INTERVAL_MS": env_int("SB_BENCH_KILL_INTERVAL_MS", 500),
     "SB_BENCH_KILL_DEFAULTS": env_int("SB_BENCH_KILL_DEFAULTS", 1),
-    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5"),
+    # section 7: beside peerjs-server and Socket.IO + redis-adapter (issue 14)
+    "SB_BENCH_CMP_PAIRS": env_int("SB_BENCH_CMP_PAIRS", 100),
+    "SB_BENCH_CMP_WINDOW": env_int("SB_BENCH_CMP_WINDOW", 16),  # in flight per pair
+    "SB_BENCH_CMP_SECONDS": env_float("SB_BENCH_CMP_SECONDS", 10),
+    "SB_BENCH_CMP_RATE": env_int("SB_BENCH_CMP_RATE", 2000),  # msgs/s of the latency runs
+    "SB_BENCH_CMP_REPEATS": env_int("SB_BENCH_CMP_REPEATS", 2),
+    "SB_BENCH_CMP_IDLE": env_int("SB_BENCH_CMP_IDLE", 5000),  # idle connections per server
+    "SB_BENCH_CMP_IDLE_HOLD": env_int("SB_BENCH_CMP_IDLE_HOLD", 10),
+    # section 8: big rooms (issue 11)
+    "SB_BENCH_ROOM_SIZES": env_str("SB_BENCH_ROOM_SIZES", "2 1000"),
+    "SB_BENCH_ROOM_JOINS": env_int("SB_BENCH_ROOM_JOINS", 20),
+    "SB_BENCH_ROOM_SIGNALS": env_int("SB_BENCH_ROOM_SIGNALS", 500),
+    "SB_BENCH_ROOM_RESYNCS": env_int("SB_BENCH_ROOM_RESYNCS", 5),
+    # section 9: queue amplification under the send-queue budget (issue 17)
+    "SB_BENCH_AMP_PAIRS": env_int("SB_BENCH_AMP_PAIRS", 200),
+    "SB_BENCH_AMP_SIGNALS": env_int("SB_BENCH_AMP_SIGNALS", 48),
+    "SB_BENCH_AMP_BYTES": env_int("SB_BENCH_AMP_BYTES", 60000),
+    "SB_BENCH_AMP_BUDGET": env_int("SB_BENCH_AMP_BUDGET", 32 << 20),
+    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9"),
 }
 OLD_SWEEP_S = 30.0  # the periodic sweep of the design Switchboard replaces (a stated constant)
 
@@ -1037,6 +1056,9 @@ def render(M, R, started, elapsed):
         render5(a, R["5"])
     if "1" in R:
         render6(a, R["1"])
+    for num, mod in module_sections():
+        if num in R:
+            mod.render(sys.modules[__name__], a, R[num])
     for s, err in R.get("errors", {}).items():
         a(f"**Section {s} failed in this run:** `{err}`")
         a("")
@@ -1513,6 +1535,36 @@ def render6(a, S):
     a("")
 
 
+# Sections in modules of their own (tests/bench/*_section.py): each is (number, module), the
+# module having run(bench, red) -> figures (JSON-able) and render(bench, append, figures); `bench`
+# is this module (Proc, Node, Redis, ENV, log, the formatters). A missing module is skipped, so a
+# section can land on its own branch: add its line here.
+MODULE_SECTIONS = [
+    ("7", "compare_section", "7"),  # beside peerjs-server and Socket.IO (issue 14)
+    ("8", "compare_section", "8"),  # rooms of 1,000 members (issue 11)
+    ("9", "compare_section", "9"),  # queue amplification under the budget (issue 17)
+]
+
+
+class _Section:
+    def __init__(self, mod, part):
+        self.run = getattr(mod, f"section{part}")
+        render = getattr(mod, f"render{part}")
+        self.render = render
+
+
+def module_sections():
+    import importlib
+    out = []
+    for num, name, part in MODULE_SECTIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        out.append((num, _Section(mod, part) if part else mod))
+    return out
+
+
 def render_only(path):
     """Writes the report again from a saved bench-results.json (no measurement)."""
     with open(path) as f:
@@ -1539,8 +1591,10 @@ def main():
     log(f"work dir {WORK}")
     red = Redis()
     try:
-        for s, fn in (("1", section1), ("2", section2), ("3", section3), ("4", section4),
-                      ("5", section5)):
+        me = sys.modules[__name__]
+        for s, fn in [("1", section1), ("2", section2), ("3", section3), ("4", section4),
+                      ("5", section5)] + [(num, lambda red, m=mod: m.run(me, red))
+                                          for num, mod in module_sections()]:
             if s not in sections:
                 continue
             t0 = time.monotonic()
