@@ -97,6 +97,8 @@ ENV = {
     "SB_BENCH_CMP_REPEATS": env_int("SB_BENCH_CMP_REPEATS", 2),
     "SB_BENCH_CMP_IDLE": env_int("SB_BENCH_CMP_IDLE", 5000),  # idle connections per server
     "SB_BENCH_CMP_IDLE_HOLD": env_int("SB_BENCH_CMP_IDLE_HOLD", 10),
+    "SB_BENCH_CMP_IDLE_CLIENTS": env_int("SB_BENCH_CMP_IDLE_CLIENTS", 2),  # client processes
+    "SB_BENCH_CMP_PERF": env_int("SB_BENCH_CMP_PERF", 1),  # perf record the nodes, last repeat
     # section 8: big rooms (issue 11)
     "SB_BENCH_ROOM_SIZES": env_str("SB_BENCH_ROOM_SIZES", "2 1000"),
     "SB_BENCH_ROOM_JOINS": env_int("SB_BENCH_ROOM_JOINS", 20),
@@ -106,7 +108,7 @@ ENV = {
     "SB_BENCH_AMP_PAIRS": env_int("SB_BENCH_AMP_PAIRS", 200),
     "SB_BENCH_AMP_SIGNALS": env_int("SB_BENCH_AMP_SIGNALS", 48),
     "SB_BENCH_AMP_BYTES": env_int("SB_BENCH_AMP_BYTES", 60000),
-    "SB_BENCH_AMP_BUDGET": env_int("SB_BENCH_AMP_BUDGET", 32 << 20),
+    "SB_BENCH_AMP_BUDGET": env_int("SB_BENCH_AMP_BUDGET", 8 << 20),
     "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9"),
 }
 OLD_SWEEP_S = 30.0  # the periodic sweep of the design Switchboard replaces (a stated constant)

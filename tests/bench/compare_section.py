@@ -13,9 +13,12 @@
 import base64
 import json
 import os
+import re
+import shutil
 import socket
 import statistics
 import struct
+import subprocess
 import threading
 import time
 
@@ -82,6 +85,7 @@ def wait_ev(b, p, ev, timeout):
 # ---- section 7: the comparison -----------------------------------------------------------------
 
 STACKS = ("peerjs", "sio", "sb-same", "sb-cross")
+PROFILED = (("sb-same", "relay"), ("sb-cross", "relay"), ("sb-cross", "rate"))
 
 
 def start_stack(b, red, stack):
@@ -98,7 +102,60 @@ def start_stack(b, red, stack):
     return [n1, n2], [n1.pid, n2.pid, red.proc.pid], urls, "sb"
 
 
-def cmp_run(b, red, stack, mode):
+def schedstat(pid):
+    """(run ns, run-queue wait ns, times switched in) summed over the threads of pid."""
+    tot = [0, 0, 0]
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                v = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for i in range(3):
+            tot[i] += v[i]
+    return tot
+
+
+def perf_start(b, pids, tag):
+    """perf record -g on the given pids (the nodes) for the measured window, or None."""
+    data = os.path.join(b.WORK, f"perf-{tag}.data")
+    return b.Proc(["perf", "record", "-g", "-F", "997", "-o", data, "-p",
+                   ",".join(str(p) for p in pids)], f"perf-{tag}"), data
+
+
+def perf_report(b, rec):
+    """The top entries (self time) of a recording: by symbol, and by DSO (kernel vs user)."""
+    proc, data = rec
+    proc.signal(2)  # SIGINT: perf writes its file and exits
+    proc.wait(60)
+    out = {}
+    for key, sort in (("symbols", "dso,symbol"), ("dsos", "dso")):
+        r = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                            "--sort", sort, "--percent-limit", "1", "-g", "none"],
+                           capture_output=True, text=True, timeout=300)
+        rows = []
+        for line in r.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s*(?:\[\S\]\s+(.*))?$", line)
+            if m:
+                sym = re.sub(r"(\s+-)+\s*$", "", (m.group(3) or "")).strip()
+                rows.append([float(m.group(1)), m.group(2), sym])
+        out[key] = rows[:25]
+    # inclusive time of the system calls (children): which calls the kernel time comes from
+    r = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--sort",
+                        "symbol", "-g", "none", "--percent-limit", "0.5"],
+                       capture_output=True, text=True, timeout=300)
+    calls = []
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+\[\S\]\s+(__x64_sys_\w+|ksys_\w+)", line)
+        if m:
+            n_ = re.sub("^(__x64_sys_|ksys_)", "", m.group(3))
+            if n_ not in [c[1] for c in calls]:
+                calls.append([float(m.group(1)), n_])
+    out["syscalls"] = calls[:10]
+    return out
+
+
+def cmp_run(b, red, stack, mode, profile=False):
     E = b.ENV
     servers, pids, urls, cstack = start_stack(b, red, stack)
     try:
@@ -107,11 +164,14 @@ def cmp_run(b, red, stack, mode):
                 "rate": E["SB_BENCH_CMP_RATE"]}
         p = client(b, cstack, mode, urls, args)
         wait_ev(b, p, "window", 120)
+        rec = perf_start(b, [s.pid for s in servers], f"{stack}-{mode}") if profile else None
         c0 = {pid: b.cpu_s(pid) for pid in pids + [p.pid]}
+        q0 = {pid: schedstat(pid) for pid in pids}
         t0 = time.monotonic()
         wait_ev(b, p, "window-end", E["SB_BENCH_CMP_SECONDS"] + 60)
         dt = time.monotonic() - t0
         cpu = {pid: (b.cpu_s(pid) - c0[pid]) / dt for pid in pids + [p.pid]}
+        q1 = {pid: schedstat(pid) for pid in pids}
         res = dict(wait_ev(b, p, "result", 60))
         p.signal(15)
         p.wait(60)
@@ -121,13 +181,19 @@ def cmp_run(b, red, stack, mode):
         rate = res["msgs_per_s"] or 1
         res["msgs_per_cpu_s"] = rate / res["server_cpu"] if res["server_cpu"] else None
         res["cpu_us_per_msg"] = res["server_cpu"] * 1e6 / rate
+        # from /proc/PID/schedstat of the server processes (every thread): time runnable but
+        # waiting for a core, and how often they were switched in (~ wake-ups)
+        res["runq_wait_ms_per_s"] = sum(q1[x][1] - q0[x][1] for x in pids) / 1e6 / dt
+        res["switches_per_msg"] = sum(q1[x][2] - q0[x][2] for x in pids) / (rate * dt)
+        if rec:
+            res["profile"] = perf_report(b, rec)
         return res
     finally:
         for s in servers:
             s.stop()
 
 
-def cmp_idle(b, red, stack):
+def cmp_idle(b, red, stack, profile=False):
     """RSS per idle connection and connect (+join) rate against one server process."""
     E = b.ENV
     red.flush()
@@ -141,16 +207,37 @@ def cmp_idle(b, red, stack):
         time.sleep(2)
         rss0 = b.rss_kb(s.pid)
         n = E["SB_BENCH_CMP_IDLE"]
-        p = client(b, cstack, "idle", [s.url], {"conns": n, "inflight": 100})
-        ready = wait_ev(b, p, "ready", 300)
+        rec = perf_start(b, [s.pid], f"{stack}-connect") if profile else None
+        k = max(1, E["SB_BENCH_CMP_IDLE_CLIENTS"])
+        ps = [client(b, cstack, "idle", [s.url], {"conns": n // k, "inflight": 100})
+              for _ in range(k)]
+        pids = [s.pid] + ([red.proc.pid] if cstack != "peerjs" else [])
+        c0 = {x: b.cpu_s(x) for x in pids + [q.pid for q in ps]}
+        t0 = time.monotonic()
+        readies = [wait_ev(b, q, "ready", 300) for q in ps]
+        dt = time.monotonic() - t0
+        c1 = {x: b.cpu_s(x) for x in pids + [q.pid for q in ps]}
+        prof = perf_report(b, rec) if rec else None
         time.sleep(E["SB_BENCH_CMP_IDLE_HOLD"])
         rss1 = b.rss_kb(s.pid)
-        p.signal(15)
-        p.wait(30)
-        res = dict(ready)
+        for q in ps:
+            q.signal(15)
+        for q in ps:
+            q.wait(30)
+        opened = sum(r["opened"] for r in readies)
+        res = {"opened": opened, "failed": sum(r["failed"] for r in readies),
+               "clients": k,
+               # every client's connections over the time the slowest took
+               "connects_per_s": opened / max(r["seconds"] for r in readies),
+               "server_cpu_us_per_connect": sum(c1[x] - c0[x] for x in pids) * 1e6 / opened,
+               "client_cpu_pct": sum(c1[q.pid] - c0[q.pid] for q in ps) / dt * 100,
+               "server_cpu_pct": sum(c1[x] - c0[x] for x in pids) / dt * 100}
         res.update({"rss0_kb": rss0, "rss_kb": rss1,
-                    "bytes_per_conn": (rss1 - rss0) * 1024 / max(1, ready["opened"]),
-                    "open_at_end": (p.event("result") or {}).get("open_at_end")})
+                    "bytes_per_conn": (rss1 - rss0) * 1024 / max(1, opened),
+                    "open_at_end": sum((q.event("result") or {}).get("open_at_end", 0)
+                                       for q in ps)})
+        if prof:
+            res["profile"] = prof
         return res
     finally:
         s.stop()
@@ -165,9 +252,22 @@ def section7(b, red):
             for stack in STACKS:  # interleaved, so each repeat compares neighbours in time
                 b.log(f"section 7: {stack} {mode} (repeat {rep + 1})")
                 R["runs"][stack][mode].append(cmp_run(b, red, stack, mode))
+    if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):
+        # extra runs, not counted above (perf costs CPU): where the nodes spend it
+        R["profiles"] = {}
+        for stack, mode in PROFILED:
+            b.log(f"section 7: {stack} {mode} under perf record -g")
+            r = cmp_run(b, red, stack, mode, True)
+            R["profiles"][f"{stack} {mode}"] = {"profile": r.pop("profile"), "run": r}
     for stack in ("peerjs", "sio", "sb"):
         b.log(f"section 7: {stack} idle connections ({E['SB_BENCH_CMP_IDLE']})")
         R["idle"][stack] = cmp_idle(b, red, stack)
+    if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):  # an extra run, not counted above
+        b.log("section 7: sb idle connections under perf record -g")
+        r = cmp_idle(b, red, "sb", True)
+        R.setdefault("profiles", {})["sb connect+join"] = {
+            "profile": r.pop("profile"), "run": {"msgs_per_s": r["connects_per_s"],
+                                                 "server_cpu": None}}
     return R
 
 
@@ -223,6 +323,11 @@ def render7(b, a, S):
         "; ".join("+".join(f0(c) for c in r["cpu_each_pct"]) for r in S["runs"][s]["relay"])
         for s in STACKS) + " |")
     row("client CPU flat out (%)", "relay", "client_cpu_pct", f0)
+    row("server switches-in per message flat out", "relay", "switches_per_msg", f2)
+    row(f"server switches-in per message at {E['SB_BENCH_CMP_RATE']:,} msg/s", "rate",
+        "switches_per_msg", f2)
+    row(f"server time waiting for a core at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms/s)", "rate",
+        "runq_wait_ms_per_s", lambda x: f"{x:.1f}")
     row(f"server CPU per message at {E['SB_BENCH_CMP_RATE']:,} msg/s (us)", "rate",
         "cpu_us_per_msg", f0)
     row(f"one-way latency p50 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p50_us",
@@ -238,14 +343,19 @@ def render7(b, a, S):
     a("| RSS per idle connection (joined, for us; B) | " + " | ".join([
         idle("peerjs", "bytes_per_conn", f0), idle("sio", "bytes_per_conn", f0),
         idle("sb", "bytes_per_conn", f0), ""]) + " |")
-    a("| connects (+ join for us) per second | " + " | ".join([
-        idle("peerjs", "connects_per_s", f0), idle("sio", "connects_per_s", f0),
-        idle("sb", "connects_per_s", f0), ""]) + " |")
+    for key, label in (("connects_per_s", "connects (+ join for us) per second"),
+                       ("server_cpu_us_per_connect",
+                        "server CPU per connect (+ join; Redis included; us)"),
+                       ("server_cpu_pct", "server CPU while connecting (%)"),
+                       ("client_cpu_pct", "client CPU while connecting (%, all client processes)")):
+        a(f"| {label} | " + " | ".join([idle("peerjs", key, f0), idle("sio", key, f0),
+                                        idle("sb", key, f0), ""]) + " |")
     a("")
     if I:
         a("Idle connections: " + "; ".join(
             f"{names.get(s, 'Switchboard (one node)')}: {I[s]['opened']:,} opened "
-            f"({I[s]['failed']} failed), {I[s].get('open_at_end')} open after "
+            f"({I[s]['failed']} failed) from {I[s]['clients']} client processes x 100 "
+            f"handshakes in flight, {I[s].get('open_at_end')} open after "
             f"{E['SB_BENCH_CMP_IDLE_HOLD']} s, RSS {I[s]['rss0_kb'] / 1024:.1f} -> "
             f"{I[s]['rss_kb'] / 1024:.1f} MiB" for s in I if s in ("peerjs", "sio", "sb")) +
           ". Socket.IO: one process; peerjs-server: its clients send HEARTBEAT every 5 s; "
@@ -283,12 +393,36 @@ def render7(b, a, S):
     if "sb" in I and "peerjs" in I and I["peerjs"].get("connects_per_s"):
         x = I["sb"]["connects_per_s"] / I["peerjs"]["connects_per_s"]
         T.append(("connects + joins/s >= 2 x peerjs connects/s", f"{x:.2f} x", x >= 2))
+        x = I["sb"]["server_cpu_us_per_connect"] / I["peerjs"]["server_cpu_us_per_connect"]
+        T.append(("(not a target: server CPU per connect + join / peerjs' per connect)",
+                  f"{x:.2f} x", None))
     a("| target (issue 14) | figure: median of the per-repeat ratios (range) | |")
     a("| --- | --- | --- |")
     for label, fig, ok in T:
         a(f"| {label} | {fig} | {'n/a' if ok is None else b.verdict(ok)} |")
     a("")
     S["targets"] = [{"target": t, "figure": f, "met": ok} for t, f, ok in T]
+    why(b, a, S, T)
+    for name, P in S.get("profiles", {}).items():
+        r = P["run"]
+        if r["server_cpu"] is None:
+            a(f"Profile of the node, {name} (`perf record -g -F 997` on the node while the idle "
+              f"connections above connected and joined in an extra run, {r['msgs_per_s']:,.0f}/s with perf on, not "
+              "counted above); self time, entries of 1% or more:")
+        else:
+            a(f"Profile of the nodes, {name} (`perf record -g -F 997` on the nodes over an extra"
+              f" run of {r['msgs_per_s']:,.0f} msgs/s at {r['server_cpu'] * 100:.0f}% server "
+              "CPU, not counted above); self time, entries of 1% or more:")
+        a("")
+        a("| % of samples | where | symbol |")
+        a("| --- | --- | --- |")
+        for pct_, dso, sym in P["profile"]["symbols"][:15]:
+            a(f"| {pct_:.1f} | {dso} | `{sym}` |")
+        a("")
+        a("By binary: " + ", ".join(f"{d} {p_:.1f}%" for p_, d, _ in P["profile"]["dsos"][:8])
+          + ". System calls, inclusive of the kernel work under them: " + (", ".join(
+              f"{n} {p_:.1f}%" for p_, n in P["profile"].get("syscalls", [])) or "n/a") + ".")
+        a("")
 
 
 # ---- section 8: rooms of 1,000 members -----------------------------------------------------------
@@ -574,3 +708,112 @@ def render9(b, a, S):
           f"{b.f0(sh['node'])} / {b.f0(sh['socket'])} / {b.f0(sh['stall'])} | "
           f"{grow / 1048576:.1f} MiB: {b.verdict(grow <= bud) if r['budget'] else '(no budget)'} |")
     a("")
+
+
+def _prof(S, name):
+    return (S.get("profiles", {}).get(name) or {}).get("profile") or {}
+
+
+def _share(prof, names):
+    return sum(p for p, _, sym in (prof.get("symbols") or []) if sym in names)
+
+
+def why(b, a, S, T):
+    """The measured reason of each missed target, from this run's figures and profiles."""
+    E = b.ENV
+    rate = f"{E['SB_BENCH_CMP_RATE']:,}"
+    missed = {t for t, _, ok in T if ok is False}
+    runs = S["runs"]
+
+    def m(stack, mode, key):
+        return med([r.get(key) for r in runs[stack][mode]])
+
+    def hit(prefix):
+        return any(t.startswith(prefix) for t in missed)
+    out = []
+    pr = _prof(S, "sb-cross rate")
+    kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
+    sysc = ", ".join(f"{n} {p:.0f}%" for p, n in pr.get("syscalls", [])[:4])
+    fts = _share(pr, ("finish_task_switch.isra.0", "finish_task_switch"))
+    if hit("across nodes CPU per msg"):
+        out.append(
+            f"**Across nodes, CPU per message at {rate}/s.** At this rate messages seldom arrive "
+            "together, so each one wakes every process on its path: node 1 (the client's frame, "
+            "then a PUBLISH), Redis, node 2 (the message, then the write to the client): "
+            f"{m('sb-cross', 'rate', 'switches_per_msg'):.2f} switches-in of a server process per "
+            f"message, against {m('peerjs', 'rate', 'switches_per_msg'):.2f} for peerjs-server "
+            "(one process, no hop) and "
+            f"{m('sb-same', 'rate', 'switches_per_msg'):.2f} for one node. A wake-up is a context "
+            "switch, a return from `epoll_wait` and the read and write system calls of that one "
+            "message, shared with no other message. `perf record -g` of both nodes in this "
+            "run's extra across-node run at this rate: "
+            + (f"{kern:.0f}% of the samples in the kernel, " if kern is not None else "")
+            + (f"{fts:.0f}% self time in `finish_task_switch` (the return into a process that "
+               "slept; with no hardware PMU in this VM, time with interrupts off is charged "
+               "there), " if fts else "")
+            + (f"system calls inclusive of the kernel work under them: {sysc}; " if sysc else "")
+            + "the nodes' own code is a few percent (table below). Flat out the wake-ups are "
+            f"shared ({m('sb-cross', 'relay', 'switches_per_msg'):.2f} per message) and the "
+            "across-node relay per CPU-second is near or above peerjs-server's. So the cost is "
+            "the Redis hop itself (three processes per message instead of one), not the node's "
+            "code; fewer wake-ups would need messages held back to batch them (latency), or no "
+            "hop.")
+    for stack, label, hops in (("sb-same", "same node", "one server process (and the client)"),
+                               ("sb-cross", "across nodes", "three server processes (node 1, "
+                                "Redis, node 2)")):
+        if not hit(f"{label} p99"):
+            continue
+        out.append(
+            f"**{label.capitalize()}, p99 at {rate}/s.** A message crosses {hops}, each of which "
+            "may have to wait for one of the 2 cores that every process (the client included, "
+            "and other work on the machine: see the load average) shares. The servers spent "
+            f"{m(stack, 'rate', 'runq_wait_ms_per_s'):.0f} ms per second runnable but waiting "
+            "for a core (`/proc/PID/schedstat`), peerjs-server "
+            f"{m('peerjs', 'rate', 'runq_wait_ms_per_s'):.0f} ms/s; the p50 "
+            f"({m(stack, 'rate', 'lat_p50_us') / 1000:.2f} ms) shows the path itself is cheap, "
+            "the tail is waiting for a core. peerjs-server's own p99 in the same run: "
+            f"{m('peerjs', 'rate', 'lat_p99_us') / 1000:.2f} ms.")
+    if hit("across nodes msgs per server CPU-s") or hit("same node msgs"):
+        px = _prof(S, "sb-cross relay")
+        libc = next((p for p, d, _ in px.get("dsos", []) if d.startswith("libc")), None)
+        alloc = _share(px, ("_int_malloc", "_int_free", "malloc", "free", "__libc_calloc",
+                            "cfree", "malloc_consolidate", "__libc_malloc", "__libc_free"))
+        span_ = _share(px, ("sb_json_member_span",))
+        out.append(
+            "**Flat out, messages per server CPU-second.** These ratios move with the machine's "
+            "other work from run to run (see the ranges). In the profile of the across-node "
+            "flat-out run: "
+            + (f"libc {libc:.0f}% of the nodes' samples, {alloc:.0f}% in the allocator "
+               "(malloc/free of hiredis' reply objects, one per pub/sub message, and of queue "
+               "entries), " if libc else "")
+            + (f"`sb_json_member_span` {span_:.0f}% (the fields of each relayed message located "
+               "in its text)" if span_ else "")
+            + "; the rest is the kernel's socket work (table below).")
+    if "RSS per idle joined socket <= 2,048 B" in missed:
+        out.append(
+            f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
+            "Memory, not CPU: section 1 breaks it down by state "
+            "against the bare libwebsockets server with the node's settings, which alone holds "
+            "about 2.5 KB per idle connection (its per-connection state and the 1 KiB receive "
+            "buffer kept from the upgrade on). With fewer connections (this section) the figure "
+            "also carries the node's fixed growth (maps, allocator arenas).")
+    if "connects + joins/s >= 2 x peerjs connects/s" in missed:
+        I = S["idle"]
+        out.append(
+            "**Connects + joins per second.** The rate is what the whole box does: the client "
+            f"processes used {I['sb']['client_cpu_pct']:.0f}% of a core against Switchboard and "
+            f"{I['peerjs']['client_cpu_pct']:.0f}% against peerjs-server, the node and Redis "
+            f"{I['sb']['server_cpu_pct']:.0f}%, peerjs-server "
+            f"{I['peerjs']['server_cpu_pct']:.0f}%, on 2 cores: the Node.js client (a WebSocket "
+            "handshake and, for us, a join and its reply per connection) is the larger cost, so "
+            "this figure cannot show a 2 x server advantage on this machine. Server CPU per "
+            f"connect: {I['sb']['server_cpu_us_per_connect']:,.0f} us for a connect and a join "
+            "(with its `room_join` script in Redis) against "
+            f"{I['peerjs']['server_cpu_us_per_connect']:,.0f} us for peerjs-server's connect. "
+            "The profile of the node while connecting is below.")
+    if out:
+        a("Why the missed targets are missed (measured in this run):")
+        a("")
+        for o in out:
+            a("- " + o)
+        a("")
