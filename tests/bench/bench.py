@@ -94,7 +94,7 @@ ENV = {
     "SB_BENCH_CMP_WINDOW": env_int("SB_BENCH_CMP_WINDOW", 16),  # in flight per pair
     "SB_BENCH_CMP_SECONDS": env_float("SB_BENCH_CMP_SECONDS", 10),
     "SB_BENCH_CMP_RATE": env_int("SB_BENCH_CMP_RATE", 2000),  # msgs/s of the latency runs
-    "SB_BENCH_CMP_REPEATS": env_int("SB_BENCH_CMP_REPEATS", 2),
+    "SB_BENCH_CMP_REPEATS": env_int("SB_BENCH_CMP_REPEATS", 3),
     "SB_BENCH_CMP_IDLE": env_int("SB_BENCH_CMP_IDLE", 5000),  # idle connections per server
     "SB_BENCH_CMP_IDLE_HOLD": env_int("SB_BENCH_CMP_IDLE_HOLD", 10),
     "SB_BENCH_CMP_IDLE_CLIENTS": env_int("SB_BENCH_CMP_IDLE_CLIENTS", 2),  # client processes
