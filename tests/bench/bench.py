@@ -1093,6 +1093,14 @@ def render(M, R, started, elapsed):
       "subscriber for `redis-benchmark PUBLISH`.")
     a("- `tests/bench/ref_join.lua`: the EVALSHA reference, the same calls as `room_join.lua` for "
       "a small room (13 Redis calls, a JSON event published to a subscribed channel).")
+    a("- `tests/bench/js/load.mjs` (sections 7 and 8): the neutral load client, one Node.js "
+      "process on `ws` (socket.io-client for Socket.IO), the same load and measurement for every "
+      "stack; `peerjs-server.mjs` and `sio-server.mjs` the reference servers. Their npm packages "
+      "(peer 1.0.2, socket.io 4.8, @socket.io/redis-adapter, redis, ws, socket.io-client) are "
+      "pinned in `tests/bench/js/package-lock.json` and installed by `deploy/install-deps.sh` "
+      "(`npm ci`); the benchmark never fetches anything. Server wake-ups and run-queue waits are "
+      "from `/proc/PID/task/*/schedstat`; profiles are `perf record -g` of the nodes in extra runs "
+      "that no figure is taken from.")
     a("- Nodes in sections 2 and 3 run with `--rate 1000000 --burst 1000000`, or the per-socket "
       "rate limit (50/s) would be what is measured. Everything else is at its default unless "
       "said. Node RSS is `VmRSS` of `/proc/PID/status`; CPU is utime+stime of `/proc/PID/stat`.")
