@@ -3,6 +3,7 @@
  * cleanly on SIGINT/SIGTERM (every handle closed, uv_loop_close() == 0). Exports nothing: the
  * work is in the other modules (admin.h lists them). */
 #include "admin.h"
+#include "listen.h"
 #include "log.h"
 
 #include <libwebsockets.h>
@@ -110,9 +111,9 @@ int main(int argc, char **argv)
                             .data = a};
     a->db = sb_cluster_new(&co);
     a->cluster = a->db && sb_cluster_is_cluster(a->db);
-    if (!a->db || sb_http_start(a) != 0) {
-        if (a->db)
-            sb_cluster_close(a->db);
+    if (a->db && sb_http_start(a) != 0)
+        sb_listen_exit(); /* logged; lws cannot be torn down safely now (common/listen.h) */
+    if (!a->db) {
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         sb_admin_auth_free(a);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -344,9 +345,13 @@ struct lws_context *sb_listen(const sb_listen_t *l)
     limiter_t **slot = vh ? lws_protocol_vh_priv_zalloc(vh, &l->protocols[0], sizeof *slot) : NULL;
     limiter_t *lim = calloc(1, sizeof *lim);
     if (!slot || !lim) {
+        /* No vhost: lws could not bind (the address is in use, or not ours), and said why on
+         * the line before. The context is not destroyed: on a foreign loop lws 4.1.6 unloads
+         * its event-lib plugin under the loop's pending close callbacks, and the caller's next
+         * uv_run crashed (SIGSEGV). The caller exits instead (sb_listen's contract). */
         free(lim);
-        sb_error("cannot listen on %s: out of memory", l->listen);
-        lws_context_destroy(ctx);
+        sb_error("cannot listen on %s: %s", l->listen,
+                 vh ? "out of memory" : "the address cannot be bound (in use?)");
         return NULL;
     }
     lim->max_connections = l->max_connections > 0 ? l->max_connections : INT64_MAX / 2;
@@ -355,4 +360,10 @@ struct lws_context *sb_listen(const sb_listen_t *l)
     sb_map_init(&lim->by_wsi);
     *slot = lim;
     return ctx;
+}
+
+void sb_listen_exit(void)
+{
+    fflush(stderr);
+    _exit(1);
 }

@@ -54,8 +54,13 @@ int sb_listen_limits(int64_t *max_connections, int64_t *max_per_source, const ch
                      const char *opt_per_source, char *err, size_t errlen);
 
 /* Creates the context (NULL when it cannot listen; logged). Destroy with lws_context_destroy,
- * then let the loop run so lws closes its handles. lws logs through sb_log_lws_emit. */
+ * then let the loop run so lws closes its handles. lws logs through sb_log_lws_emit. After
+ * NULL the loop may hold lws handles that cannot be closed safely: the caller exits the
+ * process without running the loop again (sb_listen_exit). */
 struct lws_context *sb_listen(const sb_listen_t *l);
+/* Ends the process with status 1 after sb_listen returned NULL, without atexit handlers (the
+ * leak checker would report the context lws could not tear down). */
+void sb_listen_exit(void);
 
 /* The protocol callback calls this first, with the same arguments and its protocols[0].
  * Returns 1 when the callback must return *rc at once: a connection refused at accept by a

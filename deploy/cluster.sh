@@ -7,13 +7,23 @@
 #   deploy/cluster.sh down     stop exactly the processes `up` started (by pid), Redis last
 #   deploy/cluster.sh plan     print what `up` would run (service, argv, env, health, ...)
 #
+# Redis Cluster variant: SB_REDIS_MODE=cluster deploy/cluster.sh up (the twin of
+# docker-compose.yml + docker-compose.cluster.yml): six redis-server --cluster-enabled yes
+# (redis, redis2..redis6), formed into 3 primaries + 3 replicas by deploy/redis-cluster-init.sh,
+# the nodes and the admin given redis-cluster:// seeds. `up` records the mode in the state dir;
+# status and down follow it.
+#
 # Environment (all optional):
+#   SB_REDIS_MODE    single (default: one Redis) or cluster (only read by up and plan)
 #   SB_CLUSTER_DIR   state dir: pids, ports, logs, token (default: <repo>/.cluster)
 #   SWITCHBOARD_BUILD  build dir (default: <repo>/build); SB_NODE_BIN / SB_ADMIN_BIN override
 #                    the binaries, SB_REDIS_BIN / SB_HAPROXY_BIN the servers
 #   SB_LB_PORT SB_ADMIN_PORT SB_LB_MONITOR_PORT SB_REDIS_PORT SB_NODE1_PORT..SB_NODE3_PORT
 #                    a port, or "auto" for a free one; SB_PORTS=auto makes every unset one auto.
 #                    Defaults from cluster.env (node i: SB_NODE_PORT + i).
+#                    Cluster mode adds SB_REDIS2_PORT..SB_REDIS6_PORT (default SB_REDIS_PORT +
+#                    i - 1) and each one's cluster bus port SB_REDIS_BUS_PORT,
+#                    SB_REDIS2_BUS_PORT.. (default its port + 10000).
 #   SWITCHBOARD_ADMIN_TOKEN  the admin token; else the one stored in the state dir; else a new
 #                    random one (stored there, mode 0600)
 # Every service gets only cluster.env plus its own variables (env -i), as in a container, so a
@@ -28,15 +38,33 @@ BUILD=${SWITCHBOARD_BUILD:-$ROOT/build}
 NODE_BIN=${SB_NODE_BIN:-$BUILD/node/switchboard-node}
 ADMIN_BIN=${SB_ADMIN_BIN:-$BUILD/admin/switchboard-admin}
 REDIS_BIN=${SB_REDIS_BIN:-redis-server}
+CLUSTER_INIT="$ROOT/deploy/redis-cluster-init.sh"
 HAPROXY_BIN=${SB_HAPROXY_BIN:-haproxy}
 HOST=127.0.0.1
 BASE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# Start order; `down` goes backwards. Same names as the compose services.
-SERVICES=(redis node1 node2 node3 admin lb)
 NODES=(node1 node2 node3)
-PORT_VARS=(SB_REDIS_PORT SB_NODE1_PORT SB_NODE2_PORT SB_NODE3_PORT SB_ADMIN_PORT SB_LB_PORT
-           SB_LB_MONITOR_PORT)
+# set_mode single|cluster: the services (start order; `down` goes backwards; the same names as
+# the compose services) and ports of that variant. redis-init is a one-shot step, not a process
+# that stays (compose: a service that exits 0, which the nodes and the admin wait for).
+set_mode() {
+    MODE=$1
+    case "$MODE" in
+        single) REDIS_NODES=(redis)
+                REDIS_PORT_VARS=(SB_REDIS_PORT)
+                ONESHOTS=() ;;
+        cluster) REDIS_NODES=(redis redis2 redis3 redis4 redis5 redis6)
+                 REDIS_PORT_VARS=(SB_REDIS_PORT SB_REDIS2_PORT SB_REDIS3_PORT SB_REDIS4_PORT
+                                  SB_REDIS5_PORT SB_REDIS6_PORT SB_REDIS_BUS_PORT
+                                  SB_REDIS2_BUS_PORT SB_REDIS3_BUS_PORT SB_REDIS4_BUS_PORT
+                                  SB_REDIS5_BUS_PORT SB_REDIS6_BUS_PORT)
+                 ONESHOTS=(redis-init) ;;
+        *) die "SB_REDIS_MODE: '$MODE' is not single or cluster" ;;
+    esac
+    SERVICES=("${REDIS_NODES[@]}" "${ONESHOTS[@]}" "${NODES[@]}" admin lb)
+    PORT_VARS=("${REDIS_PORT_VARS[@]}" SB_NODE1_PORT SB_NODE2_PORT SB_NODE3_PORT SB_ADMIN_PORT
+               SB_LB_PORT SB_LB_MONITOR_PORT)
+}
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
@@ -60,7 +88,7 @@ load_env_file() {
     done <"$ENV_FILE"
     local k
     for k in SB_LB_PORT SB_ADMIN_PORT SB_LB_MONITOR_PORT SB_NODE_PORT SB_REDIS_PORT \
-             SB_REDIS_MAXMEMORY SWITCHBOARD_DRAIN_TIMEOUT_MS; do
+             SB_REDIS_MAXMEMORY SB_REDIS_CLUSTER_NODE_TIMEOUT_MS SWITCHBOARD_DRAIN_TIMEOUT_MS; do
         [ -n "${CFG[$k]:-}" ] || die "$ENV_FILE: $k is missing"
     done
 }
@@ -86,6 +114,11 @@ resolve_ports() {
         if [ -z "$want" ]; then
             case "$v" in
                 SB_NODE?_PORT) i=${v#SB_NODE}; i=${i%_PORT}; want=$((CFG[SB_NODE_PORT] + i)) ;;
+                SB_REDIS?_PORT) i=${v#SB_REDIS}; i=${i%_PORT}
+                                want=$((CFG[SB_REDIS_PORT] + i - 1)) ;;
+                SB_REDIS_BUS_PORT) want=$((CFG[SB_REDIS_PORT] + 10000)) ;;
+                SB_REDIS?_BUS_PORT) i=${v#SB_REDIS}; i=${i%_BUS_PORT}
+                                    want=$((CFG[SB_REDIS_PORT] + i - 1 + 10000)) ;;
                 *) want=${CFG[$v]} ;;
             esac
         fi
@@ -122,18 +155,51 @@ load_token() {
 }
 
 node_port_var() { echo "SB_NODE${1#node}_PORT"; }
+# redis -> SB_REDIS_PORT, redis4 -> SB_REDIS4_PORT; redis_port_var NAME _BUS for the bus port.
+redis_port_var() { echo "SB_REDIS${1#redis}${2:-}_PORT"; }
+
+# The URL the nodes and the admin are given: one Redis, or every cluster node as a seed.
+redis_url() {
+    local name sep=""
+    if [ "$MODE" = single ]; then echo "redis://$HOST:${PORT[SB_REDIS_PORT]}"; return; fi
+    printf 'redis-cluster://'
+    for name in "${REDIS_NODES[@]}"; do
+        printf '%s%s:%s' "$sep" "$HOST" "${PORT[$(redis_port_var "$name")]}"
+        sep=,
+    done
+    echo
+}
 
 # ---- what each service runs: used by `up` and printed by `plan` ----------------------------
 # svc_argv NAME -> ARGV, svc_env NAME -> ENVV (cluster.env first, then the service's own),
 # svc_health NAME -> "http PORT PATH" or "redis PORT", svc_depends NAME -> names,
 # svc_publish NAME -> ports a client uses ("" for internal services).
 
+# One Redis, or one cluster node (the options compose's redis services run with, plus where it
+# listens and keeps its files).
+svc_redis_argv() {
+    local dir="$STATE/redis"
+    [ "$MODE" = single ] || dir="$STATE/redis/$1"
+    ARGV=("$REDIS_BIN" --port "${PORT[$(redis_port_var "$1")]}" --bind "$HOST"
+          --dir "$dir" --daemonize no
+          --save "" --appendonly no
+          --maxmemory "${CFG[SB_REDIS_MAXMEMORY]}" --maxmemory-policy noeviction)
+    [ "$MODE" = single ] && return
+    ARGV+=(--cluster-port "${PORT[$(redis_port_var "$1" _BUS)]}"
+           --cluster-config-file "$dir/nodes.conf"
+           --protected-mode no --cluster-enabled yes
+           --cluster-node-timeout "${CFG[SB_REDIS_CLUSTER_NODE_TIMEOUT_MS]}"
+           --cluster-require-full-coverage no --repl-diskless-sync-delay 0)
+}
+
 svc_argv() {
+    local name
     case "$1" in
-        redis) ARGV=("$REDIS_BIN" --port "${PORT[SB_REDIS_PORT]}" --bind "$HOST"
-                     --dir "$STATE/redis" --daemonize no
-                     --save "" --appendonly no
-                     --maxmemory "${CFG[SB_REDIS_MAXMEMORY]}" --maxmemory-policy noeviction) ;;
+        redis-init) ARGV=("$CLUSTER_INIT" -r 1)
+                    for name in "${REDIS_NODES[@]}"; do
+                        ARGV+=("$HOST:${PORT[$(redis_port_var "$name")]}")
+                    done ;;
+        redis*) svc_redis_argv "$1" ;;
         node?) ARGV=("$NODE_BIN") ;;
         admin) ARGV=("$ADMIN_BIN") ;;
         # -db: stay in the foreground, one process, so its pid is the one we recorded.
@@ -149,9 +215,10 @@ shared_env() {
 
 svc_env() {
     ENVV=("PATH=$BASE_PATH")
-    local redis_url="redis://$HOST:${PORT[SB_REDIS_PORT]}"
+    local redis_url
+    redis_url=$(redis_url)
     case "$1" in
-        redis) ;;
+        redis*) ;;
         node?) shared_env
                ENVV+=("SWITCHBOARD_ID=$1"
                       "SWITCHBOARD_LISTEN=$HOST:${PORT[$(node_port_var "$1")]}"
@@ -170,7 +237,9 @@ svc_env() {
 
 svc_health() {
     case "$1" in
-        redis) echo "redis ${PORT[SB_REDIS_PORT]}" ;;
+        redis-init) echo "exit 0" ;;
+        redis*) if [ "$MODE" = single ]; then echo "redis ${PORT[SB_REDIS_PORT]}"
+                else echo "redis-cluster ${PORT[$(redis_port_var "$1")]}"; fi ;;
         node?) echo "http ${PORT[$(node_port_var "$1")]} /readyz" ;;
         admin) echo "http ${PORT[SB_ADMIN_PORT]} /readyz" ;;
         lb)    echo "http ${PORT[SB_LB_MONITOR_PORT]} /healthz" ;;
@@ -179,8 +248,9 @@ svc_health() {
 
 svc_depends() {
     case "$1" in
-        redis) echo "" ;;
-        node? | admin) echo "redis" ;;
+        redis-init) echo "${REDIS_NODES[*]}" ;;
+        redis*) echo "" ;;
+        node? | admin) echo "redis ${ONESHOTS[*]}" ;;
         lb) echo "${NODES[*]}" ;;
     esac
 }
@@ -223,6 +293,8 @@ healthy() {
     read -r kind port path <<<"$(svc_health "$1")"
     case "$kind" in
         redis) [ "$(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null)" = PONG ] ;;
+        redis-cluster) redis-cli -h "$HOST" -p "$port" cluster info 2>/dev/null |
+                           grep -q '^cluster_state:ok' ;;
         http) curl -fsS -m 1 -o /dev/null "http://$HOST:$port$path" 2>/dev/null ;;
     esac
 }
@@ -300,13 +372,38 @@ stop_all() {
     # The nodes drain (1001 to their clients) for up to the drain timeout.
     stop_services "${NODES[*]}" $((drain_s + 5))
     stop_services "admin" 10
-    stop_services "redis" 10
+    stop_services "${REDIS_NODES[*]}" 10
 }
 
+# Any recorded process still running, whatever the mode it was started in.
 any_running() {
-    local name
-    for name in "${SERVICES[@]}"; do live_pid "$name" >/dev/null && return 0; done
+    local f
+    for f in "$STATE"/pids/*; do
+        [ -e "$f" ] || continue
+        live_pid "$(basename "$f")" >/dev/null && return 0
+    done
     return 1
+}
+
+# A one-shot step (redis-init): run to its end like a service (env -i, its own log), in the
+# foreground; its exit status is its health.
+run_oneshot() {
+    local name=$1
+    svc_argv "$name"
+    svc_env "$name"
+    if ! env -i "${ENVV[@]}" "${ARGV[@]}" </dev/null >>"$STATE/logs/$name.log" 2>&1; then
+        tail -n 30 "$STATE/logs/$name.log" >&2
+        die "$name failed"
+    fi
+}
+
+# "primary" or "replica" (cluster mode), from the node itself.
+redis_role() {
+    case "$(redis-cli -h "$HOST" -p "${PORT[$(redis_port_var "$1")]}" role 2>/dev/null | head -n 1)" in
+        master) echo primary ;;
+        slave) echo replica ;;
+        *) echo "?" ;;
+    esac
 }
 
 print_urls() {
@@ -320,7 +417,7 @@ Switchboard cluster (state in $STATE)
   mesh status     curl -H "Authorization: Bearer \$(cat $STATE/admin.token)" http://$HOST:${PORT[SB_ADMIN_PORT]}/admin/mesh-status
   LB health       http://$HOST:${PORT[SB_LB_MONITOR_PORT]}/healthz   metrics: /metrics
   nodes           ${NODES[0]} http://$HOST:${PORT[SB_NODE1_PORT]}  ${NODES[1]} http://$HOST:${PORT[SB_NODE2_PORT]}  ${NODES[2]} http://$HOST:${PORT[SB_NODE3_PORT]}  (/readyz /metrics)
-  redis           redis://$HOST:${PORT[SB_REDIS_PORT]}
+  redis           $(redis_url)
   logs            $STATE/logs/
   stop with       $0 down
 EOF
@@ -349,14 +446,26 @@ cmd_up() {
     done
     : >"$STATE/ports.env"
     for v in "${PORT_VARS[@]}"; do echo "$v=${PORT[$v]}" >>"$STATE/ports.env"; done
+    echo "$MODE" >"$STATE/mode"
     load_token
 
     # On any failure from here on (die, set -e, a signal), stop what was started.
-    trap 'log "start failed: stopping what was started"; stop_all; rm -f "$STATE/ports.env"' EXIT
+    trap 'log "start failed: stopping what was started"; stop_all; rm -f "$STATE/ports.env" "$STATE/mode"' EXIT
     trap 'exit 130' INT TERM
     local name
-    start_service redis
-    wait_healthy redis 10
+    if [ "$MODE" = cluster ]; then
+        # A new cluster every time, as a single Redis starts empty: no nodes.conf of a previous
+        # run (its nodes would come back as members of a cluster that is gone).
+        for name in "${REDIS_NODES[@]}"; do
+            mkdir -p "$STATE/redis/$name"
+            rm -f "$STATE/redis/$name/nodes.conf"
+        done
+        for name in "${REDIS_NODES[@]}"; do start_service "$name"; done
+        run_oneshot redis-init
+    else
+        start_service redis
+    fi
+    for name in "${REDIS_NODES[@]}"; do wait_healthy "$name" 10; done
     for name in "${NODES[@]}"; do start_service "$name"; done
     for name in "${NODES[@]}"; do wait_healthy "$name" 20; done
     start_service admin
@@ -375,22 +484,25 @@ cmd_down() {
         if live_pid "$name" >/dev/null; then left+=" $name"; fi
     done
     [ -z "$left" ] || die "still running:$left"
-    rm -f "$STATE/ports.env"
+    rm -f "$STATE/ports.env" "$STATE/mode"
     log "stopped (logs kept in $STATE/logs)"
 }
 
 cmd_status() {
     load_ports || { echo "not running (no $STATE/ports.env)"; return 3; }
     TOKEN=$(cat "$STATE/admin.token" 2>/dev/null || echo "?")
-    local name pid ok=0 state
+    local name pid ok=0 state role
     printf '%-8s %-8s %s\n' SERVICE PID STATE
     for name in "${SERVICES[@]}"; do
+        [[ " ${ONESHOTS[*]} " != *" $name "* ]] || continue
+        role=""
         if pid=$(live_pid "$name"); then
             if healthy "$name"; then state="healthy"; else state="UNHEALTHY"; ok=1; fi
+            if [ "$MODE" = cluster ] && [[ "$name" == redis* ]]; then role=" $(redis_role "$name")"; fi
         else
             pid="-"; state="STOPPED"; ok=1
         fi
-        printf '%-8s %-8s %s (%s)\n' "$name" "$pid" "$state" "$(svc_health "$name")"
+        printf '%-8s %-8s %s (%s)%s\n' "$name" "$pid" "$state" "$(svc_health "$name")" "$role"
     done
     echo
     print_urls
@@ -398,7 +510,8 @@ cmd_status() {
 }
 
 # One line per fact, tab-separated: SERVICE  KIND  VALUE. Kinds: argv (in order), env,
-# health ("redis PORT" | "http PORT PATH"), depends, publish. Secrets are masked.
+# health ("redis PORT" | "redis-cluster PORT" (cluster_state:ok) | "http PORT PATH" |
+# "exit 0" (a one-shot that must succeed)), depends, publish. Secrets are masked.
 cmd_plan() {
     resolve_ports
     TOKEN="<secret>"
@@ -416,6 +529,10 @@ cmd_plan() {
 }
 
 load_env_file
+case "${1:-}" in
+    up | plan) set_mode "${SB_REDIS_MODE:-single}" ;;
+    *) set_mode "$(cat "$STATE/mode" 2>/dev/null || echo single)" ;;
+esac
 case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;

@@ -1,6 +1,7 @@
 /* switchboard-node: options, the libuv loop, start-up and shutdown. Owns the process context;
  * the only global is the signal flag libuv's signal handles stand in for. */
 #include "node.h"
+#include "listen.h"
 #include "auth.h"
 #include "scripts.h"
 #include "log.h"
@@ -239,15 +240,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    if (sb_server_start(n) != 0) {
-        sb_presence_stop(n);
-        sb_pubsub_stop(n);
-        sb_cluster_close(n->db);
-        uv_run(&loop, UV_RUN_DEFAULT);
-        uv_loop_close(&loop);
-        sb_node_options_free(&n->cfg);
-        return 1;
-    }
+    if (sb_server_start(n) != 0)
+        sb_listen_exit(); /* logged; lws cannot be torn down safely now (common/listen.h) */
     uv_timer_init(&loop, &n->sweep);
     n->sweep.data = n;
     uv_timer_start(&n->sweep, on_sweep, 50, 50);

@@ -19,7 +19,18 @@ typedef struct {
     int lost;          /* P:instance changed: presence replies of this round mean nothing */
     char expected[64]; /* P:instance as known when the round was sent ("" = not verified) */
     uint64_t topology; /* n->topology when the round was sent */
+    /* The sockets this round refreshes (a reference each until their PEXPIRE is sent), sent
+     * SB_REFRESH_WINDOW at a time: see sb_presence_heartbeat_now. */
+    sb_session_t **todo;
+    size_t ntodo, next;
+    int inflight;
+    char ttl[32];
 } round_t;
+
+/* PEXPIREs of one heartbeat in flight at once. All at once, 10,000 sockets left about 140 B
+ * per socket of hiredis buffers and callback records in the heap for good (the allocator
+ * keeps what a peak took); 256 keeps the pipeline full on loopback and on a LAN. */
+#define SB_REFRESH_WINDOW 256
 
 typedef struct {
     round_t *round;
@@ -28,8 +39,10 @@ typedef struct {
 
 static void round_unref(round_t *rd)
 {
-    if (--rd->refs == 0)
+    if (--rd->refs == 0) {
+        free(rd->todo);
         free(rd);
+    }
 }
 
 /* Writes the lease (and the node's entry in the index). Returns 0 and cb once later, or
@@ -180,18 +193,61 @@ static void on_instance_get(redisReply *reply, const char *error, void *data)
 
 /* ---- heartbeat --------------------------------------------------------------------------- */
 
+static void send_refreshes(round_t *rd);
+
 static void on_refresh(redisReply *reply, const char *error, void *data)
 {
     refresh_t *f = data;
     sb_session_t *s = f->s;
+    round_t *rd = f->round;
     /* A round sent before slots changed hands may have asked a server that lost the key in a
      * failover: only a round that saw no change can tell a reaping. */
-    if (!error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 &&
-        !f->round->lost && f->round->topology == s->node->topology && !s->closed)
+    if (!error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 && !rd->lost &&
+        rd->topology == s->node->topology && !s->closed)
         sb_route_reaped(s); /* rule 1: never re-create it */
-    round_unref(f->round);
     sb_session_unref(s);
     free(f);
+    rd->inflight--;
+    send_refreshes(rd);
+    round_unref(rd);
+}
+
+/* Sends the round's next PEXPIREs, up to SB_REFRESH_WINDOW in flight. The round holds one
+ * reference of its own until every socket of it was sent (or skipped). */
+static void send_refreshes(round_t *rd)
+{
+    sb_node_t *n = rd->n;
+    while (rd->next < rd->ntodo && rd->inflight < SB_REFRESH_WINDOW) {
+        sb_session_t *s = rd->todo[rd->next++];
+        const char *room = s->closed ? NULL : sb_route_present_room(s);
+        refresh_t *f = room ? malloc(sizeof *f) : NULL;
+        if (room && !f)
+            sb_error("out of memory refreshing presence: a socket waits for the next heartbeat");
+        if (!f) {
+            sb_session_unref(s);
+            continue;
+        }
+        char pkey[SB_KEY_MAX], suffix[16 + SB_SID_MAX];
+        snprintf(suffix, sizeof suffix, "presence:%s", s->id);
+        sb_key_room(pkey, sizeof pkey, n->cfg.prefix, room, suffix);
+        f->round = rd;
+        f->s = s; /* the todo reference moves to f */
+        const char *argv[] = {"PEXPIRE", pkey, rd->ttl};
+        rd->refs++;
+        rd->inflight++;
+        if (sb_cluster_command(n->db, pkey, strlen(pkey), on_refresh, f, 3, argv, NULL) != 0) {
+            /* That slot's primary is not connected: the others still get theirs. */
+            rd->refs--;
+            rd->inflight--;
+            sb_session_unref(s);
+            free(f);
+        }
+    }
+    if (rd->next == rd->ntodo && rd->todo) {
+        free(rd->todo);
+        rd->todo = NULL;
+        round_unref(rd); /* the round's own reference for sending */
+    }
 }
 
 void sb_presence_heartbeat_now(sb_node_t *n)
@@ -204,37 +260,29 @@ void sb_presence_heartbeat_now(sb_node_t *n)
     round_t *rd = round_new(n);
     if (!rd)
         return;
-    char ttl[32];
     get_instance(n, rd);
-    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    snprintf(rd->ttl, sizeof rd->ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     /* Why pipelined PEXPIRE and not a script: the keys live in many rooms (slots); PEXPIRE
      * cannot re-create a reaped key, which is exactly rule 1. Replies come in order, after the
-     * instance check of this round. */
-    for (sb_session_t *s = n->sessions; s; s = s->next) {
-        const char *room = s->closed ? NULL : sb_route_present_room(s);
-        if (!room)
+     * instance check of this round. The sockets are taken now (a reference each) and sent a
+     * window at a time, so a socket that closes meanwhile is skipped, never freed under us. */
+    size_t count = 0;
+    for (sb_session_t *s = n->sessions; s; s = s->next)
+        count += !s->closed && sb_route_present_room(s);
+    rd->todo = count ? malloc(count * sizeof *rd->todo) : NULL;
+    if (count && !rd->todo)
+        sb_error("out of memory refreshing presence: the sockets wait for the next heartbeat");
+    for (sb_session_t *s = n->sessions; s && rd->todo && rd->ntodo < count; s = s->next) {
+        if (s->closed || !sb_route_present_room(s))
             continue;
-        refresh_t *f = malloc(sizeof *f);
-        if (!f) {
-            sb_error("out of memory refreshing presence: the rest waits for the next heartbeat");
-            break;
-        }
-        char pkey[SB_KEY_MAX], suffix[16 + SB_SID_MAX];
-        snprintf(suffix, sizeof suffix, "presence:%s", s->id);
-        sb_key_room(pkey, sizeof pkey, n->cfg.prefix, room, suffix);
-        f->round = rd;
-        f->s = s;
-        rd->refs++;
         sb_session_ref(s);
-        const char *argv[] = {"PEXPIRE", pkey, ttl};
-        if (sb_cluster_command(n->db, pkey, strlen(pkey), on_refresh, f, 3, argv, NULL) != 0) {
-            /* That slot's primary is not connected: the others still get theirs. */
-            rd->refs--;
-            sb_session_unref(s);
-            free(f);
-        }
+        rd->todo[rd->ntodo++] = s;
     }
     write_lease(n, on_lease, n);
+    if (rd->todo) {
+        rd->refs++; /* the round's own reference for sending, dropped by send_refreshes */
+        send_refreshes(rd);
+    }
     round_unref(rd);
 }
 

@@ -371,13 +371,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
 }
 
+/* What lws allocates per connection for receiving, kept for the connection's life. Why 512:
+ * an ICE candidate signal (~300 B) still arrives in one piece, and each idle socket costs
+ * 512 B less than with 1024 (RSS per idle joined socket 3,808-3,832 B -> 3,306 B, 10,000
+ * sockets); larger messages (SDP) arrive in more pieces: node CPU per message at 4,000 msg/s
+ * was +0-10% for 200 B, +10-15% for 1.6 KB, +10% for 4 KB signals; 256 cost +25-35% for
+ * those and saved only 260 B more (issue 14; docs/design.md). Settable at build time for
+ * measurements (-DSB_RX_BUFFER=N). */
+#ifndef SB_RX_BUFFER
+#define SB_RX_BUFFER 512
+#endif
+
 static const struct lws_protocols protocols[] = {
     /* Index 0 is also what a client without a subprotocol gets: v1. rx_buffer_size is what
      * lws allocates per connection for receiving; larger messages arrive in pieces and are
      * reassembled in session memory only while they are in flight. tx_packet_size: without it
      * lws caps each send() at rx_buffer_size and copies the rest of a larger frame aside (a
      * 4 KiB signal took 4 sends; tests/bench measured +25% msgs/s for 4 KiB signals with it). */
-    {PROTOCOL_NAME, callback, sizeof(pss_t), 1024, 0, NULL, 65536},
+    {PROTOCOL_NAME, callback, sizeof(pss_t), SB_RX_BUFFER, 0, NULL, 65536},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

@@ -583,8 +583,14 @@ static void drain_early(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
         early_free_at(v, v->early_head);
         v->early_head++;
     }
-    if (v->early_head == v->nearly)
-        v->early_head = v->nearly = 0;
+    if (v->early_head == v->nearly) {
+        /* Emptied: give the array back. Nearly every room gets an early event or two while its
+         * first join completes, and an idle room kept the array for good (70 B per idle
+         * joined socket, issue 14). */
+        free(v->early);
+        v->early = NULL;
+        v->early_head = v->nearly = v->early_cap = 0;
+    }
     v->gap_since_ms = v->nearly ? (v->gap_since_ms ? v->gap_since_ms : now_ms) : 0;
 }
 

@@ -60,7 +60,8 @@ if [ -z "${SB_TEST_QUICK:-}" ]; then
         $py -m pytest -q -p no:cacheprovider tests/integration --junitxml="$out/results/integration-asan.xml"
 fi
 # docker-compose.yml under a real engine (dockerd in a network namespace of its own; images
-# cached in /var/lib/switchboard-compose): measured cold about 95 s, warm about 55 s.
+# cached in /var/lib/switchboard-compose): measured cold about 95 s, warm about 55 s; then its
+# Redis Cluster variant (docker-compose.cluster.yml): about 40 s more (75 s on a loaded machine).
 run_suite "deploy (compose)" env SB_COMPOSE_JUNIT="$out/results/compose.xml" \
     bash tests/deploy/compose.sh all
 for t in tests/browser/run-*.sh; do

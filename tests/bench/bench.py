@@ -29,6 +29,7 @@ import redis
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lua_text  # noqa: E402  (tests/lua_text.py: the scripts as they ship)
+import cluster_section  # noqa: E402  (section 7: 1 vs 3 primaries, issue 12)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,7 +90,7 @@ ENV = {
     "SB_BENCH_KILL_REDIS_TIMEOUT_MS": env_int("SB_BENCH_KILL_REDIS_TIMEOUT_MS", 300),
     "SB_BENCH_KILL_INTERVAL_MS": env_int("SB_BENCH_KILL_INTERVAL_MS", 500),
     "SB_BENCH_KILL_DEFAULTS": env_int("SB_BENCH_KILL_DEFAULTS", 1),
-    # section 7: beside peerjs-server and Socket.IO + redis-adapter (issue 14)
+    # section 8: beside peerjs-server and Socket.IO + redis-adapter (issue 14)
     "SB_BENCH_CMP_PAIRS": env_int("SB_BENCH_CMP_PAIRS", 100),
     "SB_BENCH_CMP_WINDOW": env_int("SB_BENCH_CMP_WINDOW", 16),  # in flight per pair
     "SB_BENCH_CMP_SECONDS": env_float("SB_BENCH_CMP_SECONDS", 10),
@@ -99,18 +100,19 @@ ENV = {
     "SB_BENCH_CMP_IDLE_HOLD": env_int("SB_BENCH_CMP_IDLE_HOLD", 10),
     "SB_BENCH_CMP_IDLE_CLIENTS": env_int("SB_BENCH_CMP_IDLE_CLIENTS", 2),  # client processes
     "SB_BENCH_CMP_PERF": env_int("SB_BENCH_CMP_PERF", 1),  # perf record the nodes, last repeat
-    # section 8: big rooms (issue 11)
+    # section 9: big rooms (issue 11)
     "SB_BENCH_ROOM_SIZES": env_str("SB_BENCH_ROOM_SIZES", "2 1000"),
     "SB_BENCH_ROOM_JOINS": env_int("SB_BENCH_ROOM_JOINS", 20),
     "SB_BENCH_ROOM_SIGNALS": env_int("SB_BENCH_ROOM_SIGNALS", 500),
     "SB_BENCH_ROOM_RESYNCS": env_int("SB_BENCH_ROOM_RESYNCS", 5),
-    # section 9: queue amplification under the send-queue budget (issue 17)
+    # section 10: queue amplification under the send-queue budget (issue 17)
     "SB_BENCH_AMP_PAIRS": env_int("SB_BENCH_AMP_PAIRS", 200),
     "SB_BENCH_AMP_SIGNALS": env_int("SB_BENCH_AMP_SIGNALS", 48),
     "SB_BENCH_AMP_BYTES": env_int("SB_BENCH_AMP_BYTES", 60000),
     "SB_BENCH_AMP_BUDGET": env_int("SB_BENCH_AMP_BUDGET", 8 << 20),
-    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9"),
+    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9 10"),
 }
+ENV.update(cluster_section.ENV)
 OLD_SWEEP_S = 30.0  # the periodic sweep of the design Switchboard replaces (a stated constant)
 
 NODE = os.path.join(BUILD, "node", "switchboard-node")
@@ -1058,6 +1060,8 @@ def render(M, R, started, elapsed):
         render5(a, R["5"])
     if "1" in R:
         render6(a, R["1"])
+    if "7" in R:
+        cluster_section.render(a, R["7"])
     for num, mod in module_sections():
         if num in R:
             mod.render(sys.modules[__name__], a, R[num])
@@ -1093,7 +1097,7 @@ def render(M, R, started, elapsed):
       "subscriber for `redis-benchmark PUBLISH`.")
     a("- `tests/bench/ref_join.lua`: the EVALSHA reference, the same calls as `room_join.lua` for "
       "a small room (13 Redis calls, a JSON event published to a subscribed channel).")
-    a("- `tests/bench/js/load.mjs` (sections 7 and 8): the neutral load client, one Node.js "
+    a("- `tests/bench/js/load.mjs` (sections 8 and 9): the neutral load client, one Node.js "
       "process on `ws` (socket.io-client for Socket.IO), the same load and measurement for every "
       "stack; `peerjs-server.mjs` and `sio-server.mjs` the reference servers. Their npm packages "
       "(peer 1.0.2, socket.io 4.8, @socket.io/redis-adapter, redis, ws, socket.io-client) are "
@@ -1545,14 +1549,14 @@ def render6(a, S):
     a("")
 
 
-# Sections in modules of their own (tests/bench/*_section.py): each is (number, module), the
-# module having run(bench, red) -> figures (JSON-able) and render(bench, append, figures); `bench`
-# is this module (Proc, Node, Redis, ENV, log, the formatters). A missing module is skipped, so a
-# section can land on its own branch: add its line here.
+# Sections in modules of their own (tests/bench/*_section.py): (section number, module, which of
+# its sectionN/renderN pairs), each run(bench, red) -> figures (JSON-able) and
+# render(bench, append, figures); `bench` is this module (Proc, Node, Redis, ENV, log, the
+# formatters). A missing module is skipped. (Section 7, cluster_section, is wired above.)
 MODULE_SECTIONS = [
-    ("7", "compare_section", "7"),  # beside peerjs-server and Socket.IO (issue 14)
-    ("8", "compare_section", "8"),  # rooms of 1,000 members (issue 11)
-    ("9", "compare_section", "9"),  # queue amplification under the budget (issue 17)
+    ("8", "compare_section", "8"),  # beside peerjs-server and Socket.IO (issue 14)
+    ("9", "compare_section", "9"),  # rooms of 1,000 members (issue 11)
+    ("10", "compare_section", "10"),  # queue amplification under the budget (issue 17)
 ]
 
 
@@ -1603,8 +1607,9 @@ def main():
     try:
         me = sys.modules[__name__]
         for s, fn in [("1", section1), ("2", section2), ("3", section3), ("4", section4),
-                      ("5", section5)] + [(num, lambda red, m=mod: m.run(me, red))
-                                          for num, mod in module_sections()]:
+                      ("5", section5), ("7", lambda red: cluster_section.run(me, red))] + [
+                          (num, lambda red, m=mod: m.run(me, red))
+                          for num, mod in module_sections()]:
             if s not in sections:
                 continue
             t0 = time.monotonic()

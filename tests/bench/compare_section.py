@@ -1,11 +1,11 @@
-"""Sections 7-9 of tests/bench/bench.py.
+"""Sections 8-10 of tests/bench/bench.py.
 
-7 (issue 14): Switchboard beside peerjs-server 1.0.2 and Socket.IO 4.8 + @socket.io/redis-adapter,
+8 (issue 14): Switchboard beside peerjs-server 1.0.2 and Socket.IO 4.8 + @socket.io/redis-adapter,
   in one run, with one neutral load client (tests/bench/js/load.mjs, Node.js `ws`).
-8 (issue 11): rooms of 1,000 members: the join of the 1,000th member, a signal in such a room,
+9 (issue 11): rooms of 1,000 members: the join of the 1,000th member, a signal in such a room,
   and a resync of such a room (the node's subscriber connection killed: every room re-read with
   room_read), beside a room of 2.
-9 (issue 17): node RSS and CPU under the queue-amplification load (senders pushing 60 KB signals
+10 (issue 17): node RSS and CPU under the queue-amplification load (senders pushing 60 KB signals
   to receivers that never read) with the node-wide send-queue budget on, and with it off.
 
 `b` is the bench module (its Proc, Node, Redis, ENV, helpers); nothing here runs on its own.
@@ -82,7 +82,7 @@ def wait_ev(b, p, ev, timeout):
     return b.wait_for(have, timeout, f"{ev} from {p.name}", interval=0.02)
 
 
-# ---- section 7: the comparison -----------------------------------------------------------------
+# ---- section 8: the comparison -----------------------------------------------------------------
 
 STACKS = ("peerjs", "sio", "sb-same", "sb-cross")
 PROFILED = (("sb-same", "relay"), ("sb-cross", "relay"), ("sb-cross", "rate"))
@@ -243,27 +243,27 @@ def cmp_idle(b, red, stack, profile=False):
         s.stop()
 
 
-def section7(b, red):
+def section8(b, red):
     js_ready(b)
     E = b.ENV
     R = {"runs": {s: {"relay": [], "rate": []} for s in STACKS}, "idle": {}}
     for rep in range(E["SB_BENCH_CMP_REPEATS"]):  # noqa: the figures of one repeat go together
         for mode in ("relay", "rate"):
             for stack in STACKS:  # interleaved, so each repeat compares neighbours in time
-                b.log(f"section 7: {stack} {mode} (repeat {rep + 1})")
+                b.log(f"section 8: {stack} {mode} (repeat {rep + 1})")
                 R["runs"][stack][mode].append(cmp_run(b, red, stack, mode))
     if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):
         # extra runs, not counted above (perf costs CPU): where the nodes spend it
         R["profiles"] = {}
         for stack, mode in PROFILED:
-            b.log(f"section 7: {stack} {mode} under perf record -g")
+            b.log(f"section 8: {stack} {mode} under perf record -g")
             r = cmp_run(b, red, stack, mode, True)
             R["profiles"][f"{stack} {mode}"] = {"profile": r.pop("profile"), "run": r}
     for stack in ("peerjs", "sio", "sb"):
-        b.log(f"section 7: {stack} idle connections ({E['SB_BENCH_CMP_IDLE']})")
+        b.log(f"section 8: {stack} idle connections ({E['SB_BENCH_CMP_IDLE']})")
         R["idle"][stack] = cmp_idle(b, red, stack)
     if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):  # an extra run, not counted above
-        b.log("section 7: sb idle connections under perf record -g")
+        b.log("section 8: sb idle connections under perf record -g")
         r = cmp_idle(b, red, "sb", True)
         R.setdefault("profiles", {})["sb connect+join"] = {
             "profile": r.pop("profile"), "run": {"msgs_per_s": r["connects_per_s"],
@@ -289,12 +289,12 @@ def per_repeat_ratio(S, s1, s2, mode, key):
     return [x[key] / y[key] for x, y in zip(a, c) if x.get(key) and y.get(key)]
 
 
-def render7(b, a, S):
+def render8(b, a, S):
     E = b.ENV
     f0, f2 = b.f0, b.f2
     names = {"peerjs": "peerjs-server 1.0.2", "sio": "Socket.IO 4.8 + redis-adapter",
              "sb-same": "Switchboard same node", "sb-cross": "Switchboard across nodes"}
-    a("## 7. Beside peerjs-server and Socket.IO + redis-adapter")
+    a("## 8. Beside peerjs-server and Socket.IO + redis-adapter")
     a("")
     a(f"One load client for every stack (`tests/bench/js/load.mjs`: Node.js `ws`, socket.io-client "
       f"for Socket.IO), {E['SB_BENCH_CMP_PAIRS']} pairs; flat out each pair keeps "
@@ -425,7 +425,7 @@ def render7(b, a, S):
         a("")
 
 
-# ---- section 8: rooms of 1,000 members -----------------------------------------------------------
+# ---- section 9: rooms of 1,000 members -----------------------------------------------------------
 
 def metric(node, name):
     st, body = _get(f"http://127.0.0.1:{node.port}/metrics")
@@ -442,7 +442,7 @@ def _get(url):
         return r.status, r.read()
 
 
-def section8(b, red):
+def section9(b, red):
     js_ready(b)
     E = b.ENV
     R = {}
@@ -451,7 +451,7 @@ def section8(b, red):
         args = RAISED + ["--max-room-members", str(max(64, size + 1))]
         n1, n2 = b.Node(red, "n1", args), b.Node(red, "n2", args)
         try:
-            b.log(f"section 8: a room of {size} members over 2 nodes")
+            b.log(f"section 9: a room of {size} members over 2 nodes")
             p = client(b, "sb", "room", [n1.url, n2.url],
                        {"members": size, "joins": E["SB_BENCH_ROOM_JOINS"],
                         "signals": E["SB_BENCH_ROOM_SIGNALS"]})
@@ -489,12 +489,12 @@ def section8(b, red):
     return R
 
 
-def render8(b, a, S):
+def render9(b, a, S):
     E = b.ENV
-    a("## 8. Rooms of 1,000 members")
+    a("## 9. Rooms of 1,000 members")
     a("")
     a("One room filled over 2 nodes (members alternate between them, 20 joins in flight), "
-      "measured with the Node.js client of section 7. **Join**: one more member (on node 2) "
+      "measured with the Node.js client of section 8. **Join**: one more member (on node 2) "
       f"joins the full room and leaves again, {E['SB_BENCH_ROOM_JOINS']} times: the time to its "
       "`joined` (listing every member), and to the moment the last of the others got its "
       f"`peer-joined` (fan-out). **Signal**: {E['SB_BENCH_ROOM_SIGNALS']} signals, one at a time, "
@@ -524,7 +524,7 @@ def render8(b, a, S):
     a("")
 
 
-# ---- section 9: queue amplification with the send-queue budget --------------------------------
+# ---- section 10: queue amplification with the send-queue budget --------------------------------
 
 def _recv_exact(s, n):
     buf = b""
@@ -670,19 +670,19 @@ def metric_label(node, name, label):
     return None
 
 
-def section9(b, red):
+def section10(b, red):
     E = b.ENV
     R = {"runs": []}
     for budget in (E["SB_BENCH_AMP_BUDGET"], 0):
-        b.log(f"section 9: amplification, {E['SB_BENCH_AMP_PAIRS']} pairs, budget "
+        b.log(f"section 10: amplification, {E['SB_BENCH_AMP_PAIRS']} pairs, budget "
               f"{budget or 'default'}")
         R["runs"].append(amp_run(b, red, budget))
     return R
 
 
-def render9(b, a, S):
+def render10(b, a, S):
     E = b.ENV
-    a("## 9. Queue amplification with the send-queue budget")
+    a("## 10. Queue amplification with the send-queue budget")
     a("")
     a(f"The load of issue 17: {E['SB_BENCH_AMP_PAIRS']} pairs on one node, each a sender pushing "
       f"{E['SB_BENCH_AMP_SIGNALS']} signals of {E['SB_BENCH_AMP_BYTES']:,} B at once (within the "

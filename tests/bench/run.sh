@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: builds Switchboard and the benchmark tools (Release) and runs every section (issue
-# 8; 7-9: beside peerjs-server and Socket.IO, big rooms, queue budget: tests/bench/compare_section.py,
+# 8; 8-10: beside peerjs-server and Socket.IO, big rooms, queue budget: tests/bench/compare_section.py,
 # whose Node.js side is in tests/bench/js, installed by deploy/install-deps.sh), writing
 # docs/benchmarks.md. About 20 minutes at the default sizes; every size is an
 # environment variable (see tests/bench/bench.py, ENV), e.g.

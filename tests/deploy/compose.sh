@@ -7,8 +7,11 @@
 #                                    see below) and switchboard-node/admin from deploy/Dockerfile
 #   tests/deploy/compose.sh up       the stack, inside network namespace $SB_COMPOSE_NETNS
 #   tests/deploy/compose.sh test     tests/deploy/compose_stack.py against it (ends with down)
+#   tests/deploy/compose.sh up-cluster    the Redis Cluster variant (+ docker-compose.cluster.yml)
+#   tests/deploy/compose.sh test-cluster  tests/deploy/compose_cluster_stack.py (ends with down)
 #   tests/deploy/compose.sh down     compose down, stop our dockerd, delete the namespace
 #   tests/deploy/compose.sh all      all of the above in order, down even after a failure
+#                                    (SB_COMPOSE_VARIANTS="single cluster" by default)
 #
 # Isolation: our dockerd has its own --data-root (the image cache, kept between runs),
 # --exec-root, socket, pid file and config, so it neither uses nor disturbs another engine on
@@ -24,7 +27,8 @@
 # deploy/images/. Where a pull works, nothing is built but our own two images.
 #
 # Cost on 2 cores (measured; printed at the end): cold, empty cache, about 95 s with a fast
-# mirror (the build downloads about 130 MB of Debian packages); warm about 55 s.
+# mirror (the build downloads about 130 MB of Debian packages); warm about 55 s. The Redis
+# Cluster variant (docker-compose.cluster.yml, same engine and images) adds about 40 s.
 # Everything started is stopped by pid; nothing is left but the image cache in $SB_COMPOSE_DATA.
 set -euo pipefail
 
@@ -56,10 +60,24 @@ NOFILE=$((hard < 1048576 ? hard : 1048576))
 log() { printf 'compose.sh: %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 docker() { DOCKER_HOST=unix://$SOCK "$DOCKER" "$@"; }
+# The compose files of a variant: single (docker-compose.yml, what `docker compose up` runs) or
+# cluster (with the docker-compose.cluster.yml override: 3 Redis primaries + 3 replicas).
+variant_files() {
+    case "$1" in
+    single) echo "docker-compose.yml" ;;
+    cluster) echo "docker-compose.yml:docker-compose.cluster.yml" ;;
+    *) die "unknown variant $1" ;;
+    esac
+}
+# compose FILES ARGS...: FILES colon-separated, as COMPOSE_FILE takes them.
 compose() {
+    local files=() f args=()
+    IFS=: read -r -a files <<< "$1"
+    shift
+    for f in "${files[@]}"; do args+=(-f "$ROOT/$f"); done
     DOCKER_HOST=unix://$SOCK COMPOSE_PROJECT_NAME=$PROJECT SB_NOFILE=$NOFILE \
         SWITCHBOARD_ADMIN_TOKEN=$(cat "$RUN/admin.token") \
-        "$COMPOSE" --env-file "$RUN/compose.env" -f "$ROOT/docker-compose.yml" "$@"
+        "$COMPOSE" --env-file "$RUN/compose.env" "${args[@]}" "$@"
 }
 need_root() { [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, dockerd)"; }
 
@@ -263,8 +281,8 @@ cmd_images() {
 
 # ---- the stack ----------------------------------------------------------------------------
 
-cmd_up() {
-    local t0=$SECONDS
+# The engine inside the namespace (stack_up needs it).
+engine_up() {
     need_root
     [ -e "/run/netns/$NS" ] || ip netns add "$NS"
     ip -n "$NS" link set lo up
@@ -272,32 +290,53 @@ cmd_up() {
     for img in debian:12 redis:7 haproxy:2.6 switchboard-node:latest switchboard-admin:latest; do
         have_image "$img" || die "image $img missing: run $0 images first"
     done
+}
+
+# stack_up VARIANT: that variant's stack, from nothing, until every container is healthy (and,
+# in the cluster variant, redis-init exited 0).
+stack_up() {
+    local t0=$SECONDS variant=$1 files want
+    files=$(variant_files "$variant")
+    want=6
+    [ "$variant" = single ] || want=11
     # What compose reads besides the environment: nothing from the user's ./.env.
     : > "$RUN/compose.env"
     (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$RUN/admin.token")
     # A stack left by an interrupted run would be reused by up: start from nothing.
-    compose down --timeout 5 > /dev/null 2>&1 || true
+    compose "$(variant_files cluster)" down --remove-orphans --timeout 5 > /dev/null 2>&1 || true
     docker volume ls -q | sort > "$RUN/volumes.before"
-    log "compose up (project $PROJECT, SB_NOFILE=$NOFILE)"
-    compose up -d --no-build || { compose logs --tail 30 >&2 || true; die "compose up failed"; }
+    log "compose up: $variant (project $PROJECT, SB_NOFILE=$NOFILE)"
+    compose "$files" up -d --no-build \
+        || { compose "$files" logs --tail 30 >&2 || true; die "compose up failed"; }
     # up -d waits for the dependencies' health, not for the last service's (the LB): wait here.
-    local names=() unhealthy=""
+    local names=() unhealthy="" init
     for _ in $(seq 1 120); do
         mapfile -t names < <(docker ps -q --filter "label=com.docker.compose.project=$PROJECT")
         if [ ${#names[@]} -gt 0 ]; then
             unhealthy=$(docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' \
                 "${names[@]}" | grep -v ' healthy$' || true)
         fi
-        if [ -z "$unhealthy" ] && [ ${#names[@]} -eq 6 ]; then
-            log "stack healthy in $((SECONDS - t0)) s"
+        if [ -z "$unhealthy" ] && [ ${#names[@]} -eq "$want" ]; then
+            if [ "$variant" = cluster ]; then
+                init=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+                    --filter label=com.docker.compose.service=redis-init)
+                [ "$(docker inspect -f '{{.State.ExitCode}}' "$init")" = 0 ] \
+                    || { docker logs "$init" >&2; die "redis-init failed"; }
+            fi
+            log "stack ($variant) healthy in $((SECONDS - t0)) s"
             host_untouched
             return 0
         fi
         sleep 1
     done
-    compose ps >&2 || true
-    compose logs --tail 30 >&2 || true
+    compose "$files" ps >&2 || true
+    compose "$files" logs --tail 30 >&2 || true
     die "stack not healthy after 120 s: $unhealthy"
+}
+
+cmd_up() {
+    engine_up
+    stack_up "${1:-single}"
 }
 
 # The stack's network lives in $NS only: the host's namespace has no bridge or veth of
@@ -324,16 +363,22 @@ host_untouched() {
 }
 
 cmd_test() {
+    local variant=${1:-single} suite=compose_stack.py junit=${SB_COMPOSE_JUNIT:-}
     need_root
     [ -S "$SOCK" ] || die "no stack: run $0 up first"
+    if [ "$variant" = cluster ]; then
+        suite=compose_cluster_stack.py
+        [ -z "$junit" ] || junit=${junit%.xml}-cluster.xml
+    fi
     # The test client runs inside the namespace: the published ports are on its loopback.
     nsenter --net="/run/netns/$NS" env DOCKER_HOST="unix://$SOCK" SB_DOCKER="$DOCKER" \
         SB_COMPOSE="$COMPOSE" SB_COMPOSE_ENV_FILE="$RUN/compose.env" \
+        SB_COMPOSE_FILES="$(variant_files "$variant")" \
         COMPOSE_PROJECT_NAME="$PROJECT" SB_NOFILE="$NOFILE" \
         SWITCHBOARD_ADMIN_TOKEN="$(cat "$RUN/admin.token")" \
         SB_COMPOSE_VOLUMES_BEFORE="$RUN/volumes.before" \
-        "$PY" -m pytest -q -s -p no:cacheprovider "$ROOT/tests/deploy/compose_stack.py" \
-        ${SB_COMPOSE_JUNIT:+--junitxml="$SB_COMPOSE_JUNIT"}
+        "$PY" -m pytest -q -s -p no:cacheprovider "$ROOT/tests/deploy/$suite" \
+        ${junit:+--junitxml="$junit"}
 }
 
 cmd_down() {
@@ -341,7 +386,9 @@ cmd_down() {
     if [ -S "$SOCK" ] && docker version > /dev/null 2>&1; then
         [ -f "$RUN/admin.token" ] || echo x > "$RUN/admin.token"
         [ -f "$RUN/compose.env" ] || : > "$RUN/compose.env"
-        compose down --timeout 20 > /dev/null 2>&1 || log "compose down failed"
+        # The cluster files name every service either variant has.
+        compose "$(variant_files cluster)" down --remove-orphans --timeout 20 > /dev/null 2>&1 \
+            || log "compose down failed"
     fi
     stop_engine
     # Whatever was left in the namespace goes with it.
@@ -361,18 +408,25 @@ cmd_all() {
     cmd_setup
     trap 'cmd_down' EXIT
     cmd_images
-    cmd_up
-    cmd_test
+    engine_up
+    local variant t
+    for variant in ${SB_COMPOSE_VARIANTS:-single cluster}; do
+        t=$SECONDS
+        stack_up "$variant"
+        cmd_test "$variant"
+        log "$variant variant: up and tests in $((SECONDS - t)) s"
+    done
     trap - EXIT
     cmd_down
     log "compose suite passed in $((SECONDS - t0)) s (cold cache: $cold; measured on 2 cores:" \
-        "cold about 95 s plus the download of about 130 MB of Debian packages, warm about 55 s)"
+        "cold about 95 s plus the download of about 130 MB of Debian packages, warm about 55 s;" \
+        "the cluster variant (up, tests, down) adds about 40 s, 75 s on a loaded machine)"
 }
 
 main() {
     # Namespaces and dockerd need root: through sudo when there is one (like install-deps.sh).
     if [ "$(id -u)" -ne 0 ] && command -v sudo > /dev/null; then
-        exec sudo --preserve-env=SB_COMPOSE_JUNIT,SB_COMPOSE_SRC,SB_COMPOSE_PULL \
+        exec sudo --preserve-env=SB_COMPOSE_JUNIT,SB_COMPOSE_SRC,SB_COMPOSE_PULL,SB_COMPOSE_VARIANTS \
             bash "$ROOT/tests/deploy/compose.sh" "$@"
     fi
     # One run at a time on a machine: the runs share the data root, the namespace and $RUN.
@@ -384,11 +438,13 @@ main() {
     case "${1:-all}" in
     setup) cmd_setup ;;
     images) cmd_images ;;
-    up) cmd_up ;;
-    test) cmd_test ;;
+    up) cmd_up single ;;
+    test) cmd_test single ;;
+    up-cluster) cmd_up cluster ;;
+    test-cluster) cmd_test cluster ;;
     down) cmd_down ;;
     all) cmd_all ;;
-    *) echo "usage: $0 setup|images|up|test|down|all" >&2; exit 2 ;;
+    *) echo "usage: $0 setup|images|up|test|up-cluster|test-cluster|down|all" >&2; exit 2 ;;
     esac
 }
 

@@ -60,10 +60,14 @@ def docker(*args, check=True, timeout=60):
     return r.stdout.strip()
 
 
+# The files of the variant under test (compose.sh: the cluster variant adds its override).
+FILES = os.environ.get("SB_COMPOSE_FILES", "docker-compose.yml").split(":")
+
+
 def compose(*args, timeout=120):
     env_file = os.environ.get("SB_COMPOSE_ENV_FILE")
     cmd = [*COMPOSE, *(["--env-file", env_file] if env_file else []),
-           "-f", os.path.join(ROOT, "docker-compose.yml"), *args]
+           *[x for f in FILES for x in ("-f", os.path.join(ROOT, f))], *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{shlex.join(cmd)}:\n{r.stdout}\n{r.stderr}"
     return r.stdout
@@ -382,9 +386,15 @@ def test_04_stack_redis_restarted_with_its_data_gone():
 
 
 def test_05_stack_compose_down_leaves_nothing():
+    down_leaves_nothing(6)
+
+
+def down_leaves_nothing(containers):
+    """The stack has that many containers; after compose down none, and no network or volume
+    (also used by compose_cluster_stack.py)."""
     label = f"label=com.docker.compose.project={PROJECT}"
     ids = docker("ps", "-aq", "--filter", label).split()
-    assert len(ids) == 6
+    assert len(ids) == containers
     # docker-compose.yml declares no volume, and no container of the stack mounts one (not
     # even the anonymous volume the redis image declares for /data: a tmpfs takes its place).
     mounts = docker("inspect", "-f", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} '

@@ -96,7 +96,7 @@ class Cluster:
         self.state = state
         self.env = {k: v for k, v in os.environ.items()
                     if not (k.startswith("SB_") and k.endswith("_PORT"))
-                    and k != "SWITCHBOARD_ADMIN_TOKEN"}
+                    and k not in ("SWITCHBOARD_ADMIN_TOKEN", "SB_REDIS_MODE")}
         self.env.update(SB_CLUSTER_DIR=state, SB_PORTS="auto",
                         SB_NODE_BIN=NODE_BIN, SB_ADMIN_BIN=ADMIN_BIN)
         self.ports = {}

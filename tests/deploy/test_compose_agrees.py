@@ -20,6 +20,8 @@ yaml = pytest.importorskip("yaml")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
+COMPOSE_CLUSTER = os.path.join(ROOT, "docker-compose.cluster.yml")
+CLUSTER_INIT = os.path.join(DEPLOY, "redis-cluster-init.sh")
 CLUSTER_SH = os.path.join(DEPLOY, "cluster.sh")
 CLUSTER_ENV = os.path.join(DEPLOY, "cluster.env")
 HAPROXY_CFG = os.path.join(DEPLOY, "haproxy.cfg")
@@ -131,11 +133,15 @@ def hostport(value):
 
 
 def health_of_compose(svc):
-    """'redis PORT' or 'http PORT PATH' for a compose health check, like the plan's."""
+    """'redis PORT', 'redis-cluster PORT' or 'http PORT PATH' for a compose health check, like
+    the plan's."""
     test = svc["healthcheck"]["test"]
     text = " ".join(test[1:]) if isinstance(test, list) else test
     if "redis-cli" in text:
         m = re.search(r"-p\s+(\d+)", text)
+        if re.search(r"cluster info \| grep -q cluster_state:ok$", text):
+            return f"redis-cluster {m.group(1) if m else 6379}"
+        assert "ping" in text, text
         return f"redis {m.group(1) if m else 6379}"
     m = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*)", text)
     if m:
@@ -594,8 +600,8 @@ def test_load_balancers_forward_the_nodes_static_routes():
 def test_cluster_sh_shellcheck():
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck is not installed")
-    r = subprocess.run(["shellcheck", "-x", CLUSTER_SH], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(["shellcheck", "-x", CLUSTER_SH, CLUSTER_INIT], capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 0, r.stdout
 
 
@@ -667,3 +673,213 @@ def test_build_context_follows_the_dockerignore():
     assert not tops & {".git", "build", "tests", "docs", ".env"}
     assert not [t for t in tops if t.startswith("build-") or t.startswith("build_")]
     assert not [n for n in names if "/node_modules/" in n or n.endswith(".pyc")]
+
+
+# ---- the Redis Cluster variant: docker-compose.cluster.yml against SB_REDIS_MODE=cluster ----
+
+REDIS_CLUSTER = ["redis", "redis2", "redis3", "redis4", "redis5", "redis6"]
+CLUSTER_SERVICES = SERVICES | set(REDIS_CLUSTER) | {"redis-init"}
+# Where a native cluster node must differ from a container: addresses and files.
+CLUSTER_PLACEMENT = REDIS_PLACEMENT | {"--cluster-port", "--cluster-config-file"}
+NET = "${SB_REDIS_NET:-172.30.77}"
+
+
+def merge_override(base, override):
+    """docker-compose's merge of an override file, for the keys docker-compose.cluster.yml
+    uses: environment and depends_on merge by key, tmpfs is a set union, the rest replaces;
+    the top-level networks are the override's."""
+    out = {name: dict(svc) for name, svc in base["services"].items()}
+    out["_networks"] = override["networks"]
+    for name, svc in override["services"].items():
+        t = out.setdefault(name, {})
+        for k, v in svc.items():
+            if k in ("environment", "depends_on") and k in t:
+                t[k] = {**t[k], **v}
+            elif k == "tmpfs" and k in t:
+                t[k] = sorted(set(t[k]) | set(v))
+            else:
+                t[k] = v
+    return out
+
+
+def address_of(svc):
+    return svc["networks"]["default"]["ipv4_address"]
+
+
+@pytest.fixture(scope="module")
+def cservices(compose):
+    with open(COMPOSE_CLUSTER) as f:
+        return merge_override(compose, yaml.safe_load(f))
+
+
+@pytest.fixture(scope="module")
+def cplan_order():
+    return run_plan({"SB_REDIS_MODE": "cluster"})
+
+
+@pytest.fixture(scope="module")
+def cplan(cplan_order):
+    return cplan_order[0]
+
+
+def test_cluster_merge_is_what_docker_compose_does(cservices):
+    """merge_override above against the real tool, where it is installed."""
+    dc = shutil.which("docker-compose") or (os.access("/usr/bin/docker-compose", os.X_OK)
+                                            and "/usr/bin/docker-compose")
+    if not dc:
+        pytest.skip("docker-compose is not installed (tests/deploy/compose.sh installs it)")
+    r = subprocess.run([dc, "-f", COMPOSE, "-f", COMPOSE_CLUSTER, "config"], cwd=ROOT,
+                       env=dict(BASE_ENV, SWITCHBOARD_ADMIN_TOKEN="x" * 24,
+                                COMPOSE_PROJECT_NAME="agree"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    real = yaml.safe_load(r.stdout)["services"]
+    cservices = dict(cservices)
+    nets = cservices.pop("_networks")
+    assert yaml.safe_load(r.stdout)["networks"] == yaml.safe_load(
+        yaml.safe_dump(nets).replace(NET, "172.30.77"))
+    assert set(real) == set(cservices) == CLUSTER_SERVICES
+    for name in CLUSTER_SERVICES:
+        # (config also inlines env_file and interpolates: compare what the files declare.)
+        renv = compose_env(real[name])
+        for k, v in compose_env(cservices[name]).items():
+            assert k in renv and ("${" in v or renv[k] == v), (name, k, renv.get(k), v)
+        assert set(real[name].get("depends_on", {})) == set(cservices[name].get("depends_on", {}))
+        assert sorted(real[name].get("tmpfs", [])) == sorted(cservices[name].get("tmpfs", []))
+        if name.startswith("redis") and name != "redis-init":
+            assert address_of(real[name]) == address_of(cservices[name]).replace(NET, "172.30.77")
+    assert [str(a) for a in real["redis"]["command"]] == \
+        [str(a).replace("${SB_REDIS_MAXMEMORY:-256mb}", "256mb")
+         .replace("${SB_REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}", "3000")
+         for a in cservices["redis"]["command"]]
+
+
+def test_cluster_same_services(cservices, cplan_order):
+    plan, order = cplan_order
+    assert set(cservices) - {"_networks"} == set(plan) == CLUSTER_SERVICES
+    for name, svc in cservices.items():
+        if name == "_networks":
+            continue
+        for dep in svc.get("depends_on", {}):
+            assert order.index(dep) < order.index(name), f"{name} starts before {dep}"
+    # Everything but Redis is docker-compose.yml's, unchanged but for the Redis URL.
+    single, _ = run_plan()
+    for name in ("node1", "node2", "node3", "admin", "lb"):
+        assert plan[name]["argv"] == single[name]["argv"]
+        assert {k: v for k, v in plan[name]["env"].items() if "REDIS" not in k} == \
+            {k: v for k, v in single[name]["env"].items() if "REDIS" not in k}
+
+
+def compose_redis_options(svc):
+    cmd = svc["command"]
+    return redis_options(cmd if isinstance(cmd, list) else cmd.split())
+
+
+def test_cluster_redis_configuration_agrees(compose, cservices, cplan, env):
+    single = compose_redis_options(compose["services"]["redis"])
+    for name in REDIS_CLUSTER:
+        svc = cservices[name]
+        c = compose_redis_options(svc)
+        n = redis_options(cplan[name]["argv"])
+        assert set(n) - set(c) <= CLUSTER_PLACEMENT, name
+        assert interpolation_default(c.pop("--maxmemory"), "SB_REDIS_MAXMEMORY") == \
+            n.pop("--maxmemory") == env["SB_REDIS_MAXMEMORY"]
+        assert interpolation_default(c.pop("--cluster-node-timeout"),
+                                     "SB_REDIS_CLUSTER_NODE_TIMEOUT_MS") == \
+            n.pop("--cluster-node-timeout") == env["SB_REDIS_CLUSTER_NODE_TIMEOUT_MS"]
+        assert {k: v for k, v in c.items() if k not in CLUSTER_PLACEMENT} == \
+            {k: v for k, v in n.items() if k not in CLUSTER_PLACEMENT}, name
+        # The single Redis's settings, and the cluster's own.
+        for k, v in single.items():
+            if k != "--maxmemory":
+                assert c[k] == v, (name, k)
+        assert c["--cluster-enabled"] == "yes"
+        assert c["--cluster-require-full-coverage"] == "no"
+        assert svc["image"] == "redis:7"
+        assert "/data" in svc.get("tmpfs", []), f"{name}: an anonymous volume at /data"
+        # nodes.conf outside the tmpfs, so that a restarted container keeps its identity.
+        assert not c["--cluster-config-file"].startswith("/data/")
+        assert svc.get("restart") == "unless-stopped"
+        assert n["--bind"] == "127.0.0.1"
+        assert n["--cluster-config-file"] == os.path.join(n["--dir"], "nodes.conf")
+    ports = [cplan[x]["argv"][cplan[x]["argv"].index("--port") + 1] for x in REDIS_CLUSTER]
+    assert ports == [str(int(env["SB_REDIS_PORT"]) + i) for i in range(6)]
+    # Fixed, distinct addresses (what each announces and what the seeds name), outside the
+    # range the other containers are given, inside the network's subnet.
+    addrs = [address_of(cservices[x]) for x in REDIS_CLUSTER]
+    assert addrs == [f"{NET}.{11 + i}" for i in range(6)]
+    (ipam,) = cservices["_networks"]["default"]["ipam"]["config"]
+    assert ipam == {"subnet": f"{NET}.0/24", "ip_range": f"{NET}.128/25"}
+
+
+def seeds(url):
+    assert url.startswith("redis-cluster://"), url
+    return url[len("redis-cluster://"):].split(",")
+
+
+def test_cluster_seeds_name_every_redis(cservices, cplan):
+    """Every Redis, by address (a name would be resolved on the node's event loop)."""
+    native_port = {x: cplan[x]["argv"][cplan[x]["argv"].index("--port") + 1]
+                   for x in REDIS_CLUSTER}
+    for name, var in [(n, "SWITCHBOARD_REDIS") for n in NODES] + \
+            [("admin", "SWITCHBOARD_ADMIN_REDIS")]:
+        assert seeds(compose_env(cservices[name])[var]) == \
+            [f"{address_of(cservices[x])}:6379" for x in REDIS_CLUSTER]
+        assert seeds(cplan[name]["env"][var]) == \
+            [f"127.0.0.1:{native_port[x]}" for x in REDIS_CLUSTER]
+
+
+def test_cluster_init_is_one_script_with_the_same_arguments(cservices, cplan):
+    svc = cservices["redis-init"]
+    mount = "/usr/local/bin/redis-cluster-init.sh"
+    assert f"./deploy/redis-cluster-init.sh:{mount}:ro" in svc["volumes"]
+    assert svc["entrypoint"] == ["sh", mount]
+    assert svc["restart"] == "no" and "healthcheck" not in svc
+    argv = cplan["redis-init"]["argv"]
+    assert argv[0] == CLUSTER_INIT and os.access(CLUSTER_INIT, os.X_OK)
+    native_port = {cplan[x]["argv"][cplan[x]["argv"].index("--port") + 1]: x
+                   for x in REDIS_CLUSTER}
+    # Each native address stands for the service of that port, in the same order.
+    mapped = [a if ":" not in a else f"{address_of(cservices[native_port[a.split(':')[1]]])}:6379"
+              for a in argv[1:]]
+    assert [str(a) for a in svc["command"]] == mapped
+    assert mapped[:2] == ["-r", "1"]
+    assert cplan["redis-init"]["health"] == "exit 0"
+
+
+def test_cluster_health_checks_and_start_order_agree(cservices, cplan):
+    for name in CLUSTER_SERVICES - {"redis-init"}:
+        c = health_of_compose(cservices[name])
+        n = cplan[name]["health"]
+        assert c.split()[0] == n.split()[0], f"{name}: {c} vs {n}"
+        if name.startswith("redis"):
+            assert c == "redis-cluster 6379"
+            # Unhealthy until redis-init formed the cluster: that must not count as failing.
+            assert cservices[name]["healthcheck"]["start_period"] in ("60s", "1m")
+    for name in CLUSTER_SERVICES:
+        deps = cservices[name].get("depends_on", {})
+        assert set(deps) == set(cplan[name]["depends"]), name
+        for dep, cond in deps.items():
+            want = {"redis-init": "service_completed_successfully"}.get(
+                dep, "service_started" if name == "redis-init" else "service_healthy")
+            assert cond == {"condition": want}, f"{name} -> {dep}: {cond}"
+    for name in NODES + ["admin"]:
+        assert set(cplan[name]["depends"]) == {"redis", "redis-init"}
+    assert set(cplan["redis-init"]["depends"]) == set(REDIS_CLUSTER)
+
+
+def test_cluster_ports_can_be_moved_and_stay_consistent():
+    plan, _ = run_plan({"SB_REDIS_MODE": "cluster", "SB_PORTS": "auto"})
+    ports = [plan[x]["argv"][plan[x]["argv"].index(opt) + 1]
+             for x in REDIS_CLUSTER for opt in ("--port", "--cluster-port")]
+    assert len(set(ports)) == 12
+    assert [a.split(":")[1] for a in plan["redis-init"]["argv"][3:]] == ports[::2]
+    assert plan["node2"]["env"]["SWITCHBOARD_REDIS"] == \
+        "redis-cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[::2])
+
+
+def test_cluster_mode_is_checked():
+    e = dict(BASE_ENV, SB_REDIS_MODE="sharded")
+    r = subprocess.run(["bash", CLUSTER_SH, "plan"], env=e, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and "SB_REDIS_MODE" in r.stderr

@@ -252,3 +252,25 @@ def test_11_redis_url_auth_select_and_unix_socket(tmp_path):
         assert n.proc.stop() == 0
     finally:
         srv.stop()
+
+
+def test_12_listen_address_in_use_exits_1(redis_server, tmp_path):
+    """A port already taken: node and admin say so and exit 1 at once (the node crashed with
+    SIGSEGV here: lws could not be torn down after its vhost failed)."""
+    import socket
+    from harness import admin_binary
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    addr = "127.0.0.1:%d" % taken.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    try:
+        for argv in ([node_binary(), "--listen", addr, "--redis", redis_server.url],
+                     [admin_binary(), "--listen", addr, "--redis", redis_server.url,
+                      "--token-file", str(token)]):
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            assert p.returncode == 1, (argv[0], p.returncode, p.stderr[-2000:])
+            assert f"cannot listen on {addr}: the address cannot be bound" in p.stderr, p.stderr
+    finally:
+        taken.close()
