@@ -764,6 +764,16 @@ def why(b, a, S, T):
             "the Redis hop itself (three processes per message instead of one), not the node's "
             "code; fewer wake-ups would need messages held back to batch them (latency), or no "
             "hop.")
+    if hit("same node CPU per msg"):
+        out.append(
+            f"**Same node, CPU per message at {rate}/s** (the ratio of each repeat: "
+            f"{span(per_repeat_ratio(S, 'sb-same', 'peerjs', 'rate', 'cpu_us_per_msg'), lambda x: f'{x:.2f}')}"
+            "). At this rate both servers are woken for nearly every message: "
+            f"{m('sb-same', 'rate', 'switches_per_msg'):.2f} switches-in per message for the node, "
+            f"{m('peerjs', 'rate', 'switches_per_msg'):.2f} for peerjs-server, so a good part of "
+            "each one's cost per message is the same kernel work (a wake-up, a read, a write), "
+            "which no server code can halve; the across-node profile at this rate below shows "
+            "the kernel's share. No profile of the same-node run at this rate was taken.")
     for stack, label, hops in (("sb-same", "same node", "one server process (and the client)"),
                                ("sb-cross", "across nodes", "three server processes (node 1, "
                                 "Redis, node 2)")):
