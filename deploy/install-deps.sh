@@ -41,4 +41,10 @@ if [ "${SWITCHBOARD_DEPS:-all}" = all ]; then
     if [ -f "$here/tests/browser/package.json" ] && [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
         (cd "$here/tests/browser" && npm ci --no-audit --no-fund --silent)
     fi
+    # make bench, sections 8 and 9: the load client (ws, socket.io-client) and the servers it is
+    # compared with (peer 1.0.2, socket.io 4.8 + @socket.io/redis-adapter, redis), pinned in
+    # tests/bench/js/package-lock.json; installed here, never at bench time.
+    if [ -f "$here/tests/bench/js/package.json" ] && [ ! -d "$here/tests/bench/js/node_modules/peer" ]; then
+        (cd "$here/tests/bench/js" && npm ci --no-audit --no-fund --silent)
+    fi
 fi

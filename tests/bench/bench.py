@@ -27,6 +27,7 @@ import urllib.request
 import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lua_text  # noqa: E402  (tests/lua_text.py: the scripts as they ship)
 import cluster_section  # noqa: E402  (section 7: 1 vs 3 primaries, issue 12)
 
@@ -89,7 +90,27 @@ ENV = {
     "SB_BENCH_KILL_REDIS_TIMEOUT_MS": env_int("SB_BENCH_KILL_REDIS_TIMEOUT_MS", 300),
     "SB_BENCH_KILL_INTERVAL_MS": env_int("SB_BENCH_KILL_INTERVAL_MS", 500),
     "SB_BENCH_KILL_DEFAULTS": env_int("SB_BENCH_KILL_DEFAULTS", 1),
-    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7"),
+    # section 8: beside peerjs-server and Socket.IO + redis-adapter (issue 14)
+    "SB_BENCH_CMP_PAIRS": env_int("SB_BENCH_CMP_PAIRS", 100),
+    "SB_BENCH_CMP_WINDOW": env_int("SB_BENCH_CMP_WINDOW", 16),  # in flight per pair
+    "SB_BENCH_CMP_SECONDS": env_float("SB_BENCH_CMP_SECONDS", 10),
+    "SB_BENCH_CMP_RATE": env_int("SB_BENCH_CMP_RATE", 2000),  # msgs/s of the latency runs
+    "SB_BENCH_CMP_REPEATS": env_int("SB_BENCH_CMP_REPEATS", 3),
+    "SB_BENCH_CMP_IDLE": env_int("SB_BENCH_CMP_IDLE", 5000),  # idle connections per server
+    "SB_BENCH_CMP_IDLE_HOLD": env_int("SB_BENCH_CMP_IDLE_HOLD", 10),
+    "SB_BENCH_CMP_IDLE_CLIENTS": env_int("SB_BENCH_CMP_IDLE_CLIENTS", 2),  # client processes
+    "SB_BENCH_CMP_PERF": env_int("SB_BENCH_CMP_PERF", 1),  # perf record the nodes, last repeat
+    # section 9: big rooms (issue 11)
+    "SB_BENCH_ROOM_SIZES": env_str("SB_BENCH_ROOM_SIZES", "2 1000"),
+    "SB_BENCH_ROOM_JOINS": env_int("SB_BENCH_ROOM_JOINS", 20),
+    "SB_BENCH_ROOM_SIGNALS": env_int("SB_BENCH_ROOM_SIGNALS", 500),
+    "SB_BENCH_ROOM_RESYNCS": env_int("SB_BENCH_ROOM_RESYNCS", 5),
+    # section 10: queue amplification under the send-queue budget (issue 17)
+    "SB_BENCH_AMP_PAIRS": env_int("SB_BENCH_AMP_PAIRS", 200),
+    "SB_BENCH_AMP_SIGNALS": env_int("SB_BENCH_AMP_SIGNALS", 48),
+    "SB_BENCH_AMP_BYTES": env_int("SB_BENCH_AMP_BYTES", 60000),
+    "SB_BENCH_AMP_BUDGET": env_int("SB_BENCH_AMP_BUDGET", 8 << 20),
+    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9 10"),
 }
 ENV.update(cluster_section.ENV)
 OLD_SWEEP_S = 30.0  # the periodic sweep of the design Switchboard replaces (a stated constant)
@@ -1041,6 +1062,9 @@ def render(M, R, started, elapsed):
         render6(a, R["1"])
     if "7" in R:
         cluster_section.render(a, R["7"])
+    for num, mod in module_sections():
+        if num in R:
+            mod.render(sys.modules[__name__], a, R[num])
     for s, err in R.get("errors", {}).items():
         a(f"**Section {s} failed in this run:** `{err}`")
         a("")
@@ -1073,6 +1097,14 @@ def render(M, R, started, elapsed):
       "subscriber for `redis-benchmark PUBLISH`.")
     a("- `tests/bench/ref_join.lua`: the EVALSHA reference, the same calls as `room_join.lua` for "
       "a small room (13 Redis calls, a JSON event published to a subscribed channel).")
+    a("- `tests/bench/js/load.mjs` (sections 8 and 9): the neutral load client, one Node.js "
+      "process on `ws` (socket.io-client for Socket.IO), the same load and measurement for every "
+      "stack; `peerjs-server.mjs` and `sio-server.mjs` the reference servers. Their npm packages "
+      "(peer 1.0.2, socket.io 4.8, @socket.io/redis-adapter, redis, ws, socket.io-client) are "
+      "pinned in `tests/bench/js/package-lock.json` and installed by `deploy/install-deps.sh` "
+      "(`npm ci`); the benchmark never fetches anything. Server wake-ups and run-queue waits are "
+      "from `/proc/PID/task/*/schedstat`; profiles are `perf record -g` of the nodes in extra runs "
+      "that no figure is taken from.")
     a("- Nodes in sections 2 and 3 run with `--rate 1000000 --burst 1000000`, or the per-socket "
       "rate limit (50/s) would be what is measured. Everything else is at its default unless "
       "said. Node RSS is `VmRSS` of `/proc/PID/status`; CPU is utime+stime of `/proc/PID/stat`.")
@@ -1388,8 +1420,11 @@ def render4(a, S):
         rp = r["pass_s"] / max(1e-9, r["scan"]["seconds"])
         a("| target | figure | |")
         a("| --- | --- | --- |")
+        # a pass that removed nothing it should have did not do the work measured
+        valid = all(x.get("result", {}).get("stale_sockets") ==
+                    x.get("populate", {}).get("stale_members") for x in done)
         a(f"| pass over {r['links']:,} links within 2 x a bare SCAN | {rp:.1f} x | "
-          f"{verdict(rp <= 2)} |")
+          f"{verdict(rp <= 2) if valid else '**not valid** (see below)'} |")
         a(f"| no Redis call over 5 ms during the pass ({r['links']:,} links) | "
           f"{slow_max(sl)} | {verdict(sl['max_us'] <= 5000)} |")
         if worst is not r:
@@ -1399,6 +1434,13 @@ def render4(a, S):
             a(f"| (the targets are stated for 1,000,000 links; this run went up to "
               f"{r['links']:,}) | | |")
         a("")
+        if not valid:
+            a("**These figures are not valid.** The pass removed none of the stale members it "
+              "should have (the table above): `sb-redis-tool populate` (tests/bench/redis_tool.c) "
+              "still writes the key layout from before buckets (`P:stats`, `P:rooms`), which the "
+              "admin no longer reads (lua/README.md: `P:{T}:...`), so the pass walks almost "
+              "nothing. The populate tool has to follow the bucket layout first.")
+            a("")
         if rp > 2:
             a("**Why the time target is missed.** A bare SCAN reads key names, 1,000 per call, "
               "and does no work per key. The pass runs `room_check` once per room (it reads "
@@ -1517,6 +1559,36 @@ def render6(a, S):
     a("")
 
 
+# Sections in modules of their own (tests/bench/*_section.py): (section number, module, which of
+# its sectionN/renderN pairs), each run(bench, red) -> figures (JSON-able) and
+# render(bench, append, figures); `bench` is this module (Proc, Node, Redis, ENV, log, the
+# formatters). A missing module is skipped. (Section 7, cluster_section, is wired above.)
+MODULE_SECTIONS = [
+    ("8", "compare_section", "8"),  # beside peerjs-server and Socket.IO (issue 14)
+    ("9", "compare_section", "9"),  # rooms of 1,000 members (issue 11)
+    ("10", "compare_section", "10"),  # queue amplification under the budget (issue 17)
+]
+
+
+class _Section:
+    def __init__(self, mod, part):
+        self.run = getattr(mod, f"section{part}")
+        render = getattr(mod, f"render{part}")
+        self.render = render
+
+
+def module_sections():
+    import importlib
+    out = []
+    for num, name, part in MODULE_SECTIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        out.append((num, _Section(mod, part) if part else mod))
+    return out
+
+
 def render_only(path):
     """Writes the report again from a saved bench-results.json (no measurement)."""
     with open(path) as f:
@@ -1543,9 +1615,11 @@ def main():
     log(f"work dir {WORK}")
     red = Redis()
     try:
-        for s, fn in (("1", section1), ("2", section2), ("3", section3), ("4", section4),
-                      ("5", section5),
-                      ("7", lambda red: cluster_section.run(sys.modules[__name__], red))):
+        me = sys.modules[__name__]
+        for s, fn in [("1", section1), ("2", section2), ("3", section3), ("4", section4),
+                      ("5", section5), ("7", lambda red: cluster_section.run(me, red))] + [
+                          (num, lambda red, m=mod: m.run(me, red))
+                          for num, mod in module_sections()]:
             if s not in sections:
                 continue
             t0 = time.monotonic()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make bench: builds Switchboard and the benchmark tools (Release) and runs every section of
-# issue 8, writing docs/benchmarks.md. About 10 minutes at the default sizes; every size is an
+# make bench: builds Switchboard and the benchmark tools (Release) and runs every section (issue
+# 8; 8-10: beside peerjs-server and Socket.IO, big rooms, queue budget: tests/bench/compare_section.py,
+# whose Node.js side is in tests/bench/js, installed by deploy/install-deps.sh), writing
+# docs/benchmarks.md. About 20 minutes at the default sizes; every size is an
 # environment variable (see tests/bench/bench.py, ENV), e.g.
 #   SB_BENCH_CONNS=4000 SB_BENCH_SECONDS=5 SB_BENCH_RECON_LINKS=100000 bash tests/bench/run.sh
 #   SB_BENCH_SECTIONS="2 3" bash tests/bench/run.sh
@@ -9,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${SB_BENCH_BUILD:-$PWD/build-bench}
 export SB_BENCH_BUILD=$build
-for tool in redis-server redis-benchmark cmake gcc; do
+for tool in redis-server redis-benchmark cmake gcc node; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (make deps)" >&2; exit 1; }
 done
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSB_TESTS=OFF >/dev/null

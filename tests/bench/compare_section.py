@@ -1,0 +1,848 @@
+"""Sections 8-10 of tests/bench/bench.py.
+
+8 (issue 14): Switchboard beside peerjs-server 1.0.2 and Socket.IO 4.8 + @socket.io/redis-adapter,
+  in one run, with one neutral load client (tests/bench/js/load.mjs, Node.js `ws`).
+9 (issue 11): rooms of 1,000 members: the join of the 1,000th member, a signal in such a room,
+  and a resync of such a room (the node's subscriber connection killed: every room re-read with
+  room_read), beside a room of 2.
+10 (issue 17): node RSS and CPU under the queue-amplification load (senders pushing 60 KB signals
+  to receivers that never read) with the node-wide send-queue budget on, and with it off.
+
+`b` is the bench module (its Proc, Node, Redis, ENV, helpers); nothing here runs on its own.
+"""
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import threading
+import time
+
+JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
+RAISED = ["--rate", "1000000", "--burst", "1000000"]
+
+
+# ---- the Node.js side: reference servers and the load client ---------------------------------
+
+def js_ready(b):
+    if not os.path.isdir(os.path.join(JS, "node_modules", "peer")):
+        raise RuntimeError("tests/bench/js/node_modules is missing: run deploy/install-deps.sh "
+                           "(make deps), which runs npm ci there")
+
+
+class JsServer:
+    """peerjs-server (one process) or one Socket.IO + redis-adapter process."""
+
+    def __init__(self, b, kind, red=None):
+        self.port = b.free_port()
+        script = "peerjs-server.mjs" if kind == "peerjs" else "sio-server.mjs"
+        argv = ["node", os.path.join(JS, script), str(self.port)] + ([red.url] if red else [])
+        out = os.path.join(b.WORK, f"{kind}-{self.port}.jsonl")
+        self.proc = b.Proc(argv, f"{kind}-{self.port}", stdout=out)
+        b.wait_for(lambda: self.proc.event("listening") or (not self.proc.alive() and (
+            _ for _ in ()).throw(RuntimeError(f"{kind} exited: {self.proc.stderr_tail()}"))),
+            30, f"{kind} listening")
+        self.url = (f"ws://127.0.0.1:{self.port}/peerjs" if kind == "peerjs"
+                    else f"http://127.0.0.1:{self.port}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        self.proc.stop()
+
+
+_n = [0]
+
+
+def client(b, stack, mode, urls, args):
+    _n[0] += 1
+    name = f"js-{stack}-{mode}-{_n[0]}"
+    argv = ["node", os.path.join(JS, "load.mjs"), "--stack", stack, "--mode", mode,
+            "--prefix", f"c{_n[0]}x{os.getpid()}"]
+    for u in urls:
+        argv += ["--url", u]
+    for k, v in args.items():
+        argv += [f"--{k}", str(v)]
+    return b.Proc(argv, name, stdout=os.path.join(b.WORK, name + ".jsonl"))
+
+
+def wait_ev(b, p, ev, timeout):
+    def have():
+        if p.event("error"):
+            raise RuntimeError(f"{p.name}: {p.event('error')['error']}")
+        if not p.alive() and not p.event(ev):
+            raise RuntimeError(f"{p.name} exited early: {p.stderr_tail()}")
+        return p.event(ev)
+    return b.wait_for(have, timeout, f"{ev} from {p.name}", interval=0.02)
+
+
+# ---- section 8: the comparison -----------------------------------------------------------------
+
+STACKS = ("peerjs", "sio", "sb-same", "sb-cross")
+PROFILED = (("sb-same", "relay"), ("sb-cross", "relay"), ("sb-cross", "rate"))
+
+
+def start_stack(b, red, stack):
+    """(servers to stop, pids whose CPU counts, urls of side a and side b, client stack)."""
+    red.flush()
+    if stack == "peerjs":
+        s = JsServer(b, "peerjs")
+        return [s], [s.pid], [s.url], "peerjs"
+    if stack == "sio":
+        s1, s2 = JsServer(b, "sio", red), JsServer(b, "sio", red)
+        return [s1, s2], [s1.pid, s2.pid, red.proc.pid], [s1.url, s2.url], "sio"
+    n1, n2 = b.Node(red, "n1", RAISED), b.Node(red, "n2", RAISED)
+    urls = [n1.url] if stack == "sb-same" else [n1.url, n2.url]
+    return [n1, n2], [n1.pid, n2.pid, red.proc.pid], urls, "sb"
+
+
+def schedstat(pid):
+    """(run ns, run-queue wait ns, times switched in) summed over the threads of pid."""
+    tot = [0, 0, 0]
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                v = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for i in range(3):
+            tot[i] += v[i]
+    return tot
+
+
+def perf_start(b, pids, tag):
+    """perf record -g on the given pids (the nodes) for the measured window, or None."""
+    data = os.path.join(b.WORK, f"perf-{tag}.data")
+    return b.Proc(["perf", "record", "-g", "-F", "997", "-o", data, "-p",
+                   ",".join(str(p) for p in pids)], f"perf-{tag}"), data
+
+
+def perf_report(b, rec):
+    """The top entries (self time) of a recording: by symbol, and by DSO (kernel vs user)."""
+    proc, data = rec
+    proc.signal(2)  # SIGINT: perf writes its file and exits
+    proc.wait(60)
+    out = {}
+    for key, sort in (("symbols", "dso,symbol"), ("dsos", "dso")):
+        r = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                            "--sort", sort, "--percent-limit", "1", "-g", "none"],
+                           capture_output=True, text=True, timeout=300)
+        rows = []
+        for line in r.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s*(?:\[\S\]\s+(.*))?$", line)
+            if m:
+                sym = re.sub(r"(\s+-)+\s*$", "", (m.group(3) or "")).strip()
+                rows.append([float(m.group(1)), m.group(2), sym])
+        out[key] = rows[:25]
+    # inclusive time of the system calls (children): which calls the kernel time comes from
+    r = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--sort",
+                        "symbol", "-g", "none", "--percent-limit", "0.5"],
+                       capture_output=True, text=True, timeout=300)
+    calls = []
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+\[\S\]\s+(__x64_sys_\w+|ksys_\w+)", line)
+        if m:
+            n_ = re.sub("^(__x64_sys_|ksys_)", "", m.group(3))
+            if n_ not in [c[1] for c in calls]:
+                calls.append([float(m.group(1)), n_])
+    out["syscalls"] = calls[:10]
+    return out
+
+
+def cmp_run(b, red, stack, mode, profile=False):
+    E = b.ENV
+    servers, pids, urls, cstack = start_stack(b, red, stack)
+    try:
+        args = {"pairs": E["SB_BENCH_CMP_PAIRS"], "window": E["SB_BENCH_CMP_WINDOW"],
+                "seconds": E["SB_BENCH_CMP_SECONDS"], "warmup": E["SB_BENCH_WARMUP"],
+                "rate": E["SB_BENCH_CMP_RATE"]}
+        p = client(b, cstack, mode, urls, args)
+        wait_ev(b, p, "window", 120)
+        rec = perf_start(b, [s.pid for s in servers], f"{stack}-{mode}") if profile else None
+        c0 = {pid: b.cpu_s(pid) for pid in pids + [p.pid]}
+        q0 = {pid: schedstat(pid) for pid in pids}
+        t0 = time.monotonic()
+        wait_ev(b, p, "window-end", E["SB_BENCH_CMP_SECONDS"] + 60)
+        dt = time.monotonic() - t0
+        cpu = {pid: (b.cpu_s(pid) - c0[pid]) / dt for pid in pids + [p.pid]}
+        q1 = {pid: schedstat(pid) for pid in pids}
+        res = dict(wait_ev(b, p, "result", 60))
+        p.signal(15)
+        p.wait(60)
+        res["cpu_each_pct"] = [cpu[pid] * 100 for pid in pids]
+        res["server_cpu"] = sum(cpu[pid] for pid in pids)  # cores
+        res["client_cpu_pct"] = cpu[p.pid] * 100
+        rate = res["msgs_per_s"] or 1
+        res["msgs_per_cpu_s"] = rate / res["server_cpu"] if res["server_cpu"] else None
+        res["cpu_us_per_msg"] = res["server_cpu"] * 1e6 / rate
+        # from /proc/PID/schedstat of the server processes (every thread): time runnable but
+        # waiting for a core, and how often they were switched in (~ wake-ups)
+        res["runq_wait_ms_per_s"] = sum(q1[x][1] - q0[x][1] for x in pids) / 1e6 / dt
+        res["switches_per_msg"] = sum(q1[x][2] - q0[x][2] for x in pids) / (rate * dt)
+        if rec:
+            res["profile"] = perf_report(b, rec)
+        return res
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def cmp_idle(b, red, stack, profile=False):
+    """RSS per idle connection and connect (+join) rate against one server process."""
+    E = b.ENV
+    red.flush()
+    if stack == "peerjs":
+        s, cstack = JsServer(b, "peerjs"), "peerjs"
+    elif stack == "sio":
+        s, cstack = JsServer(b, "sio", red), "sio"
+    else:
+        s, cstack = b.Node(red, "n1", RAISED), "sb"
+    try:
+        time.sleep(2)
+        rss0 = b.rss_kb(s.pid)
+        n = E["SB_BENCH_CMP_IDLE"]
+        rec = perf_start(b, [s.pid], f"{stack}-connect") if profile else None
+        k = max(1, E["SB_BENCH_CMP_IDLE_CLIENTS"])
+        ps = [client(b, cstack, "idle", [s.url], {"conns": n // k, "inflight": 100})
+              for _ in range(k)]
+        pids = [s.pid] + ([red.proc.pid] if cstack != "peerjs" else [])
+        c0 = {x: b.cpu_s(x) for x in pids + [q.pid for q in ps]}
+        t0 = time.monotonic()
+        readies = [wait_ev(b, q, "ready", 300) for q in ps]
+        dt = time.monotonic() - t0
+        c1 = {x: b.cpu_s(x) for x in pids + [q.pid for q in ps]}
+        prof = perf_report(b, rec) if rec else None
+        time.sleep(E["SB_BENCH_CMP_IDLE_HOLD"])
+        rss1 = b.rss_kb(s.pid)
+        for q in ps:
+            q.signal(15)
+        for q in ps:
+            q.wait(30)
+        opened = sum(r["opened"] for r in readies)
+        res = {"opened": opened, "failed": sum(r["failed"] for r in readies),
+               "clients": k,
+               # every client's connections over the time the slowest took
+               "connects_per_s": opened / max(r["seconds"] for r in readies),
+               "server_cpu_us_per_connect": sum(c1[x] - c0[x] for x in pids) * 1e6 / opened,
+               "client_cpu_pct": sum(c1[q.pid] - c0[q.pid] for q in ps) / dt * 100,
+               "server_cpu_pct": sum(c1[x] - c0[x] for x in pids) / dt * 100}
+        res.update({"rss0_kb": rss0, "rss_kb": rss1,
+                    "bytes_per_conn": (rss1 - rss0) * 1024 / max(1, opened),
+                    "open_at_end": sum((q.event("result") or {}).get("open_at_end", 0)
+                                       for q in ps)})
+        if prof:
+            res["profile"] = prof
+        return res
+    finally:
+        s.stop()
+
+
+def section8(b, red):
+    js_ready(b)
+    E = b.ENV
+    R = {"runs": {s: {"relay": [], "rate": []} for s in STACKS}, "idle": {}}
+    for rep in range(E["SB_BENCH_CMP_REPEATS"]):  # noqa: the figures of one repeat go together
+        for mode in ("relay", "rate"):
+            for stack in STACKS:  # interleaved, so each repeat compares neighbours in time
+                b.log(f"section 8: {stack} {mode} (repeat {rep + 1})")
+                R["runs"][stack][mode].append(cmp_run(b, red, stack, mode))
+    if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):
+        # extra runs, not counted above (perf costs CPU): where the nodes spend it
+        R["profiles"] = {}
+        for stack, mode in PROFILED:
+            b.log(f"section 8: {stack} {mode} under perf record -g")
+            r = cmp_run(b, red, stack, mode, True)
+            R["profiles"][f"{stack} {mode}"] = {"profile": r.pop("profile"), "run": r}
+    for stack in ("peerjs", "sio", "sb"):
+        b.log(f"section 8: {stack} idle connections ({E['SB_BENCH_CMP_IDLE']})")
+        R["idle"][stack] = cmp_idle(b, red, stack)
+    if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):  # an extra run, not counted above
+        b.log("section 8: sb idle connections under perf record -g")
+        r = cmp_idle(b, red, "sb", True)
+        R.setdefault("profiles", {})["sb connect+join"] = {
+            "profile": r.pop("profile"), "run": {"msgs_per_s": r["connects_per_s"],
+                                                 "server_cpu": None}}
+    return R
+
+
+def med(v):
+    v = [x for x in v if x is not None]
+    return statistics.median(v) if v else None
+
+
+def span(v, fmt):
+    v = [x for x in v if x is not None]
+    if not v:
+        return "n/a"
+    lo, hi = min(v), max(v)
+    return fmt(lo) if len(v) == 1 or fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+
+
+def per_repeat_ratio(S, s1, s2, mode, key):
+    a, c = S["runs"][s1][mode], S["runs"][s2][mode]
+    return [x[key] / y[key] for x, y in zip(a, c) if x.get(key) and y.get(key)]
+
+
+def render8(b, a, S):
+    E = b.ENV
+    f0, f2 = b.f0, b.f2
+    names = {"peerjs": "peerjs-server 1.0.2", "sio": "Socket.IO 4.8 + redis-adapter",
+             "sb-same": "Switchboard same node", "sb-cross": "Switchboard across nodes"}
+    a("## 8. Beside peerjs-server and Socket.IO + redis-adapter")
+    a("")
+    a(f"One load client for every stack (`tests/bench/js/load.mjs`: Node.js `ws`, socket.io-client "
+      f"for Socket.IO), {E['SB_BENCH_CMP_PAIRS']} pairs; flat out each pair keeps "
+      f"{E['SB_BENCH_CMP_WINDOW']} messages in flight (a sends, b echoes each one back, a sends "
+      "the next on each echo; every delivery counts); at a fixed rate, "
+      f"{E['SB_BENCH_CMP_RATE']:,} messages/s open loop, directions alternating. Messages are a "
+      "fake ICE candidate, about 210 B of JSON on the wire "
+      f"({span([r.get('frame_bytes') for s in STACKS for r in S['runs'][s]['relay']], f0)} B per "
+      f"frame). {E['SB_BENCH_CMP_SECONDS']:g} s measured after {E['SB_BENCH_WARMUP']:g} s of "
+      "warm-up; a fresh set of servers per run; "
+      f"{E['SB_BENCH_CMP_REPEATS']} repeats, the stacks interleaved. Server CPU counts every server "
+      "process and Redis: peerjs-server is one Node.js process; Socket.IO is two processes on one "
+      "redis-server, side a of each pair on the first and side b on the second; Switchboard is two "
+      "nodes (`--rate 1000000 --burst 1000000`) on one redis-server, both sides on node 1 (node 2 "
+      "idles) or side a on node 1 and side b on node 2. Ranges are over the repeats.")
+    a("")
+    a("| figure | " + " | ".join(names[s] for s in STACKS) + " |")
+    a("| --- | --- | --- | --- | --- |")
+
+    def row(label, mode, key, fmt):
+        a(f"| {label} | " + " | ".join(span([r.get(key) for r in S['runs'][s][mode]], fmt)
+                                        for s in STACKS) + " |")
+    row("messages/s flat out", "relay", "msgs_per_s", f0)
+    row("messages per server CPU-second (Redis included)", "relay", "msgs_per_cpu_s", f0)
+    a("| server CPU flat out (% of a core, each process) | " + " | ".join(
+        "; ".join("+".join(f0(c) for c in r["cpu_each_pct"]) for r in S["runs"][s]["relay"])
+        for s in STACKS) + " |")
+    row("client CPU flat out (%)", "relay", "client_cpu_pct", f0)
+    row("server switches-in per message flat out", "relay", "switches_per_msg", f2)
+    row(f"server switches-in per message at {E['SB_BENCH_CMP_RATE']:,} msg/s", "rate",
+        "switches_per_msg", f2)
+    row(f"server time waiting for a core at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms/s)", "rate",
+        "runq_wait_ms_per_s", lambda x: f"{x:.1f}")
+    row(f"server CPU per message at {E['SB_BENCH_CMP_RATE']:,} msg/s (us)", "rate",
+        "cpu_us_per_msg", f0)
+    row(f"one-way latency p50 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p50_us",
+        lambda x: f"{x / 1000:.2f}")
+    row(f"one-way latency p99 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p99_us",
+        lambda x: f"{x / 1000:.2f}")
+    row(f"one-way latency p99.9 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p999_us",
+        lambda x: f"{x / 1000:.2f}")
+    I = S.get("idle", {})
+
+    def idle(stack, key, fmt):
+        return fmt(I[stack][key]) if stack in I and I[stack].get(key) is not None else "n/a"
+    a("| RSS per idle connection (joined, for us; B) | " + " | ".join([
+        idle("peerjs", "bytes_per_conn", f0), idle("sio", "bytes_per_conn", f0),
+        idle("sb", "bytes_per_conn", f0), ""]) + " |")
+    for key, label in (("connects_per_s", "connects (+ join for us) per second"),
+                       ("server_cpu_us_per_connect",
+                        "server CPU per connect (+ join; Redis included; us)"),
+                       ("server_cpu_pct", "server CPU while connecting (%)"),
+                       ("client_cpu_pct", "client CPU while connecting (%, all client processes)")):
+        a(f"| {label} | " + " | ".join([idle("peerjs", key, f0), idle("sio", key, f0),
+                                        idle("sb", key, f0), ""]) + " |")
+    a("")
+    if I:
+        a("Idle connections: " + "; ".join(
+            f"{names.get(s, 'Switchboard (one node)')}: {I[s]['opened']:,} opened "
+            f"({I[s]['failed']} failed) from {I[s]['clients']} client processes x 100 "
+            f"handshakes in flight, {I[s].get('open_at_end')} open after "
+            f"{E['SB_BENCH_CMP_IDLE_HOLD']} s, RSS {I[s]['rss0_kb'] / 1024:.1f} -> "
+            f"{I[s]['rss_kb'] / 1024:.1f} MiB" for s in I if s in ("peerjs", "sio", "sb")) +
+          ". Socket.IO: one process; peerjs-server: its clients send HEARTBEAT every 5 s; "
+          "Switchboard: pair rooms, default ping policy. RSS is read after the hold, with no "
+          "garbage collection forced in the Node.js servers.")
+        a("")
+    T = []
+
+    def target(label, vals, ok):
+        m = med(vals)
+        T.append((label, ("n/a" if m is None else
+                          f"{m:.2f} x ({span(vals, lambda x: f'{x:.2f}')})"),
+                  None if m is None else ok(m)))
+    target("same node msgs per server CPU-s >= 2 x peerjs",
+           per_repeat_ratio(S, "sb-same", "peerjs", "relay", "msgs_per_cpu_s"), lambda m: m >= 2)
+    target("across nodes msgs per server CPU-s >= 1 x peerjs",
+           per_repeat_ratio(S, "sb-cross", "peerjs", "relay", "msgs_per_cpu_s"), lambda m: m >= 1)
+    target("across nodes msgs per server CPU-s >= 4 x Socket.IO",
+           per_repeat_ratio(S, "sb-cross", "sio", "relay", "msgs_per_cpu_s"), lambda m: m >= 4)
+    target(f"same node CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s <= 0.5 x peerjs",
+           per_repeat_ratio(S, "sb-same", "peerjs", "rate", "cpu_us_per_msg"),
+           lambda m: m <= 0.5)
+    target(f"across nodes CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s <= 1 x peerjs",
+           per_repeat_ratio(S, "sb-cross", "peerjs", "rate", "cpu_us_per_msg"),
+           lambda m: m <= 1)
+    for stack, bound, label in (("sb-same", 1.0, "same node"), ("sb-cross", 1.5, "across nodes")):
+        v = [r["lat_p99_us"] / 1000 for r in S["runs"][stack]["rate"] if r.get("lat_p99_us")]
+        m = med(v)
+        T.append((f"{label} p99 at {E['SB_BENCH_CMP_RATE']:,}/s <= {bound:g} ms",
+                  "n/a" if m is None else f"{m:.2f} ms ({span(v, lambda x: f'{x:.2f}')})",
+                  None if m is None else m <= bound))
+    if "sb" in I:
+        v = I["sb"]["bytes_per_conn"]
+        T.append(("RSS per idle joined socket <= 2,048 B", f"{v:,.0f} B", v <= 2048))
+    if "sb" in I and "peerjs" in I and I["peerjs"].get("connects_per_s"):
+        x = I["sb"]["connects_per_s"] / I["peerjs"]["connects_per_s"]
+        T.append(("connects + joins/s >= 2 x peerjs connects/s", f"{x:.2f} x", x >= 2))
+        x = I["sb"]["server_cpu_us_per_connect"] / I["peerjs"]["server_cpu_us_per_connect"]
+        T.append(("(not a target: server CPU per connect + join / peerjs' per connect)",
+                  f"{x:.2f} x", None))
+    a("| target (issue 14) | figure: median of the per-repeat ratios (range) | |")
+    a("| --- | --- | --- |")
+    for label, fig, ok in T:
+        a(f"| {label} | {fig} | {'n/a' if ok is None else b.verdict(ok)} |")
+    a("")
+    S["targets"] = [{"target": t, "figure": f, "met": ok} for t, f, ok in T]
+    why(b, a, S, T)
+    for name, P in S.get("profiles", {}).items():
+        r = P["run"]
+        if r["server_cpu"] is None:
+            a(f"Profile of the node, {name} (`perf record -g -F 997` on the node while the idle "
+              f"connections above connected and joined in an extra run, {r['msgs_per_s']:,.0f}/s with perf on, not "
+              "counted above); self time, entries of 1% or more:")
+        else:
+            a(f"Profile of the nodes, {name} (`perf record -g -F 997` on the nodes over an extra"
+              f" run of {r['msgs_per_s']:,.0f} msgs/s at {r['server_cpu'] * 100:.0f}% server "
+              "CPU, not counted above); self time, entries of 1% or more:")
+        a("")
+        a("| % of samples | where | symbol |")
+        a("| --- | --- | --- |")
+        for pct_, dso, sym in P["profile"]["symbols"][:15]:
+            a(f"| {pct_:.1f} | {dso} | `{sym}` |")
+        a("")
+        a("By binary: " + ", ".join(f"{d} {p_:.1f}%" for p_, d, _ in P["profile"]["dsos"][:8])
+          + ". System calls, inclusive of the kernel work under them: " + (", ".join(
+              f"{n} {p_:.1f}%" for p_, n in P["profile"].get("syscalls", [])) or "n/a") + ".")
+        a("")
+
+
+# ---- section 9: rooms of 1,000 members -----------------------------------------------------------
+
+def metric(node, name):
+    st, body = _get(f"http://127.0.0.1:{node.port}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            if line.split(" ")[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _get(url):
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.read()
+
+
+def section9(b, red):
+    js_ready(b)
+    E = b.ENV
+    R = {}
+    for size in [int(x) for x in E["SB_BENCH_ROOM_SIZES"].split()]:
+        red.flush()
+        args = RAISED + ["--max-room-members", str(max(64, size + 1))]
+        n1, n2 = b.Node(red, "n1", args), b.Node(red, "n2", args)
+        try:
+            b.log(f"section 9: a room of {size} members over 2 nodes")
+            p = client(b, "sb", "room", [n1.url, n2.url],
+                       {"members": size, "joins": E["SB_BENCH_ROOM_JOINS"],
+                        "signals": E["SB_BENCH_ROOM_SIGNALS"]})
+            res = dict(wait_ev(b, p, "result", 300))
+            wait_ev(b, p, "holding", 60)
+            time.sleep(0.5)
+            # resync: kill the nodes' subscriber connections; each node re-reads its room
+            # (room_read) once its subscription is back
+            rs = []
+            for _ in range(E["SB_BENCH_ROOM_RESYNCS"]):
+                before = [metric(n, "switchboard_node_pubsub_resyncs_total") for n in (n1, n2)]
+                c0 = [b.cpu_s(n.pid) for n in (n1, n2)]
+                calls0, us0 = red.cmdstat("evalsha")
+                t0 = time.monotonic()
+                red.r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+                def done():
+                    return all(metric(n, "switchboard_node_pubsub_resyncs_total") > x
+                               for n, x in zip((n1, n2), before))
+                b.wait_for(done, 30, "resync of both nodes", interval=0.002)
+                wall = time.monotonic() - t0
+                cpu = sum(b.cpu_s(n.pid) - c for n, c in zip((n1, n2), c0))
+                calls1, us1 = red.cmdstat("evalsha")
+                rs.append({"wall_ms": wall * 1000, "node_cpu_ms": cpu * 1000,
+                           "redis_evalsha_us": us1 - us0, "evalsha_calls": calls1 - calls0})
+                time.sleep(0.5)
+            res["resync"] = rs
+            res["node_rss_kb"] = [b.rss_kb(n.pid) for n in (n1, n2)]
+            p.signal(15)
+            p.wait(30)
+            R[str(size)] = res
+        finally:
+            n1.stop()
+            n2.stop()
+    return R
+
+
+def render9(b, a, S):
+    E = b.ENV
+    a("## 9. Rooms of 1,000 members")
+    a("")
+    a("One room filled over 2 nodes (members alternate between them, 20 joins in flight), "
+      "measured with the Node.js client of section 8. **Join**: one more member (on node 2) "
+      f"joins the full room and leaves again, {E['SB_BENCH_ROOM_JOINS']} times: the time to its "
+      "`joined` (listing every member), and to the moment the last of the others got its "
+      f"`peer-joined` (fan-out). **Signal**: {E['SB_BENCH_ROOM_SIGNALS']} signals, one at a time, "
+      "from a member on node 1 to the last member (node 2), one-way. **Resync**: the nodes' subscriber "
+      "connections killed (`CLIENT KILL TYPE pubsub`); each node reconnects and re-reads its room "
+      "with `room_read`; the time until both counted the resync "
+      "(`switchboard_node_pubsub_resyncs_total`, polled every 2 ms: it includes the reconnect), "
+      f"the CPU both nodes spent meanwhile and Redis' EVALSHA time; {E['SB_BENCH_ROOM_RESYNCS']} "
+      "times, medians. The room of 2 is the reference.")
+    a("")
+    a("| members | join: `joined` p50 / p99 | join: fan-out done p50 / p99 | signal p50 / p99 | "
+      "resync: wall | resync: node CPU (2 nodes) | resync: Redis EVALSHA time | node RSS |")
+    a("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size, r in S.items():
+        rs = r["resync"]
+        a(f"| {int(size):,} | {r['join_ms']['p50']:.2f} / {r['join_ms']['p99']:.2f} ms | "
+          f"{r['fanout_ms']['p50']:.2f} / {r['fanout_ms']['p99']:.2f} ms | "
+          f"{r['signal_ms']['p50']:.3f} / {r['signal_ms']['p99']:.3f} ms | "
+          f"{med([x['wall_ms'] for x in rs]):.1f} ms | "
+          f"{med([x['node_cpu_ms'] for x in rs]):.0f} ms | "
+          f"{med([x['redis_evalsha_us'] for x in rs]) / 1000:.2f} ms "
+          f"({med([x['evalsha_calls'] for x in rs]):.0f} calls) | "
+          f"{' + '.join(f'{k / 1024:.1f}' for k in r['node_rss_kb'])} MiB |")
+    a("")
+    a("Node CPU for a resync is read from /proc in clock ticks (10 ms), so small values are "
+      "coarse; it includes the subscriber's reconnect and both nodes' ordinary work meanwhile.")
+    a("")
+
+
+# ---- section 10: queue amplification with the send-queue budget --------------------------------
+
+def _recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        c = s.recv(n - len(buf))
+        if not c:
+            raise EOFError
+        buf += c
+    return buf
+
+
+class Raw:
+    """A minimal WebSocket client on a plain socket: masked frames with key 0 (allowed by RFC 6455;
+    the payload goes out as is, so 60 KB frames cost Python nothing to mask)."""
+
+    def __init__(self, port, rcvbuf=None):
+        s = socket.socket()
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise RuntimeError(f"handshake: {head[:80]!r}")
+        self.s = s
+        self.id = self.recv()["id"]
+
+    def recv(self):
+        h = _recv_exact(self.s, 2)
+        n = h[1] & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", _recv_exact(self.s, 2))[0]
+        elif n == 127:
+            n = struct.unpack(">Q", _recv_exact(self.s, 8))[0]
+        data = _recv_exact(self.s, n)
+        return json.loads(data) if h[0] & 0x0F == 1 else {"type": f"op{h[0] & 0x0F}"}
+
+    @staticmethod
+    def frame(text):
+        p = text.encode()
+        n = len(p)
+        hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
+                               bytes([0x80 | 126]) + struct.pack(">H", n) if n < 65536 else
+                               bytes([0x80 | 127]) + struct.pack(">Q", n))
+        return hdr + b"\0\0\0\0" + p
+
+    def send(self, obj):
+        self.s.sendall(self.frame(json.dumps(obj)))
+
+    def expect(self, typ):
+        while True:
+            m = self.recv()
+            if m.get("type") == typ:
+                return m
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def amp_run(b, red, budget):
+    E = b.ENV
+    red.flush()
+    args = ["--queue-budget-bytes", str(budget)] if budget else []
+    node = b.Node(red, "amp", args)
+    socks = []
+    try:
+        pairs = []
+        for i in range(E["SB_BENCH_AMP_PAIRS"]):
+            s = Raw(node.port)
+            s.send({"type": "join", "room": f"amp-{i}"})
+            s.expect("joined")
+            r = Raw(node.port, rcvbuf=4096)  # joins, then never reads again
+            r.send({"type": "join", "room": f"amp-{i}"})
+            s.expect("peer-joined")
+            pairs.append((s, r))
+            socks += [s, r]
+        time.sleep(0.5)
+        rss0 = b.rss_kb(node.pid)
+        cpu0 = b.cpu_s(node.pid)
+        peak = {"rss": rss0, "queued": 0}
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    peak["rss"] = max(peak["rss"], b.rss_kb(node.pid))
+                    q = metric(node, "switchboard_node_send_queue_bytes")
+                    peak["queued"] = max(peak["queued"], q or 0)
+                except Exception:
+                    pass
+                time.sleep(0.02)
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        pad = "z" * E["SB_BENCH_AMP_BYTES"]
+        t0 = time.monotonic()
+        for s, r in pairs:
+            s.s.sendall(Raw.frame(json.dumps({"type": "signal", "to": r.id, "data": pad}))
+                        * E["SB_BENCH_AMP_SIGNALS"])
+        push_s = time.monotonic() - t0
+        sent = E["SB_BENCH_AMP_PAIRS"] * E["SB_BENCH_AMP_SIGNALS"]
+
+        def all_in():
+            v = metric(node, 'switchboard_node_messages_received_total{type="signal"}')
+            return v is None or v >= sent
+        try:
+            b.wait_for(all_in, 60, "every signal at the node", interval=0.05)
+        except RuntimeError:
+            pass
+        time.sleep(2)
+        busy_s = time.monotonic() - t0
+        stop.set()
+        th.join(2)
+        cpu = b.cpu_s(node.pid) - cpu0
+        sheds = {k: metric_label(node, "switchboard_node_send_queue_sheds_total", k)
+                 for k in ("node", "socket", "stall")}
+        return {"budget": budget, "resolved_budget": metric(
+                    node, "switchboard_node_send_queue_budget_bytes"),
+                "rss0_kb": rss0, "peak_rss_kb": peak["rss"], "end_rss_kb": b.rss_kb(node.pid),
+                "peak_queued": peak["queued"],
+                "queued_end": metric(node, "switchboard_node_send_queue_bytes"),
+                "offered_bytes": sent * (E["SB_BENCH_AMP_BYTES"] + 40),
+                "push_s": push_s, "seconds": busy_s, "cpu_s": cpu, "sheds": sheds}
+    finally:
+        for s in socks:
+            s.close()
+        node.stop()
+
+
+def metric_label(node, name, label):
+    st, body = _get(f"http://127.0.0.1:{node.port}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") and f'"{label}"' in line.split("}")[0]:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def section10(b, red):
+    E = b.ENV
+    R = {"runs": []}
+    for budget in (E["SB_BENCH_AMP_BUDGET"], 0):
+        b.log(f"section 10: amplification, {E['SB_BENCH_AMP_PAIRS']} pairs, budget "
+              f"{budget or 'default'}")
+        R["runs"].append(amp_run(b, red, budget))
+    return R
+
+
+def render10(b, a, S):
+    E = b.ENV
+    a("## 10. Queue amplification with the send-queue budget")
+    a("")
+    a(f"The load of issue 17: {E['SB_BENCH_AMP_PAIRS']} pairs on one node, each a sender pushing "
+      f"{E['SB_BENCH_AMP_SIGNALS']} signals of {E['SB_BENCH_AMP_BYTES']:,} B at once (within the "
+      "default burst) to a receiver that joined and then never reads (a raw socket with a 4 KiB "
+      "receive buffer; the kernel still takes up to about 2 MB per socket before anything queues "
+      "in the node). Other options at their defaults (`--max-send-queue-bytes` 1 MiB, "
+      "`--queue-stall-ms` 20 s). RSS and queued bytes (`switchboard_node_send_queue_bytes`) are "
+      "sampled every 20 ms from the push until 2 s after every signal reached the node; CPU is "
+      "the node's over that time. The budget bounds the bytes queued to clients (what the "
+      "metric counts); RSS also holds the 200 senders' incoming 60 KB messages while they are "
+      "reassembled and relayed, libwebsockets' buffers and what the allocator keeps after a "
+      "shed, so its growth is not the queued bytes (without the budget it grew less than what "
+      "was queued: freed queues are reused).")
+    a("")
+    a("| budget (`--queue-budget-bytes`) | offered | node RSS before / peak / after | peak queued "
+      "| node CPU (s) over | sheds node / socket / stall | queued <= budget + one frame | "
+      "peak RSS growth |")
+    a("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in S["runs"]:
+        grow = (r["peak_rss_kb"] - r["rss0_kb"]) * 1024
+        bud = r["resolved_budget"] or 0
+        sh = r["sheds"]
+        label = (f"{r['budget'] / 1048576:.0f} MiB" if r["budget"] else
+                 f"default ({bud / 1048576:,.0f} MiB: a quarter of the RAM)")
+        a(f"| {label} | {r['offered_bytes'] / 1e6:,.0f} MB | {r['rss0_kb'] / 1024:.1f} / "
+          f"{r['peak_rss_kb'] / 1024:.1f} / {r['end_rss_kb'] / 1024:.1f} MiB | "
+          f"{r['peak_queued'] / 1048576:.1f} MiB | {r['cpu_s']:.2f} s over {r['seconds']:.1f} s | "
+          f"{b.f0(sh['node'])} / {b.f0(sh['socket'])} / {b.f0(sh['stall'])} | "
+          + (b.verdict(r["peak_queued"] <= bud + 65536 + 64) if r["budget"] else "(no budget)")
+          + f" | {grow / 1048576:.1f} MiB |")
+    a("")
+
+
+def _prof(S, name):
+    return (S.get("profiles", {}).get(name) or {}).get("profile") or {}
+
+
+def _share(prof, names):
+    return sum(p for p, _, sym in (prof.get("symbols") or []) if sym in names)
+
+
+def why(b, a, S, T):
+    """The measured reason of each missed target, from this run's figures and profiles."""
+    E = b.ENV
+    rate = f"{E['SB_BENCH_CMP_RATE']:,}"
+    missed = {t for t, _, ok in T if ok is False}
+    runs = S["runs"]
+
+    def m(stack, mode, key):
+        return med([r.get(key) for r in runs[stack][mode]])
+
+    def hit(prefix):
+        return any(t.startswith(prefix) for t in missed)
+    out = []
+    pr = _prof(S, "sb-cross rate")
+    kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
+    sysc = ", ".join(f"{n} {p:.0f}%" for p, n in pr.get("syscalls", [])[:4])
+    fts = _share(pr, ("finish_task_switch.isra.0", "finish_task_switch"))
+    if hit("across nodes CPU per msg"):
+        out.append(
+            f"**Across nodes, CPU per message at {rate}/s.** At this rate messages seldom arrive "
+            "together, so each one wakes every process on its path: node 1 (the client's frame, "
+            "then a PUBLISH), Redis, node 2 (the message, then the write to the client): "
+            f"{m('sb-cross', 'rate', 'switches_per_msg'):.2f} switches-in of a server process per "
+            f"message, against {m('peerjs', 'rate', 'switches_per_msg'):.2f} for peerjs-server "
+            "(one process, no hop) and "
+            f"{m('sb-same', 'rate', 'switches_per_msg'):.2f} for one node. A wake-up is a context "
+            "switch, a return from `epoll_wait` and the read and write system calls of that one "
+            "message, shared with no other message. `perf record -g` of both nodes in this "
+            "run's extra across-node run at this rate: "
+            + (f"{kern:.0f}% of the samples in the kernel, " if kern is not None else "")
+            + (f"{fts:.0f}% self time in `finish_task_switch` (the return into a process that "
+               "slept; with no hardware PMU in this VM, time with interrupts off is charged "
+               "there), " if fts else "")
+            + (f"system calls inclusive of the kernel work under them: {sysc}; " if sysc else "")
+            + "the nodes' own code is a few percent (table below). Flat out the wake-ups are "
+            f"shared ({m('sb-cross', 'relay', 'switches_per_msg'):.2f} per message) and the "
+            "across-node relay per CPU-second is near or above peerjs-server's. So the cost is "
+            "the Redis hop itself (three processes per message instead of one), not the node's "
+            "code; fewer wake-ups would need messages held back to batch them (latency), or no "
+            "hop.")
+    if hit("same node CPU per msg"):
+        out.append(
+            f"**Same node, CPU per message at {rate}/s** (the ratio of each repeat: "
+            f"{span(per_repeat_ratio(S, 'sb-same', 'peerjs', 'rate', 'cpu_us_per_msg'), lambda x: f'{x:.2f}')}"
+            "). At this rate both servers are woken for nearly every message: "
+            f"{m('sb-same', 'rate', 'switches_per_msg'):.2f} switches-in per message for the node, "
+            f"{m('peerjs', 'rate', 'switches_per_msg'):.2f} for peerjs-server, so a good part of "
+            "each one's cost per message is the same kernel work (a wake-up, a read, a write), "
+            "which no server code can halve; the across-node profile at this rate below shows "
+            "the kernel's share. No profile of the same-node run at this rate was taken.")
+    for stack, label, hops in (("sb-same", "same node", "one server process (and the client)"),
+                               ("sb-cross", "across nodes", "three server processes (node 1, "
+                                "Redis, node 2)")):
+        if not hit(f"{label} p99"):
+            continue
+        out.append(
+            f"**{label.capitalize()}, p99 at {rate}/s.** A message crosses {hops}, each of which "
+            "may have to wait for one of the 2 cores that every process (the client included, "
+            "and other work on the machine: see the load average) shares. The servers spent "
+            f"{m(stack, 'rate', 'runq_wait_ms_per_s'):.0f} ms per second runnable but waiting "
+            "for a core (`/proc/PID/schedstat`), peerjs-server "
+            f"{m('peerjs', 'rate', 'runq_wait_ms_per_s'):.0f} ms/s; the p50 "
+            f"({m(stack, 'rate', 'lat_p50_us') / 1000:.2f} ms) shows the path itself is cheap, "
+            "the tail is waiting for a core. peerjs-server's own p99 in the same run: "
+            f"{m('peerjs', 'rate', 'lat_p99_us') / 1000:.2f} ms.")
+    if hit("across nodes msgs per server CPU-s") or hit("same node msgs"):
+        ps_ = _prof(S, "sb-same relay")
+        ew = next((p for p, n in ps_.get("syscalls", []) if n == "epoll_wait"), None)
+        own = sum(p for p, d, _ in ps_.get("dsos", [])
+                  if d.startswith("switchboard-node") or d.startswith("libwebsockets"))
+        px = _prof(S, "sb-cross relay")
+        libc = next((p for p, d, _ in px.get("dsos", []) if d.startswith("libc")), None)
+        alloc = _share(px, ("_int_malloc", "_int_free", "malloc", "free", "__libc_calloc",
+                            "cfree", "malloc_consolidate", "__libc_malloc", "__libc_free"))
+        span_ = _share(px, ("sb_json_member_span",))
+        out.append(
+            "**Flat out, messages per server CPU-second.** These ratios move with the machine's "
+            "other work from run to run (see the ranges). The client, not the server, is the "
+            "bottleneck here (its CPU above), so a fast server runs out of work and sleeps: "
+            f"the node was switched in {m('sb-same', 'relay', 'switches_per_msg'):.2f} times per "
+            f"message on one node ({m('sb-cross', 'relay', 'switches_per_msg'):.2f} across), "
+            f"peerjs-server {m('peerjs', 'relay', 'switches_per_msg'):.2f} (a Node.js process "
+            "this busy always has the next batch waiting). Each sleep and wake-up is paid in the "
+            "kernel: in the profile of the same-node flat-out run "
+            + (f"`epoll_wait` holds {ew:.0f}% of the node's samples inclusive (mostly the "
+               "context switch back in), " if ew else "")
+            + (f"the node's own code and libwebsockets together {own:.0f}% "
+               if own else "") + "(table below). "
+            "Across nodes, in addition: "
+            + (f"libc {libc:.0f}% of the nodes' samples, {alloc:.0f}% in the allocator "
+               "(not attributed to callers: user-space call chains do not resolve in these "
+               "profiles, the libraries have no frame pointers), " if libc else "")
+            + (f"`sb_json_member_span` {span_:.0f}% (the fields of each relayed message located "
+               "in its text)." if span_ else ""))
+    if "RSS per idle joined socket <= 2,048 B" in missed:
+        out.append(
+            f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
+            "Memory, not CPU: section 1 breaks it down by state "
+            "against the bare libwebsockets server with the node's settings, which alone holds "
+            "about 2.5 KB per idle connection (its per-connection state and the 1 KiB receive "
+            "buffer kept from the upgrade on). With fewer connections (this section) the figure "
+            "also carries the node's fixed growth (maps, allocator arenas).")
+    if "connects + joins/s >= 2 x peerjs connects/s" in missed:
+        I = S["idle"]
+        out.append(
+            "**Connects + joins per second.** The rate is what the whole box does: the client "
+            f"processes used {I['sb']['client_cpu_pct']:.0f}% of a core against Switchboard and "
+            f"{I['peerjs']['client_cpu_pct']:.0f}% against peerjs-server, the node and Redis "
+            f"{I['sb']['server_cpu_pct']:.0f}%, peerjs-server "
+            f"{I['peerjs']['server_cpu_pct']:.0f}%, on 2 cores: the Node.js client (a WebSocket "
+            "handshake and, for us, a join and its reply per connection) is the larger cost, so "
+            "this figure cannot show a 2 x server advantage on this machine. Server CPU per "
+            f"connect: {I['sb']['server_cpu_us_per_connect']:,.0f} us for a connect and a join "
+            "(with its `room_join` script in Redis) against "
+            f"{I['peerjs']['server_cpu_us_per_connect']:,.0f} us for peerjs-server's connect. "
+            "The profile of the node while connecting is below.")
+    if out:
+        a("Why the missed targets are missed (measured in this run):")
+        a("")
+        for o in out:
+            a("- " + o)
+        a("")
