@@ -106,7 +106,8 @@ async def costs(n1, r):
     return away, queued
 
 
-def main():
+def measure():
+    """Runs the whole measurement; returns the figures (plain data, for bench-results.json)."""
     tmp = tempfile.mkdtemp(prefix="sb-resume-bench-")
     rs = RedisServer(tmp)
     nodes = []
@@ -120,19 +121,48 @@ def main():
         for n in nodes:
             n.proc.stop()
         rs.stop()
-    print(f"Session resume, {ROUNDS} resumes per row, loopback, build "
-          f"{os.environ.get('SWITCHBOARD_BUILD', 'build')}\n")
-    print("| reset -> resumed | p50 | p99 | max |")
-    print("| --- | --- | --- | --- |")
-    for name, xs in (("same node", same), ("across nodes", across)):
-        print(f"| {name} | {pct(xs, 50):.2f} ms | {pct(xs, 99):.2f} ms | {max(xs):.2f} ms |")
-    print(f"\nRedis cost ({AWAY} sockets away at once, each in a room of 2; {QUEUED} signals of "
-          f"{SIGNAL_BYTES} bytes of data queued to each):\n")
-    print("| | memory | Redis CPU |")
-    print("| --- | --- | --- |")
-    print(f"| per away socket | {mem_away:.0f} B | {cpu_away:.1f} us |")
-    print(f"| per queued signal | {mem_q:.0f} B | {cpu_q:.1f} us |")
-    print(f"\n(median {statistics.median(same):.2f} / {statistics.median(across):.2f} ms)")
+    return {"rounds": ROUNDS, "away": AWAY, "queued": QUEUED, "signal_bytes": SIGNAL_BYTES,
+            "same": same, "across": across, "mem_away": mem_away, "cpu_away": cpu_away,
+            "mem_q": mem_q, "cpu_q": cpu_q}
+
+
+def render(a, R):
+    """The markdown of R (measure()'s figures), one line per call of a."""
+    a(f"{R['rounds']} resumes per row: a joined, linked socket is reset (TCP RST), a new "
+      "socket connects and sends `resume` at once; from the reset to the `resumed` reply (the "
+      "new connection's handshake and `welcome` included). `tests/bench/resume_latency.py`.")
+    a("")
+    a("| reset -> resumed | p50 | p99 | max |")
+    a("| --- | --- | --- | --- |")
+    for name, xs in (("same node", R["same"]), ("across nodes", R["across"])):
+        a(f"| {name} | {pct(xs, 50):.2f} ms | {pct(xs, 99):.2f} ms | {max(xs):.2f} ms |")
+    a("")
+    a(f"Redis cost ({R['away']} sockets away at once, each in a room of 2; {R['queued']} "
+      f"signals of {R['signal_bytes']} bytes of data queued to each; INFO used_memory and "
+      "used_cpu deltas):")
+    a("")
+    a("| | Redis memory | Redis CPU |")
+    a("| --- | --- | --- |")
+    a(f"| per away socket | {R['mem_away']:.0f} B | {R['cpu_away']:.1f} us |")
+    a(f"| per queued signal | {R['mem_q']:.0f} B | {R['cpu_q']:.1f} us |")
+
+
+# make bench (tests/bench/bench.py, MODULE_SECTIONS): section 11, on the Release build.
+def section11(b, red):
+    os.environ["SWITCHBOARD_BUILD"] = b.BUILD
+    b.log("section 11: session resume latency and Redis cost")
+    return measure()
+
+
+def render11(b, a, S):
+    a("## 11. Session resume")
+    a("")
+    render(a, S)
+    a("")
+
+
+def main():
+    render(print, measure())
 
 
 if __name__ == "__main__":
