@@ -344,3 +344,39 @@ def test_07_join_leave_churn_throttled_then_4002(cluster, tmp_path, redis_server
     m = a.metrics()
     assert m['switchboard_node_closes_total{code="4002"}'] == 1
     assert m['switchboard_node_errors_total{code="rate-limited"}'] >= 1
+
+
+def test_14_resume_bound_to_the_jwt_subject(cluster, tmp_path):
+    """With auth on, a resume carries a JWT too, and the session's token only resumes for the
+    JWT subject that joined: another subject's valid JWT gets resume-failed unknown and
+    changes nothing; the joiner's subject resumes."""
+    a_node = auth_node(cluster, tmp_path, "na")
+    b_node = auth_node(cluster, tmp_path, "nb")
+
+    async def main():
+        a = await Client.connect(a_node.ws_url)
+        b = await Client.connect(b_node.ws_url)
+        ja = await a.join("jr", token=make_jwt(claims(sub="alice", room="jr")))
+        await b.join("jr", token=make_jwt(claims(sub="bob", room="jr")))
+        await a.expect("peer-joined", id=b.id)
+        a.abort()
+        await b.expect("peer-away", id=a.id)
+
+        async def resume_as(sub):
+            c = await Client.connect(b_node.ws_url)
+            reply = await c.request({"type": "resume", "id": a.id, "room": "jr",
+                                     "resume": ja["resume"],
+                                     "token": make_jwt(claims(sub=sub, room="jr"))})
+            return c, reply
+
+        m, reply = await resume_as("mallory")
+        assert reply["type"] == "error" and reply["code"] == "resume-failed", reply
+        assert reply["reason"] == "unknown", reply
+        await m.close()
+        await b.none_of("peer-back", wait=0.2)
+        c, reply = await resume_as("alice")  # the token was not spent by the refusal
+        assert reply["type"] == "resumed" and reply["id"] == a.id, reply
+        await b.expect("peer-back", id=a.id)
+        await c.close()
+        await b.close()
+    asyncio.run(main())
