@@ -507,7 +507,7 @@ def section1(red):
                   "p50_ms": max(s["setup_p50_us"] or 0 for s in setups) / 1000,
                   "p99_ms": max(s["setup_p99_us"] or 0 for s in setups) / 1000}
     R["setup"]["rate"] = joined / R["setup"]["seconds"]
-    stats = red.r.hgetall("sb:stats")
+    stats = red.r.hgetall("sb:{#}:stats")
     R["setup"]["redis_members"] = int(stats.get("members", 0))
     mem_joined = red.used_memory()
     rss_joined = [rss_kb(x.pid) for x in nodes]
@@ -520,7 +520,7 @@ def section1(red):
     wait_event(procs, "ready", 300)  # after the links, or after the pairing deadline
     linked = [p.event("linked") for p in procs]
     time.sleep(1.0)
-    links = int(red.r.hget("sb:stats", "links") or 0)
+    links = int(red.r.hget("sb:{#}:stats", "links") or 0)
     mem_linked = red.used_memory()
     rss_linked = [rss_kb(x.pid) for x in nodes]
     R["links"] = {"links": links, "all_linked": all(linked),
@@ -1357,7 +1357,7 @@ def render4(a, S):
     a(f"Redis populated directly (`redis_tool populate`) in the key schema of `lua/README.md`: "
       f"rooms of {ENV['SB_BENCH_RECON_ROOM']} members, every room a full mesh (both halves of "
       "every link), records, presence keys, degrees, node counts, room and global stats, "
-      f"`sb:rooms`, the socket index of 2 live nodes (leases valid), and "
+      f"`sb:{{#}}:rooms`, the socket index of 2 live nodes (leases valid), and "
       f"{ENV['SB_BENCH_RECON_STALE_PCT']:g}% of the members without a presence key (as if their "
       "node had not refreshed them). Then `POST /admin/reconcile`, timed at the client. The "
       "reference is a bare `SCAN 0 COUNT 1000` loop over the same keyspace from a C client, "

@@ -1,6 +1,6 @@
 /* redis_tool: the benchmark's direct Redis work, in C so that client overhead stays small.
  *   populate  writes rooms, members, presence, link halves, degrees, node counts, room and
- *             global stats, the socket index and node leases in the key schema of
+ *             bucket stats (P:{#}:..., the single Redis bucket), the socket index and node leases in the key schema of
  *             lua/README.md, with a chosen share of members left without a presence key
  *   scan      a bare SCAN of the whole keyspace (the reconcile pass's reference)
  *   pubrtt    PUBLISH -> subscriber round trip, one message in flight (n samples, or for
@@ -166,7 +166,7 @@ static int populate(const opts_t *o)
                 if (q != j)
                     args_add(&a, ids[q]);
             args_send(&p, &a);
-            snprintf(key, sizeof key, "%s:node:%s:sockets", o->prefix, node);
+            snprintf(key, sizeof key, "%s:{#}:node:%s:sockets", o->prefix, node); /* the bucket */
             snprintf(tmp, sizeof tmp, "%s %s", room, ids[j]);
             const char *sargv[] = {"SADD", key, tmp};
             pipe_argv(&p, 3, sargv, NULL);
@@ -199,7 +199,7 @@ static int populate(const opts_t *o)
         snprintf(sq, sizeof sq, "%lld", seq0 + r);
         const char *hargv[] = {"HSET", key, "members", sm, "links", sl, "linked", sm, "seq", sq};
         pipe_argv(&p, 10, hargv, NULL);
-        snprintf(key, sizeof key, "%s:rooms", o->prefix);
+        snprintf(key, sizeof key, "%s:{#}:rooms", o->prefix);
         const char *rargv[] = {"SADD", key, room};
         pipe_argv(&p, 3, rargv, NULL);
         members += k;
@@ -209,7 +209,7 @@ static int populate(const opts_t *o)
     }
     /* Global figures, the node index and leases that outlive the measurement. */
     char sr[32], sm[32], sl[32];
-    snprintf(key, sizeof key, "%s:stats", o->prefix);
+    snprintf(key, sizeof key, "%s:{#}:stats", o->prefix);
     snprintf(sr, sizeof sr, "%lld", rooms);
     snprintf(sm, sizeof sm, "%lld", members);
     snprintf(sl, sizeof sl, "%lld", links);
