@@ -1066,6 +1066,23 @@ static void forget_maybe_room(sb_seat_t *t)
     t->maybe_room = NULL;
 }
 
+/* The join or resume script's reply says s is in r at seq: the view learns it, with the member
+ * list at list[from..] when the view has none yet (otherwise it is not even parsed). */
+static void local_joined(room_t *r, sb_session_t *s, uint64_t seq, const redisReply *list,
+                         size_t from)
+{
+    members_t m = {0};
+    if (!sb_view_synced(r->view) && members_parse(list, from, &m) != 0)
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading room %s: reading it again",
+                       s->id, room_name(r));
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    sb_view_local_joined(r->view, s->id, seq, m.v, m.n, sb_mono_ms(), &acts);
+    members_free(&m);
+    run(r, &acts);
+    sb_acts_free(&acts);
+}
+
 static void on_joined(redisReply *reply, const char *error, void *data)
 {
     req_t *q = data;
@@ -1103,16 +1120,7 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     uint64_t seq = (uint64_t)sb_reply_int(reply, 1, 0);
     /* The snapshot matters only to the first local socket of the room (the view is not synced
      * yet); otherwise it is not even parsed. */
-    members_t m = {0};
-    if (!sb_view_synced(r->view) && members_parse(reply, 2, &m) != 0)
-        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading room %s: reading it again",
-                       s->id, room_name(r));
-    sb_acts_t acts;
-    sb_acts_init(&acts);
-    sb_view_local_joined(r->view, s->id, seq, m.v, m.n, sb_mono_ms(), &acts);
-    members_free(&m);
-    run(r, &acts);
-    sb_acts_free(&acts);
+    local_joined(r, s, seq, reply, 2);
     req_free(q);
 }
 
@@ -1871,16 +1879,7 @@ static void on_resumed(redisReply *reply, const char *error, void *data)
     if (resume_take(t, reply) != 0)
         sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading its resume", s->id);
     uint64_t seq = (uint64_t)sb_reply_int(reply, 1, 0);
-    members_t m = {0};
-    if (!sb_view_synced(r->view) && members_parse(reply->element[2], 0, &m) != 0)
-        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading room %s", s->id,
-                       room_name(r));
-    sb_acts_t acts;
-    sb_acts_init(&acts);
-    sb_view_local_joined(r->view, s->id, seq, m.v, m.n, sb_mono_ms(), &acts);
-    members_free(&m);
-    run(r, &acts);
-    sb_acts_free(&acts);
+    local_joined(r, s, seq, reply->element[2], 0);
     req_free(q);
 }
 

@@ -1,7 +1,7 @@
 /* redis_tool: the benchmark's direct Redis work, in C so that client overhead stays small.
  *   populate  writes rooms, members, presence, link halves, degrees, node counts, room and
- *             bucket stats (P:{#}:..., the single Redis bucket), the socket index and node leases in the key schema of
- *             lua/README.md, with a chosen share of members left without a presence key
+ *             bucket stats (P:{#}:..., the single Redis bucket), the socket index and node leases
+ * in the key schema of lua/README.md, with a chosen share of members left without a presence key
  *   scan      a bare SCAN of the whole keyspace (the reconcile pass's reference)
  *   pubrtt    PUBLISH -> subscriber round trip, one message in flight (n samples, or for
  *             --seconds)
