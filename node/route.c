@@ -2073,6 +2073,15 @@ void sb_route_reaped(sb_session_t *s)
     /* Rule 1: the key is gone, so the socket was reaped (or is about to be). Never re-create
      * it: reap it properly (a no-op when the admin already did) and close. */
     remove_later(s, room, "expired");
+    if (s->node->cfg.resume_grace_ms > 0) {
+        /* With resume on that removal (or the admin's) marks the session away, its grace
+         * running: the client resumes it, as when the away event comes first (SB_ACT_PEER_AWAY
+         * in run()). 4000 would tell it to join anew and leave the session to its grace. */
+        sb_warn_limited("session %s: presence lapsed while connected: closing 1012", s->id);
+        seat_leave_room(s->seat, 1);
+        sb_session_close(s, 1012, "resume");
+        return;
+    }
     expire_seat(s, 1, "while connected");
 }
 
