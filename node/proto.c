@@ -132,11 +132,16 @@ static const char *skip_value(const char *p, const char *end)
     return p > start ? p : NULL;
 }
 
-int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
-                        size_t *vlen)
+unsigned sb_json_member_spans(const char *buf, size_t len, size_t n, const char *const *keys,
+                              const char **vals, size_t *vlens)
 {
     const char *p = buf, *end = buf + len;
-    size_t klen = strlen(key);
+    size_t klens[16];
+    if (n > 16)
+        n = 16;
+    for (size_t i = 0; i < n; i++)
+        klens[i] = strlen(keys[i]);
+    unsigned found = 0, all = (1u << n) - 1;
     p = skip_ws(p, end);
     if (p >= end || *p != '{')
         return 0;
@@ -144,27 +149,39 @@ int sb_json_member_span(const char *buf, size_t len, const char *key, const char
     for (;;) {
         p = skip_ws(p, end);
         if (p >= end || *p != '"')
-            return 0; /* '}' (not found) or not an object member */
+            return found; /* '}' (the rest not found) or not an object member */
         int escaped = 0;
         const char *ks = p + 1, *ke = skip_string(p, end, &escaped);
         if (!ke)
-            return 0;
+            return found;
         p = skip_ws(ke, end);
         if (p >= end || *p != ':')
-            return 0;
+            return found;
         const char *vs = skip_ws(p + 1, end), *ve = skip_value(vs, end);
         if (!ve)
-            return 0;
-        if (!escaped && (size_t)(ke - 1 - ks) == klen && memcmp(ks, key, klen) == 0) {
-            *val = vs;
-            *vlen = (size_t)(ve - vs);
-            return 1;
+            return found;
+        size_t kl = (size_t)(ke - 1 - ks);
+        for (size_t i = 0; !escaped && i < n; i++) {
+            if (!(found & 1u << i) && klens[i] == kl && memcmp(ks, keys[i], kl) == 0) {
+                vals[i] = vs;
+                vlens[i] = (size_t)(ve - vs);
+                found |= 1u << i;
+                if (found == all)
+                    return found;
+                break;
+            }
         }
         p = skip_ws(ve, end);
         if (p >= end || *p != ',')
-            return 0;
+            return found;
         p++;
     }
+}
+
+int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
+                        size_t *vlen)
+{
+    return (int)sb_json_member_spans(buf, len, 1, &key, val, vlen);
 }
 
 static const char *str_field(json_t *root, const char *key)

@@ -240,6 +240,49 @@ static void test_member_span_never_overreads(void **state)
     assert_memory_equal(val, "12", 2);
 }
 
+/* The one-pass finder (pub/sub messages) locates each key exactly where the one-key finder does,
+ * first occurrence included, and only the keys that one finds. */
+static void test_member_spans_agree_with_member_span(void **state)
+{
+    (void)state;
+    static const char *const keys[] = {"t", "room", "from", "to", "data", "x"};
+    const size_t n = sizeof keys / sizeof *keys;
+    const char *cases[] = {
+        "{\"t\":\"signal\",\"room\":\"r1\",\"from\":\"" SID_A "\",\"to\":\"" SID_A
+        "\",\"data\":{\"sdp\":\"v=0\\r\\n\",\"n\":[1,2,{\"to\":3}]}}",
+        "{\"data\":1,\"to\":\"a\",\"data\":2}",                  /* duplicate: the first */
+        "{\"t\":\"join\",\"room\":\"r\",\"meta\":{\"from\":1}}", /* nested keys are not members */
+        "{\"t\":\"signal\",\"room\":\"r\",\"from\":\"a\" \"to\":1}", /* broken after "from" */
+        "{\"r\\u006fom\":\"r\",\"room\":\"s\"}", /* a key with an escape never matches */
+        "{\"t\":\"x\",\"from\":[1,{\"a\":\"}\"}],\"to\":\"b\"", /* unterminated object */
+        "{}",
+        "",
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        size_t len = strlen(cases[c]);
+        const char *vals[6];
+        size_t vlens[6];
+        unsigned got = sb_json_member_spans(cases[c], len, n, keys, vals, vlens);
+        for (size_t i = 0; i < n; i++) {
+            const char *v;
+            size_t vl;
+            int one = sb_json_member_span(cases[c], len, keys[i], &v, &vl);
+            assert_int_equal(!!(got & 1u << i), one);
+            if (one) {
+                assert_ptr_equal(vals[i], v);
+                assert_int_equal(vlens[i], vl);
+            }
+        }
+    }
+    /* the first case: every key but "x", with its exact text */
+    const char *vals[6];
+    size_t vlens[6];
+    assert_int_equal(sb_json_member_spans(cases[0], strlen(cases[0]), n, keys, vals, vlens), 0x1f);
+    assert_int_equal(vlens[3], 24);
+    assert_memory_equal(vals[3], "\"" SID_A "\"", 24);
+    assert_memory_equal(vals[4], "{\"sdp\"", 6);
+}
+
 static void test_link(void **state)
 {
     (void)state;
@@ -845,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_signal),
         cmocka_unit_test(test_signal_raw_data),
         cmocka_unit_test(test_member_span_never_overreads),
+        cmocka_unit_test(test_member_spans_agree_with_member_span),
         cmocka_unit_test(test_link),
         cmocka_unit_test(test_simple_types),
         cmocka_unit_test(test_resume),
