@@ -89,13 +89,22 @@ static const char *skip_ws(const char *p, const char *end)
  * it is not terminated before end. *escaped is set when the string holds a backslash. */
 static const char *skip_string(const char *p, const char *end, int *escaped)
 {
-    for (p++; p < end; p++) {
-        if (*p == '\\') {
-            *escaped = 1;
-            p++; /* the escaped character; a \u escape's hex digits are plain characters */
-        } else if (*p == '"') {
-            return p + 1;
+    /* memchr for the quote, then for a backslash before it: relayed signals are mostly long
+     * strings (SDP, padding), and memchr goes through them a vector at a time. The quote is
+     * looked for again only once passed (it was escaped), so each byte is scanned at most
+     * twice however many escapes. */
+    const char *q = NULL;
+    for (p++; p < end;) {
+        if (!q || q < p) {
+            q = memchr(p, '"', (size_t)(end - p));
+            if (!q)
+                return NULL;
         }
+        const char *b = memchr(p, '\\', (size_t)(q - p));
+        if (!b)
+            return q + 1;
+        *escaped = 1;
+        p = b + 2; /* past the escaped character; a \u escape's hex digits are plain */
     }
     return NULL;
 }
