@@ -842,6 +842,40 @@ static void test_hot_path(void **state)
     }
 }
 
+/* The tree-less decoder skips plain string bytes eight at a time: a byte it must look at (a
+ * control character, UTF-8, an escape) is seen at every position of a long string. */
+static void test_hot_string_every_position(void **state)
+{
+    (void)state;
+    for (int pos = 0; pos < 24; pos++) {
+        char text[32], frame[128];
+        memset(text, 'y', 26);
+        text[26] = '\0';
+        /* a tab: jansson refuses it, and so must the fast path */
+        text[pos] = '\t';
+        snprintf(frame, sizeof frame, "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"%s\"}",
+                 text);
+        decode_err(frame, "bad-json");
+        /* UTF-8: jansson's to check (the tree decoder takes it) */
+        memcpy(text + pos, "\xc3\xa9", 2);
+        snprintf(frame, sizeof frame, "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"%s\"}",
+                 text);
+        int f = 1;
+        sb_msg_t m = decode_ok_n(frame, strlen(frame), &f);
+        assert_int_equal(f, 0);
+        sb_msg_free(&m);
+        /* an escaped quote: the string goes on past it, without a tree */
+        memcpy(text + pos, "\\\"", 2);
+        snprintf(frame, sizeof frame, "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"%s\"}",
+                 text);
+        f = 0;
+        m = decode_ok_n(frame, strlen(frame), &f);
+        assert_int_equal(f, 1);
+        assert_int_equal(m.data_raw_len, 28);
+        sb_msg_free(&m);
+    }
+}
+
 /* What the subset looks like but jansson refuses is refused, with jansson's error. */
 static void test_hot_path_refusals(void **state)
 {
@@ -917,6 +951,7 @@ int main(void)
         cmocka_unit_test(test_member_span_never_overreads),
         cmocka_unit_test(test_member_spans_agree_with_member_span),
         cmocka_unit_test(test_member_span_escapes_linear),
+        cmocka_unit_test(test_hot_string_every_position),
         cmocka_unit_test(test_link),
         cmocka_unit_test(test_simple_types),
         cmocka_unit_test(test_resume),
