@@ -5,6 +5,7 @@
 #include "auth.h"
 #include "scripts.h"
 #include "log.h"
+#include "slot.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -64,6 +65,17 @@ static void on_db_subscribed(sb_cluster_t *c, const char *channel, void *data)
     sb_pubsub_on_subscribed(data, channel);
 }
 
+/* On a cluster: whether the slot of our lease has a connected primary. lease_ok is only as
+ * fresh as the last heartbeat's reply; a lost shard is known at once. */
+static int lease_slot_up(const sb_node_t *n)
+{
+    if (!n->cluster)
+        return 1;
+    char key[SB_KEY_MAX];
+    sb_key_node_lease(key, sizeof key, n->cfg.prefix, n->cfg.id);
+    return sb_cluster_slot_up(n->db, sb_slot(key, strlen(key)));
+}
+
 int sb_node_ready(sb_node_t *n, const char **why)
 {
     /* A Redis Cluster with a shard lost still serves the other shards' rooms, and every node
@@ -74,7 +86,7 @@ int sb_node_ready(sb_node_t *n, const char **why)
         *why = "draining";
     else if (!n->db_up && !(n->cluster && sb_cluster_partly_up(n->db)))
         *why = "redis unreachable";
-    else if (!n->instance_ok || !n->lease_ok)
+    else if (!n->instance_ok || !n->lease_ok || !lease_slot_up(n))
         *why = "lease not registered";
     else if (!n->pubsub_ok)
         *why = "pubsub not proven";
