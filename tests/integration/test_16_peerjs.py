@@ -32,13 +32,25 @@ class PJ(Client):
                                       ping_interval=None, max_size=None, **kw)
         c = cls(ws)
         c.pj_id = id_
+        OPEN.append(c)
         if open_:
             await c.expect("OPEN")
         return c
 
 
+OPEN = []  # every socket of the running test: reset at its end, so the test does not wait
+
+
 def run(coro):
-    return asyncio.run(coro)
+    async def main():
+        try:
+            await coro
+        finally:
+            for c in OPEN:
+                if c.closed is None:
+                    c.abort()
+            OPEN.clear()
+    asyncio.run(main())
 
 
 async def until(cond, timeout=3.0, msg="condition"):
