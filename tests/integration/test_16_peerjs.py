@@ -412,3 +412,35 @@ def test_10_deliberate_ends_free_the_id_at_once(cluster, redis_server):
         consistent(redis_server)
 
     run(main())
+
+
+def test_11_auth_jwt_in_a_cookie_or_the_query(cluster, redis_server, tmp_path):
+    from test_06_auth import claims, make_jwt, secret_file
+    n1 = cluster.node("n1", args=FAST + ["--auth-secret-file", secret_file(tmp_path)])
+    good = make_jwt(claims(sub="u1"))
+
+    async def main():
+        # no JWT, a bad one, one for another room: unauthorized, closed, nothing written
+        for headers in ({}, {"Cookie": "switchboard_jwt=" + make_jwt(claims(), secret=b"x" * 40)},
+                        {"Cookie": "switchboard_jwt=" + make_jwt(claims(room="other"))}):
+            x = await PJ.connect(n1, "alice", token="ta", open_=False, extra_headers=headers)
+            assert await x.expect("ERROR") == {"type": "ERROR",
+                                               "payload": {"msg": "unauthorized"}}
+            assert (await x.wait_closed())[0] == 1008
+        assert bucket_stats(redis_server)["pj_members"] == 0
+        # the cookie among others, or the query parameter jwt: claimed
+        a = await PJ.connect(n1, "alice", token="ta",
+                             extra_headers={"Cookie": f"a=1; switchboard_jwt={good}; b=2"})
+        b = await PJ.connect(n1, "bob", query=f"key=peerjs&id=bob&token=tb&jwt={good}")
+        c = await PJ.connect(n1, "carol", token="tc", extra_headers={
+            "Cookie": "switchboard_jwt=" + make_jwt(claims(room=ROOM))})
+        await a.send({"type": "OFFER", "dst": "bob", "payload": offer()})
+        assert (await b.expect("OFFER"))["src"] == "alice"
+        # the token stays the reclaim secret: the right JWT with another token is ID-TAKEN
+        x = await PJ.connect(n1, "alice", token="other", open_=False,
+                             extra_headers={"Cookie": f"switchboard_jwt={good}"})
+        await x.expect("ID-TAKEN")
+        assert c.closed is None
+        consistent(redis_server)
+
+    run(main())
