@@ -241,7 +241,8 @@ end
 -- no node is left to expire it), seq + 1 and the "away" event. Returns seq, deadline.
 local function mark_away(S, holder, grace)
     local deadline = clock_ms() + grace
-    local ids = redis.call('HKEYS', base .. 'members')
+    -- A PeerJS reclaim tells no joined/left (and the key's room may hold thousands of ids).
+    local ids = pj_room and {} or redis.call('HKEYS', base .. 'members')
     redis.call('HSET', base .. 'away', S, int(deadline) .. ' ' .. table.concat(ids, ' '))
     redis.call('ZADD', bucket .. 'away', int(deadline), R .. ' ' .. S)
     redis.call('HINCRBY', base .. 'stats', 'away', 1)
