@@ -2350,6 +2350,10 @@ static void on_pj_claimed(redisReply *reply, const char *error, void *data)
                             : reply && reply->type == REDIS_REPLY_ERROR ? reply->str
                                                                         : "bad reply");
         pj_claim_failed(s, status && strcmp(status, "taken") == 0);
+        /* A claim we gave up on (timeout) may still have run: the id then goes away (grace,
+         * or freed) instead of waiting for the admin; session_away refuses if it had not. */
+        if (error)
+            go_away(s, q->room, q->peer, q->hash);
         req_free(q);
         return;
     }
@@ -2433,7 +2437,7 @@ void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const ch
         pj_error(s, "Invalid token", 1000);
         return;
     }
-    if (n->nsessions > n->cfg.max_connections) {
+    if (n->nsessions >= n->cfg.max_connections) { /* this one is the last slot */
         pj_error(s, "Server has reached its concurrent user limit", 1000);
         return;
     }

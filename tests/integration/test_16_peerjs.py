@@ -504,3 +504,23 @@ def test_13_node_killed_the_id_is_reclaimed_on_another_node(cluster, redis_serve
         a.abort()
 
     run(main())
+
+
+def test_14_the_nodes_last_connection_slot_answers_the_concurrent_limit(cluster, redis_server):
+    n1 = cluster.node("n1", args=FAST + ["--max-connections", "3",
+                                         "--max-connections-per-ip", "3"])
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n1, "bob", token="tb")
+        x = await PJ.connect(n1, "carol", token="tc", open_=False)
+        assert await x.expect("ERROR") == {
+            "type": "ERROR", "payload": {"msg": "Server has reached its concurrent user limit"}}
+        assert (await x.wait_closed())[0] == 1000
+        await a.send({"type": "OFFER", "dst": "bob", "payload": offer()})
+        assert (await b.expect("OFFER"))["src"] == "alice"
+        await a.close()
+        y = await PJ.connect(n1, "carol", token="tc")  # a slot is free again
+        assert y.closed is None
+
+    run(main())
