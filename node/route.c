@@ -2755,9 +2755,11 @@ static void pj_message(sb_session_t *s, const char *buf, size_t len)
         sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
         return;
     }
-    if (m.type == SB_PJ_LEAVE && !m.dst[0] && !m.bad_dst)
+    /* Not once it is leaving for good (LEAVE without dst): nothing more goes out. */
+    int joined = s->seat->room && s->seat->state == SEAT_JOINED;
+    if (joined && m.type == SB_PJ_LEAVE && !m.dst[0] && !m.bad_dst)
         pj_leave(s);
-    else if (m.type != SB_PJ_OTHER && m.type != SB_PJ_HEARTBEAT && m.dst[0])
+    else if (joined && m.type != SB_PJ_OTHER && m.type != SB_PJ_HEARTBEAT && m.dst[0])
         pj_relay(s, &m);
     sb_pj_msg_free(&m);
 }
