@@ -15,6 +15,7 @@ import invariants
 import keyspace
 from client import Client
 from harness import http_get
+from rawws import RawWS, frame
 
 FAST = ["--presence-ttl-ms", "1500", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
 ROOM = "~pj.peerjs"
@@ -96,8 +97,19 @@ def test_01_claim_open_and_relay_between_nodes(cluster, redis_server):
         assert m == {"type": "OFFER", "src": "alice", "dst": "bob",
                      "payload": {"connectionId": "dc_1", "sdp": {"type": "offer", "sdp": "v=0 o"},
                                  "n": 1.50}}
-        raw = [x for x in b.seen if x.get("type") == "OFFER"]
-        assert raw
+        # the payload's bytes as the client wrote them (1.50, an escape, spaces), seen raw
+        rb = RawWS(n2.port, path="/peerjs/peerjs?key=peerjs&id=rawbob&token=t")
+        assert rb.status == 101
+        assert rb.recv_frame() == (1, b'{"type":"OPEN"}')
+        await a.send('{"type":"OFFER","dst":"rawbob","payload":{"n":1.50, "s":"\\u00e9"}}')
+        op, data = await asyncio.get_running_loop().run_in_executor(None, rb.recv_frame)
+        assert data == (b'{"type":"OFFER","src":"alice","dst":"rawbob",'
+                        b'"payload":{"n":1.50, "s":"\\u00e9"}}'), data
+        rb.send_raw(frame(8, b"\x03\xe8"))  # a close frame, 1000: the id is freed at once
+        code, _ = await asyncio.get_running_loop().run_in_executor(None, rb.recv_until_close)
+        assert code == 1000
+        rb.close()
+        await until(lambda: bucket_stats(redis_server)["pj_members"] == 2, 3, msg="rawbob freed")
         await b.send({"type": "ANSWER", "dst": "alice",
                       "payload": {"connectionId": "dc_1", "sdp": {"type": "answer"}}})
         m = await a.expect("ANSWER")
