@@ -137,7 +137,26 @@ def test_01_claim_open_and_relay_between_nodes(cluster, redis_server):
         assert m["src"] == "alice" and m["dst"] == "bob"
         await until(lambda: bucket_stats(redis_server)["pj_links"] == 0, 3, msg="link down")
         assert bucket_stats(redis_server)["links"] == 0
+        # an ANSWER with a connection id nobody offered forms no link
+        await a.send({"type": "ANSWER", "dst": "bob", "payload": {"connectionId": "zz"}})
+        await b.expect("ANSWER")
+        await b.send({"type": "ANSWER", "dst": "alice", "payload": {"connectionId": "zz"}})
+        await a.expect("ANSWER")
+        await asyncio.sleep(0.3)
+        assert bucket_stats(redis_server)["pj_links"] == 0
+        r = redis_server.client()
+        assert not r.exists(f"sb:{{{ROOM}}}:links:alice") and \
+            not r.exists(f"sb:{{{ROOM}}}:links:bob")
+        # formed again (the other way round, a new connection), then ended by a departure
+        await b.send({"type": "OFFER", "dst": "alice", "payload": offer("mc_2")})
+        await a.expect("OFFER")
+        await a.send({"type": "ANSWER", "dst": "bob", "payload": {"connectionId": "mc_2"}})
+        await b.expect("ANSWER")
+        await until(lambda: bucket_stats(redis_server)["pj_links"] == 1, 3, msg="link again")
         await a.close()
+        await until(lambda: bucket_stats(redis_server)["pj_links"] == 0, 3, msg="departure")
+        assert bucket_stats(redis_server)["links"] == 0
+        consistent(redis_server)
         await b.close()
         await until(lambda: bucket_stats(redis_server)["pj_members"] == 0, 3, msg="ids freed")
         consistent(redis_server)
