@@ -576,3 +576,21 @@ def test_15_path_off_and_no_grace(cluster, redis_server):
         consistent(redis_server)
 
     run(main())
+
+
+def test_16_order_is_kept_behind_a_queued_message(cluster, redis_server):
+    n1 = cluster.node("n1", args=FAST)
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n1, "bob", token="tb")  # on the same node: no Redis on the way
+        # The first goes through Redis (nobody has that id: queued); those behind it follow it
+        # there and come back to this node in order ("here"), then the rest go directly.
+        await a.send({"type": "OFFER", "dst": "nobody", "payload": offer()})
+        for i in range(20):
+            await a.send({"type": "CANDIDATE", "dst": "bob", "payload": {"i": i}})
+        got = [(await b.expect("CANDIDATE"))["payload"]["i"] for _ in range(20)]
+        assert got == list(range(20))
+        consistent(redis_server)
+
+    run(main())
