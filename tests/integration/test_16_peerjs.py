@@ -594,3 +594,22 @@ def test_16_order_is_kept_behind_a_queued_message(cluster, redis_server):
         consistent(redis_server)
 
     run(main())
+
+
+@pytest.mark.single_redis("kills the one Redis; on a cluster the key's shard may be another")
+def test_17_redis_down_at_claim_is_retry_later(cluster, redis_server):
+    n1 = cluster.node("n1", args=FAST)
+    redis_server.kill()
+
+    async def main():
+        x = await PJ.connect(n1, "alice", token="ta", open_=False)
+        assert await x.expect("ERROR") == {"type": "ERROR",
+                                           "payload": {"msg": "Server unavailable, retry"}}
+        assert (await x.wait_closed())[0] == 1013
+        redis_server.start()
+        await until(n1.ready, 15, msg="node ready again")
+        a = await PJ.connect(n1, "alice", token="ta")
+        assert a.closed is None
+        consistent(redis_server)
+
+    run(main())
