@@ -177,6 +177,15 @@ void sb_pj_frame_info(const char *frame, size_t len, sb_pj_type_t *type, char *c
     json_decref(payload);
 }
 
+/* 64-bit FNV-1a of a string. */
+static uint64_t fnv(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
 void sb_pj_conn_add(sb_pj_t *p, int dir, const char *peer, const char *conn)
 {
     if (!conn[0] || sb_pj_conn_has(p, dir, peer, conn))
@@ -186,17 +195,18 @@ void sb_pj_conn_add(sb_pj_t *p, int dir, const char *peer, const char *conn)
     if (p->nconns < SB_PJ_CONNS)
         p->nconns++;
     c->dir = dir;
-    snprintf(c->peer, sizeof c->peer, "%s", peer);
-    snprintf(c->conn, sizeof c->conn, "%s", conn);
+    c->peer = fnv(peer);
+    c->conn = fnv(conn);
 }
 
 int sb_pj_conn_has(const sb_pj_t *p, int dir, const char *peer, const char *conn)
 {
     if (!conn[0])
         return 0;
+    uint64_t hp = fnv(peer), hc = fnv(conn);
     for (int i = 0; i < p->nconns; i++) {
         const sb_pj_conn_t *c = &p->conns[i];
-        if (c->dir == dir && strcmp(c->peer, peer) == 0 && strcmp(c->conn, conn) == 0)
+        if (c->dir == dir && c->peer == hp && c->conn == hc)
             return 1;
     }
     return 0;
@@ -204,17 +214,48 @@ int sb_pj_conn_has(const sb_pj_t *p, int dir, const char *peer, const char *conn
 
 void sb_pj_conn_forget(sb_pj_t *p, const char *peer)
 {
+    uint64_t hp = fnv(peer);
     for (int i = 0; i < p->nconns; i++)
-        if (strcmp(p->conns[i].peer, peer) == 0)
+        if (p->conns[i].peer == hp)
             p->conns[i].dir = 0; /* matches nothing any more */
+}
+
+int sb_pj_pending_add(sb_pj_t *p, const char *text, size_t len)
+{
+    sb_pj_pending_t *m = p->npending < SB_PJ_PENDING ? malloc(sizeof *m + len + 1) : NULL;
+    if (!m)
+        return -1;
+    m->next = NULL;
+    m->len = len;
+    memcpy(m->text, text, len);
+    m->text[len] = '\0';
+    if (p->pending_tail)
+        p->pending_tail->next = m;
+    else
+        p->pending = m;
+    p->pending_tail = m;
+    p->npending++;
+    return 0;
+}
+
+sb_pj_pending_t *sb_pj_pending_take(sb_pj_t *p)
+{
+    sb_pj_pending_t *list = p->pending;
+    p->pending = p->pending_tail = NULL;
+    p->npending = 0;
+    return list;
 }
 
 void sb_pj_free(sb_pj_t *p)
 {
     if (!p)
         return;
-    for (int i = 0; i < p->npending; i++)
-        free(p->pending[i]);
+    sb_pj_pending_t *m = sb_pj_pending_take(p);
+    while (m) {
+        sb_pj_pending_t *next = m->next;
+        free(m);
+        m = next;
+    }
     free(p);
 }
 

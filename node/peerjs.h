@@ -62,25 +62,38 @@ char *sb_pj_frame(const char *type, const char *src, const char *dst, const char
 void sb_pj_frame_info(const char *frame, size_t len, sb_pj_type_t *type, char *conn);
 
 /* Connection ids a socket saw: OFFERs it sent (SB_PJ_SENT_OFFER) and OFFERs it received
- * (SB_PJ_GOT_OFFER), with the peer. A ring of SB_PJ_CONNS. */
+ * (SB_PJ_GOT_OFFER), with the peer. A ring of SB_PJ_CONNS; peer and connection id are kept as
+ * 64-bit FNV-1a hashes (24 bytes an entry instead of 136: memory per socket; a collision
+ * could at worst count a link that is not one). */
 enum { SB_PJ_SENT_OFFER = 1, SB_PJ_GOT_OFFER = 2 };
 typedef struct {
-    char peer[SB_PJ_ID_MAX + 1];
-    char conn[SB_PJ_CONNID_MAX + 1];
+    uint64_t peer, conn;
     int dir;
 } sb_pj_conn_t;
 
+/* A message that came before OPEN. */
+typedef struct sb_pj_pending {
+    struct sb_pj_pending *next;
+    size_t len;
+    char text[]; /* len bytes and a NUL */
+} sb_pj_pending_t;
+
+/* A PeerJS socket's state (about 820 bytes). */
 typedef struct sb_pj {
-    char room[sizeof SB_PJ_ROOM_PREFIX + SB_PJ_KEY_MAX]; /* "~pj.KEY" */
-    int64_t last_msg_ms;                                 /* the last message (alive timeout) */
-    int open;                                            /* OPEN was sent */
-    int inflight; /* messages in flight to pj_send (the next ones follow them there) */
-    sb_pj_conn_t conns[SB_PJ_CONNS];
+    int64_t last_msg_ms; /* the last message (alive timeout) */
+    int open;            /* OPEN was sent */
+    int inflight;        /* messages in flight to pj_send (the next ones follow them there) */
     int nconns, next;
-    char *pending[SB_PJ_PENDING]; /* messages that came before OPEN, in order */
-    size_t pending_len[SB_PJ_PENDING];
+    sb_pj_conn_t conns[SB_PJ_CONNS];
+    sb_pj_pending_t *pending, *pending_tail; /* before OPEN, in order */
     int npending;
 } sb_pj_t;
+
+/* Keeps a message that came before OPEN: 0, or -1 (SB_PJ_PENDING kept already, or out of
+ * memory: dropped). */
+int sb_pj_pending_add(sb_pj_t *p, const char *text, size_t len);
+/* The kept messages, oldest first (the caller frees each); p keeps none any more. */
+sb_pj_pending_t *sb_pj_pending_take(sb_pj_t *p);
 
 void sb_pj_conn_add(sb_pj_t *p, int dir, const char *peer, const char *conn);
 /* 1 when (dir, peer, conn) was added and not forgotten since. */

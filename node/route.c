@@ -2465,7 +2465,6 @@ void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const ch
         pj_error(s, PJ_CLAIM_ERROR, 1011);
         return;
     }
-    snprintf(s->pj->room, sizeof s->pj->room, "%s", room);
     s->pj->last_msg_ms = sb_mono_ms();
     snprintf(q->peer, sizeof q->peer, "%s", id);
     snprintf(q->hash, sizeof q->hash, "%s", hash);
@@ -2515,12 +2514,13 @@ static void pj_opened(sb_session_t *s, room_t *r)
         }
     }
     queued_clear(t);
-    int npending = p->npending;
-    p->npending = 0;
-    for (int i = 0; i < npending; i++) {
+    sb_pj_pending_t *m = sb_pj_pending_take(p);
+    while (m) {
+        sb_pj_pending_t *next = m->next;
         if (!s->close_code && s->seat && s->pj == p)
-            pj_message(s, p->pending[i], p->pending_len[i]);
-        free(p->pending[i]);
+            pj_message(s, m->text, m->len);
+        free(m);
+        m = next;
     }
 }
 
@@ -2754,13 +2754,8 @@ static void pj_message(sb_session_t *s, const char *buf, size_t len)
     p->last_msg_ms = now;
     if (!p->open) {
         /* Before OPEN (a client may send as soon as its socket is open): kept, in order. */
-        char *copy = p->npending < SB_PJ_PENDING ? malloc(len + 1) : NULL;
-        if (copy) {
-            memcpy(copy, buf, len);
-            copy[len] = '\0';
-            p->pending_len[p->npending] = len;
-            p->pending[p->npending++] = copy;
-        }
+        if (sb_pj_pending_add(p, buf, len) != 0)
+            sb_debug_limited("session %s: message before OPEN dropped", s->id);
         return;
     }
     n->metrics.received[SB_MSG_SIGNAL]++;

@@ -180,6 +180,36 @@ static void test_connection_ids(void **state)
     sb_pj_free(p);
 }
 
+static void test_pending_before_open(void **state)
+{
+    (void)state;
+    sb_pj_t *p = calloc(1, sizeof *p);
+    assert_non_null(p);
+    assert_true(sizeof *p < 1024); /* per PeerJS socket */
+    char msg[16];
+    for (int i = 0; i < SB_PJ_PENDING; i++) {
+        int n = snprintf(msg, sizeof msg, "m%d", i);
+        assert_int_equal(sb_pj_pending_add(p, msg, (size_t)n), 0);
+    }
+    assert_int_equal(sb_pj_pending_add(p, "over", 4), -1); /* bounded: dropped */
+    sb_pj_pending_t *m = sb_pj_pending_take(p);
+    assert_null(p->pending);
+    assert_int_equal(p->npending, 0);
+    for (int i = 0; i < SB_PJ_PENDING; i++) {
+        assert_non_null(m);
+        snprintf(msg, sizeof msg, "m%d", i);
+        assert_string_equal(m->text, msg); /* in order, NUL-terminated */
+        assert_int_equal(m->len, strlen(msg));
+        sb_pj_pending_t *next = m->next;
+        free(m);
+        m = next;
+    }
+    assert_null(m);
+    /* what is still kept is freed with the state */
+    assert_int_equal(sb_pj_pending_add(p, "left", 4), 0);
+    sb_pj_free(p);
+}
+
 static void test_uuid(void **state)
 {
     (void)state;
@@ -217,6 +247,7 @@ int main(void)
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_frames),
         cmocka_unit_test(test_connection_ids),
+        cmocka_unit_test(test_pending_before_open),
         cmocka_unit_test(test_uuid),
         cmocka_unit_test(test_http_routes),
     };
