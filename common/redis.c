@@ -23,6 +23,26 @@ typedef struct cmd {
     struct cmd *prev, *next;
 } cmd_t;
 
+/* Where a sharded subscriber's replies are built: one reply at a time (the reader finishes one
+ * before it starts the next, and on_sharded_readable resets the arena after each), bump
+ * allocated in blk; what does not fit goes to malloc'd overflow blocks, freed at the reset,
+ * after which blk grows to what the reply needed (up to ARENA_MAX). Why: hiredis's default
+ * reply functions make 8 allocations and 8 frees per pub/sub message (the array, its element
+ * vector, and each of the 3 strings with its buffer). */
+#define ARENA_MAX (256 * 1024)
+
+typedef struct arena_big {
+    struct arena_big *next;
+    _Alignas(max_align_t) char data[];
+} arena_big_t;
+
+typedef struct {
+    char *blk;
+    size_t cap, used;
+    size_t want; /* bytes the reply being built asked for */
+    arena_big_t *big;
+} arena_t;
+
 typedef struct resolve_req {
     uv_getaddrinfo_t req;
     sb_redis_t *r;
@@ -55,6 +75,9 @@ struct sb_redis {
         int subscribe;
         char channel[];
     } * sent_head, *sent_tail;
+    arena_t arena; /* sharded subscriber: its replies (see arena_t) */
+    char *fmt;     /* send_argv's command text, reused (see format_argv) */
+    size_t fmtcap;
 };
 
 static void connect_now(sb_redis_t *r);
@@ -65,6 +88,111 @@ static void on_tick_close(uv_handle_t *h)
 {
     unref(h->data);
 }
+
+static void *arena_alloc(arena_t *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15; /* malloc's alignment, for the next object */
+    a->want += n;
+    if (a->cap - a->used >= n) {
+        void *p = a->blk + a->used;
+        a->used += n;
+        return p;
+    }
+    arena_big_t *b = malloc(sizeof *b + n);
+    if (!b)
+        return NULL;
+    b->next = a->big;
+    a->big = b;
+    return b->data;
+}
+
+static void arena_reset(arena_t *a)
+{
+    while (a->big) {
+        arena_big_t *b = a->big;
+        a->big = b->next;
+        free(b);
+    }
+    if (a->want > a->cap && a->want <= ARENA_MAX) {
+        char *blk = malloc(a->want);
+        if (blk) {
+            free(a->blk);
+            a->blk = blk;
+            a->cap = a->want;
+        }
+    }
+    a->used = a->want = 0;
+}
+
+/* The arena of the reply being parsed: set by on_sharded_readable around its reads. Why not
+ * the reader's privdata: hiredis 0.14 copies that into a read task when it starts one, and a
+ * handshake reply's callback (became_up runs there) leaves one started with the old value. */
+static _Thread_local arena_t *building;
+
+/* hiredis reply object functions on the arena, making the same redisReply trees as its
+ * defaults. */
+static redisReply *arena_reply(const redisReadTask *task, int type, size_t extra)
+{
+    redisReply *r = building ? arena_alloc(building, sizeof *r + extra) : NULL;
+    if (!r)
+        return NULL;
+    memset(r, 0, sizeof *r);
+    r->type = type;
+    if (task->parent) {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+    return r;
+}
+
+static void *arena_string(const redisReadTask *task, char *str, size_t len)
+{
+    redisReply *r = arena_reply(task, task->type, len + 1);
+    if (!r)
+        return NULL;
+    r->str = (char *)(r + 1);
+    memcpy(r->str, str, len);
+    r->str[len] = '\0';
+    r->len = len;
+    return r;
+}
+
+static void *arena_array(const redisReadTask *task, int elements)
+{
+    size_t n = elements > 0 ? (size_t)elements : 0;
+    redisReply *r = arena_reply(task, REDIS_REPLY_ARRAY, n * sizeof(redisReply *));
+    if (!r)
+        return NULL;
+    r->elements = n;
+    if (n) {
+        r->element = (redisReply **)(void *)(r + 1);
+        memset(r->element, 0, n * sizeof(redisReply *));
+    }
+    return r;
+}
+
+static void *arena_integer(const redisReadTask *task, long long value)
+{
+    redisReply *r = arena_reply(task, REDIS_REPLY_INTEGER, 0);
+    if (r)
+        r->integer = value;
+    return r;
+}
+
+static void *arena_nil(const redisReadTask *task)
+{
+    return arena_reply(task, REDIS_REPLY_NIL, 0);
+}
+
+/* Nothing: hiredis frees a reply it gave up on (a reader error, the reader freed); the arena
+ * is reset after each reply read and before a new connection's first. */
+static void arena_free(void *reply)
+{
+    (void)reply;
+}
+
+static redisReplyObjectFunctions arena_fns = {arena_string, arena_array, arena_integer, arena_nil,
+                                              arena_free};
 
 static void forget_sent(sb_redis_t *r)
 {
@@ -81,6 +209,9 @@ static void unref(sb_redis_t *r)
     if (--r->refs > 0)
         return;
     forget_sent(r);
+    arena_reset(&r->arena);
+    free(r->arena.blk);
+    free(r->fmt);
     for (int i = 0; i < r->nchannels; i++)
         free(r->channels[i]);
     free(r->channels);
@@ -158,6 +289,50 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     free(c);
 }
 
+/* Appends "<c><n>\r\n" at p; returns the end. */
+static char *put_header(char *p, char c, size_t n)
+{
+    char digits[24];
+    int k = 0;
+    do
+        digits[k++] = (char)('0' + n % 10);
+    while ((n /= 10) > 0);
+    *p++ = c;
+    while (k > 0)
+        *p++ = digits[--k];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* The command as RESP text in r->fmt (grown as needed, kept): its length, or -1 out of memory.
+ * Why not redisAsyncCommandArgv: it formats into a new sds per command with sdscatfmt (a
+ * printf of its own per argument), then copies that into the output buffer and frees it; the
+ * relay path sends one PUBLISH per signal. */
+static long format_argv(sb_redis_t *r, int argc, const char **argv, const size_t *lens)
+{
+    size_t need = 24;
+    for (int i = 0; i < argc; i++)
+        need += 24 + 2 + (lens ? lens[i] : strlen(argv[i]));
+    if (need > r->fmtcap) {
+        char *f = realloc(r->fmt, need);
+        if (!f)
+            return -1;
+        r->fmt = f;
+        r->fmtcap = need;
+    }
+    char *p = put_header(r->fmt, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t l = lens ? lens[i] : strlen(argv[i]);
+        p = put_header(p, '$', l);
+        memcpy(p, argv[i], l);
+        p += l;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    return (long)(p - r->fmt);
+}
+
 static int send_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
                      const size_t *lens, int allow_handshake)
 {
@@ -170,7 +345,12 @@ static int send_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const 
     c->cb = cb;
     c->data = data;
     c->started_ms = sb_mono_ms();
-    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, lens) != REDIS_OK) {
+    long len = format_argv(r, argc, argv, lens);
+    if (len < 0) {
+        free(c);
+        return SB_ENOMEM;
+    }
+    if (redisAsyncFormattedCommand(r->ac, on_reply, c, r->fmt, (size_t)len) != REDIS_OK) {
         free(c);
         return SB_EUNAVAIL;
     }
@@ -341,6 +521,14 @@ static void on_sharded_reply(sb_redis_t *r, redisReply *rep)
 static void on_sharded_readable(redisAsyncContext *ac)
 {
     sb_redis_t *r = ac->data;
+    if (ac->c.reader->fn != &arena_fns) {
+        /* The connection's first read here: its replies are built in the arena from now on.
+         * Not earlier: became_up may run inside a handshake reply's callback, which hiredis
+         * frees with the reader's functions after it returns. No reply object is half built
+         * now (we sent nothing after the handshake before this read). */
+        arena_reset(&r->arena);
+        ac->c.reader->fn = &arena_fns;
+    }
     if (redisBufferRead(&ac->c) != REDIS_OK) {
         /* Static text, not ac->c.errstr: the context is freed inside sb_redis_drop, which
          * logs its reason afterwards. */
@@ -350,14 +538,17 @@ static void on_sharded_readable(redisAsyncContext *ac)
     }
     while (r->ac == ac) {
         void *reply = NULL;
-        if (redisGetReplyFromReader(&ac->c, &reply) != REDIS_OK) {
+        building = &r->arena;
+        int rc = redisGetReplyFromReader(&ac->c, &reply);
+        building = NULL;
+        if (rc != REDIS_OK) {
             sb_redis_drop(r, "protocol error");
             return;
         }
         if (!reply)
             break;
         on_sharded_reply(r, reply);
-        freeReplyObject(reply);
+        arena_reset(&r->arena); /* r outlives its callbacks: freed by a close callback */
     }
 }
 

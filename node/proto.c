@@ -3,6 +3,7 @@
 #include "proto.h"
 #include "keys.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <sys/random.h>
 #include <errno.h>
@@ -89,13 +90,22 @@ static const char *skip_ws(const char *p, const char *end)
  * it is not terminated before end. *escaped is set when the string holds a backslash. */
 static const char *skip_string(const char *p, const char *end, int *escaped)
 {
-    for (p++; p < end; p++) {
-        if (*p == '\\') {
-            *escaped = 1;
-            p++; /* the escaped character; a \u escape's hex digits are plain characters */
-        } else if (*p == '"') {
-            return p + 1;
+    /* memchr for the quote, then for a backslash before it: relayed signals are mostly long
+     * strings (SDP, padding), and memchr goes through them a vector at a time. The quote is
+     * looked for again only once passed (it was escaped), so each byte is scanned at most
+     * twice however many escapes. */
+    const char *q = NULL;
+    for (p++; p < end;) {
+        if (!q || q < p) {
+            q = memchr(p, '"', (size_t)(end - p));
+            if (!q)
+                return NULL;
         }
+        const char *b = memchr(p, '\\', (size_t)(q - p));
+        if (!b)
+            return q + 1;
+        *escaped = 1;
+        p = b + 2; /* past the escaped character; a \u escape's hex digits are plain */
     }
     return NULL;
 }
@@ -132,11 +142,16 @@ static const char *skip_value(const char *p, const char *end)
     return p > start ? p : NULL;
 }
 
-int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
-                        size_t *vlen)
+unsigned sb_json_member_spans(const char *buf, size_t len, size_t n, const char *const *keys,
+                              const char **vals, size_t *vlens)
 {
     const char *p = buf, *end = buf + len;
-    size_t klen = strlen(key);
+    size_t klens[16];
+    if (n > 16)
+        n = 16;
+    for (size_t i = 0; i < n; i++)
+        klens[i] = strlen(keys[i]);
+    unsigned found = 0, all = (1u << n) - 1;
     p = skip_ws(p, end);
     if (p >= end || *p != '{')
         return 0;
@@ -144,27 +159,39 @@ int sb_json_member_span(const char *buf, size_t len, const char *key, const char
     for (;;) {
         p = skip_ws(p, end);
         if (p >= end || *p != '"')
-            return 0; /* '}' (not found) or not an object member */
+            return found; /* '}' (the rest not found) or not an object member */
         int escaped = 0;
         const char *ks = p + 1, *ke = skip_string(p, end, &escaped);
         if (!ke)
-            return 0;
+            return found;
         p = skip_ws(ke, end);
         if (p >= end || *p != ':')
-            return 0;
+            return found;
         const char *vs = skip_ws(p + 1, end), *ve = skip_value(vs, end);
         if (!ve)
-            return 0;
-        if (!escaped && (size_t)(ke - 1 - ks) == klen && memcmp(ks, key, klen) == 0) {
-            *val = vs;
-            *vlen = (size_t)(ve - vs);
-            return 1;
+            return found;
+        size_t kl = (size_t)(ke - 1 - ks);
+        for (size_t i = 0; !escaped && i < n; i++) {
+            if (!(found & 1u << i) && klens[i] == kl && memcmp(ks, keys[i], kl) == 0) {
+                vals[i] = vs;
+                vlens[i] = (size_t)(ve - vs);
+                found |= 1u << i;
+                if (found == all)
+                    return found;
+                break;
+            }
         }
         p = skip_ws(ve, end);
         if (p >= end || *p != ',')
-            return 0;
+            return found;
         p++;
     }
+}
+
+int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
+                        size_t *vlen)
+{
+    return (int)sb_json_member_spans(buf, len, 1, &key, val, vlen);
 }
 
 static const char *str_field(json_t *root, const char *key)
@@ -196,7 +223,28 @@ typedef struct {
 static const char *hot_string(const char *p, const char *end, int *plain)
 {
     *plain = 1;
+    /* Past a string's first 8 bytes, 8 at a time while none needs a look (a quote, a
+     * backslash, a control character, a byte over 0x7f): signals are mostly long plain strings
+     * (SDP, padding), while keys and ids are short. The test is exact about whether such a byte
+     * is among the 8 (borrows only add false alarms); after an alarm those 8 go byte by byte. */
+    const char *open = p;
+    size_t wide_from = 9; /* offset from the opening quote */
     for (p++; p < end; p++) {
+        if ((size_t)(p - open) >= wide_from) {
+            const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+            while (end - p >= 8) {
+                uint64_t x;
+                memcpy(&x, p, 8);
+                uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+                if ((((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) & high) {
+                    wide_from = (size_t)(p - open) + 8;
+                    break;
+                }
+                p += 8;
+            }
+            if (p >= end)
+                break;
+        }
         unsigned char c = (unsigned char)*p;
         if (c == '"')
             return p + 1;

@@ -74,6 +74,10 @@ void sb_msg_free(sb_msg_t *msg);
  * parsed value). Never reads outside buf, whatever it holds. */
 int sb_json_member_span(const char *buf, size_t len, const char *key, const char **val,
                         size_t *vlen);
+/* The same for n keys (at most 16) in one pass over buf: bit i of the result set, and vals[i]
+ * / vlens[i], when keys[i] was found. */
+unsigned sb_json_member_spans(const char *buf, size_t len, size_t n, const char *const *keys,
+                              const char **vals, size_t *vlens);
 
 /* Fills out (at least 23 bytes) with a new socket id: 128 random bits from the OS, base64url,
  * 22 characters. Returns 0 or -1 when the OS random source fails. */

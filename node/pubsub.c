@@ -12,18 +12,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The string member `key` of payload, without its quotes, into out (cap bytes with the NUL).
- * 1, or 0 when absent, not a string, too long, or escaped (none of our names needs escapes). */
-static int str_member(const char *payload, size_t len, const char *key, char *out, size_t cap)
+/* A member's value text v[0..vl) as a string without its quotes, into out (cap bytes with the
+ * NUL). 1, or 0 when not a string, too long, or escaped (none of our names needs escapes). */
+static int str_span(const char *v, size_t vl, char *out, size_t cap)
 {
-    const char *v;
-    size_t vl;
-    if (!sb_json_member_span(payload, len, key, &v, &vl) || vl < 2 || v[0] != '"' ||
-        v[vl - 1] != '"' || vl - 2 >= cap || memchr(v + 1, '\\', vl - 2))
+    if (vl < 2 || v[0] != '"' || v[vl - 1] != '"' || vl - 2 >= cap || memchr(v + 1, '\\', vl - 2))
         return 0;
     memcpy(out, v + 1, vl - 2);
     out[vl - 2] = '\0';
     return 1;
+}
+
+/* The string member `key` of payload, as str_span; 0 also when absent. */
+static int str_member(const char *payload, size_t len, const char *key, char *out, size_t cap)
+{
+    const char *v;
+    size_t vl;
+    return sb_json_member_span(payload, len, key, &v, &vl) && str_span(v, vl, out, cap);
 }
 
 /* The unsigned integer member `key`. 1, or 0 when absent or not a plain integer. */
@@ -47,22 +52,32 @@ static int uint_member(const char *payload, size_t len, const char *key, uint64_
     return 1;
 }
 
-/* A socket id of room: a native id, or a PeerJS id in a PeerJS key's room. */
-static int sid_member(const char *room, const char *payload, size_t len, const char *key, char *out)
+/* A socket id of room: a native id, or a PeerJS id in a PeerJS key's room (docs/peerjs.md). */
+static int valid_sid_in(const char *room, const char *s)
 {
-    return str_member(payload, len, key, out, SB_SID_MAX + 1) &&
-           (sb_pj_is_room(room) ? sb_pj_valid_id(out) : sb_valid_sid(out));
+    return sb_pj_is_room(room) ? sb_pj_valid_id(s) : sb_valid_sid(s);
 }
 
-static void on_signal(sb_node_t *n, const char *room, const char *payload, size_t len)
+static int sid_member(const char *room, const char *payload, size_t len, const char *key, char *out)
+{
+    return str_member(payload, len, key, out, SB_SID_MAX + 1) && valid_sid_in(room, out);
+}
+
+/* What one pass over a message locates: every message's type and room, and what a signal
+ * (most of the traffic) needs. */
+enum { F_T, F_ROOM, F_FROM, F_TO, F_DATA, F__COUNT };
+static const char *const first_pass[F__COUNT] = {"t", "room", "from", "to", "data"};
+
+static void on_signal(sb_node_t *n, const char *room, unsigned got, const char *const *v,
+                      const size_t *vl)
 {
     char from[SB_SID_MAX + 1], to[SB_SID_MAX + 1];
-    const char *data;
-    size_t dlen;
     /* Relayed as the sender wrote it: data's text is handed on, not re-encoded. */
-    if (sid_member(room, payload, len, "from", from) && sid_member(room, payload, len, "to", to) &&
-        sb_json_member_span(payload, len, "data", &data, &dlen))
-        sb_route_signal_in(n, room, from, to, data, dlen);
+    if ((got & 1u << F_FROM) && str_span(v[F_FROM], vl[F_FROM], from, sizeof from) &&
+        valid_sid_in(room, from) && (got & 1u << F_TO) &&
+        str_span(v[F_TO], vl[F_TO], to, sizeof to) && valid_sid_in(room, to) &&
+        (got & 1u << F_DATA))
+        sb_route_signal_in(n, room, from, to, v[F_DATA], vl[F_DATA]);
 }
 
 /* join, left, away or back (change: 0, SB_VIEW_AWAY, SB_VIEW_BACK). */
@@ -104,7 +119,10 @@ static void on_member_event(sb_node_t *n, const char *room, int join, int change
 void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
 {
     char type[16], room[SB_ROOM_MAX + 1];
-    if (!str_member(payload, len, "t", type, sizeof type))
+    const char *v[F__COUNT];
+    size_t vl[F__COUNT];
+    unsigned got = sb_json_member_spans(payload, len, F__COUNT, first_pass, v, vl);
+    if (!(got & 1u << F_T) || !str_span(v[F_T], vl[F_T], type, sizeof type))
         return;
     if (strcmp(type, "probe") == 0) {
         uint64_t nonce;
@@ -112,11 +130,11 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
             sb_presence_on_probe(n, nonce);
         return;
     }
-    if (!str_member(payload, len, "room", room, sizeof room) ||
+    if (!(got & 1u << F_ROOM) || !str_span(v[F_ROOM], vl[F_ROOM], room, sizeof room) ||
         !(sb_valid_room(room) || sb_pj_is_room(room)))
         return;
     if (strcmp(type, "signal") == 0) {
-        on_signal(n, room, payload, len);
+        on_signal(n, room, got, v, vl);
     } else if (strcmp(type, "join") == 0 || strcmp(type, "left") == 0) {
         on_member_event(n, room, type[0] == 'j', 0, payload, len);
     } else if (strcmp(type, "away") == 0 || strcmp(type, "back") == 0) {

@@ -129,6 +129,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t vlen;
     if (sb_json_member_span((const char *)data, size, "data", &val, &vlen))
         FUZZ_CHECK(val >= (const char *)data && val + vlen <= (const char *)data + size);
+    /* The one-pass finder (pub/sub) agrees with it key by key. */
+    static const char *const keys[] = {"t", "room", "from", "to", "data"};
+    const char *vals[5];
+    size_t vlens[5];
+    unsigned got = sb_json_member_spans((const char *)data, size, 5, keys, vals, vlens);
+    for (size_t i = 0; i < 5; i++) {
+        int one = sb_json_member_span((const char *)data, size, keys[i], &val, &vlen);
+        FUZZ_CHECK(!!(got & 1u << i) == one);
+        FUZZ_CHECK(!one || (vals[i] == val && vlens[i] == vlen));
+    }
     if (sb_proto_decode((const char *)data, size, &m, &e) == 0) {
         check_accepted(&m);
         if (!m.root)

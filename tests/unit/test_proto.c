@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "proto.h"
 
@@ -238,6 +239,75 @@ static void test_member_span_never_overreads(void **state)
     assert_int_equal(sb_json_member_span(ok, sizeof ok - 1, "data", &val, &vlen), 1);
     assert_int_equal(vlen, 2);
     assert_memory_equal(val, "12", 2);
+}
+
+/* The one-pass finder (pub/sub messages) locates each key exactly where the one-key finder does,
+ * first occurrence included, and only the keys that one finds. */
+static void test_member_spans_agree_with_member_span(void **state)
+{
+    (void)state;
+    static const char *const keys[] = {"t", "room", "from", "to", "data", "x"};
+    const size_t n = sizeof keys / sizeof *keys;
+    const char *cases[] = {
+        "{\"t\":\"signal\",\"room\":\"r1\",\"from\":\"" SID_A "\",\"to\":\"" SID_A
+        "\",\"data\":{\"sdp\":\"v=0\\r\\n\",\"n\":[1,2,{\"to\":3}]}}",
+        "{\"data\":1,\"to\":\"a\",\"data\":2}",                  /* duplicate: the first */
+        "{\"t\":\"join\",\"room\":\"r\",\"meta\":{\"from\":1}}", /* nested keys are not members */
+        "{\"t\":\"signal\",\"room\":\"r\",\"from\":\"a\" \"to\":1}", /* broken after "from" */
+        "{\"r\\u006fom\":\"r\",\"room\":\"s\"}", /* a key with an escape never matches */
+        "{\"t\":\"x\",\"from\":[1,{\"a\":\"}\"}],\"to\":\"b\"", /* unterminated object */
+        "{}",
+        "",
+        /* escapes in a skipped string: an escaped quote, an escaped backslash before the end */
+        "{\"data\":\"a\\\"b\\\\\",\"to\":\"x\\\"\",\"t\":\"\\\\\"}",
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        size_t len = strlen(cases[c]);
+        const char *vals[6];
+        size_t vlens[6];
+        unsigned got = sb_json_member_spans(cases[c], len, n, keys, vals, vlens);
+        for (size_t i = 0; i < n; i++) {
+            const char *v;
+            size_t vl;
+            int one = sb_json_member_span(cases[c], len, keys[i], &v, &vl);
+            assert_int_equal(!!(got & 1u << i), one);
+            if (one) {
+                assert_ptr_equal(vals[i], v);
+                assert_int_equal(vlens[i], vl);
+            }
+        }
+    }
+    /* the first case: every key but "x", with its exact text */
+    const char *vals[6];
+    size_t vlens[6];
+    assert_int_equal(sb_json_member_spans(cases[0], strlen(cases[0]), n, keys, vals, vlens), 0x1f);
+    assert_int_equal(vlens[3], 24);
+    assert_memory_equal(vals[3], "\"" SID_A "\"", 24);
+    assert_memory_equal(vals[4], "{\"sdp\"", 6);
+}
+
+/* A string of escapes only is skipped in linear time: 1 MiB of \n pairs in well under a second
+ * (rescanning for the quote after each escape took minutes). */
+static void test_member_span_escapes_linear(void **state)
+{
+    (void)state;
+    size_t n = 1 << 20;
+    char *buf = malloc(n + 64);
+    assert_non_null(buf);
+    size_t len = 0;
+    len += (size_t)sprintf(buf, "{\"data\":\"");
+    for (size_t i = 0; i < n / 2; i++) {
+        buf[len++] = '\\';
+        buf[len++] = 'n';
+    }
+    len += (size_t)sprintf(buf + len, "\",\"to\":1}");
+    const char *v;
+    size_t vl;
+    clock_t t0 = clock();
+    assert_int_equal(sb_json_member_span(buf, len, "to", &v, &vl), 1);
+    assert_int_equal(vl, 1);
+    assert_true((double)(clock() - t0) / CLOCKS_PER_SEC < 1.0);
+    free(buf);
 }
 
 static void test_link(void **state)
@@ -772,6 +842,40 @@ static void test_hot_path(void **state)
     }
 }
 
+/* The tree-less decoder skips plain string bytes eight at a time: a byte it must look at (a
+ * control character, UTF-8, an escape) is seen at every position of a long string. */
+static void test_hot_string_every_position(void **state)
+{
+    (void)state;
+    for (int pos = 0; pos < 24; pos++) {
+        char text[32], frame[128];
+        memset(text, 'y', 26);
+        text[26] = '\0';
+        /* a tab: jansson refuses it, and so must the fast path */
+        text[pos] = '\t';
+        snprintf(frame, sizeof frame, "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"%s\"}",
+                 text);
+        decode_err(frame, "bad-json");
+        /* UTF-8: jansson's to check (the tree decoder takes it) */
+        memcpy(text + pos, "\xc3\xa9", 2);
+        snprintf(frame, sizeof frame, "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"%s\"}",
+                 text);
+        int f = 1;
+        sb_msg_t m = decode_ok_n(frame, strlen(frame), &f);
+        assert_int_equal(f, 0);
+        sb_msg_free(&m);
+        /* an escaped quote: the string goes on past it, without a tree */
+        memcpy(text + pos, "\\\"", 2);
+        snprintf(frame, sizeof frame, "{\"type\":\"signal\",\"to\":\"" SID_A "\",\"data\":\"%s\"}",
+                 text);
+        f = 0;
+        m = decode_ok_n(frame, strlen(frame), &f);
+        assert_int_equal(f, 1);
+        assert_int_equal(m.data_raw_len, 28);
+        sb_msg_free(&m);
+    }
+}
+
 /* What the subset looks like but jansson refuses is refused, with jansson's error. */
 static void test_hot_path_refusals(void **state)
 {
@@ -845,6 +949,9 @@ int main(void)
         cmocka_unit_test(test_signal),
         cmocka_unit_test(test_signal_raw_data),
         cmocka_unit_test(test_member_span_never_overreads),
+        cmocka_unit_test(test_member_spans_agree_with_member_span),
+        cmocka_unit_test(test_member_span_escapes_linear),
+        cmocka_unit_test(test_hot_string_every_position),
         cmocka_unit_test(test_link),
         cmocka_unit_test(test_simple_types),
         cmocka_unit_test(test_resume),
