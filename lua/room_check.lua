@@ -9,7 +9,8 @@
 --          counter_fixes    wrong fields of P:{R}:stats (members, links, linked, a missing seq),
 --                           of P:{R}:nodes, a missing socket index entry, R missing from its
 --                           bucket's rooms index P:{T}:rooms
---          half_link_fixes  halves removed because they pointed at a non-member (or at S itself)
+--          half_link_fixes  halves removed because they pointed at a non-member (or at S itself);
+--                           in a PeerJS room also reverse index entries (rlinks) fixed
 --          degree_fixes     wrong, missing or extra fields of P:{R}:degree
 --          S1, S2, ...      members without a presence key, for the admin to reap with
 --                           room_remove "expired" (re-checked there)
@@ -46,7 +47,7 @@ if #all == 0 then
     for i = 1, 3 do
         local v = num(left[i])
         if v ~= 0 then
-            redis.call('HINCRBY', gstats, fields[i], -v)
+            bucket_add(fields[i], -v)
             counter_fixes = counter_fixes + 1
         end
     end
@@ -59,7 +60,7 @@ if #all == 0 then
     degree_fixes = redis.call('HLEN', degree)
     redis.call('DEL', members, nodes, degree, stats)
     if redis.call('SREM', bucket .. 'rooms', R) == 1 then
-        redis.call('HINCRBY', gstats, 'rooms', -1)
+        bucket_add('rooms', -1)
     end
     return {counter_fixes, 0, degree_fixes}
 end
@@ -94,11 +95,38 @@ for _, S in ipairs(ids) do
         if is_member[B] and B ~= S then
             h[B] = true
         else
-            redis.call('SREM', key, B)
+            half_del(S, B)
             half_fixes = half_fixes + 1
         end
     end
     halves[S] = h
+end
+if pj_room then
+    -- The reverse index: exactly who holds a half towards each member (O(links), not
+    -- members x members: a PeerJS key may hold thousands of ids).
+    local want = {}
+    for S, h in pairs(halves) do
+        for B in pairs(h) do
+            want[B] = want[B] or {}
+            want[B][S] = true
+        end
+    end
+    for _, B in ipairs(ids) do
+        local key = base .. 'rlinks:' .. B
+        local w = want[B] or {}
+        for _, S in ipairs(redis.call('SMEMBERS', key)) do
+            if w[S] then
+                w[S] = nil
+            else
+                redis.call('SREM', key, S)
+                half_fixes = half_fixes + 1
+            end
+        end
+        for S in pairs(w) do
+            redis.call('SADD', key, S)
+            half_fixes = half_fixes + 1
+        end
+    end
 end
 local deg = {}
 local degree_sum, linked = 0, 0
@@ -155,7 +183,7 @@ for i = 1, 3 do
     local v = tonumber(cur[i] or '0')
     if v ~= truth[f] then
         redis.call('HSET', stats, f, int(truth[f]))
-        redis.call('HINCRBY', gstats, f, int(truth[f] - (v or 0)))
+        bucket_add(f, int(truth[f] - (v or 0)))
         counter_fixes = counter_fixes + 1
     end
 end
@@ -164,7 +192,7 @@ if not tonumber(cur[4] or '') then
     counter_fixes = counter_fixes + 1
 end
 if redis.call('SADD', bucket .. 'rooms', R) == 1 then
-    redis.call('HINCRBY', gstats, 'rooms', 1)
+    bucket_add('rooms', 1)
     counter_fixes = counter_fixes + 1
 end
 

@@ -52,9 +52,15 @@ static int uint_member(const char *payload, size_t len, const char *key, uint64_
     return 1;
 }
 
-static int sid_member(const char *payload, size_t len, const char *key, char *out)
+/* A socket id of room: a native id, or a PeerJS id in a PeerJS key's room (docs/peerjs.md). */
+static int valid_sid_in(const char *room, const char *s)
 {
-    return str_member(payload, len, key, out, SB_SID_MAX + 1) && sb_valid_sid(out);
+    return sb_pj_is_room(room) ? sb_pj_valid_id(s) : sb_valid_sid(s);
+}
+
+static int sid_member(const char *room, const char *payload, size_t len, const char *key, char *out)
+{
+    return str_member(payload, len, key, out, SB_SID_MAX + 1) && valid_sid_in(room, out);
 }
 
 /* What one pass over a message locates: every message's type and room, and what a signal
@@ -68,8 +74,9 @@ static void on_signal(sb_node_t *n, const char *room, unsigned got, const char *
     char from[SB_SID_MAX + 1], to[SB_SID_MAX + 1];
     /* Relayed as the sender wrote it: data's text is handed on, not re-encoded. */
     if ((got & 1u << F_FROM) && str_span(v[F_FROM], vl[F_FROM], from, sizeof from) &&
-        sb_valid_sid(from) && (got & 1u << F_TO) && str_span(v[F_TO], vl[F_TO], to, sizeof to) &&
-        sb_valid_sid(to) && (got & 1u << F_DATA))
+        valid_sid_in(room, from) && (got & 1u << F_TO) &&
+        str_span(v[F_TO], vl[F_TO], to, sizeof to) && valid_sid_in(room, to) &&
+        (got & 1u << F_DATA))
         sb_route_signal_in(n, room, from, to, v[F_DATA], vl[F_DATA]);
 }
 
@@ -79,7 +86,7 @@ static void on_member_event(sb_node_t *n, const char *room, int join, int change
 {
     char id[SB_SID_MAX + 1], node[SB_NODE_ID_MAX + 1] = "", reason[16] = "";
     sb_view_event_t ev = {join, 0, id, NULL, NULL, NULL, change};
-    if (!sid_member(payload, len, "id", id) || !uint_member(payload, len, "seq", &ev.seq))
+    if (!sid_member(room, payload, len, "id", id) || !uint_member(payload, len, "seq", &ev.seq))
         return;
     char *meta = NULL;
     if (change == SB_VIEW_AWAY) {
@@ -124,7 +131,7 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
         return;
     }
     if (!(got & 1u << F_ROOM) || !str_span(v[F_ROOM], vl[F_ROOM], room, sizeof room) ||
-        !sb_valid_room(room))
+        !(sb_valid_room(room) || sb_pj_is_room(room)))
         return;
     if (strcmp(type, "signal") == 0) {
         on_signal(n, room, got, v, vl);
@@ -134,7 +141,7 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
         on_member_event(n, room, 0, type[0] == 'a' ? SB_VIEW_AWAY : SB_VIEW_BACK, payload, len);
     } else if (strcmp(type, "link") == 0 || strcmp(type, "unlink") == 0) {
         char a[SB_SID_MAX + 1], b[SB_SID_MAX + 1], state[8] = "";
-        if (!sid_member(payload, len, "a", a) || !sid_member(payload, len, "b", b))
+        if (!sid_member(room, payload, len, "a", a) || !sid_member(room, payload, len, "b", b))
             return;
         if (type[0] == 'u')
             sb_route_unlink_event(n, room, a, b);

@@ -8,11 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
+typedef struct local {
     char id[SB_SID_MAX + 1];
-    int acked;             /* the join script answered ok */
-    uint64_t await_seq;    /* acked: its join's sequence number */
-    uint64_t joined_batch; /* > 0: `joined` was sent in that batch */
+    int acked;                   /* the join script answered ok */
+    uint64_t await_seq;          /* acked: its join's sequence number */
+    uint64_t joined_batch;       /* > 0: `joined` was sent in that batch */
+    struct local *jprev, *jnext; /* on the view's joining list while joined_batch is 0 */
 } local_t;
 
 typedef struct held {
@@ -44,6 +45,9 @@ struct sb_view {
     sb_map_t members; /* id -> sb_member_t */
     sb_map_t locals;  /* id -> local_t */
     size_t njoining;  /* locals not yet sent `joined` */
+    /* Those locals, in a list: complete_joins walks them, not every local socket (a PeerJS
+     * key's room may have thousands here, and a join pending during every event). */
+    local_t *joining;
     held_t *held, *held_tail;
     size_t nheld;
     sb_map_t held_from; /* sender id -> (uintptr_t) signals held from it */
@@ -264,8 +268,25 @@ int sb_view_local_add(sb_view_t *v, const char *id)
         free(l);
         return -1;
     }
+    l->jnext = v->joining;
+    if (v->joining)
+        v->joining->jprev = l;
+    v->joining = l;
     v->njoining++;
     return 0;
+}
+
+/* l was sent `joined` (or goes): off the joining list. */
+static void joining_unlink(sb_view_t *v, local_t *l)
+{
+    if (l->jprev)
+        l->jprev->jnext = l->jnext;
+    else
+        v->joining = l->jnext;
+    if (l->jnext)
+        l->jnext->jprev = l->jprev;
+    l->jprev = l->jnext = NULL;
+    v->njoining--;
 }
 
 int sb_view_local_remove(sb_view_t *v, const char *id)
@@ -274,7 +295,7 @@ int sb_view_local_remove(sb_view_t *v, const char *id)
     if (!l)
         return -1;
     if (!l->joined_batch)
-        v->njoining--;
+        joining_unlink(v, l);
     free(l);
     return 0;
 }
@@ -442,10 +463,8 @@ typedef struct {
     int sent;
 } complete_t;
 
-static void complete_one(void *value, void *arg)
+static void complete_one(local_t *l, complete_t *c)
 {
-    complete_t *c = arg;
-    local_t *l = value;
     if (l->joined_batch || !l->acked || l->await_seq > c->v->seq)
         return;
     sb_act_t *a = act_push(c->v, c->acts, SB_ACT_JOINED);
@@ -453,7 +472,7 @@ static void complete_one(void *value, void *arg)
         return; /* stays joining; the next batch tries again */
     act_ids(a, l->id, NULL);
     l->joined_batch = c->v->batch;
-    c->v->njoining--;
+    joining_unlink(c->v, l);
     c->sent = 1;
 }
 
@@ -464,7 +483,15 @@ static void complete_joins(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
     if (!v->synced || v->njoining == 0)
         return;
     complete_t c = {v, acts, 0};
-    sb_map_each(&v->locals, complete_one, &c);
+    /* Oldest first (the list is newest first): as they joined. */
+    local_t *l = v->joining;
+    while (l && l->jnext)
+        l = l->jnext;
+    while (l) {
+        local_t *prev = l->jprev;
+        complete_one(l, &c);
+        l = prev;
+    }
     if (c.sent)
         release_held(v, NULL, now_ms, acts);
 }

@@ -308,6 +308,39 @@ static void test_joined_waits_for_its_sequence(void **state)
     sb_view_free(v);
 }
 
+/* Joins completing in one call go out oldest first, and a socket leaving while joining leaves
+ * the joining list (the view walks only that list, not every local socket). */
+static void test_joins_complete_in_join_order(void **state)
+{
+    (void)state;
+    sb_view_t *v = view_with_a();
+    sb_view_local_add(v, C);
+    sb_view_local_add(v, X);
+    sb_view_local_add(v, B);
+    sb_view_local_joined(v, C, 11, NULL, 0, T0, &acts);
+    sb_view_local_joined(v, X, 12, NULL, 0, T0, &acts);
+    sb_view_local_joined(v, B, 13, NULL, 0, T0, &acts);
+    assert_int_equal(acts.n, 0);
+    assert_int_equal(sb_view_local_remove(v, X), 0); /* gone while joining */
+    /* A read of the room at 13 completes C and B in one call. */
+    sb_view_resync_request(v, &acts);
+    sb_acts_clear(&acts);
+    const sb_view_member_in_t room[] = {
+        {A, "n1", "{}", 0}, {C, "n1", "{}", 0}, {X, "n1", "{}", 0}, {B, "n1", "{}", 0}};
+    sb_view_resync_done(v, 1, 13, room, 4, 0, T0, &acts);
+    const char *r = render();
+    const char *jc = strstr(r, "joined:c<-"), *jb = strstr(r, "joined:b<-");
+    assert_non_null(jc);
+    assert_non_null(jb);
+    assert_true(jc < jb);
+    assert_null(strstr(r, "joined:x"));
+    assert_int_equal(sb_view_local_state(v, C), 1);
+    assert_int_equal(sb_view_local_state(v, B), 1);
+    assert_int_equal(sb_view_local_state(v, X), -1);
+    sb_acts_clear(&acts);
+    sb_view_free(v);
+}
+
 static void test_join_event_missing_resyncs_after_gap_timeout(void **state)
 {
     (void)state;
@@ -599,6 +632,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_signal_before_peer_joined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_sender_order_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signals_held_during_join, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joins_complete_in_join_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joined_waits_for_its_sequence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_join_event_missing_resyncs_after_gap_timeout, setup,
                                         teardown),
