@@ -13,7 +13,8 @@
 import { Steps, assert, closeBrowser, openBrowser, runSteps, screenshot, waitFor } from './lib.mjs';
 
 const steps = new Steps();
-const FIGS = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users'];
+const FIGS = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users', 'native_users', 'native_links',
+    'peerjs_users', 'peerjs_links'];
 
 function env(name) {
     const v = process.env[name];
@@ -28,7 +29,10 @@ async function meshStatus(admin) {
 }
 
 function apiFigures(m) {
-    return { nodes: m.nodes.length, active_users: m.active_users, rooms: m.rooms, p2p_links: m.p2p_links, p2p_users: m.p2p_users };
+    return {
+        nodes: m.nodes.length, active_users: m.active_users, rooms: m.rooms, p2p_links: m.p2p_links, p2p_users: m.p2p_users,
+        native_users: m.native.users, native_links: m.native.links, peerjs_users: m.peerjs.users, peerjs_links: m.peerjs.links,
+    };
 }
 
 // The figures the page shows, as numbers (null when a tile shows no figure).

@@ -1,0 +1,126 @@
+"""The admin's PeerJS figures (issue 16, docs/admin.md): mesh-status's "native" and "peerjs"
+shares beside the unchanged totals, and the /metrics series labelled by protocol. Real
+redis-server, real nodes, real admin.
+
+01 the admin alone: PeerJS fields written in the buckets' stats (P:{T}:stats pj_members,
+   pj_links, pj_away, what the room scripts keep) beside real native members and a link; the
+   shares and the totals as the buckets say, on a cluster summed over two buckets.
+The PeerJS figures come in the same bucket_read reply as the totals, so a slot that cannot be
+read misses both alike (partial, missing_slots: test_cluster_system)."""
+import asyncio
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from client import Client  # noqa: E402
+from harness import http_get, parse_metrics, wait_for  # noqa: E402
+import keyspace  # noqa: E402
+
+PJ_ROOM = "~pj.peerjs"  # the internal room of the default PeerJS key
+QUIET_ADMIN = ["--reconcile-interval-ms", "60000"]  # no pass repairs planted figures meanwhile
+
+
+def metrics(admin):
+    status, body, _ = http_get(admin.http + "/metrics",
+                               headers={"Authorization": f"Bearer {admin.token}"})
+    assert status == 200, body
+    return parse_metrics(body.decode())
+
+
+def shares(m):
+    return {"total": {"users": m["active_users"], "links": m["p2p_links"],
+                      "away": m["away_sockets"]},
+            "native": m["native"], "peerjs": m["peerjs"]}
+
+
+def metric_shares(x):
+    out = {}
+    for p in ("native", "peerjs"):
+        out[p] = {k: x[f'switchboard_cluster_{n}_by_protocol{{protocol="{p}"}}']
+                  for k, n in (("users", "active_users"), ("links", "p2p_links"),
+                               ("away", "away_sockets"))}
+    out["total"] = {"users": x["switchboard_cluster_active_users"],
+                    "links": x["switchboard_cluster_p2p_links"],
+                    "away": x["switchboard_cluster_away_sockets"]}
+    return out
+
+
+def until_mesh(admin, want, timeout=5.0):
+    seen = []
+
+    def probe():
+        m = admin.mesh()
+        seen[:] = [shares(m)]
+        return m if shares(m) == want else None
+    try:
+        return wait_for(probe, timeout, msg=f"mesh-status {want}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last {seen}") from None
+
+
+def plant(r, redis_server, room, **fields):
+    """Adds to the figures of room's bucket, as the room scripts would."""
+    key = keyspace.bucket("sb", room, "stats", cluster=redis_server.cluster)
+    for f, v in fields.items():
+        r.hincrby(key, f, v)
+    return key
+
+
+async def native_pair(node):
+    a = await Client.connect(node.ws_url)
+    b = await Client.connect(node.ws_url)
+    for x in (a, b):
+        await x.join("nat")
+    for x, y in ((a, b), (b, a)):
+        r = await x.request({"type": "link", "peer": y.id, "state": "up"})
+        assert r["type"] == "link-ack", r
+    return a, b
+
+
+def test_01_admin_splits_the_buckets_figures_by_protocol(cluster, redis_server):
+    node = cluster.node("n1")
+    admin = cluster.admin(args=QUIET_ADMIN)
+    # The lease holder's first pass runs at once: plant only after it, so no stats_check
+    # rewrites the planted totals before the next pass (a minute away).
+    wait_for(lambda: admin.mesh()["last_reconcile"] is not None, 10, msg="first pass")
+    r = redis_server.client()
+    zero = {"users": 0, "links": 0, "away": 0}
+    assert shares(admin.mesh()) == {"total": zero, "native": zero, "peerjs": zero}
+
+    async def main():
+        a, b = await native_pair(node)
+        until_mesh(admin, {"total": {"users": 2, "links": 1, "away": 0},
+                           "native": {"users": 2, "links": 1, "away": 0}, "peerjs": zero})
+        # Three PeerJS ids (one of them away) and one PeerJS link, in the PeerJS room's bucket:
+        # the totals count them too (the scripts add to both).
+        plant(r, redis_server, PJ_ROOM, members=3, links=1, away=1, pj_members=3, pj_links=1,
+              pj_away=1)
+        want = {"total": {"users": 5, "links": 2, "away": 1},
+                "native": {"users": 2, "links": 1, "away": 0},
+                "peerjs": {"users": 3, "links": 1, "away": 1}}
+        m = until_mesh(admin, want)
+        assert m["partial"] is False and "missing_slots" not in m
+        assert metric_shares(metrics(admin)) == want
+        # A second PeerJS key's room, in another bucket on a cluster: summed over buckets.
+        plant(r, redis_server, "~pj.other", members=2, links=1, pj_members=2, pj_links=1)
+        want = {"total": {"users": 7, "links": 3, "away": 1},
+                "native": {"users": 2, "links": 1, "away": 0},
+                "peerjs": {"users": 5, "links": 2, "away": 1}}
+        until_mesh(admin, want)
+        assert metric_shares(metrics(admin)) == want
+        # The native pair leaves: only the native share drops.
+        await a.close()
+        await b.close()
+        want["total"] = {"users": 5, "links": 2, "away": 1}
+        want["native"] = zero
+        until_mesh(admin, want)
+        assert metric_shares(metrics(admin)) == want
+    asyncio.run(main())
+    # Each labelled series is one gauge with a HELP and a TYPE line.
+    status, body, _ = http_get(admin.http + "/metrics",
+                               headers={"Authorization": f"Bearer {admin.token}"})
+    text = body.decode()
+    for n in ("active_users", "p2p_links", "away_sockets"):
+        assert f"# TYPE switchboard_cluster_{n}_by_protocol gauge" in text
+        assert text.count(f"switchboard_cluster_{n}_by_protocol{{") == 2
