@@ -405,14 +405,20 @@ def render8(b, a, S):
         x = I["sb"]["server_cpu_us_per_connect"] / I["peerjs"]["server_cpu_us_per_connect"]
         T.append(("(not a target: server CPU per connect + join / peerjs' per connect)",
                   f"{x:.2f} x", None))
-    a("| target (issue 14) | figure: median of the per-repeat ratios (range) | |")
-    a("| --- | --- | --- |")
-    for label, fig, ok in T:
-        a(f"| {label} | {fig} | {'n/a' if ok is None else b.verdict(ok)} |")
-    a("")
+    verdicts(a, "target (issue 14) | figure: median of the per-repeat ratios (range)", T,
+             b.verdict)
     S["targets"] = [{"target": t, "figure": f, "met": ok} for t, f, ok in T]
     why(b, a, S, T)
     render_profiles(a, S.get("profiles", {}))
+
+
+def verdicts(a, head, rows, word):
+    """A table of (label, figure, verdict or None) rows; word(verdict) says it in words."""
+    a(f"| {head} | |")
+    a("| --- | --- | --- |")
+    for label, fig, ok in rows:
+        a(f"| {label} | {fig} | {'n/a' if ok is None else word(ok)} |")
+    a("")
 
 
 def render_profiles(a, profiles):

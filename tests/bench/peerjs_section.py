@@ -163,11 +163,8 @@ def render12(b, a, S):
             x, y = I["sbpj-one"].get(key), I["peerjs"].get(key)
             if x and y:
                 C.append((label, f"{x / y:.2f} x", (x / y < 1) if high else (x / y > 1)))
-    a("| Switchboard / peerjs-server | median of the per-repeat ratios (range) | |")
-    a("| --- | --- | --- |")
-    for label, fig, worse in C:
-        a(f"| {label} | {fig} | {'n/a' if worse is None else ('worse' if worse else 'better')} |")
-    a("")
+    cs.verdicts(a, "Switchboard / peerjs-server | median of the per-repeat ratios (range)", C,
+                lambda worse: "worse" if worse else "better")
     S["comparison"] = [{"figure": l_, "ratio": f, "switchboard_worse": w} for l_, f, w in C]
     why(b, a, S, C)
     cs.render_profiles(a, S.get("profiles", {}))
