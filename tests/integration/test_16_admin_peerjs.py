@@ -4,12 +4,18 @@ redis-server, real nodes, real admin.
 
 01 the admin alone: PeerJS fields written in the buckets' stats (P:{T}:stats pj_members,
    pj_links, pj_away, what the room scripts keep) beside real native members and a link; the
-   shares and the totals as the buckets say, on a cluster summed over two buckets.
+   shares and the totals as the buckets say, on a cluster summed over two buckets
+02 real PeerJS sockets on two nodes (claim, OFFER and ANSWER with a connectionId, LEAVE,
+   close) beside a native pair in a room: PeerJS users 2 and links 1 beside native users 2 and
+   links 1, the totals their sum; after LEAVE no PeerJS link; a reset socket's id away until
+   reclaimed on the other node; after both closed no PeerJS user
 The PeerJS figures come in the same bucket_read reply as the totals, so a slot that cannot be
 read misses both alike (partial, missing_slots: test_cluster_system)."""
 import asyncio
 import os
 import sys
+
+import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -124,3 +130,72 @@ def test_01_admin_splits_the_buckets_figures_by_protocol(cluster, redis_server):
     for n in ("active_users", "p2p_links", "away_sockets"):
         assert f"# TYPE switchboard_cluster_{n}_by_protocol gauge" in text
         assert text.count(f"switchboard_cluster_{n}_by_protocol{{") == 2
+
+
+async def peerjs(node, id_, token):
+    """A PeerJS client's WebSocket (what the `peerjs` browser client opens), once OPEN came."""
+    ws = await websockets.connect(f"ws://127.0.0.1:{node.port}/peerjs/peerjs?key=peerjs&id={id_}"
+                                  f"&token={token}", max_size=None, ping_interval=None)
+    c = Client(ws)
+    await c.expect("OPEN")
+    return c
+
+
+def test_02_real_peerjs_sockets_beside_a_native_pair(cluster, redis_server):
+    n1, n2 = cluster.node("n1"), cluster.node("n2")
+    admin = cluster.admin()
+    zero = {"users": 0, "links": 0, "away": 0}
+
+    def both(want):
+        """mesh-status shows want, and /metrics the same figures."""
+        until_mesh(admin, want)
+        assert metric_shares(metrics(admin)) == want
+
+    async def main():
+        na, nb = await native_pair(n1)
+        a = await peerjs(n1, "alice-1", "ta")
+        b = await peerjs(n2, "bob_2", "tb")
+        both({"total": {"users": 4, "links": 1, "away": 0},
+              "native": {"users": 2, "links": 1, "away": 0},
+              "peerjs": {"users": 2, "links": 0, "away": 0}})
+        # A data connection as the peerjs client opens it: OFFER with a connectionId, ANSWER
+        # with the same one; each node sets the half of its own socket.
+        offer = {"type": "OFFER", "dst": "bob_2",
+                 "payload": {"type": "data", "connectionId": "dc_x1", "label": "dc_x1",
+                             "sdp": {"type": "offer", "sdp": "v=0"}, "browser": "test"}}
+        await a.send(offer)
+        got = await b.expect("OFFER")
+        assert got["src"] == "alice-1" and got["payload"]["connectionId"] == "dc_x1", got
+        await b.send({"type": "ANSWER", "dst": "alice-1",
+                      "payload": {"type": "data", "connectionId": "dc_x1",
+                                  "sdp": {"type": "answer", "sdp": "v=0"}, "browser": "test"}})
+        got = await a.expect("ANSWER")
+        assert got["src"] == "bob_2", got
+        want = {"total": {"users": 4, "links": 2, "away": 0},
+                "native": {"users": 2, "links": 1, "away": 0},
+                "peerjs": {"users": 2, "links": 1, "away": 0}}
+        both(want)
+        # LEAVE between them takes the PeerJS link down; both ids stay.
+        await a.send({"type": "LEAVE", "dst": "bob_2"})
+        assert (await b.expect("LEAVE"))["src"] == "alice-1"
+        both({"total": {"users": 4, "links": 1, "away": 0},
+              "native": {"users": 2, "links": 1, "away": 0},
+              "peerjs": {"users": 2, "links": 0, "away": 0}})
+        # A lost socket (TCP reset) keeps its id, away, until reclaimed with its token.
+        b.abort()
+        both({"total": {"users": 4, "links": 1, "away": 1},
+              "native": {"users": 2, "links": 1, "away": 0},
+              "peerjs": {"users": 2, "links": 0, "away": 1}})
+        b = await peerjs(n1, "bob_2", "tb")
+        both({"total": {"users": 4, "links": 1, "away": 0},
+              "native": {"users": 2, "links": 1, "away": 0},
+              "peerjs": {"users": 2, "links": 0, "away": 0}})
+        # A deliberate close (1000) frees the id at once (as peerjs-server does on close).
+        await a.close()
+        await b.close()
+        both({"total": {"users": 2, "links": 1, "away": 0},
+              "native": {"users": 2, "links": 1, "away": 0}, "peerjs": zero})
+        await na.close()
+        await nb.close()
+        both({"total": zero, "native": zero, "peerjs": zero})
+    asyncio.run(main())
