@@ -96,8 +96,9 @@ def test_01_admin_splits_the_buckets_figures_by_protocol(cluster, redis_server):
 
     async def main():
         a, b = await native_pair(node)
-        until_mesh(admin, {"total": {"users": 2, "links": 1, "away": 0},
-                           "native": {"users": 2, "links": 1, "away": 0}, "peerjs": zero})
+        await asyncio.to_thread(until_mesh, admin,
+                                {"total": {"users": 2, "links": 1, "away": 0},
+                                 "native": {"users": 2, "links": 1, "away": 0}, "peerjs": zero})
         # Three PeerJS ids (one of them away) and one PeerJS link, in the PeerJS room's bucket:
         # the totals count them too (the scripts add to both).
         plant(r, redis_server, PJ_ROOM, members=3, links=1, away=1, pj_members=3, pj_links=1,
@@ -105,7 +106,7 @@ def test_01_admin_splits_the_buckets_figures_by_protocol(cluster, redis_server):
         want = {"total": {"users": 5, "links": 2, "away": 1},
                 "native": {"users": 2, "links": 1, "away": 0},
                 "peerjs": {"users": 3, "links": 1, "away": 1}}
-        m = until_mesh(admin, want)
+        m = await asyncio.to_thread(until_mesh, admin, want)
         assert m["partial"] is False and "missing_slots" not in m
         assert metric_shares(metrics(admin)) == want
         # A second PeerJS key's room, in another bucket on a cluster: summed over buckets.
@@ -113,14 +114,14 @@ def test_01_admin_splits_the_buckets_figures_by_protocol(cluster, redis_server):
         want = {"total": {"users": 7, "links": 3, "away": 1},
                 "native": {"users": 2, "links": 1, "away": 0},
                 "peerjs": {"users": 5, "links": 2, "away": 1}}
-        until_mesh(admin, want)
+        await asyncio.to_thread(until_mesh, admin, want)
         assert metric_shares(metrics(admin)) == want
         # The native pair leaves: only the native share drops.
         await a.close()
         await b.close()
         want["total"] = {"users": 5, "links": 2, "away": 1}
         want["native"] = zero
-        until_mesh(admin, want)
+        await asyncio.to_thread(until_mesh, admin, want)
         assert metric_shares(metrics(admin)) == want
     asyncio.run(main())
     # Each labelled series is one gauge with a HELP and a TYPE line.
@@ -146,16 +147,17 @@ def test_02_real_peerjs_sockets_beside_a_native_pair(cluster, redis_server):
     admin = cluster.admin()
     zero = {"users": 0, "links": 0, "away": 0}
 
-    def both(want):
-        """mesh-status shows want, and /metrics the same figures."""
-        until_mesh(admin, want)
-        assert metric_shares(metrics(admin)) == want
+    async def both(want):
+        """mesh-status shows want, and /metrics the same figures (polled in a thread: the
+        loop keeps running the sockets meanwhile, an abort's reset included)."""
+        await asyncio.to_thread(until_mesh, admin, want)
+        assert metric_shares(await asyncio.to_thread(metrics, admin)) == want
 
     async def main():
         na, nb = await native_pair(n1)
         a = await peerjs(n1, "alice-1", "ta")
         b = await peerjs(n2, "bob_2", "tb")
-        both({"total": {"users": 4, "links": 1, "away": 0},
+        await both({"total": {"users": 4, "links": 1, "away": 0},
               "native": {"users": 2, "links": 1, "away": 0},
               "peerjs": {"users": 2, "links": 0, "away": 0}})
         # A data connection as the peerjs client opens it: OFFER with a connectionId, ANSWER
@@ -174,28 +176,28 @@ def test_02_real_peerjs_sockets_beside_a_native_pair(cluster, redis_server):
         want = {"total": {"users": 4, "links": 2, "away": 0},
                 "native": {"users": 2, "links": 1, "away": 0},
                 "peerjs": {"users": 2, "links": 1, "away": 0}}
-        both(want)
+        await both(want)
         # LEAVE between them takes the PeerJS link down; both ids stay.
         await a.send({"type": "LEAVE", "dst": "bob_2"})
         assert (await b.expect("LEAVE"))["src"] == "alice-1"
-        both({"total": {"users": 4, "links": 1, "away": 0},
+        await both({"total": {"users": 4, "links": 1, "away": 0},
               "native": {"users": 2, "links": 1, "away": 0},
               "peerjs": {"users": 2, "links": 0, "away": 0}})
         # A lost socket (TCP reset) keeps its id, away, until reclaimed with its token.
         b.abort()
-        both({"total": {"users": 4, "links": 1, "away": 1},
+        await both({"total": {"users": 4, "links": 1, "away": 1},
               "native": {"users": 2, "links": 1, "away": 0},
               "peerjs": {"users": 2, "links": 0, "away": 1}})
         b = await peerjs(n1, "bob_2", "tb")
-        both({"total": {"users": 4, "links": 1, "away": 0},
+        await both({"total": {"users": 4, "links": 1, "away": 0},
               "native": {"users": 2, "links": 1, "away": 0},
               "peerjs": {"users": 2, "links": 0, "away": 0}})
         # A deliberate close (1000) frees the id at once (as peerjs-server does on close).
         await a.close()
         await b.close()
-        both({"total": {"users": 2, "links": 1, "away": 0},
+        await both({"total": {"users": 2, "links": 1, "away": 0},
               "native": {"users": 2, "links": 1, "away": 0}, "peerjs": zero})
         await na.close()
         await nb.close()
-        both({"total": zero, "native": zero, "peerjs": zero})
+        await both({"total": zero, "native": zero, "peerjs": zero})
     asyncio.run(main())
