@@ -176,9 +176,10 @@ def why(b, a, S, C):
     rate = f"{E['SB_BENCH_CMP_RATE']:,}"
     worse = [label for label, _, w in C if w]
     runs = S["runs"]
+    I = S.get("idle", {})
 
     def m(stack, mode, key):
-        return cs.med([r.get(key) for r in runs[stack][mode]])
+        return cs.med([r.get(key) for r in runs[stack][mode]]) or 0
     if not worse:
         a("Switchboard's `/peerjs` is ahead of peerjs-server on every figure of this run.")
         a("")
@@ -187,32 +188,55 @@ def why(b, a, S, C):
       "and the `perf record -g` profiles below:")
     a("")
     out = []
-    if any("two nodes" in w and ("CPU" in w or "latency" in w) for w in worse):
+    if any(w.startswith("two nodes") for w in worse):
+        pr = cs._prof(S, "sbpj-cross rate")
+        fts = cs._share(pr, ("finish_task_switch.isra.0", "finish_task_switch"))
+        kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
         out.append(
-            "**Two nodes.** A message between nodes crosses three processes (node 1 reads the "
-            "frame and PUBLISHes it, Redis, node 2 writes it to the client) where peerjs-server "
-            f"is one: {m('sbpj-cross', 'rate', 'switches_per_msg') or 0:.2f} switches-in of a "
-            f"server process per message at {rate}/s against "
-            f"{m('peerjs', 'rate', 'switches_per_msg') or 0:.2f} for peerjs-server and "
-            f"{m('sbpj-one', 'rate', 'switches_per_msg') or 0:.2f} for one node. Each wake-up is a "
-            "context switch and the read and write system calls of that one message; it is the "
-            "price of relaying across machines, which peerjs-server cannot do at all.")
-    if any("one node" in w and ("CPU" in w or "messages" in w or "latency" in w) for w in worse):
-        out.append(
-            "**One node.** The PeerJS path is the native signal path plus the PeerJS envelope: "
-            "the node parses the client's JSON, builds `{type, src, dst, payload}` with the "
-            "payload's own bytes and writes it; the profile below shows where its time goes.")
+            "**Two nodes** (messages per CPU-second, CPU per message, latency). A message "
+            "between nodes crosses three processes (node 1 reads the frame and PUBLISHes it, "
+            "Redis, node 2 writes it to the client) where peerjs-server is one: "
+            f"{m('sbpj-cross', 'rate', 'switches_per_msg'):.2f} switches-in of a server process "
+            f"per message at {rate}/s against {m('peerjs', 'rate', 'switches_per_msg'):.2f} for "
+            f"peerjs-server and {m('sbpj-one', 'rate', 'switches_per_msg'):.2f} for one node. "
+            "Each wake-up is a context switch, a return from `epoll_wait` and the read and write "
+            "system calls of that one message; the profile of the nodes at this rate has "
+            + (f"{kern:.0f}% of its samples in the kernel and " if kern is not None else "")
+            + f"{fts:.0f}% self time in `finish_task_switch` (the return into a woken process). "
+            "This is the price of relaying between machines, which peerjs-server cannot do; on "
+            "one node the PeerJS path costs less than peerjs-server (the rows above).")
     if any("RSS" in w for w in worse):
+        one = I.get("sbpj-one", {}).get("bytes_per_conn")
         out.append(
-            "**Memory per idle connection.** A Switchboard PeerJS id is a member of the room "
-            "`~pj.peerjs` with the per-socket state of a native member (resume record, presence, "
-            "socket index entry: the Redis part is not in the node's RSS) and libwebsockets' "
-            "per-connection buffers.")
+            "**Memory per idle connection**"
+            + (f" ({one:,.0f} B)" if one else "") + ". A PeerJS socket carries a native "
+            "member's per-socket state (about 3.9 KB per idle joined socket in section 1) plus "
+            "the node's PeerJS state, `sb_pj_t` of `node/peerjs.h`: 4,936 B at this commit "
+            "(`sizeof`), allocated whole at the claim, of which 4,352 B are the ring of 32 "
+            "remembered connection ids (`SB_PJ_CONNS` x 136 B: a 65-byte peer id and a 65-byte "
+            "connection id each) and 512 B the slots for messages that arrive before `OPEN`. An "
+            "idle socket that never saw an `OFFER` uses none of them: allocating the ring on "
+            "the first `OFFER` (or growing it) would bring the figure to about the native one. "
+            "The Redis side of each id (member, resume record, presence) is not in the node's "
+            "RSS, as peerjs-server holds everything in its one process.")
     if any("connects" in w for w in worse):
+        pr = cs._prof(S, "sbpj-one connect+claim")
+        walk = cs._share(pr, ("sb_map_each", "complete_one"))
         out.append(
-            "**Connects.** Each claim is one Lua script in Redis (member, resume record, presence, "
-            "index) before `OPEN`, where peerjs-server only adds the id to a Map; the profile of "
-            "the connect run below shows the node's share.")
+            "**Connects.** Every id of a PeerJS key is a member of one room (`~pj.peerjs`), so "
+            f"the {E['SB_BENCH_CMP_IDLE']:,} connections join one room of up to that many "
+            "members on one node. The profile of the connect run has "
+            f"{walk:.0f}% of the node's samples in `sb_map_each` and `complete_one` "
+            "(`node/view.c`, `complete_joins`): while some socket of the room is still joining, "
+            "every batch of the room's view walks every local socket of the room to find the "
+            "ones whose `joined` is due, so a claim costs O(ids of the key on that node) and "
+            "the connect rate falls as the key fills (quadratic in total). Native rooms are "
+            "small (bounded by `--max-room-members`, 64 by default), where the walk is cheap; "
+            "the PeerJS room is not bounded. A list of the sockets still joining (there "
+            "are `njoining` of them) instead of the walk over all of them would make a claim "
+            "O(1) here. Besides that, each claim is a Lua script in Redis (`pj_claim.lua`: "
+            "member, resume record, presence, index) before `OPEN`, where peerjs-server only "
+            "adds the id to a Map.")
     for o in out:
         a(f"- {o}")
     a("")
