@@ -103,6 +103,9 @@ enum {
 };
 int sb_pj_http_route(const char *base, const char *path);
 
+/* What a frame that is not a PeerJS message gets (the socket stays open; peer ignores it). */
+#define SB_PJ_INVALID_MESSAGE "{\"type\":\"ERROR\",\"payload\":{\"msg\":\"Invalid message\"}}"
+
 /* GET {path}: peer's description. */
 #define SB_PJ_DESCRIPTION                                                                          \
     "{\"name\":\"PeerJS Server\",\"description\":\"A server side element to broker connections "   \

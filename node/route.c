@@ -2682,7 +2682,7 @@ static void pj_message(sb_session_t *s, const char *buf, size_t len)
     }
     sb_pj_msg_t m;
     if (sb_pj_decode(buf, len, &m) != 0) {
-        pj_error(s, "Invalid message", 0);
+        sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
         return;
     }
     if (m.type == SB_PJ_LEAVE && !m.dst[0] && !m.bad_dst)

@@ -433,7 +433,8 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         /* All fragments count: the limit is on the message, not on a frame. The error frame,
          * then our close frame, go out in order; the rest of the message is read and dropped
          * meanwhile, so the client gets the close instead of a TCP reset. */
-        sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);
+        if (!s->pj) /* PeerJS has no such message: the close code says it */
+            sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);
         sb_session_close(s, 1009, "message too big");
         free(s->rx);
         s->rx = NULL;
@@ -460,7 +461,11 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
     s->rxlen = 0;
     if (lws_frame_is_binary(wsi)) {
         n->metrics.received[SB_MSG_UNKNOWN]++;
-        sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol", NULL);
+        if (s->pj)
+            sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
+        else
+            sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol",
+                                  NULL);
     } else {
         sb_route_message(s, s->rx ? s->rx : "", total);
     }
