@@ -9,8 +9,10 @@ redis-server, real nodes, real admin.
    close) beside a native pair in a room: PeerJS users 2 and links 1 beside native users 2 and
    links 1, the totals their sum; after LEAVE no PeerJS link; a reset socket's id away until
    reclaimed on the other node; after both closed no PeerJS user
-The PeerJS figures come in the same bucket_read reply as the totals, so a slot that cannot be
-read misses both alike (partial, missing_slots: test_cluster_system)."""
+03 figures that cannot be read: on a Redis Cluster the PeerJS room's slot unassigned (CLUSTER
+   DELSLOTS everywhere) makes the figures partial with that slot named, its PeerJS figures
+   missing and the other slots' figures intact, and whole again once the slot is served; on
+   one Redis a dead Redis is a 503 for mesh-status and /metrics, never zeros"""
 import asyncio
 import os
 import sys
@@ -201,3 +203,45 @@ def test_02_real_peerjs_sockets_beside_a_native_pair(cluster, redis_server):
         await nb.close()
         await both({"total": zero, "native": zero, "peerjs": zero})
     asyncio.run(main())
+
+
+def test_03_unreadable_slot_peerjs_figures_partial(cluster, redis_server):
+    admin = cluster.admin(args=QUIET_ADMIN + ["--redis-timeout-ms", "300"])
+    wait_for(lambda: admin.mesh()["last_reconcile"] is not None, 10, msg="first pass")
+    r = redis_server.client()
+    plant(r, redis_server, PJ_ROOM, members=2, links=1, pj_members=2, pj_links=1)
+    plant(r, redis_server, "nat", members=3, links=1)
+    both = {"total": {"users": 5, "links": 2, "away": 0},
+            "native": {"users": 3, "links": 1, "away": 0},
+            "peerjs": {"users": 2, "links": 1, "away": 0}}
+    until_mesh(admin, both)
+    auth = {"Authorization": f"Bearer {admin.token}"}
+    if not redis_server.cluster:
+        redis_server.kill()
+        wait_for(lambda: admin.get("/admin/mesh-status")[0] == 503, 10, msg="mesh-status 503")
+        assert http_get(admin.http + "/metrics", headers=auth)[0] == 503
+        return
+    rc = redis_server.rc
+    slot = keyspace.keyslot("{" + PJ_ROOM + "}")
+    assert slot != keyspace.keyslot("{nat}")
+    owner = rc.owner(slot)
+    for p in rc.ports:
+        if rc.procs[p].alive():
+            rc.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
+    try:
+        wait_for(lambda: all(rc.owner(slot, p) is None for p in rc.ports), 10,
+                 msg="slot unassigned everywhere")
+        # The PeerJS figures of that slot are missing, and said so; the others are intact.
+        m = until_mesh(admin, {"total": {"users": 3, "links": 1, "away": 0},
+                               "native": {"users": 3, "links": 1, "away": 0},
+                               "peerjs": {"users": 0, "links": 0, "away": 0}}, timeout=15)
+        assert m["partial"] is True and m["missing_slots"] == {"count": 1, "first": slot}, m
+        x = metrics(admin)
+        assert x["switchboard_cluster_missing_slots"] == 1
+        assert metric_shares(x)["peerjs"] == {"users": 0, "links": 0, "away": 0}
+    finally:
+        rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
+        wait_for(lambda: all(rc.owner(slot, p) == owner for p in rc.ports
+                             if rc.procs[p].alive()), 20, msg="slot served again")
+    m = until_mesh(admin, both, timeout=15)
+    assert m["partial"] is False and "missing_slots" not in m, m
