@@ -193,7 +193,7 @@ def why(b, a, S, C):
         fts = cs._share(pr, ("finish_task_switch.isra.0", "finish_task_switch"))
         kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
         out.append(
-            "**Two nodes** (messages per CPU-second, CPU per message, latency). A message "
+            "**Two nodes** (messages/s, per CPU-second, CPU per message, latency). A message "
             "between nodes crosses three processes (node 1 reads the frame and PUBLISHes it, "
             "Redis, node 2 writes it to the client) where peerjs-server is one: "
             f"{m('sbpj-cross', 'rate', 'switches_per_msg'):.2f} switches-in of a server process "
@@ -205,6 +205,28 @@ def why(b, a, S, C):
             + f"{fts:.0f}% self time in `finish_task_switch` (the return into a woken process). "
             "This is the price of relaying between machines, which peerjs-server cannot do; on "
             "one node the PeerJS path costs less than peerjs-server (the rows above).")
+    if "one node: messages/s flat out" in worse:
+        cpu = [sum(r["cpu_each_pct"]) for r in runs["sbpj-one"]["relay"]]
+        cli = [r.get("client_cpu_pct") for r in runs["sbpj-one"]["relay"]]
+        wait = [r.get("runq_wait_ms_per_s") for r in runs["sbpj-one"]["relay"]]
+        out.append(
+            "**One node, messages/s flat out.** The node and its Redis used "
+            f"{cs.span(cpu, b.f0)}% of a core and the load client {cs.span(cli, b.f0)}% over "
+            "the repeats, none of them a whole core, while the server processes spent "
+            f"{cs.span(wait, b.f0)} ms per second runnable but waiting for a core "
+            "(`/proc/PID/schedstat`): on this shared 2-core box the rate is what the scheduler "
+            "gave the processes, not what the node can do. The figure that depends less on it, "
+            "messages per server CPU-second, is ahead of peerjs-server in the same repeats (the "
+            "row above).")
+    if "one node: latency p99 at " + rate + "/s" in worse:
+        def p99(stack):
+            return cs.span([r.get("lat_p99_us") for r in runs[stack]["rate"]],
+                           lambda x: f"{x / 1000:.2f}")
+        out.append(
+            f"**One node, p99 at {rate}/s.** The p99s range {p99('sbpj-one')} ms over the "
+            f"repeats for one node and {p99('peerjs')} ms for peerjs-server: the tail is time "
+            "waiting for a core on the loaded box, which hit one stack or the other by repeat; "
+            "p50 and CPU per message, which it moves less, are ahead.")
     if any("RSS" in w for w in worse):
         one = I.get("sbpj-one", {}).get("bytes_per_conn")
         out.append(
