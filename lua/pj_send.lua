@@ -9,8 +9,12 @@
 -- ARGV[6]  "1": queue it when D is not connected (OFFER, ANSWER, CANDIDATE); "0": drop it
 -- ARGV[7]  most messages queued per id      ARGV[8]  most bytes queued per id
 -- ARGV[9]  lifetime of the queue in ms (refreshed by each message queued)
+-- ARGV[10] the caller's node id (optional)
 --
 -- Returns  {"sent", N}    D is a member and not away: the signal event went to node N's channel
+--          {"here"}       D is a member, not away, on the caller's node (ARGV[10]): nothing
+--                         published, the caller hands it over (so it stays in order with the
+--                         caller's next messages, which it delivers without Redis)
 --          {"queued", n}  appended to P:{R}:pjq:D ("F FRAME"); n messages wait for D now
 --          {"dropped"}    D is not connected and ARGV[6] is "0": nothing written
 --          {"full"}       the count or byte bound would be passed: nothing written
@@ -36,6 +40,9 @@ end
 local rec = redis.call('HGET', members, D)
 if rec and redis.call('HEXISTS', base .. 'away', D) == 0 then
     local n = node_of(rec)
+    if n and n == ARGV[10] then
+        return {'here'}
+    end
     if n then
         redis.call('SPUBLISH', bucket .. 'node:' .. n, '{"t":"signal","room":' .. cjson.encode(R) ..
             ',"from":' .. cjson.encode(F) .. ',"to":' .. cjson.encode(D) .. ',"data":' .. frame ..

@@ -2590,14 +2590,25 @@ static void pj_expire_timer(sb_node_t *n, const char *src, const char *dst)
     n->pj_exp_tail = x;
 }
 
+/* A message in flight to pj_send, with its frame (kept for "here"). */
+typedef struct {
+    req_t *q;
+    size_t len;
+    char frame[];
+} pj_sent_t;
+
 static void on_pj_sent(redisReply *reply, const char *error, void *data)
 {
-    req_t *q = data;
+    pj_sent_t *w = data;
+    req_t *q = w->q;
     sb_session_t *s = q->s;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
     if (s->pj && s->pj->inflight > 0)
         s->pj->inflight--;
-    if (status && strcmp(status, "queued") == 0)
+    room_t *r = sb_map_get(&s->node->rooms, q->room);
+    if (status && strcmp(status, "here") == 0 && r)
+        signal_local(r, s->id, q->peer, w->frame, w->len); /* before any later message */
+    else if (status && strcmp(status, "queued") == 0)
         pj_expire_timer(s->node, s->id, q->peer);
     else if (status && strcmp(status, "full") == 0)
         sb_info_limited("session %s: PeerJS queue of %s full: message dropped", s->id, q->peer);
@@ -2607,16 +2618,23 @@ static void on_pj_sent(redisReply *reply, const char *error, void *data)
                         : reply && reply->type == REDIS_REPLY_ERROR ? reply->str
                                                                     : "bad reply");
     req_free(q);
+    free(w);
 }
 
 /* To an id this node cannot hand it to directly: pj_send publishes or queues it in Redis. */
 static void pj_send_script(sb_session_t *s, const char *room, const char *dst, const char *frame,
-                           int queue_it)
+                           size_t flen, int queue_it)
 {
     sb_node_t *n = s->node;
-    req_t *q = req_new(s, NULL, room);
-    if (!q)
+    pj_sent_t *w = malloc(sizeof *w + flen + 1);
+    req_t *q = w ? req_new(s, NULL, room) : NULL;
+    if (!q) {
+        free(w);
         return;
+    }
+    w->q = q;
+    w->len = flen;
+    memcpy(w->frame, frame, flen + 1);
     snprintf(q->peer, sizeof q->peer, "%s", dst);
     char max[32], bytes[32], life[32];
     snprintf(max, sizeof max, "%lld", (long long)n->cfg.resume_queue_max);
@@ -2624,11 +2642,13 @@ static void pj_send_script(sb_session_t *s, const char *room, const char *dst, c
     /* The sender's node drops what is left at the expire timeout; the key's own expiry only
      * covers a node that died before. */
     snprintf(life, sizeof life, "%lld", (long long)(2 * n->cfg.peerjs_expire_timeout_ms + 1000));
-    const char *args[] = {NULL, NULL,  n->cfg.prefix, room, s->id, dst, frame, queue_it ? "1" : "0",
-                          max,  bytes, life};
-    if (room_script(n, room, "pj_send", 2, 11, args, on_pj_sent, q) != 0) {
+    const char *args[] = {NULL,  NULL,  n->cfg.prefix, room,
+                          s->id, dst,   frame,         queue_it ? "1" : "0",
+                          max,   bytes, life,          n->cfg.id};
+    if (room_script(n, room, "pj_send", 2, 12, args, on_pj_sent, w) != 0) {
         sb_warn_limited("session %s: PeerJS message to %s lost: Redis unreachable", s->id, dst);
         req_free(q);
+        free(w);
         return;
     }
     s->pj->inflight++;
@@ -2686,7 +2706,7 @@ static void pj_relay(sb_session_t *s, const sb_pj_msg_t *m)
     /* While a message of this socket is in flight to pj_send, the next go the same way (one
      * connection to the room's slot: they arrive in the order they were sent). */
     if (!peer || peer->away || s->pj->inflight > 0)
-        pj_send_script(s, room_name(r), m->dst, frame, queue_it);
+        pj_send_script(s, room_name(r), m->dst, frame, flen, queue_it);
     else if (strcmp(peer->node, n->cfg.id) == 0)
         signal_local(r, s->id, m->dst, frame, flen);
     else

@@ -555,3 +555,61 @@ def test_14_the_nodes_last_connection_slot_answers_the_concurrent_limit(cluster,
         assert y.closed is None
 
     run(main())
+
+
+def test_15_path_off_and_no_grace(cluster, redis_server):
+    off = cluster.node("off", args=FAST + ["--peerjs-path", "off"])
+    for p in ("/peerjs", "/peerjs/peerjs/id", "/peerjs/peerjs/peers"):
+        assert http_get(off.http + p)[0] == 404, p
+    rw = RawWS(off.port, path="/peerjs/peerjs?key=peerjs&id=a&token=t")
+    assert rw.status == 404
+    rw.close()
+    n1 = cluster.node("n1", args=FAST + ["--resume-grace-ms", "0"])
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        a.abort()  # without a grace a lost socket frees its id at once
+        await until(lambda: bucket_stats(redis_server)["pj_members"] == 0, 3, msg="freed")
+        assert bucket_stats(redis_server)["pj_away"] == 0
+        b = await PJ.connect(n1, "alice", token="another")
+        assert b.closed is None
+        consistent(redis_server)
+
+    run(main())
+
+
+def test_16_order_is_kept_behind_a_queued_message(cluster, redis_server):
+    n1 = cluster.node("n1", args=FAST)
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n1, "bob", token="tb")  # on the same node: no Redis on the way
+        # The first goes through Redis (nobody has that id: queued); those behind it follow it
+        # there and come back to this node in order ("here"), then the rest go directly.
+        await a.send({"type": "OFFER", "dst": "nobody", "payload": offer()})
+        for i in range(20):
+            await a.send({"type": "CANDIDATE", "dst": "bob", "payload": {"i": i}})
+        got = [(await b.expect("CANDIDATE"))["payload"]["i"] for _ in range(20)]
+        assert got == list(range(20))
+        consistent(redis_server)
+
+    run(main())
+
+
+@pytest.mark.single_redis("kills the one Redis; on a cluster the key's shard may be another")
+def test_17_redis_down_at_claim_is_retry_later(cluster, redis_server):
+    n1 = cluster.node("n1", args=FAST)
+    redis_server.kill()
+
+    async def main():
+        x = await PJ.connect(n1, "alice", token="ta", open_=False)
+        assert await x.expect("ERROR") == {"type": "ERROR",
+                                           "payload": {"msg": "Server unavailable, retry"}}
+        assert (await x.wait_closed())[0] == 1013
+        redis_server.start()
+        await until(n1.ready, 15, msg="node ready again")
+        a = await PJ.connect(n1, "alice", token="ta")
+        assert a.closed is None
+        consistent(redis_server)
+
+    run(main())

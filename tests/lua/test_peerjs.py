@@ -28,9 +28,10 @@ def claim(sb, sid, token="t", node="n1", sub="", want_list=True, grace=GRACE):
                         "1" if want_list else "0")
 
 
-def send(sb, src, dst, frame=None, queue_it=True, mx=3, mxb=1000, life=10000):
+def send(sb, src, dst, frame=None, queue_it=True, mx=3, mxb=1000, life=10000, caller="n9"):
     frame = frame or json.dumps({"type": "OFFER", "src": src, "dst": dst, "payload": {}})
-    return sb.room_call("pj_send", R, src, dst, frame, "1" if queue_it else "0", mx, mxb, life)
+    return sb.room_call("pj_send", R, src, dst, frame, "1" if queue_it else "0", mx, mxb, life,
+                        caller)
 
 
 def expire(sb, src, dst):
@@ -132,6 +133,9 @@ def test_send_to_a_present_id_publishes_on_its_nodes_channel(r, sb, events, writ
     assert ev == [("n2", {"t": "signal", "room": R, "from": "alice", "to": "bob",
                           "data": json.loads(frame)})]
     assert not r.exists(K("pjq:bob"))
+    # On the caller's own node: handed back to the caller (in order with its direct deliveries)
+    with writes_nothing():
+        assert send(sb, "alice", "bob", frame, caller="n2") == ["here"]
     # LEAVE / EXPIRE to an id not connected: dropped, nothing written
     with writes_nothing():
         assert send(sb, "alice", "nobody", queue_it=False) == ["dropped"]
