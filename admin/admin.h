@@ -119,6 +119,9 @@ typedef struct {
     int n;
     int64_t rooms, members, links, linked; /* the buckets' figures, summed */
     int64_t away;                          /* sockets away (session resume), summed */
+    /* The PeerJS share of members, links and away (the pj_* fields, rooms named ~pj.K:
+     * docs/design.md), summed; 0 from a bucket_read that does not return them. */
+    int64_t pj_members, pj_links, pj_away;
     int missing_slots; /* slots whose buckets could not be read (no primary, or it failed) */
     int first_missing; /* the lowest of them */
 } sb_buckets_t;
@@ -268,10 +271,11 @@ typedef struct {
     sb_nodes_t nodes;
     int64_t rooms, members, links, linked;
     int64_t away; /* sockets away (session resume): members whose socket may still resume */
-    int missing_slots, first_missing; /* slots whose figures could not be read (partial) */
-    json_t *last;                     /* P:admin:last parsed (new reference) or NULL */
-    json_t *totals;                   /* object of P:admin:totals as integers (new reference) */
-    json_t *events;                   /* newest events (new reference) or NULL */
+    int64_t pj_members, pj_links, pj_away; /* the PeerJS share of members, links and away */
+    int missing_slots, first_missing;      /* slots whose figures could not be read (partial) */
+    json_t *last;                          /* P:admin:last parsed (new reference) or NULL */
+    json_t *totals; /* object of P:admin:totals as integers (new reference) */
+    json_t *events; /* newest events (new reference) or NULL */
     /* Global keys that could not be read (a Redis Cluster shard lost): SB_UNREAD_* bits. */
     unsigned unread;
 } sb_status_t;
@@ -286,6 +290,12 @@ typedef void (*sb_status_cb)(sb_admin_t *a, sb_status_t *st, const char *error, 
  * that many newest events. Returns 0 and calls cb once with st borrowed (valid during cb), or
  * SB_EUNAVAIL without calling it. */
 int sb_status_collect(sb_admin_t *a, int events, sb_status_cb cb, void *data);
+/* The figures of one protocol's share: peerjs 1 the PeerJS members, links and away; 0 the
+ * native ones (the totals less the PeerJS share, never below 0). */
+typedef struct {
+    int64_t users, links, away;
+} sb_share_t;
+sb_share_t sb_status_share(const sb_status_t *st, int peerjs);
 /* mesh-status JSON (docs/admin.md) of st (new reference). */
 json_t *sb_status_json(const sb_status_t *st);
 

@@ -101,7 +101,16 @@ static void on_chunk(redisReply *reply, const char *error, void *data)
         b->links += sb_reply_int(reply, 2, 0);
         b->linked += sb_reply_int(reply, 3, 0);
         b->away += sb_reply_int(reply, 4, 0);
-        for (size_t i = 5; i < reply->elements; i++) {
+        /* Then the PeerJS share (pj_members, pj_links, pj_away): integers, where the tags that
+         * follow are strings, so a reply without them still reads right. */
+        int64_t *pj[] = {&b->pj_members, &b->pj_links, &b->pj_away};
+        size_t i = 5;
+        for (size_t k = 0; k < 3 && i < reply->elements; k++, i++) {
+            if (reply->element[i]->type != REDIS_REPLY_INTEGER)
+                break;
+            *pj[k] += reply->element[i]->integer;
+        }
+        for (; i < reply->elements; i++) {
             size_t len;
             const char *t = sb_reply_str(reply, i, &len);
             if (!t || len >= SB_TAG_MAX)

@@ -6,6 +6,7 @@
 #include "listen.h"
 #include "log.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,26 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
     sb_prom_gauge(&o, "switchboard_cluster_away_sockets",
                   "Members whose socket is lost and may still resume (counted in active users).",
                   (long long)st->away);
+    /* The same figures split by protocol; the unlabeled series above stay the totals. */
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } by[] = {
+        {"switchboard_cluster_active_users_by_protocol", "Active users by client protocol.",
+         offsetof(sb_share_t, users)},
+        {"switchboard_cluster_p2p_links_by_protocol", "P2P links by client protocol.",
+         offsetof(sb_share_t, links)},
+        {"switchboard_cluster_away_sockets_by_protocol", "Away sockets by client protocol.",
+         offsetof(sb_share_t, away)},
+    };
+    sb_share_t share[2] = {sb_status_share(st, 0), sb_status_share(st, 1)};
+    static const char *const protocol[2] = {"native", "peerjs"};
+    for (size_t i = 0; i < sizeof by / sizeof by[0]; i++) {
+        sb_prom_printf(&o, "# HELP %s %s\n# TYPE %s gauge\n", by[i].name, by[i].help, by[i].name);
+        for (int p = 0; p < 2; p++)
+            sb_prom_printf(&o, "%s{protocol=\"%s\"} %lld\n", by[i].name, protocol[p],
+                           (long long)*(const int64_t *)((const char *)&share[p] + by[i].off));
+    }
     sb_prom_gauge(&o, "switchboard_cluster_missing_slots",
                   "Redis hash slots whose figures could not be read (the figures above are "
                   "partial when > 0).",

@@ -66,6 +66,9 @@ static void on_buckets(sb_admin_t *a, const sb_buckets_t *b, const char *error, 
     c->st.links = b->links;
     c->st.linked = b->linked;
     c->st.away = b->away;
+    c->st.pj_members = b->pj_members;
+    c->st.pj_links = b->pj_links;
+    c->st.pj_away = b->pj_away;
     c->st.missing_slots = b->missing_slots;
     c->st.first_missing = b->first_missing;
     /* Not one slot answered: nothing to report, partial or not. */
@@ -220,6 +223,26 @@ static json_t *node_json(const sb_node_info_t *n, int64_t now)
     return o;
 }
 
+static int64_t less(int64_t total, int64_t part)
+{
+    return total > part ? total - part : 0;
+}
+
+sb_share_t sb_status_share(const sb_status_t *st, int peerjs)
+{
+    if (peerjs)
+        return (sb_share_t){st->pj_members, st->pj_links, st->pj_away};
+    return (sb_share_t){less(st->members, st->pj_members), less(st->links, st->pj_links),
+                        less(st->away, st->pj_away)};
+}
+
+static json_t *share_json(const sb_status_t *st, int peerjs)
+{
+    sb_share_t s = sb_status_share(st, peerjs);
+    return json_pack("{s:I,s:I,s:I}", "users", (json_int_t)s.users, "links", (json_int_t)s.links,
+                     "away", (json_int_t)s.away);
+}
+
 json_t *sb_status_json(const sb_status_t *st)
 {
     int64_t now = sb_now_ms();
@@ -246,6 +269,11 @@ json_t *sb_status_json(const sb_status_t *st)
                           "events", events, "partial", st->missing_slots > 0 || st->unread);
     if (o)
         json_object_set_new(o, "away_sockets", json_integer(st->away));
+    /* The totals above split by protocol: PeerJS clients (issue 16) and native ones. */
+    if (o) {
+        json_object_set_new(o, "native", share_json(st, 0));
+        json_object_set_new(o, "peerjs", share_json(st, 1));
+    }
     /* Never silently low: figures that miss slots say which. */
     if (o && st->missing_slots > 0)
         json_object_set_new(

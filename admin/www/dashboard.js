@@ -10,7 +10,8 @@
     const REFRESH_MS = 2500;
     const HISTORY_MS = 10 * 60 * 1000;
     const SVG = 'http://www.w3.org/2000/svg';
-    const FIGURES = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users', 'away_sockets'];
+    const FIGURES = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users', 'away_sockets',
+        'native_users', 'native_links', 'peerjs_users', 'peerjs_links'];
 
     const $ = (id) => document.getElementById(id);
     let timer = null;
@@ -194,6 +195,11 @@
             nodes: s.nodes.length, active_users: s.active_users, rooms: s.rooms,
             p2p_links: s.p2p_links, p2p_users: s.p2p_users, away_sockets: s.away_sockets || 0,
         };
+        // The totals split by protocol: native clients and PeerJS ones (issue 16).
+        for (const p of ['native', 'peerjs']) {
+            values[`${p}_users`] = s[p] ? s[p].users : 0;
+            values[`${p}_links`] = s[p] ? s[p].links : 0;
+        }
         for (const f of FIGURES) $(`fig-${f}`).textContent = String(values[f]);
         // A Redis Cluster shard lost: the figures cover only the slots that answered.
         const missing = s.missing_slots ? `${s.missing_slots.count} hash slots missing (first ${s.missing_slots.first})` : '';

@@ -110,7 +110,7 @@ ENV = {
     "SB_BENCH_AMP_SIGNALS": env_int("SB_BENCH_AMP_SIGNALS", 48),
     "SB_BENCH_AMP_BYTES": env_int("SB_BENCH_AMP_BYTES", 60000),
     "SB_BENCH_AMP_BUDGET": env_int("SB_BENCH_AMP_BUDGET", 8 << 20),
-    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9 10 11"),
+    "SB_BENCH_SECTIONS": env_str("SB_BENCH_SECTIONS", "1 2 3 4 5 7 8 9 10 11 12"),
 }
 ENV.update(cluster_section.ENV)
 OLD_SWEEP_S = 30.0  # the periodic sweep of the design Switchboard replaces (a stated constant)
@@ -1568,6 +1568,7 @@ MODULE_SECTIONS = [
     ("9", "compare_section", "9"),  # rooms of 1,000 members (issue 11)
     ("10", "compare_section", "10"),  # queue amplification under the budget (issue 17)
     ("11", "resume_latency", "11"),  # session resume latency and Redis cost (issue 15)
+    ("12", "peerjs_section", "12"),  # PeerJS clients: peerjs-server against /peerjs (issue 16)
 ]
 
 

@@ -155,9 +155,11 @@ def perf_report(b, rec):
     return out
 
 
-def cmp_run(b, red, stack, mode, profile=False):
+def cmp_run(b, red, stack, mode, profile=False, start=start_stack):
+    """One relay or rate run of a stack; start(b, red, stack) starts its servers (start_stack's
+    return; section 12 passes its own)."""
     E = b.ENV
-    servers, pids, urls, cstack = start_stack(b, red, stack)
+    servers, pids, urls, cstack = start(b, red, stack)
     try:
         args = {"pairs": E["SB_BENCH_CMP_PAIRS"], "window": E["SB_BENCH_CMP_WINDOW"],
                 "seconds": E["SB_BENCH_CMP_SECONDS"], "warmup": E["SB_BENCH_WARMUP"],
@@ -193,25 +195,32 @@ def cmp_run(b, red, stack, mode, profile=False):
             s.stop()
 
 
-def cmp_idle(b, red, stack, profile=False):
-    """RSS per idle connection and connect (+join) rate against one server process."""
-    E = b.ENV
+def idle_server(b, red, stack):
+    """(server, url its clients connect to, client stack, pids whose CPU counts) for cmp_idle."""
     red.flush()
     if stack == "peerjs":
-        s, cstack = JsServer(b, "peerjs"), "peerjs"
-    elif stack == "sio":
-        s, cstack = JsServer(b, "sio", red), "sio"
-    else:
-        s, cstack = b.Node(red, "n1", RAISED), "sb"
+        s = JsServer(b, "peerjs")
+        return s, s.url, "peerjs", [s.pid]
+    if stack == "sio":
+        s = JsServer(b, "sio", red)
+        return s, s.url, "sio", [s.pid, red.proc.pid]
+    s = b.Node(red, "n1", RAISED)
+    return s, s.url, "sb", [s.pid, red.proc.pid]
+
+
+def cmp_idle(b, red, stack, profile=False, server=idle_server):
+    """RSS per idle connection and connect (+join) rate against one server process (started by
+    server(b, red, stack), idle_server's return; section 12 passes its own)."""
+    E = b.ENV
+    s, url, cstack, pids = server(b, red, stack)
     try:
         time.sleep(2)
         rss0 = b.rss_kb(s.pid)
         n = E["SB_BENCH_CMP_IDLE"]
         rec = perf_start(b, [s.pid], f"{stack}-connect") if profile else None
         k = max(1, E["SB_BENCH_CMP_IDLE_CLIENTS"])
-        ps = [client(b, cstack, "idle", [s.url], {"conns": n // k, "inflight": 100})
+        ps = [client(b, cstack, "idle", [url], {"conns": n // k, "inflight": 100})
               for _ in range(k)]
-        pids = [s.pid] + ([red.proc.pid] if cstack != "peerjs" else [])
         c0 = {x: b.cpu_s(x) for x in pids + [q.pid for q in ps]}
         t0 = time.monotonic()
         readies = [wait_ev(b, q, "ready", 300) for q in ps]
@@ -396,14 +405,25 @@ def render8(b, a, S):
         x = I["sb"]["server_cpu_us_per_connect"] / I["peerjs"]["server_cpu_us_per_connect"]
         T.append(("(not a target: server CPU per connect + join / peerjs' per connect)",
                   f"{x:.2f} x", None))
-    a("| target (issue 14) | figure: median of the per-repeat ratios (range) | |")
-    a("| --- | --- | --- |")
-    for label, fig, ok in T:
-        a(f"| {label} | {fig} | {'n/a' if ok is None else b.verdict(ok)} |")
-    a("")
+    verdicts(a, "target (issue 14) | figure: median of the per-repeat ratios (range)", T,
+             b.verdict)
     S["targets"] = [{"target": t, "figure": f, "met": ok} for t, f, ok in T]
     why(b, a, S, T)
-    for name, P in S.get("profiles", {}).items():
+    render_profiles(a, S.get("profiles", {}))
+
+
+def verdicts(a, head, rows, word):
+    """A table of (label, figure, verdict or None) rows; word(verdict) says it in words."""
+    a(f"| {head} | |")
+    a("| --- | --- | --- |")
+    for label, fig, ok in rows:
+        a(f"| {label} | {fig} | {'n/a' if ok is None else word(ok)} |")
+    a("")
+
+
+def render_profiles(a, profiles):
+    """The perf tables of the extra profiled runs ({name: {"profile", "run"}})."""
+    for name, P in profiles.items():
         r = P["run"]
         if r["server_cpu"] is None:
             a(f"Profile of the node, {name} (`perf record -g -F 997` on the node while the idle "

@@ -5,7 +5,7 @@
 # docs/benchmarks.md. About 20 minutes at the default sizes; every size is an
 # environment variable (see tests/bench/bench.py, ENV), e.g.
 #   SB_BENCH_CONNS=4000 SB_BENCH_SECONDS=5 SB_BENCH_RECON_LINKS=100000 bash tests/bench/run.sh
-#   SB_BENCH_SECTIONS="2 3" bash tests/bench/run.sh   (sections: 1-5, 7 cluster, 8 peerjs/Socket.IO, 9 big rooms, 10 queue budget, 11 resume)
+#   SB_BENCH_SECTIONS="2 3" bash tests/bench/run.sh   (sections: 1-5, 7 cluster, 8 peerjs/Socket.IO, 9 big rooms, 10 queue budget, 11 resume, 12 PeerJS clients)
 # Only loopback addresses are used; every process it starts is stopped by pid.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,7 +1,8 @@
 // The admin dashboard in real headless Chromium: the page loads under its CSP, refuses a wrong
 // token (an error, no figures), accepts the right one, shows the figures mesh-status returns,
 // follows a change made through a real node (two WebSocket clients that join and link, opened
-// from a second page of the same browser), keeps the token for the tab's session, and signs out.
+// from a second page of the same browser; then two PeerJS clients that open a data connection:
+// the PeerJS tiles move, the native ones stay), keeps the token for the tab's session, and signs out.
 //
 // Environment:
 //   SB_ADMIN_URL    admin base URL (http://127.0.0.1:PORT)
@@ -13,7 +14,8 @@
 import { Steps, assert, closeBrowser, openBrowser, runSteps, screenshot, waitFor } from './lib.mjs';
 
 const steps = new Steps();
-const FIGS = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users'];
+const FIGS = ['nodes', 'active_users', 'rooms', 'p2p_links', 'p2p_users', 'native_users', 'native_links',
+    'peerjs_users', 'peerjs_links'];
 
 function env(name) {
     const v = process.env[name];
@@ -28,7 +30,10 @@ async function meshStatus(admin) {
 }
 
 function apiFigures(m) {
-    return { nodes: m.nodes.length, active_users: m.active_users, rooms: m.rooms, p2p_links: m.p2p_links, p2p_users: m.p2p_users };
+    return {
+        nodes: m.nodes.length, active_users: m.active_users, rooms: m.rooms, p2p_links: m.p2p_links, p2p_users: m.p2p_users,
+        native_users: m.native.users, native_links: m.native.links, peerjs_users: m.peerjs.users, peerjs_links: m.peerjs.links,
+    };
 }
 
 // The figures the page shows, as numbers (null when a tile shows no figure).
@@ -194,6 +199,52 @@ async function main() {
                 return lines.length === 3 && [...lines].every((l) => l.getAttribute('points').trim().split(' ').length >= 2);
             }));
             await screenshot(b, 'dashboard');
+            return JSON.stringify(want);
+        });
+
+        // PeerJS clients (issue 16) through the node's /peerjs endpoint: their tiles move, the
+        // native ones stay; closed again, both shares are back.
+        await steps.run('peerjs-tiles-after-a-peerjs-link', async () => {
+            const base = nodeWs.replace(/\/ws$/, '/peerjs/peerjs');
+            const tag = Date.now().toString(36);
+            await helper.evaluate(async ({ base, tag }) => {
+                const open = (id) => new Promise((resolve, reject) => {
+                    const ws = new WebSocket(`${base}?key=peerjs&id=${id}&token=t${tag}`);
+                    const c = { ws, id, got: [] };
+                    ws.onmessage = (e) => {
+                        const m = JSON.parse(e.data);
+                        c.got.push(m);
+                        if (m.type === 'OPEN') resolve(c);
+                        if (m.type === 'ERROR' || m.type === 'ID-TAKEN') reject(new Error(e.data));
+                    };
+                    ws.onerror = () => reject(new Error('PeerJS WebSocket error'));
+                });
+                const until = async (c, type) => {
+                    for (let i = 0; i < 300 && !c.got.some((m) => m.type === type); i++)
+                        await new Promise((r) => setTimeout(r, 10));
+                    if (!c.got.some((m) => m.type === type)) throw new Error(`no ${type} for ${c.id}`);
+                };
+                const a = await open(`pa${tag}`);
+                const c = await open(`pb${tag}`);
+                window.sbTest.pj = [a, c];
+                const conn = `dc_${tag}`;
+                a.ws.send(JSON.stringify({ type: 'OFFER', dst: c.id, payload: { type: 'data', connectionId: conn, sdp: { type: 'offer', sdp: 'v=0' } } }));
+                await until(c, 'OFFER');
+                c.ws.send(JSON.stringify({ type: 'ANSWER', dst: a.id, payload: { type: 'data', connectionId: conn, sdp: { type: 'answer', sdp: 'v=0' } } }));
+                await until(a, 'ANSWER');
+            }, { base, tag });
+            const m0 = await meshStatus(admin);
+            const want = { peerjs_users: shown0.peerjs_users + 2, peerjs_links: shown0.peerjs_links + 1,
+                native_users: m0.native.users, native_links: m0.native.links };
+            const m = await waitShowsApi(page, admin, `the page to show ${JSON.stringify(want)}`,
+                (f) => Object.entries(want).every(([k, v]) => f[k] === v));
+            assert(m.active_users === m.native.users + m.peerjs.users && m.p2p_links === m.native.links + m.peerjs.links,
+                `totals are not the sum of the shares: ${JSON.stringify(apiFigures(m))}`);
+            await screenshot(b, 'dashboard-peerjs');
+            await helper.evaluate(() => window.sbTest.pj.forEach((c) => c.ws.close(1000)));
+            await waitShowsApi(page, admin, 'PeerJS tiles back after the close',
+                (f) => f.peerjs_users === shown0.peerjs_users && f.peerjs_links === shown0.peerjs_links &&
+                    f.native_users === want.native_users);
             return JSON.stringify(want);
         });
 
