@@ -80,6 +80,16 @@ int sb_http_write_head(struct lws *wsi, const sb_http_head_t *h)
         return -1;
     if (h->extra_name && add_header(wsi, h->extra_name, h->extra_value, &p, end))
         return -1;
+    if (h->cors_origin &&
+        (add_header(wsi, "access-control-allow-origin:", h->cors_origin, &p, end) ||
+         add_header(wsi, "vary:", "Origin", &p, end)))
+        return -1;
+    if (h->cors_methods &&
+        add_header(wsi, "access-control-allow-methods:", h->cors_methods, &p, end))
+        return -1;
+    if (h->cors_headers && h->cors_headers[0] &&
+        add_header(wsi, "access-control-allow-headers:", h->cors_headers, &p, end))
+        return -1;
     if (lws_finalize_write_http_header(wsi, start, &p, end))
         return -1;
     return 0;

@@ -39,6 +39,10 @@ typedef struct {
     size_t len;                           /* Content-Length */
     const char *csp;                      /* NULL for anything but an HTML page */
     const char *extra_name, *extra_value; /* one more header ("allow:", ...), may be NULL */
+    /* CORS (the node's PeerJS routes): Access-Control-Allow-Origin with this origin and
+     * Vary: Origin, or NULL; a preflight's answer also gets the allowed methods and the
+     * headers it asked for (cors_headers, may be "" or NULL). */
+    const char *cors_origin, *cors_methods, *cors_headers;
 } sb_http_head_t;
 
 /* Writes the status line and headers now. 0, or -1 (close the connection). */

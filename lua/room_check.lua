@@ -46,7 +46,7 @@ if #all == 0 then
     for i = 1, 3 do
         local v = num(left[i])
         if v ~= 0 then
-            redis.call('HINCRBY', gstats, fields[i], -v)
+            bucket_add(fields[i], -v)
             counter_fixes = counter_fixes + 1
         end
     end
@@ -59,7 +59,7 @@ if #all == 0 then
     degree_fixes = redis.call('HLEN', degree)
     redis.call('DEL', members, nodes, degree, stats)
     if redis.call('SREM', bucket .. 'rooms', R) == 1 then
-        redis.call('HINCRBY', gstats, 'rooms', -1)
+        bucket_add('rooms', -1)
     end
     return {counter_fixes, 0, degree_fixes}
 end
@@ -155,7 +155,7 @@ for i = 1, 3 do
     local v = tonumber(cur[i] or '0')
     if v ~= truth[f] then
         redis.call('HSET', stats, f, int(truth[f]))
-        redis.call('HINCRBY', gstats, f, int(truth[f] - (v or 0)))
+        bucket_add(f, int(truth[f] - (v or 0)))
         counter_fixes = counter_fixes + 1
     end
 end
@@ -164,7 +164,7 @@ if not tonumber(cur[4] or '') then
     counter_fixes = counter_fixes + 1
 end
 if redis.call('SADD', bucket .. 'rooms', R) == 1 then
-    redis.call('HINCRBY', gstats, 'rooms', 1)
+    bucket_add('rooms', 1)
     counter_fixes = counter_fixes + 1
 end
 

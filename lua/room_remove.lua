@@ -150,11 +150,11 @@ if mydeg > 0 then
 end
 if removed > 0 then
     redis.call('HINCRBY', stats, 'links', -removed)
-    redis.call('HINCRBY', gstats, 'links', -removed)
+    bucket_add('links', -removed)
 end
 if linked_delta ~= 0 then
     redis.call('HINCRBY', stats, 'linked', linked_delta)
-    redis.call('HINCRBY', gstats, 'linked', linked_delta)
+    bucket_add('linked', linked_delta)
 end
 
 -- Resume state.
@@ -175,7 +175,7 @@ if N ~= '' and N ~= node then
     redis.call('SREM', node_index(N), entry)
 end
 redis.call('HINCRBY', stats, 'members', -1)
-redis.call('HINCRBY', gstats, 'members', -1)
+bucket_add('members', -1)
 
 local seq = 0
 if redis.call('HLEN', members) == 0 then
@@ -186,13 +186,13 @@ if redis.call('HLEN', members) == 0 then
     for i = 1, 4 do
         local v = tonumber(left[i] or '0') or 0
         if v ~= 0 then
-            redis.call('HINCRBY', gstats, fields[i], -v)
+            bucket_add(fields[i], -v)
         end
     end
     redis.call('DEL', members, base .. 'nodes', degree, stats, base .. 'resume', base .. 'away',
         base .. 'qbytes')
     if redis.call('SREM', bucket .. 'rooms', R) == 1 then
-        redis.call('HINCRBY', gstats, 'rooms', -1)
+        bucket_add('rooms', -1)
     end
 else
     seq = redis.call('HINCRBY', stats, 'seq', 1)

@@ -53,22 +53,8 @@ local away = away_of(S)
 if away and away.deadline <= clock_ms() then
     return {'unknown'} -- the grace is over: the timer or the admin removes it
 end
-local old = node_of(rec)
-local at = string.find(rec, ',"meta":', 1, true)
-local meta = at and string.sub(rec, at + 8, -2) or '{}'
-
 -- Take over: the record, the node counts, the socket index, presence, the next token.
-redis.call('HSET', members, S, '{"node":' .. cjson.encode(N2) .. ',"epoch":' .. cjson.encode(E2) ..
-    ',"meta":' .. meta .. '}')
-if old ~= N2 then
-    if old then
-        if redis.call('HINCRBY', base .. 'nodes', old, -1) <= 0 then
-            redis.call('HDEL', base .. 'nodes', old)
-        end
-        redis.call('SREM', node_index(old), R .. ' ' .. S)
-    end
-    redis.call('HINCRBY', base .. 'nodes', N2, 1)
-end
+local old, meta = move_member(S, rec, N2, E2)
 claim(S, N2, ttl)
 set_resume(S, H2, O, U, grace)
 

@@ -219,6 +219,7 @@ int main(int argc, char **argv)
     n->loop = &loop;
     n->started_ms = sb_now_ms();
     sb_map_init(&n->sess_by_id);
+    sb_map_init(&n->pj_by_id);
     sb_map_init(&n->rooms);
     sb_map_init(&n->buckets);
     sb_metrics_init(&n->metrics);
@@ -271,7 +272,9 @@ int main(int argc, char **argv)
     int lc = uv_loop_close(&loop);
     sb_info("stopped (uv_loop_close=%d)", lc);
     sb_route_away_free(n);
+    sb_route_pj_free(n);
     sb_map_free(&n->sess_by_id);
+    sb_map_free(&n->pj_by_id);
     sb_map_free(&n->rooms);
     sb_map_free(&n->buckets);
     sb_metrics_free(&n->metrics);

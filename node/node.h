@@ -11,6 +11,7 @@
 #include "proto.h"
 #include "ratelimit.h"
 #include "view.h"
+#include "peerjs.h"
 #include "redis.h"
 
 #include <jansson.h>
@@ -29,6 +30,11 @@ typedef struct {
     int64_t queue_budget_bytes; /* resolved at start (never 0): session.c's node-wide budget */
     int64_t queue_stall_ms, join_timeout_ms;
     int64_t resume_grace_ms, resume_queue_max, resume_queue_bytes; /* session resume */
+    /* PeerJS (docs/peerjs.md): peerjs_path NULL when off; peerjs_room "~pj.KEY". */
+    char *peerjs_path, *peerjs_key, *peerjs_discovery_text;
+    int peerjs_discovery;
+    int64_t peerjs_expire_timeout_ms, peerjs_alive_timeout_ms;
+    char peerjs_room[64];
 } sb_node_config_t;
 
 /* Parses options (defaults < env < flags) and checks combinations. Returns 0, 1 when --help or
@@ -85,6 +91,7 @@ typedef struct sb_session {
     /* On the node's flush list: frames queued this loop iteration, written before it waits. */
     int flush_listed;
     struct sb_session *flush_prev, *flush_next;
+    sb_pj_t *pj; /* a PeerJS socket's state (route.c), NULL for a native one */
 } sb_session_t;
 
 /* Why a socket's queue was shed (closed 4003): session.c's budgets. */
@@ -146,6 +153,9 @@ struct sb_node {
     int64_t started_ms;
     int64_t loss_grace_until_ms;           /* after a data loss: resyncs only add until then */
     struct sb_away *away_head, *away_tail; /* route.c: sockets we marked away, by deadline */
+    sb_map_t pj_by_id;                     /* route.c: PeerJS sockets by their PeerJS id */
+    struct sb_pj_exp *pj_exp_head, *pj_exp_tail; /* route.c: PeerJS expire timers, by due */
+    int64_t pj_alive_check_ms;                   /* route.c: the last alive-timeout pass */
 };
 
 /* The data path, one way: server.c (lws) -> route.c (decode with proto.c, rate via the
@@ -215,6 +225,14 @@ void sb_route_signal_in(sb_node_t *n, const char *room, const char *from, const 
                         const char *data, size_t dlen);
 void sb_route_link_event(sb_node_t *n, const char *room, const char *a, const char *b, int up);
 void sb_route_unlink_event(sb_node_t *n, const char *room, const char *a, const char *b);
+/* PeerJS (docs/peerjs.md). A new PeerJS socket: its key, id and token from the upgrade's query
+ * (NULL when absent) and its JWT (NULL without): refused with an ERROR and closed, or claimed
+ * (OPEN follows). */
+void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const char *token,
+                      const char *jwt);
+/* Frees the PeerJS timers (at exit). */
+void sb_route_pj_free(sb_node_t *n);
+
 /* Periodic: gap timeouts, held signals, token timeouts, resume graces that ended. */
 void sb_route_sweep(sb_node_t *n, int64_t now_ms);
 /* Re-reads every room (pub/sub reconnected, or a data loss's grace ended). */

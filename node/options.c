@@ -73,6 +73,18 @@ static const sb_option_t node_options[] = {
      "limit less 112 (a reserve)"},
     {"max-connections-per-ip", SB_OPT_INT, "0", 0, 100000000, OFF(max_connections_per_ip),
      "open connections from one source address; 0 = half of --max-connections"},
+    {"peerjs-path", SB_OPT_STRING, "/peerjs", 0, 0, OFF(peerjs_path),
+     "where the PeerJS server is served (HTTP routes and the WebSocket at PATH/peerjs); off = "
+     "no PeerJS"},
+    {"peerjs-key", SB_OPT_STRING, "peerjs", 0, 0, OFF(peerjs_key),
+     "the PeerJS key clients must give, 1-32 of [A-Za-z0-9._-]"},
+    {"peerjs-discovery", SB_OPT_STRING, "false", 0, 0, OFF(peerjs_discovery_text),
+     "true: GET PATH/KEY/peers lists the claimed PeerJS ids (else 401)"},
+    {"peerjs-expire-timeout-ms", SB_OPT_INT, "5000", 100, DAY, OFF(peerjs_expire_timeout_ms),
+     "how long a PeerJS message waits for an id that is not connected before its sender gets "
+     "EXPIRE"},
+    {"peerjs-alive-timeout-ms", SB_OPT_INT, "90000", 1000, DAY, OFF(peerjs_alive_timeout_ms),
+     "a PeerJS socket that sends no message for this long is closed"},
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
     {0},
 };
@@ -107,6 +119,48 @@ static uint64_t memory_available(void)
     if (f)
         fclose(f);
     return limit && (!ram || limit < ram) ? limit : ram;
+}
+
+/* --peerjs-*: the path ("off", or /segment[/segment...] of [A-Za-z0-9._~-], no route of the
+ * node's own), the key, discovery as a boolean. 0, or -1 with the option named in err. */
+static int peerjs_options(sb_node_config_t *cfg, char *err, size_t len)
+{
+    const char *d = cfg->peerjs_discovery_text;
+    if (strcmp(d, "true") == 0 || strcmp(d, "1") == 0 || strcmp(d, "yes") == 0 ||
+        strcmp(d, "on") == 0)
+        cfg->peerjs_discovery = 1;
+    else if (strcmp(d, "false") == 0 || strcmp(d, "0") == 0 || strcmp(d, "no") == 0 ||
+             strcmp(d, "off") == 0)
+        cfg->peerjs_discovery = 0;
+    else {
+        snprintf(err, len, "--peerjs-discovery: '%s' is not true or false", d);
+        return -1;
+    }
+    if (sb_pj_room(cfg->peerjs_room, sizeof cfg->peerjs_room, cfg->peerjs_key) < 0) {
+        snprintf(err, len, "--peerjs-key: must be 1-32 of [A-Za-z0-9._-]");
+        return -1;
+    }
+    const char *p = cfg->peerjs_path;
+    if (strcmp(p, "off") == 0) {
+        free(cfg->peerjs_path);
+        cfg->peerjs_path = NULL;
+        return 0;
+    }
+    size_t n = strlen(p);
+    int ok = n >= 2 && n <= 64 && p[0] == '/' && p[n - 1] != '/' && !strstr(p, "//") &&
+             strcmp(p, "/ws") != 0 && strcmp(p, "/livez") != 0 && strcmp(p, "/readyz") != 0 &&
+             strcmp(p, "/metrics") != 0;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z') ||
+             (p[i] >= '0' && p[i] <= '9') || strchr("/._~-", p[i]);
+    if (!ok) {
+        snprintf(err, len,
+                 "--peerjs-path: '%s' must be off or /NAME[/NAME...] of [A-Za-z0-9._~-] (at "
+                 "most 64 characters, not a route of the node)",
+                 p);
+        return -1;
+    }
+    return 0;
 }
 
 /* One line naming the option, exit status 2 (contract section 1). */
@@ -153,6 +207,8 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
         return bad("--turn-secret-file: needed with --turn-url");
     if (cfg->turn_secret_file && cfg->turn_urls.n == 0)
         return bad("--turn-url: needed with --turn-secret-file");
+    if (peerjs_options(cfg, err, sizeof err) != 0)
+        return bad(err);
     if (sb_listen_limits(&cfg->max_connections, &cfg->max_connections_per_ip, "max-connections",
                          "max-connections-per-ip", err, sizeof err) != 0)
         return bad(err);

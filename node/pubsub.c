@@ -47,9 +47,11 @@ static int uint_member(const char *payload, size_t len, const char *key, uint64_
     return 1;
 }
 
-static int sid_member(const char *payload, size_t len, const char *key, char *out)
+/* A socket id of room: a native id, or a PeerJS id in a PeerJS key's room. */
+static int sid_member(const char *room, const char *payload, size_t len, const char *key, char *out)
 {
-    return str_member(payload, len, key, out, SB_SID_MAX + 1) && sb_valid_sid(out);
+    return str_member(payload, len, key, out, SB_SID_MAX + 1) &&
+           (sb_pj_is_room(room) ? sb_pj_valid_id(out) : sb_valid_sid(out));
 }
 
 static void on_signal(sb_node_t *n, const char *room, const char *payload, size_t len)
@@ -58,7 +60,7 @@ static void on_signal(sb_node_t *n, const char *room, const char *payload, size_
     const char *data;
     size_t dlen;
     /* Relayed as the sender wrote it: data's text is handed on, not re-encoded. */
-    if (sid_member(payload, len, "from", from) && sid_member(payload, len, "to", to) &&
+    if (sid_member(room, payload, len, "from", from) && sid_member(room, payload, len, "to", to) &&
         sb_json_member_span(payload, len, "data", &data, &dlen))
         sb_route_signal_in(n, room, from, to, data, dlen);
 }
@@ -69,7 +71,7 @@ static void on_member_event(sb_node_t *n, const char *room, int join, int change
 {
     char id[SB_SID_MAX + 1], node[SB_NODE_ID_MAX + 1] = "", reason[16] = "";
     sb_view_event_t ev = {join, 0, id, NULL, NULL, NULL, change};
-    if (!sid_member(payload, len, "id", id) || !uint_member(payload, len, "seq", &ev.seq))
+    if (!sid_member(room, payload, len, "id", id) || !uint_member(payload, len, "seq", &ev.seq))
         return;
     char *meta = NULL;
     if (change == SB_VIEW_AWAY) {
@@ -110,7 +112,8 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
             sb_presence_on_probe(n, nonce);
         return;
     }
-    if (!str_member(payload, len, "room", room, sizeof room) || !sb_valid_room(room))
+    if (!str_member(payload, len, "room", room, sizeof room) ||
+        !(sb_valid_room(room) || sb_pj_is_room(room)))
         return;
     if (strcmp(type, "signal") == 0) {
         on_signal(n, room, payload, len);
@@ -120,7 +123,7 @@ void sb_pubsub_on_message(sb_node_t *n, const char *payload, size_t len)
         on_member_event(n, room, 0, type[0] == 'a' ? SB_VIEW_AWAY : SB_VIEW_BACK, payload, len);
     } else if (strcmp(type, "link") == 0 || strcmp(type, "unlink") == 0) {
         char a[SB_SID_MAX + 1], b[SB_SID_MAX + 1], state[8] = "";
-        if (!sid_member(payload, len, "a", a) || !sid_member(payload, len, "b", b))
+        if (!sid_member(room, payload, len, "a", a) || !sid_member(room, payload, len, "b", b))
             return;
         if (type[0] == 'u')
             sb_route_unlink_event(n, room, a, b);

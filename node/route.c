@@ -10,6 +10,7 @@
 #include "turn.h"
 #include "log.h"
 #include "slot.h"
+#include "peerjs.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@ typedef struct {
     sb_view_t *view;
     const char *tag; /* its bucket (common/keys.h; static) */
     int refs;        /* seats in it + commands in flight + action runs */
+    int pj;          /* a PeerJS key's room ("~pj.K"): its sockets are PeerJS sockets */
 } room_t;
 
 struct sb_seat {
@@ -73,6 +75,7 @@ static room_t *room_get(sb_node_t *n, const char *name)
         return NULL;
     r->node = n;
     r->tag = sb_tag_of_room(n->cluster, name, strlen(name));
+    r->pj = sb_pj_is_room(name);
     r->view = r->tag ? sb_view_new(name) : NULL;
     if (!r->view || sb_map_put(&n->rooms, sb_view_name(r->view), r) != 0) {
         sb_view_free(r->view);
@@ -266,7 +269,8 @@ static void seat_free(sb_seat_t *t)
 /* The local session with id in room r, or NULL. */
 static sb_session_t *local_in(room_t *r, const char *id)
 {
-    sb_session_t *s = sb_map_get(&r->node->sess_by_id, id);
+    /* PeerJS ids are chosen by clients: kept apart from native ids, which they may equal. */
+    sb_session_t *s = sb_map_get(r->pj ? &r->node->pj_by_id : &r->node->sess_by_id, id);
     return s && s->seat && s->seat->room == r ? s : NULL;
 }
 
@@ -402,8 +406,14 @@ static json_t *ice_servers(sb_session_t *s)
 
 /* ---- carrying out a view's actions ------------------------------------------------------- */
 
+static void pj_deliver(sb_session_t *dst, const char *from, const char *frame, size_t len);
+
 static void deliver_signal(sb_session_t *dst, const char *from, const char *data, size_t dlen)
 {
+    if (dst->pj) {
+        pj_deliver(dst, from, data, dlen); /* data: the PeerJS frame, as the sender's node built */
+        return;
+    }
     static const char head[] = "{\"type\":\"signal\",\"from\":\"", mid[] = "\",\"data\":";
     const sb_part_t parts[] = {{head, sizeof head - 1},
                                {from, strlen(from)},
@@ -604,6 +614,7 @@ static void relink_all(const char *id, uint64_t joined_batch, void *arg)
 }
 
 static void resync(room_t *r);
+static void pj_opened(sb_session_t *s, room_t *r);
 
 /* s's session was taken over by a resume (elsewhere, or by a newer socket here): it leaves its
  * room without touching Redis (the session is not its any more) and is closed. */
@@ -626,13 +637,21 @@ static void run(room_t *r, sb_acts_t *acts)
         sb_session_t *s;
         switch (a->kind) {
         case SB_ACT_PEER_JOINED:
-            sb_view_each_local(r->view, tell_joined, &e);
+            /* PeerJS sockets are never told of members (and the walk would cost O(local
+             * sockets) per claim). */
+            if (!r->pj)
+                sb_view_each_local(r->view, tell_joined, &e);
             break;
         case SB_ACT_PEER_LEFT:
-            sb_view_each_local(r->view, tell_left, &e);
+            /* PeerJS: nobody is told, and no walk (local halves towards the peer stay until
+             * the socket goes; links are set again whatever the local halves say). */
+            if (!r->pj)
+                sb_view_each_local(r->view, tell_left, &e);
             break;
         case SB_ACT_JOINED:
-            if ((s = local_in(r, a->to)))
+            if ((s = local_in(r, a->to)) && s->pj)
+                pj_opened(s, r);
+            else if (s)
                 send_joined(s, r);
             break;
         case SB_ACT_DELIVER:
@@ -650,7 +669,10 @@ static void run(room_t *r, sb_acts_t *acts)
             }
             break;
         case SB_ACT_RELINK:
-            sb_view_each_local(r->view, a->peer[0] ? relink_one : relink_all, &e);
+            /* Not for PeerJS rooms: a walk over every local socket per claim (docs/peerjs.md:
+             * after a data loss a PeerJS link may not be counted again). */
+            if (!r->pj)
+                sb_view_each_local(r->view, a->peer[0] ? relink_one : relink_all, &e);
             break;
         case SB_ACT_RESYNC:
             resync(r);
@@ -663,7 +685,8 @@ static void run(room_t *r, sb_acts_t *acts)
                 sb_warn_limited("session %s: marked away while connected: closing 1012", s->id);
                 sb_session_close(s, 1012, "resume");
             }
-            sb_view_each_local(r->view, tell_away, &e);
+            if (!r->pj)
+                sb_view_each_local(r->view, tell_away, &e);
             break;
         case SB_ACT_PEER_BACK:
             /* Resumed on another node while a copy of it is still joined here (we had not
@@ -671,7 +694,8 @@ static void run(room_t *r, sb_acts_t *acts)
             if ((s = local_in(r, a->peer)) && s->seat->state == SEAT_JOINED && a->text &&
                 strcmp(a->text, r->node->cfg.id) != 0)
                 drop_stale(s);
-            sb_view_each_local(r->view, tell_away, &e);
+            if (!r->pj)
+                sb_view_each_local(r->view, tell_away, &e);
             break;
         }
     }
@@ -730,7 +754,7 @@ static void members_free(members_t *m)
     free(m->metas);
 }
 
-static int members_parse(const redisReply *reply, size_t from, members_t *out)
+static int members_parse(const redisReply *reply, size_t from, int pj, members_t *out)
 {
     memset(out, 0, sizeof *out);
     size_t count = reply->elements > from ? (reply->elements - from) / 2 : 0;
@@ -747,7 +771,7 @@ static int members_parse(const redisReply *reply, size_t from, members_t *out)
         size_t idlen, reclen;
         const char *id = sb_reply_str(reply, j, &idlen);
         const char *rec = sb_reply_str(reply, j + 1, &reclen);
-        if (!id || !rec || !sb_valid_sid(id))
+        if (!id || !rec || !(pj ? sb_pj_valid_id(id) : sb_valid_sid(id)))
             continue;
         sb_view_member_in_t *m = &out->v[out->n];
         m->id = id;
@@ -778,7 +802,7 @@ static void on_resync(redisReply *reply, const char *error, void *data)
     sb_acts_init(&acts);
     members_t m = {0};
     int ok = !error && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
-             members_parse(reply, 1, &m) == 0;
+             members_parse(reply, 1, r->pj, &m) == 0;
     if (!ok)
         sb_warn_limited("room %s: resync failed: %s", room_name(r), error ? error : "bad reply");
     else
@@ -874,9 +898,12 @@ static void sweep_room(room_t *r, void *arg)
 
 static void away_sweep(sb_node_t *n, int64_t now_ms);
 
+static void pj_sweep(sb_node_t *n, int64_t now_ms);
+
 void sb_route_sweep(sb_node_t *n, int64_t now_ms)
 {
     away_sweep(n, now_ms);
+    pj_sweep(n, now_ms);
     sb_acts_t acts;
     sb_acts_init(&acts);
     each_room(n, sweep_room, &acts);
@@ -941,6 +968,8 @@ void sb_route_link_event(sb_node_t *n, const char *room, const char *a, const ch
          * re-assert after a data loss would bring it back. */
         if (!up)
             halves_del(s->seat, ends[i][1]);
+        if (s->pj)
+            continue; /* PeerJS has no link messages */
         static const char head[] = "{\"type\":\"link-state\",\"peer\":\"";
         const char *tail = up ? "\",\"state\":\"up\"}" : "\",\"state\":\"down\"}";
         const sb_part_t parts[] = {
@@ -1072,7 +1101,7 @@ static void local_joined(room_t *r, sb_session_t *s, uint64_t seq, const redisRe
                          size_t from)
 {
     members_t m = {0};
-    if (!sb_view_synced(r->view) && members_parse(list, from, &m) != 0)
+    if (!sb_view_synced(r->view) && members_parse(list, from, r->pj, &m) != 0)
         sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading room %s: reading it again",
                        s->id, room_name(r));
     sb_acts_t acts;
@@ -1459,6 +1488,8 @@ void sb_route_disconnect(sb_session_t *s)
 {
     sb_node_t *n = s->node;
     sb_seat_t *t = s->seat;
+    if (s->pj && sb_map_get(&n->pj_by_id, s->id) == s)
+        sb_map_del(&n->pj_by_id, s->id);
     if (!t)
         return;
     auth_unlink(n, t);
@@ -1476,6 +1507,8 @@ void sb_route_disconnect(sb_session_t *s)
     seat_leave_room(t, 1);
     s->seat = NULL;
     seat_free(t);
+    sb_pj_free(s->pj);
+    s->pj = NULL;
 }
 
 static void on_signal_published(redisReply *reply, const char *error, void *data)
@@ -1543,27 +1576,33 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
 
 /* Publishes a signal of s to `to` on node's channel of the room's bucket (tag); acked with rid
  * once Redis took it. */
+/* {"t":"signal","room":R,"from":F,"to":T,"data":D} into b, written directly: the room name and
+ * both ids are of characters JSON never escapes ([A-Za-z0-9._~-]), and D is valid JSON. */
+static void signal_event(text_t *b, const char *rn, const char *from, const char *to,
+                         const char *data, size_t dlen)
+{
+    static const char p1[] = "{\"t\":\"signal\",\"room\":\"", p2[] = "\",\"from\":\"",
+                      p3[] = "\",\"to\":\"", p4[] = "\",\"data\":";
+    /* One allocation of the exact size: this is the cross-node hot path. */
+    text_reserve(b, sizeof p1 + sizeof p2 + sizeof p3 + sizeof p4 + strlen(rn) + strlen(from) +
+                        strlen(to) + dlen);
+    text_add(b, p1, sizeof p1 - 1);
+    text_str(b, rn);
+    text_add(b, p2, sizeof p2 - 1);
+    text_str(b, from);
+    text_add(b, p3, sizeof p3 - 1);
+    text_str(b, to);
+    text_add(b, p4, sizeof p4 - 1);
+    text_add(b, data, dlen);
+    text_add(b, "}", 1);
+}
+
 static void publish_signal(sb_session_t *s, const char *rn, const char *tag, const char *to,
                            const char *node, const char *data, size_t dlen, json_t *rid)
 {
     sb_node_t *n = s->node;
-    /* {"t":"signal","room":R,"from":F,"to":T,"data":D}, written directly: the room name and
-     * both ids are of characters JSON never escapes ([A-Za-z0-9._-]), and D is valid JSON. */
-    static const char p1[] = "{\"t\":\"signal\",\"room\":\"", p2[] = "\",\"from\":\"",
-                      p3[] = "\",\"to\":\"", p4[] = "\",\"data\":";
     text_t b = {0};
-    /* One allocation of the exact size: this is the cross-node hot path. */
-    text_reserve(&b, sizeof p1 + sizeof p2 + sizeof p3 + sizeof p4 + strlen(rn) + strlen(s->id) +
-                         strlen(to) + dlen);
-    text_add(&b, p1, sizeof p1 - 1);
-    text_str(&b, rn);
-    text_add(&b, p2, sizeof p2 - 1);
-    text_str(&b, s->id);
-    text_add(&b, p3, sizeof p3 - 1);
-    text_str(&b, to);
-    text_add(&b, p4, sizeof p4 - 1);
-    text_add(&b, data, dlen);
-    text_add(&b, "}", 1);
+    signal_event(&b, rn, s->id, to, data, dlen);
     char channel[SB_KEY_MAX];
     req_t *q = b.failed ? NULL : req_new(s, rid, NULL);
     /* The recipient's node channel of the room's bucket: the room's slot, like its events. */
@@ -1777,6 +1816,33 @@ static void text_ids(text_t *b, const char *name, const redisReply *arr)
     text_str(b, "]");
 }
 
+/* The "F DATA" items of a script's reply (an array) into the seat's queue, sent after its
+ * `resumed` or OPEN. 0, or -1 when out of memory. */
+static int queued_take(sb_seat_t *t, const redisReply *queued)
+{
+    if (!queued->elements)
+        return 0;
+    t->queued = calloc(queued->elements, sizeof *t->queued);
+    if (!t->queued)
+        return -1;
+    for (size_t i = 0; i < queued->elements; i++) {
+        size_t len;
+        const char *item = sb_reply_str(queued, i, &len);
+        if (item && (t->queued[t->nqueued] = strndup(item, len)))
+            t->nqueued++;
+    }
+    return 0;
+}
+
+/* 1 when a script's reply is {"ok", ...} with count elements, those from `arrays` on arrays. */
+static int ok_with_arrays(const redisReply *reply, const char *status, size_t count, size_t arrays)
+{
+    int ok = status && strcmp(status, "ok") == 0 && reply->elements == count;
+    for (size_t i = arrays; ok && i < count; i++)
+        ok = reply->element[i]->type == REDIS_REPLY_ARRAY;
+    return ok;
+}
+
 /* The session is ours after session_resume ok: halves, meta, what `resumed` will say. 0, or
  * -1 when out of memory. */
 static int resume_take(sb_seat_t *t, const redisReply *reply)
@@ -1800,18 +1866,8 @@ static int resume_take(sb_seat_t *t, const redisReply *reply)
         if (p && sb_valid_sid(p) && halves_add(t, p) != 0)
             return -1;
     }
-    const redisReply *queued = reply->element[7];
-    if (queued->elements) {
-        t->queued = calloc(queued->elements, sizeof *t->queued);
-        if (!t->queued)
-            return -1;
-        for (size_t i = 0; i < queued->elements; i++) {
-            size_t len;
-            const char *item = sb_reply_str(queued, i, &len);
-            if (item && (t->queued[t->nqueued] = strndup(item, len)))
-                t->nqueued++;
-        }
-    }
+    if (queued_take(t, reply->element[7]) != 0)
+        return -1;
     text_t b = {0};
     text_ids(&b, "joined", reply->element[3]);
     text_ids(&b, "left", reply->element[4]);
@@ -1826,23 +1882,58 @@ static int resume_take(sb_seat_t *t, const redisReply *reply)
     return 0;
 }
 
+/* The reply of a takeover (session_resume, pj_claim) found the new socket closed: 1 (q freed).
+ * When the script succeeded the session is ours, so it goes away again (with the token this
+ * node issued for it; without grace, freed). */
+static int gone_meanwhile(req_t *q, int ok)
+{
+    sb_session_t *s = q->s;
+    if (!s->closed && s->seat)
+        return 0;
+    if (ok)
+        go_away(s, q->room, q->peer, q->hash);
+    req_free(q);
+    return 1;
+}
+
+static int pj_rename(sb_session_t *s, const char *id);
+
+/* The script made s the holder of id q->peer (a resume, a PeerJS reclaim): a stale copy of it
+ * here (we had not noticed its drop) goes, without cleanup, and s takes the id and its place in
+ * the view. 0, or -1 when out of memory (s closed, the session away again, q freed). */
+static int take_over(req_t *q, room_t *r)
+{
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    if (t->renamed)
+        return 0;
+    sb_session_t *stale = sb_map_get(s->pj ? &n->pj_by_id : &n->sess_by_id, q->peer);
+    if (stale && stale != s && stale->seat && stale->seat->room)
+        drop_stale(stale);
+    else if (stale && stale != s && s->pj)
+        sb_session_close(stale, 4000, "resumed elsewhere"); /* still claiming: it loses */
+    if ((s->pj ? pj_rename(s, q->peer) : rename_session(s, q->peer)) != 0 ||
+        sb_view_local_add(r->view, s->id) != 0) {
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory taking it over", q->peer);
+        sb_session_close(s, 1011, "out of memory");
+        go_away(s, q->room, q->peer, q->hash);
+        req_free(q);
+        return -1;
+    }
+    t->renamed = 1;
+    return 0;
+}
+
 static void on_resumed(redisReply *reply, const char *error, void *data)
 {
     req_t *q = data;
     sb_session_t *s = q->s;
     sb_node_t *n = s->node;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
-    int ok = status && strcmp(status, "ok") == 0 && reply->elements == 8;
-    for (size_t i = 2; ok && i < 8; i++)
-        ok = reply->element[i]->type == REDIS_REPLY_ARRAY;
-    if (s->closed || !s->seat) {
-        /* The new socket is gone too: the session is ours now, so it goes away again (with
-         * the token this node issued for it). */
-        if (ok)
-            go_away(s, q->room, q->peer, q->hash);
-        req_free(q);
+    int ok = ok_with_arrays(reply, status, 8, 2);
+    if (gone_meanwhile(q, ok))
         return;
-    }
     sb_seat_t *t = s->seat;
     if (!ok) {
         resume_undo(s);
@@ -1858,21 +1949,8 @@ static void on_resumed(redisReply *reply, const char *error, void *data)
         return;
     }
     room_t *r = t->room;
-    if (!t->renamed) {
-        /* A stale copy of the socket is joined here (we had not noticed its drop): it goes,
-         * without cleanup, and this socket takes its id. */
-        sb_session_t *stale = sb_map_get(&n->sess_by_id, q->peer);
-        if (stale && stale != s && stale->seat && stale->seat->room)
-            drop_stale(stale);
-        if (rename_session(s, q->peer) != 0 || sb_view_local_add(r->view, s->id) != 0) {
-            sb_log_limited(SB_LOG_ERROR, "session %s: out of memory taking it back", q->peer);
-            sb_session_close(s, 1011, "out of memory");
-            go_away(s, q->room, q->peer, q->hash);
-            req_free(q);
-            return;
-        }
-        t->renamed = 1;
-    }
+    if (take_over(q, r) != 0)
+        return;
     auth_unlink(n, t);
     t->in_redis = 1;
     n->njoined++;
@@ -2002,11 +2080,17 @@ static void route_ice_servers(sb_session_t *s, json_t *rid)
     sb_session_send_json(s, o);
 }
 
+static void pj_message(sb_session_t *s, const char *buf, size_t len);
+
 void sb_route_message(sb_session_t *s, const char *buf, size_t len)
 {
     sb_node_t *n = s->node;
     if (s->close_code || !s->seat)
         return;
+    if (s->pj) {
+        pj_message(s, buf, len);
+        return;
+    }
     sb_msg_t m;
     sb_proto_err_t err;
     int rc = sb_proto_decode(buf, len, &m, &err);
@@ -2131,4 +2215,551 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         free(args);
     }
     return count;
+}
+
+/* ---- PeerJS (docs/peerjs.md) ------------------------------------------------------------- */
+
+/* A PeerJS expire timer: src's messages queued for dst are dropped at due_ms (if still there),
+ * and src gets EXPIRE. FIFO: one timeout for all. */
+typedef struct sb_pj_exp {
+    struct sb_pj_exp *next;
+    int64_t due_ms;
+    char src[SB_PJ_ID_MAX + 1], dst[SB_PJ_ID_MAX + 1];
+} sb_pj_exp_t;
+
+#define PJ_CLAIM_ERROR "Server unavailable, retry"
+
+/* {"type":"ERROR","payload":{"msg":msg}} (msg needs no escapes), then a close with code (0:
+ * stays open). */
+static void pj_error(sb_session_t *s, const char *msg, int code)
+{
+    static const char head[] = "{\"type\":\"ERROR\",\"payload\":{\"msg\":\"";
+    const sb_part_t parts[] = {{head, sizeof head - 1}, {msg, strlen(msg)}, {"\"}}", 3}};
+    sb_session_sendv(s, parts, 3);
+    if (code)
+        sb_session_close(s, code, msg);
+}
+
+/* s takes its PeerJS id: registered under it among the PeerJS sockets (a copy of it still
+ * registered here is replaced). 0, or -1 when out of memory. */
+static int pj_rename(sb_session_t *s, const char *id)
+{
+    sb_node_t *n = s->node;
+    if (sb_map_get(&n->sess_by_id, s->id) == s)
+        sb_map_del(&n->sess_by_id, s->id);
+    if (sb_map_get(&n->pj_by_id, s->id) == s)
+        sb_map_del(&n->pj_by_id, s->id);
+    snprintf(s->id, sizeof s->id, "%s", id);
+    if (sb_map_get(&n->pj_by_id, id))
+        sb_map_del(&n->pj_by_id, id);
+    return sb_map_put(&n->pj_by_id, s->id, s);
+}
+
+/* A claim that did not take place: the seat leaves the room; the socket is told and closed. */
+static void pj_claim_failed(sb_session_t *s, int taken)
+{
+    seat_leave_room(s->seat, 1);
+    if (taken) {
+        static const char msg[] = "{\"type\":\"ID-TAKEN\",\"payload\":{\"msg\":\"ID is taken\"}}";
+        sb_session_send(s, msg, sizeof msg - 1);
+        sb_session_close(s, 1000, "ID is taken");
+    } else {
+        pj_error(s, PJ_CLAIM_ERROR, 1013);
+    }
+}
+
+static void on_pj_claimed(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    int ok = ok_with_arrays(reply, status, 6, 3);
+    if (gone_meanwhile(q, ok))
+        return;
+    sb_seat_t *t = s->seat;
+    if (!ok) {
+        if (!(status && strcmp(status, "taken") == 0))
+            sb_warn_limited("session %s: PeerJS claim of %s failed: %s", s->id, q->peer,
+                            error                                       ? error
+                            : reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                                        : "bad reply");
+        pj_claim_failed(s, status && strcmp(status, "taken") == 0);
+        req_free(q);
+        return;
+    }
+    room_t *r = t->room;
+    if (take_over(q, r) != 0)
+        return;
+    auth_unlink(n, t);
+    t->in_redis = 1;
+    n->njoined++;
+    const redisReply *halves = reply->element[4];
+    if (queued_take(t, reply->element[3]) != 0)
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory reading its queue", s->id);
+    for (size_t i = 0; i < halves->elements; i++) {
+        const char *p = sb_reply_str(halves, i, NULL);
+        if (p && sb_pj_valid_id(p))
+            halves_add(t, p);
+    }
+    sb_info_limited("session %s: PeerJS id %s (%s)", s->id, room_name(r),
+                    sb_reply_str(reply, 2, NULL) ? sb_reply_str(reply, 2, NULL) : "?");
+    local_joined(r, s, (uint64_t)sb_reply_int(reply, 1, 0), reply->element[5], 0);
+    req_free(q);
+}
+
+static void pj_claim_send(req_t *q)
+{
+    sb_session_t *s = q->s;
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    char ttl[32], grace[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    snprintf(grace, sizeof grace, "%lld", (long long)n->cfg.resume_grace_ms);
+    /* The member list only for a node with no view of the room yet: the room may hold
+     * thousands of ids, and a view, once synced, follows the events. */
+    const char *list = sb_view_synced(t->room->view) ? "0" : "1";
+    const char *args[] = {
+        NULL, NULL,  n->cfg.prefix,        q->room, q->peer, n->cfg.id, n->epoch, q->hash,
+        ttl,  grace, t->sub ? t->sub : "", list};
+    if (room_script(n, q->room, "pj_claim", 2, 12, args, on_pj_claimed, q) != 0) {
+        pj_claim_failed(s, 0);
+        req_free(q);
+    }
+}
+
+static void on_pj_bucket(sb_node_t *n, void *data, int ok)
+{
+    (void)n;
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    if (s->closed || !s->seat || s->seat->state != SEAT_JOINING) {
+        req_free(q);
+        return;
+    }
+    if (ok) {
+        pj_claim_send(q);
+        return;
+    }
+    pj_claim_failed(s, 0);
+    req_free(q);
+}
+
+void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const char *token,
+                      const char *jwt)
+{
+    sb_node_t *n = s->node;
+    sb_seat_t *t = s->seat;
+    char hash[SB_RESUME_HASH_LEN + 1];
+    const char *room = n->cfg.peerjs_room;
+    if (!key || !id || !token || !key[0] || !id[0] || !token[0]) {
+        pj_error(s, "No id, token, or key supplied to websocket server", 1000);
+        return;
+    }
+    if (strcmp(key, n->cfg.peerjs_key) != 0) {
+        pj_error(s, "Invalid key provided", 1000);
+        return;
+    }
+    if (!sb_pj_valid_id(id)) {
+        pj_error(s, "Invalid id", 1000);
+        return;
+    }
+    if (strcmp(token, "~") == 0) { /* longer than SB_PJ_TOKEN_MAX (server.c) */
+        pj_error(s, "Invalid token", 1000);
+        return;
+    }
+    if (n->nsessions > n->cfg.max_connections) {
+        pj_error(s, "Server has reached its concurrent user limit", 1000);
+        return;
+    }
+    if (n->auth_secret) {
+        char why[128];
+        free(t->sub);
+        t->sub = NULL;
+        if (!jwt || sb_auth_verify(n->auth_secret, n->auth_secret_len, jwt, room,
+                                   sb_now_ms() / 1000, &t->sub, why, sizeof why) != 0) {
+            sb_info_limited("session %s: PeerJS claim refused: %s", s->id, jwt ? why : "no JWT");
+            pj_error(s, "unauthorized", 1008);
+            return;
+        }
+    }
+    if (!n->db_up || !sb_cluster_slot_up(n->db, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)) ||
+        sb_resume_hash(token, hash) != 0) {
+        pj_error(s, PJ_CLAIM_ERROR, 1013);
+        return;
+    }
+    s->pj = calloc(1, sizeof *s->pj);
+    room_t *r = s->pj ? room_get(n, room) : NULL;
+    req_t *q = r ? req_new(s, NULL, room) : NULL;
+    if (!q) {
+        room_drop_unused(r);
+        pj_error(s, PJ_CLAIM_ERROR, 1011);
+        return;
+    }
+    snprintf(s->pj->room, sizeof s->pj->room, "%s", room);
+    s->pj->last_msg_ms = sb_mono_ms();
+    snprintf(q->peer, sizeof q->peer, "%s", id);
+    snprintf(q->hash, sizeof q->hash, "%s", hash);
+    /* The token's hash is the id's incarnation (fixed: PeerJS reclaims with the same token). */
+    snprintf(t->tok_hash, sizeof t->tok_hash, "%s", hash);
+    r->refs++;
+    t->room = r;
+    t->state = SEAT_JOINING;
+    t->used = 1;
+    /* The id at once when no copy of it is here: messages for it that come before the reply
+     * are held for it by the view. */
+    if (!sb_map_get(&n->pj_by_id, id)) {
+        if (pj_rename(s, id) != 0 || sb_view_local_add(r->view, s->id) != 0) {
+            pj_claim_failed(s, 0);
+            req_free(q);
+            return;
+        }
+        t->renamed = 1;
+    }
+    int rc = sb_pubsub_bucket(n, r->tag, on_pj_bucket, q);
+    if (rc == 0)
+        pj_claim_send(q);
+    else if (rc < 0) {
+        pj_claim_failed(s, 0);
+        req_free(q);
+    }
+}
+
+static void pj_message(sb_session_t *s, const char *buf, size_t len);
+
+/* The view's JOINED for a PeerJS socket: OPEN, then what was queued for the id, then what the
+ * socket sent before. */
+static void pj_opened(sb_session_t *s, room_t *r)
+{
+    (void)r;
+    sb_seat_t *t = s->seat;
+    sb_pj_t *p = s->pj;
+    t->state = SEAT_JOINED;
+    p->open = 1;
+    static const char open[] = "{\"type\":\"OPEN\"}";
+    sb_session_send(s, open, sizeof open - 1);
+    for (size_t i = 0; i < t->nqueued; i++) {
+        char *sp = strchr(t->queued[i], ' ');
+        if (sp && sp > t->queued[i]) {
+            *sp = '\0';
+            pj_deliver(s, t->queued[i], sp + 1, strlen(sp + 1));
+        }
+    }
+    queued_clear(t);
+    int npending = p->npending;
+    p->npending = 0;
+    for (int i = 0; i < npending; i++) {
+        if (!s->close_code && s->seat && s->pj == p)
+            pj_message(s, p->pending[i], p->pending_len[i]);
+        free(p->pending[i]);
+    }
+}
+
+static void on_pj_half(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (!s->closed && s->seat && s->seat->state == SEAT_JOINED && status &&
+        strcmp(status, "ok") == 0) {
+        if (q->up)
+            halves_add(s->seat, q->peer);
+        else
+            halves_del(s->seat, q->peer);
+    } else if (!status) {
+        sb_debug_limited("session %s: PeerJS link half: %s", s->id, error ? error : "error");
+    }
+    req_free(q);
+}
+
+/* s's half of its link with peer, up or down (the native link_set; idempotent). */
+static void pj_half(sb_session_t *s, const char *peer, int up)
+{
+    sb_seat_t *t = s->seat;
+    if (!t || t->state != SEAT_JOINED || !t->in_redis || strcmp(peer, s->id) == 0)
+        return;
+    req_t *q = req_new(s, NULL, room_name(t->room));
+    if (!q)
+        return;
+    snprintf(q->peer, sizeof q->peer, "%s", peer);
+    q->up = up;
+    if (call_link_set(s, q->room, peer, up, on_pj_half, q) != 0)
+        req_free(q);
+}
+
+static void pj_deliver(sb_session_t *dst, const char *from, const char *frame, size_t len)
+{
+    sb_session_send(dst, frame, len);
+    sb_pj_type_t type;
+    char conn[SB_PJ_CONNID_MAX + 1];
+    sb_pj_frame_info(frame, len, &type, conn);
+    /* Links as this node sees them (docs/peerjs.md): an OFFER's connection id, and the ANSWER
+     * that comes back with it, set this socket's half. */
+    if (type == SB_PJ_OFFER)
+        sb_pj_conn_add(dst->pj, SB_PJ_GOT_OFFER, from, conn);
+    else if (type == SB_PJ_ANSWER && sb_pj_conn_has(dst->pj, SB_PJ_SENT_OFFER, from, conn))
+        pj_half(dst, from, 1);
+    else if (type == SB_PJ_LEAVE)
+        sb_pj_conn_forget(dst->pj, from);
+}
+
+static void pj_expire_timer(sb_node_t *n, const char *src, const char *dst)
+{
+    for (sb_pj_exp_t *x = n->pj_exp_head; x; x = x->next)
+        if (strcmp(x->src, src) == 0 && strcmp(x->dst, dst) == 0)
+            return; /* one EXPIRE per pair */
+    sb_pj_exp_t *x = calloc(1, sizeof *x);
+    if (!x)
+        return;
+    x->due_ms = sb_mono_ms() + n->cfg.peerjs_expire_timeout_ms;
+    snprintf(x->src, sizeof x->src, "%s", src);
+    snprintf(x->dst, sizeof x->dst, "%s", dst);
+    if (n->pj_exp_tail)
+        n->pj_exp_tail->next = x;
+    else
+        n->pj_exp_head = x;
+    n->pj_exp_tail = x;
+}
+
+static void on_pj_sent(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (s->pj && s->pj->inflight > 0)
+        s->pj->inflight--;
+    if (status && strcmp(status, "queued") == 0)
+        pj_expire_timer(s->node, s->id, q->peer);
+    else if (status && strcmp(status, "full") == 0)
+        sb_info_limited("session %s: PeerJS queue of %s full: message dropped", s->id, q->peer);
+    else if (!status)
+        sb_warn_limited("session %s: PeerJS message to %s lost: %s", s->id, q->peer,
+                        error                                       ? error
+                        : reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                                    : "bad reply");
+    req_free(q);
+}
+
+/* To an id this node cannot hand it to directly: pj_send publishes or queues it in Redis. */
+static void pj_send_script(sb_session_t *s, const char *room, const char *dst, const char *frame,
+                           int queue_it)
+{
+    sb_node_t *n = s->node;
+    req_t *q = req_new(s, NULL, room);
+    if (!q)
+        return;
+    snprintf(q->peer, sizeof q->peer, "%s", dst);
+    char max[32], bytes[32], life[32];
+    snprintf(max, sizeof max, "%lld", (long long)n->cfg.resume_queue_max);
+    snprintf(bytes, sizeof bytes, "%lld", (long long)n->cfg.resume_queue_bytes);
+    /* The sender's node drops what is left at the expire timeout; the key's own expiry only
+     * covers a node that died before. */
+    snprintf(life, sizeof life, "%lld", (long long)(2 * n->cfg.peerjs_expire_timeout_ms + 1000));
+    const char *args[] = {NULL, NULL,  n->cfg.prefix, room, s->id, dst, frame, queue_it ? "1" : "0",
+                          max,  bytes, life};
+    if (room_script(n, room, "pj_send", 2, 11, args, on_pj_sent, q) != 0) {
+        sb_warn_limited("session %s: PeerJS message to %s lost: Redis unreachable", s->id, dst);
+        req_free(q);
+        return;
+    }
+    s->pj->inflight++;
+}
+
+static void on_pj_published(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    if (error || sb_reply_is_error(reply))
+        sb_warn_limited("session %s: PeerJS message to %s lost: %s", q->s->id, q->peer,
+                        error ? error : reply->str);
+    req_free(q);
+}
+
+static void pj_publish(sb_session_t *s, room_t *r, const char *dst, const char *node,
+                       const char *frame, size_t flen)
+{
+    sb_node_t *n = s->node;
+    text_t b = {0};
+    signal_event(&b, room_name(r), s->id, dst, frame, flen);
+    char channel[SB_KEY_MAX];
+    req_t *q = b.failed ? NULL : req_new(s, NULL, NULL);
+    if (q)
+        snprintf(q->peer, sizeof q->peer, "%s", dst);
+    if (!q || sb_channel_node(channel, sizeof channel, n->cfg.prefix, r->tag, node) < 0 ||
+        sb_cluster_publish_received(n->db, channel, b.p, b.len, on_pj_published, q) != 0) {
+        sb_warn_limited("session %s: PeerJS message to %s lost", s->id, dst);
+        if (q)
+            req_free(q);
+    }
+    free(b.p);
+}
+
+static void pj_relay(sb_session_t *s, const sb_pj_msg_t *m)
+{
+    sb_node_t *n = s->node;
+    room_t *r = s->seat->room;
+    size_t flen;
+    /* src is the socket's own id, never the client's word; other fields are dropped. */
+    char *frame = sb_pj_frame(m->tname, s->id, m->dst, m->payload, m->plen, &flen);
+    if (!frame) {
+        sb_session_close(s, 1011, "server out of memory");
+        return;
+    }
+    if (m->type == SB_PJ_OFFER)
+        sb_pj_conn_add(s->pj, SB_PJ_SENT_OFFER, m->dst, m->conn);
+    else if (m->type == SB_PJ_ANSWER && sb_pj_conn_has(s->pj, SB_PJ_GOT_OFFER, m->dst, m->conn))
+        pj_half(s, m->dst, 1);
+    else if (m->type == SB_PJ_LEAVE) {
+        sb_pj_conn_forget(s->pj, m->dst);
+        pj_half(s, m->dst, 0);
+    }
+    const sb_member_t *peer = sb_view_member(r->view, m->dst);
+    int queue_it = m->type == SB_PJ_OFFER || m->type == SB_PJ_ANSWER || m->type == SB_PJ_CANDIDATE;
+    /* While a message of this socket is in flight to pj_send, the next go the same way (one
+     * connection to the room's slot: they arrive in the order they were sent). */
+    if (!peer || peer->away || s->pj->inflight > 0)
+        pj_send_script(s, room_name(r), m->dst, frame, queue_it);
+    else if (strcmp(peer->node, n->cfg.id) == 0)
+        signal_local(r, s->id, m->dst, frame, flen);
+    else
+        pj_publish(s, r, m->dst, peer->node, frame, flen);
+    free(frame);
+}
+
+static void on_pj_left(redisReply *reply, const char *error, void *data)
+{
+    req_t *q = data;
+    sb_session_t *s = q->s;
+    const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (status && strcmp(status, "ok") == 0)
+        log_cleanup(s->node, q->room, s->id, "leave", reply);
+    if (!s->closed && s->seat) {
+        if (status && (strcmp(status, "ok") == 0 || strcmp(status, "gone") == 0))
+            seat_leave_room(s->seat, 1);
+        else
+            s->seat->state = s->seat->room ? SEAT_JOINED : SEAT_IDLE;
+        sb_session_close(s, 1000, "left");
+    }
+    req_free(q);
+}
+
+/* LEAVE without dst: the id is given up for good, and the socket closed. */
+static void pj_leave(sb_session_t *s)
+{
+    sb_seat_t *t = s->seat;
+    req_t *q = req_new(s, NULL, room_name(t->room));
+    if (!q)
+        return;
+    t->state = SEAT_LEAVING;
+    if (run_remove(s->node, q->room, s->id, "leave", t->tok_hash, on_pj_left, q) != 0) {
+        t->state = SEAT_JOINED;
+        req_free(q);
+    }
+}
+
+static void pj_message(sb_session_t *s, const char *buf, size_t len)
+{
+    sb_node_t *n = s->node;
+    sb_pj_t *p = s->pj;
+    int64_t now = sb_mono_ms();
+    p->last_msg_ms = now;
+    if (!p->open) {
+        /* Before OPEN (a client may send as soon as its socket is open): kept, in order. */
+        char *copy = p->npending < SB_PJ_PENDING ? malloc(len + 1) : NULL;
+        if (copy) {
+            memcpy(copy, buf, len);
+            copy[len] = '\0';
+            p->pending_len[p->npending] = len;
+            p->pending[p->npending++] = copy;
+        }
+        return;
+    }
+    n->metrics.received[SB_MSG_SIGNAL]++;
+    sb_rate_result_t rr =
+        sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, 1, now);
+    if (rr != SB_RATE_OK) {
+        pj_error(s, "Rate limited: message dropped", rr == SB_RATE_ABUSE ? 4002 : 0);
+        return;
+    }
+    sb_pj_msg_t m;
+    if (sb_pj_decode(buf, len, &m) != 0) {
+        sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
+        return;
+    }
+    if (m.type == SB_PJ_LEAVE && !m.dst[0] && !m.bad_dst)
+        pj_leave(s);
+    else if (m.type != SB_PJ_OTHER && m.type != SB_PJ_HEARTBEAT && m.dst[0])
+        pj_relay(s, &m);
+    sb_pj_msg_free(&m);
+}
+
+typedef struct {
+    sb_node_t *node;
+    char src[SB_PJ_ID_MAX + 1], dst[SB_PJ_ID_MAX + 1];
+} pj_expiry_t;
+
+static void on_pj_expired(redisReply *reply, const char *error, void *data)
+{
+    pj_expiry_t *x = data;
+    long long removed = error ? 0 : sb_reply_int(reply, 0, 0);
+    sb_session_t *s = removed > 0 ? sb_map_get(&x->node->pj_by_id, x->src) : NULL;
+    if (s && s->pj && s->pj->open && !s->close_code) {
+        size_t len;
+        char *frame = sb_pj_frame("EXPIRE", x->dst, x->src, NULL, 0, &len);
+        if (frame)
+            sb_session_send(s, frame, len);
+        free(frame);
+    }
+    free(x);
+}
+
+/* The expire timer at the head when it is due (taken off the list), else NULL. */
+static sb_pj_exp_t *pj_exp_due(sb_node_t *n, int64_t now_ms)
+{
+    sb_pj_exp_t *w = n->pj_exp_head;
+    if (!w || w->due_ms > now_ms)
+        return NULL;
+    n->pj_exp_head = w->next;
+    if (!n->pj_exp_head)
+        n->pj_exp_tail = NULL;
+    return w;
+}
+
+static void pj_sweep(sb_node_t *n, int64_t now_ms)
+{
+    sb_pj_exp_t *w;
+    while ((w = pj_exp_due(n, now_ms))) {
+        /* pj_expire drops what is left of w->src's messages to w->dst; src hears EXPIRE. */
+        pj_expiry_t *x = calloc(1, sizeof *x);
+        const char *args[] = {NULL, NULL, n->cfg.prefix, n->cfg.peerjs_room, w->src, w->dst};
+        if (x) {
+            x->node = n;
+            memcpy(x->src, w->src, sizeof x->src);
+            memcpy(x->dst, w->dst, sizeof x->dst);
+        }
+        if (x && room_script(n, n->cfg.peerjs_room, "pj_expire", 2, 6, args, on_pj_expired, x))
+            free(x);
+        free(w);
+    }
+    /* The alive timeout (peer's alive_timeout): a PeerJS socket that sent nothing for that
+     * long is closed; its id is freed (a deliberate end). One pass a second. */
+    if (now_ms - n->pj_alive_check_ms < 1000)
+        return;
+    n->pj_alive_check_ms = now_ms;
+    for (sb_session_t *s = n->sessions; s; s = s->next)
+        if (s->pj && !s->closed && !s->close_code &&
+            now_ms - s->pj->last_msg_ms > n->cfg.peerjs_alive_timeout_ms) {
+            sb_info_limited("session %s: PeerJS socket silent past the alive timeout: closing",
+                            s->id);
+            sb_session_close(s, 1000, "alive timeout");
+        }
+}
+
+void sb_route_pj_free(sb_node_t *n)
+{
+    while (n->pj_exp_head) {
+        sb_pj_exp_t *x = n->pj_exp_head;
+        n->pj_exp_head = x->next;
+        free(x);
+    }
+    n->pj_exp_tail = NULL;
 }

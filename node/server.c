@@ -5,6 +5,7 @@
 #include "http.h"
 #include "listen.h"
 #include "resume.h"
+#include "auth.h"
 #include "log.h"
 
 #include <netinet/in.h>
@@ -16,10 +17,17 @@
 
 extern const sb_embed_t sb_client_files[];
 
+typedef struct pj_peers pj_peers_t;
+
 typedef struct {
     sb_session_t *sess;  /* WebSocket: the session (one reference) */
     sb_http_body_t body; /* HTTP: the response body waiting for WRITEABLE */
     int head;            /* HTTP: a HEAD request (headers only) */
+    /* HTTP: GET {peerjs}/{key}/peers waiting for Redis (its headers go at WRITEABLE) */
+    pj_peers_t *peers;
+    int head_due;       /* the answer's headers are due at the next WRITEABLE */
+    char cors[256];     /* the Origin to echo ("" none) */
+    sb_http_head_t due; /* the headers due */
 } pss_t;
 
 /* lws 4.1.6 keeps the close opcode of lws_write() private (4), as session.c notes. */
@@ -53,6 +61,132 @@ static int respond_json(struct lws *wsi, pss_t *pss, unsigned status, const char
     return respond(wsi, pss, &h, json);
 }
 
+static int origin_allowed(struct lws *wsi, sb_node_t *n);
+
+/* 405 naming the methods allowed (with the CORS origin to echo, or NULL). */
+static int respond_405(struct lws *wsi, pss_t *pss, const char *allow, const char *cors)
+{
+    static const char body[] = "{\"error\":\"method not allowed\"}";
+    sb_http_head_t h = {.status = 405,
+                        .ctype = "application/json",
+                        .len = sizeof body - 1,
+                        .extra_name = "allow:",
+                        .extra_value = allow,
+                        .cors_origin = cors};
+    return respond(wsi, pss, &h, body);
+}
+
+/* GET {peerjs}/{key}/peers in flight: the connection may close before Redis answers (wsi is
+ * then cleared, and the reply only frees this). */
+struct pj_peers {
+    struct lws *wsi;
+};
+
+static void on_pj_peers(redisReply *reply, const char *error, void *data)
+{
+    pj_peers_t *q = data;
+    struct lws *wsi = q->wsi;
+    pss_t *pss = wsi ? lws_wsi_user(wsi) : NULL;
+    free(q);
+    if (!pss)
+        return;
+    pss->peers = NULL;
+    char *body = NULL;
+    size_t len = 0, cap = 0;
+    int ok = !error && reply && reply->type == REDIS_REPLY_ARRAY;
+    /* The ids are of characters JSON never escapes. */
+    for (size_t i = 0; ok && i <= reply->elements; i++) {
+        const char *id = i < reply->elements ? sb_reply_str(reply, i, NULL) : "";
+        size_t need = len + (id ? strlen(id) : 0) + 8;
+        if (need > cap) {
+            cap = need * 2;
+            char *b = realloc(body, cap);
+            if (!b) {
+                ok = 0;
+                break;
+            }
+            body = b;
+        }
+        if (i == reply->elements)
+            len += (size_t)snprintf(body + len, cap - len, "]");
+        else if (id && sb_pj_valid_id(id))
+            len += (size_t)snprintf(body + len, cap - len, "%s\"%s\"", len ? "," : "[", id);
+        else if (!len)
+            len += (size_t)snprintf(body + len, cap - len, "[");
+    }
+    if (ok && len == 1) /* no id: "]" alone */
+        len = (size_t)snprintf(body, cap, "[]");
+    pss->due = (sb_http_head_t){.status = ok ? 200 : 503,
+                                .ctype = "application/json; charset=utf-8",
+                                .len = ok ? len : 0,
+                                .cors_origin = pss->cors[0] ? pss->cors : NULL};
+    if (sb_http_body_set(&pss->body, ok ? body : "", ok ? len : 0) == 0)
+        pss->head_due = 1;
+    free(body);
+    lws_callback_on_writable(wsi);
+}
+
+/* The PeerJS routes under --peerjs-path (docs/peerjs.md), with peer's CORS (the Origin echoed,
+ * when the node's origin list allows it). */
+static int handle_pj_http(struct lws *wsi, pss_t *pss, sb_node_t *n, sb_http_method_t m, int route)
+{
+    pss->cors[0] = '\0';
+    if (lws_hdr_copy(wsi, pss->cors, sizeof pss->cors, WSI_TOKEN_ORIGIN) <= 0 ||
+        !origin_allowed(wsi, n))
+        pss->cors[0] = '\0';
+    const char *cors = pss->cors[0] ? pss->cors : NULL;
+    if (m == SB_HTTP_OPTIONS) {
+        char asked[256] = "";
+        if (lws_hdr_copy(wsi, asked, sizeof asked, WSI_TOKEN_HTTP_AC_REQUEST_HEADERS) < 0)
+            asked[0] = '\0';
+        sb_http_head_t h = {.status = 204,
+                            .ctype = "text/plain",
+                            .cors_origin = cors,
+                            .cors_methods = "GET,HEAD,PUT,PATCH,POST,DELETE",
+                            .cors_headers = asked};
+        return respond(wsi, pss, &h, "");
+    }
+    if (m != SB_HTTP_GET && m != SB_HTTP_HEAD)
+        return respond_405(wsi, pss, "GET, HEAD, OPTIONS", cors);
+    sb_http_head_t h = {
+        .status = 200, .ctype = "application/json; charset=utf-8", .cors_origin = cors};
+    if (route == SB_PJ_HTTP_ROOT) {
+        h.len = sizeof SB_PJ_DESCRIPTION - 1;
+        return respond(wsi, pss, &h, SB_PJ_DESCRIPTION);
+    }
+    if (route == SB_PJ_HTTP_ID) {
+        char id[40];
+        if (sb_pj_uuid(id) != 0)
+            return -1;
+        h.ctype = "text/html; charset=utf-8";
+        h.len = strlen(id);
+        return respond(wsi, pss, &h, id);
+    }
+    if (route == SB_PJ_HTTP_PEERS && n->cfg.peerjs_discovery) {
+        char key[SB_KEY_MAX];
+        pj_peers_t *q = calloc(1, sizeof *q);
+        if (!q || sb_key_room(key, sizeof key, n->cfg.prefix, n->cfg.peerjs_room, "members") < 0) {
+            free(q);
+            return -1;
+        }
+        const char *argv[] = {"HKEYS", key};
+        q->wsi = wsi;
+        if (sb_cluster_command(n->db, key, strlen(key), on_pj_peers, q, 2, argv, NULL) != 0) {
+            free(q);
+            h.status = 503;
+            h.ctype = "application/json";
+            h.len = 0;
+            return respond(wsi, pss, &h, "");
+        }
+        pss->peers = q;
+        return 0; /* answered at the reply */
+    }
+    h.status = 401; /* as peer: discovery off */
+    h.ctype = "text/plain; charset=utf-8";
+    h.len = sizeof "Unauthorized" - 1;
+    return respond(wsi, pss, &h, "Unauthorized");
+}
+
 static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
 {
     char path[256];
@@ -60,16 +194,14 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     pss->head = m == SB_HTTP_HEAD;
     if (sb_http_check_framing(wsi))
         return respond_json(wsi, pss, 400, "{\"error\":\"bad request\"}");
+    int pj = n->cfg.peerjs_path ? sb_pj_http_route(n->cfg.peerjs_path, path) : SB_PJ_HTTP_NONE;
+    if (pj == SB_PJ_HTTP_WS)
+        return respond_json(wsi, pss, 426, "{\"error\":\"WebSocket upgrade required\"}");
+    if (pj != SB_PJ_HTTP_NONE)
+        return handle_pj_http(wsi, pss, n, m, pj);
     /* Every route here is read-only: GET and HEAD, nothing else (RFC 9110 15.5.6). */
-    if (m != SB_HTTP_GET && m != SB_HTTP_HEAD) {
-        static const char body[] = "{\"error\":\"method not allowed\"}";
-        sb_http_head_t h = {.status = 405,
-                            .ctype = "application/json",
-                            .len = sizeof body - 1,
-                            .extra_name = "allow:",
-                            .extra_value = "GET, HEAD"};
-        return respond(wsi, pss, &h, body);
-    }
+    if (m != SB_HTTP_GET && m != SB_HTTP_HEAD)
+        return respond_405(wsi, pss, "GET, HEAD", NULL);
     if (strcmp(path, "/livez") == 0)
         return respond_json(wsi, pss, 200, "{\"status\":\"ok\"}");
     if (strcmp(path, "/readyz") == 0) {
@@ -157,6 +289,14 @@ static int refuse_version(struct lws *wsi)
     return 1;
 }
 
+/* 1 when the upgrade's path is the PeerJS WebSocket ({peerjs}/peerjs). */
+static int pj_upgrade(struct lws *wsi, sb_node_t *n)
+{
+    char path[128] = "";
+    return n->cfg.peerjs_path && lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) > 0 &&
+           sb_pj_http_route(n->cfg.peerjs_path, path) == SB_PJ_HTTP_WS;
+}
+
 static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
 {
     char upgrade[32] = "", path[64] = "", version[8] = "";
@@ -166,7 +306,8 @@ static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
     if (lws_hdr_copy(wsi, upgrade, sizeof upgrade, WSI_TOKEN_UPGRADE) <= 0 ||
         strcasecmp(upgrade, "websocket") != 0)
         return -1;
-    if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0 || strcmp(path, "/ws") != 0) {
+    if (!pj_upgrade(wsi, n) && (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0 ||
+                                strcmp(path, "/ws") != 0)) {
         lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
         return 1;
     }
@@ -212,6 +353,73 @@ static void send_welcome(sb_session_t *s)
     sb_session_send_json(s, w);
 }
 
+/* The value of query parameter name (lws keeps each "name=value" as a fragment, decoded) into
+ * out: 1; 0 when absent; -1 when longer than cap - 1 (out is then "~", which no check takes). */
+static int query_arg(struct lws *wsi, const char *name, char *out, size_t cap)
+{
+    size_t nl = strlen(name);
+    for (int i = 0;; i++) {
+        int flen = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (flen <= 0)
+            return 0;
+        char *frag = malloc((size_t)flen + 1);
+        int len =
+            frag ? lws_hdr_copy_fragment(wsi, frag, flen + 1, WSI_TOKEN_HTTP_URI_ARGS, i) : -1;
+        int rc = 0;
+        if (len > (int)nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
+            rc = (size_t)len - nl - 1 < cap ? 1 : -1;
+            if (rc > 0)
+                memcpy(out, frag + nl + 1, (size_t)len - nl);
+            else
+                snprintf(out, cap, "~");
+        }
+        free(frag);
+        if (rc)
+            return rc;
+    }
+}
+
+/* The JWT of a PeerJS upgrade: the cookie switchboard_jwt, else the query parameter jwt. */
+static int pj_jwt(struct lws *wsi, char *out, size_t cap)
+{
+    static const char name[] = "switchboard_jwt=";
+    int len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_COOKIE);
+    char *cookie = len > 0 ? malloc((size_t)len + 1) : NULL;
+    if (cookie && lws_hdr_copy(wsi, cookie, len + 1, WSI_TOKEN_HTTP_COOKIE) > 0) {
+        for (char *p = cookie; p && *p;) {
+            while (*p == ' ' || *p == ';')
+                p++;
+            char *end = strchr(p, ';');
+            size_t vl = end ? (size_t)(end - p) : strlen(p);
+            if (vl > sizeof name - 1 && strncmp(p, name, sizeof name - 1) == 0 &&
+                vl - (sizeof name - 1) < cap) {
+                memcpy(out, p + sizeof name - 1, vl - (sizeof name - 1));
+                out[vl - (sizeof name - 1)] = '\0';
+                free(cookie);
+                return 1;
+            }
+            p = end;
+        }
+    }
+    free(cookie);
+    return query_arg(wsi, "jwt", out, cap);
+}
+
+/* A PeerJS socket: no welcome; its claim, from the upgrade's query. */
+static void pj_open(struct lws *wsi, sb_session_t *s)
+{
+    /* A value too long to be valid comes as "~", refused by its check as invalid. */
+    char key[SB_PJ_KEY_MAX + 1], id[SB_PJ_ID_MAX + 1], token[SB_PJ_TOKEN_MAX + 1];
+    char *jwt = s->node->auth_secret ? malloc(SB_AUTH_TOKEN_MAX + 1) : NULL;
+    int has_key = query_arg(wsi, "key", key, sizeof key);
+    int has_id = query_arg(wsi, "id", id, sizeof id);
+    int has_token = query_arg(wsi, "token", token, sizeof token);
+    int has_jwt = jwt && pj_jwt(wsi, jwt, SB_AUTH_TOKEN_MAX + 1) > 0;
+    sb_route_pj_open(s, has_key ? key : NULL, has_id ? id : NULL, has_token ? token : NULL,
+                     has_jwt ? jwt : NULL);
+    free(jwt);
+}
+
 static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t len)
 {
     sb_node_t *n = s->node;
@@ -225,7 +433,8 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         /* All fragments count: the limit is on the message, not on a frame. The error frame,
          * then our close frame, go out in order; the rest of the message is read and dropped
          * meanwhile, so the client gets the close instead of a TCP reset. */
-        sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);
+        if (!s->pj) /* PeerJS has no such message: the close code says it */
+            sb_session_send_error(s, "bad-message", "message over max_message_bytes", NULL);
         sb_session_close(s, 1009, "message too big");
         free(s->rx);
         s->rx = NULL;
@@ -252,7 +461,11 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
     s->rxlen = 0;
     if (lws_frame_is_binary(wsi)) {
         n->metrics.received[SB_MSG_UNKNOWN]++;
-        sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol", NULL);
+        if (s->pj)
+            sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
+        else
+            sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol",
+                                  NULL);
     } else {
         sb_route_message(s, s->rx ? s->rx : "", total);
     }
@@ -317,13 +530,25 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_BODY:
         return 0; /* no route reads a body (the method check refused what could have one) */
     case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (pss && pss->head_due) {
+            /* An answer that waited for Redis: its headers now, the body next time. */
+            pss->head_due = 0;
+            if (sb_http_write_head(wsi, &pss->due) != 0)
+                return -1;
+            lws_callback_on_writable(wsi);
+            break;
+        }
         if (!pss || !pss->body.buf)
             break;
         return sb_http_body_write(wsi, &pss->body, pss->head);
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-        if (pss)
+        if (pss) {
             sb_http_body_free(&pss->body);
+            if (pss->peers)
+                pss->peers->wsi = NULL; /* its reply only frees it */
+            pss->peers = NULL;
+        }
         break;
     case LWS_CALLBACK_ESTABLISHED: {
         sb_session_t *s = sb_session_new(n, wsi);
@@ -337,7 +562,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (lws_hdr_copy(wsi, s->origin, sizeof s->origin, WSI_TOKEN_ORIGIN) < 0)
             s->origin[0] = '\0';
         sb_debug_limited("session %s: connected", s->id);
-        send_welcome(s);
+        if (pj_upgrade(wsi, n))
+            pj_open(wsi, s);
+        else
+            send_welcome(s);
         break;
     }
     case LWS_CALLBACK_RECEIVE:

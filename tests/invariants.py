@@ -15,7 +15,7 @@ import keyspace
 def _room_keys(r, prefix):
     """{room: {"members", "nodes", "degree", "stats", "presence": [S], "links": [S]}}."""
     pat = re.compile(re.escape(prefix) + r":\{([^}#]*)\}:(members|nodes|degree|stats|"
-                     r"resume|away|qbytes|presence:(.+)|links:(.+)|queue:(.+))$")
+                     r"resume|away|qbytes|presence:(.+)|links:(.+)|queue:(.+)|pjqb?:(.+))$")
     rooms = {}
     for key in r.scan_iter(match=f"{prefix}:{{*}}:*", count=1000):
         if key.startswith(prefix + ":{#"):
@@ -25,8 +25,12 @@ def _room_keys(r, prefix):
             rooms.setdefault("?", {}).setdefault("unknown", []).append(key)
             continue
         room, kind = m.group(1), m.group(2)
-        ent = rooms.setdefault(room, {"presence": [], "links": [], "unknown": [], "queue": []})
-        if m.group(5) is not None:
+        ent = rooms.setdefault(room, {"presence": [], "links": [], "unknown": [], "queue": [],
+                                      "pjq": []})
+        if m.group(6) is not None:
+            # PeerJS messages waiting for an id that may not be a member yet (docs/peerjs.md)
+            ent["pjq"].append(m.group(6))
+        elif m.group(5) is not None:
             ent["queue"].append(m.group(5))
         elif m.group(3) is not None:
             ent["presence"].append(m.group(3))
@@ -238,7 +242,7 @@ def check(r, prefix="sb", presence=True):
         return keyspace.bucket_tag(room, cluster)
 
     total = {"rooms": 0, "members": 0, "links": 0, "linked": 0, "away": 0}
-    fig = ("rooms", "members", "links", "linked", "away")
+    fig = ("rooms", "members", "links", "linked", "away", "pj_members", "pj_links", "pj_away")
     want_b = {}
     for room in nonempty:
         w = want_b.setdefault(tag_of(room), dict({k: 0 for k in fig}, set=set()))
@@ -246,6 +250,9 @@ def check(r, prefix="sb", presence=True):
         w["set"].add(room)
         for k in ("members", "links", "linked", "away"):
             w[k] += room_figures[room][k]
+            # The PeerJS share (docs/peerjs.md): the same figures of the "~pj.K" rooms.
+            if room.startswith("~pj.") and k != "linked":
+                w["pj_" + k] += room_figures[room][k]
     for tag in sorted(set(buckets) | set(want_b)):
         b = buckets.get(tag, {"stats": {}, "rooms": set(), "sockets": {}, "away": {}})
         w = want_b.get(tag, dict({k: 0 for k in fig}, set=set()))
@@ -261,7 +268,7 @@ def check(r, prefix="sb", presence=True):
             bad.append(f"bucket {tag} rooms {sorted(b['rooms'])} != its non-empty rooms "
                        f"{sorted(w['set'])}")
         for k in total:
-            total[k] += have[k]
+            total[k] += have.get(k, 0)
     if total != sums:
         bad.append(f"buckets' total {total} != sum of rooms {sums}")
 

@@ -54,7 +54,7 @@ run_suite "integration (normal)" env SWITCHBOARD_BUILD="$root/build" \
 run_suite "integration on a Redis Cluster (normal)" env SB_REDIS=cluster SWITCHBOARD_BUILD="$root/build" \
     $py -m pytest -q -p no:cacheprovider tests/integration/test_02_protocol.py \
     tests/integration/test_admin_reconcile.py tests/integration/test_08_chaos.py \
-    tests/integration/test_15_resume.py \
+    tests/integration/test_15_resume.py tests/integration/test_16_peerjs.py \
     --junitxml="$out/results/integration-cluster.xml"
 if [ -z "${SB_TEST_QUICK:-}" ]; then
     run_suite "integration (asan)" env SWITCHBOARD_BUILD="$root/build-asan" \

@@ -17,6 +17,26 @@ if string.sub(KEYS[2] or '', -6) ~= ':stats' or string.sub(bucket, 1, #P + 3) ~=
 end
 local gstats = KEYS[2]
 
+-- PeerJS (docs/peerjs.md): the ids of PeerJS key K are the members of the room "~pj.K". Its
+-- share of the bucket's members, links and away is also kept in pj_members, pj_links and
+-- pj_away, changed with the totals in the same call, so native = total - pj_* never drifts.
+local pj_room = string.sub(R, 1, 4) == '~pj.'
+local pj_fields = {members = 'pj_members', links = 'pj_links', away = 'pj_away'}
+
+-- The PeerJS messages waiting for id D: the list P:{R}:pjq:D ("F FRAME" items) and its byte
+-- count P:{R}:pjqb:D.
+local function pj_queue(D)
+    return base .. 'pjq:' .. D, base .. 'pjqb:' .. D
+end
+
+-- HINCRBY of a bucket figure (and of its PeerJS share for a PeerJS room).
+local function bucket_add(field, delta)
+    redis.call('HINCRBY', gstats, field, delta)
+    if pj_room and pj_fields[field] then
+        redis.call('HINCRBY', gstats, pj_fields[field], delta)
+    end
+end
+
 -- A slot being migrated (lua/README.md, "Slot migrations"): the room's keys may be split
 -- between the source and the target, and Redis checks only KEYS, not the names derived here.
 -- The source refuses a key that is not there ("non local key") after earlier writes stood, and
@@ -77,7 +97,7 @@ end
 -- never got past the clock; the new one starts above it (unless the clock steps back).
 local function open_room()
     if redis.call('SADD', bucket .. 'rooms', R) == 1 then
-        redis.call('HINCRBY', gstats, 'rooms', 1)
+        bucket_add('rooms', 1)
     end
     local seq0 = clock_seq()
     local old = tonumber(redis.call('HGET', base .. 'stats', 'seq') or '0') or 0
@@ -107,7 +127,7 @@ local function add_member(S, N, E, meta)
     redis.call('HSET', base .. 'members', S, rec)
     redis.call('HINCRBY', base .. 'nodes', N, 1)
     redis.call('HINCRBY', base .. 'stats', 'members', 1)
-    redis.call('HINCRBY', gstats, 'members', 1)
+    bucket_add('members', 1)
     local seq = redis.call('HINCRBY', base .. 'stats', 'seq', 1)
     publish_room('{"t":"join","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
         ',"id":' .. cjson.encode(S) .. ',"node":' .. cjson.encode(N) .. ',"meta":' .. meta .. '}')
@@ -133,10 +153,10 @@ local function count_link(S, B, delta)
         end
     end
     redis.call('HINCRBY', base .. 'stats', 'links', delta)
-    redis.call('HINCRBY', gstats, 'links', delta)
+    bucket_add('links', delta)
     if linked ~= 0 then
         redis.call('HINCRBY', base .. 'stats', 'linked', linked)
-        redis.call('HINCRBY', gstats, 'linked', linked)
+        bucket_add('linked', linked)
     end
 end
 
@@ -221,16 +241,38 @@ end
 -- no node is left to expire it), seq + 1 and the "away" event. Returns seq, deadline.
 local function mark_away(S, holder, grace)
     local deadline = clock_ms() + grace
-    local ids = redis.call('HKEYS', base .. 'members')
+    -- A PeerJS reclaim tells no joined/left (and the key's room may hold thousands of ids).
+    local ids = pj_room and {} or redis.call('HKEYS', base .. 'members')
     redis.call('HSET', base .. 'away', S, int(deadline) .. ' ' .. table.concat(ids, ' '))
     redis.call('ZADD', bucket .. 'away', int(deadline), R .. ' ' .. S)
     redis.call('HINCRBY', base .. 'stats', 'away', 1)
-    redis.call('HINCRBY', gstats, 'away', 1)
+    bucket_add('away', 1)
     redis.call('SET', base .. 'presence:' .. S, holder, 'PX', int(grace))
     local seq = redis.call('HINCRBY', base .. 'stats', 'seq', 1)
     publish_room('{"t":"away","room":' .. cjson.encode(R) .. ',"seq":' .. int(seq) ..
         ',"id":' .. cjson.encode(S) .. '}')
     return seq, deadline
+end
+
+-- Member S (its record rec) is held by node N, epoch E, from now on, its meta kept: the
+-- record, the room's node counts and the socket index entry move from its old node (a takeover:
+-- session_resume, pj_claim). Returns the old node (nil when unreadable) and the meta text.
+local function move_member(S, rec, N, E)
+    local old = node_of(rec)
+    local at = string.find(rec, ',"meta":', 1, true)
+    local meta = at and string.sub(rec, at + 8, -2) or '{}'
+    redis.call('HSET', base .. 'members', S, '{"node":' .. cjson.encode(N) .. ',"epoch":' ..
+        cjson.encode(E) .. ',"meta":' .. meta .. '}')
+    if old ~= N then
+        if old then
+            if redis.call('HINCRBY', base .. 'nodes', old, -1) <= 0 then
+                redis.call('HDEL', base .. 'nodes', old)
+            end
+            redis.call('SREM', node_index(old), R .. ' ' .. S)
+        end
+        redis.call('HINCRBY', base .. 'nodes', N, 1)
+    end
+    return old, meta
 end
 
 -- Clears S's away state (entry, index, queue, counters). 1 when S was away.
@@ -242,6 +284,6 @@ local function drop_away(S)
     redis.call('DEL', base .. 'queue:' .. S)
     redis.call('HDEL', base .. 'qbytes', S)
     redis.call('HINCRBY', base .. 'stats', 'away', -1)
-    redis.call('HINCRBY', gstats, 'away', -1)
+    bucket_add('away', -1)
     return 1
 end

@@ -127,6 +127,14 @@ def test_05_script_flush_is_survived(cluster, redis_server):
     (["--tls-cert", "/etc/hostname"], {}, "--tls-key"),
     (["--turn-url", "turn:127.0.0.1:3478"], {}, "--turn-secret-file"),
     (["--log-level", "loud"], {}, "--log-level"),
+    (["--peerjs-key", "bad key"], {}, "--peerjs-key"),
+    (["--peerjs-key", "k" * 33], {}, "--peerjs-key"),
+    (["--peerjs-path", "noslash"], {}, "--peerjs-path"),
+    (["--peerjs-path", "/ws"], {}, "--peerjs-path"),
+    (["--peerjs-path", "/a/"], {}, "--peerjs-path"),
+    (["--peerjs-discovery", "maybe"], {}, "--peerjs-discovery"),
+    (["--peerjs-expire-timeout-ms", "0"], {}, "--peerjs-expire-timeout-ms"),
+    ([], {"SWITCHBOARD_PEERJS_ALIVE_TIMEOUT_MS": "x"}, "SWITCHBOARD_PEERJS_ALIVE_TIMEOUT_MS"),
 ])
 def test_06_bad_options_exit_2(args, env, needle):
     p = subprocess.run([node_binary()] + args, env=dict(os.environ, **env), capture_output=True,

@@ -15,11 +15,12 @@ import redis
 from conftest import LUA_DIR, PREFIX, ROOT, script_files, script_text, snapshot
 from spubsub import ShardedSubscriber
 import invariants
+import keyspace
 
 TTL = 15000
 SCRIPTS = {"room_join", "room_remove", "link_set", "room_read", "room_assert", "room_check",
            "session_away", "session_queue", "session_resume",
-           "stats_check", "admin_lock", "bucket_read"}
+           "stats_check", "admin_lock", "bucket_read", "pj_claim", "pj_send", "pj_expire"}
 
 
 def K(room, what):
@@ -134,7 +135,20 @@ def test_lib_is_pasted_where_declared_and_the_shebang_stays_first(r, sb):
              "session_away": ("A", "n1", ""),
              "session_queue": ("A", "B", "1", 10, 100),
              "session_resume": ("A", "h", "", "", "n2", "e2", "h2", 1000, TTL)}
-    assert set(calls) == users
+    # The PeerJS scripts take a PeerJS key's room (docs/peerjs.md).
+    pj_calls = {"pj_claim": ("A", "n1", "e1", "h", TTL, 0, "", "1"),
+                "pj_send": ("B", "A", '{"type":"OFFER"}', "1", 10, 1000, 5000),
+                "pj_expire": ("B", "A")}
+    assert set(calls) | set(pj_calls) == users
+    for name, args in pj_calls.items():
+        r.flushall()
+        room = "~pj.k"
+        with open(os.path.join(LUA_DIR, name + ".lua")) as fh:
+            raw = fh.read()
+        bk = f"{PREFIX}:{{{keyspace.bucket_tag(room, False)}}}:stats"
+        with pytest.raises(redis.ResponseError, match="nonexistent global"):
+            r.eval(raw, 2, K(room, "members"), bk, PREFIX, room, *args)
+        r.evalsha(sb.sha[name], 2, K(room, "members"), bk, PREFIX, room, *args)
     for name, args in calls.items():
         r.flushall()
         sb.join("a", "A")
@@ -1041,11 +1055,16 @@ def test_bucket_read_sums_buckets_and_lists_the_nonempty(r, sb, writes_nothing):
     r.hset(f"{PREFIX}:{{#7}}:stats", mapping={"rooms": 2, "members": 3, "links": 0, "linked": 0})
     sha = sb.sha["bucket_read"]
     with writes_nothing():
-        assert r.evalsha(sha, 0, PREFIX, "rooms", "#", "#7", "#8") == [4, 6, 1, 2, 0, "#", "#7"]
-        assert r.evalsha(sha, 0, PREFIX, "node:n2:sockets", "#", "#7") == [4, 6, 1, 2, 0, "#"]
-        assert r.evalsha(sha, 0, PREFIX, "node:n9:sockets", "#", "#7") == [4, 6, 1, 2, 0]
-        assert r.evalsha(sha, 0, PREFIX, "", "#8") == [0, 0, 0, 0, 0]
+        assert r.evalsha(sha, 0, PREFIX, "rooms", "#", "#7", "#8") == \
+            [4, 6, 1, 2, 0, 0, 0, 0, "#", "#7"]
+        assert r.evalsha(sha, 0, PREFIX, "node:n2:sockets", "#", "#7") == \
+            [4, 6, 1, 2, 0, 0, 0, 0, "#"]
+        assert r.evalsha(sha, 0, PREFIX, "node:n9:sockets", "#", "#7") == [4, 6, 1, 2, 0, 0, 0, 0]
+        assert r.evalsha(sha, 0, PREFIX, "", "#8") == [0, 0, 0, 0, 0, 0, 0, 0]
     r.hset(f"{PREFIX}:{{#7}}:stats", "away", 2)  # the away figure is summed too
-    assert r.evalsha(sha, 0, PREFIX, "", "#", "#7") == [4, 6, 1, 2, 2]
+    assert r.evalsha(sha, 0, PREFIX, "", "#", "#7") == [4, 6, 1, 2, 2, 0, 0, 0]
+    # and the PeerJS share (docs/peerjs.md), after the totals
+    r.hset(f"{PREFIX}:{{#7}}:stats", mapping={"pj_members": 3, "pj_links": 1, "pj_away": 1})
+    assert r.evalsha(sha, 0, PREFIX, "", "#", "#7") == [4, 6, 1, 2, 2, 3, 1, 1]
     with pytest.raises(redis.ResponseError, match="bad arguments"):
         r.evalsha(sha, 0, "")
