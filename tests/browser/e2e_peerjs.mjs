@@ -9,10 +9,12 @@
 //   - peer.connect(): a DataConnection, several messages each way, exact and in order;
 //   - peer.call() with Chromium's fake camera and microphone: the callee answers, both get the
 //     remote stream with live audio and video tracks, and RTP bytes arrive on both;
-//   - the admin counts the PeerJS users and the link (mesh-status "peerjs", or, until the
-//     admin has it, the bucket's pj_members / pj_links fields in Redis);
+//   - the admin counts the PeerJS users, no link before a connection and one after
+//     (mesh-status "peerjs", or, until the admin has it, the bucket's pj_members / pj_links);
 //   - peer.connect("no-such-id-xyz") gives the client's `peer-unavailable` error (the server's
-//     EXPIRE after --peerjs-expire-timeout-ms) and the Peer stays open;
+//     EXPIRE, not before --peerjs-expire-timeout-ms) and the Peer stays open;
+//   - a connect() to an id nobody holds yet, claimed a second later by a third page: the
+//     connection opens and no peer-unavailable follows;
 //   - kill -9 of one page's node (pid from cluster.sh's state dir): that Peer gets
 //     `disconnected`, the page calls peer.reconnect(), it is `open` again with the same id on
 //     another node through the balancer; the DataConnection made before the kill still carries
@@ -45,6 +47,14 @@ const MAX_RESTARTS = 3; // new Peers for bob when the balancer put him on alice'
 const MAX_RECONNECTS = 3; // reconnect() calls after the kill (one more when one lands badly)
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const HERE = path.join(ROOT, 'tests/browser');
+
+function optionalClusterEnv(key) {
+    try {
+        return clusterEnv(key);
+    } catch {
+        return null;
+    }
+}
 
 function env(name) {
     const v = process.env[name];
@@ -141,17 +151,19 @@ async function waitEvent(u, kind, { n = 1, timeoutMs = 15000, bad = ['error'] } 
     return r.event;
 }
 
-async function startPeer(u, target) {
+// A new Peer on u's page: with `id`, that id; else one the server assigns (a UUID v4).
+async function startPeer(u, target, id = null) {
     const t = new URL(target);
-    await u.b.page.evaluate((o) => window.pj.start(o), {
+    await u.b.page.evaluate(([i, o]) => window.pj.start(i, o), [id, {
         host: t.hostname, port: Number(t.port), path: PJ_PATH, key: KEY, secure: false, debug: 1,
         // Loopback only: no STUN or TURN server (the default ones are on the Internet).
         config: { iceServers: [] },
-    });
+    }]);
     const open = await waitEvent(u, 'open');
     u.id = (await state(u)).id;
     assert(open.id === u.id, `${u.name}: open gave ${open.id}, peer.id is ${u.id}`);
-    assert(UUID_V4.test(u.id), `${u.name}: server-assigned id ${u.id} is not a UUID v4`);
+    if (id) assert(u.id === id, `${u.name}: asked for id ${id}, got ${u.id}`);
+    else assert(UUID_V4.test(u.id), `${u.name}: server-assigned id ${u.id} is not a UUID v4`);
 }
 
 // The nodes of the cluster (cluster.sh's pids/node*) that hold `id` in their socket index.
@@ -277,6 +289,8 @@ async function main() {
     console.log(`# PeerJS target ${target}${reference ? ' (reference server peer 1.0.2)' : ' (load balancer)'}; pages from ${pageUrl}; peerjs client ` +
         JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules/peerjs/package.json'), 'utf8')).version);
     const needsSwitchboard = (name) => steps.skip(name, 'needs Switchboard (PEERJS_TARGET=reference)');
+    // The server's expire timeout: cluster.env's, else the default of both servers.
+    const expireMs = reference ? 5000 : Number(optionalClusterEnv('SWITCHBOARD_PEERJS_EXPIRE_TIMEOUT_MS') || 5000);
 
     if (reference) needsSwitchboard('admin-baseline');
     else {
@@ -309,6 +323,13 @@ async function main() {
         wentThrough(bob, target);
         return `alice ${alice.id} on ${alice.node}, bob ${bob.id} on ${bob.node} (${restarts} new Peer(s) for bob); ids and WebSockets through ${target}`;
     });
+
+    // Both ids claimed, no connection yet: no link.
+    if (reference) needsSwitchboard('admin-counts-peerjs-users-no-link-yet');
+    else {
+        await steps.run('admin-counts-peerjs-users-no-link-yet', async () => pjNote(await waitPj(ctx, { users: 2, links: 0 })),
+            { independent: true });
+    }
 
     let dc;
     let dcGot;
@@ -363,7 +384,37 @@ async function main() {
         assert(others.length === 0, `alice's Peer also emitted ${JSON.stringify(others)}`);
         assert(s.open && !s.disconnected && !s.destroyed, `alice's Peer is not open after peer-unavailable: ${JSON.stringify(s)}`);
         assert(/no-such-id-xyz/.test(e.msg), `error message ${e.msg} does not name the id`);
-        return `after ${e.at - t0} ms: "${e.msg}"; the Peer stays open`;
+        // Not before the expire timeout: until then a claim of the id would still get the offer.
+        assert(e.at - t0 >= expireMs, `peer-unavailable after ${e.at - t0} ms, before the expire timeout (${expireMs} ms)`);
+        return `after ${e.at - t0} ms (expire timeout ${expireMs} ms): "${e.msg}"; the Peer stays open`;
+    });
+
+    // PeerJS's "connect before the other side is up": alice connects to an id nobody holds yet;
+    // carol claims it a second later (a new page, wherever the balancer puts it) and gets the
+    // queued offer after OPEN; the connection opens and no peer-unavailable follows.
+    await steps.run('connect-before-the-id-is-claimed', async () => {
+        const carolId = `carol-${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
+        const carol = await openPeerPage('carol', pageUrl);
+        ctx.carol = carol;
+        const t0 = Date.now();
+        const id = await alice.b.page.evaluate((to) => window.pj.connect(to), carolId);
+        await new Promise((r) => setTimeout(r, 1000));
+        await startPeer(carol, target, carolId);
+        await waitFor(`alice -> carol DataConnection ${id} open on both ends`, async () => {
+            const mine = await conn(alice, { id });
+            const theirs = (await state(carol)).conns.find((c) => c.id === id);
+            return mine?.open && theirs?.open && theirs.incoming && theirs.peer === alice.id;
+        }, { timeoutMs: 20000 });
+        await exchange(alice, carol, id, 'late', 2);
+        const rest = t0 + expireMs + 2000 - Date.now();
+        if (rest > 0) await new Promise((r) => setTimeout(r, rest));
+        const late = (await state(alice)).events.filter((x) => x.at >= t0);
+        assert(late.length === 0, `alice's Peer emitted ${JSON.stringify(late)}`);
+        const where = reference ? '' : ` on ${await nodeOf(ctx, carol)}`;
+        await carol.b.page.evaluate(() => window.pj.destroy());
+        await closeBrowser(carol.b);
+        return `carol claimed ${carolId}${where} 1 s after alice's connect; connection ${id} opened, 2 messages each way; ` +
+            `no peer-unavailable ${expireMs + 2000} ms after the connect; carol's Peer destroyed`;
     });
 
     // Reference server: its WebSocket of alice is dropped (TCP reset) instead of a node kill.
@@ -449,7 +500,7 @@ async function main() {
     }
 
     await steps.run('no-page-errors', async () => {
-        const problems = [alice, bob].flatMap((u) => u.b.problems.map((p) => `${u.name}: ${p}`));
+        const problems = [alice, bob, ctx.carol].filter(Boolean).flatMap((u) => u.b.problems.map((p) => `${u.name}: ${p}`));
         assert(problems.length === 0, problems.join('\n'));
     });
 }

@@ -37,8 +37,9 @@
         call.on('error', (e) => rec.errors.push(`${e.type}: ${e.message}`));
     }
 
-    function start(options) {
-        peer = new window.Peer(options);
+    // id: the id to claim, or null for one from the server.
+    function start(id, options) {
+        peer = id ? new window.Peer(id, options) : new window.Peer(options);
         peer.on('open', (id) => ev('open', { id }));
         peer.on('disconnected', (id) => ev('disconnected', { id }));
         peer.on('close', () => ev('close', {}));
