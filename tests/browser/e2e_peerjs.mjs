@@ -242,7 +242,11 @@ async function exchange(a, b, id, tag, count, before = { a: [], b: [] }) {
 // bucket's pj_* fields (lua/README.md: P:{#}:stats on a single Redis).
 async function pjFigures(ctx) {
     const s = await meshStatus(ctx.admin);
-    if (s.peerjs) return { users: s.peerjs.users, links: s.peerjs.links, away: s.peerjs.away, from: 'mesh-status peerjs' };
+    if (s.peerjs) {
+        // The native share too: the PeerJS sockets must not count there.
+        return { users: s.peerjs.users, links: s.peerjs.links, away: s.peerjs.away, from: 'mesh-status peerjs',
+            native: s.native && { users: s.native.users, links: s.native.links } };
+    }
     const lines = await ctx.redis('HGETALL', `${ctx.prefix}:{#}:stats`);
     const h = {};
     for (let i = 0; i + 1 < lines.length; i += 2) h[lines[i]] = Number(lines[i + 1]);
@@ -253,16 +257,19 @@ async function waitPj(ctx, want, timeoutMs = 10000) {
     const b = ctx.baseline;
     let last = null;
     try {
-        return await waitFor(`PeerJS users ${b.users + want.users}, links ${b.links + want.links}`, async () => {
+        return await waitFor(`PeerJS users ${b.users + want.users}, links ${b.links + want.links}` +
+            (b.native ? `, native share unchanged ${JSON.stringify(b.native)}` : ''), async () => {
             last = await pjFigures(ctx);
-            return last.users === b.users + want.users && last.links === b.links + want.links ? last : null;
+            const native = !b.native || JSON.stringify(last.native) === JSON.stringify(b.native);
+            return last.users === b.users + want.users && last.links === b.links + want.links && native ? last : null;
         }, { timeoutMs, intervalMs: 100 });
     } catch (e) {
         throw new Error(`${e.message}; last seen ${JSON.stringify(last)} (baseline ${JSON.stringify(b)})`);
     }
 }
 
-const pjNote = (f) => `users ${f.users}, links ${f.links}, away ${f.away} (${f.from})`;
+const pjNote = (f) => `users ${f.users}, links ${f.links}, away ${f.away} (${f.from})` +
+    (f.native ? `; native users ${f.native.users}, links ${f.native.links}` : '');
 
 async function main() {
     const reference = env('PEERJS_TARGET') === 'reference';
