@@ -15,7 +15,8 @@
 -- too. Down removes both halves; the link ends when both existed. A formed or ended link
 -- updates links (room and bucket), both ends' degrees, and linked when a degree goes 0<->1,
 -- and publishes {"t":"link",...,"state":...} stamped with the room's CURRENT seq (a link is not
--- a membership change) to the nodes of S and B, once when they share a node.
+-- a membership change) to the nodes of S and B, once when they share a node. In a PeerJS room
+-- ("~pj.K") the reverse index P:{R}:rlinks:B follows each half (lib/room.lua, half_add).
 -- Does not: increment seq; publish anything when nothing formed or ended (idempotent).
 
 local P, R, S, B, state, N = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -41,17 +42,16 @@ if not recs[2] or B == S then
     return {'peer-not-found'}
 end
 
-local mine = base .. 'links:' .. S
 local theirs = base .. 'links:' .. B
 local changed = 0
 local delta = 0
 if state == 'up' then
-    if redis.call('SADD', mine, B) == 1 and redis.call('SISMEMBER', theirs, S) == 1 then
+    if half_add(S, B) == 1 and redis.call('SISMEMBER', theirs, S) == 1 then
         changed, delta = 1, 1
     end
 else
-    local a = redis.call('SREM', mine, B)
-    local b = redis.call('SREM', theirs, S)
+    local a = half_del(S, B)
+    local b = half_del(B, S)
     if a == 1 and b == 1 then
         changed, delta = 1, -1
     elseif b == 1 then

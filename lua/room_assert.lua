@@ -58,12 +58,11 @@ if record ~= '' and not resume_of(S) then
     set_resume(S, rr.h, rr.o or '', rr.u or '', rr.g or 0)
 end
 
-local mine = base .. 'links:' .. S
 local my_node = node_of(redis.call('HGET', members, S))
 for i = 9, #ARGV do
     local B = ARGV[i]
     local rec = B ~= S and redis.call('HGET', members, B)
-    if rec and redis.call('SADD', mine, B) == 1 and
+    if rec and half_add(S, B) == 1 and
         redis.call('SISMEMBER', base .. 'links:' .. B, S) == 1 then
         count_link(S, B, 1)
         announce_link(S, B, 'up', my_node, node_of(rec))

@@ -9,7 +9,8 @@
 --          counter_fixes    wrong fields of P:{R}:stats (members, links, linked, a missing seq),
 --                           of P:{R}:nodes, a missing socket index entry, R missing from its
 --                           bucket's rooms index P:{T}:rooms
---          half_link_fixes  halves removed because they pointed at a non-member (or at S itself)
+--          half_link_fixes  halves removed because they pointed at a non-member (or at S itself);
+--                           in a PeerJS room also reverse index entries (rlinks) fixed
 --          degree_fixes     wrong, missing or extra fields of P:{R}:degree
 --          S1, S2, ...      members without a presence key, for the admin to reap with
 --                           room_remove "expired" (re-checked there)
@@ -94,11 +95,38 @@ for _, S in ipairs(ids) do
         if is_member[B] and B ~= S then
             h[B] = true
         else
-            redis.call('SREM', key, B)
+            half_del(S, B)
             half_fixes = half_fixes + 1
         end
     end
     halves[S] = h
+end
+if pj_room then
+    -- The reverse index: exactly who holds a half towards each member (O(links), not
+    -- members x members: a PeerJS key may hold thousands of ids).
+    local want = {}
+    for S, h in pairs(halves) do
+        for B in pairs(h) do
+            want[B] = want[B] or {}
+            want[B][S] = true
+        end
+    end
+    for _, B in ipairs(ids) do
+        local key = base .. 'rlinks:' .. B
+        local w = want[B] or {}
+        for _, S in ipairs(redis.call('SMEMBERS', key)) do
+            if w[S] then
+                w[S] = nil
+            else
+                redis.call('SREM', key, S)
+                half_fixes = half_fixes + 1
+            end
+        end
+        for S in pairs(w) do
+            redis.call('SADD', key, S)
+            half_fixes = half_fixes + 1
+        end
+    end
 end
 local deg = {}
 local degree_sum, linked = 0, 0

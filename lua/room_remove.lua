@@ -27,7 +27,8 @@
 -- to lapse at the deadline is gone) is published with reason "disconnect". Every removal also
 -- drops S's resume record and away state (queue included), with the away counters.
 --
--- Does: removes S's halves and every member's half towards S (a link counts as formed, and is
+-- Does: removes S's halves and every member's half towards S (in a PeerJS room, "~pj.K", those
+-- listed by the reverse index P:{R}:rlinks:S, deleted with them; a link counts as formed, and is
 -- removed from the counters, when both halves existed), degrees, linked, the record, presence,
 -- P:{R}:nodes count, socket index entry, members counters of the room and its bucket. An
 -- empty room is deleted (its keys, the bucket's rooms index and rooms figure; any figure it
@@ -121,7 +122,10 @@ for _, p in ipairs(redis.call('SMEMBERS', mylinks)) do
     mine[p] = true
     peers[#peers + 1] = p
 end
-for _, m in ipairs(redis.call('HKEYS', members)) do
+-- Who may hold a half towards S: every member, or in a PeerJS room (thousands of ids) the
+-- reverse index of those who do (lib/room.lua, half_add).
+for _, m in ipairs(redis.call(pj_room and 'SMEMBERS' or 'HKEYS',
+    pj_room and base .. 'rlinks:' .. S or members)) do
     if not mine[m] then
         peers[#peers + 1] = m
     end
@@ -129,7 +133,7 @@ end
 local removed, linked_delta = 0, 0
 for _, p in ipairs(peers) do
     if p ~= S then
-        local theirs = redis.call('SREM', base .. 'links:' .. p, S)
+        local theirs = half_del(p, S)
         if theirs == 1 and mine[p] then
             removed = removed + 1
             local d = redis.call('HINCRBY', degree, p, -1)
@@ -142,7 +146,10 @@ for _, p in ipairs(peers) do
         end
     end
 end
-redis.call('DEL', mylinks)
+for p in pairs(mine) do
+    half_del(S, p)
+end
+redis.call('DEL', mylinks, base .. 'rlinks:' .. S)
 local mydeg = tonumber(redis.call('HGET', degree, S) or '0')
 redis.call('HDEL', degree, S)
 if mydeg > 0 then

@@ -25,10 +25,16 @@ static void on_db_state(sb_cluster_t *c, int up, void *data)
     n->db_up = up;
     if (up) {
         sb_presence_on_up(n);
-    } else {
+    } else if (!(n->cluster && sb_cluster_partly_up(n->db))) {
         n->instance_ok = 0;
         n->lease_ok = 0;
     }
+    /* A Redis Cluster with some primaries still connected keeps both marks: the lease is
+     * written (and lease_ok set or cleared) by every heartbeat, and the instance was verified
+     * on shards that lost nothing (a shard that comes back empty is a topology change, and a
+     * changed P:instance is found by the next heartbeat). Clearing them made every node
+     * unready while the shard holding P:instance was down. A total outage clears them (here,
+     * or in the heartbeat when the last primary goes: sb_presence_heartbeat_now). */
 }
 
 static void on_db_topology(sb_cluster_t *c, const unsigned char *affected, const char *why,

@@ -49,6 +49,11 @@ typedef struct sb_seat sb_seat_t; /* a socket's place in a room: route.c's, opaq
  * in one piece). */
 #define SB_WRITE_BATCH 65536
 
+/* Longest Origin header a session keeps (a longer one counts as none, as when the session held
+ * it in a 128-byte array), and longest reason text of the close frames we send. */
+#define SB_ORIGIN_MAX 127
+#define SB_CLOSE_REASON_MAX 63
+
 typedef struct sb_outmsg {
     struct sb_outmsg *next;
     size_t len;
@@ -74,7 +79,8 @@ typedef struct sb_session {
     int idle_killed;                /* hung up: a ping went unanswered past --ping-timeout-ms */
     int peer_close;                 /* the code of the client's close frame (1005: none given;
                                      * 0: no close frame) */
-    char origin[128];               /* its Origin header ("" without): a resume must match it */
+    char *origin;                   /* its Origin header (malloc'd; NULL without one, or one over
+                                     * SB_ORIGIN_MAX): a resume must match it */
     struct sb_session *prev, *next; /* node's list of live sessions */
 
     sb_outmsg_t *qhead, *qtail;
@@ -85,9 +91,9 @@ typedef struct sb_session {
     char *rx;
     size_t rxlen, rxcap;
     sb_bucket_t bucket;
-    int close_code; /* != 0: close with it at the next chance */
-    char close_reason[64];
-    int close_sent; /* our close frame is written */
+    int close_code;     /* != 0: close with it at the next chance */
+    char *close_reason; /* malloc'd at the close (at most SB_CLOSE_REASON_MAX bytes), or NULL */
+    int close_sent;     /* our close frame is written */
     /* On the node's flush list: frames queued this loop iteration, written before it waits. */
     int flush_listed;
     struct sb_session *flush_prev, *flush_next;

@@ -85,7 +85,8 @@ void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char 
     sb_warn("Redis may have lost data (%s): re-asserted %d sockets, the lease and their link "
             "halves",
             why, count);
-    write_lease(n, on_lease, n);
+    if (write_lease(n, on_lease, n) != 0)
+        n->lease_ok = 0;
     /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
      * notice (on reconnect, or at their next heartbeat at the latest); a resync before then
      * would tell clients their peers left. */
@@ -257,6 +258,12 @@ void sb_presence_heartbeat_now(sb_node_t *n)
      * is not connected. Without this the admin reaped every socket of the node. */
     if (!n->db_up && !n->cluster)
         return;
+    if (n->cluster && !n->db_up && !sb_cluster_partly_up(n->db)) {
+        /* Every primary lost (on_db_state kept the marks while some were left): verify the
+         * instance and write the lease again before being ready. */
+        n->instance_ok = 0;
+        n->lease_ok = 0;
+    }
     round_t *rd = round_new(n);
     if (!rd)
         return;
@@ -278,7 +285,8 @@ void sb_presence_heartbeat_now(sb_node_t *n)
         sb_session_ref(s);
         rd->todo[rd->ntodo++] = s;
     }
-    write_lease(n, on_lease, n);
+    if (write_lease(n, on_lease, n) != 0)
+        n->lease_ok = 0; /* its slot's primary is not connected: not written */
     if (rd->todo) {
         rd->refs++; /* the round's own reference for sending, dropped by send_refreshes */
         send_refreshes(rd);
@@ -293,8 +301,12 @@ static void on_heartbeat(uv_timer_t *t)
 
 void sb_presence_on_up(sb_node_t *n)
 {
-    n->instance_ok = 0;
-    n->lease_ok = 0;
+    /* A single Redis may be back empty: nothing counts before the instance is read again. A
+     * cluster back from a partial outage keeps its marks (on_db_state in main.c). */
+    if (!n->cluster) {
+        n->instance_ok = 0;
+        n->lease_ok = 0;
+    }
     round_t *rd = round_new(n);
     if (rd) {
         get_instance(n, rd);

@@ -22,5 +22,5 @@ int sb_resume_token(char *token, char *hash)
     /* Two socket ids: 2 x 128 random bits, base64url. */
     if (sb_proto_new_sid(token, 23) != 0 || sb_proto_new_sid(token + 22, 23) != 0)
         return -1;
-    return sb_resume_hash(token, hash);
+    return hash ? sb_resume_hash(token, hash) : 0;
 }

@@ -30,8 +30,8 @@ typedef struct {
 struct sb_seat {
     sb_session_t *s;
     seat_state_t state;
-    room_t *room;     /* JOINING/JOINED/LEAVING */
     int in_redis;     /* the join script succeeded and no removal has yet */
+    room_t *room;     /* JOINING/JOINED/LEAVING */
     char *meta_json;  /* compact meta as stored in Redis (with sub), once a join passed auth */
     char *maybe_room; /* a join that timed out may have run there: undone before joining
                        * elsewhere and at close (malloc'd, or NULL) */
@@ -40,15 +40,17 @@ struct sb_seat {
     int nhalves;
     int awaiting_token; /* in the node's token-timeout queue */
     sb_seat_t *auth_prev, *auth_next;
-    /* Session resume. token: the resume token `joined`/`resumed` carries; tok_hash its
-     * SHA-256, the socket's incarnation in Redis ("" when none). */
-    char token[SB_RESUME_TOKEN_MAX + 1];
-    char tok_hash[SB_RESUME_HASH_LEN + 1];
-    char *sub;    /* JWT subject of the join (the resume record's), or NULL */
-    int used;     /* a join or resume was asked: a resume must be the first message */
-    int resuming; /* JOINING by a resume: `resumed`, not `joined`, completes it */
-    int renamed;  /* resuming under the old id already (fresh_id is the welcome's) */
-    char fresh_id[SB_SID_MAX + 1];
+    /* Session resume. token: the resume token the coming `joined`/`resumed` carries
+     * (malloc'd from the request to that reply, else NULL); tok_hash its SHA-256, binary, the
+     * socket's incarnation in Redis when has_hash (hex where a script takes it: hash_hex). */
+    char *token;
+    unsigned char tok_hash[SB_RESUME_HASH_LEN / 2];
+    int has_hash;
+    int used;           /* a join or resume was asked: a resume must be the first message */
+    char *sub;          /* JWT subject of the join (the resume record's), or NULL */
+    int resuming;       /* JOINING by a resume: `resumed`, not `joined`, completes it */
+    int renamed;        /* resuming under the old id already (fresh_id is the welcome's) */
+    char *fresh_id;     /* during a resume: the welcome's id (malloc'd), else NULL */
     char *resumed_tail; /* ,"joined":[...],"left":[...],"links":[...] of the `resumed` reply */
     char **queued;      /* "F DATA" signals queued while away, sent after `resumed` */
     size_t nqueued;
@@ -144,6 +146,43 @@ static void auth_unlink(sb_node_t *n, sb_seat_t *t)
     t->awaiting_token = 0;
 }
 
+/* The seat's token hash in hex, as scripts take it ("" when it has none). Returns out. */
+static const char *hash_hex(const sb_seat_t *t, char out[SB_RESUME_HASH_LEN + 1])
+{
+    out[0] = '\0';
+    for (size_t i = 0; t->has_hash && i < sizeof t->tok_hash; i++)
+        snprintf(out + 2 * i, 3, "%02x", t->tok_hash[i]);
+    return out;
+}
+
+/* The seat has no token nor token hash (no incarnation of its own in Redis). */
+static void token_clear(sb_seat_t *t)
+{
+    free(t->token);
+    t->token = NULL;
+    t->has_hash = 0;
+}
+
+/* The seat's token hash from hex (SB_RESUME_HASH_LEN characters). */
+static void hash_set(sb_seat_t *t, const char *hex)
+{
+    for (size_t i = 0; i < sizeof t->tok_hash; i++)
+        sscanf(hex + 2 * i, "%2hhx", &t->tok_hash[i]);
+    t->has_hash = 1;
+}
+
+/* A fresh resume token for the seat's next `joined`/`resumed`, and its hash. 0, or -1 (the
+ * random source failed, or out of memory: the seat has neither). */
+static int token_new(sb_seat_t *t)
+{
+    char token[SB_RESUME_TOKEN_MAX + 1], hex[SB_RESUME_HASH_LEN + 1];
+    token_clear(t);
+    if (sb_resume_token(token, hex) != 0 || !(t->token = strdup(token)))
+        return -1;
+    hash_set(t, hex);
+    return 0;
+}
+
 int sb_route_attach(sb_session_t *s)
 {
     sb_node_t *n = s->node;
@@ -229,6 +268,8 @@ static void seat_leave_room(sb_seat_t *t, int from_view)
         json_decref(t->join_rid);
         t->join_rid = NULL;
     }
+    free(t->token); /* no `joined` will show it (the hash stays: what Redis may hold) */
+    t->token = NULL;
     halves_clear(t);
     room_unref(r);
 }
@@ -257,6 +298,8 @@ static void seat_free(sb_seat_t *t)
 {
     halves_clear(t);
     queued_clear(t);
+    free(t->token);
+    free(t->fresh_id);
     free(t->sub);
     free(t->halves);
     free(t->meta_json);
@@ -461,7 +504,7 @@ static void send_joined(sb_session_t *s, room_t *r)
     text_str(&b, room_name(r));
     text_str(&b, "\",\"id\":\"");
     text_str(&b, s->id);
-    if (t->token[0]) {
+    if (t->token) {
         text_str(&b, "\",\"resume\":\"");
         text_str(&b, t->token);
     }
@@ -482,6 +525,8 @@ static void send_joined(sb_session_t *s, room_t *r)
         json_decref(t->join_rid);
         t->join_rid = NULL;
     }
+    free(t->token); /* shown once; the hash stays */
+    t->token = NULL;
     t->state = SEAT_JOINED;
     sb_info_limited("session %s: %s room %s (%zu members)", s->id,
                     t->resuming ? "resumed in" : "joined", room_name(r), sb_view_nmembers(r->view));
@@ -622,7 +667,7 @@ static void drop_stale(sb_session_t *s)
 {
     sb_info_limited("session %s: resumed by another socket: closing this copy", s->id);
     seat_leave_room(s->seat, 1);
-    s->seat->tok_hash[0] = '\0';
+    token_clear(s->seat);
     sb_session_close(s, 4000, "resumed elsewhere");
 }
 
@@ -1084,7 +1129,7 @@ static void remove_later(sb_session_t *s, const char *room, const char *mode)
     }
     q->mode = mode;
     if (s->seat)
-        snprintf(q->hash, sizeof q->hash, "%s", s->seat->tok_hash);
+        hash_hex(s->seat, q->hash);
     if (run_remove(s->node, room, s->id, mode, q->hash, on_disconnect_removed, q) != 0)
         req_free(q);
 }
@@ -1216,17 +1261,19 @@ static void join_send(req_t *q)
     sb_session_t *s = q->s;
     sb_node_t *n = s->node;
     sb_seat_t *t = s->seat;
-    char ttl[32], max[32], grace[32];
+    char ttl[32], max[32], grace[32], hash[SB_RESUME_HASH_LEN + 1];
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     snprintf(max, sizeof max, "%lld", (long long)n->cfg.max_room_members);
     snprintf(grace, sizeof grace, "%lld", (long long)n->cfg.resume_grace_ms);
     /* A fresh token per join, bound to the socket and the room (only its hash is stored). */
-    t->token[0] = t->tok_hash[0] = '\0';
-    if (n->cfg.resume_grace_ms > 0 && sb_resume_token(t->token, t->tok_hash) != 0)
-        t->token[0] = t->tok_hash[0] = '\0';
-    const char *args[] = {NULL,        NULL,      n->cfg.prefix,        q->room, s->id,
-                          n->cfg.id,   n->epoch,  t->meta_json,         ttl,     max,
-                          t->tok_hash, s->origin, t->sub ? t->sub : "", grace};
+    token_clear(t);
+    if (n->cfg.resume_grace_ms > 0)
+        (void)token_new(t); /* failed: neither, and the join goes on without resume */
+    const char *origin = s->origin ? s->origin : "";
+    hash_hex(t, hash);
+    const char *args[] = {NULL,      NULL,     n->cfg.prefix,        q->room, s->id,
+                          n->cfg.id, n->epoch, t->meta_json,         ttl,     max,
+                          hash,      origin,   t->sub ? t->sub : "", grace};
     if (room_script(n, q->room, "room_join", 2, 14, args, on_joined, q) != 0)
         join_failed(q);
 }
@@ -1346,7 +1393,8 @@ static void route_leave(sb_session_t *s, json_t *rid)
         return;
     }
     t->state = SEAT_LEAVING;
-    if (run_remove(s->node, q->room, s->id, "leave", t->tok_hash, on_left, q) != 0) {
+    char hash[SB_RESUME_HASH_LEN + 1];
+    if (run_remove(s->node, q->room, s->id, "leave", hash_hex(t, hash), on_left, q) != 0) {
         t->state = SEAT_JOINED;
         req_free(q);
         send_unavailable(s, rid);
@@ -1477,7 +1525,7 @@ static void go_away(sb_session_t *s, const char *room, const char *sid, const ch
  * 1009, ...). */
 static int gets_grace(const sb_session_t *s)
 {
-    if (s->node->cfg.resume_grace_ms <= 0 || !s->seat || !s->seat->tok_hash[0])
+    if (s->node->cfg.resume_grace_ms <= 0 || !s->seat || !s->seat->has_hash)
         return 0;
     if (s->peer_close == 1000 || s->peer_close == 1001 || s->peer_close == 1005)
         return 0;
@@ -1497,8 +1545,9 @@ void sb_route_disconnect(sb_session_t *s)
         !(t->in_redis && t->room && strcmp(t->maybe_room, room_name(t->room)) == 0))
         remove_later(s, t->maybe_room, "disconnect");
     if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
+        char hash[SB_RESUME_HASH_LEN + 1];
         if (t->state == SEAT_JOINED && gets_grace(s))
-            go_away(s, room_name(t->room), s->id, t->tok_hash);
+            go_away(s, room_name(t->room), s->id, hash_hex(t, hash));
         else
             remove_later(s, room_name(t->room), "disconnect");
     }
@@ -1792,8 +1841,10 @@ static void resume_undo(sb_session_t *s)
         rename_session(s, t->fresh_id);
         t->renamed = 0;
     }
+    free(t->fresh_id);
+    t->fresh_id = NULL;
     t->resuming = 0;
-    t->token[0] = t->tok_hash[0] = '\0';
+    token_clear(t);
     queued_clear(t);
 }
 
@@ -1951,6 +2002,8 @@ static void on_resumed(redisReply *reply, const char *error, void *data)
     room_t *r = t->room;
     if (take_over(q, r) != 0)
         return;
+    free(t->fresh_id); /* the resume took place: no way back to the welcome's id */
+    t->fresh_id = NULL;
     auth_unlink(n, t);
     t->in_redis = 1;
     n->njoined++;
@@ -1972,10 +2025,11 @@ static void resume_send(req_t *q)
     char presented[SB_RESUME_HASH_LEN + 1];
     snprintf(presented, sizeof presented, "%s", q->hash);
     /* q->hash now carries the next token's hash (the presented one is spent on success). */
-    snprintf(q->hash, sizeof q->hash, "%s", t->tok_hash);
+    hash_hex(t, q->hash);
+    const char *origin = s->origin ? s->origin : "";
     const char *args[] = {NULL,      NULL,      n->cfg.prefix, q->room,
-                          q->peer,   presented, s->origin,     t->sub ? t->sub : "",
-                          n->cfg.id, n->epoch,  t->tok_hash,   grace,
+                          q->peer,   presented, origin,        t->sub ? t->sub : "",
+                          n->cfg.id, n->epoch,  q->hash,       grace,
                           ttl};
     if (room_script(n, q->room, "session_resume", 2, 13, args, on_resumed, q) != 0) {
         resume_undo(s);
@@ -2031,7 +2085,8 @@ static void route_resume(sb_session_t *s, const sb_msg_t *m)
     }
     room_t *r = room_get(n, m->room);
     req_t *q = r ? req_new(s, m->rid, m->room) : NULL;
-    if (!q || sb_resume_token(t->token, t->tok_hash) != 0) {
+    if (!q || token_new(t) != 0 || !(t->fresh_id = strdup(s->id))) {
+        token_clear(t);
         if (q)
             req_free(q);
         room_drop_unused(r);
@@ -2046,7 +2101,6 @@ static void route_resume(sb_session_t *s, const sb_msg_t *m)
     t->used = 1;
     t->resuming = 1;
     t->join_rid = m->rid ? json_incref(m->rid) : NULL;
-    snprintf(t->fresh_id, sizeof t->fresh_id, "%s", s->id);
     /* Why the old id at once when no copy of it is here: signals for it that arrive before the
      * reply (the resume's "back" event reaches senders first) are held for it, not lost. */
     if (!sb_map_get(&n->sess_by_id, m->sid)) {
@@ -2157,6 +2211,15 @@ void sb_route_reaped(sb_session_t *s)
     /* Rule 1: the key is gone, so the socket was reaped (or is about to be). Never re-create
      * it: reap it properly (a no-op when the admin already did) and close. */
     remove_later(s, room, "expired");
+    if (s->node->cfg.resume_grace_ms > 0) {
+        /* With resume on that removal (or the admin's) marks the session away, its grace
+         * running: the client resumes it, as when the away event comes first (SB_ACT_PEER_AWAY
+         * in run()). 4000 would tell it to join anew and leave the session to its grace. */
+        sb_warn_limited("session %s: presence lapsed while connected: closing 1012", s->id);
+        seat_leave_room(s->seat, 1);
+        sb_session_close(s, 1012, "resume");
+        return;
+    }
     expire_seat(s, 1, "while connected");
 }
 
@@ -2181,10 +2244,12 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
         if (slots && !sb_cluster_slot_in(slots, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
             continue;
         char record[SB_RESUME_HASH_LEN + 512] = "";
-        if (t->tok_hash[0] && n->cfg.resume_grace_ms > 0) {
+        if (t->has_hash && n->cfg.resume_grace_ms > 0) {
             /* Its resume record, as room_join wrote it: origin and subject as JSON strings. */
-            json_t *rec = json_pack("{s:s,s:s,s:s,s:I}", "h", t->tok_hash, "o", s->origin, "u",
-                                    t->sub ? t->sub : "", "g", (json_int_t)n->cfg.resume_grace_ms);
+            char hash[SB_RESUME_HASH_LEN + 1];
+            json_t *rec = json_pack("{s:s,s:s,s:s,s:I}", "h", hash_hex(t, hash), "o",
+                                    s->origin ? s->origin : "", "u", t->sub ? t->sub : "", "g",
+                                    (json_int_t)n->cfg.resume_grace_ms);
             char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
             if (text && strlen(text) < sizeof record)
                 memcpy(record, text, strlen(text) + 1);
@@ -2401,7 +2466,7 @@ void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const ch
     snprintf(q->peer, sizeof q->peer, "%s", id);
     snprintf(q->hash, sizeof q->hash, "%s", hash);
     /* The token's hash is the id's incarnation (fixed: PeerJS reclaims with the same token). */
-    snprintf(t->tok_hash, sizeof t->tok_hash, "%s", hash);
+    hash_set(t, hash);
     r->refs++;
     t->room = r;
     t->state = SEAT_JOINING;
@@ -2650,7 +2715,8 @@ static void pj_leave(sb_session_t *s)
     if (!q)
         return;
     t->state = SEAT_LEAVING;
-    if (run_remove(s->node, q->room, s->id, "leave", t->tok_hash, on_pj_left, q) != 0) {
+    char hash[SB_RESUME_HASH_LEN + 1];
+    if (run_remove(s->node, q->room, s->id, "leave", hash_hex(t, hash), on_pj_left, q) != 0) {
         t->state = SEAT_JOINED;
         req_free(q);
     }

@@ -238,6 +238,18 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     return respond_json(wsi, pss, 404, "{\"error\":\"not found\"}");
 }
 
+/* Keeps the Origin header in s->origin: malloc'd, or NULL when absent, empty or longer than
+ * SB_ORIGIN_MAX (a resume then matches only a socket without one). 0, or -1 out of memory. */
+static int session_origin(sb_session_t *s, struct lws *wsi)
+{
+    char origin[SB_ORIGIN_MAX + 1];
+    int len = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    if (len <= 0)
+        return 0;
+    s->origin = strndup(origin, (size_t)len);
+    return s->origin ? 0 : -1;
+}
+
 static int origin_allowed(struct lws *wsi, sb_node_t *n)
 {
     if (n->cfg.allowed_origins.n == 0)
@@ -345,10 +357,10 @@ static void send_welcome(sb_session_t *s)
                           n->cfg.id, "protocol", 1, "limits", limits);
     if (limits)
         json_object_set_new(limits, "resume_grace_ms", json_integer(n->cfg.resume_grace_ms));
-    char token[SB_RESUME_TOKEN_MAX + 1], hash[SB_RESUME_HASH_LEN + 1];
+    char token[SB_RESUME_TOKEN_MAX + 1];
     /* The socket's token; only the one `joined` carries is bound to a session in Redis (a
-     * socket that never joined has nothing to resume). */
-    if (w && n->cfg.resume_grace_ms > 0 && sb_resume_token(token, hash) == 0)
+     * socket that never joined has nothing to resume), so this one is never hashed. */
+    if (w && n->cfg.resume_grace_ms > 0 && sb_resume_token(token, NULL) == 0)
         json_object_set_new(w, "resume", json_string(token));
     sb_session_send_json(s, w);
 }
@@ -554,13 +566,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         sb_session_t *s = sb_session_new(n, wsi);
         if (!s)
             return -1;
-        if (sb_route_attach(s) != 0) {
+        if (session_origin(s, wsi) != 0 || sb_route_attach(s) != 0) {
             sb_session_detach(s);
             return -1;
         }
         pss->sess = s;
-        if (lws_hdr_copy(wsi, s->origin, sizeof s->origin, WSI_TOKEN_ORIGIN) < 0)
-            s->origin[0] = '\0';
         sb_debug_limited("session %s: connected", s->id);
         if (pj_upgrade(wsi, n))
             pj_open(wsi, s);
@@ -658,6 +668,12 @@ int sb_server_start(sb_node_t *n)
     n->lws = sb_listen(&l);
     if (!n->lws)
         return -1;
+    if (n->cfg.resume_grace_ms > 0) {
+        /* Why one token now: the first hash maps about 2 MB of libcrypto (code and tables), a
+         * cost of the process, not of the first socket (issue 14 measures RSS per socket). */
+        char token[SB_RESUME_TOKEN_MAX + 1], hash[SB_RESUME_HASH_LEN + 1];
+        (void)sb_resume_token(token, hash);
+    }
     sb_session_flush_start(n);
     sb_info("node %s listening on %s (epoch %s)", n->cfg.id, n->cfg.listen, n->epoch);
     return 0;

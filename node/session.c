@@ -193,6 +193,8 @@ void sb_session_unref(sb_session_t *s)
     sb_assert(s->seat == NULL);
     free_queue(s);
     free(s->rx);
+    free(s->origin);
+    free(s->close_reason);
     free(s);
 }
 
@@ -442,7 +444,7 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
     if (s->closed || s->close_code)
         return;
     s->close_code = code;
-    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason);
+    s->close_reason = strndup(reason, SB_CLOSE_REASON_MAX); /* NULL: the frame has only the code */
     sb_metrics_close(s->node, code);
     sb_debug_limited("session %s: closing %d (%s)", s->id, code, reason);
     if (s->wsi) {
@@ -509,11 +511,12 @@ int sb_session_writable(sb_session_t *s)
          * connection before sending the frame that lws_close_reason() prepared when a callback
          * returns -1 from WRITEABLE (its "uv repeat test" close path), so clients would see 1006.
          * The connection is dropped at the next WRITEABLE, once the frame is out. */
-        unsigned char frame[LWS_PRE + 2 + sizeof s->close_reason];
-        size_t rl = strlen(s->close_reason);
+        unsigned char frame[LWS_PRE + 2 + SB_CLOSE_REASON_MAX];
+        size_t rl = s->close_reason ? strlen(s->close_reason) : 0;
         frame[LWS_PRE] = (unsigned char)(s->close_code >> 8);
         frame[LWS_PRE + 1] = (unsigned char)(s->close_code & 0xff);
-        memcpy(frame + LWS_PRE + 2, s->close_reason, rl);
+        if (rl)
+            memcpy(frame + LWS_PRE + 2, s->close_reason, rl);
         s->close_sent = 1;
         if (lws_write(s->wsi, frame + LWS_PRE, 2 + rl, SB_LWS_WRITE_CLOSE) < 0)
             return -1;

@@ -15,7 +15,7 @@ import keyspace
 def _room_keys(r, prefix):
     """{room: {"members", "nodes", "degree", "stats", "presence": [S], "links": [S]}}."""
     pat = re.compile(re.escape(prefix) + r":\{([^}#]*)\}:(members|nodes|degree|stats|"
-                     r"resume|away|qbytes|presence:(.+)|links:(.+)|queue:(.+)|pjqb?:(.+))$")
+                     r"resume|away|qbytes|presence:(.+)|links:(.+)|queue:(.+)|pjqb?:(.+)|rlinks:(.+))$")
     rooms = {}
     for key in r.scan_iter(match=f"{prefix}:{{*}}:*", count=1000):
         if key.startswith(prefix + ":{#"):
@@ -27,7 +27,9 @@ def _room_keys(r, prefix):
         room, kind = m.group(1), m.group(2)
         ent = rooms.setdefault(room, {"presence": [], "links": [], "unknown": [], "queue": [],
                                       "pjq": []})
-        if m.group(6) is not None:
+        if m.group(7) is not None:
+            ent.setdefault("rlinks", []).append(m.group(7))
+        elif m.group(6) is not None:
             # PeerJS messages waiting for an id that may not be a member yet (docs/peerjs.md)
             ent["pjq"].append(m.group(6))
         elif m.group(5) is not None:
@@ -139,6 +141,8 @@ def check(r, prefix="sb", presence=True):
                 bad.append(f"room {room}: presence of {s} in an empty room")
             for s in ent["links"]:
                 bad.append(f"room {room}: links of {s} in an empty room")
+            for s in ent.get("rlinks", []):
+                bad.append(f"room {room}: rlinks of {s} in an empty room")
             for kind in ("resume", "away", "qbytes"):
                 if ent.get(kind):
                     bad.append(f"room {room}: no members but {base}{kind} exists")
@@ -155,6 +159,19 @@ def check(r, prefix="sb", presence=True):
                     bad.append(f"room {room}: half {s}->{b} points at a non-member")
                 if b == s:
                     bad.append(f"room {room}: half {s}->{s} points at itself")
+        # PeerJS rooms: P:{R}:rlinks:B is exactly who holds a half towards B (docs/peerjs.md).
+        if room.startswith("~pj."):
+            rev = {}
+            for s, hs in halves.items():
+                for b in hs:
+                    rev.setdefault(b, set()).add(s)
+            for b in sorted(set(rev) | set(ent.get("rlinks", []))):
+                have = set(r.smembers(base + "rlinks:" + b))
+                if have != rev.get(b, set()):
+                    bad.append(f"room {room}: rlinks of {b} {sorted(have)} != holders of a half "
+                               f"towards it {sorted(rev.get(b, set()))}")
+        elif ent.get("rlinks"):
+            bad.append(f"room {room}: rlinks keys in a native room: {ent['rlinks']}")
         # Presence (invariant 2): members have it, with their node and a TTL; nobody else does.
         for s in sorted(ent["presence"]):
             if s not in members:

@@ -29,6 +29,25 @@ local function pj_queue(D)
     return base .. 'pjq:' .. D, base .. 'pjqb:' .. D
 end
 
+-- Half S->B added (1) or already there (0). In a PeerJS room the reverse index
+-- P:{R}:rlinks:B (who holds a half towards B) follows, so a departure finds the halves towards
+-- the leaver without walking the key's members, who may be thousands (room_remove).
+local function half_add(S, B)
+    local added = redis.call('SADD', base .. 'links:' .. S, B)
+    if pj_room then
+        redis.call('SADD', base .. 'rlinks:' .. B, S)
+    end
+    return added
+end
+
+-- Half S->B removed (1) or not there (0), with its reverse entry.
+local function half_del(S, B)
+    if pj_room then
+        redis.call('SREM', base .. 'rlinks:' .. B, S)
+    end
+    return redis.call('SREM', base .. 'links:' .. S, B)
+end
+
 -- HINCRBY of a bucket figure (and of its PeerJS share for a PeerJS room).
 local function bucket_add(field, delta)
     redis.call('HINCRBY', gstats, field, delta)

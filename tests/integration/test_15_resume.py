@@ -403,3 +403,47 @@ def test_11_takeover_of_a_socket_its_node_still_holds(cluster, redis_server, whe
         await a2.close()
         await b.close()
     asyncio.run(main())
+
+
+
+@pytest.mark.parametrize("how", ["presence deleted", "node stopped past the TTL"])
+def test_12_a_socket_whose_presence_lapsed_resumes(cluster, redis_server, how):
+    """A joined socket's presence key vanished while it was connected: its node's heartbeat
+    finds it gone ("presence deleted": the node's own refresh sees the 0 first), or the node
+    was stopped past the TTL and the admin reaped it meanwhile ("node stopped": the node sees
+    the away event first). With resume on, both end the same way: the session is marked away
+    (peer-away, never peer-left), the node closes the socket with 1012 "resume", and the
+    client resumes it with the token of its last `joined`, keeping its id and links (4000
+    "session expired" is for resume off: docs/protocol.md, "Errors and closes")."""
+    n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
+    admin = cluster.admin(args=["--reconcile-interval-ms", "300"])
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+        before = figures(r)
+        if how == "presence deleted":
+            assert r.delete(f"sb:{{R}}:presence:{a.id}") == 1
+        else:
+            n1.proc.signal(signal.SIGSTOP)
+            try:
+                await b.expect("peer-away", id=a.id, timeout=8)
+                wait_for(lambda: admin.mesh()["away_sockets"] == 1, 3, msg="admin counts it away")
+            finally:
+                n1.proc.signal(signal.SIGCONT)
+        code, why = await a.wait_closed(5)
+        assert (code, why) == (1012, "resume")
+        if how == "presence deleted":
+            await b.expect("peer-away", id=a.id, timeout=3)
+        a2, reply = await resume(n2.ws_url, a, ja)
+        assert reply["type"] == "resumed" and reply["id"] == a.id, reply
+        assert reply["links"] == [b.id]
+        await b.expect("peer-back", id=a.id)
+        await b.request({"type": "signal", "to": a.id, "data": "after the lapse"})
+        assert (await a2.expect("signal"))["data"] == "after the lapse"
+        assert not any(x.get("type") == "peer-left" for x in b.seen)
+        wait_for(lambda: figures(r) == before, 3, msg="figures as before the lapse")
+        consistent(r)
+        await a2.close()
+        await b.close()
+    asyncio.run(main())

@@ -4,7 +4,7 @@ WebSocket clients speak the PeerJS wire protocol here; tests/browser runs the re
 Real redis-server (or a Redis Cluster with SB_REDIS=cluster), several real nodes."""
 import asyncio
 import json
-import os
+import re
 import signal
 import time
 
@@ -15,7 +15,6 @@ import invariants
 import keyspace
 from client import Client
 from harness import http_get
-from rawws import RawWS
 
 FAST = ["--presence-ttl-ms", "1500", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
 ROOM = "~pj.peerjs"
@@ -442,5 +441,66 @@ def test_11_auth_jwt_in_a_cookie_or_the_query(cluster, redis_server, tmp_path):
         await x.expect("ID-TAKEN")
         assert c.closed is None
         consistent(redis_server)
+
+    run(main())
+
+
+def test_12_native_and_peerjs_side_by_side_on_the_same_nodes(cluster, redis_server):
+    n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n2, "bob", token="tb")
+        # a native socket whose id is also a valid PeerJS id (most random ids are)
+        pj_id = re.compile(r"[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)*")
+        c1 = await Client.connect(n1.ws_url)
+        while not pj_id.fullmatch(c1.id):
+            await c1.close()
+            c1 = await Client.connect(n1.ws_url)
+        c2 = await Client.connect(n2.ws_url)
+        await c1.join("R")
+        await c2.join("R")
+        await c1.expect("peer-joined", id=c2.id)
+        # a PeerJS id equal to a native socket's id on the same node touches neither
+        twin = await PJ.connect(n1, c1.id, token="tw")
+        await c1.request({"type": "signal", "to": c2.id, "data": {"x": 1}})
+        assert (await c2.expect("signal"))["from"] == c1.id
+        await a.send({"type": "OFFER", "dst": "bob", "payload": offer()})
+        assert (await b.expect("OFFER"))["src"] == "alice"
+        await b.send({"type": "CANDIDATE", "dst": c1.id, "payload": {}})
+        assert (await twin.expect("CANDIDATE"))["src"] == "bob"
+        await c1.none_of("CANDIDATE", wait=0.3)
+        s = bucket_stats(redis_server) if not redis_server.cluster else None
+        if s is not None:  # one bucket on a single Redis: the totals include both
+            assert s["members"] == 5 and s["pj_members"] == 3
+        for x in (a, b, twin):
+            assert all(m["type"] in ("OPEN", "OFFER", "CANDIDATE") for m in x.seen), x.seen
+        for x in (c1, c2):
+            assert not any(m.get("type", "").isupper() for m in x.seen), x.seen
+        await c1.close()
+        await c2.close()
+        consistent(redis_server)
+
+    run(main())
+
+
+def test_13_node_killed_the_id_is_reclaimed_on_another_node(cluster, redis_server):
+    n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n2, "bob", token="tb")
+        n1.proc.signal(signal.SIGKILL)
+        n1.proc.p.wait()
+        n1.killed = True
+        # PeerJS's reconnect(): the same id and token on a node that is alive
+        a2 = await PJ.connect(n2, "alice", token="ta")
+        await b.send({"type": "OFFER", "dst": "alice", "payload": offer()})
+        assert (await a2.expect("OFFER"))["src"] == "bob"
+        x = await PJ.connect(n2, "alice", token="other", open_=False)
+        await x.expect("ID-TAKEN")
+        assert bucket_stats(redis_server)["pj_members"] == 2
+        consistent(redis_server)
+        a.abort()
 
     run(main())

@@ -591,6 +591,62 @@ def test_07_a_whole_shard_lost(tmp_path):
         assert not problems, problems
 
 
+# ---- 08 ----------------------------------------------------------------------------------------
+
+def test_08_the_shard_holding_the_instance_key_lost(tmp_path):
+    """The shard that holds P:instance (which every node reads) is lost with its replica: a
+    node whose lease and home channel are on other shards stays ready throughout (it verified
+    the instance before, and the other shards lost nothing: a shard that loses data shows as a
+    topology change), so the load balancer still has somewhere to send clients of the rooms
+    that work. Before, every node turned 503 "lease not registered" for the whole outage (one
+    failover in three on a 3-primary cluster: docs/deploy.md). When the shard comes back
+    (empty, as a primary) the node re-reads the instance and is ready again."""
+    from conftest import Cluster
+    from harness import http_get
+    rc = RedisCluster(str(tmp_path), primaries=3, replicas_per_primary=1)
+    c = Cluster(ClusterRedisServer(rc), str(tmp_path))
+    try:
+        prim = rc.primaries()
+        victim = rc.owner(keyspace.keyslot("sb:instance"))
+        ids = [f"n{i}" for i in range(400)]
+        ok = next(i for i in ids if rc.owner(keyspace.keyslot(f"sb:node:{i}")) != victim and
+                  rc.owner(keyspace.keyslot(i)) != victim)
+        na = c.node(ok, args=FAST_NODE)
+        shard = [(lo, hi, reps) for lo, hi, p, reps in rc.slots() if p == victim]
+        replicas = [r for _, _, reps in shard for r in reps]
+        live_room = rooms_on(rc, next(p for p in prim if p != victim), 1, prefix="i-")[0]
+
+        async def main():
+            x, y = await Client.connect(na.ws_url), await Client.connect(na.ws_url)
+            await x.join(live_room)
+            await y.join(live_room)
+            assert na.ready()
+            for port in [victim] + replicas:
+                rc.kill(port)
+            # Until the node notices (its next command to the shard fails) and for 3 s after.
+            t_end = time.monotonic() + 3.0 + 2 * NODE_REDIS_TIMEOUT_MS / 1000
+            samples = []
+            while time.monotonic() < t_end:
+                status, body = http_get(na.http + "/readyz")[:2]
+                samples.append((status, body))
+                await asyncio.sleep(0.1)
+            bad = [s for s in samples if s[0] != 200]
+            assert not bad, f"{len(bad)} of {len(samples)} /readyz not 200: {bad[:3]}"
+            # It did notice: the instance cannot be read.
+            assert (await x.request({"type": "signal", "to": y.id, "data": 1}))["type"] == \
+                "signal-ack"
+            assert (await y.expect("signal"))["data"] == 1
+            rc.restart(victim)
+            wait_for(lambda: na.ready(), 10, msg="ready after the shard came back")
+            for m in (x, y):
+                await m.close()
+        return asyncio.run(main())
+    finally:
+        problems = c.stop()
+        rc.stop()
+        assert not problems, problems
+
+
 # ---- 02 ----------------------------------------------------------------------------------------
 
 def test_02_primary_killed_mid_traffic(cluster, redis_server):

@@ -197,3 +197,40 @@ def test_pj_figures_follow_links_departures_and_recounts(r, sb, consistent):
     s = bstats(r)
     assert (s["pj_members"], s["pj_links"], s["pj_away"], s["rooms"]) == (0, 0, 0, 1)
     consistent()
+
+
+def test_departure_uses_the_reverse_index_of_halves(r, sb, consistent):
+    for s in ("alice", "bob", "carol", "dave"):
+        claim(sb, s)
+    sb.link(R, "bob", "alice")  # one-sided halves towards alice
+    sb.link(R, "carol", "alice")
+    sb.link(R, "alice", "carol")  # and a formed link alice-carol
+    assert r.smembers(K("rlinks:alice")) == {"bob", "carol"}
+    assert r.smembers(K("rlinks:carol")) == {"alice"}
+    consistent()
+    # A native room keeps no reverse index.
+    sb.join("a", "N1" * 11)
+    sb.join("a", "N2" * 11)
+    sb.link("a", "N1" * 11, "N2" * 11)
+    assert not r.exists(K("rlinks:" + "N2" * 11, room="a"))
+    # alice leaves: every half towards her goes, found through rlinks:alice (the walk over
+    # members is not done: a half that the index does not list stays, and room_check finds it)
+    r.sadd(K("links:dave"), "alice")  # a half written behind the scripts' back
+    res = sb.remove(R, "alice", "leave", "n1")
+    assert res[:2] == ["ok", 1]
+    assert not r.exists(K("links:bob")) and not r.exists(K("links:carol"))
+    assert not r.exists(K("rlinks:alice")) and not r.exists(K("rlinks:carol"))
+    assert r.smembers(K("links:dave")) == {"alice"}
+    assert bstats(r)["pj_links"] == 0 and bstats(r)["links"] == 0
+    # room_check repairs that stray half and a wrong reverse index
+    sb.link(R, "bob", "carol")
+    r.srem(K("rlinks:carol"), "bob")
+    r.sadd(K("rlinks:dave"), "carol")
+    assert sb.check(R)[1] == 3
+    assert r.smembers(K("rlinks:carol")) == {"bob"} and not r.exists(K("rlinks:dave"))
+    assert not r.exists(K("links:dave"))
+    consistent()
+    # link down removes the reverse entries too
+    sb.link(R, "bob", "carol", "down")
+    assert not r.exists(K("rlinks:carol"))
+    consistent()
