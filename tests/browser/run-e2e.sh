@@ -17,7 +17,10 @@
 #
 #   tests/browser/run-e2e.sh          every test
 #   tests/browser/run-e2e.sh --fake   no C processes: client_protocol.mjs, client_resume.mjs,
-#                                     e2e_webrtc.mjs and e2e_resume.mjs against the fakes
+#                                     e2e_webrtc.mjs and e2e_resume.mjs against the fakes,
+#                                     e2e_peerjs.mjs against the reference PeerJS server
+#                                     (peer 1.0.2 of tests/bench/js; its steps that need
+#                                     Switchboard are skipped)
 #
 # Environment: SWITCHBOARD_BUILD (default build/), SB_ARTIFACTS (default
 # tests/artifacts/browser: screenshots; logs/ gets the cluster's logs, copied there after
@@ -36,6 +39,10 @@ if [ -z "${SB_E2E_IN_NETNS:-}" ]; then
     # Outside the namespace, where the npm registry is reachable.
     if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/peerjs" ]; then
         (cd "$here" && npm ci --no-audit --no-fund --silent)
+    fi
+    # --fake runs e2e_peerjs.mjs against the reference PeerJS server of the benchmark.
+    if [ "$fake" = 1 ] && [ ! -d "$root/tests/bench/js/node_modules/peer" ]; then
+        (cd "$root/tests/bench/js" && npm ci --no-audit --no-fund --silent)
     fi
     if [ "$fake" = 0 ]; then
         for b in "$build/node/switchboard-node" "$build/admin/switchboard-admin"; do
@@ -179,6 +186,7 @@ else
     run_test client_resume.mjs
     run_test e2e_webrtc.mjs --fake
     run_test e2e_resume.mjs --fake
+    PEERJS_TARGET=reference run_test e2e_peerjs.mjs
 fi
 
 find_leftovers
