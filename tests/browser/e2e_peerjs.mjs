@@ -15,6 +15,8 @@
 //     EXPIRE, not before --peerjs-expire-timeout-ms) and the Peer stays open;
 //   - a connect() to an id nobody holds yet, claimed a second later by a third page: the
 //     connection opens and no peer-unavailable follows;
+//   - a third page asking for alice's id gets the client's `unavailable-id` error (ID-TAKEN),
+//     alice's Peer notices nothing;
 //   - kill -9 of one page's node (pid from cluster.sh's state dir): that Peer gets
 //     `disconnected`, the page calls peer.reconnect(), it is `open` again with the same id on
 //     another node through the balancer; the DataConnection made before the kill still carries
@@ -151,14 +153,19 @@ async function waitEvent(u, kind, { n = 1, timeoutMs = 15000, bad = ['error'] } 
     return r.event;
 }
 
-// A new Peer on u's page: with `id`, that id; else one the server assigns (a UUID v4).
-async function startPeer(u, target, id = null) {
+// Creates a Peer on u's page (new Peer(id, options)): `id` null for one the server assigns.
+function newPeer(u, target, id) {
     const t = new URL(target);
-    await u.b.page.evaluate(([i, o]) => window.pj.start(i, o), [id, {
+    return u.b.page.evaluate(([i, o]) => window.pj.start(i, o), [id, {
         host: t.hostname, port: Number(t.port), path: PJ_PATH, key: KEY, secure: false, debug: 1,
         // Loopback only: no STUN or TURN server (the default ones are on the Internet).
         config: { iceServers: [] },
     }]);
+}
+
+// A new Peer on u's page, open: with `id`, that id; else one the server assigns (a UUID v4).
+async function startPeer(u, target, id = null) {
+    await newPeer(u, target, id);
     const open = await waitEvent(u, 'open');
     u.id = (await state(u)).id;
     assert(open.id === u.id, `${u.name}: open gave ${open.id}, peer.id is ${u.id}`);
@@ -419,9 +426,30 @@ async function main() {
         assert(late.length === 0, `alice's Peer emitted ${JSON.stringify(late)}`);
         const where = reference ? '' : ` on ${await nodeOf(ctx, carol)}`;
         await carol.b.page.evaluate(() => window.pj.destroy());
-        await closeBrowser(carol.b);
         return `carol claimed ${carolId}${where} 1 s after alice's connect; connection ${id} opened, 2 messages each way; ` +
             `no peer-unavailable ${expireMs + 2000} ms after the connect; carol's Peer destroyed`;
+    });
+
+    // Another browser asking for alice's id (its own token): the client's unavailable-id error,
+    // and alice's Peer notices nothing.
+    await steps.run('id-taken', async () => {
+        const carol = ctx.carol;
+        const t0 = Date.now();
+        await newPeer(carol, target, alice.id);
+        const e = await waitEvent(carol, 'error', { bad: ['open'] });
+        assert(e.type === 'unavailable-id', `carol's Peer emitted error ${JSON.stringify(e)}, not unavailable-id`);
+        await new Promise((r) => setTimeout(r, 500));
+        const s = await state(carol);
+        assert(!s.open && !s.events.some((x) => x.kind === 'open'), `carol's Peer opened: ${JSON.stringify(s.events)}`);
+        const a = await state(alice);
+        const seen = a.events.filter((x) => x.at >= t0);
+        assert(a.open && a.id === alice.id && seen.length === 0, `alice's Peer: open ${a.open}, id ${a.id}, events ${JSON.stringify(seen)}`);
+        if (!reference) {
+            const node = await nodeOf(ctx, alice);
+            assert(node === alice.node, `alice's id moved from ${alice.node} to ${node}`);
+        }
+        await closeBrowser(carol.b);
+        return `"${e.msg}"; alice's Peer still open, nothing emitted`;
     });
 
     // Reference server: its WebSocket of alice is dropped (TCP reset) instead of a node kill.
