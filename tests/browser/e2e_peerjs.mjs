@@ -30,8 +30,9 @@
 //   SB_CLUSTER_DIR   deploy/cluster.sh's state dir (pids/<node>, ports.env for Redis's port)
 //   PEERJS_TARGET=reference  instead: against the reference server, peer 1.0.2 (from
 //                    tests/bench/js/node_modules, `npm ci` there), started here on 127.0.0.1;
-//                    the steps that need Switchboard (admin, node kill) are skipped. This
-//                    checks the test itself, it is not part of `make test`.
+//                    the "kill" is that server dropping alice's WebSocket (a TCP reset) and
+//                    the admin steps are skipped. This checks the test itself (run-e2e.sh
+//                    --fake runs it so), it is not part of `make test`.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
