@@ -51,7 +51,8 @@ end
 local function take_queue()
     local q, qb = pj_queue(S)
     local queued = redis.call('LRANGE', q, 0, -1)
-    redis.call('DEL', q, qb)
+    redis.call('DEL', q) -- one key per DEL (room_remove says why)
+    redis.call('DEL', qb)
     return queued
 end
 

@@ -42,7 +42,8 @@ if removed == 0 then
     return {0}
 end
 if #keep == 0 then
-    redis.call('DEL', q, qb)
+    redis.call('DEL', q) -- one key per DEL (room_remove says why)
+    redis.call('DEL', qb)
     return {removed}
 end
 local life = redis.call('PTTL', q)

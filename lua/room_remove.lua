@@ -149,7 +149,12 @@ end
 for p in pairs(mine) do
     half_del(S, p)
 end
-redis.call('DEL', mylinks, base .. 'rlinks:' .. S)
+-- One key per DEL: on a migrating slot's target a multi-key command fails when some of its
+-- keys are not there yet.
+redis.call('DEL', mylinks)
+if pj_room then
+    redis.call('DEL', base .. 'rlinks:' .. S)
+end
 local mydeg = tonumber(redis.call('HGET', degree, S) or '0')
 redis.call('HDEL', degree, S)
 if mydeg > 0 then

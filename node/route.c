@@ -2350,6 +2350,10 @@ static void on_pj_claimed(redisReply *reply, const char *error, void *data)
                             : reply && reply->type == REDIS_REPLY_ERROR ? reply->str
                                                                         : "bad reply");
         pj_claim_failed(s, status && strcmp(status, "taken") == 0);
+        /* A claim we gave up on (timeout) may still have run: the id then goes away (grace,
+         * or freed) instead of waiting for the admin; session_away refuses if it had not. */
+        if (error)
+            go_away(s, q->room, q->peer, q->hash);
         req_free(q);
         return;
     }
@@ -2433,7 +2437,7 @@ void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const ch
         pj_error(s, "Invalid token", 1000);
         return;
     }
-    if (n->nsessions > n->cfg.max_connections) {
+    if (n->nsessions >= n->cfg.max_connections) { /* this one is the last slot */
         pj_error(s, "Server has reached its concurrent user limit", 1000);
         return;
     }
@@ -2751,9 +2755,11 @@ static void pj_message(sb_session_t *s, const char *buf, size_t len)
         sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
         return;
     }
-    if (m.type == SB_PJ_LEAVE && !m.dst[0] && !m.bad_dst)
+    /* Not once it is leaving for good (LEAVE without dst): nothing more goes out. */
+    int joined = s->seat->room && s->seat->state == SEAT_JOINED;
+    if (joined && m.type == SB_PJ_LEAVE && !m.dst[0] && !m.bad_dst)
         pj_leave(s);
-    else if (m.type != SB_PJ_OTHER && m.type != SB_PJ_HEARTBEAT && m.dst[0])
+    else if (joined && m.type != SB_PJ_OTHER && m.type != SB_PJ_HEARTBEAT && m.dst[0])
         pj_relay(s, &m);
     sb_pj_msg_free(&m);
 }

@@ -15,6 +15,7 @@ import invariants
 import keyspace
 from client import Client
 from harness import http_get
+from rawws import RawWS, frame
 
 FAST = ["--presence-ttl-ms", "1500", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
 ROOM = "~pj.peerjs"
@@ -96,8 +97,19 @@ def test_01_claim_open_and_relay_between_nodes(cluster, redis_server):
         assert m == {"type": "OFFER", "src": "alice", "dst": "bob",
                      "payload": {"connectionId": "dc_1", "sdp": {"type": "offer", "sdp": "v=0 o"},
                                  "n": 1.50}}
-        raw = [x for x in b.seen if x.get("type") == "OFFER"]
-        assert raw
+        # the payload's bytes as the client wrote them (1.50, an escape, spaces), seen raw
+        rb = RawWS(n2.port, path="/peerjs/peerjs?key=peerjs&id=rawbob&token=t")
+        assert rb.status == 101
+        assert rb.recv_frame() == (1, b'{"type":"OPEN"}')
+        await a.send('{"type":"OFFER","dst":"rawbob","payload":{"n":1.50, "s":"\\u00e9"}}')
+        op, data = await asyncio.get_running_loop().run_in_executor(None, rb.recv_frame)
+        assert data == (b'{"type":"OFFER","src":"alice","dst":"rawbob",'
+                        b'"payload":{"n":1.50, "s":"\\u00e9"}}'), data
+        rb.send_raw(frame(8, b"\x03\xe8"))  # a close frame, 1000: the id is freed at once
+        code, _ = await asyncio.get_running_loop().run_in_executor(None, rb.recv_until_close)
+        assert code == 1000
+        rb.close()
+        await until(lambda: bucket_stats(redis_server)["pj_members"] == 2, 3, msg="rawbob freed")
         await b.send({"type": "ANSWER", "dst": "alice",
                       "payload": {"connectionId": "dc_1", "sdp": {"type": "answer"}}})
         m = await a.expect("ANSWER")
@@ -125,7 +137,26 @@ def test_01_claim_open_and_relay_between_nodes(cluster, redis_server):
         assert m["src"] == "alice" and m["dst"] == "bob"
         await until(lambda: bucket_stats(redis_server)["pj_links"] == 0, 3, msg="link down")
         assert bucket_stats(redis_server)["links"] == 0
+        # an ANSWER with a connection id nobody offered forms no link
+        await a.send({"type": "ANSWER", "dst": "bob", "payload": {"connectionId": "zz"}})
+        await b.expect("ANSWER")
+        await b.send({"type": "ANSWER", "dst": "alice", "payload": {"connectionId": "zz"}})
+        await a.expect("ANSWER")
+        await asyncio.sleep(0.3)
+        assert bucket_stats(redis_server)["pj_links"] == 0
+        r = redis_server.client()
+        assert not r.exists(f"sb:{{{ROOM}}}:links:alice") and \
+            not r.exists(f"sb:{{{ROOM}}}:links:bob")
+        # formed again (the other way round, a new connection), then ended by a departure
+        await b.send({"type": "OFFER", "dst": "alice", "payload": offer("mc_2")})
+        await a.expect("OFFER")
+        await a.send({"type": "ANSWER", "dst": "bob", "payload": {"connectionId": "mc_2"}})
+        await b.expect("ANSWER")
+        await until(lambda: bucket_stats(redis_server)["pj_links"] == 1, 3, msg="link again")
         await a.close()
+        await until(lambda: bucket_stats(redis_server)["pj_links"] == 0, 3, msg="departure")
+        assert bucket_stats(redis_server)["links"] == 0
+        consistent(redis_server)
         await b.close()
         await until(lambda: bucket_stats(redis_server)["pj_members"] == 0, 3, msg="ids freed")
         consistent(redis_server)
@@ -502,5 +533,25 @@ def test_13_node_killed_the_id_is_reclaimed_on_another_node(cluster, redis_serve
         assert bucket_stats(redis_server)["pj_members"] == 2
         consistent(redis_server)
         a.abort()
+
+    run(main())
+
+
+def test_14_the_nodes_last_connection_slot_answers_the_concurrent_limit(cluster, redis_server):
+    n1 = cluster.node("n1", args=FAST + ["--max-connections", "3",
+                                         "--max-connections-per-ip", "3"])
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n1, "bob", token="tb")
+        x = await PJ.connect(n1, "carol", token="tc", open_=False)
+        assert await x.expect("ERROR") == {
+            "type": "ERROR", "payload": {"msg": "Server has reached its concurrent user limit"}}
+        assert (await x.wait_closed())[0] == 1000
+        await a.send({"type": "OFFER", "dst": "bob", "payload": offer()})
+        assert (await b.expect("OFFER"))["src"] == "alice"
+        await a.close()
+        y = await PJ.connect(n1, "carol", token="tc")  # a slot is free again
+        assert y.closed is None
 
     run(main())
