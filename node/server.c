@@ -91,31 +91,24 @@ static void on_pj_peers(redisReply *reply, const char *error, void *data)
     if (!pss)
         return;
     pss->peers = NULL;
-    char *body = NULL;
-    size_t len = 0, cap = 0;
     int ok = !error && reply && reply->type == REDIS_REPLY_ARRAY;
-    /* The ids are of characters JSON never escapes. */
-    for (size_t i = 0; ok && i <= reply->elements; i++) {
-        const char *id = i < reply->elements ? sb_reply_str(reply, i, NULL) : "";
-        size_t need = len + (id ? strlen(id) : 0) + 8;
-        if (need > cap) {
-            cap = need * 2;
-            char *b = realloc(body, cap);
-            if (!b) {
-                ok = 0;
-                break;
-            }
-            body = b;
-        }
-        if (i == reply->elements)
-            len += (size_t)snprintf(body + len, cap - len, "]");
-        else if (id && sb_pj_valid_id(id))
-            len += (size_t)snprintf(body + len, cap - len, "%s\"%s\"", len ? "," : "[", id);
-        else if (!len)
-            len += (size_t)snprintf(body + len, cap - len, "[");
+    /* ["id",...]: the ids are of characters JSON never escapes. */
+    size_t cap = 3, len = 0;
+    for (size_t i = 0; ok && i < reply->elements; i++) {
+        const char *id = sb_reply_str(reply, i, NULL);
+        cap += id ? strlen(id) + 3 : 0;
     }
-    if (ok && len == 1) /* no id: "]" alone */
-        len = (size_t)snprintf(body, cap, "[]");
+    char *body = ok ? malloc(cap) : NULL;
+    ok = body != NULL;
+    if (ok) {
+        body[len++] = '[';
+        for (size_t i = 0; i < reply->elements; i++) {
+            const char *id = sb_reply_str(reply, i, NULL);
+            if (id && sb_pj_valid_id(id))
+                len += (size_t)snprintf(body + len, cap - len, "%s\"%s\"", len > 1 ? "," : "", id);
+        }
+        body[len++] = ']';
+    }
     pss->due = (sb_http_head_t){.status = ok ? 200 : 503,
                                 .ctype = "application/json; charset=utf-8",
                                 .len = ok ? len : 0,

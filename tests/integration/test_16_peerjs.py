@@ -555,3 +555,24 @@ def test_14_the_nodes_last_connection_slot_answers_the_concurrent_limit(cluster,
         assert y.closed is None
 
     run(main())
+
+
+def test_15_path_off_and_no_grace(cluster, redis_server):
+    off = cluster.node("off", args=FAST + ["--peerjs-path", "off"])
+    for p in ("/peerjs", "/peerjs/peerjs/id", "/peerjs/peerjs/peers"):
+        assert http_get(off.http + p)[0] == 404, p
+    rw = RawWS(off.port, path="/peerjs/peerjs?key=peerjs&id=a&token=t")
+    assert rw.status == 404
+    rw.close()
+    n1 = cluster.node("n1", args=FAST + ["--resume-grace-ms", "0"])
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        a.abort()  # without a grace a lost socket frees its id at once
+        await until(lambda: bucket_stats(redis_server)["pj_members"] == 0, 3, msg="freed")
+        assert bucket_stats(redis_server)["pj_away"] == 0
+        b = await PJ.connect(n1, "alice", token="another")
+        assert b.closed is None
+        consistent(redis_server)
+
+    run(main())
