@@ -18,10 +18,8 @@
 //   SB_CLUSTER_DIR    deploy/cluster.sh's state dir (pids/<node id>: "pid starttime exe")
 // `node e2e_resume.mjs --fake`: against fake_node.mjs (two nodes addressed directly; the "kill"
 // resets the TCP connections of one fake node, and the page resumes on the same URL).
-import fs from 'node:fs';
-import path from 'node:path';
 import { figures, meshStatus, openPage, spreadPages, waitMesh, waitPeer } from './demo_page.mjs';
-import { ROOT, Steps, assert, closeBrowser, runSteps, screenshot, waitFor } from './lib.mjs';
+import { Steps, assert, closeBrowser, clusterEnv, nodePid, runSteps, screenshot, waitFor } from './lib.mjs';
 
 const steps = new Steps();
 const browsers = [];
@@ -32,23 +30,6 @@ const SEND_EVERY_MS = 100;
 function env(name) {
     const v = process.env[name];
     return v && v.trim() ? v.trim() : null;
-}
-
-// A KEY=value of deploy/cluster.env, as a number.
-function clusterEnv(key) {
-    const m = new RegExp(`^${key}=(\\d+)$`, 'm').exec(fs.readFileSync(path.join(ROOT, 'deploy/cluster.env'), 'utf8'));
-    if (!m) throw new Error(`deploy/cluster.env has no ${key}`);
-    return Number(m[1]);
-}
-
-// The pid cluster.sh recorded for a node, checked to be a live switchboard-node.
-function nodePid(dir, node) {
-    const file = path.join(dir, 'pids', node);
-    const [pid] = fs.readFileSync(file, 'utf8').trim().split(/\s+/);
-    assert(/^\d+$/.test(pid), `${file}: no pid`);
-    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    assert(cmd.includes('switchboard-node'), `pid ${pid} of ${file} is not a node: ${cmd.replace(/\0/g, ' ')}`);
-    return Number(pid);
 }
 
 // Page side: types "NAME TAG N" into the chat every `every` ms and sends it; a tick when the
@@ -150,7 +131,7 @@ async function main() {
         admin = { url: fake.adminUrl, token: fake.adminToken };
         holdMs = 3000;
     } else {
-        holdMs = clusterEnv('SWITCHBOARD_PRESENCE_TTL_MS') + clusterEnv('SWITCHBOARD_ADMIN_RECONCILE_INTERVAL_MS') + 2000;
+        holdMs = Number(clusterEnv('SWITCHBOARD_PRESENCE_TTL_MS')) + Number(clusterEnv('SWITCHBOARD_ADMIN_RECONCILE_INTERVAL_MS')) + 2000;
         if (urls.length !== 1 || !admin || !clusterDir) {
             console.log('FAIL 00-setup: needs SB_E2E_URLS (one load balancer URL), SB_ADMIN_URL, SB_ADMIN_TOKEN and SB_CLUSTER_DIR; tests/browser/run-e2e.sh sets them');
             steps.failed++;

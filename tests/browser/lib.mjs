@@ -18,15 +18,18 @@ const CHROMIUM_ARGS = [
     '--allow-loopback-in-peer-connection', '--no-proxy-server',
 ];
 
+// getUserMedia answered by Chromium's fake camera and microphone, without a permission prompt.
+export const FAKE_MEDIA_ARGS = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'];
+
 /**
  * One browser per page, each with a fresh profile in a temp dir (removed by close()), so the
  * pages share nothing, as two users' browsers would. Page errors and console errors are
- * collected in `problems` / `console`.
+ * collected in `problems` / `console`. `args`: more Chromium flags (e.g. FAKE_MEDIA_ARGS).
  */
-export async function openBrowser(label, url) {
+export async function openBrowser(label, url, { args = [] } = {}) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sb-browser-'));
     const context = await chromium.launchPersistentContext(dir, {
-        executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
+        executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...args],
         viewport: { width: 1000, height: 700 },
     });
     const b = { label, context, dir, problems: [], console: [], page: null };
@@ -81,8 +84,8 @@ export function assert(cond, message) {
 
 /**
  * Runs numbered steps in order. A failed step fails, and the steps after it are skipped
- * (they build on it). finish() prints `N passed, N failed, N skipped` and returns the exit
- * status.
+ * (they build on it), unless it was run with `{ independent: true }` (nothing after it builds
+ * on it). finish() prints `N passed, N failed, N skipped` and returns the exit status.
  */
 export class Steps {
     constructor() {
@@ -93,7 +96,7 @@ export class Steps {
         this.broken = false;
     }
 
-    async run(name, fn) {
+    async run(name, fn, { independent = false } = {}) {
         const label = `${String(++this.n).padStart(2, '0')}-${name}`;
         if (this.broken) {
             this.skipped++;
@@ -108,7 +111,7 @@ export class Steps {
             return note;
         } catch (e) {
             this.failed++;
-            this.broken = true;
+            if (!independent) this.broken = true;
             console.log(`FAIL ${label} (${Date.now() - t0} ms): ${e && e.stack ? e.stack : e}`);
             return undefined;
         }
@@ -139,6 +142,24 @@ export async function runSteps(steps, main, cleanup) {
         await cleanup();
     }
     process.exit(steps.finish());
+}
+
+// A KEY=value of deploy/cluster.env (the settings deploy/cluster.sh gives every service).
+export function clusterEnv(key) {
+    const m = new RegExp(`^${key}=(\\S+)$`, 'm').exec(fs.readFileSync(path.join(ROOT, 'deploy/cluster.env'), 'utf8'));
+    if (!m) throw new Error(`deploy/cluster.env has no ${key}`);
+    return m[1];
+}
+
+// The pid deploy/cluster.sh recorded for a node (its state dir's pids/<node id>: "pid
+// starttime exe"), checked to be a live switchboard-node.
+export function nodePid(dir, node) {
+    const file = path.join(dir, 'pids', node);
+    const [pid] = fs.readFileSync(file, 'utf8').trim().split(/\s+/);
+    assert(/^\d+$/.test(pid), `${file}: no pid`);
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    assert(cmd.includes('switchboard-node'), `pid ${pid} of ${file} is not a node: ${cmd.replace(/\0/g, ' ')}`);
+    return Number(pid);
 }
 
 export function artifactsDir() {

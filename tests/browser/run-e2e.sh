@@ -9,18 +9,23 @@
 # and, last since it kills a node, e2e_resume.mjs (a call survives kill -9 of one page's node,
 # then the drain of the other's; it reads the node pids cluster.sh recorded in SB_CLUSTER_DIR).
 # Then `cluster.sh down`, which stops exactly the pids `up` recorded (also on failure or ^C,
-# from the EXIT trap), and a check that nothing else still runs in the namespace. Exit status: 0 when every
+# from the EXIT trap). Then a second cluster the same way, for e2e_peerjs.mjs (the real peerjs
+# client through HAProxy, issue 16; it kills a node too, and needs two alive at its start), and
+# its `down`. Last, a check that nothing else still runs in the namespace. Exit status: 0 when every
 # test passed. Output: `PASS/FAIL/SKIP name` lines, then `browser: N passed, N failed, N
 # skipped` (tests/run-all.sh reads it).
 #
 #   tests/browser/run-e2e.sh          every test
 #   tests/browser/run-e2e.sh --fake   no C processes: client_protocol.mjs, client_resume.mjs,
-#                                     e2e_webrtc.mjs and e2e_resume.mjs against the fakes
+#                                     e2e_webrtc.mjs and e2e_resume.mjs against the fakes,
+#                                     e2e_peerjs.mjs against the reference PeerJS server
+#                                     (peer 1.0.2 of tests/bench/js; its steps that need
+#                                     Switchboard are skipped)
 #
 # Environment: SWITCHBOARD_BUILD (default build/), SB_ARTIFACTS (default
 # tests/artifacts/browser: screenshots; logs/ gets the cluster's logs, copied there after
 # `down`: redis, node1..3, admin, lb (HAProxy's request log) and cluster.log, the output of
-# cluster.sh with the token masked).
+# cluster.sh with the token masked; logs/peerjs/ the same of the PeerJS cluster).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,8 +37,12 @@ fake=0
 
 if [ -z "${SB_E2E_IN_NETNS:-}" ]; then
     # Outside the namespace, where the npm registry is reachable.
-    if [ ! -d "$here/node_modules/playwright-core" ]; then
+    if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/peerjs" ]; then
         (cd "$here" && npm ci --no-audit --no-fund --silent)
+    fi
+    # --fake runs e2e_peerjs.mjs against the reference PeerJS server of the benchmark.
+    if [ "$fake" = 1 ] && [ ! -d "$root/tests/bench/js/node_modules/peer" ]; then
+        (cd "$root/tests/bench/js" && npm ci --no-audit --no-fund --silent)
     fi
     if [ "$fake" = 0 ]; then
         for b in "$build/node/switchboard-node" "$build/admin/switchboard-admin"; do
@@ -54,18 +63,55 @@ ip link set lo up
 logs="$SB_ARTIFACTS/logs"
 mkdir -p "$logs"
 tmp=$(mktemp -d /tmp/sb-e2e.XXXXXX)
-export SB_CLUSTER_DIR="$tmp/cluster" SWITCHBOARD_BUILD="$build"
+export SWITCHBOARD_BUILD="$build"
 cluster=0 # 1 from `cluster.sh up` until `cluster.sh down`
+cluster_logs=$logs
+
+# Starts a cluster (`cluster.sh up`) in the state dir $1, its logs to $2 (cluster.log: the
+# output of cluster.sh), and exports what the tests read (SB_E2E_URLS, SB_LB_MONITOR_URL,
+# SB_ADMIN_URL, SB_ADMIN_TOKEN, SB_CLUSTER_DIR). HAProxy on its cluster.env ports (nothing else
+# listens in this namespace), a fresh random admin token (stored in the state dir), the build
+# under test. Returns the status of `cluster.sh up`.
+start_cluster() {
+    export SB_CLUSTER_DIR=$1
+    cluster_logs=$2
+    mkdir -p "$cluster_logs"
+    cluster=1
+    local t0=$SECONDS
+    env -u SWITCHBOARD_ADMIN_TOKEN "$root/deploy/cluster.sh" up >"$cluster_logs/cluster.log" 2>&1 || return
+    declare -A port=()
+    while IFS='=' read -r k v; do port[$k]=$v; done <"$SB_CLUSTER_DIR/ports.env"
+    export SB_E2E_URLS="http://127.0.0.1:${port[SB_LB_PORT]}"
+    export SB_LB_MONITOR_URL="http://127.0.0.1:${port[SB_LB_MONITOR_PORT]}"
+    export SB_ADMIN_URL="http://127.0.0.1:${port[SB_ADMIN_PORT]}"
+    export SB_ADMIN_TOKEN
+    SB_ADMIN_TOKEN=$(cat "$SB_CLUSTER_DIR/admin.token")
+    sed -i "s/$SB_ADMIN_TOKEN/<token>/g" "$cluster_logs/cluster.log"
+    echo "# cluster up in $((SECONDS - t0)) s (deploy/cluster.sh): HAProxy $SB_E2E_URLS" \
+         "(monitor $SB_LB_MONITOR_URL), nodes node1..node3 on" \
+         "${port[SB_NODE1_PORT]} ${port[SB_NODE2_PORT]} ${port[SB_NODE3_PORT]}, admin $SB_ADMIN_URL," \
+         "redis ${port[SB_REDIS_PORT]}; logs in $cluster_logs"
+}
 
 # Stops the cluster (cluster.sh stops exactly the pids it recorded) and copies its logs to
-# $SB_ARTIFACTS/logs. Returns the status of `cluster.sh down`.
+# those of start_cluster. Returns the status of `cluster.sh down`.
 stop_cluster() {
     [ "$cluster" = 1 ] || return 0
     cluster=0
     local status=0
-    "$root/deploy/cluster.sh" down >>"$logs/cluster.log" 2>&1 || status=$?
-    cp "$SB_CLUSTER_DIR"/logs/*.log "$logs/" 2>/dev/null || true
+    "$root/deploy/cluster.sh" down >>"$cluster_logs/cluster.log" 2>&1 || status=$?
+    cp "$SB_CLUSTER_DIR"/logs/*.log "$cluster_logs/" 2>/dev/null || true
     return "$status"
+}
+
+# stop_cluster, counted as a failure named $1 when `cluster.sh down` fails.
+stop_cluster_checked() {
+    local t0=$SECONDS
+    if stop_cluster; then
+        echo "# cluster down in $((SECONDS - t0)) s"
+    else
+        fail "$1" "deploy/cluster.sh down failed; see $cluster_logs/cluster.log"
+    fi
 }
 
 on_exit() {
@@ -113,27 +159,11 @@ find_leftovers() {
 }
 
 if [ "$fake" = 0 ]; then
-    # HAProxy on its cluster.env ports (nothing else listens in this namespace), a fresh
-    # random admin token (stored in the state dir), the build under test.
-    cluster=1
-    t0=$SECONDS
-    if env -u SWITCHBOARD_ADMIN_TOKEN "$root/deploy/cluster.sh" up >"$logs/cluster.log" 2>&1; then
-        declare -A port=()
-        while IFS='=' read -r k v; do port[$k]=$v; done <"$SB_CLUSTER_DIR/ports.env"
-        export SB_E2E_URLS="http://127.0.0.1:${port[SB_LB_PORT]}"
-        export SB_LB_MONITOR_URL="http://127.0.0.1:${port[SB_LB_MONITOR_PORT]}"
-        export SB_ADMIN_URL="http://127.0.0.1:${port[SB_ADMIN_PORT]}"
-        export SB_ADMIN_TOKEN
-        SB_ADMIN_TOKEN=$(cat "$SB_CLUSTER_DIR/admin.token")
-        sed -i "s/$SB_ADMIN_TOKEN/<token>/g" "$logs/cluster.log"
-        echo "# cluster up in $((SECONDS - t0)) s (deploy/cluster.sh): HAProxy $SB_E2E_URLS" \
-             "(monitor $SB_LB_MONITOR_URL), nodes node1..node3 on" \
-             "${port[SB_NODE1_PORT]} ${port[SB_NODE2_PORT]} ${port[SB_NODE3_PORT]}, admin $SB_ADMIN_URL," \
-             "redis ${port[SB_REDIS_PORT]}; logs in $logs"
+    if start_cluster "$tmp/cluster" "$logs"; then
         run_test client_protocol.mjs
         run_test client_resume.mjs
         run_test e2e_webrtc.mjs
-        # Last: it kills one node (kill -9) and drains another.
+        # Last on this cluster: it kills one node (kill -9) and drains another.
         run_test e2e_resume.mjs
     else
         fail run-e2e-cluster-up "deploy/cluster.sh up failed; its output:"
@@ -141,17 +171,22 @@ if [ "$fake" = 0 ]; then
         run_test client_protocol.mjs
         run_test client_resume.mjs
     fi
-    t0=$SECONDS
-    if stop_cluster; then
-        echo "# cluster down in $((SECONDS - t0)) s"
+    stop_cluster_checked run-e2e-cluster-down
+    # PeerJS (issue 16) with the real peerjs client, on a cluster of its own (e2e_resume.mjs
+    # left one node of the first one, and this test kills a node too). Logs in logs/peerjs/.
+    if start_cluster "$tmp/cluster-peerjs" "$logs/peerjs"; then
+        run_test e2e_peerjs.mjs
     else
-        fail run-e2e-cluster-down "deploy/cluster.sh down failed; see $logs/cluster.log"
+        fail run-e2e-cluster-up-peerjs "deploy/cluster.sh up failed; its output:"
+        sed 's/^/#   /' "$logs/peerjs/cluster.log"
     fi
+    stop_cluster_checked run-e2e-cluster-down-peerjs
 else
     run_test client_protocol.mjs
     run_test client_resume.mjs
     run_test e2e_webrtc.mjs --fake
     run_test e2e_resume.mjs --fake
+    PEERJS_TARGET=reference run_test e2e_peerjs.mjs
 fi
 
 find_leftovers

@@ -3,8 +3,9 @@ the load balancer's port, then deploy/cluster.sh down.
 
 01 clients spread over the three nodes (leastconn), and two of them on different nodes join
    one room and signal each other across nodes (protocol: docs/protocol.md)
-02 the LB forwards /ws and the demo page (/, /index.html, /switchboard.js, /demo.js, /demo.css)
-   only; the admin sees the three nodes
+02 the LB forwards /ws, the demo page (/, /index.html, /switchboard.js, /demo.js, /demo.css)
+   and the PeerJS routes (/peerjs and below: GET, OPTIONS preflights) only; the admin sees the
+   three nodes
 03 a node that stops is taken out of rotation: new clients land on the other two
 04 down stops exactly the recorded processes and frees the ports
 
@@ -14,6 +15,7 @@ stopped by pid (cluster.sh down, then a check here, then SIGKILL by pid as a las
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -220,7 +222,7 @@ def test_01_clients_spread_and_signal_across_nodes(cluster):
     asyncio.run(scenario())
 
 
-def test_02_lb_forwards_only_ws_and_demo_and_admin_sees_nodes(cluster):
+def test_02_lb_forwards_only_ws_demo_peerjs_and_admin_sees_nodes(cluster):
     base = f"http://127.0.0.1:{cluster.lb}"
     for page in ("/", "/index.html", "/switchboard.js", "/demo.js", "/demo.css"):
         assert http_status(base + page)[0] == 200, page
@@ -228,6 +230,16 @@ def test_02_lb_forwards_only_ws_and_demo_and_admin_sees_nodes(cluster):
                     "/index.htm"):
         assert http_status(base + private)[0] in (403, 404), private
     assert http_status(base + "/", method="POST")[0] in (403, 404, 405)
+    # PeerJS (docs/peerjs.md): /peerjs and below reach the nodes, GET and the CORS preflight.
+    status, body = http_status(base + "/peerjs")
+    assert status == 200 and json.loads(body)["name"] == "PeerJS Server", (status, body)
+    status, body = http_status(base + "/peerjs/peerjs/id")
+    assert status == 200 and re.fullmatch(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", body), (status, body)
+    status, _ = http_status(base + "/peerjs/peerjs/id", method="OPTIONS",
+                            headers={"Origin": "http://app.test", "Access-Control-Request-Method": "GET"})
+    assert status == 204, status
+    assert http_status(base + "/peerjs/peerjs/id", method="POST")[0] in (403, 404, 405)
+    assert http_status(base + "/peerjsx")[0] == 404
 
     admin = f"http://127.0.0.1:{cluster.ports['SB_ADMIN_PORT']}"
     assert http_status(admin + "/admin/mesh-status")[0] == 401

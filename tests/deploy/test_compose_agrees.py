@@ -383,7 +383,10 @@ def test_haproxy_rules():
     assert re.search(r"acl path_ws\s+path /ws$", text, re.M)
     m = re.search(r"^acl path_demo\s+path (.+)$", text, re.M)
     assert m and set(m.group(1).split()) == DEMO_PATHS
-    assert re.search(r"deny deny_status 404 unless path_ws or path_demo", text)
+    assert re.search(r"deny deny_status 404 unless path_ws or path_demo or path_peerjs$", text, re.M)
+    assert re.search(r"acl path_peerjs\s+path /peerjs$", text, re.M)
+    assert re.search(r"acl path_peerjs\s+path_beg /peerjs/$", text, re.M)
+    assert re.search(r"deny deny_status 405 unless method_ok or path_peerjs method_preflight$", text, re.M)
     assert len(re.findall(r"^server node\d ", text, re.M)) == 3
 
 
@@ -427,6 +430,9 @@ def test_nginx_rules():
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "proxy_set_header Connection $connection_upgrade;" in text
     assert "proxy_read_timeout 1h;" in text
+    # PeerJS: /peerjs exactly and everything below /peerjs/ (its WebSocket too).
+    assert "location = /peerjs {" in text
+    assert "proxy_read_timeout 1h;" in text.split("location /peerjs/ {", 1)[1].split("location", 1)[0]
     # proxy_set_header only at server level (a location with its own would drop these).
     assert not re.search(r"location[^{]*\{[^}]*proxy_set_header", text)
     # The documented envsubst line names exactly the placeholders the file uses.
@@ -581,7 +587,7 @@ def test_kubernetes(env):
     paths = {p["path"]: p["pathType"]
              for r in docs[("Ingress", "switchboard")]["spec"]["rules"]
              for p in r["http"]["paths"]}
-    assert paths == {p: "Exact" for p in DEMO_PATHS | {"/ws"}}
+    assert paths == {**{p: "Exact" for p in DEMO_PATHS | {"/ws"}}, "/peerjs": "Prefix"}
 
 
 def test_load_balancers_forward_the_nodes_static_routes():
