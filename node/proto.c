@@ -223,28 +223,31 @@ typedef struct {
 static const char *hot_string(const char *p, const char *end, int *plain)
 {
     *plain = 1;
-    /* Past a string's first 8 bytes, 8 at a time while none needs a look (a quote, a
-     * backslash, a control character, a byte over 0x7f): signals are mostly long plain strings
-     * (SDP, padding), while keys and ids are short. The test is exact about whether such a byte
-     * is among the 8 (borrows only add false alarms); after an alarm those 8 go byte by byte. */
-    const char *open = p;
-    size_t wide_from = 9; /* offset from the opening quote */
-    for (p++; p < end; p++) {
-        if ((size_t)(p - open) >= wide_from) {
-            const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
-            while (end - p >= 8) {
-                uint64_t x;
-                memcpy(&x, p, 8);
-                uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-                if ((((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) & high) {
-                    wide_from = (size_t)(p - open) + 8;
-                    break;
-                }
-                p += 8;
-            }
-            if (p >= end)
+    /* 8 bytes at a time while 8 remain in the buffer (the closing quote is one of the bytes that
+     * need a look, so reading past it stays inside the message): a quote, a backslash, a control
+     * character or a byte over 0x7f raises its byte's high bit in `hit`. Borrows only raise bits
+     * above a true hit, so the lowest one is exact: the scan jumps straight to it. Keys, ids and
+     * short values end within the first 8 bytes; long plain strings (SDP) go 8 at a time. */
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    for (p++;;) {
+        while (end - p >= 8) {
+            uint64_t x;
+            memcpy(&x, p, 8);
+            uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+            uint64_t hit =
+                (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) & high;
+            if (hit) {
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+                p += (size_t)__builtin_clzll(hit) >> 3; /* the first byte is the highest */
+#else
+                p += (size_t)__builtin_ctzll(hit) >> 3; /* the first byte is the lowest */
+#endif
                 break;
+            }
+            p += 8;
         }
+        if (p >= end)
+            return NULL;
         unsigned char c = (unsigned char)*p;
         if (c == '"')
             return p + 1;
@@ -255,8 +258,8 @@ static const char *hot_string(const char *p, const char *end, int *plain)
                 return NULL; /* \u and anything else: jansson's business */
             *plain = 0;
         }
+        p++;
     }
-    return NULL;
 }
 
 static const char *hot_digits(const char *p, const char *end)

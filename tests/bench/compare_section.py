@@ -85,7 +85,7 @@ def wait_ev(b, p, ev, timeout):
 # ---- section 8: the comparison -----------------------------------------------------------------
 
 STACKS = ("peerjs", "sio", "sb-same", "sb-cross")
-PROFILED = (("sb-same", "relay"), ("sb-cross", "relay"), ("sb-cross", "rate"))
+PROFILED = (("sb-same", "relay"), ("sb-same", "rate"), ("sb-cross", "relay"), ("sb-cross", "rate"))
 
 
 def start_stack(b, red, stack):
@@ -155,9 +155,42 @@ def perf_report(b, rec):
     return out
 
 
-def cmp_run(b, red, stack, mode, profile=False, start=start_stack):
+# System calls of the server processes by kind, counted by `perf stat` on the syscall
+# tracepoints (in extra runs: a traced system call takes the kernel's slower path).
+SYSCALLS = {"reads": ("read", "recvfrom", "recvmsg", "readv"),
+            "writes": ("write", "writev", "sendto", "sendmsg"),
+            "polls": ("epoll_wait", "epoll_pwait")}
+
+
+def syscalls_start(b, pids, tag):
+    evs = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for v in SYSCALLS.values()
+                                        for n in v]
+    out = os.path.join(b.WORK, f"syscalls-{tag}.csv")
+    return b.Proc(["perf", "stat", "-x", ",", "-o", out, "-e", ",".join(evs), "-p",
+                   ",".join(str(p) for p in pids)], f"perf-stat-{tag}"), out
+
+
+def syscalls_report(rec, msgs):
+    """{kind: system calls per message} from a perf stat run, kinds of SYSCALLS and "all"."""
+    proc, out = rec
+    proc.signal(2)
+    proc.wait(60)
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            v = line.split(",")
+            if len(v) > 2 and v[0].strip().isdigit():
+                counts[v[2].strip()] = int(v[0])
+    res = {"all": counts.get("raw_syscalls:sys_enter", 0) / msgs}
+    for kind, names in SYSCALLS.items():
+        res[kind] = sum(counts.get(f"syscalls:sys_enter_{n}", 0) for n in names) / msgs
+    return res
+
+
+def cmp_run(b, red, stack, mode, profile=False, start=start_stack, syscalls=False):
     """One relay or rate run of a stack; start(b, red, stack) starts its servers (start_stack's
-    return; section 12 passes its own)."""
+    return; section 12 passes its own). syscalls: count the servers' system calls instead of
+    timing them (an extra run)."""
     E = b.ENV
     servers, pids, urls, cstack = start(b, red, stack)
     try:
@@ -167,6 +200,7 @@ def cmp_run(b, red, stack, mode, profile=False, start=start_stack):
         p = client(b, cstack, mode, urls, args)
         wait_ev(b, p, "window", 120)
         rec = perf_start(b, [s.pid for s in servers], f"{stack}-{mode}") if profile else None
+        sys_rec = syscalls_start(b, pids, f"{stack}-{mode}") if syscalls else None
         c0 = {pid: b.cpu_s(pid) for pid in pids + [p.pid]}
         q0 = {pid: schedstat(pid) for pid in pids}
         t0 = time.monotonic()
@@ -189,6 +223,8 @@ def cmp_run(b, red, stack, mode, profile=False, start=start_stack):
         res["switches_per_msg"] = sum(q1[x][2] - q0[x][2] for x in pids) / (rate * dt)
         if rec:
             res["profile"] = perf_report(b, rec)
+        if sys_rec:
+            res["syscalls_per_msg"] = syscalls_report(sys_rec, rate * dt)
         return res
     finally:
         for s in servers:
@@ -268,6 +304,12 @@ def section8(b, red):
             b.log(f"section 8: {stack} {mode} under perf record -g")
             r = cmp_run(b, red, stack, mode, True)
             R["profiles"][f"{stack} {mode}"] = {"profile": r.pop("profile"), "run": r}
+        R["syscalls"] = {}
+        for mode in ("relay", "rate"):
+            for stack in STACKS:
+                b.log(f"section 8: {stack} {mode} under perf stat (system calls)")
+                r = cmp_run(b, red, stack, mode, syscalls=True)
+                R["syscalls"][f"{stack} {mode}"] = r["syscalls_per_msg"]
     for stack in ("peerjs", "sio", "sb"):
         b.log(f"section 8: {stack} idle connections ({E['SB_BENCH_CMP_IDLE']})")
         R["idle"][stack] = cmp_idle(b, red, stack)
@@ -339,6 +381,11 @@ def render8(b, a, S):
         "runq_wait_ms_per_s", lambda x: f"{x:.1f}")
     row(f"server CPU per message at {E['SB_BENCH_CMP_RATE']:,} msg/s (us)", "rate",
         "cpu_us_per_msg", f0)
+    sc = S.get("syscalls") or {}
+    for mode, label in (("relay", "flat out"), ("rate", f"at {E['SB_BENCH_CMP_RATE']:,} msg/s")):
+        if any(f"{s} {mode}" in sc for s in STACKS):
+            a(f"| server system calls per message {label}: all (reads, writes, polls) | " +
+              " | ".join(syscalls_cell(sc.get(f"{s} {mode}")) for s in STACKS) + " |")
     row(f"one-way latency p50 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p50_us",
         lambda x: f"{x / 1000:.2f}")
     row(f"one-way latency p99 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p99_us",
@@ -736,6 +783,12 @@ def render10(b, a, S):
     a("")
 
 
+def syscalls_cell(v):
+    if not v:
+        return "n/a"
+    return f"{v['all']:.2f} ({v['reads']:.2f}, {v['writes']:.2f}, {v['polls']:.2f})"
+
+
 def _prof(S, name):
     return (S.get("profiles", {}).get(name) or {}).get("profile") or {}
 
@@ -784,6 +837,13 @@ def why(b, a, S, T):
             "the Redis hop itself (three processes per message instead of one), not the node's "
             "code; fewer wake-ups would need messages held back to batch them (latency), or no "
             "hop.")
+    ps_rate = _prof(S, "sb-same rate")
+    k_same = next((p for p, d, _ in ps_rate.get("dsos", []) if d.startswith("[kernel")), None)
+    lib_same = sum(p for p, d, _ in ps_rate.get("dsos", [])
+                   if d.startswith(("libwebsockets", "libuv", "libc")))
+    own_same = sum(p for p, d, _ in ps_rate.get("dsos", []) if d.startswith("switchboard"))
+    sc = S.get("syscalls") or {}
+    sc_same, sc_pj = sc.get("sb-same rate"), sc.get("peerjs rate")
     if hit("same node CPU per msg"):
         out.append(
             f"**Same node, CPU per message at {rate}/s** (the ratio of each repeat: "
@@ -792,8 +852,13 @@ def why(b, a, S, T):
             f"{m('sb-same', 'rate', 'switches_per_msg'):.2f} switches-in per message for the node, "
             f"{m('peerjs', 'rate', 'switches_per_msg'):.2f} for peerjs-server, so a good part of "
             "each one's cost per message is the same kernel work (a wake-up, a read, a write), "
-            "which no server code can halve; the across-node profile at this rate below shows "
-            "the kernel's share. No profile of the same-node run at this rate was taken.")
+            "which no server code can halve"
+            + (f": in this run's profile of the node at this rate {k_same:.0f}% of the samples "
+               "are in the kernel, libwebsockets, libuv and libc " f"{lib_same:.0f}%, the node's "
+               f"own code {own_same:.0f}% (table below)" if k_same is not None else "")
+            + (f"; system calls per message (an extra run under `perf stat`): the node "
+               f"{sc_same['all']:.2f}, peerjs-server {sc_pj['all']:.2f}" if sc_same and sc_pj
+               else "") + ".")
     for stack, label, hops in (("sb-same", "same node", "one server process (and the client)"),
                                ("sb-cross", "across nodes", "three server processes (node 1, "
                                 "Redis, node 2)")):
@@ -832,7 +897,15 @@ def why(b, a, S, T):
                "context switch back in), " if ew else "")
             + (f"the node's own code and libwebsockets together {own:.0f}% "
                if own else "") + "(table below). "
-            "Across nodes, in addition: "
+            + (f"System calls per message (an extra run under `perf stat`, reads in brackets): "
+               f"the node {sc['sb-same relay']['all']:.2f} "
+               f"({sc['sb-same relay']['reads']:.2f}), peerjs-server "
+               f"{sc['peerjs relay']['all']:.2f} ({sc['peerjs relay']['reads']:.2f}): "
+               "peerjs-server, never idle, finds many frames waiting at each read, the node finds "
+               "about one, and each read and each return from `epoll_wait` is kernel work per "
+               "message that a busier server shares. "
+               if sc.get("sb-same relay") and sc.get("peerjs relay") else "")
+            + "Across nodes, in addition: "
             + (f"libc {libc:.0f}% of the nodes' samples, {alloc:.0f}% in the allocator "
                "(not attributed to callers: user-space call chains do not resolve in these "
                "profiles, the libraries have no frame pointers), " if libc else "")
@@ -842,10 +915,13 @@ def why(b, a, S, T):
         out.append(
             f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
             "Memory, not CPU: section 1 breaks it down by state "
-            "against the bare libwebsockets server with the node's settings, which alone holds "
-            "about 2.5 KB per idle connection (its per-connection state and the 1 KiB receive "
-            "buffer kept from the upgrade on). With fewer connections (this section) the figure "
-            "also carries the node's fixed growth (maps, allocator arenas).")
+            "against the bare libwebsockets server with the node's settings. libwebsockets "
+            "4.1.6 alone holds about 1,810 B of heap per connection (massif, docs/design.md: "
+            "its wsi 864 B, the ws state and the 512 B receive buffer 788 B, the libuv poll "
+            "handle 160 B), which leaves under 250 B of the 2,048 B for the node's session, seat, "
+            "room view and maps (about 1,160 B now): the target needs libwebsockets to hold "
+            "less per connection. With fewer connections (this section) the figure also carries "
+            "the node's fixed growth (maps, allocator arenas).")
     if "connects + joins/s >= 2 x peerjs connects/s" in missed:
         I = S["idle"]
         out.append(

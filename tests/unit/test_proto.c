@@ -670,6 +670,16 @@ static void test_valid_room_and_sid(void **state)
     s64[64] = 'x';
     s64[65] = '\0';
     assert_false(sb_valid_sid(s64));
+    /* every byte, against the charsets spelled out (the validators use a table) */
+    for (int c = 1; c < 256; c++) {
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        char room[4] = {'a', (char)c, 'b', '\0'}, sid[24];
+        memset(sid, 'A', 22);
+        sid[11] = (char)c;
+        sid[22] = '\0';
+        assert_int_equal(sb_valid_room(room), alnum || c == '.' || c == '_' || c == '-');
+        assert_int_equal(sb_valid_sid(sid), alnum || c == '_' || c == '-');
+    }
 }
 
 static int cmp_str(const void *a, const void *b)
