@@ -905,12 +905,12 @@ def why(b, a, S, T):
                "about one, and each read and each return from `epoll_wait` is kernel work per "
                "message that a busier server shares. "
                if sc.get("sb-same relay") and sc.get("peerjs relay") else "")
-            + "Across nodes, in addition: "
-            + (f"libc {libc:.0f}% of the nodes' samples, {alloc:.0f}% in the allocator "
-               "(not attributed to callers: user-space call chains do not resolve in these "
-               "profiles, the libraries have no frame pointers), " if libc else "")
-            + (f"`sb_json_member_span` {span_:.0f}% (the fields of each relayed message located "
-               "in its text)." if span_ else ""))
+            + ("Across nodes, in addition: " + "; ".join(x for x in (
+                (f"libc {libc:.0f}% of the nodes' samples, {alloc:.0f}% in the allocator "
+                 "(not attributed to callers: user-space call chains do not resolve in these "
+                 "profiles, the libraries have no frame pointers)" if libc else ""),
+                (f"`sb_json_member_span` {span_:.0f}% (the fields of each relayed message "
+                 "located in its text)" if span_ else "")) if x) + "." if libc or span_ else ""))
     if "RSS per idle joined socket <= 2,048 B" in missed:
         out.append(
             f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
