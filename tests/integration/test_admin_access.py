@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from harness import ROOT, admin_binary, http_get, wait_for
 
 DATA_ROUTES = {  # path -> the one method it serves
@@ -132,6 +134,9 @@ def test_03_open_routes_and_static_dashboard(cluster):
         assert json.loads(body) == {"error": "not found"}, path
 
 
+@pytest.mark.single_redis("killing one primary leaves the other shards answering, and the admin "
+                          "stays ready by design (docs/admin.md); test_cluster_system test_07 "
+                          "checks /readyz with a shard lost")
 def test_04_readyz_follows_redis(cluster, redis_server):
     admin = cluster.admin(args=["--redis-timeout-ms", "300", "--reconcile-interval-ms", "60000"])
     redis_server.kill()
