@@ -290,6 +290,7 @@ int main(int argc, char **argv)
     int lc = uv_loop_close(&loop);
     sb_info("stopped (uv_loop_close=%d)", lc);
     sb_route_away_free(n);
+    sb_route_sweep_free(n);
     sb_route_pj_free(n);
     sb_map_free(&n->sess_by_id);
     sb_map_free(&n->pj_by_id);

@@ -147,6 +147,8 @@ struct sb_node {
     unsigned char batch[LWS_PRE + SB_WRITE_BATCH];
     sb_map_t sess_by_id;
     sb_map_t rooms;                   /* route.c: room name -> its view and references */
+    struct sb_room *sweep_head;       /* route.c: rooms whose view wants the sweep */
+    int64_t full_sweep_ms;            /* route.c: the last sweep of every room */
     sb_seat_t *auth_head, *auth_tail; /* route.c: sockets awaiting a join, oldest first */
     sb_metrics_t metrics;
     unsigned char *auth_secret;
@@ -245,6 +247,8 @@ void sb_route_sweep(sb_node_t *n, int64_t now_ms);
 void sb_route_resync_all(sb_node_t *n);
 /* Frees the grace timers of sockets marked away (at exit; the admin expires what is left). */
 void sb_route_away_free(sb_node_t *n);
+/* Drops the sweep list's references to rooms (at exit). */
+void sb_route_sweep_free(sb_node_t *n);
 /* The room s is in according to Redis (its join succeeded and no removal yet), else NULL. */
 const char *sb_route_present_room(const sb_session_t *s);
 /* The presence key of s is gone while it is connected here: it was reaped. Runs the expired

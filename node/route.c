@@ -18,13 +18,17 @@
 
 typedef enum { SEAT_IDLE, SEAT_JOINING, SEAT_JOINED, SEAT_LEAVING } seat_state_t;
 
+#define SB_FULL_SWEEP_MS 1000 /* every room is swept this often, listed or not (sweep_mark) */
+
 /* A room this node has local sockets in: its view and who holds it. */
-typedef struct {
+typedef struct sb_room {
     sb_node_t *node;
     sb_view_t *view;
     const char *tag; /* its bucket (common/keys.h; static) */
-    int refs;        /* seats in it + commands in flight + action runs */
+    int refs;        /* seats in it + commands in flight + action runs + the sweep list */
     int pj;          /* a PeerJS key's room ("~pj.K"): its sockets are PeerJS sockets */
+    int sweep_listed;
+    struct sb_room *sweep_next; /* on the node's sweep list (sweep_mark) */
 } room_t;
 
 struct sb_seat {
@@ -100,6 +104,22 @@ static void room_unref(room_t *r)
     sb_map_del(&r->node->rooms, room_name(r));
     sb_view_free(r->view);
     free(r);
+}
+
+/* Lists r for the next sweep when its view has work only time can bring (sb_view_wants_sweep:
+ * a gap, a resync to retry, held signals, joins to complete). The sweep visits the listed rooms
+ * instead of every room: walking 5,000 idle rooms every 50 ms was half of an idle node's CPU
+ * (docs/design.md, "The sweep visits only rooms with work"). Called after every view call that
+ * can leave such work (run, signal_local, a resync that could not be sent). A room without
+ * local sockets is left to be freed. The list holds a reference. */
+static void sweep_mark(room_t *r)
+{
+    if (r->sweep_listed || !sb_view_nlocal(r->view) || !sb_view_wants_sweep(r->view))
+        return;
+    r->sweep_listed = 1;
+    r->refs++;
+    r->sweep_next = r->node->sweep_head;
+    r->node->sweep_head = r;
 }
 
 /* Runs a room script (lua/README.md): args[0] and args[1] are filled with its keys, the room's
@@ -749,6 +769,7 @@ static void run(room_t *r, sb_acts_t *acts)
                        "room %s: out of memory applying an event: the room will be read again",
                        room_name(r));
     sb_acts_clear(acts);
+    sweep_mark(r);
     room_unref(r);
 }
 
@@ -871,6 +892,7 @@ static void resync(room_t *r)
         sb_acts_init(&acts);
         sb_view_resync_done(r->view, 0, 0, NULL, 0, 0, sb_mono_ms(), &acts); /* retried */
         sb_acts_free(&acts);
+        sweep_mark(r);
         room_unref(r);
     }
 }
@@ -951,7 +973,23 @@ void sb_route_sweep(sb_node_t *n, int64_t now_ms)
     pj_sweep(n, now_ms);
     sb_acts_t acts;
     sb_acts_init(&acts);
-    each_room(n, sweep_room, &acts);
+    /* The listed rooms; run() lists again those that still want it. */
+    room_t *due = n->sweep_head;
+    n->sweep_head = NULL;
+    while (due) {
+        room_t *r = due;
+        due = r->sweep_next;
+        r->sweep_listed = 0;
+        r->sweep_next = NULL;
+        sweep_room(r, &acts);
+        room_unref(r); /* the list's reference */
+    }
+    /* Every room once a second as well: a view call that should have listed its room and
+     * did not (none is known) then costs a second of delay, not a signal held forever. */
+    if (now_ms - n->full_sweep_ms >= SB_FULL_SWEEP_MS) {
+        n->full_sweep_ms = now_ms;
+        each_room(n, sweep_room, &acts);
+    }
     sb_acts_free(&acts);
     /* Token and join timeouts: the queue is in connection order, so only its head can be due.
      * The idle-before-join timeout (auth off) bounds how long a socket that never joins holds
@@ -987,6 +1025,8 @@ static void signal_local(room_t *r, const char *from, const char *to, const char
         sb_session_t *dst = local_in(r, to);
         if (dst)
             deliver_signal(dst, from, data, dlen);
+    } else {
+        sweep_mark(r); /* held: released or dropped by the sweep */
     }
     sb_acts_free(&acts);
 }
@@ -1432,6 +1472,16 @@ void sb_route_away_free(sb_node_t *n)
         free(w);
     }
     n->away_tail = NULL;
+}
+
+void sb_route_sweep_free(sb_node_t *n)
+{
+    while (n->sweep_head) {
+        room_t *r = n->sweep_head;
+        n->sweep_head = r->sweep_next;
+        r->sweep_listed = 0;
+        room_unref(r);
+    }
 }
 
 typedef struct {

@@ -899,6 +899,12 @@ void sb_view_resync_done(sb_view_t *v, int ok, uint64_t seq, const sb_view_membe
 
 /* ---- sweep --------------------------------------------------------------------------------- */
 
+int sb_view_wants_sweep(const sb_view_t *v)
+{
+    return v->gap_since_ms || v->resync_due_ms || v->need_resync || v->nheld ||
+           (v->synced && v->njoining);
+}
+
 void sb_view_sweep(sb_view_t *v, int64_t now_ms, sb_acts_t *acts)
 {
     v->batch++;

@@ -168,5 +168,8 @@ void sb_view_resync_request(sb_view_t *v, sb_acts_t *acts);
 /* Periodic: a gap older than SB_VIEW_GAP_MS or a due retry asks for a resync; held signals
  * that may go now are delivered, expired ones dropped. */
 void sb_view_sweep(sb_view_t *v, int64_t now_ms, sb_acts_t *acts);
+/* 1 when sb_view_sweep may have work now or later without another call (a gap, a resync to
+ * retry or to start, held signals, joins to complete); 0 when only a call can give it some. */
+int sb_view_wants_sweep(const sb_view_t *v);
 
 #endif

@@ -237,6 +237,45 @@ static void test_failed_resync_retried_by_sweep(void **state)
     sb_view_free(v);
 }
 
+/* sb_view_wants_sweep lists the room for the node's sweep: 1 exactly while the sweep could
+ * have work without another call (held signals, a resync to retry, a join to complete). */
+static void test_wants_sweep(void **state)
+{
+    (void)state;
+    sb_view_t *v = view_with_a();
+    assert_false(sb_view_wants_sweep(v));
+    /* a held signal (unknown sender), released by the sender's join */
+    assert_int_equal(sb_view_signal(v, C, A, "1", 1, T0, &acts), SB_VIEW_HELD);
+    assert_true(sb_view_wants_sweep(v));
+    sb_view_event_t e11 = join_ev(11, C, NULL);
+    sb_view_event(v, &e11, T0, &acts);
+    assert_int_equal(sb_view_nheld(v), 0);
+    assert_false(sb_view_wants_sweep(v));
+    sb_acts_clear(&acts);
+    /* a failed read: retried by the sweep, then done */
+    sb_view_resync_request(v, &acts);
+    sb_acts_clear(&acts);
+    sb_view_resync_done(v, 0, 0, NULL, 0, 0, T0, &acts);
+    assert_true(sb_view_wants_sweep(v));
+    sb_view_sweep(v, T0 + SB_VIEW_RETRY_MS, &acts);
+    assert_string_equal(render(), "resync:*<-");
+    sb_acts_clear(&acts);
+    sb_view_member_in_t room[] = {{A, "n1", "{}"}, {X, "n2", "{}"}, {C, "n2", "{}"}};
+    sb_view_resync_done(v, 1, 11, room, 3, 0, T0 + SB_VIEW_RETRY_MS, &acts);
+    assert_false(sb_view_wants_sweep(v));
+    sb_acts_clear(&acts);
+    /* a local join waiting for its sequence (13; the view is at 11) */
+    assert_int_equal(sb_view_local_add(v, B), 0);
+    sb_view_local_joined(v, B, 13, NULL, 0, T0, &acts);
+    assert_true(sb_view_wants_sweep(v));
+    sb_view_event_t e12 = join_ev(12, X, NULL), e13 = join_ev(13, B, NULL);
+    sb_view_event(v, &e12, T0, &acts);
+    sb_view_event(v, &e13, T0, &acts);
+    assert_int_equal(sb_view_local_state(v, B), 1);
+    assert_false(sb_view_wants_sweep(v));
+    sb_view_free(v);
+}
+
 static void test_signal_before_peer_joined(void **state)
 {
     (void)state;
@@ -629,6 +668,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gap_resyncs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resync_races_later_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_resync_retried_by_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wants_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signal_before_peer_joined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_sender_order_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signals_held_during_join, setup, teardown),
