@@ -14,7 +14,7 @@
 #include <sys/resource.h>
 
 #ifndef NODE_RX_BUFFER
-#define NODE_RX_BUFFER 1024 /* node/server.c protocols[0].rx_buffer_size */
+#define NODE_RX_BUFFER 512 /* node/server.c SB_RX_BUFFER (protocols[0].rx_buffer_size) */
 #endif
 #define NODE_TX_PACKET 65536 /* node/server.c protocols[0].tx_packet_size */
 #define NODE_MAX_MESSAGE 65536
