@@ -71,7 +71,11 @@ typedef struct sb_session {
     struct lws *wsi;
     sb_node_t *node;
     sb_seat_t *seat; /* owned by route.c (sb_route_attach .. sb_route_disconnect) */
-    char id[SB_SID_MAX + 1];
+    /* Its id: in sid_buf when it fits (every id this node makes, 22 characters), else a
+     * malloc'd copy (a PeerJS id or a resumed one can be up to SB_SID_MAX). A 65-byte array
+     * here was 40 B of every socket's heap for the rare long id (issue 14). */
+    char *id;
+    char sid_buf[23];
     int64_t connected_ms;
     int64_t last_rx_ms;             /* the last frame, ping or pong from the client (liveness) */
     int64_t ping_sent_ms;           /* our last ping; one per idle interval */
@@ -176,6 +180,9 @@ struct sb_node {
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi);
 void sb_session_ref(sb_session_t *s);
 void sb_session_unref(sb_session_t *s);
+/* Gives s the id `id` (copied; registering it is the caller's). 0, or -1 when out of memory
+ * (s keeps its id). */
+int sb_session_set_id(sb_session_t *s, const char *id);
 /* Queues a text frame (copied). Closes the session with 4003 (dropping its queue) when the
  * queue would exceed --max-send-queue-bytes, and with 1011 when the frame cannot be allocated
  * (a frame is never silently lost). When the node's queued bytes then pass

@@ -1828,7 +1828,8 @@ static int rename_session(sb_session_t *s, const char *id)
     sb_node_t *n = s->node;
     if (sb_map_get(&n->sess_by_id, s->id) == s)
         sb_map_del(&n->sess_by_id, s->id);
-    snprintf(s->id, sizeof s->id, "%s", id);
+    if (sb_session_set_id(s, id) != 0)
+        return -1;
     return sb_map_put(&n->sess_by_id, s->id, s);
 }
 
@@ -2314,7 +2315,8 @@ static int pj_rename(sb_session_t *s, const char *id)
         sb_map_del(&n->sess_by_id, s->id);
     if (sb_map_get(&n->pj_by_id, s->id) == s)
         sb_map_del(&n->pj_by_id, s->id);
-    snprintf(s->id, sizeof s->id, "%s", id);
+    if (sb_session_set_id(s, id) != 0)
+        return -1;
     if (sb_map_get(&n->pj_by_id, id))
         sb_map_del(&n->pj_by_id, id);
     return sb_map_put(&n->pj_by_id, s->id, s);
