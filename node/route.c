@@ -39,7 +39,8 @@ struct sb_seat {
     unsigned resuming : 1; /* JOINING by a resume: `resumed`, not `joined`, completes it */
     unsigned renamed : 1;  /* resuming under the old id already (fresh_id is the welcome's) */
     room_t *room;          /* JOINING/JOINED/LEAVING */
-    char *meta_json;       /* compact meta as stored in Redis (with sub), once a join passed auth */
+    char *meta_json;       /* compact meta as stored in Redis (with sub), once a join passed auth;
+                            * NULL for "{}" (seat_set_meta) */
     char *maybe_room;      /* a join that timed out may have run there: undone before joining
                             * elsewhere and at close (malloc'd, or NULL) */
     json_t *join_rid;      /* JOINING: rid of the join (new reference) */
@@ -294,6 +295,18 @@ static void queued_clear(sb_seat_t *t)
     t->nqueued = 0;
     free(t->resumed_tail);
     t->resumed_tail = NULL;
+}
+
+/* The seat's meta becomes meta_json (taken; NULL: "{}"). "{}", the meta of most joins, is
+ * kept as NULL: as text it was a 32-byte heap block per joined socket (issue 14). */
+static void seat_set_meta(sb_seat_t *t, char *meta_json)
+{
+    if (meta_json && strcmp(meta_json, "{}") == 0) {
+        free(meta_json);
+        meta_json = NULL;
+    }
+    free(t->meta_json);
+    t->meta_json = meta_json;
 }
 
 static void seat_free(sb_seat_t *t)
@@ -1273,9 +1286,10 @@ static void join_send(req_t *q)
         (void)token_new(t); /* failed: neither, and the join goes on without resume */
     const char *origin = s->origin ? s->origin : "";
     hash_hex(t, hash);
-    const char *args[] = {NULL,      NULL,     n->cfg.prefix,        q->room, s->id,
-                          n->cfg.id, n->epoch, t->meta_json,         ttl,     max,
-                          hash,      origin,   t->sub ? t->sub : "", grace};
+    const char *meta = t->meta_json ? t->meta_json : "{}";
+    const char *args[] = {
+        NULL, NULL,   n->cfg.prefix,        q->room, s->id, n->cfg.id, n->epoch, meta, ttl, max,
+        hash, origin, t->sub ? t->sub : "", grace};
     if (room_script(n, q->room, "room_join", 2, 14, args, on_joined, q) != 0)
         join_failed(q);
 }
@@ -1329,8 +1343,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         return;
     }
     r->refs++;
-    free(t->meta_json);
-    t->meta_json = meta_json;
+    seat_set_meta(t, meta_json);
     t->room = r;
     t->state = SEAT_JOINING;
     t->join_rid = m->rid ? json_incref(m->rid) : NULL;
@@ -1910,8 +1923,7 @@ static int resume_take(sb_seat_t *t, const redisReply *reply)
         size_t vl;
         if (id && rec && strcmp(id, t->s->id) == 0 &&
             sb_json_member_span(rec, len, "meta", &v, &vl) && vl >= 2 && v[0] == '{') {
-            free(t->meta_json);
-            t->meta_json = strndup(v, vl);
+            seat_set_meta(t, strndup(v, vl));
         }
     }
     const redisReply *halves = reply->element[5];
