@@ -29,15 +29,17 @@ typedef struct {
 
 struct sb_seat {
     sb_session_t *s;
-    seat_state_t state;
-    /* Flags as bits, beside state: six ints made every socket's seat 16 B of heap bigger
-     * (issue 14). The resume ones are explained with the resume fields below. */
+    /* state and the flags share a word, nhalves the other half of it: as ints they made every
+     * socket's seat 32 B of heap bigger (issue 14). The resume flags are explained with the
+     * resume fields below. */
+    seat_state_t state : 2;      /* 4 states */
     unsigned in_redis : 1;       /* the join script succeeded and no removal has yet */
     unsigned awaiting_token : 1; /* in the node's token-timeout queue */
     unsigned has_hash : 1;
     unsigned used : 1;     /* a join or resume was asked: a resume must be the first message */
     unsigned resuming : 1; /* JOINING by a resume: `resumed`, not `joined`, completes it */
     unsigned renamed : 1;  /* resuming under the old id already (fresh_id is the welcome's) */
+    int nhalves;           /* entries in halves */
     room_t *room;          /* JOINING/JOINED/LEAVING */
     char *meta_json;       /* compact meta as stored in Redis (with sub), once a join passed auth;
                             * NULL for "{}" (seat_set_meta) */
@@ -45,7 +47,6 @@ struct sb_seat {
                             * elsewhere and at close (malloc'd, or NULL) */
     json_t *join_rid;      /* JOINING: rid of the join (new reference) */
     char **halves;         /* peers this socket reported `link up` to (re-asserted after a loss) */
-    int nhalves;
     sb_seat_t *auth_prev, *auth_next;
     /* Session resume. token: the resume token the coming `joined`/`resumed` carries
      * (malloc'd from the request to that reply, else NULL); tok_hash its SHA-256, binary, the
