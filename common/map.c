@@ -52,9 +52,10 @@ void *sb_map_get(const sb_map_t *m, const char *key)
 
 static int grow(sb_map_t *m)
 {
-    /* Starts at 4: most maps are a room view's (2 to a few members), and 16 empty buckets cost
-     * 128 B per map, about 100 B per idle joined socket (issue 14, massif). */
-    size_t n = m->nbuckets ? m->nbuckets * 2 : 4;
+    /* Starts at 2: most maps are a room view's (a pair room's 2 members, its 1 or 2 local
+     * sockets), and malloc rounds 4 buckets up to 48 B of heap where 2 take 32 (16 empty
+     * buckets were 128 B per map, about 100 B per idle joined socket; issue 14, massif). */
+    size_t n = m->nbuckets ? m->nbuckets * 2 : 2;
     sb_map_entry_t **b = calloc(n, sizeof *b);
     if (!b)
         return -1;

@@ -67,16 +67,25 @@ typedef struct sb_outmsg {
  * drops its reference. */
 typedef struct sb_session {
     int refs;
-    int closed;
+    /* Its flags, as bits in the word beside refs: five ints took a 16-byte step of malloc's
+     * rounding from every socket (issue 14). */
+    unsigned closed : 1;
+    unsigned ping_due : 1;    /* a ping waits for the next WRITEABLE */
+    unsigned idle_killed : 1; /* hung up: a ping went unanswered past --ping-timeout-ms */
+    unsigned close_sent : 1;  /* our close frame is written */
+    /* On the node's flush list (flush_prev, flush_next below). */
+    unsigned flush_listed : 1;
     struct lws *wsi;
     sb_node_t *node;
     sb_seat_t *seat; /* owned by route.c (sb_route_attach .. sb_route_disconnect) */
-    char id[SB_SID_MAX + 1];
+    /* Its id: in sid_buf when it fits (every id this node makes, 22 characters), else a
+     * malloc'd copy (a PeerJS id or a resumed one can be up to SB_SID_MAX). A 65-byte array
+     * here was 40 B of every socket's heap for the rare long id (issue 14). */
+    char *id;
+    char sid_buf[23];
     int64_t connected_ms;
     int64_t last_rx_ms;             /* the last frame, ping or pong from the client (liveness) */
     int64_t ping_sent_ms;           /* our last ping; one per idle interval */
-    int ping_due;                   /* a ping waits for the next WRITEABLE */
-    int idle_killed;                /* hung up: a ping went unanswered past --ping-timeout-ms */
     int peer_close;                 /* the code of the client's close frame (1005: none given;
                                      * 0: no close frame) */
     char *origin;                   /* its Origin header (malloc'd; NULL without one, or one over
@@ -93,9 +102,7 @@ typedef struct sb_session {
     sb_bucket_t bucket;
     int close_code;     /* != 0: close with it at the next chance */
     char *close_reason; /* malloc'd at the close (at most SB_CLOSE_REASON_MAX bytes), or NULL */
-    int close_sent;     /* our close frame is written */
-    /* On the node's flush list: frames queued this loop iteration, written before it waits. */
-    int flush_listed;
+    /* The node's flush list: frames queued this loop iteration, written before it waits. */
     struct sb_session *flush_prev, *flush_next;
     sb_pj_t *pj; /* a PeerJS socket's state (route.c), NULL for a native one */
 } sb_session_t;
@@ -178,6 +185,9 @@ struct sb_node {
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi);
 void sb_session_ref(sb_session_t *s);
 void sb_session_unref(sb_session_t *s);
+/* Gives s the id `id` (copied; registering it is the caller's). 0, or -1 when out of memory
+ * (s keeps its id). */
+int sb_session_set_id(sb_session_t *s, const char *id);
 /* Queues a text frame (copied). Closes the session with 4003 (dropping its queue) when the
  * queue would exceed --max-send-queue-bytes, and with 1011 when the frame cannot be allocated
  * (a frame is never silently lost). When the node's queued bytes then pass

@@ -33,27 +33,31 @@ typedef struct sb_room {
 
 struct sb_seat {
     sb_session_t *s;
-    seat_state_t state;
-    int in_redis;     /* the join script succeeded and no removal has yet */
-    room_t *room;     /* JOINING/JOINED/LEAVING */
-    char *meta_json;  /* compact meta as stored in Redis (with sub), once a join passed auth */
-    char *maybe_room; /* a join that timed out may have run there: undone before joining
-                       * elsewhere and at close (malloc'd, or NULL) */
-    json_t *join_rid; /* JOINING: rid of the join (new reference) */
-    char **halves;    /* peers this socket reported `link up` to (re-asserted after a loss) */
-    int nhalves;
-    int awaiting_token; /* in the node's token-timeout queue */
+    /* state and the flags share a word, nhalves the other half of it: as ints they made every
+     * socket's seat 32 B of heap bigger (issue 14). The resume flags are explained with the
+     * resume fields below. */
+    seat_state_t state : 2;      /* 4 states */
+    unsigned in_redis : 1;       /* the join script succeeded and no removal has yet */
+    unsigned awaiting_token : 1; /* in the node's token-timeout queue */
+    unsigned has_hash : 1;
+    unsigned used : 1;     /* a join or resume was asked: a resume must be the first message */
+    unsigned resuming : 1; /* JOINING by a resume: `resumed`, not `joined`, completes it */
+    unsigned renamed : 1;  /* resuming under the old id already (fresh_id is the welcome's) */
+    int nhalves;           /* entries in halves */
+    room_t *room;          /* JOINING/JOINED/LEAVING */
+    char *meta_json;       /* compact meta as stored in Redis (with sub), once a join passed auth;
+                            * NULL for "{}" (seat_set_meta) */
+    char *maybe_room;      /* a join that timed out may have run there: undone before joining
+                            * elsewhere and at close (malloc'd, or NULL) */
+    json_t *join_rid;      /* JOINING: rid of the join (new reference) */
+    char **halves;         /* peers this socket reported `link up` to (re-asserted after a loss) */
     sb_seat_t *auth_prev, *auth_next;
     /* Session resume. token: the resume token the coming `joined`/`resumed` carries
      * (malloc'd from the request to that reply, else NULL); tok_hash its SHA-256, binary, the
      * socket's incarnation in Redis when has_hash (hex where a script takes it: hash_hex). */
     char *token;
     unsigned char tok_hash[SB_RESUME_HASH_LEN / 2];
-    int has_hash;
-    int used;           /* a join or resume was asked: a resume must be the first message */
     char *sub;          /* JWT subject of the join (the resume record's), or NULL */
-    int resuming;       /* JOINING by a resume: `resumed`, not `joined`, completes it */
-    int renamed;        /* resuming under the old id already (fresh_id is the welcome's) */
     char *fresh_id;     /* during a resume: the welcome's id (malloc'd), else NULL */
     char *resumed_tail; /* ,"joined":[...],"left":[...],"links":[...] of the `resumed` reply */
     char **queued;      /* "F DATA" signals queued while away, sent after `resumed` */
@@ -312,6 +316,18 @@ static void queued_clear(sb_seat_t *t)
     t->nqueued = 0;
     free(t->resumed_tail);
     t->resumed_tail = NULL;
+}
+
+/* The seat's meta becomes meta_json (taken; NULL: "{}"). "{}", the meta of most joins, is
+ * kept as NULL: as text it was a 32-byte heap block per joined socket (issue 14). */
+static void seat_set_meta(sb_seat_t *t, char *meta_json)
+{
+    if (meta_json && strcmp(meta_json, "{}") == 0) {
+        free(meta_json);
+        meta_json = NULL;
+    }
+    free(t->meta_json);
+    t->meta_json = meta_json;
 }
 
 static void seat_free(sb_seat_t *t)
@@ -1311,9 +1327,10 @@ static void join_send(req_t *q)
         (void)token_new(t); /* failed: neither, and the join goes on without resume */
     const char *origin = s->origin ? s->origin : "";
     hash_hex(t, hash);
-    const char *args[] = {NULL,      NULL,     n->cfg.prefix,        q->room, s->id,
-                          n->cfg.id, n->epoch, t->meta_json,         ttl,     max,
-                          hash,      origin,   t->sub ? t->sub : "", grace};
+    const char *meta = t->meta_json ? t->meta_json : "{}";
+    const char *args[] = {
+        NULL, NULL,   n->cfg.prefix,        q->room, s->id, n->cfg.id, n->epoch, meta, ttl, max,
+        hash, origin, t->sub ? t->sub : "", grace};
     if (room_script(n, q->room, "room_join", 2, 14, args, on_joined, q) != 0)
         join_failed(q);
 }
@@ -1367,8 +1384,7 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         return;
     }
     r->refs++;
-    free(t->meta_json);
-    t->meta_json = meta_json;
+    seat_set_meta(t, meta_json);
     t->room = r;
     t->state = SEAT_JOINING;
     t->join_rid = m->rid ? json_incref(m->rid) : NULL;
@@ -1878,7 +1894,8 @@ static int rename_session(sb_session_t *s, const char *id)
     sb_node_t *n = s->node;
     if (sb_map_get(&n->sess_by_id, s->id) == s)
         sb_map_del(&n->sess_by_id, s->id);
-    snprintf(s->id, sizeof s->id, "%s", id);
+    if (sb_session_set_id(s, id) != 0)
+        return -1;
     return sb_map_put(&n->sess_by_id, s->id, s);
 }
 
@@ -1957,8 +1974,7 @@ static int resume_take(sb_seat_t *t, const redisReply *reply)
         size_t vl;
         if (id && rec && strcmp(id, t->s->id) == 0 &&
             sb_json_member_span(rec, len, "meta", &v, &vl) && vl >= 2 && v[0] == '{') {
-            free(t->meta_json);
-            t->meta_json = strndup(v, vl);
+            seat_set_meta(t, strndup(v, vl));
         }
     }
     const redisReply *halves = reply->element[5];
@@ -2364,7 +2380,8 @@ static int pj_rename(sb_session_t *s, const char *id)
         sb_map_del(&n->sess_by_id, s->id);
     if (sb_map_get(&n->pj_by_id, s->id) == s)
         sb_map_del(&n->pj_by_id, s->id);
-    snprintf(s->id, sizeof s->id, "%s", id);
+    if (sb_session_set_id(s, id) != 0)
+        return -1;
     if (sb_map_get(&n->pj_by_id, id))
         sb_map_del(&n->pj_by_id, id);
     return sb_map_put(&n->pj_by_id, s->id, s);

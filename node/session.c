@@ -16,7 +16,8 @@ sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
     sb_session_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    if (sb_proto_new_sid(s->id, sizeof s->id) != 0) {
+    s->id = s->sid_buf;
+    if (sb_proto_new_sid(s->sid_buf, sizeof s->sid_buf) != 0) {
         free(s);
         return NULL;
     }
@@ -195,7 +196,24 @@ void sb_session_unref(sb_session_t *s)
     free(s->rx);
     free(s->origin);
     free(s->close_reason);
+    if (s->id != s->sid_buf)
+        free(s->id);
     free(s);
+}
+
+int sb_session_set_id(sb_session_t *s, const char *id)
+{
+    size_t len = strnlen(id, SB_SID_MAX);
+    char *to = s->sid_buf;
+    if (len >= sizeof s->sid_buf && !(to = malloc(len + 1)))
+        return -1;
+    /* id may be s->id itself (a rename to the id it has). */
+    memmove(to, id, len);
+    to[len] = '\0';
+    if (s->id != s->sid_buf && s->id != to)
+        free(s->id);
+    s->id = to;
+    return 0;
 }
 
 /* ---- writing ------------------------------------------------------------------------------

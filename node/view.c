@@ -9,11 +9,11 @@
 #include <string.h>
 
 typedef struct local {
-    char id[SB_SID_MAX + 1];
-    int acked;                   /* the join script answered ok */
     uint64_t await_seq;          /* acked: its join's sequence number */
     uint64_t joined_batch;       /* > 0: `joined` was sent in that batch */
     struct local *jprev, *jnext; /* on the view's joining list while joined_batch is 0 */
+    int acked;                   /* the join script answered ok */
+    char id[];                   /* at its length: one per local socket (issue 14) */
 } local_t;
 
 typedef struct held {
@@ -36,7 +36,6 @@ typedef struct {
 } early_t;
 
 struct sb_view {
-    char name[SB_ROOM_MAX + 1];
     int synced;      /* seq and members are valid */
     int resyncing;   /* a room read is in flight: events are buffered */
     int need_resync; /* something was lost (buffer overflow, no memory): read when possible */
@@ -55,6 +54,7 @@ struct sb_view {
     size_t early_head, nearly, early_cap;
     int64_t gap_since_ms;  /* > 0: a gap was seen then */
     int64_t resync_due_ms; /* > 0: read again then (a failed or additions-only resync) */
+    char name[];           /* at its length: one view per room (issue 14) */
 };
 
 /* ---- actions ----------------------------------------------------------------------------- */
@@ -110,38 +110,44 @@ static void act_ids(sb_act_t *a, const char *to, const char *peer)
 
 /* ---- members ----------------------------------------------------------------------------- */
 
-static void member_free(sb_member_t *m)
-{
-    free(m->meta_json);
-    free(m);
-}
-
 /* Adds or updates a member. 1 when new, 0 when updated, -1 when out of memory. */
 static int member_put(sb_view_t *v, const char *id, const char *node, const char *meta_json)
 {
-    char *meta = strdup(meta_json ? meta_json : "{}");
-    if (!meta)
+    node = node ? node : "";
+    meta_json = meta_json ? meta_json : "{}";
+    sb_member_t *old = sb_map_get(&v->members, id);
+    if (old && strcmp(old->node, node) == 0 && strcmp(old->meta_json, meta_json) == 0)
+        return 0;
+    size_t il = strnlen(id, SB_SID_MAX), nl = strnlen(node, SB_NODE_ID_MAX), ml = strlen(meta_json);
+    sb_member_t *m = malloc(sizeof *m + il + 1 + nl + 1 + ml + 1);
+    if (!m)
         return -1;
-    sb_member_t *m = sb_map_get(&v->members, id);
-    int added = 0;
-    if (!m) {
-        m = calloc(1, sizeof *m);
-        if (!m) {
-            free(meta);
-            return -1;
-        }
-        snprintf(m->id, sizeof m->id, "%s", id);
-        if (sb_map_put(&v->members, m->id, m) != 0) {
-            free(meta);
-            free(m);
-            return -1;
-        }
-        added = 1;
+    char *p = m->id;
+    memcpy(p, id, il);
+    p[il] = '\0';
+    p += il + 1;
+    memcpy(p, node, nl);
+    p[nl] = '\0';
+    m->node = p;
+    p += nl + 1;
+    memcpy(p, meta_json, ml + 1);
+    m->meta_json = p;
+    m->mark = old ? old->mark : 0;
+    m->away = old ? old->away : 0;
+    /* Replacing the value of a key already there allocates nothing and cannot fail. */
+    if (sb_map_put(&v->members, m->id, m) != 0) {
+        free(m);
+        return -1;
     }
-    snprintf(m->node, sizeof m->node, "%s", node ? node : "");
-    free(m->meta_json);
-    m->meta_json = meta;
+    int added = !old;
+    free(old);
     return added;
+}
+
+static void free_value(void *value, void *arg)
+{
+    (void)arg;
+    free(value);
 }
 
 static int member_del(sb_view_t *v, const char *id)
@@ -149,19 +155,13 @@ static int member_del(sb_view_t *v, const char *id)
     sb_member_t *m = sb_map_del(&v->members, id);
     if (!m)
         return 0;
-    member_free(m);
+    free(m);
     return 1;
-}
-
-static void free_member_value(void *value, void *arg)
-{
-    (void)arg;
-    member_free(value);
 }
 
 static void clear_members(sb_view_t *v)
 {
-    sb_map_each(&v->members, free_member_value, NULL);
+    sb_map_each(&v->members, free_value, NULL);
     sb_map_free(&v->members);
     sb_map_init(&v->members);
 }
@@ -197,20 +197,15 @@ void sb_view_each_member(const sb_view_t *v, void (*fn)(const sb_member_t *m, vo
 
 sb_view_t *sb_view_new(const char *name)
 {
-    sb_view_t *v = calloc(1, sizeof *v);
+    size_t len = strnlen(name, SB_ROOM_MAX);
+    sb_view_t *v = calloc(1, sizeof *v + len + 1);
     if (!v)
         return NULL;
-    snprintf(v->name, sizeof v->name, "%s", name);
+    memcpy(v->name, name, len);
     sb_map_init(&v->members);
     sb_map_init(&v->locals);
     sb_map_init(&v->held_from);
     return v;
-}
-
-static void free_value(void *value, void *arg)
-{
-    (void)arg;
-    free(value);
 }
 
 static void early_clear(sb_view_t *v)
@@ -260,10 +255,11 @@ int sb_view_local_add(sb_view_t *v, const char *id)
 {
     if (sb_map_get(&v->locals, id))
         return -1;
-    local_t *l = calloc(1, sizeof *l);
+    size_t len = strnlen(id, SB_SID_MAX);
+    local_t *l = calloc(1, sizeof *l + len + 1);
     if (!l)
         return -1;
-    snprintf(l->id, sizeof l->id, "%s", id);
+    memcpy(l->id, id, len);
     if (sb_map_put(&v->locals, l->id, l) != 0) {
         free(l);
         return -1;
@@ -782,7 +778,7 @@ static void collect_unmarked(void *value, void *arg)
     gone_t *g = arg;
     sb_member_t *m = value;
     if (!m->mark)
-        memcpy(g->ids[g->n++], m->id, sizeof g->ids[0]);
+        snprintf(g->ids[g->n++], sizeof g->ids[0], "%s", m->id);
 }
 
 typedef struct {
@@ -796,7 +792,7 @@ static void collect_reaped(void *value, void *arg)
     reaped_t *r = arg;
     local_t *l = value;
     if (l->joined_batch && !sb_map_get(&r->v->members, l->id))
-        memcpy(r->ids[r->n++], l->id, sizeof r->ids[0]);
+        snprintf(r->ids[r->n++], sizeof r->ids[0], "%s", l->id);
 }
 
 void sb_view_resync_done(sb_view_t *v, int ok, uint64_t seq, const sb_view_member_in_t *members,

@@ -28,12 +28,16 @@
 #define SB_VIEW_GAP_MS 200       /* a gap not filled within this asks for a resync */
 #define SB_VIEW_RETRY_MS 200     /* a failed or additions-only resync is retried after this */
 
+/* One allocation: the record, then its id, node and meta at their exact lengths (a room view
+ * holds one per member, and fixed 65-byte arrays and a separate meta made it 192 B of heap
+ * where about 80 do; issue 14). An update that changes node or meta replaces the record, so a
+ * pointer to one is good until the view is next changed. */
 typedef struct {
-    char id[SB_SID_MAX + 1];
-    char node[SB_NODE_ID_MAX + 1];
-    char *meta_json; /* compact JSON object text, owned */
-    int mark;        /* scratch for resyncs */
-    int away;        /* its socket is lost and may resume (signals to it are queued in Redis) */
+    const char *node;      /* in the record, after id */
+    const char *meta_json; /* compact JSON object text, in the record, after node */
+    int mark;              /* scratch for resyncs */
+    int away; /* its socket is lost and may resume (signals to it are queued in Redis) */
+    char id[];
 } sb_member_t;
 
 typedef enum {

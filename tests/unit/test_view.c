@@ -589,6 +589,52 @@ static void test_away_and_back_events(void **state)
     sb_view_free(v);
 }
 
+/* Ids, node names and room names at their maxima (64) are kept whole, now that the records
+ * hold them at their length; an update that changes a member's node or meta replaces its
+ * record and keeps its flags. */
+static void test_longest_names(void **state)
+{
+    (void)state;
+    char room[SB_ROOM_MAX + 1], id[SB_SID_MAX + 1], peer[SB_SID_MAX + 1], node[SB_NODE_ID_MAX + 1];
+    memset(room, 'r', SB_ROOM_MAX);
+    room[SB_ROOM_MAX] = '\0';
+    memset(id, 'a', SB_SID_MAX);
+    id[SB_SID_MAX] = '\0';
+    memset(peer, 'x', SB_SID_MAX);
+    peer[SB_SID_MAX] = '\0';
+    memset(node, 'n', SB_NODE_ID_MAX);
+    node[SB_NODE_ID_MAX] = '\0';
+    sb_view_t *v = sb_view_new(room);
+    assert_non_null(v);
+    assert_string_equal(sb_view_name(v), room);
+    assert_int_equal(sb_view_local_add(v, id), 0);
+    sb_view_member_in_t snap[] = {{peer, "n2", "{}"}, {id, node, "{}"}};
+    assert_int_equal(sb_view_local_joined(v, id, 10, snap, 2, T0, &acts), 0);
+    assert_int_equal(sb_view_local_state(v, id), 1);
+    assert_string_equal(sb_view_member(v, id)->id, id);
+    assert_string_equal(sb_view_member(v, id)->node, node);
+    assert_string_equal(sb_view_member(v, peer)->meta_json, "{}");
+    sb_view_event_t a = away_ev(11, peer);
+    sb_view_event(v, &a, T0, &acts);
+    assert_true(sb_view_member(v, peer)->away);
+    /* Its join again, from the longest node name and with a meta: still away. */
+    sb_view_event_t j = {1, 12, peer, node, "{\"k\":1}", NULL};
+    sb_view_event(v, &j, T0, &acts);
+    const sb_member_t *m = sb_view_member(v, peer);
+    assert_true(m->away);
+    assert_string_equal(m->id, peer);
+    assert_string_equal(m->node, node);
+    assert_string_equal(m->meta_json, "{\"k\":1}");
+    sb_view_event_t b = back_ev(13, peer, "n3");
+    sb_view_event(v, &b, T0, &acts);
+    m = sb_view_member(v, peer);
+    assert_false(m->away);
+    assert_string_equal(m->node, "n3");
+    assert_int_equal(sb_view_nmembers(v), 2);
+    assert_int_equal(sb_view_seq(v), 13);
+    sb_view_free(v);
+}
+
 static void test_away_event_out_of_order(void **state)
 {
     (void)state;
@@ -685,6 +731,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_early_buffer_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_away_and_back_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_longest_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_away_event_out_of_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resync_reports_away_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_holds_signals_until_resumed, setup, teardown),
