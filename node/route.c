@@ -983,13 +983,10 @@ static void away_sweep(sb_node_t *n, int64_t now_ms);
 
 static void pj_sweep(sb_node_t *n, int64_t now_ms);
 
-void sb_route_sweep(sb_node_t *n, int64_t now_ms)
+/* Empties the sweep list; with acts, sweeps each room it held first (run() lists again those
+ * that still want it, on the new list). */
+static void sweep_listed(sb_node_t *n, sb_acts_t *acts)
 {
-    away_sweep(n, now_ms);
-    pj_sweep(n, now_ms);
-    sb_acts_t acts;
-    sb_acts_init(&acts);
-    /* The listed rooms; run() lists again those that still want it. */
     room_t *due = n->sweep_head;
     n->sweep_head = NULL;
     while (due) {
@@ -997,14 +994,26 @@ void sb_route_sweep(sb_node_t *n, int64_t now_ms)
         due = r->sweep_next;
         r->sweep_listed = 0;
         r->sweep_next = NULL;
-        sweep_room(r, &acts);
+        if (acts)
+            sweep_room(r, acts);
         room_unref(r); /* the list's reference */
     }
-    /* Every room once a second as well: a view call that should have listed its room and
-     * did not (none is known) then costs a second of delay, not a signal held forever. */
+}
+
+void sb_route_sweep(sb_node_t *n, int64_t now_ms)
+{
+    away_sweep(n, now_ms);
+    pj_sweep(n, now_ms);
+    sb_acts_t acts;
+    sb_acts_init(&acts);
+    /* Every room once a second (the listed ones with them): a view call that should have
+     * listed its room and did not (none is known) then costs a second of delay, not a signal
+     * held forever. Otherwise the listed rooms only. */
     if (now_ms - n->full_sweep_ms >= SB_FULL_SWEEP_MS) {
         n->full_sweep_ms = now_ms;
         each_room(n, sweep_room, &acts);
+    } else {
+        sweep_listed(n, &acts);
     }
     sb_acts_free(&acts);
     /* Token and join timeouts: the queue is in connection order, so only its head can be due.
@@ -1492,12 +1501,7 @@ void sb_route_away_free(sb_node_t *n)
 
 void sb_route_sweep_free(sb_node_t *n)
 {
-    while (n->sweep_head) {
-        room_t *r = n->sweep_head;
-        n->sweep_head = r->sweep_next;
-        r->sweep_listed = 0;
-        room_unref(r);
-    }
+    sweep_listed(n, NULL);
 }
 
 typedef struct {

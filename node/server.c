@@ -446,8 +446,8 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         s->rxcap = s->rxlen = 0;
         return 0;
     }
-    int whole = s->rxlen == 0 && lws_is_final_fragment(wsi) && announced == 0;
-    if (whole && !lws_frame_is_binary(wsi)) {
+    int last = lws_is_final_fragment(wsi) && announced == 0; /* this piece ends the message */
+    if (last && s->rxlen == 0 && !lws_frame_is_binary(wsi)) {
         /* The whole message in one piece (most are): routed from lws's receive buffer, which
          * nothing touches until we return, without the copy into our own. */
         sb_route_message(s, len ? in : "", len);
@@ -467,7 +467,7 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         memcpy(s->rx + s->rxlen, in, len);
         s->rxlen += len;
     }
-    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
+    if (!last)
         return 0;
     size_t total = s->rxlen;
     s->rxlen = 0;
