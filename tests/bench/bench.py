@@ -1091,6 +1091,12 @@ def render(M, R, started, elapsed):
       "queue with one write per WRITEABLE), echoing each message to its sender. One echoed "
       "message is, for the server, the same work shape as one relayed signal: one frame in, one "
       "frame out.")
+    a("- `tests/bench/floor.c` (section 8): the floor, a WebSocket relay on raw epoll with no "
+      "library but libcrypto's SHA-1 (for the handshake): the PeerJS wire subset the load client "
+      "uses (OPEN on connect, a message with `\"dst\"` relayed with `\"src\"` put in front, "
+      "everything else dropped), one `recv` of all a socket has and one `sendmsg` per message, "
+      "an idle socket holding its record and id only. No JSON checked, no limits, no pings: a "
+      "measuring stick for what the kernel and the client cost, not a server.")
     a("- `tests/bench/redis_tool.c`: populates Redis in the key schema of `lua/README.md` with a "
       "pipeline; a bare `SCAN COUNT 1000`; a PUBLISH-to-subscriber round trip (one in flight, "
       "time from writing PUBLISH to reading the message on the subscriber); a draining "

@@ -35,18 +35,24 @@ def js_ready(b):
 
 
 class JsServer:
-    """peerjs-server (one process) or one Socket.IO + redis-adapter process."""
+    """peerjs-server (one process), one Socket.IO + redis-adapter process, or the floor relay
+    (tests/bench/floor.c: the PeerJS wire subset the load client uses, on raw epoll)."""
 
     def __init__(self, b, kind, red=None):
         self.port = b.free_port()
-        script = "peerjs-server.mjs" if kind == "peerjs" else "sio-server.mjs"
-        argv = ["node", os.path.join(JS, script), str(self.port)] + ([red.url] if red else [])
+        if kind == "floor":
+            argv = [os.path.join(b.BUILD, "bench", "sb-floor"), "--listen",
+                    f"127.0.0.1:{self.port}"]
+        else:
+            script = "peerjs-server.mjs" if kind == "peerjs" else "sio-server.mjs"
+            argv = ["node", os.path.join(JS, script), str(self.port)] + (
+                [red.url] if red else [])
         out = os.path.join(b.WORK, f"{kind}-{self.port}.jsonl")
         self.proc = b.Proc(argv, f"{kind}-{self.port}", stdout=out)
         b.wait_for(lambda: self.proc.event("listening") or (not self.proc.alive() and (
             _ for _ in ()).throw(RuntimeError(f"{kind} exited: {self.proc.stderr_tail()}"))),
             30, f"{kind} listening")
-        self.url = (f"ws://127.0.0.1:{self.port}/peerjs" if kind == "peerjs"
+        self.url = (f"ws://127.0.0.1:{self.port}/peerjs" if kind in ("peerjs", "floor")
                     else f"http://127.0.0.1:{self.port}")
 
     @property
@@ -84,15 +90,17 @@ def wait_ev(b, p, ev, timeout):
 
 # ---- section 8: the comparison -----------------------------------------------------------------
 
-STACKS = ("peerjs", "sio", "sb-same", "sb-cross")
+# "floor": not a system anyone would pick, the least any relay costs on this machine and load
+# (tests/bench/floor.c); it tells which targets no server could meet here.
+STACKS = ("peerjs", "sio", "sb-same", "sb-cross", "floor")
 PROFILED = (("sb-same", "relay"), ("sb-same", "rate"), ("sb-cross", "relay"), ("sb-cross", "rate"))
 
 
 def start_stack(b, red, stack):
     """(servers to stop, pids whose CPU counts, urls of side a and side b, client stack)."""
     red.flush()
-    if stack == "peerjs":
-        s = JsServer(b, "peerjs")
+    if stack in ("peerjs", "floor"):
+        s = JsServer(b, stack)
         return [s], [s.pid], [s.url], "peerjs"
     if stack == "sio":
         s1, s2 = JsServer(b, "sio", red), JsServer(b, "sio", red)
@@ -234,8 +242,8 @@ def cmp_run(b, red, stack, mode, profile=False, start=start_stack, syscalls=Fals
 def idle_server(b, red, stack):
     """(server, url its clients connect to, client stack, pids whose CPU counts) for cmp_idle."""
     red.flush()
-    if stack == "peerjs":
-        s = JsServer(b, "peerjs")
+    if stack in ("peerjs", "floor"):
+        s = JsServer(b, stack)
         return s, s.url, "peerjs", [s.pid]
     if stack == "sio":
         s = JsServer(b, "sio", red)
@@ -310,7 +318,7 @@ def section8(b, red):
                 b.log(f"section 8: {stack} {mode} under perf stat (system calls)")
                 r = cmp_run(b, red, stack, mode, syscalls=True)
                 R["syscalls"][f"{stack} {mode}"] = r["syscalls_per_msg"]
-    for stack in ("peerjs", "sio", "sb"):
+    for stack in ("peerjs", "sio", "sb", "floor"):
         b.log(f"section 8: {stack} idle connections ({E['SB_BENCH_CMP_IDLE']})")
         R["idle"][stack] = cmp_idle(b, red, stack)
     if E["SB_BENCH_CMP_PERF"] and shutil.which("perf"):  # an extra run, not counted above
@@ -344,7 +352,8 @@ def render8(b, a, S):
     E = b.ENV
     f0, f2 = b.f0, b.f2
     names = {"peerjs": "peerjs-server 1.0.2", "sio": "Socket.IO 4.8 + redis-adapter",
-             "sb-same": "Switchboard same node", "sb-cross": "Switchboard across nodes"}
+             "sb-same": "Switchboard same node", "sb-cross": "Switchboard across nodes",
+             "floor": "floor (reference: a C relay on raw epoll)"}
     a("## 8. Beside peerjs-server and Socket.IO + redis-adapter")
     a("")
     a(f"One load client for every stack (`tests/bench/js/load.mjs`: Node.js `ws`, socket.io-client "
@@ -362,8 +371,17 @@ def render8(b, a, S):
       "nodes (`--rate 1000000 --burst 1000000`) on one redis-server, both sides on node 1 (node 2 "
       "idles) or side a on node 1 and side b on node 2. Ranges are over the repeats.")
     a("")
+    a("The floor is not a server anyone would pick: `tests/bench/floor.c`, one process on raw "
+      "epoll with no library, speaks the part of the PeerJS wire protocol the load client uses "
+      "(it is driven as peerjs-server is) and relays a message by finding `\"dst\"` in its text "
+      "and putting `\"src\"` in front, with no JSON parsed or checked and no per-socket state "
+      "beyond its id. It reads everything a socket has at once and writes each message with one "
+      "`sendmsg`. What it costs is about what the kernel, the loopback TCP path and the "
+      "WebSocket framing cost with this client on this machine: a target that the floor itself "
+      "misses against peerjs-server is one no server could meet here.")
+    a("")
     a("| figure | " + " | ".join(names[s] for s in STACKS) + " |")
-    a("| --- | --- | --- | --- | --- |")
+    a("| --- |" + " --- |" * len(STACKS))
 
     def row(label, mode, key, fmt):
         a(f"| {label} | " + " | ".join(span([r.get(key) for r in S['runs'][s][mode]], fmt)
@@ -398,14 +416,14 @@ def render8(b, a, S):
         return fmt(I[stack][key]) if stack in I and I[stack].get(key) is not None else "n/a"
     a("| RSS per idle connection (joined, for us; B) | " + " | ".join([
         idle("peerjs", "bytes_per_conn", f0), idle("sio", "bytes_per_conn", f0),
-        idle("sb", "bytes_per_conn", f0), ""]) + " |")
+        idle("sb", "bytes_per_conn", f0), "", idle("floor", "bytes_per_conn", f0)]) + " |")
     for key, label in (("connects_per_s", "connects (+ join for us) per second"),
                        ("server_cpu_us_per_connect",
                         "server CPU per connect (+ join; Redis included; us)"),
                        ("server_cpu_pct", "server CPU while connecting (%)"),
                        ("client_cpu_pct", "client CPU while connecting (%, all client processes)")):
         a(f"| {label} | " + " | ".join([idle("peerjs", key, f0), idle("sio", key, f0),
-                                        idle("sb", key, f0), ""]) + " |")
+                                        idle("sb", key, f0), "", idle("floor", key, f0)]) + " |")
     a("")
     if I:
         a("Idle connections: " + "; ".join(
@@ -413,8 +431,10 @@ def render8(b, a, S):
             f"({I[s]['failed']} failed) from {I[s]['clients']} client processes x 100 "
             f"handshakes in flight, {I[s].get('open_at_end')} open after "
             f"{E['SB_BENCH_CMP_IDLE_HOLD']} s, RSS {I[s]['rss0_kb'] / 1024:.1f} -> "
-            f"{I[s]['rss_kb'] / 1024:.1f} MiB" for s in I if s in ("peerjs", "sio", "sb")) +
-          ". Socket.IO: one process; peerjs-server: its clients send HEARTBEAT every 5 s; "
+            f"{I[s]['rss_kb'] / 1024:.1f} MiB"
+            for s in I if s in ("peerjs", "sio", "sb", "floor")) +
+          ". Socket.IO: one process; peerjs-server and the floor: their clients send HEARTBEAT "
+          "every 5 s; "
           "Switchboard: pair rooms, default ping policy. RSS is read after the hold, with no "
           "garbage collection forced in the Node.js servers.")
         a("")
@@ -427,6 +447,8 @@ def render8(b, a, S):
                   None if m is None else ok(m)))
     target("same node msgs per server CPU-s >= 2 x peerjs",
            per_repeat_ratio(S, "sb-same", "peerjs", "relay", "msgs_per_cpu_s"), lambda m: m >= 2)
+    target("(reference, not a target: the floor's msgs per server CPU-s / peerjs')",
+           per_repeat_ratio(S, "floor", "peerjs", "relay", "msgs_per_cpu_s"), lambda m: None)
     target("across nodes msgs per server CPU-s >= 1 x peerjs",
            per_repeat_ratio(S, "sb-cross", "peerjs", "relay", "msgs_per_cpu_s"), lambda m: m >= 1)
     target("across nodes msgs per server CPU-s >= 4 x Socket.IO",
@@ -434,6 +456,9 @@ def render8(b, a, S):
     target(f"same node CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s <= 0.5 x peerjs",
            per_repeat_ratio(S, "sb-same", "peerjs", "rate", "cpu_us_per_msg"),
            lambda m: m <= 0.5)
+    target(f"(reference, not a target: the floor's CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s "
+           "/ peerjs')", per_repeat_ratio(S, "floor", "peerjs", "rate", "cpu_us_per_msg"),
+           lambda m: None)
     target(f"across nodes CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s <= 1 x peerjs",
            per_repeat_ratio(S, "sb-cross", "peerjs", "rate", "cpu_us_per_msg"),
            lambda m: m <= 1)
@@ -446,12 +471,19 @@ def render8(b, a, S):
     if "sb" in I:
         v = I["sb"]["bytes_per_conn"]
         T.append(("RSS per idle joined socket <= 2,048 B", f"{v:,.0f} B", v <= 2048))
+    if "floor" in I:
+        T.append(("(reference, not a target: the floor's RSS per idle connection)",
+                  f"{I['floor']['bytes_per_conn']:,.0f} B", None))
     if "sb" in I and "peerjs" in I and I["peerjs"].get("connects_per_s"):
         x = I["sb"]["connects_per_s"] / I["peerjs"]["connects_per_s"]
         T.append(("connects + joins/s >= 2 x peerjs connects/s", f"{x:.2f} x", x >= 2))
         x = I["sb"]["server_cpu_us_per_connect"] / I["peerjs"]["server_cpu_us_per_connect"]
         T.append(("(not a target: server CPU per connect + join / peerjs' per connect)",
                   f"{x:.2f} x", None))
+    if "floor" in I and "peerjs" in I and I["peerjs"].get("connects_per_s"):
+        x = I["floor"]["connects_per_s"] / I["peerjs"]["connects_per_s"]
+        T.append(("(reference, not a target: the floor's connects/s / peerjs')", f"{x:.2f} x",
+                  None))
     verdicts(a, "target (issue 14) | figure: median of the per-repeat ratios (range)", T,
              b.verdict)
     S["targets"] = [{"target": t, "figure": f, "met": ok} for t, f, ok in T]
@@ -809,6 +841,10 @@ def why(b, a, S, T):
 
     def hit(prefix):
         return any(t.startswith(prefix) for t in missed)
+
+    def floor_ratio(mode, key):
+        v = per_repeat_ratio(S, "floor", "peerjs", mode, key) if runs.get("floor") else []
+        return med(v), span(v, lambda x: f"{x:.2f}")
     out = []
     pr = _prof(S, "sb-cross rate")
     kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
@@ -844,6 +880,19 @@ def why(b, a, S, T):
     own_same = sum(p for p, d, _ in ps_rate.get("dsos", []) if d.startswith("switchboard"))
     sc = S.get("syscalls") or {}
     sc_same, sc_pj = sc.get("sb-same rate"), sc.get("peerjs rate")
+    def floor_cpu_text():
+        fr, fspan = floor_ratio("rate", "cpu_us_per_msg")
+        if fr is None:
+            return ""
+        gap = m("sb-same", "rate", "cpu_us_per_msg") - m("floor", "rate", "cpu_us_per_msg")
+        return (f" The floor (no library, no JSON) spent {m('floor', 'rate', 'cpu_us_per_msg'):.0f}"
+                f" us per message at this rate, {fr:.2f} x peerjs-server's ({fspan}), with "
+                f"{m('floor', 'rate', 'switches_per_msg'):.2f} switches-in per message: "
+                + ("more than the target allows, so no relay meets it on this machine. "
+                   if fr > 0.5 else "below the target. ")
+                + f"The node spent {gap:.0f} us more per message than the floor: libwebsockets "
+                "(its frame parser goes byte by byte and logs with logging off), libuv, and the "
+                "node's own decoding, checks and routing (the profile below).")
     if hit("same node CPU per msg"):
         out.append(
             f"**Same node, CPU per message at {rate}/s** (the ratio of each repeat: "
@@ -858,7 +907,8 @@ def why(b, a, S, T):
                f"own code {own_same:.0f}% (table below)" if k_same is not None else "")
             + (f"; system calls per message (an extra run under `perf stat`): the node "
                f"{sc_same['all']:.2f}, peerjs-server {sc_pj['all']:.2f}" if sc_same and sc_pj
-               else "") + ".")
+               else "") + "."
+            + floor_cpu_text())
     for stack, label, hops in (("sb-same", "same node", "one server process (and the client)"),
                                ("sb-cross", "across nodes", "three server processes (node 1, "
                                 "Redis, node 2)")):
@@ -874,6 +924,14 @@ def why(b, a, S, T):
             f"({m(stack, 'rate', 'lat_p50_us') / 1000:.2f} ms) shows the path itself is cheap, "
             "the tail is waiting for a core. peerjs-server's own p99 in the same run: "
             f"{m('peerjs', 'rate', 'lat_p99_us') / 1000:.2f} ms.")
+    def floor_relay_text():
+        fr, fspan = floor_ratio("relay", "msgs_per_cpu_s")
+        if fr is None:
+            return ""
+        return (f" The floor relayed {fr:.2f} x peerjs-server's messages per CPU-second ({fspan})"
+                f", switched in {m('floor', 'relay', 'switches_per_msg'):.2f} times per message"
+                + (": under 2 x, so with this client on this machine no relay shows the same-node "
+                   "target." if fr < 2 else "."))
     if hit("across nodes msgs per server CPU-s") or hit("same node msgs"):
         ps_ = _prof(S, "sb-same relay")
         ew = next((p for p, n in ps_.get("syscalls", []) if n == "epoll_wait"), None)
@@ -910,7 +968,8 @@ def why(b, a, S, T):
                  "(not attributed to callers: user-space call chains do not resolve in these "
                  "profiles, the libraries have no frame pointers)" if libc else ""),
                 (f"`sb_json_member_span` {span_:.0f}% (the fields of each relayed message "
-                 "located in its text)" if span_ else "")) if x) + "." if libc or span_ else ""))
+                 "located in its text)" if span_ else "")) if x) + "." if libc or span_ else "")
+            + floor_relay_text())
     if "RSS per idle joined socket <= 2,048 B" in missed:
         out.append(
             f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
@@ -921,7 +980,13 @@ def why(b, a, S, T):
             "handle 160 B), which leaves under 250 B of the 2,048 B for the node's session, seat, "
             "room view and maps (about 1,160 B now): the target needs libwebsockets to hold "
             "less per connection. With fewer connections (this section) the figure also carries "
-            "the node's fixed growth (maps, allocator arenas).")
+            "the node's fixed growth (maps, allocator arenas)."
+            + (f" The floor held {S['idle']['floor']['bytes_per_conn']:,.0f} B per idle "
+               "connection (its record and id; socket buffers are the kernel's, not in RSS): on "
+               "a WebSocket layer of its own instead of libwebsockets, the node would have about "
+               f"{2048 - S['idle']['floor']['bytes_per_conn']:,.0f} B of the 2,048 B for its "
+               "records."
+               if "floor" in S["idle"] else ""))
     if "connects + joins/s >= 2 x peerjs connects/s" in missed:
         I = S["idle"]
         out.append(
@@ -935,7 +1000,13 @@ def why(b, a, S, T):
             f"connect: {I['sb']['server_cpu_us_per_connect']:,.0f} us for a connect and a join "
             "(with its `room_join` script in Redis) against "
             f"{I['peerjs']['server_cpu_us_per_connect']:,.0f} us for peerjs-server's connect. "
-            "The profile of the node while connecting is below.")
+            + (f"The floor, a handshake and nothing else, reached "
+               f"{I['floor']['connects_per_s'] / I['peerjs']['connects_per_s']:.2f} x "
+               f"peerjs-server's connects per second at {I['floor']['server_cpu_us_per_connect']:,.0f}"
+               " us of server CPU per connect, its clients using "
+               f"{I['floor']['client_cpu_pct']:.0f}%: the client bounds this figure. "
+               if "floor" in I and I["peerjs"].get("connects_per_s") else "")
+            + "The profile of the node while connecting is below.")
     if out:
         a("Why the missed targets are missed (measured in this run):")
         a("")
