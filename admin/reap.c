@@ -59,7 +59,7 @@ int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid
                    const char *node, sb_reap_socket_cb cb, void *data)
 {
     char key[SB_KEY_MAX], bucket[SB_KEY_MAX];
-    const char *tag = sb_valid_room_n(room, rlen) ? sb_admin_tag(a, room, rlen) : NULL;
+    const char *tag = sb_valid_stored_room_n(room, rlen) ? sb_admin_tag(a, room, rlen) : NULL;
     if (!tag || slen > SB_SID_MAX ||
         sb_key_room_n(key, sizeof key, a->cfg.prefix, room, rlen, "members") < 0 ||
         sb_key_room(bucket, sizeof bucket, a->cfg.prefix, tag, "stats") < 0)

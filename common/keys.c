@@ -122,6 +122,14 @@ int sb_valid_room_n(const char *s, size_t len)
     return charset_ok(s, len, 1, SB_ROOM_MAX, CS_ROOM);
 }
 
+int sb_valid_stored_room_n(const char *s, size_t len)
+{
+    size_t p = sizeof SB_PJ_ROOM_PREFIX - 1;
+    if (s && len > p && memcmp(s, SB_PJ_ROOM_PREFIX, p) == 0)
+        return charset_ok(s + p, len - p, 1, SB_PJ_KEY_MAX, CS_ROOM);
+    return sb_valid_room_n(s, len);
+}
+
 int sb_valid_room(const char *s)
 {
     return s && sb_valid_room_n(s, strlen(s));

@@ -48,6 +48,14 @@ int sb_key_node_backlog(char *buf, size_t len, const char *prefix, const char *t
 int sb_valid_room(const char *s);
 /* The same for a counted string (no NUL needed). */
 int sb_valid_room_n(const char *s, size_t len);
+
+/* A PeerJS key K (1..32 of [A-Za-z0-9._-]) lives in the room "~pj.K" (docs/peerjs.md): "~" is
+ * not a room character, so no native room can take that name. */
+#define SB_PJ_KEY_MAX 32
+#define SB_PJ_ROOM_PREFIX "~pj."
+/* 1 when s (counted) is a room name the keys may hold: a valid native room, or a PeerJS key's
+ * room. What the admin accepts from Redis (room indexes, socket indexes). */
+int sb_valid_stored_room_n(const char *s, size_t len);
 /* 1 when s looks like a socket id: 22..64 of [A-Za-z0-9_-]. */
 int sb_valid_sid(const char *s);
 

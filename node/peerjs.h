@@ -5,12 +5,12 @@
 #ifndef SB_PEERJS_H
 #define SB_PEERJS_H
 
+#include "keys.h" /* SB_PJ_KEY_MAX, SB_PJ_ROOM_PREFIX: the admin reads these rooms too */
+
 #include <stddef.h>
 #include <stdint.h>
 
 #define SB_PJ_ID_MAX 64
-#define SB_PJ_KEY_MAX 32
-#define SB_PJ_ROOM_PREFIX "~pj." /* "~" never appears in a native room name: no collision */
 #define SB_PJ_CONNID_MAX 64
 #define SB_PJ_TOKEN_MAX 256 /* longest PeerJS token taken (peer's are about 11 characters) */
 #define SB_PJ_CONNS 32      /* connection ids remembered per socket (the oldest go first) */

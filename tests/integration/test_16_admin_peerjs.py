@@ -12,7 +12,8 @@ redis-server, real nodes, real admin.
 03 figures that cannot be read: on a Redis Cluster the PeerJS room's slot unassigned (CLUSTER
    DELSLOTS everywhere) makes the figures partial with that slot named, its PeerJS figures
    missing and the other slots' figures intact, and whole again once the slot is served; on
-   one Redis a dead Redis is a 503 for mesh-status and /metrics, never zeros"""
+   one Redis a dead Redis is a 503 for mesh-status and /metrics, never zeros
+04 the reconcile pass reaps a killed node's PeerJS ids with its native sockets"""
 import asyncio
 import os
 import sys
@@ -245,3 +246,54 @@ def test_03_unreadable_slot_peerjs_figures_partial(cluster, redis_server):
                              if rc.procs[p].alive()), 20, msg="slot served again")
     m = until_mesh(admin, both, timeout=15)
     assert m["partial"] is False and "missing_slots" not in m, m
+
+
+# Short TTLs (the node requires ttl >= 2 x heartbeat + redis timeout) and a fast pass.
+FAST_NODE = ["--presence-ttl-ms", "1500", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
+FAST_ADMIN = ["--reconcile-interval-ms", "300"]
+
+
+def test_04_the_admin_reaps_peerjs_ids_like_native_sockets(cluster, redis_server, no_resume):
+    """A PeerJS key's room ("~pj.K") goes through the reconcile pass as a native room does:
+    the ids of a node killed with kill -9 are reaped with its native sockets (the node's socket
+    index names "~pj.K S" entries), and the figures follow an id whose presence was deleted on
+    a live node (its node's heartbeat or the pass's room_check, whichever comes first, removes
+    it). (The pass took "~pj.K" for an invalid room name: it skipped the PeerJS rooms, and a
+    dead node's reap failed on its first PeerJS entry, native sockets and all, every pass:
+    mesh-status answered "redis unavailable" and the dead node's sockets stayed counted.)
+    test_admin_reconcile test_10 has room_check reap a PeerJS key's lapsed ids on a live node."""
+    n1 = cluster.node("n1", args=FAST_NODE)
+    n2 = cluster.node("n2", args=FAST_NODE)
+    admin = cluster.admin(args=FAST_ADMIN)
+    r = redis_server.client()
+    zero = {"users": 0, "links": 0, "away": 0}
+
+    async def main():
+        na, nb = await native_pair(n1)
+        a = await peerjs(n1, "alice-1", "ta")
+        b = await peerjs(n2, "bob_2", "tb")
+        c = await peerjs(n2, "carol_3", "tc")
+        await asyncio.to_thread(until_mesh, admin, {
+            "total": {"users": 5, "links": 1, "away": 0},
+            "native": {"users": 2, "links": 1, "away": 0},
+            "peerjs": {"users": 3, "links": 0, "away": 0}})
+        # carol's presence lapses while n2 lives (what a stalled node leaves): room_check
+        # returns her, the pass reaps her. n2's heartbeat would refresh the key, so it is
+        # deleted outright; the pass's reap re-checks presence and finds it gone.
+        r.delete(f"sb:{{{PJ_ROOM}}}:presence:carol_3")
+        await asyncio.to_thread(until_mesh, admin, {
+            "total": {"users": 4, "links": 1, "away": 0},
+            "native": {"users": 2, "links": 1, "away": 0},
+            "peerjs": {"users": 2, "links": 0, "away": 0}}, 10.0)
+        # kill -9 of n1: its native pair and alice go, bob stays
+        n1.proc.signal(9)
+        n1.proc.p.wait()
+        n1.killed = True
+        await asyncio.to_thread(until_mesh, admin, {
+            "total": {"users": 1, "links": 0, "away": 0}, "native": zero,
+            "peerjs": {"users": 1, "links": 0, "away": 0}}, 15.0)
+        assert r.hkeys(f"sb:{{{PJ_ROOM}}}:members") == ["bob_2"]
+        for x in (na, nb, a, b, c):
+            x.ws.transport.abort()
+
+    asyncio.run(main())

@@ -77,6 +77,19 @@ class Scripts:
     def check(self, room):
         return self.room_call("room_check", room)
 
+    def check_slice(self, room, slice_, cursor="0"):
+        return self.room_call("room_check", room, slice_, cursor)
+
+    def check_slices(self, room, slice_):
+        """room_check a slice at a time from cursor "0" to "0", as the admin does: the replies
+        of every call."""
+        replies, cursor = [], "0"
+        while True:
+            replies.append(self.check_slice(room, slice_, cursor))
+            cursor = replies[-1][3]
+            if cursor == "0":
+                return replies
+
     def stats_check(self, room_in_bucket="a"):
         return self.r.evalsha(self.sha["stats_check"], 1, self.bucket_key(room_in_bucket),
                               self.prefix)

@@ -238,3 +238,28 @@ def test_departure_uses_the_reverse_index_of_halves(r, sb, consistent):
     sb.link(R, "bob", "carol", "down")
     assert not r.exists(K("rlinks:carol"))
     consistent()
+
+
+def test_check_in_slices_repairs_the_reverse_index(r, sb, consistent):
+    # A key of 700 ids is checked a slice at a time (the admin's way past its slice size): each
+    # slice repairs the halves and reverse entries of its own ids. (Past Redis's
+    # hash-max-listpack-entries: a smaller hash is one listpack, which HSCAN returns at once.)
+    ids = [f"p{i}" for i in range(700)]
+    for s in ids:
+        claim(sb, s, want_list=False)
+    sb.link(R, "p1", "p2")
+    sb.link(R, "p3", "p2")
+    consistent()
+    r.srem(K("rlinks:p2"), "p3")  # a missing reverse entry
+    r.sadd(K("rlinks:p9"), "p4")  # a reverse entry without its half
+    r.sadd(K("rlinks:p9"), "ghost")  # one from a non-member
+    r.sadd(K("links:p7"), "ghost")  # a half towards a non-member
+    assert r.object("encoding", K("members")) == "hashtable"
+    replies = sb.check_slices(R, 100)
+    assert len(replies) >= 3
+    assert sum(rep[1] for rep in replies) == 4
+    assert r.smembers(K("rlinks:p2")) == {"p1", "p3"}
+    assert not r.exists(K("rlinks:p9")) and not r.exists(K("links:p7"))
+    consistent()
+    again = sb.check_slices(R, 100)
+    assert [rep[:3] for rep in again] == [[0, 0, 0]] * len(again)

@@ -753,6 +753,66 @@ def test_check_repairs_planted_corruption(r, sb, events, consistent):
     assert sb.stats_check() == [0]
 
 
+def test_check_with_a_slice_of_a_small_room_is_the_whole_check(r, sb, events, writes_nothing):
+    mesh(sb, events)
+    with writes_nothing():
+        assert sb.check_slice("a", 200) == [0, 0, 0, "0"]
+    r.hset(K("a", "degree"), "C", 5)  # a room-wide figure: recounted, the room fits one slice
+    assert sb.check_slice("a", 200) == [0, 0, 1, "0"]
+    # a room over the slice that is still one listpack: one HSCAN step has it all, so the whole
+    # check runs (room-wide figures included)
+    r.hset(K("a", "degree"), "C", 5)
+    assert r.object("encoding", K("a", "members")) == "listpack"
+    assert sb.check_slice("a", 2) == [0, 0, 1, "0"]
+
+
+def test_check_of_a_big_room_goes_a_slice_at_a_time(r, sb, consistent):
+    # 600 members on 3 nodes (past hash-max-listpack-entries: a smaller hash is one listpack,
+    # which HSCAN returns at once, and the check is then whole), a formed link A0-A1, then
+    # planted damage of the kinds a slice
+    # repairs: the members figure, half links to a non-member and to oneself, missing socket
+    # index entries, and lapsed presence (every 7th member).
+    ids = [f"A{i}" for i in range(600)]
+    p = r.pipeline(transaction=False)
+    for i, s in enumerate(ids):
+        p.evalsha(sb.sha["room_join"], 2, sb.members_key("big"), sb.bucket_key("big"), PREFIX,
+                  "big", s, f"n{1 + i % 3}", "e1", "{}", 15000, 1000)
+    p.execute()
+    sb.link("big", "A0", "A1")
+    sb.link("big", "A1", "A0", "up", "n2")
+    consistent()
+    for key in (K("big", "stats"), f"{BK}:stats"):
+        r.hincrby(key, "members", 4)
+    r.sadd(K("big", "links:A5"), "GHOST", "A5")
+    r.srem(f"{BK}:node:n1:sockets", "big A3", "big A300")
+    lapsed = set(ids[::7])
+    for s in lapsed:
+        r.delete(K("big", f"presence:{s}"))
+
+    assert r.object("encoding", K("big", "members")) == "hashtable"
+    replies = sb.check_slices("big", 100)
+    assert len(replies) >= 4  # 600 members in slices of about 100 (HSCAN's COUNT is a hint)
+    found = [x for rep in replies for x in rep[4:]]
+    assert set(found) == lapsed
+    # each call reports only its own slice's members: about 100 of 600, of which 1 in 7 lapsed
+    assert max(len(rep) - 4 for rep in replies) < len(lapsed)
+    assert sum(rep[0] for rep in replies) == 3  # the members figure, 2 index entries
+    assert sum(rep[1] for rep in replies) == 2  # GHOST, A5 -> A5
+    assert all(rep[2] == 0 for rep in replies)  # room-wide figures are not recounted here
+    assert ints(r.hgetall(K("big", "stats")))["members"] == 600
+    assert r.smembers(K("big", "links:A5")) == set()
+    assert {"big A3", "big A300"} <= r.smembers(f"{BK}:node:n1:sockets")
+    assert ints(r.hgetall(K("big", "degree"))) == {"A0": 1, "A1": 1}
+    consistent(presence=False)
+    # a second round finds nothing to repair, only the same lapsed members
+    again = sb.check_slices("big", 100)
+    assert [rep[:3] for rep in again] == [[0, 0, 0]] * len(again)
+    assert {x for rep in again for x in rep[4:]} == lapsed
+    # without a slice it is the whole check, in one call
+    whole = sb.check("big")
+    assert whole[:3] == [0, 0, 0] and set(whole[3:]) == lapsed
+
+
 def test_check_repairs_a_global_error_shared_with_the_room(r, sb, consistent):
     sb.join("a", "A", "n1")
     sb.join("a", "B", "n1")

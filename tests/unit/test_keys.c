@@ -202,6 +202,30 @@ static void test_names_match_the_readme_schema(void **state)
 
 /* ---- validators -------------------------------------------------------------------------- */
 
+/* What the admin takes from Redis: native rooms and PeerJS keys' rooms (it skipped those, and a
+ * dead node's reap failed on them). */
+static void test_valid_stored_room(void **state)
+{
+    (void)state;
+#define STORED(s) sb_valid_stored_room_n((s), strlen(s))
+    assert_true(STORED("a"));
+    assert_true(STORED("Room-1_x.y"));
+    assert_true(STORED("~pj.peerjs"));
+    assert_true(STORED("~pj.my.key-1_x"));
+    assert_true(STORED("~pj.abcdefghijklmnopqrstuvwxyz012345"));   /* a 32-character key */
+    assert_false(STORED("~pj.abcdefghijklmnopqrstuvwxyz0123456")); /* 33 */
+    assert_false(STORED("~pj."));
+    assert_false(STORED("~pj.a b"));
+    assert_false(STORED("~pj.a:b"));
+    assert_false(STORED("~pjx"));
+    assert_false(STORED("~px.peerjs"));
+    assert_false(STORED("~other"));
+    assert_false(STORED(""));
+    assert_false(sb_valid_stored_room_n(NULL, 0));
+    assert_true(sb_valid_stored_room_n("~pj.ab!", 6)); /* counted: the bytes after are not read */
+#undef STORED
+}
+
 static void test_valid_room(void **state)
 {
     (void)state;
@@ -265,6 +289,7 @@ int main(void)
         cmocka_unit_test(test_truncation_is_refused),
         cmocka_unit_test(test_names_match_the_readme_schema),
         cmocka_unit_test(test_valid_room),
+        cmocka_unit_test(test_valid_stored_room),
         cmocka_unit_test(test_valid_sid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
