@@ -238,9 +238,10 @@ class Admin:
         status, body, _ = http_get(self.http + path, headers=headers)
         return status, (json.loads(body) if body and body[:1] in (b"{", b"[") else body)
 
-    def post(self, path):
+    def post(self, path, timeout=2.0):
         status, body, _ = http_get(self.http + path, method="POST", data=b"",
-                                   headers={"Authorization": f"Bearer {self.token}"})
+                                   headers={"Authorization": f"Bearer {self.token}"},
+                                   timeout=timeout)
         return status, (json.loads(body) if body and body[:1] in (b"{", b"[") else body)
 
     def mesh(self):
