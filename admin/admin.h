@@ -217,7 +217,8 @@ void sb_batch_open(sb_batch_t *b);
  * uncounts it and records "unavailable" when it failed. Returns rc. */
 void sb_batch_add(sb_batch_t *b);
 int sb_batch_issued(sb_batch_t *b, int rc);
-/* Records a failure (the first one is kept). */
+/* Records a failure (the first one is kept). error must outlive the batch: a literal, not a
+ * reply's or a request's text. */
 void sb_batch_fail(sb_batch_t *b, const char *error);
 /* One call of the batch answered (or the issuing ended): 1 when it was the last. */
 int sb_batch_settle(sb_batch_t *b);

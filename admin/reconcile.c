@@ -250,7 +250,11 @@ static void on_checked(redisReply *reply, const char *error, void *data)
         reply->element[3]->len >= sizeof c->cursor) {
         if (!error && sb_reply_is_error(reply))
             sb_error("reconcile: room_check of %s refused: %s", c->room, reply->str);
-        sb_batch_fail(&p->batch, error ? error : "room_check failed");
+        else if (error)
+            sb_warn("reconcile: room_check of %s: %s", c->room, error);
+        /* A literal: error lives in the request, freed when this returns, and the batch keeps
+         * its failure until its last call answers (ASan caught the pass logging it after). */
+        sb_batch_fail(&p->batch, error ? "unavailable" : "room_check failed");
         free(c);
         settle(p);
         return;

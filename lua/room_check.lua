@@ -10,8 +10,10 @@
 --          ARGV[3])
 --
 -- Returns  {counter_fixes, half_link_fixes, degree_fixes, S1, S2, ...} without ARGV[3];
---          {counter_fixes, half_link_fixes, degree_fixes, cursor, S1, S2, ...} with it, where
---          cursor is the next slice's ("0": the room is done; always "0" for a whole room)
+--          {counter_fixes, half_link_fixes, degree_fixes, cursor, S1, S2, ...} with it (0
+--          included), where cursor is the next slice's ("0": the room is done; always "0" for
+--          a whole room). A cursor is the HSCAN of one server: after a failover or a slot move
+--          mid-room the next slices may skip or repeat members, which the next pass covers.
 --          counter_fixes    wrong fields of P:{R}:stats (members, links, linked, a missing seq),
 --                           of P:{R}:nodes, a missing socket index entry, R missing from its
 --                           bucket's rooms index P:{T}:rooms
@@ -35,7 +37,7 @@
 -- one HSCAN step returns (about ARGV[3]) and does what needs no other member's state: the
 -- socket index entry, the presence check, halves towards non-members or S itself (HEXISTS),
 -- and in a PeerJS room the reverse index entries of S and of its halves. The first slice
--- (cursor "0") also checks the members figure against HLEN and the rooms index; a first step
+-- (cursor "0") also checks the members figure against HLEN, the seq and the rooms index; a first step
 -- that returns every member (a hash small enough to be one listpack) runs the whole check
 -- instead. The room-wide
 -- figures (links, linked, degree, node counts) are not recounted for such a room: they are kept
@@ -82,6 +84,7 @@ end
 
 local slice = tonumber(ARGV[3] or '0') or 0
 local cursor = ARGV[4] or '0'
+local with_cursor = ARGV[3] ~= nil -- the reply carries a cursor (always "0" for a whole room)
 local step = slice > 0 and (cursor ~= '0' or redis.call('HLEN', members) > slice) and
                  redis.call('HSCAN', members, cursor, 'COUNT', slice)
 -- A first step that returned the whole room (a small hash is one listpack, which HSCAN returns
@@ -89,9 +92,13 @@ local step = slice > 0 and (cursor ~= '0' or redis.call('HLEN', members) > slice
 if step and not (cursor == '0' and step[1] == '0') then
     local flat, lapsed = step[2], {}
     if cursor == '0' then
-        counter_fixes = counter_fixes +
-                            fix_figure('members', redis.call('HLEN', members),
-                                       redis.call('HGET', stats, 'members')) + fix_listed()
+        local cur = redis.call('HMGET', stats, 'members', 'seq')
+        counter_fixes = counter_fixes + fix_figure('members', redis.call('HLEN', members), cur[1]) +
+                            fix_listed()
+        if not tonumber(cur[2] or '') then
+            redis.call('HSET', stats, 'seq', int(clock_seq()))
+            counter_fixes = counter_fixes + 1
+        end
     end
     for i = 1, #flat, 2 do
         local S = flat[i]
@@ -149,7 +156,7 @@ if #all == 0 then
     if redis.call('SREM', bucket .. 'rooms', R) == 1 then
         bucket_add('rooms', -1)
     end
-    if slice > 0 then
+    if with_cursor then
         return {counter_fixes, 0, degree_fixes, '0'}
     end
     return {counter_fixes, 0, degree_fixes}
@@ -278,7 +285,7 @@ end
 counter_fixes = counter_fixes + fix_listed()
 
 local reply = {counter_fixes, half_fixes, degree_fixes}
-if slice > 0 then
+if with_cursor then
     reply[4] = '0'
 end
 for _, S in ipairs(without_presence) do
