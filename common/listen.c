@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -25,6 +26,8 @@ typedef struct {
 
 typedef struct {
     int64_t max_connections, max_per_source;
+    int (*take)(void *user, int fd);
+    void *user;
     sb_listen_stats_t stats;
     sb_map_t by_source; /* address text -> (uintptr_t) open connections from it */
     sb_map_t by_wsi;    /* "%p" of the wsi -> (uintptr_t) fd + 1 */
@@ -203,6 +206,38 @@ static void on_destroy(limiter_t *lim, struct lws *wsi)
     release_slot(lim, &lim->fds[fd1 - 1]);
 }
 
+/* Moves the count of fd to a dup of it and offers that to the taker: 1 when taken (lws then
+ * closes fd, which is no longer counted), 0 when not (lws serves fd as usual). */
+static int offer(limiter_t *lim, int fd)
+{
+    int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (nfd < 0)
+        return 0;
+    if ((size_t)nfd >= lim->nfds) {
+        size_t n = lim->nfds;
+        while (n <= (size_t)nfd)
+            n *= 2;
+        fd_slot_t *fds = realloc(lim->fds, n * sizeof *fds);
+        if (!fds) {
+            close(nfd);
+            return 0;
+        }
+        memset(fds + lim->nfds, 0, (n - lim->nfds) * sizeof *fds);
+        lim->fds = fds;
+        lim->nfds = n;
+    }
+    release_slot(lim, &lim->fds[nfd]); /* stale: an fd number closed without telling us */
+    lim->fds[nfd] = lim->fds[fd];
+    lim->fds[fd].source = NULL;
+    lim->fds[fd].wsi = NULL;
+    if (lim->take(lim->user, nfd) == 0)
+        return 1;
+    lim->fds[fd] = lim->fds[nfd];
+    lim->fds[nfd].source = NULL;
+    close(nfd);
+    return 0;
+}
+
 static void limiter_free(limiter_t *lim)
 {
     for (size_t i = 0; i < lim->nfds; i++)
@@ -249,6 +284,8 @@ int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         /* `in` is the accepted socket; wsi is the listener's. */
         *rc = on_accept(lim, (int)(intptr_t)in);
+        if (*rc == 0 && lim->take)
+            *rc = offer(lim, (int)(intptr_t)in);
         return *rc;
     case LWS_CALLBACK_WSI_DESTROY:
         on_destroy(lim, wsi);
@@ -266,13 +303,51 @@ int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in
     return 0;
 }
 
+static limiter_t *limiter_by_name(struct lws_context *ctx, const char *vhost_name,
+                                  const char *proto_name, struct lws_vhost **vhp)
+{
+    struct lws_vhost *vh = ctx ? lws_get_vhost_by_name(ctx, vhost_name) : NULL;
+    const struct lws_protocols *p = vh ? lws_vhost_name_to_protocol(vh, proto_name) : NULL;
+    if (vhp)
+        *vhp = vh;
+    return limiter_of(vh, p);
+}
+
+void sb_listen_release(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
+                       int fd)
+{
+    limiter_t *lim = limiter_by_name(ctx, vhost_name, proto_name, NULL);
+    if (lim && fd >= 0 && (size_t)fd < lim->nfds)
+        release_slot(lim, &lim->fds[fd]);
+}
+
+int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char *proto_name, int fd,
+                    const char *buf, size_t len)
+{
+    struct lws_vhost *vh;
+    limiter_t *lim = limiter_by_name(ctx, vhost_name, proto_name, &vh);
+    struct lws *wsi = vh ? lws_adopt_socket_vhost_readbuf(vh, fd, buf, len) : NULL;
+    if (!wsi) {
+        /* lws closed fd when it failed after taking it; without a vhost it never had it. */
+        sb_listen_release(ctx, vhost_name, proto_name, fd);
+        if (!vh)
+            close(fd);
+        return -1;
+    }
+    if (lim)
+        learn_wsi(lim, wsi);
+    /* Why: lws 4.1.6 on a foreign libuv loop serves the bytes given to it (its buflist) only
+     * when it next services something; without a wake-up a complete request waited for the
+     * next event on the loop (seconds, on a quiet node). */
+    lws_cancel_service(ctx);
+    return 0;
+}
+
 void sb_listen_stats(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
                      sb_listen_stats_t *out)
 {
     memset(out, 0, sizeof *out);
-    struct lws_vhost *vh = ctx ? lws_get_vhost_by_name(ctx, vhost_name) : NULL;
-    const struct lws_protocols *p = vh ? lws_vhost_name_to_protocol(vh, proto_name) : NULL;
-    limiter_t *lim = limiter_of(vh, p);
+    limiter_t *lim = limiter_by_name(ctx, vhost_name, proto_name, NULL);
     if (lim)
         *out = lim->stats;
 }
@@ -356,6 +431,8 @@ struct lws_context *sb_listen(const sb_listen_t *l)
     }
     lim->max_connections = l->max_connections > 0 ? l->max_connections : INT64_MAX / 2;
     lim->max_per_source = l->max_per_source > 0 ? l->max_per_source : INT64_MAX;
+    lim->take = l->take;
+    lim->user = l->user;
     sb_map_init(&lim->by_source);
     sb_map_init(&lim->by_wsi);
     *slot = lim;

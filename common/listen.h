@@ -35,6 +35,12 @@ typedef struct {
     unsigned long extra_options;
     int64_t max_connections; /* resolved by sb_listen_limits (never 0) */
     int64_t max_per_source;
+    /* May be NULL. Offered every connection the caps admitted, before lws does anything with
+     * it: fd is a descriptor of its own (a dup of the accepted one, counted in the caps in its
+     * place). Returns 0 when it took fd (lws closes its copy and never sees the connection;
+     * the taker hands it back with sb_listen_adopt or gives its place back with
+     * sb_listen_release before closing it), else 1 (lws serves it; fd is closed). */
+    int (*take)(void *user, int fd);
 } sb_listen_t;
 
 /* Connection figures of one listener (for metrics). */
@@ -69,6 +75,16 @@ void sb_listen_exit(void);
  * counts of open connections per source; frees its state at LWS_CALLBACK_PROTOCOL_DESTROY. */
 int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in,
                      const struct lws_protocols *p0, int *rc);
+
+/* A connection taken (sb_listen_t.take) is done: its place in the caps is given back. Call
+ * before closing fd. */
+void sb_listen_release(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
+                       int fd);
+/* A connection taken, handed to lws as if lws had accepted it, with the bytes already read
+ * from it (len may be 0): lws serves it from there and it stays counted until lws frees it.
+ * 0, or -1 when lws could not (fd is then closed and its place given back). */
+int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char *proto_name, int fd,
+                    const char *buf, size_t len);
 
 /* What sb_listen_t.user was: the vhost's user (the context's while no vhost is bound). */
 void *sb_listen_user(struct lws *wsi);

@@ -136,8 +136,7 @@ static void on_sweep(uv_timer_t *t)
          * earlier timeout only when it next services something. */
         if (n->nsessions && now > n->drain_deadline_ms - n->cfg.redis_timeout_ms) {
             for (sb_session_t *s = n->sessions; s; s = s->next)
-                if (s->wsi)
-                    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+                sb_session_timeout(s, LWS_TO_KILL_ASYNC);
             lws_cancel_service(n->lws);
         }
         int pending = sb_cluster_pending(n->db);

@@ -93,7 +93,7 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
     put_map(&p, &m->closes, "switchboard_node_closes_total", "code");
     /* The listener's names are server.c's VHOST_NAME and PROTOCOL_NAME. */
     sb_listen_stats_t ls;
-    sb_listen_stats(n->lws, "switchboard", "switchboard.v1", &ls);
+    sb_listen_stats(n->lws, SB_VHOST_NAME, SB_PROTOCOL_NAME, &ls);
     sb_prom_gauge(&p, "switchboard_node_connections",
                   "Open connections, HTTP and WebSocket (capped by --max-connections).", ls.open);
     sb_prom_printf(&p,

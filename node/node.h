@@ -35,6 +35,9 @@ typedef struct {
     int peerjs_discovery;
     int64_t peerjs_expire_timeout_ms, peerjs_alive_timeout_ms;
     char peerjs_room[64];
+    /* --websocket: "native" (conn.c, the node's own layer for plain connections) or "lws". */
+    char *websocket_text;
+    int ws_native;
 } sb_node_config_t;
 
 /* Parses options (defaults < env < flags) and checks combinations. Returns 0, 1 when --help or
@@ -44,6 +47,11 @@ void sb_node_options_free(sb_node_config_t *cfg);
 
 typedef struct sb_node sb_node_t;
 typedef struct sb_seat sb_seat_t; /* a socket's place in a room: route.c's, opaque elsewhere */
+typedef struct sb_conn sb_conn_t; /* a connection of the node's own WebSocket layer (conn.c) */
+
+/* Names lws knows the node's listener by (sb_listen_stats, sb_listen_adopt). */
+#define SB_VHOST_NAME "switchboard"
+#define SB_PROTOCOL_NAME "switchboard.v1"
 
 /* Most bytes of queued frames one write carries (below lws's tx_packet_size, so lws sends it
  * in one piece). */
@@ -75,7 +83,8 @@ typedef struct sb_session {
     unsigned close_sent : 1;  /* our close frame is written */
     /* On the node's flush list (flush_prev, flush_next below). */
     unsigned flush_listed : 1;
-    struct lws *wsi;
+    struct lws *wsi; /* libwebsockets' connection, or NULL: */
+    sb_conn_t *conn; /* ... our own layer's (exactly one of them while the socket is open) */
     sb_node_t *node;
     sb_seat_t *seat; /* owned by route.c (sb_route_attach .. sb_route_disconnect) */
     /* Its id: in sid_buf when it fits (every id this node makes, 22 characters), else a
@@ -171,6 +180,10 @@ struct sb_node {
     sb_map_t pj_by_id;                     /* route.c: PeerJS sockets by their PeerJS id */
     struct sb_pj_exp *pj_exp_head, *pj_exp_tail; /* route.c: PeerJS expire timers, by due */
     int64_t pj_alive_check_ms;                   /* route.c: the last alive-timeout pass */
+    /* conn.c: connections with a deadline, the tick that enforces them, the receive buffer. */
+    sb_conn_t *conn_dl_head;
+    uv_timer_t conn_timer;
+    unsigned char *rdbuf;
 };
 
 /* The data path, one way: server.c (lws) -> route.c (decode with proto.c, rate via the
@@ -223,6 +236,11 @@ void sb_session_detach(sb_session_t *s);
 /* WRITEABLE: writes the queued frames (in batches, until the socket is full); returns -1 to
  * close. */
 int sb_session_writable(sb_session_t *s);
+/* Lists s for the flush before the loop next polls. */
+void sb_session_want_flush(sb_session_t *s);
+/* Drops the connection of s in secs seconds (LWS_TO_KILL_ASYNC: as soon as may be), whatever
+ * its layer. */
+void sb_session_timeout(sb_session_t *s, int secs);
 /* Starts / stops the flush of queued frames (a uv_prepare on n->loop; stop closes it). */
 void sb_session_flush_start(sb_node_t *n);
 void sb_session_flush_stop(sb_node_t *n);
@@ -322,6 +340,48 @@ char *sb_metrics_render(sb_node_t *n, size_t *len);
 /* server.c */
 int sb_server_start(sb_node_t *n);
 void sb_server_stop(sb_node_t *n);
+/* A request being upgraded: lws's (wsi) or one conn.c parsed (head). */
+typedef struct {
+    struct lws *wsi;
+    const struct sb_wire_head *head;
+} sb_req_t;
+/* sb_server_check_upgrade: refuse with 400 naming version 13. */
+#define SB_REFUSE_VERSION 1
+/* Whether an upgrade may go ahead: 0; SB_REFUSE_VERSION; an HTTP status to refuse with; or -1
+ * to drop the connection without an answer. */
+int sb_server_check_upgrade(sb_node_t *n, const sb_req_t *r);
+/* An upgrade went through: the session of the new socket (welcome sent, or the PeerJS claim
+ * under way), or NULL (out of memory: drop the connection). */
+sb_session_t *sb_server_established(sb_node_t *n, const sb_req_t *r, struct lws *wsi, sb_conn_t *c);
+/* A piece of a data message: len bytes of it at in (final: its frame ends the message),
+ * announced bytes more of this frame to come. Text messages are checked as UTF-8 when
+ * check_utf8. 0, or -1 to drop the connection (out of memory). */
+int sb_server_receive(sb_session_t *s, const char *in, size_t len, int final, size_t announced,
+                      int binary, int check_utf8);
+/* The connection of s is gone: its Redis cleanup, then the session is detached. */
+void sb_server_closed(sb_session_t *s);
+/* Before our ping: a client the kernel heard from within the interval is not pinged. */
+void sb_server_heard_by_kernel(sb_session_t *s);
+
+/* conn.c: the node's own WebSocket layer (--websocket native). */
+/* sb_listen_t.take: 0 when it took fd (a plain connection), 1 to leave it to lws. */
+int sb_conn_take(void *node, int fd);
+int sb_conn_start(sb_node_t *n);
+/* Closes every connection of ours (their sessions' cleanup runs) and the deadline tick. */
+void sb_conn_stop(sb_node_t *n);
+/* 1 while bytes of an earlier write are held (POLLOUT brings them; nothing else may be
+ * written then but whole frames after them). */
+int sb_conn_busy(const sb_conn_t *c);
+/* Sends len bytes of whole frames (what the kernel does not take is held and sent at POLLOUT,
+ * then sb_session_writable runs). 0, or -1 when the connection is unusable. */
+int sb_conn_send(sb_conn_t *c, const unsigned char *p, size_t len);
+/* sb_session_writable is wanted: at the flush when nothing is held, else after it is out. */
+void sb_conn_want_writable(sb_conn_t *c);
+/* For the flush: 1 (and cleared) when a WRITEABLE is due now. */
+int sb_conn_writable_due(sb_conn_t *c);
+/* Drops the connection in secs seconds (< 0: at the next tick), replacing an earlier one. */
+void sb_conn_timeout(sb_conn_t *c, int secs);
+int sb_conn_fd(const sb_conn_t *c);
 
 /* main.c */
 /* 1 and a reason when /readyz should answer 200. */

@@ -85,6 +85,9 @@ static const sb_option_t node_options[] = {
      "EXPIRE"},
     {"peerjs-alive-timeout-ms", SB_OPT_INT, "90000", 1000, DAY, OFF(peerjs_alive_timeout_ms),
      "a PeerJS socket that sends no message for this long is closed"},
+    {"websocket", SB_OPT_STRING, "lws", 0, 0, OFF(websocket_text),
+     "native: plain (non-TLS) WebSockets are served by the node's own layer; lws: by "
+     "libwebsockets (TLS always is)"},
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},
     {0},
 };
@@ -209,6 +212,10 @@ int sb_node_options(sb_node_config_t *cfg, int argc, char **argv, char *const *e
         return bad("--turn-url: needed with --turn-secret-file");
     if (peerjs_options(cfg, err, sizeof err) != 0)
         return bad(err);
+    if (strcmp(cfg->websocket_text, "native") == 0)
+        cfg->ws_native = 1;
+    else if (strcmp(cfg->websocket_text, "lws") != 0)
+        return bad("--websocket: must be native or lws");
     if (sb_listen_limits(&cfg->max_connections, &cfg->max_connections_per_ip, "max-connections",
                          "max-connections-per-ip", err, sizeof err) != 0)
         return bad(err);

@@ -7,6 +7,7 @@
 #include "resume.h"
 #include "auth.h"
 #include "log.h"
+#include "wire.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -33,10 +34,6 @@ typedef struct {
 /* lws 4.1.6 keeps the close opcode of lws_write() private (4), as session.c notes. */
 #define CLOSE_OPCODE ((enum lws_write_protocol)4)
 
-/* Names lws knows this listener by (sb_listen_stats in metrics.c uses the same). */
-#define VHOST_NAME "switchboard"
-#define PROTOCOL_NAME "switchboard.v1"
-
 static const sb_http_route_t static_routes[] = {
     {"/", "index.html"},     {"/index.html", "index.html"}, {"/switchboard.js", "switchboard.js"},
     {"/demo.js", "demo.js"}, {"/demo.css", "demo.css"},
@@ -61,7 +58,7 @@ static int respond_json(struct lws *wsi, pss_t *pss, unsigned status, const char
     return respond(wsi, pss, &h, json);
 }
 
-static int origin_allowed(struct lws *wsi, sb_node_t *n);
+static int origin_allowed(const sb_req_t *r, sb_node_t *n);
 
 /* 405 naming the methods allowed (with the CORS origin to echo, or NULL). */
 static int respond_405(struct lws *wsi, pss_t *pss, const char *allow, const char *cors)
@@ -125,7 +122,7 @@ static int handle_pj_http(struct lws *wsi, pss_t *pss, sb_node_t *n, sb_http_met
 {
     pss->cors[0] = '\0';
     if (lws_hdr_copy(wsi, pss->cors, sizeof pss->cors, WSI_TOKEN_ORIGIN) <= 0 ||
-        !origin_allowed(wsi, n))
+        !origin_allowed(&(sb_req_t){.wsi = wsi}, n))
         pss->cors[0] = '\0';
     const char *cors = pss->cors[0] ? pss->cors : NULL;
     if (m == SB_HTTP_OPTIONS) {
@@ -231,24 +228,48 @@ static int handle_http(struct lws *wsi, pss_t *pss, sb_node_t *n)
     return respond_json(wsi, pss, 404, "{\"error\":\"not found\"}");
 }
 
+/* A request's header: lws's token of it, or our own parse of the head (conn.c). Its length, or
+ * -1 (absent, or longer than cap - 1). */
+static int req_copy(const sb_req_t *r, enum lws_token_indexes tok, const char *name, char *out,
+                    size_t cap)
+{
+    if (r->wsi)
+        return lws_hdr_copy(r->wsi, out, (int)cap, tok);
+    return sb_wire_header_copy(r->head, name, out, cap);
+}
+
+/* The request's path, without its query: 1, or 0 when it does not fit. */
+static int req_path(const sb_req_t *r, char *out, size_t cap)
+{
+    if (r->wsi)
+        return lws_hdr_copy(r->wsi, out, (int)cap, WSI_TOKEN_GET_URI) > 0;
+    const char *q = memchr(r->head->target, '?', r->head->tlen);
+    size_t len = q ? (size_t)(q - r->head->target) : r->head->tlen;
+    if (len >= cap)
+        return 0;
+    memcpy(out, r->head->target, len);
+    out[len] = '\0';
+    return 1;
+}
+
 /* Keeps the Origin header in s->origin: malloc'd, or NULL when absent, empty or longer than
  * SB_ORIGIN_MAX (a resume then matches only a socket without one). 0, or -1 out of memory. */
-static int session_origin(sb_session_t *s, struct lws *wsi)
+static int session_origin(sb_session_t *s, const sb_req_t *r)
 {
     char origin[SB_ORIGIN_MAX + 1];
-    int len = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    int len = req_copy(r, WSI_TOKEN_ORIGIN, "origin", origin, sizeof origin);
     if (len <= 0)
         return 0;
     s->origin = strndup(origin, (size_t)len);
     return s->origin ? 0 : -1;
 }
 
-static int origin_allowed(struct lws *wsi, sb_node_t *n)
+static int origin_allowed(const sb_req_t *r, sb_node_t *n)
 {
     if (n->cfg.allowed_origins.n == 0)
         return 1;
     char origin[256];
-    int len = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    int len = req_copy(r, WSI_TOKEN_ORIGIN, "origin", origin, sizeof origin);
     if (len <= 0)
         return 0;
     /* The whole value, by its length: "https://ok.example\0.evil" is not "https://ok.example"
@@ -263,10 +284,10 @@ static int origin_allowed(struct lws *wsi, sb_node_t *n)
 
 /* RFC 6455 4.1/4.2.1: Sec-WebSocket-Key is 16 bytes in base64, i.e. 22 characters of the
  * base64 alphabet and "==". lws 4.1.6 hashes whatever it is given. */
-static int key_valid(struct lws *wsi)
+static int key_valid(const sb_req_t *r)
 {
     char key[32];
-    int len = lws_hdr_copy(wsi, key, sizeof key, WSI_TOKEN_KEY);
+    int len = req_copy(r, WSI_TOKEN_KEY, "sec-websocket-key", key, sizeof key);
     if (len != 24 || key[22] != '=' || key[23] != '=')
         return 0;
     for (int i = 0; i < 22; i++) {
@@ -295,47 +316,78 @@ static int refuse_version(struct lws *wsi)
 }
 
 /* 1 when the upgrade's path is the PeerJS WebSocket ({peerjs}/peerjs). */
-static int pj_upgrade(struct lws *wsi, sb_node_t *n)
+static int pj_upgrade(const sb_req_t *r, sb_node_t *n)
 {
     char path[128] = "";
-    return n->cfg.peerjs_path && lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) > 0 &&
+    return n->cfg.peerjs_path && req_path(r, path, sizeof path) &&
            sb_pj_http_route(n->cfg.peerjs_path, path) == SB_PJ_HTTP_WS;
 }
 
-static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
+/* sb_http_check_framing on our own parse of the head: any Transfer-Encoding, or a
+ * Content-Length that is not one value of at most 18 digits, is refused. */
+static int head_framing_bad(const sb_wire_head_t *h)
+{
+    int count;
+    if (sb_wire_header(h, "transfer-encoding", NULL))
+        return 1;
+    const sb_wire_header_t *cl = sb_wire_header(h, "content-length", &count);
+    if (!cl)
+        return 0;
+    if (count > 1 || cl->vlen == 0 || cl->vlen > 18)
+        return 1;
+    for (size_t i = 0; i < cl->vlen; i++)
+        if (cl->value[i] < '0' || cl->value[i] > '9')
+            return 1;
+    return 0;
+}
+
+int sb_server_check_upgrade(sb_node_t *n, const sb_req_t *r)
 {
     char upgrade[32] = "", path[64] = "", version[8] = "";
     /* Why not `in`: libwebsockets 4.1.6 may call this after releasing the header table that
      * `in` points into (a use-after-free fixed upstream later); lws_hdr_copy is safe. Only
-     * "websocket" is accepted, which also refuses h2c. */
-    if (lws_hdr_copy(wsi, upgrade, sizeof upgrade, WSI_TOKEN_UPGRADE) <= 0 ||
+     * "websocket" is accepted, which also refuses h2c (lws has answered 403 by then; our own
+     * layer answers it here). */
+    if (req_copy(r, WSI_TOKEN_UPGRADE, "upgrade", upgrade, sizeof upgrade) <= 0 ||
         strcasecmp(upgrade, "websocket") != 0)
-        return -1;
-    if (!pj_upgrade(wsi, n) && (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) <= 0 ||
-                                strcmp(path, "/ws") != 0)) {
-        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
-        return 1;
+        return r->wsi ? -1 : HTTP_STATUS_FORBIDDEN;
+    if (!r->wsi) {
+        /* What lws checks before it asks us (RFC 6455 4.2.1): a GET of HTTP/1.1 or later, with
+         * "Upgrade" among its Connection options. */
+        const sb_wire_header_t *conn = sb_wire_header(r->head, "connection", NULL);
+        if (r->head->mlen != 3 || memcmp(r->head->method, "GET", 3) != 0 || r->head->minor < 1 ||
+            !conn || !sb_wire_list_has(conn->value, conn->vlen, "upgrade"))
+            return HTTP_STATUS_BAD_REQUEST;
     }
+    if (!pj_upgrade(r, n) && (!req_path(r, path, sizeof path) || strcmp(path, "/ws") != 0))
+        return HTTP_STATUS_NOT_FOUND;
     /* Why check the version here: lws 4.1.6 answers 101 to any Sec-WebSocket-Version (or
      * none), and then ignores every frame of a version other than 13, leaving a connection
      * that only the ping timeout ends. RFC 6455 4.2.2: refuse, naming the version we speak. */
-    if (lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_VERSION) <= 0 ||
+    if (req_copy(r, WSI_TOKEN_VERSION, "sec-websocket-version", version, sizeof version) <= 0 ||
         strcmp(version, "13") != 0)
-        return refuse_version(wsi);
-    if (!key_valid(wsi) || sb_http_check_framing(wsi)) {
-        lws_return_http_status(wsi, HTTP_STATUS_BAD_REQUEST, NULL);
-        return 1;
-    }
-    if (!origin_allowed(wsi, n)) {
+        return SB_REFUSE_VERSION;
+    if (!key_valid(r) || (r->wsi ? sb_http_check_framing(r->wsi) != 0 : head_framing_bad(r->head)))
+        return HTTP_STATUS_BAD_REQUEST;
+    if (!origin_allowed(r, n)) {
         sb_info_limited("refused a WebSocket upgrade: origin not allowed");
-        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
-        return 1;
+        return HTTP_STATUS_FORBIDDEN;
     }
-    if (n->draining) {
-        lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
-        return 1;
-    }
+    if (n->draining)
+        return HTTP_STATUS_SERVICE_UNAVAILABLE;
     return 0;
+}
+
+static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
+{
+    int rc = sb_server_check_upgrade(n, &(sb_req_t){.wsi = wsi});
+    if (rc == SB_REFUSE_VERSION)
+        return refuse_version(wsi);
+    if (rc > 0) {
+        lws_return_http_status(wsi, (unsigned)rc, NULL);
+        return 1;
+    }
+    return rc;
 }
 
 static void send_welcome(sb_session_t *s)
@@ -360,8 +412,15 @@ static void send_welcome(sb_session_t *s)
 
 /* The value of query parameter name (lws keeps each "name=value" as a fragment, decoded) into
  * out: 1; 0 when absent; -1 when longer than cap - 1 (out is then "~", which no check takes). */
-static int query_arg(struct lws *wsi, const char *name, char *out, size_t cap)
+static int query_arg(const sb_req_t *r, const char *name, char *out, size_t cap)
 {
+    if (!r->wsi) {
+        int rc = sb_wire_query_arg(r->head->target, r->head->tlen, name, out, cap);
+        if (rc < 0)
+            snprintf(out, cap, "~");
+        return rc;
+    }
+    struct lws *wsi = r->wsi;
     size_t nl = strlen(name);
     for (int i = 0;; i++) {
         int flen = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
@@ -385,12 +444,13 @@ static int query_arg(struct lws *wsi, const char *name, char *out, size_t cap)
 }
 
 /* The JWT of a PeerJS upgrade: the cookie switchboard_jwt, else the query parameter jwt. */
-static int pj_jwt(struct lws *wsi, char *out, size_t cap)
+static int pj_jwt(const sb_req_t *r, char *out, size_t cap)
 {
     static const char name[] = "switchboard_jwt=";
-    int len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_COOKIE);
+    const sb_wire_header_t *h = r->wsi ? NULL : sb_wire_header(r->head, "cookie", NULL);
+    int len = r->wsi ? lws_hdr_total_length(r->wsi, WSI_TOKEN_HTTP_COOKIE) : h ? (int)h->vlen : 0;
     char *cookie = len > 0 ? malloc((size_t)len + 1) : NULL;
-    if (cookie && lws_hdr_copy(wsi, cookie, len + 1, WSI_TOKEN_HTTP_COOKIE) > 0) {
+    if (cookie && req_copy(r, WSI_TOKEN_HTTP_COOKIE, "cookie", cookie, (size_t)len + 1) > 0) {
         for (char *p = cookie; p && *p;) {
             while (*p == ' ' || *p == ';')
                 p++;
@@ -407,33 +467,43 @@ static int pj_jwt(struct lws *wsi, char *out, size_t cap)
         }
     }
     free(cookie);
-    return query_arg(wsi, "jwt", out, cap);
+    return query_arg(r, "jwt", out, cap);
 }
 
 /* A PeerJS socket: no welcome; its claim, from the upgrade's query. */
-static void pj_open(struct lws *wsi, sb_session_t *s)
+static void pj_open(const sb_req_t *r, sb_session_t *s)
 {
     /* A value too long to be valid comes as "~", refused by its check as invalid. */
     char key[SB_PJ_KEY_MAX + 1], id[SB_PJ_ID_MAX + 1], token[SB_PJ_TOKEN_MAX + 1];
     char *jwt = s->node->auth_secret ? malloc(SB_AUTH_TOKEN_MAX + 1) : NULL;
-    int has_key = query_arg(wsi, "key", key, sizeof key);
-    int has_id = query_arg(wsi, "id", id, sizeof id);
-    int has_token = query_arg(wsi, "token", token, sizeof token);
-    int has_jwt = jwt && pj_jwt(wsi, jwt, SB_AUTH_TOKEN_MAX + 1) > 0;
+    int has_key = query_arg(r, "key", key, sizeof key);
+    int has_id = query_arg(r, "id", id, sizeof id);
+    int has_token = query_arg(r, "token", token, sizeof token);
+    int has_jwt = jwt && pj_jwt(r, jwt, SB_AUTH_TOKEN_MAX + 1) > 0;
     sb_route_pj_open(s, has_key ? key : NULL, has_id ? id : NULL, has_token ? token : NULL,
                      has_jwt ? jwt : NULL);
     free(jwt);
 }
 
-static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t len)
+/* Why validate here for our own layer only: lws validates text frames itself
+ * (LWS_SERVER_OPTION_VALIDATE_UTF8) and closes 1007; conn.c checks a whole message once. */
+static int text_ok(sb_session_t *s, const char *p, size_t len, int check)
+{
+    if (!check || sb_wire_utf8_ok((const uint8_t *)p, len))
+        return 1;
+    sb_session_close(s, 1007, "invalid UTF-8");
+    return 0;
+}
+
+int sb_server_receive(sb_session_t *s, const char *in, size_t len, int final, size_t announced,
+                      int binary, int check_utf8)
 {
     sb_node_t *n = s->node;
-    /* What the frame header announces counts too: lws hands payload over in pieces as it
+    /* What the frame header announces counts too: payload is handed over in pieces as it
      * arrives, so without it a client announcing 2^63-1 bytes would be let trickle up to the
      * limit before being refused. */
     if (s->close_code)
         return 0; /* closing: what the client still sends is read and dropped */
-    size_t announced = lws_remaining_packet_payload(wsi);
     if (s->rxlen + len + announced > (size_t)n->cfg.max_message_bytes) {
         /* All fragments count: the limit is on the message, not on a frame. The error frame,
          * then our close frame, go out in order; the rest of the message is read and dropped
@@ -446,11 +516,12 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         s->rxcap = s->rxlen = 0;
         return 0;
     }
-    int last = lws_is_final_fragment(wsi) && announced == 0; /* this piece ends the message */
-    if (last && s->rxlen == 0 && !lws_frame_is_binary(wsi)) {
-        /* The whole message in one piece (most are): routed from lws's receive buffer, which
+    int last = final && announced == 0; /* this piece ends the message */
+    if (last && s->rxlen == 0 && !binary) {
+        /* The whole message in one piece (most are): routed from the receive buffer, which
          * nothing touches until we return, without the copy into our own. */
-        sb_route_message(s, len ? in : "", len);
+        if (text_ok(s, in, len, check_utf8))
+            sb_route_message(s, len ? in : "", len);
         return 0;
     }
     if (s->rxlen + len > s->rxcap) {
@@ -471,14 +542,14 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
         return 0;
     size_t total = s->rxlen;
     s->rxlen = 0;
-    if (lws_frame_is_binary(wsi)) {
+    if (binary) {
         n->metrics.received[SB_MSG_UNKNOWN]++;
         if (s->pj)
             sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
         else
             sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol",
                                   NULL);
-    } else {
+    } else if (text_ok(s, s->rx ? s->rx : "", total, check_utf8)) {
         sb_route_message(s, s->rx ? s->rx : "", total);
     }
     /* Why release the buffer after every message: an idle socket should hold no receive memory
@@ -495,11 +566,11 @@ static int on_receive(struct lws *wsi, sb_session_t *s, const char *in, size_t l
 /* Milliseconds since the kernel last received data on the socket of wsi (any frame: a text
  * frame, a pong, and also the client's own pings, which lws 4.1.6 answers without telling us);
  * -1 when unknown. */
-static int64_t kernel_rx_age_ms(struct lws *wsi)
+static int64_t kernel_rx_age_ms(const sb_session_t *s)
 {
     struct tcp_info ti;
     socklen_t tl = sizeof ti;
-    int fd = (int)lws_get_socket_fd(wsi);
+    int fd = s->conn ? sb_conn_fd(s->conn) : s->wsi ? (int)lws_get_socket_fd(s->wsi) : -1;
     if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0)
         return -1;
     return (int64_t)ti.tcpi_last_data_recv;
@@ -510,9 +581,9 @@ static int64_t kernel_rx_age_ms(struct lws *wsi)
  * from the kernel and the ping is called off; a client whose bytes stopped is pinged as
  * before. Why here: the WRITEABLE of a due ping is the one point server.c sees between the
  * sweep's decision and the hang-up (session.c could ask kernel_rx_age_ms in its sweep). */
-static void heard_by_kernel(sb_session_t *s)
+void sb_server_heard_by_kernel(sb_session_t *s)
 {
-    int64_t age = kernel_rx_age_ms(s->wsi);
+    int64_t age = kernel_rx_age_ms(s);
     if (age < 0)
         return;
     int64_t now = sb_mono_ms(), heard = now - age;
@@ -522,6 +593,32 @@ static void heard_by_kernel(sb_session_t *s)
         s->ping_due = 0;
         s->ping_sent_ms = 0;
     }
+}
+
+sb_session_t *sb_server_established(sb_node_t *n, const sb_req_t *r, struct lws *wsi, sb_conn_t *c)
+{
+    sb_session_t *s = sb_session_new(n, wsi);
+    if (!s)
+        return NULL;
+    s->conn = c;
+    if (session_origin(s, r) != 0 || sb_route_attach(s) != 0) {
+        s->conn = NULL;
+        sb_session_detach(s);
+        return NULL;
+    }
+    sb_debug_limited("session %s: connected", s->id);
+    if (pj_upgrade(r, n))
+        pj_open(r, s);
+    else
+        send_welcome(s);
+    return s;
+}
+
+void sb_server_closed(sb_session_t *s)
+{
+    sb_debug_limited("session %s: closed", s->id);
+    sb_route_disconnect(s); /* its Redis cleanup needs the seat: first */
+    sb_session_detach(s);
 }
 
 static const struct lws_protocols protocols[2];
@@ -562,27 +659,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             pss->peers = NULL;
         }
         break;
-    case LWS_CALLBACK_ESTABLISHED: {
-        sb_session_t *s = sb_session_new(n, wsi);
-        if (!s)
-            return -1;
-        if (session_origin(s, wsi) != 0 || sb_route_attach(s) != 0) {
-            sb_session_detach(s);
-            return -1;
-        }
-        pss->sess = s;
-        sb_debug_limited("session %s: connected", s->id);
-        if (pj_upgrade(wsi, n))
-            pj_open(wsi, s);
-        else
-            send_welcome(s);
-        break;
-    }
+    case LWS_CALLBACK_ESTABLISHED:
+        pss->sess = sb_server_established(n, &(sb_req_t){.wsi = wsi}, wsi, NULL);
+        return pss->sess ? 0 : -1;
     case LWS_CALLBACK_RECEIVE:
         if (!pss->sess || pss->sess->closed)
             return -1;
         pss->sess->last_rx_ms = sb_mono_ms();
-        return on_receive(wsi, pss->sess, in, len);
+        return sb_server_receive(pss->sess, in, len, lws_is_final_fragment(wsi),
+                                 lws_remaining_packet_payload(wsi), lws_frame_is_binary(wsi), 0);
     case LWS_CALLBACK_RECEIVE_PONG:
         if (pss && pss->sess)
             pss->sess->last_rx_ms = sb_mono_ms();
@@ -608,13 +693,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!pss->sess)
             return -1;
         if (pss->sess->ping_due)
-            heard_by_kernel(pss->sess);
+            sb_server_heard_by_kernel(pss->sess);
         return sb_session_writable(pss->sess);
     case LWS_CALLBACK_CLOSED:
         if (pss && pss->sess) {
-            sb_debug_limited("session %s: closed", pss->sess->id);
-            sb_route_disconnect(pss->sess); /* its Redis cleanup needs the seat: first */
-            sb_session_detach(pss->sess);
+            sb_server_closed(pss->sess);
             pss->sess = NULL;
         }
         break;
@@ -641,7 +724,7 @@ static const struct lws_protocols protocols[] = {
      * reassembled in session memory only while they are in flight. tx_packet_size: without it
      * lws caps each send() at rx_buffer_size and copies the rest of a larger frame aside (a
      * 4 KiB signal took 4 sends; tests/bench measured +25% msgs/s for 4 KiB signals with it). */
-    {PROTOCOL_NAME, callback, sizeof(pss_t), SB_RX_BUFFER, 0, NULL, 65536},
+    {SB_PROTOCOL_NAME, callback, sizeof(pss_t), SB_RX_BUFFER, 0, NULL, 65536},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -658,13 +741,18 @@ int sb_server_start(sb_node_t *n)
                      .listen = n->cfg.listen,
                      .protocols = protocols,
                      .user = n,
-                     .vhost_name = VHOST_NAME,
+                     .vhost_name = SB_VHOST_NAME,
                      .idle_policy = &idle_policy,
                      .tls_cert = n->cfg.tls_cert,
                      .tls_key = n->cfg.tls_key,
                      .extra_options = LWS_SERVER_OPTION_VALIDATE_UTF8,
                      .max_connections = n->cfg.max_connections,
-                     .max_per_source = n->cfg.max_connections_per_ip};
+                     .max_per_source = n->cfg.max_connections_per_ip,
+                     /* Our own WebSocket layer takes plain connections first (conn.c); TLS
+                      * stays lws's. */
+                     .take = n->cfg.ws_native && !n->cfg.tls_cert ? sb_conn_take : NULL};
+    if (l.take && sb_conn_start(n) != 0)
+        return -1;
     n->lws = sb_listen(&l);
     if (!n->lws)
         return -1;
@@ -682,6 +770,7 @@ int sb_server_start(sb_node_t *n)
 void sb_server_stop(sb_node_t *n)
 {
     if (n->lws) {
+        sb_conn_stop(n);
         sb_session_flush_stop(n);
         lws_context_destroy(n->lws);
         n->lws = NULL;

@@ -3,6 +3,7 @@
  * (pings, silence) and closing. Knows nothing of rooms or messages' meaning (route.c). */
 #include "node.h"
 #include "log.h"
+#include "wire.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,53 @@
 /* lws 4.1 keeps the close opcode of lws_write() private (value 4, "handled by
  * lws_close_reason()"); see sb_session_writable for why we need it. */
 #define SB_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
+
+/* ---- the connection under a session: libwebsockets', or our own layer's (conn.c) ---------- */
+
+static int live(const sb_session_t *s)
+{
+    return s->wsi || s->conn;
+}
+
+/* Bytes of an earlier write are held (lws's buflist, or conn.c's). */
+static int tx_busy(sb_session_t *s)
+{
+    return s->conn ? sb_conn_busy(s->conn) : s->wsi ? lws_partial_buffered(s->wsi) : 0;
+}
+
+static void tx_want(sb_session_t *s)
+{
+    if (s->conn)
+        sb_conn_want_writable(s->conn);
+    else if (s->wsi)
+        lws_callback_on_writable(s->wsi);
+}
+
+/* One frame of opcode around len bytes at p (which has LWS_PRE bytes of headroom). */
+static int tx_frame(sb_session_t *s, unsigned char *p, size_t len, enum lws_write_protocol op)
+{
+    if (!s->conn)
+        return lws_write(s->wsi, p, len, op);
+    unsigned char hdr[10];
+    unsigned opcode = op == LWS_WRITE_TEXT ? 1 : op == LWS_WRITE_PING ? 9 : 8;
+    size_t hl = sb_wire_frame_header(hdr, opcode, len);
+    memcpy(p - hl, hdr, hl);
+    return sb_conn_send(s->conn, p - hl, hl + len);
+}
+
+/* Bytes of whole frames, framed by us. */
+static int tx_raw(sb_session_t *s, unsigned char *p, size_t len)
+{
+    return s->conn ? sb_conn_send(s->conn, p, len) : lws_write(s->wsi, p, len, LWS_WRITE_RAW);
+}
+
+void sb_session_timeout(sb_session_t *s, int secs)
+{
+    if (s->conn)
+        sb_conn_timeout(s->conn, secs);
+    else if (s->wsi)
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, secs);
+}
 
 sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
 {
@@ -127,8 +175,8 @@ static void shed(sb_session_t *s, sb_shed_t why, const char *reason)
                     what[why]);
     sb_session_close(s, 4003, reason);
     free_queue(s);
-    if (s->wsi) {
-        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, SHED_CLOSE_S);
+    if (live(s)) {
+        sb_session_timeout(s, SHED_CLOSE_S);
         /* lws on a foreign libuv loop re-arms its timer for an earlier timeout only when it
          * next services something (main.c's drain says the same). */
         lws_cancel_service(n->lws);
@@ -242,10 +290,10 @@ static void flush_unlist(sb_session_t *s)
 
 static void on_flush(uv_prepare_t *h);
 
-static void want_flush(sb_session_t *s)
+void sb_session_want_flush(sb_session_t *s)
 {
     sb_node_t *n = s->node;
-    if (s->flush_listed || !s->wsi || uv_is_closing((uv_handle_t *)&n->flush))
+    if (s->flush_listed || !live(s) || uv_is_closing((uv_handle_t *)&n->flush))
         return;
     s->flush_listed = 1;
     s->flush_prev = NULL;
@@ -254,27 +302,6 @@ static void want_flush(sb_session_t *s)
         n->flush_head->flush_prev = s;
     n->flush_head = s;
     uv_prepare_start(&n->flush, on_flush);
-}
-
-/* The WebSocket header of an unmasked text frame of len bytes (RFC 6455 5.2) at out: its
- * length (2, 4 or 10). */
-static size_t frame_header(unsigned char *out, size_t len)
-{
-    out[0] = 0x81; /* FIN, text */
-    if (len < 126) {
-        out[1] = (unsigned char)len;
-        return 2;
-    }
-    if (len < 65536) {
-        out[1] = 126;
-        out[2] = (unsigned char)(len >> 8);
-        out[3] = (unsigned char)len;
-        return 4;
-    }
-    out[1] = 127;
-    for (int i = 0; i < 8; i++)
-        out[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-    return 10;
 }
 
 /* Takes the first frame off the queue; its bytes stay counted until frame_written. */
@@ -299,7 +326,7 @@ static void held_flushed(sb_session_t *s)
 /* len bytes of frames went to lws: still counted while lws holds part of them. */
 static void frame_written(sb_session_t *s, size_t len)
 {
-    if (s->wsi && lws_partial_buffered(s->wsi))
+    if (tx_busy(s))
         s->held = len;
     else
         queue_release(s, len);
@@ -316,28 +343,28 @@ static void frame_written(sb_session_t *s, size_t len)
 static int write_queue(sb_session_t *s)
 {
     unsigned char *batch = s->node->batch + LWS_PRE;
-    if (!lws_partial_buffered(s->wsi))
+    if (!tx_busy(s))
         held_flushed(s);
-    while (s->qhead && !lws_partial_buffered(s->wsi)) {
+    while (s->qhead && !tx_busy(s)) {
         sb_outmsg_t *m = s->qhead;
         int rc;
         size_t payload = 0;
         if (!m->next || m->len + 10 > SB_WRITE_BATCH) {
             pop_frame(s);
             payload = m->len;
-            rc = lws_write(s->wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
+            rc = tx_frame(s, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
             free(m);
         } else {
             size_t used = 0;
             while ((m = s->qhead) && used + 10 + m->len <= SB_WRITE_BATCH) {
                 pop_frame(s);
-                used += frame_header(batch + used, m->len);
+                used += sb_wire_frame_header(batch + used, 1, m->len);
                 memcpy(batch + used, m->buf + LWS_PRE, m->len);
                 used += m->len;
                 payload += m->len;
                 free(m);
             }
-            rc = lws_write(s->wsi, batch, used, LWS_WRITE_RAW);
+            rc = tx_raw(s, batch, used);
         }
         frame_written(s, payload);
         if (rc < 0)
@@ -353,18 +380,26 @@ static void on_flush(uv_prepare_t *h)
     sb_session_t *s;
     while ((s = n->flush_head) != NULL) {
         flush_unlist(s);
-        /* A closing session writes at WRITEABLE (its queue, then the close frame). */
-        if (!s->wsi || s->close_code || s->idle_killed || !s->qhead)
+        if (s->conn && !s->idle_killed && sb_conn_writable_due(s->conn)) {
+            /* Our own layer's WRITEABLE (lws calls it itself). */
+            if (sb_session_writable(s) < 0) {
+                free_queue(s);
+                sb_conn_timeout(s->conn, LWS_TO_KILL_ASYNC);
+            }
             continue;
-        if (lws_partial_buffered(s->wsi)) {
-            lws_callback_on_writable(s->wsi);
+        }
+        /* A closing session writes at WRITEABLE (its queue, then the close frame). */
+        if (!live(s) || s->close_code || s->idle_killed || !s->qhead)
+            continue;
+        if (tx_busy(s)) {
+            tx_want(s);
             continue;
         }
         if (write_queue(s) < 0) {
-            /* The connection is gone (lws marked the socket unusable): lws closes it, and
-             * the close callback cleans up. */
+            /* The connection is gone (the socket is unusable): it is closed, and the close
+             * callback cleans up. */
             free_queue(s);
-            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            sb_session_timeout(s, LWS_TO_KILL_ASYNC);
         }
     }
 }
@@ -422,7 +457,7 @@ void sb_session_sendv(sb_session_t *s, const sb_part_t *parts, int nparts)
     s->qtail = m;
     queue_charge(s, len);
     n->metrics.sent++;
-    want_flush(s);
+    sb_session_want_flush(s);
     enforce_budget(n);
 }
 
@@ -465,10 +500,10 @@ void sb_session_close(sb_session_t *s, int code, const char *reason)
     s->close_reason = strndup(reason, SB_CLOSE_REASON_MAX); /* NULL: the frame has only the code */
     sb_metrics_close(s->node, code);
     sb_debug_limited("session %s: closing %d (%s)", s->id, code, reason);
-    if (s->wsi) {
-        lws_callback_on_writable(s->wsi);
+    if (live(s)) {
+        tx_want(s);
         /* A client that never lets us write still goes away within a few seconds. */
-        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, 3);
+        sb_session_timeout(s, 3);
     }
 }
 
@@ -478,7 +513,7 @@ int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
     /* How long a ping may go unanswered: the silence allowed past the idle interval. */
     int64_t answer_ms = n->cfg.ping_timeout_ms - n->cfg.ping_interval_ms;
     for (sb_session_t *s = n->sessions; s; s = s->next) {
-        if (s->closed || !s->wsi || s->close_code || s->idle_killed)
+        if (s->closed || !live(s) || s->close_code || s->idle_killed)
             continue;
         int64_t idle = now_ms - s->last_rx_ms;
         int pinged = s->ping_sent_ms > s->last_rx_ms; /* our ping is out and unanswered */
@@ -490,12 +525,12 @@ int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
             sb_info_limited("session %s: silent for %lld ms and no answer to a ping: hanging up",
                             s->id, (long long)idle);
             s->idle_killed = 1;
-            lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            sb_session_timeout(s, LWS_TO_KILL_ASYNC);
             killed++;
         } else if (idle >= n->cfg.ping_interval_ms && !pinged) {
             s->ping_sent_ms = now_ms;
             s->ping_due = 1;
-            lws_callback_on_writable(s->wsi);
+            tx_want(s);
         }
     }
     return killed;
@@ -512,7 +547,7 @@ int sb_session_writable(sb_session_t *s)
         unsigned char frame[LWS_PRE + 2];
         memcpy(frame + LWS_PRE, "sb", 2);
         s->ping_due = 0;
-        if (lws_write(s->wsi, frame + LWS_PRE, 2, LWS_WRITE_PING) < 0)
+        if (tx_frame(s, frame + LWS_PRE, 2, LWS_WRITE_PING) < 0)
             return -1;
     }
     if (s->qhead) {
@@ -520,8 +555,8 @@ int sb_session_writable(sb_session_t *s)
          * again itself when it holds an unsent rest. */
         if (write_queue(s) < 0)
             return -1;
-        if (s->close_code && !lws_partial_buffered(s->wsi))
-            lws_callback_on_writable(s->wsi); /* the close frame, next */
+        if (s->close_code && !tx_busy(s))
+            tx_want(s); /* the close frame, next */
         return 0;
     }
     if (s->close_code && !s->close_sent) {
@@ -536,9 +571,9 @@ int sb_session_writable(sb_session_t *s)
         if (rl)
             memcpy(frame + LWS_PRE + 2, s->close_reason, rl);
         s->close_sent = 1;
-        if (lws_write(s->wsi, frame + LWS_PRE, 2 + rl, SB_LWS_WRITE_CLOSE) < 0)
+        if (tx_frame(s, frame + LWS_PRE, 2 + rl, SB_LWS_WRITE_CLOSE) < 0)
             return -1;
-        lws_callback_on_writable(s->wsi);
+        tx_want(s);
         return 0;
     }
     if (s->close_code) {
@@ -546,7 +581,7 @@ int sb_session_writable(sb_session_t *s)
          * client's close reply ends the connection: killing it at once while the client is
          * still sending makes the kernel answer with a reset, and the client never sees our
          * close code. A client that stopped reading is still gone within that second. */
-        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, 1);
+        sb_session_timeout(s, 1);
         return 0;
     }
     return 0;
@@ -559,6 +594,7 @@ void sb_session_detach(sb_session_t *s)
         return;
     s->closed = 1;
     s->wsi = NULL;
+    s->conn = NULL;
     if (!s->close_code)
         sb_metrics_close(n, 1006);
     sb_assert(s->seat == NULL); /* sb_route_disconnect ran first */

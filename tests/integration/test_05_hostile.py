@@ -13,6 +13,7 @@ import time
 import pytest
 
 from client import Client
+from harness import WS_NATIVE
 from rawws import RawWS, frame, handshake_request
 
 # Short pings so that a connection left half-way (a truncated frame) is hung up quickly.
@@ -212,7 +213,9 @@ def test_03_unmasked_frame_does_not_hurt(cluster):
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="libwebsockets 4.1.6 accepts unmasked client frames")
+@pytest.mark.xfail(not WS_NATIVE, strict=True,
+                   reason="libwebsockets 4.1.6 accepts unmasked client frames (--websocket native "
+                          "closes them 1002)")
 def test_03b_unmasked_frame_closed_1002(cluster):
     a = cluster.node("na", args=PING_FAST)
     outcome, took = send_and_read(a.port, frame(1, PING, mask=False))
@@ -401,7 +404,12 @@ def test_07_unknown_upgrade_use_after_free(cluster):
                 t0 = time.monotonic()
                 s.sendall(handshake_request("127.0.0.1", a.port, "/ws", hdrs))
                 status, closed = read_http_response(s)
-                assert status != 101, (up[:40], status)
+                # "Websocket " is "websocket" to RFC 9110 (whitespace around a value is not
+                # part of it): the node's own layer upgrades it (on a fresh connection; after
+                # keep-alive requests lws holds the connection), lws does not.
+                ok = {101} if (WS_NATIVE and i % 3 == 0 and up.strip().lower() == "websocket") \
+                    else set()
+                assert status not in {101} - ok, (up[:40], status)
                 assert time.monotonic() - t0 < LIMIT_S
                 statuses[status] = statuses.get(status, 0) + 1
             finally:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import http_get, wait_for
+from harness import WS_NATIVE, http_get, wait_for
 from rawws import RawWS, frame, handshake_request
 
 
@@ -174,7 +174,9 @@ def test_06_origin_compared_whole(edge):
     for origin in ("http://ok.example\x00.evil.example", "http://ok.example\x00x"):
         hs = handshake_request("127.0.0.1", node.port, "/ws", {"Origin": origin})
         line, _ = exchange(node.port, hs)
-        assert status_of(line) == 403, (repr(origin), line)
+        # lws takes the NUL into the value (403: not the allowed origin); the node's own layer
+        # refuses a NUL in any header value (RFC 9110 5.5: 400). Never 101.
+        assert status_of(line) in ((400, 403) if WS_NATIVE else (403,)), (repr(origin), line)
     hs = handshake_request("127.0.0.1", node.port, "/ws", {"Origin": "http://ok.example"})
     assert status_of(exchange(node.port, hs)[0]) == 101
 
