@@ -1,6 +1,6 @@
-/* The node's own WebSocket layer (--websocket native, docs/design.md "The node's own WebSocket
- * layer"). lws still listens, applies the connection caps, and serves TLS and every plain HTTP
- * request; an accepted plain connection is offered here first (sb_listen_t.take). This file
+/* The node's own WebSocket layer (--websocket native, the default; docs/design.md "The node's own
+ * WebSocket layer"). lws still listens, applies the connection caps, and serves TLS and every plain
+ * HTTP request; an accepted plain connection is offered here first (sb_listen_t.take). This file
  * reads its request head: a WebSocket upgrade is answered and served here, on a raw fd with
  * one uv_poll_t, reading everything the socket has into one node-wide buffer and writing each
  * batch of frames with one send(); any other request goes back to lws with the bytes read
@@ -9,7 +9,8 @@
  *
  * What it knows: HTTP heads, RFC 6455 framing, masking, fragments, control frames, the close
  * handshake, timeouts. What a message means is server.c's and route.c's; the send queue is
- * session.c's, which calls sb_conn_send with whole frames. */
+ * session.c's, which calls sb_conn_send with whole frames. Like lws, it calls up only through
+ * the events server.c gives it (sb_conn_events_t): the data path flows one way. */
 #include "node.h"
 #include "listen.h"
 #include "log.h"
@@ -46,6 +47,7 @@ struct sb_conn {
     uint8_t hdrlen;      /* bytes of an incomplete frame header kept in hdr */
     uint8_t ctllen;      /* bytes of a control frame's payload kept in ctl */
     uint8_t peek_wait;   /* CONN_HEAD: the head is not all there; looked at again next tick */
+    uint8_t *pong;       /* a pong waiting for held bytes to go: [0] its length, then payload */
     uint8_t hdr[14];
     sb_wire_frame_t fr;
     uint64_t left, at; /* payload bytes of the frame still to come, and already read */
@@ -68,6 +70,7 @@ struct sb_conn {
 
 static void conn_destroy(sb_conn_t *c);
 static void watch(sb_conn_t *c, int events);
+static int send_control(sb_conn_t *c, unsigned opcode, const uint8_t *payload, size_t len);
 
 /* ---- deadlines ----------------------------------------------------------------------------- */
 
@@ -130,7 +133,8 @@ static void set_deadline(sb_conn_t *c, int64_t ms)
 
 void sb_conn_timeout(sb_conn_t *c, int secs)
 {
-    set_deadline(c, secs < 0 ? 0 : (int64_t)secs * 1000);
+    /* As lws_set_timeout: 0 takes the deadline away, a negative one is "now". */
+    set_deadline(c, secs == 0 ? -1 : secs < 0 ? 0 : (int64_t)secs * 1000);
 }
 
 /* ---- polling and writing ------------------------------------------------------------------- */
@@ -212,12 +216,26 @@ static int write_kept(sb_conn_t *c)
     free(c->out);
     c->out = NULL;
     c->outlen = c->outoff = 0;
+    if (c->pong) {
+        /* The pong of the last ping that came while bytes were held (RFC 6455 5.5.3: only
+         * the most recent ping needs one). */
+        uint8_t *pong = c->pong;
+        c->pong = NULL;
+        int rc = send_control(c, 10, pong + 1, pong[0]);
+        free(pong);
+        if (rc != 0)
+            return -1;
+        if (sb_conn_busy(c))
+            return 0;
+    }
     watch(c, c->events & ~UV_WRITABLE);
+    if (c->state == CONN_LINGER)
+        shutdown(c->fd, SHUT_WR); /* the refusal is out */
     if (c->end_written)
         return -1;
     if (c->sess) {
         c->want_write = 0;
-        return sb_session_writable(c->sess);
+        return c->node->conn_ev->writable(c->sess);
     }
     return 0;
 }
@@ -228,7 +246,7 @@ void sb_conn_want_writable(sb_conn_t *c)
         return;
     c->want_write = 1;
     if (!sb_conn_busy(c) && c->sess)
-        sb_session_want_flush(c->sess); /* written before the loop next polls */
+        c->node->conn_ev->want_flush(c->sess); /* written before the loop next polls */
 }
 
 int sb_conn_writable_due(sb_conn_t *c)
@@ -296,7 +314,8 @@ static void refuse(sb_conn_t *c, unsigned status, const char *extra)
     free(c->head);
     c->head = NULL;
     c->state = CONN_LINGER;
-    shutdown(c->fd, SHUT_WR);
+    if (!sb_conn_busy(c))
+        shutdown(c->fd, SHUT_WR); /* else once the answer is out (write_kept) */
     set_deadline(c, LINGER_MS);
 }
 
@@ -338,7 +357,7 @@ static void on_head(sb_conn_t *c, size_t len)
         return;
     }
     sb_req_t req = {.head = h};
-    int rc = sb_server_check_upgrade(n, &req);
+    int rc = n->conn_ev->check_upgrade(n, &req);
     if (rc != 0) {
         free(h);
         if (rc < 0)
@@ -362,8 +381,6 @@ static void on_head(sb_conn_t *c, size_t len)
                       "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: "
                       "Upgrade\r\nsec-websocket-accept: %s\r\n%s\r\n",
                       accept, offered ? "sec-websocket-protocol: " SB_PROTOCOL_NAME "\r\n" : "");
-    free(c->head);
-    c->head = NULL;
     if (sb_conn_send(c, (const uint8_t *)resp, (size_t)rl) != 0) {
         free(h);
         conn_destroy(c);
@@ -371,10 +388,17 @@ static void on_head(sb_conn_t *c, size_t len)
     }
     c->state = CONN_WS;
     set_deadline(c, -1);
-    c->sess = sb_server_established(n, &req, NULL, c);
+    /* h points into c->head: both are kept until the session has read what it needs. */
+    c->sess = n->conn_ev->established(n, &req, c);
     free(h);
-    if (!c->sess)
+    free(c->head);
+    c->head = NULL;
+    if (!c->sess) {
         conn_destroy(c);
+        return;
+    }
+    if (c->want_write) /* a close the claim made before c->sess was known (a PeerJS refusal) */
+        n->conn_ev->want_flush(c->sess);
     /* Frames a client sent right behind its head are still in the socket: POLLIN reads them. */
 }
 
@@ -423,8 +447,18 @@ static void fail(sb_conn_t *c, int code)
         c->sess->close_code = code; /* the session's close is this one (metrics, no second) */
         sb_metrics_close(n, code);
     }
-    (void)send_control(c, 8, payload, 2);
+    if (!c->sess || !c->sess->close_sent) /* nothing goes after a close frame */
+        (void)send_control(c, 8, payload, 2);
+    if (c->sess)
+        c->sess->close_sent = 1;
     end_after_write(c);
+}
+
+/* A close code a client may send (RFC 6455 7.4.1, 7.4.2; 1012-1014 registered since). */
+static int close_code_ok(int code)
+{
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
 }
 
 static void on_control(sb_conn_t *c, const uint8_t *p, size_t len)
@@ -432,8 +466,20 @@ static void on_control(sb_conn_t *c, const uint8_t *p, size_t len)
     sb_session_t *s = c->sess;
     switch (c->fr.opcode) {
     case 9: /* ping: the pong echoes it */
-        if (!c->close_got && send_control(c, 10, p, len) != 0)
+        if (sb_conn_busy(c)) {
+            /* Not behind held bytes: a client that pings and never reads would grow them
+             * without bound. One pong waits, for the latest ping. */
+            uint8_t *pong = realloc(c->pong, 1 + len);
+            if (!pong) {
+                conn_destroy(c);
+                return;
+            }
+            pong[0] = (uint8_t)len;
+            memcpy(pong + 1, p, len);
+            c->pong = pong;
+        } else if (send_control(c, 10, p, len) != 0) {
             conn_destroy(c);
+        }
         break;
     case 10: /* pong */
         break;
@@ -445,8 +491,13 @@ static void on_control(sb_conn_t *c, const uint8_t *p, size_t len)
             return;
         }
         s->peer_close = len >= 2 ? (p[0] << 8 | p[1]) : 1005;
+        if (len >= 2 && (!close_code_ok(s->peer_close) || !sb_wire_utf8_ok(p + 2, len - 2))) {
+            /* RFC 6455 7.4: a code no endpoint may send; 8.1: the reason is UTF-8. */
+            fail(c, close_code_ok(s->peer_close) ? 1007 : 1002);
+            return;
+        }
         if (s->close_sent) {
-            conn_destroy(c); /* the answer to ours */
+            end_after_write(c); /* the answer to ours (which may still be held: let it go) */
             return;
         }
         /* Echo its code (RFC 6455 5.5.1), after what is already held, then go. */
@@ -477,7 +528,9 @@ static int check_frame(sb_conn_t *c)
  * handed on as it arrives, as lws did; the header of an incomplete frame is kept). */
 static void process_frames(sb_conn_t *c, uint8_t *p, size_t n)
 {
-    while (c->state == CONN_WS && (n > 0 || (c->in_frame && c->left == 0))) {
+    /* Nothing is read as frames after a close frame either way, or a failure. */
+    while (c->state == CONN_WS && !c->end_written && !c->close_got &&
+           (n > 0 || (c->in_frame && c->left == 0))) {
         if (!c->in_frame) {
             size_t had = c->hdrlen, take = n < sizeof c->hdr - had ? n : sizeof c->hdr - had;
             int hl;
@@ -538,8 +591,8 @@ static void process_frames(sb_conn_t *c, uint8_t *p, size_t n)
                 if (c->fr.fin)
                     c->msg_op = 0;
             }
-            if (!c->close_got && sb_server_receive(c->sess, (const char *)p, take, final,
-                                                   (size_t)c->left, binary, 1) != 0) {
+            if (!c->close_got && c->node->conn_ev->receive(c->sess, (const char *)p, take, final,
+                                                           (size_t)c->left, binary, 1) != 0) {
                 conn_destroy(c);
                 return;
             }
@@ -552,7 +605,7 @@ static void process_frames(sb_conn_t *c, uint8_t *p, size_t n)
 static void read_frames(sb_conn_t *c)
 {
     sb_node_t *n = c->node;
-    for (int i = 0; i < READS_PER_EVENT && c->state == CONN_WS; i++) {
+    for (int i = 0; i < READS_PER_EVENT && c->state == CONN_WS && !c->end_written; i++) {
         ssize_t r = recv(c->fd, n->rdbuf, READ_BUF, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return;
@@ -612,7 +665,7 @@ static void conn_destroy(sb_conn_t *c)
     if (c->sess) {
         sb_session_t *s = c->sess;
         c->sess = NULL;
-        sb_server_closed(s);
+        n->conn_ev->closed(s);
     }
     uv_poll_stop(&c->poll);
     if (c->fd >= 0) {
@@ -622,9 +675,11 @@ static void conn_destroy(sb_conn_t *c)
     free(c->head);
     free(c->out);
     free(c->ctl);
+    free(c->pong);
     c->head = NULL;
     c->out = NULL;
     c->ctl = NULL;
+    c->pong = NULL;
     uv_close((uv_handle_t *)&c->poll, conn_free);
 }
 
@@ -651,8 +706,9 @@ int sb_conn_take(void *user, int fd)
     return 0;
 }
 
-int sb_conn_start(sb_node_t *n)
+int sb_conn_start(sb_node_t *n, const sb_conn_events_t *ev)
 {
+    n->conn_ev = ev;
     n->rdbuf = malloc(READ_BUF);
     if (!n->rdbuf || uv_timer_init(n->loop, &n->conn_timer) != 0)
         return -1;

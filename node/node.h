@@ -35,7 +35,8 @@ typedef struct {
     int peerjs_discovery;
     int64_t peerjs_expire_timeout_ms, peerjs_alive_timeout_ms;
     char peerjs_room[64];
-    /* --websocket: "native" (conn.c, the node's own layer for plain connections) or "lws". */
+    /* --websocket: "native" (conn.c, the node's own layer for plain connections; the default)
+     * or "lws" (libwebsockets for every connection). */
     char *websocket_text;
     int ws_native;
 } sb_node_config_t;
@@ -184,11 +185,14 @@ struct sb_node {
     sb_conn_t *conn_dl_head;
     uv_timer_t conn_timer;
     unsigned char *rdbuf;
+    const struct sb_conn_events *conn_ev; /* conn.c: its way up (server.c's) */
 };
 
-/* The data path, one way: server.c (lws) -> route.c (decode with proto.c, rate via the
- * session, join/leave/link/signal and their Redis replies, the room views) -> session.c (send
- * queue) ; pub/sub -> pubsub.c -> route.c (room events, signals) or presence.c (the probe).
+/* The data path, one way: conn.c (the node's own WebSocket layer; lws for TLS and HTTP) ->
+ * server.c (upgrade checks, reassembly; through sb_conn_events_t, as lws through its protocol
+ * callback) -> route.c (decode with proto.c, rate via the session, join/leave/link/signal and
+ * their Redis replies, the room views) -> session.c (send queue) -> conn.c or lws (the write);
+ * pub/sub -> pubsub.c -> route.c (room events, signals) or presence.c (the probe).
  *
  * Callback contract, everywhere (libuv's): a function that takes a callback either returns an
  * error and never calls it, or returns 0 and calls it exactly once, later. */
@@ -340,33 +344,38 @@ char *sb_metrics_render(sb_node_t *n, size_t *len);
 /* server.c */
 int sb_server_start(sb_node_t *n);
 void sb_server_stop(sb_node_t *n);
+/* conn.c: the node's own WebSocket layer (--websocket native, the default). */
 /* A request being upgraded: lws's (wsi) or one conn.c parsed (head). */
 typedef struct {
     struct lws *wsi;
     const struct sb_wire_head *head;
 } sb_req_t;
-/* sb_server_check_upgrade: refuse with 400 naming version 13. */
+/* check_upgrade: refuse with 400 naming version 13. */
 #define SB_REFUSE_VERSION 1
-/* Whether an upgrade may go ahead: 0; SB_REFUSE_VERSION; an HTTP status to refuse with; or -1
- * to drop the connection without an answer. */
-int sb_server_check_upgrade(sb_node_t *n, const sb_req_t *r);
-/* An upgrade went through: the session of the new socket (welcome sent, or the PeerJS claim
- * under way), or NULL (out of memory: drop the connection). */
-sb_session_t *sb_server_established(sb_node_t *n, const sb_req_t *r, struct lws *wsi, sb_conn_t *c);
-/* A piece of a data message: len bytes of it at in (final: its frame ends the message),
- * announced bytes more of this frame to come. Text messages are checked as UTF-8 when
- * check_utf8. 0, or -1 to drop the connection (out of memory). */
-int sb_server_receive(sb_session_t *s, const char *in, size_t len, int final, size_t announced,
-                      int binary, int check_utf8);
-/* The connection of s is gone: its Redis cleanup, then the session is detached. */
-void sb_server_closed(sb_session_t *s);
-/* Before our ping: a client the kernel heard from within the interval is not pinged. */
-void sb_server_heard_by_kernel(sb_session_t *s);
-
-/* conn.c: the node's own WebSocket layer (--websocket native). */
+/* What conn.c calls up (server.c's, given at sb_conn_start; lws's protocol callback is the
+ * same for the lws layer): the data path flows one way, conn.c names nothing above it. */
+typedef struct sb_conn_events {
+    /* Whether an upgrade may go ahead: 0; SB_REFUSE_VERSION; an HTTP status to refuse with;
+     * or -1 to drop the connection without an answer. */
+    int (*check_upgrade)(sb_node_t *n, const sb_req_t *r);
+    /* The upgrade went through: the session of the new socket (welcome sent, or the PeerJS
+     * claim under way), or NULL (out of memory: drop the connection). */
+    sb_session_t *(*established)(sb_node_t *n, const sb_req_t *r, sb_conn_t *c);
+    /* A piece of a data message: len bytes at in (final: its frame ends the message),
+     * announced bytes more of this frame to come; text checked as UTF-8 when check_utf8. 0,
+     * or -1 to drop the connection (out of memory). */
+    int (*receive)(sb_session_t *s, const char *in, size_t len, int final, size_t announced,
+                   int binary, int check_utf8);
+    /* The connection of s is gone: its Redis cleanup, then the session is detached. */
+    void (*closed)(sb_session_t *s);
+    /* The socket takes bytes again (lws's WRITEABLE): -1 to drop the connection. */
+    int (*writable)(sb_session_t *s);
+    /* s has something to write before the loop next polls. */
+    void (*want_flush)(sb_session_t *s);
+} sb_conn_events_t;
 /* sb_listen_t.take: 0 when it took fd (a plain connection), 1 to leave it to lws. */
 int sb_conn_take(void *node, int fd);
-int sb_conn_start(sb_node_t *n);
+int sb_conn_start(sb_node_t *n, const sb_conn_events_t *ev);
 /* Closes every connection of ours (their sessions' cleanup runs) and the deadline tick. */
 void sb_conn_stop(sb_node_t *n);
 /* 1 while bytes of an earlier write are held (POLLOUT brings them; nothing else may be

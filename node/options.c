@@ -85,7 +85,7 @@ static const sb_option_t node_options[] = {
      "EXPIRE"},
     {"peerjs-alive-timeout-ms", SB_OPT_INT, "90000", 1000, DAY, OFF(peerjs_alive_timeout_ms),
      "a PeerJS socket that sends no message for this long is closed"},
-    {"websocket", SB_OPT_STRING, "lws", 0, 0, OFF(websocket_text),
+    {"websocket", SB_OPT_STRING, "native", 0, 0, OFF(websocket_text),
      "native: plain (non-TLS) WebSockets are served by the node's own layer; lws: by "
      "libwebsockets (TLS always is)"},
     {"log-level", SB_OPT_LEVEL, "info", 0, 0, OFF(log_level), "error, warn, info or debug"},

@@ -341,7 +341,7 @@ static int head_framing_bad(const sb_wire_head_t *h)
     return 0;
 }
 
-int sb_server_check_upgrade(sb_node_t *n, const sb_req_t *r)
+static int check_upgrade(sb_node_t *n, const sb_req_t *r)
 {
     char upgrade[32] = "", path[64] = "", version[8] = "";
     /* Why not `in`: libwebsockets 4.1.6 may call this after releasing the header table that
@@ -380,7 +380,7 @@ int sb_server_check_upgrade(sb_node_t *n, const sb_req_t *r)
 
 static int confirm_upgrade(struct lws *wsi, sb_node_t *n)
 {
-    int rc = sb_server_check_upgrade(n, &(sb_req_t){.wsi = wsi});
+    int rc = check_upgrade(n, &(sb_req_t){.wsi = wsi});
     if (rc == SB_REFUSE_VERSION)
         return refuse_version(wsi);
     if (rc > 0) {
@@ -495,8 +495,8 @@ static int text_ok(sb_session_t *s, const char *p, size_t len, int check)
     return 0;
 }
 
-int sb_server_receive(sb_session_t *s, const char *in, size_t len, int final, size_t announced,
-                      int binary, int check_utf8)
+static int receive(sb_session_t *s, const char *in, size_t len, int final, size_t announced,
+                   int binary, int check_utf8)
 {
     sb_node_t *n = s->node;
     /* What the frame header announces counts too: payload is handed over in pieces as it
@@ -581,7 +581,7 @@ static int64_t kernel_rx_age_ms(const sb_session_t *s)
  * from the kernel and the ping is called off; a client whose bytes stopped is pinged as
  * before. Why here: the WRITEABLE of a due ping is the one point server.c sees between the
  * sweep's decision and the hang-up (session.c could ask kernel_rx_age_ms in its sweep). */
-void sb_server_heard_by_kernel(sb_session_t *s)
+static void heard_by_kernel(sb_session_t *s)
 {
     int64_t age = kernel_rx_age_ms(s);
     if (age < 0)
@@ -595,7 +595,7 @@ void sb_server_heard_by_kernel(sb_session_t *s)
     }
 }
 
-sb_session_t *sb_server_established(sb_node_t *n, const sb_req_t *r, struct lws *wsi, sb_conn_t *c)
+static sb_session_t *established(sb_node_t *n, const sb_req_t *r, struct lws *wsi, sb_conn_t *c)
 {
     sb_session_t *s = sb_session_new(n, wsi);
     if (!s)
@@ -614,12 +614,27 @@ sb_session_t *sb_server_established(sb_node_t *n, const sb_req_t *r, struct lws 
     return s;
 }
 
-void sb_server_closed(sb_session_t *s)
+static void closed(sb_session_t *s)
 {
     sb_debug_limited("session %s: closed", s->id);
     sb_route_disconnect(s); /* its Redis cleanup needs the seat: first */
     sb_session_detach(s);
 }
+
+static sb_session_t *conn_established(sb_node_t *n, const sb_req_t *r, sb_conn_t *c)
+{
+    return established(n, r, NULL, c);
+}
+
+/* conn.c's way up: what lws reaches through `callback` below. */
+static const sb_conn_events_t conn_events = {
+    .check_upgrade = check_upgrade,
+    .established = conn_established,
+    .receive = receive,
+    .closed = closed,
+    .writable = sb_session_writable,
+    .want_flush = sb_session_want_flush,
+};
 
 static const struct lws_protocols protocols[2];
 
@@ -660,14 +675,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         break;
     case LWS_CALLBACK_ESTABLISHED:
-        pss->sess = sb_server_established(n, &(sb_req_t){.wsi = wsi}, wsi, NULL);
+        pss->sess = established(n, &(sb_req_t){.wsi = wsi}, wsi, NULL);
         return pss->sess ? 0 : -1;
     case LWS_CALLBACK_RECEIVE:
         if (!pss->sess || pss->sess->closed)
             return -1;
         pss->sess->last_rx_ms = sb_mono_ms();
-        return sb_server_receive(pss->sess, in, len, lws_is_final_fragment(wsi),
-                                 lws_remaining_packet_payload(wsi), lws_frame_is_binary(wsi), 0);
+        return receive(pss->sess, in, len, lws_is_final_fragment(wsi),
+                       lws_remaining_packet_payload(wsi), lws_frame_is_binary(wsi), 0);
     case LWS_CALLBACK_RECEIVE_PONG:
         if (pss && pss->sess)
             pss->sess->last_rx_ms = sb_mono_ms();
@@ -693,11 +708,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!pss->sess)
             return -1;
         if (pss->sess->ping_due)
-            sb_server_heard_by_kernel(pss->sess);
+            heard_by_kernel(pss->sess);
         return sb_session_writable(pss->sess);
     case LWS_CALLBACK_CLOSED:
         if (pss && pss->sess) {
-            sb_server_closed(pss->sess);
+            closed(pss->sess);
             pss->sess = NULL;
         }
         break;
@@ -751,7 +766,7 @@ int sb_server_start(sb_node_t *n)
                      /* Our own WebSocket layer takes plain connections first (conn.c); TLS
                       * stays lws's. */
                      .take = n->cfg.ws_native && !n->cfg.tls_cert ? sb_conn_take : NULL};
-    if (l.take && sb_conn_start(n) != 0)
+    if (l.take && sb_conn_start(n, &conn_events) != 0)
         return -1;
     n->lws = sb_listen(&l);
     if (!n->lws)

@@ -149,6 +149,8 @@ int sb_wire_query_arg(const char *target, size_t tlen, const char *name, char *o
     size_t nl = strlen(name);
     if (!q)
         return 0;
+    if (cap == 0)
+        return -1; /* not even room for the NUL */
     for (const char *p = q + 1; p < end;) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *e = amp ? amp : end;

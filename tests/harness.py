@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("SWITCHBOARD_BUILD", os.path.join(ROOT, "build"))
 # Which WebSocket layer the nodes serve plain sockets with (--websocket; SWITCHBOARD_WEBSOCKET
 # is also what the node itself reads): where the two differ on purpose, tests ask this.
-WS_NATIVE = os.environ.get("SWITCHBOARD_WEBSOCKET", "lws") == "native"
+WS_NATIVE = os.environ.get("SWITCHBOARD_WEBSOCKET", "native") == "native"
 
 
 def free_port():

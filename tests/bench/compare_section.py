@@ -296,10 +296,22 @@ def cmp_idle(b, red, stack, profile=False, server=idle_server):
         s.stop()
 
 
+def websocket_layer():
+    """Who serves the nodes' WebSockets in this run (--websocket, read from the environment the
+    nodes inherit)."""
+    return os.environ.get("SWITCHBOARD_WEBSOCKET", "native")
+
+
+def layer_text(S):
+    return ("the node's own WebSocket layer, `--websocket native`" if S.get("layer", "lws") ==
+            "native" else "libwebsockets, `--websocket lws`")
+
+
 def section8(b, red):
     js_ready(b)
     E = b.ENV
-    R = {"runs": {s: {"relay": [], "rate": []} for s in STACKS}, "idle": {}}
+    R = {"runs": {s: {"relay": [], "rate": []} for s in STACKS}, "idle": {},
+         "layer": websocket_layer()}
     for rep in range(E["SB_BENCH_CMP_REPEATS"]):  # noqa: the figures of one repeat go together
         for mode in ("relay", "rate"):
             for stack in STACKS:  # interleaved, so each repeat compares neighbours in time
@@ -368,7 +380,8 @@ def render8(b, a, S):
       f"{E['SB_BENCH_CMP_REPEATS']} repeats, the stacks interleaved. Server CPU counts every server "
       "process and Redis: peerjs-server is one Node.js process; Socket.IO is two processes on one "
       "redis-server, side a of each pair on the first and side b on the second; Switchboard is two "
-      "nodes (`--rate 1000000 --burst 1000000`) on one redis-server, both sides on node 1 (node 2 "
+      f"nodes (`--rate 1000000 --burst 1000000`; WebSockets served by {layer_text(S)}) on one "
+      "redis-server, both sides on node 1 (node 2 "
       "idles) or side a on node 1 and side b on node 2. Ranges are over the repeats.")
     a("")
     a("The floor is not a server anyone would pick: `tests/bench/floor.c`, one process on raw "
@@ -890,9 +903,10 @@ def why(b, a, S, T):
                 f"{m('floor', 'rate', 'switches_per_msg'):.2f} switches-in per message: "
                 + ("more than the target allows, so no relay meets it on this machine. "
                    if fr > 0.5 else "below the target. ")
-                + f"The node spent {gap:.0f} us more per message than the floor: libwebsockets "
-                "(its frame parser goes byte by byte and logs with logging off), libuv, and the "
-                "node's own decoding, checks and routing (the profile below).")
+                + f"The node spent {gap:.0f} us more per message than the floor: "
+                + ("libwebsockets (its frame parser goes byte by byte and logs with logging off), "
+                   "libuv, and " if S.get("layer", "lws") == "lws" else "libuv, and ")
+                + "the node's own decoding, checks and routing (the profile below).")
     if hit("same node CPU per msg"):
         out.append(
             f"**Same node, CPU per message at {rate}/s** (the ratio of each repeat: "
@@ -970,7 +984,14 @@ def why(b, a, S, T):
                 (f"`sb_json_member_span` {span_:.0f}% (the fields of each relayed message "
                  "located in its text)" if span_ else "")) if x) + "." if libc or span_ else "")
             + floor_relay_text())
-    if "RSS per idle joined socket <= 2,048 B" in missed:
+    if "RSS per idle joined socket <= 2,048 B" in missed and S.get("layer", "lws") == "native":
+        out.append(
+            f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
+            "Memory, not CPU: section 1 breaks it down by state. The node's own WebSocket layer "
+            "holds about 270 B per connection; the rest is the node's session, seat, room view "
+            "and maps, and with fewer connections (this section) the node's fixed growth (maps, "
+            "allocator arenas).")
+    elif "RSS per idle joined socket <= 2,048 B" in missed:
         out.append(
             f"**RSS per idle joined socket** ({S['idle']['sb']['bytes_per_conn']:,.0f} B). "
             "Memory, not CPU: section 1 breaks it down by state "

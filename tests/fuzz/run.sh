@@ -14,7 +14,7 @@ esac
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 build=${SB_FUZZ_BUILD:-$root/build-fuzz}
-targets="fuzz_proto fuzz_config fuzz_redis_url fuzz_auth fuzz_ratelimit fuzz_peerjs"
+targets="fuzz_proto fuzz_config fuzz_redis_url fuzz_auth fuzz_ratelimit fuzz_peerjs fuzz_wire"
 
 command -v clang >/dev/null || { echo "run.sh: clang is required" >&2; exit 2; }
 mkdir -p "$build"

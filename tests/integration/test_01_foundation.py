@@ -133,6 +133,8 @@ def test_05_script_flush_is_survived(cluster, redis_server):
     (["--peerjs-path", "/ws"], {}, "--peerjs-path"),
     (["--peerjs-path", "/a/"], {}, "--peerjs-path"),
     (["--peerjs-discovery", "maybe"], {}, "--peerjs-discovery"),
+    (["--websocket", "fast"], {}, "--websocket"),
+    ([], {"SWITCHBOARD_WEBSOCKET": "libwebsockets"}, "--websocket"),
     (["--peerjs-expire-timeout-ms", "0"], {}, "--peerjs-expire-timeout-ms"),
     ([], {"SWITCHBOARD_PEERJS_ALIVE_TIMEOUT_MS": "x"}, "SWITCHBOARD_PEERJS_ALIVE_TIMEOUT_MS"),
 ])

@@ -2,6 +2,7 @@
  * each malformation refused, the header limit), header lookup, Connection-style lists, the
  * query of a request target, the RFC 6455 accept key, frame headers both ways, unmasking in
  * pieces at every offset, and UTF-8 validation against a reference decoder. */
+#include "utf8_ref.h"
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -769,47 +770,6 @@ static void test_unmask_long(void **state)
 
 /* ---- sb_wire_utf8_ok ---- */
 
-/* Well-formed UTF-8 by the Unicode Standard's table 3-7, byte ranges only. */
-static int ref_utf8(const uint8_t *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = p[i], lo = 0x80, hi = 0xbf;
-        size_t need;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-        } else if (c == 0xe0) {
-            need = 2;
-            lo = 0xa0;
-        } else if ((c >= 0xe1 && c <= 0xec) || c == 0xee || c == 0xef) {
-            need = 2;
-        } else if (c == 0xed) {
-            need = 2;
-            hi = 0x9f;
-        } else if (c == 0xf0) {
-            need = 3;
-            lo = 0x90;
-        } else if (c >= 0xf1 && c <= 0xf3) {
-            need = 3;
-        } else if (c == 0xf4) {
-            need = 3;
-            hi = 0x8f;
-        } else {
-            return 0;
-        }
-        if (n - i - 1 < need || p[i + 1] < lo || p[i + 1] > hi)
-            return 0;
-        for (size_t k = 2; k <= need; k++)
-            if (p[i + k] < 0x80 || p[i + k] > 0xbf)
-                return 0;
-        i += need + 1;
-    }
-    return 1;
-}
-
 static int utf8(const char *s)
 {
     return sb_wire_utf8_ok((const uint8_t *)s, strlen(s));
@@ -897,7 +857,7 @@ static void test_utf8_offsets(void **state)
                     if (sb_wire_utf8_ok(buf, len) != want)
                         fail_msg("%s case %zu at offset %zu, %zu after: %d", good ? "good" : "bad",
                                  i, off, tail, !want);
-                    assert_int_equal(ref_utf8(buf, len), want);
+                    assert_int_equal(utf8_ref(buf, len), want);
                 }
     }
     /* Two sequences back to back, straddling each eight-byte boundary. */
@@ -924,7 +884,7 @@ static void test_utf8_exhaustive(void **state)
         for (size_t n = 1; n <= 3; n++) {
             if (n < 3 && (v & ((1u << (8 * (3 - n))) - 1)) != 0)
                 continue; /* each shorter sequence once */
-            int want = ref_utf8(buf + 7, n);
+            int want = utf8_ref(buf + 7, n);
             if (sb_wire_utf8_ok(buf + 7, n) != want || sb_wire_utf8_ok(buf, 7 + n) != want)
                 fail_msg("%zu bytes %06x: expected %d", n, (unsigned)v, want);
         }
@@ -937,7 +897,7 @@ static void test_utf8_exhaustive(void **state)
         uint8_t s[4];
         for (int k = 0; k < 4; k++)
             s[k] = rand() % 2 ? edge[(size_t)rand() % sizeof edge] : (uint8_t)rand();
-        int want = ref_utf8(s, 4);
+        int want = utf8_ref(s, 4);
         if (sb_wire_utf8_ok(s, 4) != want)
             fail_msg("%02x %02x %02x %02x: expected %d", s[0], s[1], s[2], s[3], want);
     }
