@@ -469,14 +469,12 @@ static void on_control(sb_conn_t *c, const uint8_t *p, size_t len)
         if (sb_conn_busy(c)) {
             /* Not behind held bytes: a client that pings and never reads would grow them
              * without bound. One pong waits, for the latest ping. */
-            uint8_t *pong = realloc(c->pong, 1 + len);
-            if (!pong) {
+            if (!c->pong && !(c->pong = malloc(1 + 125))) {
                 conn_destroy(c);
                 return;
             }
-            pong[0] = (uint8_t)len;
-            memcpy(pong + 1, p, len);
-            c->pong = pong;
+            c->pong[0] = (uint8_t)len; /* the slot is reused: one allocation per wait */
+            memcpy(c->pong + 1, p, len);
         } else if (send_control(c, 10, p, len) != 0) {
             conn_destroy(c);
         }
