@@ -451,7 +451,9 @@ def redis_drops(node):
     --redis-timeout-ms), from its log."""
     try:
         with open(node.proc.log_path, errors="replace") as f:
-            return sum("redis command: connection lost" in line for line in f)
+            # common/redis.c: "redis <name>: connection lost: <why>"; the command
+            # connection is named "redis" (the pub/sub one "redis-sub")
+            return sum("redis redis: connection lost" in line for line in f)
     except OSError:
         return 0
 
