@@ -1,11 +1,12 @@
 /* The node's own WebSocket layer (--websocket native, the default; docs/design.md "The node's own
  * WebSocket layer"). lws still listens, applies the connection caps, and serves TLS and every plain
  * HTTP request; an accepted plain connection is offered here first (sb_listen_t.take). This file
- * reads its request head: a WebSocket upgrade is answered and served here, on a raw fd with
+ * peeks at its request head: a WebSocket upgrade is answered and served here, on a raw fd with
  * one uv_poll_t, reading everything the socket has into one node-wide buffer and writing each
- * batch of frames with one send(); any other request goes back to lws with the bytes read
- * (sb_listen_adopt). Why: lws 4.1.6 holds about 1,800 B per connection and spends about 15 us
- * per relayed message more than a relay on raw epoll (make bench section 8, the floor).
+ * batch of frames with one send(); any other request goes back to lws unread (sb_listen_adopt:
+ * lws reads it from the socket itself). Why: lws 4.1.6 holds about 1,800 B per connection and
+ * spends about 15 us per relayed message more than a relay on raw epoll (make bench section 8, the
+ * floor).
  *
  * What it knows: HTTP heads, RFC 6455 framing, masking, fragments, control frames, the close
  * handshake, timeouts. What a message means is server.c's and route.c's; the send queue is

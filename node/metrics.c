@@ -103,9 +103,11 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
                    "switchboard_node_connections_refused_total{cap=\"max-connections-per-ip\"} "
                    "%llu\n",
                    (unsigned long long)ls.refused_max, (unsigned long long)ls.refused_source);
-    sb_prom_gauge(&p, "switchboard_node_send_queue_bytes",
-                  "Bytes queued to clients (frames waiting, and what lws holds of one).",
-                  (long long)n->send_queue_bytes);
+    sb_prom_gauge(
+        &p, "switchboard_node_send_queue_bytes",
+        "Bytes queued to clients (frames waiting, and what the WebSocket layer holds of a "
+        "partial write).",
+        (long long)n->send_queue_bytes);
     sb_prom_gauge(&p, "switchboard_node_redis_up",
                   "1 when every hash slot is served by a connected Redis primary.",
                   n->db_up ? 1 : 0);

@@ -1,5 +1,7 @@
-/* The libwebsockets side: context on our libuv loop, and the one protocol callback, which only
- * dispatches: HTTP endpoints here (they are small), WebSocket events to session.c. */
+/* The listener and the request side of both WebSocket layers: lws's context on our libuv loop
+ * and its one protocol callback (HTTP endpoints here, they are small; lws's WebSocket events),
+ * and the sb_conn_events_t through which conn.c (--websocket native, the default) calls up.
+ * Upgrade checks, session start, receive and close are shared by both layers. */
 #include "node.h"
 #include "embed.h"
 #include "http.h"

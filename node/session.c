@@ -1,5 +1,6 @@
-/* Sessions: one per WebSocket, refcounted so that Redis replies arriving after lws closed the
- * socket find a live struct marked closed. Owns the send queue, the rate bucket, liveness
+/* Sessions: one per WebSocket, whichever layer serves it (conn.c, or lws with --websocket lws
+ * or over TLS), refcounted so that Redis replies arriving after the connection closed find a
+ * live struct marked closed. Owns the send queue, the rate bucket, liveness
  * (pings, silence) and closing. Knows nothing of rooms or messages' meaning (route.c). */
 #include "node.h"
 #include "log.h"
@@ -93,10 +94,11 @@ void sb_session_ref(sb_session_t *s)
 }
 
 /* ---- queue accounting: the per-socket limit and the node-wide budget ----------------------
- * Every byte a socket has waiting (its queued frames, and a frame lws holds part of after a
- * partial write) is counted in s->qbytes and n->send_queue_bytes. A socket with bytes waiting
- * is on the node's backlog list, in the order its queue last became non-empty, so the stall
- * check looks only at the list's head and the budget's shedding only at backlogged sockets. */
+ * Every byte a socket has waiting (its queued frames, and the rest of a write the layer holds
+ * after a partial write: conn.c's held bytes, or lws's buflist) is counted in s->qbytes and
+ * n->send_queue_bytes. A socket with bytes waiting is on the node's backlog list, in the order its
+ * queue last became non-empty, so the stall check looks only at the list's head and the budget's
+ * shedding only at backlogged sockets. */
 
 /* How long a shed socket is given to read up to our close frame before it is dropped. */
 #define SHED_CLOSE_S 2
@@ -144,7 +146,8 @@ static void queue_release(sb_session_t *s, size_t len)
         backlog_unlink(s);
 }
 
-/* Frees every queued frame and stops counting what lws holds (lws frees that with the wsi). */
+/* Frees every queued frame and stops counting what the layer holds (it frees that with the
+ * connection). */
 static void free_queue(sb_session_t *s)
 {
     sb_outmsg_t *m = s->qhead;
@@ -271,8 +274,10 @@ int sb_session_set_id(sb_session_t *s, const char *id)
  * CPU. Instead a queued frame lists its session for the flush, a uv_prepare that runs before the
  * loop next polls: everything queued for a socket in that iteration (a read that brought several
  * frames, a pub/sub read that brought several signals) goes out in one system call, with no
- * poll round trip. WRITEABLE is used only when the socket is full (lws holds the unsent rest
- * in its buflist_out and asks for it), and for pings and our close frame. */
+ * poll round trip. WRITEABLE is used only when the socket is full (the layer holds the unsent
+ * rest, conn.c in its held bytes, lws in its buflist_out, and calls it once that is out), and
+ * for pings and our close frame. conn.c has no poll round trip to save, and takes the same path
+ * (its sb_conn_send writes at once). */
 
 static void flush_unlist(sb_session_t *s)
 {
@@ -314,8 +319,8 @@ static sb_outmsg_t *pop_frame(sb_session_t *s)
     return m;
 }
 
-/* Once lws holds nothing, what it held is gone (WRITEABLE may not have come in between: the
- * flush writes without it). */
+/* Once the layer holds nothing, what it held is gone (WRITEABLE may not have come in between:
+ * the flush writes without it). */
 static void held_flushed(sb_session_t *s)
 {
     size_t held = s->held;
@@ -323,7 +328,7 @@ static void held_flushed(sb_session_t *s)
     queue_release(s, held);
 }
 
-/* len bytes of frames went to lws: still counted while lws holds part of them. */
+/* len bytes of frames went to the layer: still counted while it holds part of them. */
 static void frame_written(sb_session_t *s, size_t len)
 {
     if (tx_busy(s))
@@ -332,12 +337,14 @@ static void frame_written(sb_session_t *s, size_t len)
         queue_release(s, len);
 }
 
-/* Writes queued frames until the queue is empty or the socket is full (lws then keeps the
- * unsent rest of the last write and asks for WRITEABLE itself). Several frames go in one write,
- * framed by us into the node's batch buffer (LWS_WRITE_RAW: lws sends bytes as they are, and
- * its partial-write buffering works on bytes); a frame alone, or one too big to batch, goes
- * from its own buffer. Why this is safe outside WRITEABLE in lws 4.1.6: lws_write only sends
- * (lws_issue_raw), and while lws holds unsent bytes (lws_partial_buffered) we do not write at
+/* Writes queued frames until the queue is empty or the socket is full (the layer then keeps
+ * the unsent rest of the last write and calls WRITEABLE itself once it is out). With conn.c the
+ * same holds by construction (sb_conn_send keeps whole frames' rest in order, and nothing else
+ * writes to the socket but its own pong and close frames, after what it holds). For lws: Several
+ * frames go in one write, framed by us into the node's batch buffer (LWS_WRITE_RAW: lws sends bytes
+ * as they are, and its partial-write buffering works on bytes); a frame alone, or one too big to
+ * batch, goes from its own buffer. Why this is safe outside WRITEABLE in lws 4.1.6: lws_write only
+ * sends (lws_issue_raw), and while lws holds unsent bytes (lws_partial_buffered) we do not write at
  * all, so our frames never interleave with each other or with lws's own control frames (its
  * pongs and close go out after its buffered bytes, always whole). Returns -1 on a write error. */
 static int write_queue(sb_session_t *s)
