@@ -1141,9 +1141,9 @@ def render1(a, S):
           "times during the section (a command waited longer than `--redis-timeout-ms` 1000), "
           f"{st['failed']} joins failed, and the link phase "
           f"{'completed' if S['links'].get('all_linked', True) else 'did not complete for every pair'}"
-          f". Errors seen by clients: {S['hold'].get('error_codes')}. The cause is the idle cost "
-          "of libwebsockets' pings (section 6): the loop stalls long enough for Redis commands "
-          "to time out.")
+          f". Errors seen by clients: {S['hold'].get('error_codes')}. A command that waits that "
+          "long means the node's loop or Redis was busy for a second (once, libwebsockets' own "
+          "ping timers did it: section 6); the nodes' logs in the work directory say when.")
         a("")
     a("| figure | Switchboard | reference (bare lws echo server) | target | |")
     a("| --- | --- | --- | --- | --- |")
