@@ -134,22 +134,28 @@ static void release_slot(limiter_t *lim, fd_slot_t *slot)
     lim->stats.open--;
 }
 
+/* Grows the slot table to hold fd: 0, or -1 out of memory. */
+static int slot_room(limiter_t *lim, int fd)
+{
+    if ((size_t)fd < lim->nfds)
+        return 0;
+    size_t n = lim->nfds ? lim->nfds : 256;
+    while (n <= (size_t)fd)
+        n *= 2;
+    fd_slot_t *fds = realloc(lim->fds, n * sizeof *fds);
+    if (!fds)
+        return -1;
+    memset(fds + lim->nfds, 0, (n - lim->nfds) * sizeof *fds);
+    lim->fds = fds;
+    lim->nfds = n;
+    return 0;
+}
+
 /* 1 to refuse the connection on fd, 0 to let lws adopt it (then counted). */
 static int on_accept(limiter_t *lim, int fd)
 {
-    if (fd < 0)
+    if (fd < 0 || slot_room(lim, fd) != 0)
         return 1;
-    if ((size_t)fd >= lim->nfds) {
-        size_t n = lim->nfds ? lim->nfds : 256;
-        while (n <= (size_t)fd)
-            n *= 2;
-        fd_slot_t *fds = realloc(lim->fds, n * sizeof *fds);
-        if (!fds)
-            return 1;
-        memset(fds + lim->nfds, 0, (n - lim->nfds) * sizeof *fds);
-        lim->fds = fds;
-        lim->nfds = n;
-    }
     /* An adoption that failed after we counted it never told us; its fd is free again. */
     release_slot(lim, &lim->fds[fd]);
     char src[INET6_ADDRSTRLEN + 8];
@@ -213,18 +219,9 @@ static int offer(limiter_t *lim, int fd)
     int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (nfd < 0)
         return 0;
-    if ((size_t)nfd >= lim->nfds) {
-        size_t n = lim->nfds;
-        while (n <= (size_t)nfd)
-            n *= 2;
-        fd_slot_t *fds = realloc(lim->fds, n * sizeof *fds);
-        if (!fds) {
-            close(nfd);
-            return 0;
-        }
-        memset(fds + lim->nfds, 0, (n - lim->nfds) * sizeof *fds);
-        lim->fds = fds;
-        lim->nfds = n;
+    if (slot_room(lim, nfd) != 0) {
+        close(nfd);
+        return 0;
     }
     release_slot(lim, &lim->fds[nfd]); /* stale: an fd number closed without telling us */
     lim->fds[nfd] = lim->fds[fd];
@@ -321,12 +318,11 @@ void sb_listen_release(struct lws_context *ctx, const char *vhost_name, const ch
         release_slot(lim, &lim->fds[fd]);
 }
 
-int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char *proto_name, int fd,
-                    const char *buf, size_t len)
+int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char *proto_name, int fd)
 {
     struct lws_vhost *vh;
     limiter_t *lim = limiter_by_name(ctx, vhost_name, proto_name, &vh);
-    struct lws *wsi = vh ? lws_adopt_socket_vhost_readbuf(vh, fd, buf, len) : NULL;
+    struct lws *wsi = vh ? lws_adopt_socket_vhost(vh, fd) : NULL;
     if (!wsi) {
         /* lws closed fd when it failed after taking it; without a vhost it never had it. */
         sb_listen_release(ctx, vhost_name, proto_name, fd);
@@ -336,9 +332,9 @@ int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char 
     }
     if (lim)
         learn_wsi(lim, wsi);
-    /* Why: lws 4.1.6 on a foreign libuv loop serves the bytes given to it (its buflist) only
-     * when it next services something; without a wake-up a complete request waited for the
-     * next event on the loop (seconds, on a quiet node). */
+    /* Why: lws 4.1.6 on a foreign libuv loop re-arms its own timers only when it next services
+     * something; the wake-up starts the adopted connection's header timeout now. (It was added
+     * when the head's bytes were handed over, which lws then served only at its next event.) */
     lws_cancel_service(ctx);
     return 0;
 }

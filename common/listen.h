@@ -80,11 +80,11 @@ int sb_listen_filter(struct lws *wsi, enum lws_callback_reasons reason, void *in
  * before closing fd. */
 void sb_listen_release(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
                        int fd);
-/* A connection taken, handed to lws as if lws had accepted it, with the bytes already read
- * from it (len may be 0): lws serves it from there and it stays counted until lws frees it.
- * 0, or -1 when lws could not (fd is then closed and its place given back). */
-int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char *proto_name, int fd,
-                    const char *buf, size_t len);
+/* A connection taken, handed to lws unread, as if lws had accepted it: lws serves it from
+ * there and it stays counted until lws frees it. 0, or -1 when lws could not (fd is then
+ * closed and its place given back). */
+int sb_listen_adopt(struct lws_context *ctx, const char *vhost_name, const char *proto_name,
+                    int fd);
 
 /* What sb_listen_t.user was: the vhost's user (the context's while no vhost is bound). */
 void *sb_listen_user(struct lws *wsi);

@@ -320,7 +320,6 @@ static void refuse(sb_conn_t *c, unsigned status, const char *extra)
     set_deadline(c, LINGER_MS);
 }
 
-static void process_frames(sb_conn_t *c, uint8_t *p, size_t n);
 
 /* The head is complete (len bytes, peeked: still in the socket): a WebSocket upgrade is
  * answered here, anything else goes to lws, which reads the request itself. */
@@ -343,7 +342,7 @@ static void on_head(sb_conn_t *c, size_t len)
         int fd = c->fd;
         c->fd = -1; /* now lws's: neither released nor closed here */
         conn_destroy(c);
-        (void)sb_listen_adopt(n->lws, SB_VHOST_NAME, SB_PROTOCOL_NAME, fd, NULL, 0);
+        (void)sb_listen_adopt(n->lws, SB_VHOST_NAME, SB_PROTOCOL_NAME, fd);
         return;
     }
     /* Ours from here: the head is taken off the socket (all of it is there: it was peeked). */
@@ -563,7 +562,6 @@ static void process_frames(sb_conn_t *c, uint8_t *p, size_t n)
         sb_wire_unmask(p, take, c->fr.mask, c->at);
         c->at += take;
         c->left -= take;
-        c->sess->last_rx_ms = sb_mono_ms();
         if (c->fr.opcode >= 8) {
             if (c->left == 0 && c->ctllen == 0) {
                 c->in_frame = 0;
@@ -612,6 +610,7 @@ static void read_frames(sb_conn_t *c)
             conn_destroy(c);
             return;
         }
+        c->sess->last_rx_ms = sb_mono_ms(); /* once per read, not per frame */
         process_frames(c, n->rdbuf, (size_t)r);
         if (r < READ_BUF)
             return; /* the socket had no more */
