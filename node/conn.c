@@ -320,7 +320,6 @@ static void refuse(sb_conn_t *c, unsigned status, const char *extra)
     set_deadline(c, LINGER_MS);
 }
 
-
 /* The head is complete (len bytes, peeked: still in the socket): a WebSocket upgrade is
  * answered here, anything else goes to lws, which reads the request itself. */
 static void on_head(sb_conn_t *c, size_t len)
