@@ -387,25 +387,16 @@ struct lws_context *sb_listen(const sb_listen_t *l)
         getenv("SB_LWS_DEBUG") ? (LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO | LLL_DEBUG) : LLL_ERR,
         sb_log_lws_emit);
 
-    /* The fd budget. lws sizes its tables to the soft fd limit it sees at creation, and with
-     * fd_limit_per_thread below that limit it switches every fd lookup to a linear scan
-     * (lws 4.1.6 wsi_from_fd: O(fds) per event). So the soft limit is lowered by the reserve
-     * while lws is created, then raised again: lws polls its listener only while it has room
-     * (it stops accepting at its own limit instead of spinning on EMFILE), and the reserve
-     * stays for Redis, the resolver and logs. The caps keep lws below its limit anyway. */
-    struct rlimit rl, lowered;
-    int lowered_ok = 0;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur > 2 * SB_LISTEN_FD_RESERVE) {
-        lowered = rl;
-        lowered.rlim_cur = rl.rlim_cur - SB_LISTEN_FD_RESERVE;
-        lowered_ok = setrlimit(RLIMIT_NOFILE, &lowered) == 0;
-        if (lowered_ok)
-            info.fd_limit_per_thread = (unsigned)lowered.rlim_cur;
-    }
+    /* The fd budget. lws sizes its fd table to the soft fd limit it sees at creation and
+     * refuses a socket whose number is past it, so it is created under the whole limit: any
+     * descriptor number the process can get is one lws can take. (It was created under the
+     * limit less SB_LISTEN_FD_RESERVE, so that it would stop accepting at its own count; but
+     * the caps stop accepting first, and numbers, not counts, are what its table checks: with
+     * the node's own descriptors below them, a health probe on a spare slot got a number past
+     * the table and was closed. test_09_hostile_load test_04.) fd_limit_per_thread is left to
+     * lws: below the limit it would switch every fd lookup to a linear scan (lws 4.1.6
+     * wsi_from_fd). The reserve is kept by the caps (sb_listen_limits). */
     struct lws_context *ctx = lws_create_context(&info);
-    if (lowered_ok)
-        setrlimit(RLIMIT_NOFILE, &rl);
     if (!ctx) {
         sb_error("cannot listen on %s", l->listen);
         return NULL;

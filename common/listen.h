@@ -9,8 +9,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* File descriptors kept out of lws's reach: Redis connections and their reconnects, the
- * resolver, logs, libuv's own. lws is sized to the fd limit less this, so a flood of
+/* File descriptors kept out of the connections' reach: Redis connections and their reconnects,
+ * the resolver, logs, libuv's own. The caps (SB_LISTEN_OVERHEAD) leave this many, so a flood of
  * connections can never take the last descriptors the process needs to stay ready. */
 #define SB_LISTEN_FD_RESERVE 64
 /* Descriptors lws uses itself (listeners, its event pipe) inside its share. */

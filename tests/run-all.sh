@@ -57,11 +57,13 @@ run_suite "integration on a Redis Cluster (normal)" env SB_REDIS=cluster SWITCHB
     tests/integration/test_15_resume.py tests/integration/test_16_peerjs.py \
     --junitxml="$out/results/integration-cluster.xml"
 # The same node with --websocket lws (libwebsockets for every connection, the layer before the
-# node's own; still what serves TLS): the files that pin WebSocket behaviour byte by byte.
+# node's own; still what serves TLS): the files that pin WebSocket behaviour byte by byte, and
+# the caps at the fd limit (lws then accepts every connection itself).
 run_suite "integration, --websocket lws (normal)" env SWITCHBOARD_WEBSOCKET=lws \
     SWITCHBOARD_BUILD="$root/build" $py -m pytest -q -p no:cacheprovider \
     tests/integration/test_02_protocol.py tests/integration/test_05_hostile.py \
-    tests/integration/test_09_http_edge.py tests/integration/test_14_write_path.py \
+    tests/integration/test_09_hostile_load.py tests/integration/test_09_http_edge.py \
+    tests/integration/test_14_write_path.py \
     tests/integration/test_15_resume.py tests/integration/test_16_peerjs.py \
     --junitxml="$out/results/integration-lws.xml"
 if [ -z "${SB_TEST_QUICK:-}" ]; then

@@ -27,20 +27,26 @@ SPARE = 32  # slots past the cap for sources holding fewer than 4 connections
 ADMIN_MAX, ADMIN_PER_IP = 100, 30
 
 
-def limited(argv):
+def limited(argv, held=0):
     """argv run under RLIMIT_NOFILE = NOFILE (soft and hard), as `ulimit -n 400` would; the
-    process is the same one after exec, so the harness stops it by pid as usual."""
+    process is the same one after exec, so the harness stops it by pid as usual. held: that
+    many descriptors (/dev/null) open across the exec, taking the lowest numbers, as a node's
+    own descriptors do (Redis Cluster connections, a resolver, a log file)."""
     code = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
-            "os.execv(sys.argv[1], sys.argv[1:])" % (NOFILE, NOFILE))
+            "[os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True) for _ in range(%d)]; "
+            "os.execv(sys.argv[1], sys.argv[1:])" % (NOFILE, NOFILE, held))
     return [sys.executable, "-c", code] + argv
 
 
 class LimitedNode(Node):
+    held = 0
+
     def start(self, wait=True):
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         argv = limited([node_binary(), "--listen", f"127.0.0.1:{self.port}", "--redis",
-                        self.redis_url, "--id", self.name, "--log-level", "info"] + self.args)
+                        self.redis_url, "--id", self.name, "--log-level", "info"] + self.args,
+                       self.held)
         self.proc = Proc(argv, env=env, log=os.path.join(self.tmpdir, f"node-{self.name}.log"))
         if wait:
             self.wait_ready()
@@ -274,6 +280,41 @@ def test_02_admin_caps_under_flood(cluster):
     wait_for(settled, 10, 0.1, "admin connections released")
     size = os.path.getsize(admin.proc.log_path)
     assert size < 32 * 1024, f"admin log grew to {size} bytes under the flood"
+
+
+class HeldNode(LimitedNode):
+    held = 48
+
+
+def test_04_http_at_the_fd_ceiling(cluster):
+    """At the global cap, with most spare slots taken and the node holding more descriptors of
+    its own than usual (48 more), the connections' descriptor numbers reach the top of the fd
+    limit. A health probe there is plain HTTP, which the node's WebSocket layer hands to
+    libwebsockets: lws's table must cover every descriptor number the caps allow (it once
+    covered the fd limit less 64, and the probe got a closed connection)."""
+    node = HeldNode(cluster.redis.url, cluster.tmpdir, name="held")
+    cluster.nodes.append(node)
+    # One process, one address after the other: 2 x 144 is the global cap, and no connection
+    # of the flood lands on a spare slot (a source's first 3 would, once the cap is reached).
+    flood = Flood(node.port, [["127.0.0.11", "127.0.0.12"]], NODE_PER_IP, "ws")
+    # Spare slots: fresh sources below 4 connections each; 27 of the 32, the rest for probes.
+    spares = Flood(node.port, [[f"127.0.0.{i}" for i in range(60, 69)]], 3, "ws")
+    try:
+        assert sum(flood.accepted.values()) >= NODE_MAX - 2, flood.accepted
+        taken = sum(spares.accepted.values())
+        assert taken == 27, spares.accepted
+        fds = [int(f) for f in os.listdir(f"/proc/{node.proc.pid}/fd")]
+        print("descriptors:", len(fds), "highest:", max(fds))
+        assert max(fds) >= NOFILE - 64, max(fds)  # the range lws once refused
+        for src in ("127.0.0.80", "127.0.0.81"):
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5,
+                                          source_address=(src, 0)) as s:
+                s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = s.recv(4096)
+                assert head.startswith(b"HTTP/1.1 200"), (src, head)
+    finally:
+        flood.release()
+        spares.release()
 
 
 @pytest.mark.parametrize("args,message", [
