@@ -885,7 +885,10 @@ def why(b, a, S, T):
             "across-node relay per CPU-second is near or above peerjs-server's. So the cost is "
             "the Redis hop itself (three processes per message instead of one), not the node's "
             "code; fewer wake-ups would need messages held back to batch them (latency), or no "
-            "hop.")
+            "hop. The PUBLISH's reply, which can wake node 1 a second time, was measured at "
+            "a tenth to a sixth of this cost (signals sent with their reply skipped: 0.84-0.90 "
+            "x the server CPU), short of the target and at a price in delivery guarantees or "
+            "Redis CPU (docs/design.md, \"The PUBLISH reply across nodes\").")
     ps_rate = _prof(S, "sb-same rate")
     k_same = next((p for p, d, _ in ps_rate.get("dsos", []) if d.startswith("[kernel")), None)
     lib_same = sum(p for p, d, _ in ps_rate.get("dsos", [])
