@@ -259,10 +259,14 @@ class ReplyDelayProxy:
     its script replies late while its pub/sub events arrive on time, the order a loaded network
     can produce. Threads; stopped with stop()."""
 
-    def __init__(self, upstream_port, delay):
+    def __init__(self, upstream_port, delay, pace=None):
+        """pace: (n, seconds): while self.pacing is true, replies are forwarded n bytes at a time
+        with that pause between pieces (a Redis that answers, only slowly)."""
         import threading
         self.upstream_port = upstream_port
         self.delay = delay
+        self.pace = pace
+        self.pacing = False
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -316,6 +320,10 @@ class ReplyDelayProxy:
                 if pause > 0:
                     time.sleep(pause)
                 try:
+                    while self.pace and self.pacing and not state["pubsub"] and data:
+                        dst.sendall(data[:self.pace[0]])
+                        data = data[self.pace[0]:]
+                        time.sleep(self.pace[1])
                     dst.sendall(data)
                 except OSError:
                     break

@@ -481,6 +481,13 @@ def test_11_refused_join_costs_1_accepted_join_10(cluster):
     run(main())
 
 
+def stop_behind(cluster, proxy):
+    """Stops the nodes, then the proxy they reach Redis through."""
+    for n in cluster.nodes:
+        n.proc.stop()
+    proxy.stop()
+
+
 # Single Redis only: the proxy stands in front of one Redis address, and a cluster client
 # follows the slot map to the primaries' own addresses (the redirects bypass the proxy). The
 # ordering it tests (reply after the events, on two connections) is the node's, not Redis's.
@@ -523,9 +530,68 @@ def test_12_signal_to_a_joiner_waits_for_its_joined(cluster, redis_server):
                 await x.close()
         run(main())
     finally:
-        for n in cluster.nodes:
-            n.proc.stop()
-        proxy.stop()
+        stop_behind(cluster, proxy)
+
+
+@pytest.mark.single_redis("a reply-pacing proxy fronts one Redis; cluster redirects bypass it")
+def test_12b_slow_redis_times_out_commands_not_the_connection(cluster, redis_server):
+    """Redis answering, only slower than --redis-timeout-ms (a burst queued more than it does in
+    that time; here a proxy lets its replies through 64 bytes every 10 ms): each command past
+    the timeout is answered `unavailable` on its own timer, those within it succeed, and the
+    connection stays: no drop, no reconnect, /readyz 200 throughout. The node dropped the
+    connection at the first late reply before, failing every command in flight with it (a
+    20,000-link burst of make bench lost 1,204 that way)."""
+    from harness import ReplyDelayProxy, http_get
+    proxy = ReplyDelayProxy(redis_server.port, 0, pace=(64, 0.01))
+    try:
+        a = cluster.node("na", args=["--redis-timeout-ms", "400"], redis_url=proxy.url)
+
+        async def main():
+            clients = [await Client.connect(a.ws_url) for _ in range(40)]
+            proxy.pacing = True
+            ready = []
+            stop = asyncio.Event()
+
+            async def probe():
+                while not stop.is_set():
+                    ready.append((await asyncio.to_thread(http_get, a.http + "/readyz"))[0])
+                    await asyncio.sleep(0.02)
+            prober = asyncio.create_task(probe())
+            t0 = time.monotonic()
+            sent = {}
+            for i, c in enumerate(clients):
+                sent[i] = time.monotonic()
+                await c.send({"type": "join", "room": f"slow{i}", "rid": i})
+                await asyncio.sleep(0.01)
+            outcome = {}
+
+            async def answer(i, c):
+                m = await c.expect(None, timeout=8, rid=i)
+                outcome[i] = (m["type"], m.get("code"), time.monotonic() - sent[i])
+            await asyncio.gather(*(answer(i, c) for i, c in enumerate(clients)))
+            stop.set()
+            await prober
+            proxy.pacing = False
+            print("outcomes:", sorted((i, o[0], round(o[2], 3)) for i, o in outcome.items()),
+                  "in", round(time.monotonic() - t0, 3))
+            ok = [i for i, o in outcome.items() if o[0] == "joined"]
+            late = [i for i, o in outcome.items() if o[0] == "error"]
+            assert ok and late, outcome  # the pace made some wait past the timeout
+            assert all(outcome[i][1] == "unavailable" for i in late), outcome
+            # each one on its own timer: not before its timeout (a drop failed all at once)
+            assert all(outcome[i][2] >= 0.38 for i in late), outcome
+            assert set(ready) == {200}, ready
+            assert "connection lost" not in a.proc.log(), a.proc.log()[-2000:]
+            # and the connection is the one it was: a join now is answered at once
+            c = clients[late[0]]
+            t1 = time.monotonic()
+            joined = await c.join("after")
+            assert joined["type"] == "joined" and time.monotonic() - t1 < 0.4
+            for x in clients:
+                await x.close()
+        run(main())
+    finally:
+        stop_behind(cluster, proxy)
 
 
 def test_13_internal_and_transient_redis_errors(cluster, redis_server):
