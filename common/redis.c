@@ -46,7 +46,6 @@ typedef struct {
 typedef struct resolve_req {
     uv_getaddrinfo_t req;
     sb_redis_t *r;
-    unsigned gen;
 } resolve_req_t;
 
 struct sb_redis {
@@ -55,8 +54,8 @@ struct sb_redis {
     sb_redis_url_t u;
     redisAsyncContext *ac;
     state_t state;
-    unsigned gen;       /* connection attempt number: stale resolutions are ignored */
     int refs;           /* the client itself + each resolution in flight */
+    int resolving;      /* a lookup of u.host is running (at most one: connect_now) */
     cmd_t *head, *tail; /* commands in flight, oldest first */
     cmd_t *unexpired;   /* the oldest one not yet answered "timeout" (see on_tick) */
     int npending;
@@ -668,9 +667,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     resolve_req_t *rr = (resolve_req_t *)req;
     sb_redis_t *r = rr->r;
-    unsigned gen = rr->gen;
     free(rr);
-    if (r->state == ST_CLOSED || gen != r->gen || r->state != ST_RESOLVING) {
+    r->resolving = 0;
+    /* Any attempt's answer will do: attempts started while it ran waited for it (connect_now). */
+    if (r->state != ST_RESOLVING) {
         if (res)
             uv_freeaddrinfo(res);
         unref(r);
@@ -692,11 +692,25 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void connect_now(sb_redis_t *r)
 {
-    r->gen++;
     r->drop_why = NULL;
     r->attempt_deadline = sb_mono_ms() + r->o.timeout_ms;
     if (r->u.path) {
         start_context(r, NULL);
+        return;
+    }
+    /* An address needs no lookup: it must not wait in libuv's thread pool behind lookups
+     * of names that hang (below). */
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, r->u.host, addr) == 1 || inet_pton(AF_INET6, r->u.host, addr) == 1) {
+        start_context(r, r->u.host);
+        return;
+    }
+    /* A lookup of this name is still running (a DNS that does not answer: Docker's forwards an
+     * unknown name upstream, 20 s per try): wait for it rather than start another. Each attempt
+     * started one before, and libuv's 4 pool threads were soon all stuck in lookups of one
+     * seed, so every connection, to any address, waited behind them. */
+    if (r->resolving) {
+        r->state = ST_RESOLVING;
         return;
     }
     /* Why: hiredis resolves names with a blocking getaddrinfo; resolve on libuv's thread pool
@@ -707,11 +721,12 @@ static void connect_now(sb_redis_t *r)
         return;
     }
     rr->r = r;
-    rr->gen = r->gen;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     r->state = ST_RESOLVING;
+    r->resolving = 1;
     r->refs++;
     if (uv_getaddrinfo(r->o.loop, &rr->req, on_resolved, r->u.host, NULL, &hints) != 0) {
+        r->resolving = 0;
         r->refs--;
         free(rr);
         went_down(r, "resolve failed");
@@ -872,7 +887,6 @@ void sb_redis_close(sb_redis_t *r)
     redisAsyncContext *ac = r->ac;
     r->state = ST_CLOSED;
     r->ac = NULL;
-    r->gen++;
     if (ac) {
         r->drop_why = "closing";
         redisAsyncFree(ac);

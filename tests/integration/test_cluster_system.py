@@ -8,6 +8,8 @@
 06 room events published on the new owner before a node re-subscribed there are replayed
 07 a whole shard lost (primary and replica): figures partial with the lost slots named
 04 a seed list with a dead address still connects
+09 a seed whose name never resolves: the node still connects, and again after its connections
+   drop (lookups of that name do not pile up in libuv's thread pool)
 05 a slot nobody serves: `unavailable` for its rooms only, mesh-status "partial"
 """
 import asyncio
@@ -25,7 +27,7 @@ import keyspace  # noqa: E402
 from client import Client  # noqa: E402
 from cluster import RedisCluster  # noqa: E402
 from conftest import ClusterRedisServer  # noqa: E402
-from harness import Admin, free_port, wait_for  # noqa: E402
+from harness import BUILD, Admin, free_port, http_get, wait_for  # noqa: E402
 
 TTL_MS, HEARTBEAT_MS, NODE_REDIS_TIMEOUT_MS, INTERVAL_MS = 1500, 300, 500, 300
 FAST_NODE = ["--presence-ttl-ms", str(TTL_MS), "--heartbeat-ms", str(HEARTBEAT_MS),
@@ -428,6 +430,47 @@ def test_04_seed_list_with_a_dead_address_connects(cluster, redis_server, tmp_pa
         await a.close()
         await b.close()
     asyncio.run(main())
+
+
+# ---- 09 ----------------------------------------------------------------------------------------
+
+def test_09_a_seed_name_that_never_resolves(cluster, redis_server, tmp_path):
+    """A seed given by a name whose lookup hangs (a DNS that does not answer: Docker's forwards
+    an unknown name upstream, 20 s per try; here tests/tools/slowdns.so makes every lookup of
+    *.stall.invalid hang 15 s) beside one given by address. The node is ready through the
+    address, and after every connection of it to the cluster is dropped it connects again at
+    once. Before, each retry of the hanging seed started another lookup, libuv's 4 pool threads
+    were all stuck in them within 5 s, and every other connection's lookup (of an address
+    too) waited behind them: the node stayed unready for the length of the stall."""
+    rc = redis_server.rc
+    stalls, release = tmp_path / "stalls.log", tmp_path / "release"
+    env = {"LD_PRELOAD": os.path.join(BUILD, "tests", "tools", "slowdns.so"),
+           "SB_SLOWDNS_LOG": str(stalls), "SB_SLOWDNS_MS": "15000",
+           "SB_SLOWDNS_RELEASE": str(release),
+           "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0"}
+    url = f"redis-cluster://seed.stall.invalid:{rc.ports[0]},127.0.0.1:{rc.ports[0]}"
+    na = cluster.node("na", redis_url=url, env=env, args=["--redis-timeout-ms", "500"])
+    try:
+        time.sleep(5.5)  # the hanging seed's client tries again and again meanwhile
+        assert stalls.read_text().count("stall") == 1  # one lookup of the name at a time
+        for port in rc.primaries():
+            r = rc.client(port)
+            r.execute_command("CLIENT", "KILL", "TYPE", "normal")
+            r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        t0 = time.monotonic()
+        wait_for(lambda: "connection lost" in na.proc.log(), 2, 0.01, "the node saw the drop")
+        wait_for(lambda: http_get(na.http + "/readyz", timeout=0.5)[0] == 200, 3, 0.05,
+                 "ready again, through the seed given by address")
+        print("ready again after", round(time.monotonic() - t0, 3), "s")
+
+        async def main():
+            a = await Client.connect(na.ws_url)
+            await a.join("after-the-drop")
+            await a.close()
+        asyncio.run(main())
+        assert stalls.read_text().count("stall") == 1
+    finally:
+        release.write_text("")  # the lookup still hanging ends: the node can exit
 
 
 # ---- 05 ----------------------------------------------------------------------------------------
