@@ -766,14 +766,17 @@ static void on_tick(uv_timer_t *t)
     case ST_UP: {
         if (!r->head)
             break;
-        /* Dead or hung: no reply for the timeout while a command waits. */
-        int64_t quiet =
-            now - (r->last_reply_ms > r->head->started_ms ? r->last_reply_ms : r->head->started_ms);
-        if (quiet > r->o.timeout_ms || r->o.subscriber) {
-            if (now - r->head->started_ms > r->o.timeout_ms)
-                sb_redis_drop(r, "timeout");
+        /* Dead or hung: no reply for the timeout while a command waits. (A subscriber: its
+         * oldest command waited that long.) */
+        int64_t since = r->head->started_ms;
+        if (!r->o.subscriber && r->last_reply_ms > since)
+            since = r->last_reply_ms;
+        if (now - since > r->o.timeout_ms) {
+            sb_redis_drop(r, "timeout");
             break;
         }
+        if (r->o.subscriber)
+            break;
         /* Answering, only slower than the timeout (a burst queued thousands of scripts): the
          * commands past it are answered "timeout" now, and their replies dropped when they
          * come. Why not drop the connection as for a dead one: that failed every other command

@@ -340,7 +340,7 @@ static void frame_written(sb_session_t *s, size_t len)
 /* Writes queued frames until the queue is empty or the socket is full (the layer then keeps
  * the unsent rest of the last write and calls WRITEABLE itself once it is out). With conn.c the
  * same holds by construction (sb_conn_send keeps whole frames' rest in order, and nothing else
- * writes to the socket but its own pong and close frames, after what it holds). For lws: Several
+ * writes to the socket but its own pong and close frames, after what it holds). For lws: several
  * frames go in one write, framed by us into the node's batch buffer (LWS_WRITE_RAW: lws sends bytes
  * as they are, and its partial-write buffering works on bytes); a frame alone, or one too big to
  * batch, goes from its own buffer. Why this is safe outside WRITEABLE in lws 4.1.6: lws_write only

@@ -2,8 +2,8 @@
  * getaddrinfo() of a name ending in ".stall.invalid" sleeps SB_SLOWDNS_MS milliseconds (default
  * 8000; or until the file SB_SLOWDNS_RELEASE exists) and then fails with EAI_AGAIN, as a lookup
  * forwarded to a resolver that never answers does; each such call appends one line to the file
- * SB_SLOWDNS_LOG when it is set. Every other
- * name goes to libc's getaddrinfo. (.invalid never resolves anywhere: RFC 6761.) */
+ * SB_SLOWDNS_LOG when it is set. Every other name goes to libc's getaddrinfo. (.invalid never
+ * resolves anywhere: RFC 6761.) */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
