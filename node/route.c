@@ -28,6 +28,9 @@ typedef struct sb_room {
     int refs;        /* seats in it + commands in flight + action runs + the sweep list */
     int pj;          /* a PeerJS key's room ("~pj.K"): its sockets are PeerJS sockets */
     int sweep_listed;
+    /* A PeerJS room: until then (monotonic ms) RELINK walks the local sockets as in a native
+     * room; set when this node re-asserts a socket with halves here (a data loss). */
+    int64_t relink_until_ms;
     struct sb_room *sweep_next; /* on the node's sweep list (sweep_mark) */
 } room_t;
 
@@ -750,9 +753,10 @@ static void run(room_t *r, sb_acts_t *acts)
             }
             break;
         case SB_ACT_RELINK:
-            /* Not for PeerJS rooms: a walk over every local socket per claim (docs/peerjs.md:
-             * after a data loss a PeerJS link may not be counted again). */
-            if (!r->pj)
+            /* In a PeerJS room a walk over every local socket per claim, so only for a while
+             * after this node re-asserted its sockets there: a half skipped then (its peer not
+             * back yet) is re-sent when the peer is back (docs/peerjs.md). */
+            if (!r->pj || sb_mono_ms() < r->relink_until_ms)
                 sb_view_each_local(r->view, a->peer[0] ? relink_one : relink_all, &e);
             break;
         case SB_ACT_RESYNC:
@@ -2325,6 +2329,12 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
                 memcpy(record, text, strlen(text) + 1);
             free(text);
             json_decref(rec);
+        }
+        if (t->nhalves && t->room->pj) {
+            /* The other nodes re-assert theirs within their heartbeat of noticing the loss;
+             * twice the presence TTL bounds that (a node slower than its TTL is taken for
+             * dead). */
+            t->room->relink_until_ms = sb_mono_ms() + 2 * (int64_t)n->cfg.presence_ttl_ms;
         }
         int nargs = 10 + t->nhalves;
         const char **args = calloc((size_t)nargs, sizeof(char *));

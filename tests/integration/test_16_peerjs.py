@@ -613,3 +613,49 @@ def test_17_redis_down_at_claim_is_retry_later(cluster, redis_server):
         consistent(redis_server)
 
     run(main())
+
+
+@pytest.mark.single_redis("restarts the one Redis empty")
+def test_18_a_link_is_counted_again_after_redis_lost_its_data(cluster, redis_server):
+    """After a data loss each node re-asserts its sockets with the halves they hold; the half of
+    whichever comes back first, towards the other, cannot be written then (not a member yet).
+    Its node re-sends it when the other is back (docs/peerjs.md), so the link is counted again.
+    The order is forced: n2 is stopped until n1 has re-asserted alice."""
+    n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
+    r = redis_server.client()
+    links = "sb:{" + ROOM + "}:links:"
+
+    async def main():
+        a = await PJ.connect(n1, "alice", token="ta")
+        b = await PJ.connect(n2, "bob", token="tb")
+        await a.send({"type": "OFFER", "dst": "bob", "payload": offer()})
+        await b.expect("OFFER")
+        await b.send({"type": "ANSWER", "dst": "alice",
+                      "payload": {"connectionId": "dc_1", "sdp": {"type": "answer"}}})
+        await a.expect("ANSWER")
+        await until(lambda: bucket_stats(redis_server)["pj_links"] == 1, 3, msg="pj link")
+        before = bucket_stats(redis_server)
+        assert before["pj_members"] == 2 and before["links"] == 1
+        n2.proc.signal(signal.SIGSTOP)
+        try:
+            redis_server.kill()
+            redis_server.start()  # same port, empty
+            await until(lambda: bucket_stats(redis_server)["pj_members"] == 1, 3,
+                        msg="alice re-asserted by n1")
+            # alice's half towards bob was skipped: bob is not a member yet
+            assert r.smembers(links + "alice") == set()
+        finally:
+            n2.proc.signal(signal.SIGCONT)
+        await until(lambda: bucket_stats(redis_server)["pj_members"] == 2, 3,
+                    msg="bob re-asserted by n2")
+        # bob's half came back with bob, and alice's was re-sent by n1: one link, counted once
+        await until(lambda: bucket_stats(redis_server) == before, 3,
+                    msg=f"figures back to {before}")
+        assert r.smembers(links + "alice") == {"bob"} and r.smembers(links + "bob") == {"alice"}
+        consistent(redis_server)
+        # the sockets were never dropped, and still relay
+        await a.send({"type": "CANDIDATE", "dst": "bob", "payload": {"connectionId": "dc_1"}})
+        assert (await b.expect("CANDIDATE"))["src"] == "alice"
+        assert a.closed is None and b.closed is None
+
+    run(main())
