@@ -3,7 +3,8 @@
  * for. One noun per file: main.c (wiring only: it exports nothing), options.c (option table,
  * token), auth.c (bearer check), http.c (lws, routes), lease.c (the reconcile lease, the pass
  * schedule, readiness), reconcile.c (the pass), nodes.c (walk of the node index), reap.c (dead
- * nodes and stale sockets), scan.c (SSCAN walks), status.c (mesh-status and metrics figures),
+ * nodes and stale sockets), grace.c (away sessions at their deadline), scan.c (SSCAN walks),
+ * status.c (mesh-status and metrics figures),
  * events.c (activity log), totals.c (P:admin:totals), metrics.c (Prometheus text). Key names
  * come from common/keys.h.
  * Every function here that takes a callback either returns an error and never calls it, or
@@ -99,6 +100,10 @@ struct sb_admin {
     int nodes_primed;     /* known_nodes was filled once (no node-up for those) */
     /* reap.c */
     sb_map_t reaping; /* node id -> reap in progress */
+    /* grace.c */
+    uv_timer_t grace_timer;       /* the earliest away deadline still ahead */
+    struct sb_grace *grace_sweep; /* the sweep in progress, or NULL */
+    int grace_again;              /* asked for during that sweep: another one after it */
     /* metrics.c */
     sb_admin_metrics_t metrics;
 };
@@ -231,6 +236,14 @@ int sb_batch_reaped(sb_batch_t *b, int status, int64_t links);
 /* The batch is complete: adds what it removed to P:admin:totals, clears it for the next one and
  * returns its failure (NULL when none). */
 const char *sb_batch_close(sb_admin_t *a, sb_batch_t *b);
+
+/* grace.c: away sessions removed at the end of their grace (the lease holder's). */
+/* Init and close of the timer (main.c, around the loop). */
+void sb_grace_start(sb_admin_t *a);
+void sb_grace_stop(sb_admin_t *a);
+/* Sweeps the deadline index now, or once more after the sweep in progress: after every pass,
+ * and when a reap marked a session away. Nothing when this admin does not hold the lease. */
+void sb_grace_kick(sb_admin_t *a);
 
 /* nodes.c: the node index walk. */
 typedef struct {

@@ -36,6 +36,7 @@ static void stop_now(sb_admin_t *a)
 {
     a->stopping = 1;
     sb_lease_stop(a);
+    sb_grace_stop(a);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     /* lws first: its connections are marked closed, so the errors that closing Redis hands to
@@ -121,6 +122,7 @@ int main(int argc, char **argv)
         sb_admin_options_free(&a->cfg);
         return 1;
     }
+    sb_grace_start(a);
     sb_lease_start(a);
     uv_signal_init(&loop, &a->sigint);
     uv_signal_init(&loop, &a->sigterm);

@@ -124,6 +124,7 @@ static void finish(sb_pass_t *p, const char *error)
     if (!error) {
         sb_admin_metrics_observe_pass(a, seconds);
         record(p);
+        sb_grace_kick(a);
     } else if (!a->stopping) {
         sb_warn("reconcile pass failed: %s", error);
     }

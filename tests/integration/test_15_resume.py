@@ -338,6 +338,43 @@ def test_09_dead_node_sockets_go_away_then_the_admin_ends_the_grace(cluster, red
     asyncio.run(main())
 
 
+def test_09b_the_admin_ends_a_grace_at_its_deadline_not_at_its_next_pass(cluster, redis_server):
+    """The admin removes a dead node's away socket when its grace ends (a timer for the earliest
+    deadline of the buckets' P:{T}:away index), not when a later pass finds its presence key
+    lapsed: with passes 30 s apart, peer-left comes about one grace after peer-away. The mark
+    comes from mesh-status, which reaps lapsed nodes before it reads."""
+    grace = 1.5
+    args = FAST + ["--resume-grace-ms", str(int(grace * 1000))]
+    n1, n2 = cluster.node("n1", args=args), cluster.node("n2", args=args)
+    admin = cluster.admin(args=["--reconcile-interval-ms", "30000"])
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+        assert admin.mesh()["p2p_links"] == 1
+        n1.proc.kill()
+        n1.killed = True
+        deadline = time.monotonic() + 6
+        while not any(x.get("type") == "peer-away" for x in b.seen):
+            assert time.monotonic() < deadline, "no peer-away within 6 s"
+            admin.mesh()  # reaps n1 once its lease lapsed: a is marked away
+            await asyncio.sleep(0.1)
+        t_away = time.monotonic()
+        left = await b.expect("peer-left", id=a.id, timeout=6)
+        took = time.monotonic() - t_away
+        assert left["reason"] == "disconnect"
+        # the grace, plus the admin's slack (0.5 s), plus the 0.1 s polling above
+        print(f"peer-left {took:.2f} s after peer-away (grace {grace} s)")
+        assert grace - 0.2 < took < grace + 1.5, f"peer-left {took:.2f} s after peer-away"
+        await b.none_of("peer-left", wait=0.5)
+        m = admin.mesh()
+        assert m["away_sockets"] == 0 and m["active_users"] == 1 and m["p2p_links"] == 0
+        assert invariants.away(r) == (0, 0)
+        consistent(r)
+        await b.close()
+    asyncio.run(main())
+
+
 @pytest.mark.single_redis("on a cluster the restart empties a random primary and the state it "
                           "held came back within 20 s in one run out of two; not investigated")
 def test_10_resume_after_redis_restarted_empty(cluster, redis_server):
