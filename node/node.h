@@ -176,9 +176,13 @@ struct sb_node {
     uv_timer_t loss_timer; /* presence.c: the full resync once a data loss's grace ends */
     uv_signal_t sigint, sigterm;
     int64_t started_ms;
-    int64_t loss_grace_until_ms;           /* after a data loss: resyncs only add until then */
-    struct sb_away *away_head, *away_tail; /* route.c: sockets we marked away, by deadline */
-    sb_map_t pj_by_id;                     /* route.c: PeerJS sockets by their PeerJS id */
+    int64_t loss_grace_until_ms; /* after a data loss: resyncs only add until then */
+    /* route.c: sockets re-asserted after a data loss and not confirmed by Redis yet, and until
+     * when they are waited for (a missing presence key or member means "not written yet") */
+    int reasserts_unconfirmed;
+    int64_t reassert_until_ms;
+    struct sb_away *away_head, *away_tail;       /* route.c: sockets we marked away, by deadline */
+    sb_map_t pj_by_id;                           /* route.c: PeerJS sockets by their PeerJS id */
     struct sb_pj_exp *pj_exp_head, *pj_exp_tail; /* route.c: PeerJS expire timers, by due */
     int64_t pj_alive_check_ms;                   /* route.c: the last alive-timeout pass */
     /* conn.c: connections with a deadline, the tick that enforces them, the receive buffer. */
@@ -289,6 +293,10 @@ void sb_route_reaped(sb_session_t *s);
 /* Redis lost its data: re-creates the state of every live socket whose room's slot is in
  * slots (a bitmap of SB_SLOTS bits; NULL: all) with room_assert. Returns how many. */
 int sb_route_reassert(sb_node_t *n, const unsigned char *slots);
+/* A presence refresh of s answered (present: the key was there). Missing: re-asserted again
+ * when a re-assert of s is not confirmed yet (Redis lost its data and refused the first one),
+ * else reaped (sb_route_reaped). */
+void sb_route_refreshed(sb_session_t *s, int present);
 /* Re-reads every room of bucket tag (its node channel was subscribed again). */
 void sb_route_resync_bucket(sb_node_t *n, const char *tag);
 
@@ -319,6 +327,10 @@ void sb_presence_heartbeat_now(sb_node_t *n);
  * re-asserts our sockets there and the lease, then resyncs every room once the other nodes had
  * a heartbeat to do the same. why is for the log. */
 void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char *why);
+/* After a data loss: resyncs add members only until a heartbeat (+200 ms) from now, then every
+ * room is read in full. Again when the last refused re-assert of ours went through (the other
+ * nodes' are sent again at their heartbeats). */
+void sb_presence_loss_grace(sb_node_t *n);
 /* The pub/sub probe: sends one every 500 ms to our home channel and drops its connection when
  * one is not back within the Redis timeout (called from the sweep). */
 void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms);

@@ -87,9 +87,15 @@ void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char 
             why, count);
     if (write_lease(n, on_lease, n) != 0)
         n->lease_ok = 0;
+    sb_presence_loss_grace(n);
+}
+
+void sb_presence_loss_grace(sb_node_t *n)
+{
     /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
-     * notice (on reconnect, or at their next heartbeat at the latest); a resync before then
-     * would tell clients their peers left. */
+     * notice (on reconnect, or at their next heartbeat at the latest), and a re-assert Redis
+     * refused is sent again at the next heartbeat; a resync before then would tell clients
+     * their peers left. */
     n->loss_grace_until_ms = sb_mono_ms() + n->cfg.heartbeat_ms + 200;
     uv_timer_start(&n->loss_timer, on_loss_timer, (uint64_t)n->cfg.heartbeat_ms + 200, 0);
 }
@@ -203,9 +209,9 @@ static void on_refresh(redisReply *reply, const char *error, void *data)
     round_t *rd = f->round;
     /* A round sent before slots changed hands may have asked a server that lost the key in a
      * failover: only a round that saw no change can tell a reaping. */
-    if (!error && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 && !rd->lost &&
+    if (!error && reply && reply->type == REDIS_REPLY_INTEGER && !rd->lost &&
         rd->topology == s->node->topology && !s->closed)
-        sb_route_reaped(s); /* rule 1: never re-create it */
+        sb_route_refreshed(s, reply->integer != 0);
     sb_session_unref(s);
     free(f);
     rd->inflight--;

@@ -46,6 +46,8 @@ struct sb_seat {
     unsigned used : 1;     /* a join or resume was asked: a resume must be the first message */
     unsigned resuming : 1; /* JOINING by a resume: `resumed`, not `joined`, completes it */
     unsigned renamed : 1;  /* resuming under the old id already (fresh_id is the welcome's) */
+    unsigned reassert : 1; /* re-asserted after a data loss, not confirmed yet: a missing
+                            * presence key means "not written yet", not "reaped" */
     int nhalves;           /* entries in halves */
     room_t *room;          /* JOINING/JOINED/LEAVING */
     char *meta_json;       /* compact meta as stored in Redis (with sub), once a join passed auth;
@@ -278,8 +280,19 @@ static int halves_add(sb_seat_t *t, const char *peer)
 
 /* Takes the seat out of its room (no Redis work): back to IDLE. from_view: also leave the
  * view (0 when the view already dropped it). */
+/* The seat's re-assert after a data loss awaits (1) or no longer awaits (0) Redis's answer;
+ * the node counts them (data_loss_grace). */
+static void seat_reassert(sb_seat_t *t, int on)
+{
+    if (t->reassert == (unsigned)(on != 0))
+        return;
+    t->reassert = on != 0;
+    t->s->node->reasserts_unconfirmed += on ? 1 : -1;
+}
+
 static void seat_leave_room(sb_seat_t *t, int from_view)
 {
+    seat_reassert(t, 0);
     room_t *r = t->room;
     if (!r)
         return;
@@ -335,6 +348,7 @@ static void seat_set_meta(sb_seat_t *t, char *meta_json)
 
 static void seat_free(sb_seat_t *t)
 {
+    seat_reassert(t, 0);
     halves_clear(t);
     queued_clear(t);
     free(t->token);
@@ -876,8 +890,11 @@ static int data_loss_grace(const sb_node_t *n)
 {
     /* Right after Redis lost its data the other nodes are still re-asserting their sockets: a
      * member missing now is most likely not back yet. And while it is not yet known whether
-     * Redis lost its data (the check runs on every reconnect), an empty room may mean that. */
-    return sb_mono_ms() < n->loss_grace_until_ms || !n->instance_ok;
+     * Redis lost its data (the check runs on every reconnect), an empty room may mean that. So
+     * while a re-assert of ours awaits Redis (it was refused: a restarted shard answers
+     * CLUSTERDOWN for a moment): our own socket missing from a read is not a reaping. */
+    return sb_mono_ms() < n->loss_grace_until_ms || !n->instance_ok ||
+           (n->reasserts_unconfirmed > 0 && sb_mono_ms() < n->reassert_until_ms);
 }
 
 static void on_resync(redisReply *reply, const char *error, void *data)
@@ -2301,8 +2318,65 @@ static void on_asserted(redisReply *reply, const char *error, void *data)
 {
     sb_session_t *s = data;
     if (error || sb_reply_is_error(reply))
-        sb_warn_limited("session %s: re-assert failed: %s", s->id, error ? error : reply->str);
+        sb_warn_limited("session %s: re-assert failed: %s (again at its next presence refresh "
+                        "that finds the key missing)",
+                        s->id, error ? error : reply->str);
+    else if (s->seat && s->seat->reassert) {
+        seat_reassert(s->seat, 0);
+        if (s->node->reasserts_unconfirmed == 0)
+            sb_presence_loss_grace(s->node);
+    }
     sb_session_unref(s);
+}
+
+/* room_assert of s in room (ttl: the presence TTL as text). 0 when sent. The seat stays marked
+ * until Redis confirms: a shard that restarted empty answers CLUSTERDOWN for a moment, and the
+ * presence refresh that then finds the key missing re-asserts again (sb_route_refreshed). */
+static int reassert_one(sb_node_t *n, sb_session_t *s, const char *room, const char *ttl)
+{
+    sb_seat_t *t = s->seat;
+    seat_reassert(t, 1);
+    char record[SB_RESUME_HASH_LEN + 512] = "";
+    if (t->has_hash && n->cfg.resume_grace_ms > 0) {
+        /* Its resume record, as room_join wrote it: origin and subject as JSON strings. */
+        char hash[SB_RESUME_HASH_LEN + 1];
+        json_t *rec =
+            json_pack("{s:s,s:s,s:s,s:I}", "h", hash_hex(t, hash), "o", s->origin ? s->origin : "",
+                      "u", t->sub ? t->sub : "", "g", (json_int_t)n->cfg.resume_grace_ms);
+        char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+        if (text && strlen(text) < sizeof record)
+            memcpy(record, text, strlen(text) + 1);
+        free(text);
+        json_decref(rec);
+    }
+    if (t->nhalves && t->room->pj) {
+        /* The other nodes re-assert theirs within their heartbeat of noticing the loss;
+         * twice the presence TTL bounds that (a node slower than its TTL is taken for
+         * dead). */
+        t->room->relink_until_ms = sb_mono_ms() + 2 * (int64_t)n->cfg.presence_ttl_ms;
+    }
+    int nargs = 10 + t->nhalves;
+    const char **args = calloc((size_t)nargs, sizeof(char *));
+    if (!args) {
+        sb_log_limited(SB_LOG_ERROR, "session %s: out of memory re-asserting it", s->id);
+        return -1;
+    }
+    args[2] = n->cfg.prefix;
+    args[3] = room;
+    args[4] = s->id;
+    args[5] = n->cfg.id;
+    args[6] = n->epoch;
+    args[7] = t->meta_json ? t->meta_json : "{}";
+    args[8] = ttl;
+    args[9] = record;
+    for (int i = 0; i < t->nhalves; i++)
+        args[10 + i] = t->halves[i];
+    sb_session_ref(s);
+    int rc = room_script(n, room, "room_assert", 2, nargs, args, on_asserted, s);
+    if (rc != 0)
+        sb_session_unref(s);
+    free(args);
+    return rc;
 }
 
 int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
@@ -2310,56 +2384,40 @@ int sb_route_reassert(sb_node_t *n, const unsigned char *slots)
     int count = 0;
     char ttl[32];
     snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    /* How long a refused re-assert is sent again rather than its socket taken for reaped: a
+     * restarted shard rejoins its cluster within seconds; past this, rule 1 applies again. */
+    n->reassert_until_ms = sb_mono_ms() + 4 * n->cfg.presence_ttl_ms;
     for (sb_session_t *s = n->sessions; s; s = s->next) {
         const char *room = s->closed ? NULL : sb_route_present_room(s);
         if (!room)
             continue;
-        sb_seat_t *t = s->seat;
         if (slots && !sb_cluster_slot_in(slots, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
             continue;
-        char record[SB_RESUME_HASH_LEN + 512] = "";
-        if (t->has_hash && n->cfg.resume_grace_ms > 0) {
-            /* Its resume record, as room_join wrote it: origin and subject as JSON strings. */
-            char hash[SB_RESUME_HASH_LEN + 1];
-            json_t *rec = json_pack("{s:s,s:s,s:s,s:I}", "h", hash_hex(t, hash), "o",
-                                    s->origin ? s->origin : "", "u", t->sub ? t->sub : "", "g",
-                                    (json_int_t)n->cfg.resume_grace_ms);
-            char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
-            if (text && strlen(text) < sizeof record)
-                memcpy(record, text, strlen(text) + 1);
-            free(text);
-            json_decref(rec);
-        }
-        if (t->nhalves && t->room->pj) {
-            /* The other nodes re-assert theirs within their heartbeat of noticing the loss;
-             * twice the presence TTL bounds that (a node slower than its TTL is taken for
-             * dead). */
-            t->room->relink_until_ms = sb_mono_ms() + 2 * (int64_t)n->cfg.presence_ttl_ms;
-        }
-        int nargs = 10 + t->nhalves;
-        const char **args = calloc((size_t)nargs, sizeof(char *));
-        if (!args) {
-            sb_log_limited(SB_LOG_ERROR, "session %s: out of memory re-asserting it", s->id);
-            continue;
-        }
-        args[2] = n->cfg.prefix;
-        args[3] = room;
-        args[4] = s->id;
-        args[5] = n->cfg.id;
-        args[6] = n->epoch;
-        args[7] = t->meta_json ? t->meta_json : "{}";
-        args[8] = ttl;
-        args[9] = record;
-        for (int i = 0; i < t->nhalves; i++)
-            args[10 + i] = t->halves[i];
-        sb_session_ref(s);
-        if (room_script(n, room, "room_assert", 2, nargs, args, on_asserted, s) != 0)
-            sb_session_unref(s);
-        else
+        if (reassert_one(n, s, room, ttl) == 0)
             count++;
-        free(args);
     }
     return count;
+}
+
+void sb_route_refreshed(sb_session_t *s, int present)
+{
+    const char *room = sb_route_present_room(s);
+    if (!room)
+        return;
+    if (present) {
+        seat_reassert(s->seat, 0);
+    } else if (s->seat->reassert && sb_mono_ms() < s->node->reassert_until_ms) {
+        /* Lost with the data and not re-written yet (the re-assert failed): not a reaping. */
+        char ttl[32];
+        snprintf(ttl, sizeof ttl, "%lld", (long long)s->node->cfg.presence_ttl_ms);
+        sb_info_limited("session %s: presence still missing after a data loss: re-asserting "
+                        "it again",
+                        s->id);
+        reassert_one(s->node, s, room, ttl);
+    } else {
+        seat_reassert(s->seat, 0);
+        sb_route_reaped(s); /* rule 1: never re-create it */
+    }
 }
 
 /* ---- PeerJS (docs/peerjs.md) ------------------------------------------------------------- */

@@ -4,6 +4,8 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 import invariants
 import lua_text
 from client import Client
@@ -116,6 +118,55 @@ def test_02_redis_restarted_empty_state_is_reasserted(cluster, redis_server):
         return took
     took = asyncio.run(main())
     print(f"state back {took*1000:.0f} ms after Redis restarted empty")
+
+
+@pytest.mark.single_redis("the ACL is set on the one Redis it restarts")
+def test_02b_a_refused_reassert_is_sent_again(cluster, redis_server):
+    """A re-assert that Redis refuses (on a cluster, a primary that restarted empty answers
+    CLUSTERDOWN for a moment: test_15_resume test_10 met it) is sent again when a presence
+    refresh finds the key still missing, instead of taking the socket for reaped (4000).
+    Forced here: the restarted Redis refuses scripts (an ACL) until the test allows them."""
+    args = ["--presence-ttl-ms", "3000", "--heartbeat-ms", "300", "--redis-timeout-ms", "500"]
+    a, b = cluster.node("na", args=args), cluster.node("nb", args=args)
+    r = redis_server.client()
+
+    async def main():
+        x, y = await Client.connect(a.ws_url), await Client.connect(b.ws_url)
+        await x.join("R")
+        await y.join("R")
+        await x.request({"type": "link", "peer": y.id, "state": "up"})
+        await y.request({"type": "link", "peer": x.id, "state": "up"})
+        before = stats(r)
+        assert before == {"rooms": 1, "members": 2, "links": 1, "linked": 2}
+        redis_server.kill()
+        saved = redis_server.extra
+        redis_server.extra = saved + ["--user", "default", "on", "nopass", "~*", "&*", "+@all",
+                                      "-evalsha", "-eval"]
+        try:
+            redis_server.start()  # empty, and every script call refused (NOPERM)
+        finally:
+            redis_server.extra = saved
+        r2 = redis_server.client()
+        # several heartbeats: each finds the presence keys missing, and re-asserts (refused)
+        await asyncio.sleep(1.5)
+        assert r2.exists("sb:{R}:members") == 0
+        assert x.closed is None and y.closed is None
+        r2.execute_command("ACL", "SETUSER", "default", "+evalsha", "+eval")
+        try:
+            wait_for(lambda: stats(r2) == before, 3, msg=f"state back to {before}")
+        except AssertionError:
+            print("state when it timed out:", stats(r2), sorted(r2.keys("*")))
+            raise
+        wait_for(lambda: invariants.check(r2) == [], 3, msg="invariants")
+        await asyncio.sleep(0.6)
+        for c in (x, y):
+            assert c.closed is None
+            assert not [m for m in c.backlog if m["type"] == "peer-left"], c.backlog
+        await x.request({"type": "signal", "to": y.id, "data": "after"})
+        assert (await y.expect("signal"))["data"] == "after"
+        await x.close()
+        await y.close()
+    asyncio.run(main())
 
 
 def test_03_socket_closed_while_redis_down_then_redis_empty(cluster, redis_server):
