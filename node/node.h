@@ -145,9 +145,10 @@ struct sb_node {
     int instance_ok;       /* instance checked on this connection */
     int lease_ok;          /* lease written since the last (re)connect */
     int pubsub_ok;         /* probe came back on the current pub/sub connection */
-    uint64_t probe_nonce;
+    uint64_t probe_nonce;  /* the probe in flight, or 0 */
     uint64_t probe_counter;
-    int64_t probe_sent_ms;
+    int64_t probe_sent_ms;      /* when it was sent */
+    int64_t probe_published_ms; /* when Redis answered its PUBLISH (0: not yet) */
     int draining;
     int64_t drain_deadline_ms;
     int64_t next_idle_check_ms; /* the next ping / silence pass over the sockets */

@@ -386,16 +386,44 @@ int sb_presence_release(sb_node_t *n, void (*cb)(sb_node_t *n))
 /* ---- the pub/sub probe --------------------------------------------------------------------- */
 
 /* Publishes a probe to our own channel; the pub/sub connection must deliver it back within the
- * Redis timeout (a subscription can look healthy and deliver nothing). */
+ * Redis timeout of Redis taking it (a subscription can look healthy and deliver nothing). The
+ * clock starts at the PUBLISH's reply, not at the send: behind a queue of slow commands the
+ * PUBLISH itself waits, and that is the command connection's delay (its own timeouts answer
+ * it), not a dead subscription. */
+typedef struct {
+    sb_node_t *n;
+    uint64_t nonce;
+} probe_t;
+
+static void on_probe_published(redisReply *reply, const char *error, void *data)
+{
+    probe_t *p = data;
+    sb_node_t *n = p->n;
+    if (n->probe_nonce == p->nonce) {
+        if (error || sb_reply_is_error(reply))
+            n->probe_nonce = 0; /* not published: the next tick sends another */
+        else
+            n->probe_published_ms = sb_mono_ms();
+    }
+    free(p);
+}
+
 static void send_probe(sb_node_t *n)
 {
     char body[96];
     uint64_t nonce = ++n->probe_counter;
     int len =
         snprintf(body, sizeof body, "{\"t\":\"probe\",\"nonce\":%llu}", (unsigned long long)nonce);
-    if (sb_cluster_publish(n->db, n->home, body, (size_t)len, NULL, NULL) == 0) {
+    probe_t *p = malloc(sizeof *p);
+    if (!p)
+        return;
+    *p = (probe_t){n, nonce};
+    if (sb_cluster_publish(n->db, n->home, body, (size_t)len, on_probe_published, p) == 0) {
         n->probe_nonce = nonce;
         n->probe_sent_ms = sb_mono_ms();
+        n->probe_published_ms = 0;
+    } else {
+        free(p);
     }
 }
 
@@ -420,8 +448,9 @@ void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms)
      * dead even if its TCP connection looks fine: reconnect it. */
     if (!n->db_up)
         return;
-    if (n->probe_nonce && now_ms - n->probe_sent_ms > n->cfg.redis_timeout_ms) {
-        sb_warn("pubsub probe not delivered within %lld ms: reconnecting",
+    if (n->probe_nonce && n->probe_published_ms &&
+        now_ms - n->probe_published_ms > n->cfg.redis_timeout_ms) {
+        sb_warn("pubsub probe not delivered within %lld ms of its PUBLISH: reconnecting",
                 (long long)n->cfg.redis_timeout_ms);
         n->pubsub_ok = 0;
         n->probe_nonce = 0;

@@ -259,13 +259,16 @@ class ReplyDelayProxy:
     its script replies late while its pub/sub events arrive on time, the order a loaded network
     can produce. Threads; stopped with stop()."""
 
-    def __init__(self, upstream_port, delay, pace=None):
+    def __init__(self, upstream_port, delay, pace=None, pace_requests=False):
         """pace: (n, seconds): while self.pacing is true, replies are forwarded n bytes at a time
-        with that pause between pieces (a Redis that answers, only slowly)."""
+        with that pause between pieces (a Redis that answers, only slowly); with pace_requests
+        the requests are, instead (a Redis slow to run what it is sent: everything queues before
+        it runs)."""
         import threading
         self.upstream_port = upstream_port
         self.delay = delay
         self.pace = pace
+        self.pace_requests = pace_requests
         self.pacing = False
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -301,6 +304,10 @@ class ReplyDelayProxy:
                     break
                 if b"SUBSCRIBE" in data.upper():
                     state["pubsub"] = True
+                while self.pace_requests and self.pacing and not state["pubsub"] and data:
+                    dst.sendall(data[:self.pace[0]])
+                    data = data[self.pace[0]:]
+                    time.sleep(self.pace[1])
                 dst.sendall(data)
         except OSError:
             pass
@@ -320,7 +327,8 @@ class ReplyDelayProxy:
                 if pause > 0:
                     time.sleep(pause)
                 try:
-                    while self.pace and self.pacing and not state["pubsub"] and data:
+                    while (self.pace and self.pacing and not self.pace_requests and
+                           not state["pubsub"] and data):
                         dst.sendall(data[:self.pace[0]])
                         data = data[self.pace[0]:]
                         time.sleep(self.pace[1])

@@ -534,6 +534,19 @@ def test_12_signal_to_a_joiner_waits_for_its_joined(cluster, redis_server):
 
 
 @pytest.mark.single_redis("a reply-pacing proxy fronts one Redis; cluster redirects bypass it")
+def sample_readyz(node, interval):
+    """(statuses, stop event, task): the task appends node's /readyz status every interval
+    until the event is set (call from a running event loop)."""
+    from harness import http_get
+    ready, stop = [], asyncio.Event()
+
+    async def probe():
+        while not stop.is_set():
+            ready.append((await asyncio.to_thread(http_get, node.http + "/readyz"))[0])
+            await asyncio.sleep(interval)
+    return ready, stop, asyncio.create_task(probe())
+
+
 def test_12b_slow_redis_times_out_commands_not_the_connection(cluster, redis_server):
     """Redis answering, only slower than --redis-timeout-ms (a burst queued more than it does in
     that time; here a proxy lets its replies through 64 bytes every 10 ms): each command past
@@ -549,14 +562,7 @@ def test_12b_slow_redis_times_out_commands_not_the_connection(cluster, redis_ser
         async def main():
             clients = [await Client.connect(a.ws_url) for _ in range(40)]
             proxy.pacing = True
-            ready = []
-            stop = asyncio.Event()
-
-            async def probe():
-                while not stop.is_set():
-                    ready.append((await asyncio.to_thread(http_get, a.http + "/readyz"))[0])
-                    await asyncio.sleep(0.02)
-            prober = asyncio.create_task(probe())
+            ready, stop, prober = sample_readyz(a, 0.02)
             t0 = time.monotonic()
             sent = {}
             for i, c in enumerate(clients):
@@ -587,6 +593,49 @@ def test_12b_slow_redis_times_out_commands_not_the_connection(cluster, redis_ser
             t1 = time.monotonic()
             joined = await c.join("after")
             assert joined["type"] == "joined" and time.monotonic() - t1 < 0.4
+            for x in clients:
+                await x.close()
+        run(main())
+    finally:
+        stop_behind(cluster, proxy)
+
+
+def test_12c_slow_redis_does_not_fail_the_pubsub_probe(cluster, redis_server):
+    """A Redis slow to run what it is sent (requests reach it 32 bytes every 10 ms): the node's
+    pub/sub probe, a PUBLISH on the same command connection, waits behind the queued joins. Its
+    delivery is timed from the PUBLISH's reply, so the wait does not count as a dead
+    subscription: no probe timeout, no subscriber reconnect, /readyz 200 throughout. Before,
+    the clock started at the send: /readyz went 503 and the subscriber was dropped every ~0.5 s
+    (found in review)."""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0, pace=(32, 0.01), pace_requests=True)
+    try:
+        a = cluster.node("na", args=["--redis-timeout-ms", "400"], redis_url=proxy.url)
+
+        async def main():
+            clients = [await Client.connect(a.ws_url) for _ in range(120)]
+            await asyncio.sleep(1.0)
+            proxy.pacing = True
+            ready, stop, prober = sample_readyz(a, 0.05)
+            outcome = {}
+
+            async def one(i, c):
+                await c.send({"type": "join", "room": f"slow{i}", "rid": i})
+                outcome[i] = (await c.expect(None, timeout=8, rid=i))["type"]
+            tasks = []
+            for i, c in enumerate(clients):
+                tasks.append(asyncio.create_task(one(i, c)))
+                await asyncio.sleep(0.02)
+            await asyncio.gather(*tasks)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await prober
+            proxy.pacing = False
+            late = [i for i, t in outcome.items() if t == "error"]
+            assert late, outcome  # the pace did hold the queue past the timeout
+            log = a.proc.log()
+            assert "probe not delivered" not in log, log[-3000:]
+            assert set(ready) == {200}, ready
             for x in clients:
                 await x.close()
         run(main())
