@@ -11,7 +11,8 @@ WebSockets to the three nodes in turn (not through HAProxy, which admits 200 con
 every member with the next one in its room (a ring: PER_ROOM links per room); prints INFO memory
 used_memory summed over the primaries (replicas hold as much again) before, after the joins and
 after the links, and the differences per socket, per link and per room (less the replication
-backlog and client buffers, which do not grow with the sockets).
+backlog and client buffers, which do not grow with the sockets; with latency-tracking off and
+the stats reset on the primaries while it measures, see docs/deploy.md).
 """
 import asyncio
 import os
@@ -59,6 +60,13 @@ async def main(n, per_room):
     p = ports(os.environ["SB_CLUSTER_DIR"])
     rs = primaries(p)
     urls = [f"ws://127.0.0.1:{p[f'SB_NODE{i}_PORT']}/ws" for i in (1, 2, 3)]
+    # Redis 7 allocates a latency histogram (about 24.7 KB) the first time a process runs each
+    # command, kept until CONFIG RESETSTAT: a fixed cost per process that the joins would
+    # otherwise put on the sockets (3 times over on a cluster). Off while measuring.
+    tracking = [r.config_get("latency-tracking").get("latency-tracking", "yes") for r in rs]
+    for r in rs:
+        r.config_set("latency-tracking", "no")
+        r.config_resetstat()
     base = used(rs)
     clients = []
     for i in range(n):
@@ -86,6 +94,8 @@ async def main(n, per_room):
           f"per link {(linked - joined) / links:.0f} B")
     for c in clients:
         await c.close()
+    for r, t in zip(rs, tracking):
+        r.config_set("latency-tracking", t)
 
 
 if __name__ == "__main__":
