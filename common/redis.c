@@ -669,7 +669,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     sb_redis_t *r = rr->r;
     free(rr);
     r->resolving = 0;
-    /* Any attempt's answer will do: attempts started while it ran waited for it (connect_now). */
+    /* Any attempt's answer will do: attempts started while it ran waited for it (connect_now).
+     * One that lands while the client waits to retry (its attempt timed out: a DNS slower than
+     * the timeout) is used now; dropped, every retry's lookup met the same fate. */
+    if (r->state == ST_DOWN && status == 0 && res) {
+        r->drop_why = NULL;
+        r->state = ST_RESOLVING;
+    }
     if (r->state != ST_RESOLVING) {
         if (res)
             uv_freeaddrinfo(res);
@@ -687,6 +693,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     else
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
     uv_freeaddrinfo(res);
+    /* The connect gets its own timeout, not what the lookup left of the attempt's. */
+    r->attempt_deadline = sb_mono_ms() + r->o.timeout_ms;
     start_context(r, ip);
 }
 

@@ -286,3 +286,34 @@ def test_12_listen_address_in_use_exits_1(redis_server, tmp_path):
             assert f"cannot listen on {addr}: the address cannot be bound" in p.stderr, p.stderr
     finally:
         taken.close()
+
+
+@pytest.mark.single_redis("names one Redis by a host name")
+def test_13_a_slow_but_working_dns_answer_is_used(cluster, redis_server, tmp_path):
+    """A Redis named by a host whose lookups fail for a while (the retry backoff grows to 1 s)
+    and then answer, but slower than --redis-timeout-ms (700 ms against 500 ms;
+    tests/tools/slowdns.so, *.slowok.invalid): an answer that lands while the client waits to
+    retry is used at once, and the connect gets its own timeout. Before, every such answer was
+    dropped (the attempt it belonged to had timed out) and each retry started a lookup that met
+    the same fate: the node never connected (found in review)."""
+    from harness import BUILD
+    log, ok = tmp_path / "dns.log", tmp_path / "ok"
+    env = {"LD_PRELOAD": os.path.join(BUILD, "tests", "tools", "slowdns.so"),
+           "SB_SLOWDNS_LOG": str(log), "SB_SLOWDNS_OK_MS": "700", "SB_SLOWDNS_OK_FILE": str(ok),
+           "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0"}
+    na = cluster.node("na", redis_url=f"redis://seed.slowok.invalid:{redis_server.port}",
+                      env=env, args=["--redis-timeout-ms", "500"], wait=False)
+    time.sleep(6)  # the name does not resolve: the client backs off to 1 s between tries
+    assert log.read_text().split().count("fail") >= 3
+    ok.write_text("")
+    t0 = time.monotonic()
+    wait_for(lambda: http_get(na.http + "/readyz", timeout=0.5)[0] == 200, 6, 0.05,
+             "ready once the name resolves, slowly")
+    print(f"ready {time.monotonic() - t0:.2f} s after the name resolves;",
+          log.read_text().split().count("ok"), "answers")
+
+    async def main():
+        a = await Client.connect(na.ws_url)
+        await a.join("after-the-dns")
+        await a.close()
+    asyncio.run(main())
