@@ -982,6 +982,11 @@ int sb_cluster_slot_up(const sb_cluster_t *c, unsigned slot)
     return slot < SB_SLOTS && c->owner[slot] && sb_redis_up(c->owner[slot]->cmd);
 }
 
+int64_t sb_cluster_slot_lag_ms(const sb_cluster_t *c, unsigned slot)
+{
+    return slot < SB_SLOTS && c->owner[slot] ? sb_redis_lag_ms(c->owner[slot]->cmd) : 0;
+}
+
 int sb_cluster_holes(const sb_cluster_t *c, int *first)
 {
     int n = 0;

@@ -112,6 +112,8 @@ int sb_cluster_partly_up(const sb_cluster_t *c);
 
 /* 1 when slot's primary is known and connected (commands for it can be sent). */
 int sb_cluster_slot_up(const sb_cluster_t *c, unsigned slot);
+/* sb_redis_lag_ms of the command connection to slot's primary (0 when none). */
+int64_t sb_cluster_slot_lag_ms(const sb_cluster_t *c, unsigned slot);
 
 /* Number of slots no primary serves (SB_SLOTS before the first map); *first gets the lowest. */
 int sb_cluster_holes(const sb_cluster_t *c, int *first);

@@ -849,6 +849,11 @@ int sb_redis_up(const sb_redis_t *r)
     return r->state == ST_UP;
 }
 
+int64_t sb_redis_lag_ms(const sb_redis_t *r)
+{
+    return r->state == ST_UP && r->head ? sb_mono_ms() - r->head->started_ms : 0;
+}
+
 int sb_redis_pending(const sb_redis_t *r)
 {
     return r->npending;

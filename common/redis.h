@@ -57,6 +57,10 @@ sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts);
 
 /* 1 when connected and AUTH/SELECT done. */
 int sb_redis_up(const sb_redis_t *r);
+/* How long the oldest command still waiting for its reply has waited, in ms (0: none, or not
+ * connected): how far Redis runs behind on this connection. Commands answered "timeout" count
+ * until their late reply came, since Redis still runs them. */
+int64_t sb_redis_lag_ms(const sb_redis_t *r);
 
 /* Sends a command. Returns 0 and calls cb exactly once later, or returns SB_EUNAVAIL when not
  * connected (cb is never called). cb may be NULL (fire and forget). */

@@ -138,6 +138,10 @@ char *sb_metrics_render(sb_node_t *n, size_t *len)
                  &m->redis_latency);
     sb_prom_counter(&p, "switchboard_node_pubsub_resyncs_total",
                     "Rooms re-read after a gap or reconnect.", (long long)m->resyncs);
+    sb_prom_counter(&p, "switchboard_node_redis_behind_refusals_total",
+                    "Requests answered unavailable unsent: Redis ran behind by more than the "
+                    "timeout.",
+                    (long long)m->redis_shed);
     sb_prom_printf(&p,
                    "# HELP switchboard_build_info Build version.\n"
                    "# TYPE switchboard_build_info gauge\n"

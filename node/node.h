@@ -123,6 +123,7 @@ typedef enum { SB_SHED_SOCKET, SB_SHED_BUDGET, SB_SHED_STALL, SB_SHED__COUNT } s
 typedef struct {
     uint64_t received[SB_MSG__COUNT];
     uint64_t sent, resyncs;
+    uint64_t redis_shed; /* requests refused while Redis ran behind (need_redis) */
     uint64_t sheds[SB_SHED__COUNT];
     sb_map_t errors; /* code -> (uintptr_t) count */
     sb_map_t closes; /* code text -> count */

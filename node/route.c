@@ -420,10 +420,27 @@ static void send_failure(sb_session_t *s, const char *what, redisReply *reply, c
  * client is told `unavailable`. */
 static int need_redis(sb_session_t *s, const char *room, json_t *rid)
 {
-    if (sb_cluster_slot_up(s->node->db, sb_crc16(room, strlen(room)) & (SB_SLOTS - 1)))
-        return 1;
-    send_unavailable(s, rid);
-    return 0;
+    sb_node_t *n = s->node;
+    unsigned slot = sb_crc16(room, strlen(room)) & (SB_SLOTS - 1);
+    if (!sb_cluster_slot_up(n->db, slot)) {
+        send_unavailable(s, rid);
+        return 0;
+    }
+    /* Redis runs behind by more than the timeout (the oldest command on the connection waited
+     * that long): a request sent now would wait longer still, be answered `unavailable` on its
+     * timer, and run in Redis all the same, adding to the queue (a join told `unavailable` that
+     * made its socket a member anyway). Refused before it is sent. The node's own upkeep
+     * (presence, lease, probe) does not come through here and is never refused. */
+    int64_t lag = sb_cluster_slot_lag_ms(n->db, slot);
+    if (lag > n->cfg.redis_timeout_ms) {
+        n->metrics.redis_shed++;
+        sb_warn_limited("redis runs %lld ms behind: requests refused as unavailable until it "
+                        "catches up",
+                        (long long)lag);
+        sb_session_send_error(s, "unavailable", "Redis is behind; retry later", rid);
+        return 0;
+    }
+    return 1;
 }
 
 /* A growable text buffer for frames built as text. On allocation failure `failed` is set and

@@ -207,7 +207,8 @@ def test_10_metrics_names_and_counts(cluster):
                  "switchboard_node_errors_total", "switchboard_node_closes_total",
                  "switchboard_node_send_queue_bytes", "switchboard_node_redis_up",
                  "switchboard_node_redis_command_duration_seconds_bucket",
-                 "switchboard_node_pubsub_resyncs_total", "switchboard_build_info"]:
+                 "switchboard_node_pubsub_resyncs_total",
+                 "switchboard_node_redis_behind_refusals_total", "switchboard_build_info"]:
         assert f"\n{name}" in text, name
         assert f"# TYPE {name.replace('_bucket', '')} " in text, name
     m = a.metrics()
