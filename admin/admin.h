@@ -100,6 +100,9 @@ struct sb_admin {
     int nodes_primed;     /* known_nodes was filled once (no node-up for those) */
     /* reap.c */
     sb_map_t reaping; /* node id -> reap in progress */
+    /* Called when a reap marked a session away (main.c wires grace.c's sweep to it, so that
+     * reap.c, which the sweep uses, does not call up into it), or NULL. */
+    void (*on_marked_away)(sb_admin_t *a);
     /* grace.c */
     uv_timer_t grace_timer;       /* the earliest away deadline still ahead */
     struct sb_grace *grace_sweep; /* the sweep in progress, or NULL */

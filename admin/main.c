@@ -123,6 +123,7 @@ int main(int argc, char **argv)
         return 1;
     }
     sb_grace_start(a);
+    a->on_marked_away = sb_grace_kick;
     sb_lease_start(a);
     uv_signal_init(&loop, &a->sigint);
     uv_signal_init(&loop, &a->sigterm);

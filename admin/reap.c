@@ -49,8 +49,8 @@ static void on_socket_removed(redisReply *reply, const char *error, void *data)
              * marked away now (its client may resume elsewhere): both keep the node listed
              * until its index drains; "gone": already reaped */
             status = strcmp(st, "live") == 0 || strcmp(st, "away") == 0 ? 2 : 0;
-            if (strcmp(st, "away") == 0)
-                sb_grace_kick(s->a); /* its deadline joins the grace timer */
+            if (strcmp(st, "away") == 0 && s->a->on_marked_away)
+                s->a->on_marked_away(s->a); /* its deadline joins the grace timer */
         }
     }
     s->cb(s->a, status, links, s->data);

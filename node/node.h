@@ -175,7 +175,7 @@ struct sb_node {
     unsigned char *turn_secret;
     size_t turn_secret_len;
     uv_timer_t heartbeat, sweep;
-    uv_timer_t loss_timer; /* presence.c: the full resync once a data loss's grace ends */
+    uv_timer_t loss_timer; /* the full resync once a data loss's grace ends (route.c starts it) */
     uv_signal_t sigint, sigterm;
     int64_t started_ms;
     int64_t loss_grace_until_ms; /* after a data loss: resyncs only add until then */
@@ -281,8 +281,10 @@ void sb_route_pj_free(sb_node_t *n);
 
 /* Periodic: gap timeouts, held signals, token timeouts, resume graces that ended. */
 void sb_route_sweep(sb_node_t *n, int64_t now_ms);
-/* Re-reads every room (pub/sub reconnected, or a data loss's grace ended). */
-void sb_route_resync_all(sb_node_t *n);
+/* After a data loss: resyncs add members only until a heartbeat (+200 ms) from now, then every
+ * room is read in full (n->loss_timer). Again when the last refused re-assert of ours went
+ * through (the other nodes' are sent again at their heartbeats). */
+void sb_route_loss_grace(sb_node_t *n);
 /* Frees the grace timers of sockets marked away (at exit; the admin expires what is left). */
 void sb_route_away_free(sb_node_t *n);
 /* Drops the sweep list's references to rooms (at exit). */
@@ -329,10 +331,6 @@ void sb_presence_heartbeat_now(sb_node_t *n);
  * re-asserts our sockets there and the lease, then resyncs every room once the other nodes had
  * a heartbeat to do the same. why is for the log. */
 void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char *why);
-/* After a data loss: resyncs add members only until a heartbeat (+200 ms) from now, then every
- * room is read in full. Again when the last refused re-assert of ours went through (the other
- * nodes' are sent again at their heartbeats). */
-void sb_presence_loss_grace(sb_node_t *n);
 /* The pub/sub probe: sends one every 500 ms to our home channel and drops its connection when
  * one is not back within the Redis timeout (called from the sweep). */
 void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms);

@@ -72,13 +72,6 @@ static void on_lease(redisReply *reply, const char *error, void *data)
 
 /* ---- data loss: re-assert ---------------------------------------------------------------- */
 
-static void on_loss_timer(uv_timer_t *t)
-{
-    sb_node_t *n = t->data;
-    sb_info("resyncing every room after Redis data loss");
-    sb_route_resync_all(n);
-}
-
 void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char *why)
 {
     int count = sb_route_reassert(n, slots);
@@ -87,17 +80,7 @@ void sb_presence_data_lost(sb_node_t *n, const unsigned char *slots, const char 
             why, count);
     if (write_lease(n, on_lease, n) != 0)
         n->lease_ok = 0;
-    sb_presence_loss_grace(n);
-}
-
-void sb_presence_loss_grace(sb_node_t *n)
-{
-    /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
-     * notice (on reconnect, or at their next heartbeat at the latest), and a re-assert Redis
-     * refused is sent again at the next heartbeat; a resync before then would tell clients
-     * their peers left. */
-    n->loss_grace_until_ms = sb_mono_ms() + n->cfg.heartbeat_ms + 200;
-    uv_timer_start(&n->loss_timer, on_loss_timer, (uint64_t)n->cfg.heartbeat_ms + 200, 0);
+    sb_route_loss_grace(n);
 }
 
 /* ---- instance ---------------------------------------------------------------------------- */

@@ -982,12 +982,30 @@ static void resync_room(room_t *r, void *arg)
     run(r, acts);
 }
 
-void sb_route_resync_all(sb_node_t *n)
+/* Re-reads every room (the grace after a data loss ended). */
+static void resync_all(sb_node_t *n)
 {
     sb_acts_t acts;
     sb_acts_init(&acts);
     each_room(n, resync_room, &acts);
     sb_acts_free(&acts);
+}
+
+static void on_loss_timer(uv_timer_t *t)
+{
+    sb_node_t *n = t->data;
+    sb_info("resyncing every room after Redis data loss");
+    resync_all(n);
+}
+
+void sb_route_loss_grace(sb_node_t *n)
+{
+    /* Why wait a heartbeat before resyncing: the other nodes re-assert their sockets when they
+     * notice (on reconnect, or at their next heartbeat at the latest), and a re-assert Redis
+     * refused is sent again at the next heartbeat; a resync before then would tell clients
+     * their peers left. */
+    n->loss_grace_until_ms = sb_mono_ms() + n->cfg.heartbeat_ms + 200;
+    uv_timer_start(&n->loss_timer, on_loss_timer, (uint64_t)n->cfg.heartbeat_ms + 200, 0);
 }
 
 typedef struct {
@@ -2341,7 +2359,7 @@ static void on_asserted(redisReply *reply, const char *error, void *data)
     else if (s->seat && s->seat->reassert) {
         seat_reassert(s->seat, 0);
         if (s->node->reasserts_unconfirmed == 0)
-            sb_presence_loss_grace(s->node);
+            sb_route_loss_grace(s->node);
     }
     sb_session_unref(s);
 }
