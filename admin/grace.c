@@ -34,6 +34,7 @@ typedef struct sb_grace {
     int64_t now_ms;   /* wall clock at the start (deadlines are Redis's wall clock) */
     int64_t next_ms;  /* the earliest deadline seen that is not due yet, or INT64_MAX */
     int full;         /* a bucket had more entries than were read */
+    int early;        /* a due entry answered "live": Redis's clock behind ours */
 } sweep_t;
 
 static void sweep(sb_admin_t *a);
@@ -56,7 +57,7 @@ static void done(sweep_t *g)
     a->grace_sweep = NULL;
     if (!a->stopping) {
         int64_t delay = -1;
-        if (g->full || a->grace_again)
+        if (g->full || g->early || a->grace_again)
             delay = GRACE_MIN_DELAY_MS;
         else if (g->next_ms != INT64_MAX)
             delay = g->next_ms + GRACE_SLACK_MS - sb_now_ms();
@@ -81,6 +82,8 @@ static void on_reaped(sb_admin_t *a, int status, int64_t links, void *data)
 {
     (void)a;
     sweep_t *g = data;
+    if (status == 2)
+        g->early = 1; /* its presence key has not lapsed yet by Redis's clock: again soon */
     if (sb_batch_reaped(&g->batch, status, links))
         done(g);
 }

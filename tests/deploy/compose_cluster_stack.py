@@ -52,9 +52,13 @@ def owner(slot, service=None):
     return next(p for lo, hi, p in slot_map(service) if lo <= slot <= hi)
 
 
-def room_on(primary, prefix):
+def room_on(primary, prefix, smap):
+    """The first room name prefix0, prefix1, ... whose slot primary serves in smap (a slot_map():
+    read once, since each read runs docker inspect per container, which took seconds here)."""
+    def served_by(slot):
+        return next(p for lo, hi, p in smap if lo <= slot <= hi)
     i = 0
-    while owner(keyspace.keyslot("{" + f"{prefix}{i}" + "}")) != primary:
+    while served_by(keyspace.keyslot("{" + f"{prefix}{i}" + "}")) != primary:
         i += 1
     return f"{prefix}{i}"
 
@@ -93,11 +97,15 @@ def pairs_on_every_primary(clients, prefix):
         by_node = {}
         for c in clients:
             by_node.setdefault(c.node, []).append(c)
-        primaries = sorted({p for _, _, p in slot_map()})
+        smap = slot_map()
+        primaries = sorted({p for _, _, p in smap})
         assert len(primaries) == 3
+        # Every room name first: the nodes close a socket that has not joined within
+        # --join-timeout-ms (30 s), and a slot_map() per candidate name took longer than that
+        # on a slow engine (one socket of the six was closed 4001 before its turn came).
+        rooms = [room_on(p, f"{prefix}{i}-", smap) for i, p in enumerate(primaries)]
         out = {}
-        for i, p in enumerate(primaries):
-            room = room_on(p, f"{prefix}{i}-")
+        for i, (p, room) in enumerate(zip(primaries, rooms)):
             a = by_node[sorted(NODES)[i]][0]
             b = by_node[sorted(NODES)[(i + 1) % 3]][1]
             assert (await a.join(room))["peers"] == []

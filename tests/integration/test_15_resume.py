@@ -375,6 +375,42 @@ def test_09b_the_admin_ends_a_grace_at_its_deadline_not_at_its_next_pass(cluster
     asyncio.run(main())
 
 
+def test_09c_a_grace_the_admin_ends_early_is_tried_again_soon(cluster, redis_server):
+    """The admin's clock runs ahead of Redis's (here: the away entry's deadline, which
+    room_remove checks by Redis's clock, is moved 1 s later than the deadline index the admin
+    reads, as if Redis's clock were 1 s behind): its timer's removal finds the grace not over
+    (`live`) and is tried again every 250 ms, not at the next pass (30 s away), so peer-left
+    comes about a second after the grace."""
+    grace = 1.5
+    args = FAST + ["--resume-grace-ms", str(int(grace * 1000))]
+    n1, n2 = cluster.node("n1", args=args), cluster.node("n2", args=args)
+    admin = cluster.admin(args=["--reconcile-interval-ms", "30000"])
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+        assert admin.mesh()["p2p_links"] == 1
+        n1.proc.kill()
+        n1.killed = True
+        deadline = time.monotonic() + 6
+        while not any(x.get("type") == "peer-away" for x in b.seen):
+            assert time.monotonic() < deadline, "no peer-away within 6 s"
+            admin.mesh()  # reaps n1 once its lease lapsed: a is marked away
+            await asyncio.sleep(0.1)
+        t_away = time.monotonic()
+        entry = r.hget("sb:{R}:away", a.id).split()
+        r.hset("sb:{R}:away", a.id, " ".join([str(int(entry[0]) + 1000)] + entry[1:]))
+        left = await b.expect("peer-left", id=a.id, timeout=6)
+        took = time.monotonic() - t_away
+        print(f"peer-left {took:.2f} s after peer-away (grace {grace} s, Redis's deadline +1 s)")
+        assert left["reason"] == "disconnect"
+        assert grace + 0.6 < took < grace + 2.5, took
+        assert admin.mesh()["away_sockets"] == 0
+        consistent(r)
+        await b.close()
+    asyncio.run(main())
+
+
 def test_10_resume_after_redis_restarted_empty(cluster, redis_server):
     """After a data loss the nodes re-assert their sockets with their resume records, so a
     socket lost afterwards still gets its grace and its token still works."""
