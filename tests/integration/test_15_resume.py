@@ -338,19 +338,16 @@ def test_09_dead_node_sockets_go_away_then_the_admin_ends_the_grace(cluster, red
     asyncio.run(main())
 
 
-def test_09b_the_admin_ends_a_grace_at_its_deadline_not_at_its_next_pass(cluster, redis_server):
-    """The admin removes a dead node's away socket when its grace ends (a timer for the earliest
-    deadline of the buckets' P:{T}:away index), not when a later pass finds its presence key
-    lapsed: with passes 30 s apart, peer-left comes about one grace after peer-away. The mark
-    comes from mesh-status, which reaps lapsed nodes before it reads."""
-    grace = 1.5
+def dead_node_with_an_away_socket(cluster, grace):
+    """Two nodes with a grace of `grace` s and an admin whose passes are 30 s apart. start()
+    links a (n1) and b (n2), kills n1 with kill -9 and reads mesh-status (which reaps lapsed
+    nodes first) until b hears peer-away: (a, b, when b heard it)."""
     args = FAST + ["--resume-grace-ms", str(int(grace * 1000))]
     n1, n2 = cluster.node("n1", args=args), cluster.node("n2", args=args)
     admin = cluster.admin(args=["--reconcile-interval-ms", "30000"])
-    r = redis_server.client()
 
-    async def main():
-        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
+    async def start():
+        a, b, _ = await linked_pair(n1.ws_url, n2.ws_url)
         assert admin.mesh()["p2p_links"] == 1
         n1.proc.kill()
         n1.killed = True
@@ -359,7 +356,21 @@ def test_09b_the_admin_ends_a_grace_at_its_deadline_not_at_its_next_pass(cluster
             assert time.monotonic() < deadline, "no peer-away within 6 s"
             admin.mesh()  # reaps n1 once its lease lapsed: a is marked away
             await asyncio.sleep(0.1)
-        t_away = time.monotonic()
+        return a, b, time.monotonic()
+    return n1, admin, start
+
+
+def test_09b_the_admin_ends_a_grace_at_its_deadline_not_at_its_next_pass(cluster, redis_server):
+    """The admin removes a dead node's away socket when its grace ends (a timer for the earliest
+    deadline of the buckets' P:{T}:away index), not when a later pass finds its presence key
+    lapsed: with passes 30 s apart, peer-left comes about one grace after peer-away. The mark
+    comes from mesh-status, which reaps lapsed nodes before it reads."""
+    grace = 1.5
+    n1, admin, start = dead_node_with_an_away_socket(cluster, grace)
+    r = redis_server.client()
+
+    async def main():
+        a, b, t_away = await start()
         left = await b.expect("peer-left", id=a.id, timeout=6)
         took = time.monotonic() - t_away
         assert left["reason"] == "disconnect"
@@ -382,22 +393,11 @@ def test_09c_a_grace_the_admin_ends_early_is_tried_again_soon(cluster, redis_ser
     (`live`) and is tried again every 250 ms, not at the next pass (30 s away), so peer-left
     comes about a second after the grace."""
     grace = 1.5
-    args = FAST + ["--resume-grace-ms", str(int(grace * 1000))]
-    n1, n2 = cluster.node("n1", args=args), cluster.node("n2", args=args)
-    admin = cluster.admin(args=["--reconcile-interval-ms", "30000"])
+    n1, admin, start = dead_node_with_an_away_socket(cluster, grace)
     r = redis_server.client()
 
     async def main():
-        a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)
-        assert admin.mesh()["p2p_links"] == 1
-        n1.proc.kill()
-        n1.killed = True
-        deadline = time.monotonic() + 6
-        while not any(x.get("type") == "peer-away" for x in b.seen):
-            assert time.monotonic() < deadline, "no peer-away within 6 s"
-            admin.mesh()  # reaps n1 once its lease lapsed: a is marked away
-            await asyncio.sleep(0.1)
-        t_away = time.monotonic()
+        a, b, t_away = await start()
         entry = r.hget("sb:{R}:away", a.id).split()
         r.hset("sb:{R}:away", a.id, " ".join([str(int(entry[0]) + 1000)] + entry[1:]))
         left = await b.expect("peer-left", id=a.id, timeout=6)
