@@ -2386,8 +2386,8 @@ static int reassert_one(sb_node_t *n, sb_session_t *s, const char *room, const c
     }
     if (t->nhalves && t->room->pj) {
         /* The other nodes re-assert theirs within their heartbeat of noticing the loss;
-         * twice the presence TTL bounds that (a node slower than its TTL is taken for
-         * dead). */
+         * twice the presence TTL bounds that (a node that re-asserts later leaves such a link
+         * uncounted until a new ANSWER: docs/peerjs.md). */
         t->room->relink_until_ms = sb_mono_ms() + 2 * (int64_t)n->cfg.presence_ttl_ms;
     }
     int nargs = 10 + t->nhalves;
