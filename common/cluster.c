@@ -30,6 +30,7 @@ typedef struct primary {
     int port;
     char *id;
     char run_id[48];
+    int info_due; /* INFO was answered "timeout": re-sent by on_tick while connected */
     int nslots;
     sb_redis_t *cmd;
     sb_redis_t *sub; /* created for the first channel on this shard */
@@ -384,6 +385,13 @@ static void fire_topology(sb_cluster_t *c, const unsigned char *bits, const char
 static void on_info(redisReply *reply, const char *error, void *data)
 {
     primary_t *p = data;
+    if (error && strcmp(error, "timeout") == 0) {
+        /* Answered "timeout" by the connection's timer (Redis ran behind, or the connection
+         * is being dropped as hung: p lives on either way; only "closing" frees it). Without
+         * a run id a later restart of this server would go unnoticed: ask again. */
+        p->info_due = 1;
+        return;
+    }
     if (error || !reply || reply->type != REDIS_REPLY_STRING)
         return; /* the connection is going (or gone): p may be about to be freed */
     const char *r = strstr(reply->str, "run_id:");
@@ -416,6 +424,7 @@ static void on_cmd_up(sb_redis_t *r, void *data)
     /* Every script on every primary as it comes up: a failover or restart lands on a server
      * whose script cache is empty, and a NOSCRIPT retry costs a round trip. */
     sb_scripts_load_all(r);
+    p->info_due = 0;
     sb_redis_command(r, on_info, p, "INFO server");
     check_state(p->c);
 }
@@ -837,6 +846,13 @@ static void on_tick(uv_timer_t *t)
     int64_t now = sb_mono_ms();
     if (c->cluster && !c->refreshing && now >= c->refresh_at)
         refresh_now(c);
+    for (int i = 0; i < c->nprim; i++) {
+        primary_t *p = c->prim[i];
+        if (p->info_due && sb_redis_up(p->cmd)) {
+            p->info_due = 0;
+            sb_redis_command(p->cmd, on_info, p, "INFO server");
+        }
+    }
     /* Delayed retries: take the list, then put back what must wait longer. */
     req_t *list = c->delayed;
     c->delayed = NULL;

@@ -352,6 +352,38 @@ def test_06_single_redis_same_api(tmp_path, probes):
         r.stop()
 
 
+def test_06b_info_answered_timeout_is_asked_again(tmp_path, probes):
+    """The run id (how a restart is told, test_06) comes from the INFO sent when the connection
+    comes up, behind the SCRIPT LOAD of every script. A Redis slow to run what it is sent
+    (requests reach it 512 bytes every 10 ms: the loads, about 200 KB, take about 4 s, with a
+    reply every half second or sooner) answers the INFO past the probe's 2 s timeout while the connection stays up: it
+    is answered "timeout". It is asked again until known; before, the run id stayed unknown
+    for the life of the connection and a restart of that server went unnoticed."""
+    from harness import ReplyDelayProxy
+    r = RedisServer(str(tmp_path))
+    proxy = ReplyDelayProxy(r.port, 0, pace=(512, 0.01), pace_requests=True)
+    try:
+        real = r.client().info("server")["run_id"]
+        r.client().config_resetstat()
+        proxy.pacing = True
+        p = probes(proxy.url)
+        p.wait_up()
+        # The loads are still running when the first INFO times out ...
+        wait_for(lambda: p.state()["primaries"][0]["run_id"] == real, 15, interval=0.2,
+                 msg="run id known after the INFO timed out")
+        # ... and that INFO did time out: the probe sent it again (this test's own INFO
+        # commandstats is counted once it has run).
+        stats = r.client().info("commandstats")
+        assert stats["cmdstat_info"]["calls"] >= 2, stats["cmdstat_info"]
+        assert stats["cmdstat_script|load"]["calls"] >= 10
+        assert p.state()["up"]
+        proxy.pacing = False
+        p.quit()
+    finally:
+        proxy.stop()
+        r.stop()
+
+
 def test_07_uncovered_slot_fails_only_that_slot_clusterdown_fails_all(rc, probes):
     p = probes(rc.url)
     p.wait_up()
