@@ -82,7 +82,8 @@ int sb_redis_subscribed(const sb_redis_t *r, const char *channel);
  * Safe from any callback, including this client's own reply callbacks. */
 void sb_redis_drop(sb_redis_t *r, const char *why);
 
-/* Number of commands awaiting a reply. */
+/* Number of commands awaiting a reply, those already answered "timeout" left out: their callback
+ * has run and their late reply will be dropped, so a drain need not wait for them. */
 int sb_redis_pending(const sb_redis_t *r);
 
 /* Stops for good: pending callbacks get "closing", no reconnect; the struct is freed once its

@@ -384,6 +384,39 @@ def test_06b_info_answered_timeout_is_asked_again(tmp_path, probes):
         r.stop()
 
 
+def test_06c_commands_answered_timeout_are_not_pending(tmp_path, probes):
+    """A node's drain waits until no command awaits a reply (sb_cluster_pending). A command
+    already answered "timeout" has had its callback; its late reply is dropped. It is no longer
+    counted, so a drain does not wait for it up to its deadline. Here 40 GETs queue behind the
+    SCRIPT LOADs on a Redis paced to about 25 KB/s (the loads take about 8 s): all 40 are
+    answered "timeout" after the probe's 2 s while still in flight, and the pending count is
+    then what is left of the loads and the INFO (at most 16); before, it counted the 40 too."""
+    from harness import ReplyDelayProxy
+    r = RedisServer(str(tmp_path))
+    proxy = ReplyDelayProxy(r.port, 0, pace=(256, 0.01), pace_requests=True)
+    try:
+        proxy.pacing = True
+        p = probes(proxy.url)
+        p.wait_up()
+        for i in range(40):
+            p.send(f"cmd g{i} k{i} GET k{i}")
+        for i in range(40):
+            o = p.wait(lambda o, i=i: o.get("id") == f"g{i}", 10, msg=f"g{i} answered")
+            assert "timeout" in o.get("error", ""), o
+        st = p.state()
+        assert st["up"], st
+        assert st["pending"] <= 16, st["pending"]
+        # Still in flight: Redis runs them once the loads are through.
+        wait_for(lambda: r.client().info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+                 == 40, 20, interval=0.2, msg="the 40 GETs ran")
+        proxy.pacing = False
+        wait_for(lambda: p.state()["pending"] == 0, 5, msg="nothing pending")
+        p.quit()
+    finally:
+        proxy.stop()
+        r.stop()
+
+
 def test_07_uncovered_slot_fails_only_that_slot_clusterdown_fails_all(rc, probes):
     p = probes(rc.url)
     p.wait_up()

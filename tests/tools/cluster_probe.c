@@ -5,7 +5,7 @@
  *   script ID NKEYS ARG... the probe's script (INCRBY KEYS[1] ARGV[1], returns the value)
  *   pub ID CHANNEL PAYLOAD SPUBLISH                          -> {"id":ID,"reply":N}
  *   sub CHANNEL | unsub CHANNEL
- *   state                  -> {"state":{"up":..,"holes":..,"primaries":[...]}}
+ *   state                  -> {"state":{"up":..,"holes":..,"pending":..,"primaries":[...]}}
  *   owner SLOT             -> {"owner":"host:port"} (or null)
  *   refresh | quit
  * Events: {"event":"state"|"topology"|"message"|"subscribed", ...}. Arguments are single
@@ -145,9 +145,9 @@ static void print_state(probe_t *p)
                   (json_int_t)st.ask, "tryagain", (json_int_t)st.tryagain, "noscript",
                   (json_int_t)st.noscript, "clusterdown", (json_int_t)st.clusterdown, "map_reads",
                   (json_int_t)st.map_reads, "map_changes", (json_int_t)st.map_changes);
-    emit(json_pack("{s:{s:b,s:b,s:i,s:i,s:o,s:o}}", "state", "up", sb_cluster_up(p->c), "cluster",
-                   sb_cluster_is_cluster(p->c), "holes", holes, "first_hole", first, "primaries",
-                   prims, "stats", stats));
+    emit(json_pack("{s:{s:b,s:b,s:i,s:i,s:i,s:o,s:o}}", "state", "up", sb_cluster_up(p->c),
+                   "cluster", sb_cluster_is_cluster(p->c), "holes", holes, "first_hole", first,
+                   "pending", sb_cluster_pending(p->c), "primaries", prims, "stats", stats));
 }
 
 static void on_closed(uv_handle_t *h)
