@@ -58,6 +58,12 @@ if existing then
     -- done it: nothing changes, nothing is counted twice.
     if node_of(existing) == N and redis.call('EXISTS', presence) == 1 then
         redis.call('PEXPIRE', presence, ttl)
+        -- The node made a new resume token for the retry and gave the client that one (the
+        -- first one's hash is what the timed-out call stored, and nobody holds that token):
+        -- without this, every later check of S's hash (leave, session_away, resume) fails.
+        if (ARGV[9] or '') ~= '' then
+            set_resume(S, ARGV[9], ARGV[10] or '', ARGV[11] or '', ARGV[12] or '0')
+        end
         return snapshot(tonumber(redis.call('HGET', base .. 'stats', 'seq') or '0'))
     end
     return {'exists'}

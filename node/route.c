@@ -1285,8 +1285,9 @@ static void on_joined(redisReply *reply, const char *error, void *data)
     sb_node_t *n = s->node;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
     if (s->closed) {
-        /* Closed while the join was in flight: the join went through, so undo it. */
-        if (status && strcmp(status, "ok") == 0)
+        /* Closed while the join was in flight: the join went through, or timed out and may
+         * still run (the removal queues behind it on the slot's connection), so undo it. */
+        if ((status && strcmp(status, "ok") == 0) || error)
             remove_later(s, q->room, "disconnect");
         req_free(q);
         return;
@@ -1463,6 +1464,28 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         join_failed(q);
 }
 
+static int reassert_one(sb_node_t *n, sb_session_t *s, const char *room, const char *ttl);
+
+/* A "gone" answer (the script found s's presence missing) while s's re-assert after a data loss
+ * has not been confirmed: its key was lost with the data, not reaped. Re-asserted again, and the
+ * request is answered `unavailable` (the client retries it once the re-assert went through);
+ * 1. Otherwise 0: a reaping (rule 1). */
+static int lost_not_reaped(sb_session_t *s, json_t *rid)
+{
+    sb_node_t *n = s->node;
+    const char *room = sb_route_present_room(s);
+    if (!room || !s->seat->reassert || sb_mono_ms() >= n->reassert_until_ms)
+        return 0;
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
+    sb_info_limited("session %s: request found its presence missing after a data loss: "
+                    "re-asserting it again",
+                    s->id);
+    reassert_one(n, s, room, ttl);
+    send_unavailable(s, rid);
+    return 1;
+}
+
 static void on_left(redisReply *reply, const char *error, void *data)
 {
     req_t *q = data;
@@ -1490,7 +1513,9 @@ static void on_left(redisReply *reply, const char *error, void *data)
         text_send(s, &b);
         sb_info_limited("session %s: left room %s", s->id, q->room);
     } else if (status && strcmp(status, "gone") == 0) {
-        expire_seat(s, 1, "while leaving");
+        t->state = SEAT_JOINED; /* for lost_not_reaped, and as it was if that holds */
+        if (!lost_not_reaped(s, q->rid))
+            expire_seat(s, 1, "while leaving");
     } else {
         /* Still in the room, unless its own left event already took it out of the view. */
         t->state = t->room ? SEAT_JOINED : SEAT_IDLE;
@@ -1897,7 +1922,12 @@ static void on_link_set(redisReply *reply, const char *error, void *data)
     } else if (status && strcmp(status, "peer-not-found") == 0) {
         sb_session_send_error(s, "peer-not-found", "no such peer in the room", q->rid);
     } else if (status && strcmp(status, "gone") == 0) {
-        expire_seat(s, 1, "(link refused)");
+        if (!lost_not_reaped(s, q->rid)) {
+            if (sb_route_present_room(s))
+                sb_route_reaped(s); /* as when a presence refresh finds the key gone */
+            else
+                expire_seat(s, 1, "(link refused)");
+        }
     } else {
         send_failure(s, "link", reply, error, q->rid);
     }
@@ -1971,6 +2001,7 @@ static void resume_undo(sb_session_t *s)
     free(t->fresh_id);
     t->fresh_id = NULL;
     t->resuming = 0;
+    t->used = 0; /* nothing else was asked on this socket: the client may try again */
     token_clear(t);
     queued_clear(t);
 }
@@ -2122,6 +2153,12 @@ static void on_resumed(redisReply *reply, const char *error, void *data)
                 sb_log_limited(SB_LOG_ERROR, "session %s: resume failed: %s", s->id, reply->str);
             resume_failed(s, "retry", "the session cannot be resumed now: retry", q->rid);
         }
+        /* A resume we gave up on (timeout) may still have run: the session is then this node's,
+         * with the hash of a next token nobody got, and no socket holds it. It goes away (its
+         * grace, peer-away) instead of looking present until its presence lapses; session_away
+         * refuses if it had not run (as for a PeerJS claim). */
+        if (error)
+            go_away(s, q->room, q->peer, q->hash);
         req_free(q);
         return;
     }
@@ -2207,6 +2244,14 @@ static void route_resume(sb_session_t *s, const sb_msg_t *m)
     }
     if (!n->db_up || sb_resume_hash(m->resume, hash) != 0) {
         resume_failed(s, "retry", "Redis is unreachable: retry", m->rid);
+        return;
+    }
+    /* As need_redis: sent into a Redis already behind, it would be answered on its timer and
+     * run anyway, spending the token. */
+    unsigned slot = sb_crc16(m->room, strlen(m->room)) & (SB_SLOTS - 1);
+    if (sb_cluster_slot_lag_ms(n->db, slot) > n->cfg.redis_timeout_ms) {
+        n->metrics.redis_shed++;
+        resume_failed(s, "retry", "Redis is behind: retry", m->rid);
         return;
     }
     room_t *r = room_get(n, m->room);

@@ -121,6 +121,20 @@ def test_02_redis_restarted_empty_state_is_reasserted(cluster, redis_server):
 
 
 @pytest.mark.single_redis("the ACL is set on the one Redis it restarts")
+def restart_empty_refusing_scripts(redis_server):
+    """Restarts Redis empty, with every script call refused (NOPERM) until the test allows them
+    (ACL SETUSER default +evalsha +eval). A client of it."""
+    redis_server.kill()
+    saved = redis_server.extra
+    redis_server.extra = saved + ["--user", "default", "on", "nopass", "~*", "&*", "+@all",
+                                  "-evalsha", "-eval"]
+    try:
+        redis_server.start()
+    finally:
+        redis_server.extra = saved
+    return redis_server.client()
+
+
 def test_02b_a_refused_reassert_is_sent_again(cluster, redis_server):
     """A re-assert that Redis refuses (on a cluster, a primary that restarted empty answers
     CLUSTERDOWN for a moment: test_15_resume test_10 met it) is sent again when a presence
@@ -138,15 +152,7 @@ def test_02b_a_refused_reassert_is_sent_again(cluster, redis_server):
         await y.request({"type": "link", "peer": x.id, "state": "up"})
         before = stats(r)
         assert before == {"rooms": 1, "members": 2, "links": 1, "linked": 2}
-        redis_server.kill()
-        saved = redis_server.extra
-        redis_server.extra = saved + ["--user", "default", "on", "nopass", "~*", "&*", "+@all",
-                                      "-evalsha", "-eval"]
-        try:
-            redis_server.start()  # empty, and every script call refused (NOPERM)
-        finally:
-            redis_server.extra = saved
-        r2 = redis_server.client()
+        r2 = restart_empty_refusing_scripts(redis_server)
         # several heartbeats: each finds the presence keys missing, and re-asserts (refused)
         await asyncio.sleep(1.5)
         assert r2.exists("sb:{R}:members") == 0
@@ -164,6 +170,38 @@ def test_02b_a_refused_reassert_is_sent_again(cluster, redis_server):
             assert not [m for m in c.backlog if m["type"] == "peer-left"], c.backlog
         await x.request({"type": "signal", "to": y.id, "data": "after"})
         assert (await y.expect("signal"))["data"] == "after"
+        await x.close()
+        await y.close()
+    asyncio.run(main())
+
+
+def test_02c_a_request_during_a_refused_reassert_is_not_a_reaping(cluster, redis_server):
+    """After Redis restarted empty, a socket's re-assert was refused and awaits its next try (the
+    next presence refresh that finds the key missing). A `link` sent meanwhile meets the
+    missing presence key (`gone`): that is the data loss, not a reaping. The request is answered
+    `unavailable`, the re-assert is sent again at once, and the same link then succeeds. Before,
+    the socket was closed 4000 "session expired" with no reply, never re-asserted."""
+    args = ["--presence-ttl-ms", "8000", "--heartbeat-ms", "2500", "--redis-timeout-ms", "500"]
+    a, b = cluster.node("na", args=args), cluster.node("nb", args=args)
+
+    async def main():
+        x, y = await Client.connect(a.ws_url), await Client.connect(b.ws_url)
+        await x.join("R")
+        await y.join("R")
+        r2 = restart_empty_refusing_scripts(redis_server)
+        # the nodes reconnect and find the loss; their re-asserts are refused
+        wait_for(lambda: "re-assert failed" in a.proc.log(), 5, msg="na's re-assert refused")
+        r2.execute_command("ACL", "SETUSER", "default", "+evalsha", "+eval")
+        assert r2.exists(f"sb:{{R}}:presence:{x.id}") == 0
+        reply = await x.request({"type": "link", "peer": y.id, "state": "up"})
+        assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+        wait_for(lambda: r2.exists(f"sb:{{R}}:presence:{x.id}") == 1, 2,
+                 msg="x re-asserted at once")
+        assert x.closed is None
+        # y's node re-asserts at its next heartbeat; then the same link goes through
+        wait_for(lambda: r2.hlen("sb:{R}:members") == 2, 4, msg="both members back")
+        reply = await x.request({"type": "link", "peer": y.id, "state": "up"})
+        assert reply["type"] == "link-ack", reply
         await x.close()
         await y.close()
     asyncio.run(main())

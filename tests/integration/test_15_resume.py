@@ -518,3 +518,176 @@ def test_12_a_socket_whose_presence_lapsed_resumes(cluster, redis_server, how):
         await a2.close()
         await b.close()
     asyncio.run(main())
+
+
+def _sha256(text):
+    import hashlib
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.single_redis("a reply-delaying proxy fronts one Redis; cluster redirects bypass it")
+def test_13_a_join_retried_after_its_timeout_can_leave(cluster, redis_server):
+    """A join answered `unavailable` on its timer still ran (Redis was slow); the client asks
+    again on the same socket, as docs/protocol.md invites. The retry is answered `joined` with a
+    new resume token, and Redis now holds that token's hash: the socket can leave (peers get
+    `peer-left`) and would resume with it. Before, Redis kept the first attempt's hash, which
+    nobody held: the leave was refused as for a reaped socket (closed 4000, no reply) and the
+    member stayed in Redis, its peers told nothing."""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0.0)
+    try:
+        na = cluster.node("na", args=["--redis-timeout-ms", "300"], redis_url=proxy.url)
+        r = redis_server.client()
+
+        async def main():
+            b = await Client.connect(na.ws_url)
+            await b.join("J")
+            a = await Client.connect(na.ws_url)
+            proxy.delay = 0.8
+            first = await a.request({"type": "join", "room": "J"}, timeout=3)
+            assert first["type"] == "error" and first["code"] == "unavailable", first
+            proxy.delay = 0.0
+            await asyncio.sleep(1.0)  # the first join has run meanwhile
+            assert r.hexists("sb:{J}:members", a.id)
+            joined = await a.join("J")
+            rec = r.hget("sb:{J}:resume", a.id)
+            assert _sha256(joined["resume"]) in rec, rec
+            left = await a.request({"type": "leave"})
+            assert left["type"] == "left", left
+            await b.expect("peer-left", id=a.id, timeout=3)
+            assert a.closed is None
+            assert not r.hexists("sb:{J}:members", a.id)
+            consistent(r)
+            await a.close()
+            await b.close()
+        asyncio.run(main())
+    finally:
+        for n in cluster.nodes:
+            n.proc.stop()
+        proxy.stop()
+
+
+async def queue_joins(url, n):
+    """n sockets on url that each send a join (to a room of their own) without waiting: behind
+    a request-pacing proxy their script calls queue up, so a request sent next waits past a
+    short Redis timeout while replies keep coming (the connection stays up). The sockets."""
+    cs = [await Client.connect(url) for _ in range(n)]
+    for i, c in enumerate(cs):
+        await c.send({"type": "join", "room": f"bg{i}", "rid": f"bg{i}"})
+    return cs
+
+
+@pytest.mark.single_redis("a request-pacing proxy fronts one Redis; cluster redirects bypass it")
+def test_14_a_socket_closed_while_its_join_times_out_is_removed(cluster, redis_server):
+    """The client closes while its join is in flight; Redis is slow to run what it is sent
+    (requests reach it 32 bytes every 10 ms, behind 8 other joins), so the join is answered
+    "timeout" on its timer while the connection stays up, and runs later. The node sends the
+    removal after it (same connection, so it runs second): the peer sees `peer-joined` then
+    `peer-left`, and the member is gone. Before, the timeout answer was dropped for a closed
+    socket and the member stayed, present to its peers, until its presence lapsed and an admin
+    reaped it (with no admin, for good). (When the connection itself drops nothing can be
+    sent, and that cleanup is the admin's, as for every socket closed while Redis is away.)"""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0, pace=(32, 0.01), pace_requests=True)
+    try:
+        na = cluster.node("na", args=["--redis-timeout-ms", "300", "--presence-ttl-ms", "20000"],
+                          redis_url=proxy.url)
+        r = redis_server.client()
+
+        async def main():
+            b = await Client.connect(na.ws_url)
+            await b.join("J")
+            a = await Client.connect(na.ws_url)
+            aid = a.id
+            proxy.pacing = True
+            bg = await queue_joins(na.ws_url, 8)
+            await a.send({"type": "join", "room": "J"})
+            await asyncio.sleep(0.1)
+            await a.close()
+            await b.expect("peer-joined", id=aid, timeout=8)
+            await b.expect("peer-left", id=aid, timeout=5)
+            proxy.pacing = False
+            wait_for(lambda: not r.hexists("sb:{J}:members", aid), 2, msg="member removed")
+            assert "connection lost" not in na.proc.log()
+            consistent(r)
+            for c in bg + [b]:
+                await c.close()
+        asyncio.run(main())
+    finally:
+        for n in cluster.nodes:
+            n.proc.stop()
+        proxy.stop()
+
+
+@pytest.mark.single_redis("maxmemory is set on the one Redis")
+def test_15_a_resume_answered_retry_is_retried_on_the_same_socket(cluster, redis_server):
+    """`resume-failed` with reason `retry` means what it says: the same token again on the same
+    socket (what client/switchboard.js does) resumes. Forced with Redis refusing writes (OOM)
+    for the first try. Before, the second try was refused `unknown` (the socket counted as
+    having asked already), and the reference client gave the session up."""
+    n1 = cluster.node("n1", args=FAST)
+    r = redis_server.client()
+
+    async def main():
+        a, b, ja = await linked_pair(n1.ws_url, n1.ws_url)
+        a.abort()
+        await b.expect("peer-away", id=a.id, timeout=5)
+        c = await Client.connect(n1.ws_url)
+        r.config_set("maxmemory", 1)
+        try:
+            first = await c.request({"type": "resume", "id": a.id, "room": "R",
+                                     "resume": ja["resume"]})
+        finally:
+            r.config_set("maxmemory", 0)
+        assert first["type"] == "error" and first["reason"] == "retry", first
+        again = await c.request({"type": "resume", "id": a.id, "room": "R",
+                                 "resume": ja["resume"]})
+        assert again["type"] == "resumed" and again["id"] == a.id, again
+        assert again["links"] == [b.id]
+        await b.expect("peer-back", id=a.id)
+        consistent(r)
+        await c.close()
+        await b.close()
+    asyncio.run(main())
+
+
+@pytest.mark.single_redis("a request-pacing proxy fronts one Redis; cluster redirects bypass it")
+def test_16_a_resume_that_timed_out_but_ran_goes_away(cluster, redis_server):
+    """A resume answered `retry` on its timer (Redis slow to run what it is sent, as in test_14;
+    the connection stays up) still ran: it moved the session to this node, with the hash of a
+    next token nobody got, and no socket holds it. The node marks it away at once (peers get
+    `peer-back`, then `peer-away`, and its grace runs), as for a PeerJS claim. Before, it
+    stayed present on that node, to its peers and in Redis, until its presence lapsed and an
+    admin reaped it."""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0, pace=(32, 0.01), pace_requests=True)
+    try:
+        n1 = cluster.node("n1", args=["--presence-ttl-ms", "20000"])
+        n2 = cluster.node("n2", args=["--redis-timeout-ms", "300", "--presence-ttl-ms", "20000"],
+                          redis_url=proxy.url)
+        r = redis_server.client()
+
+        async def main():
+            a, b, ja = await linked_pair(n1.ws_url, n1.ws_url)
+            a.abort()
+            await b.expect("peer-away", id=a.id, timeout=5)
+            c = await Client.connect(n2.ws_url)
+            proxy.pacing = True
+            bg = await queue_joins(n2.ws_url, 8)
+            first = await c.request({"type": "resume", "id": a.id, "room": "R",
+                                     "resume": ja["resume"]}, timeout=3)
+            assert first["type"] == "error" and first["reason"] == "retry", first
+            await b.expect("peer-back", id=a.id, timeout=8)
+            await b.expect("peer-away", id=a.id, timeout=5)
+            proxy.pacing = False
+            wait_for(lambda: r.hexists("sb:{R}:away", a.id), 2, msg="away in Redis")
+            assert r.hexists("sb:{R}:members", a.id)
+            assert "connection lost" not in n2.proc.log()
+            consistent(r, presence=False)
+            for x in bg + [c, b]:
+                await x.close()
+        asyncio.run(main())
+    finally:
+        for n in cluster.nodes:
+            n.proc.stop()
+        proxy.stop()

@@ -65,6 +65,20 @@ def test_join_stores_only_the_token_hash(r, sb, room):
     assert json.loads(rec) == {"h": h("tok-A"), "o": "http://o", "u": "", "g": GRACE}
 
 
+def test_join_retried_by_the_same_node_stores_the_new_token_hash(r, sb, room, events):
+    """A join the node gave up on (timeout) ran; the node retries with a new token and gives the
+    client that one. The retry answers ok without changes, and the stored hash is the new
+    token's: the old one's was never given to anyone (before: away and leave were refused for
+    the token the client holds)."""
+    seq = r.hget(f"{BK}:stats", "seq")
+    res = join(sb, "a", "A", token="tok-A2")
+    assert res[0] == "ok"
+    assert json.loads(r.hget(K("a", "resume"), "A"))["h"] == h("tok-A2")
+    assert r.hget(f"{BK}:stats", "seq") == seq and events.drain() == []
+    assert away(sb, "a", "A", token="tok-A")[0] == "gone"
+    assert away(sb, "a", "A", token="tok-A2")[0] == "ok"
+
+
 def test_away_keeps_member_and_links_and_publishes_once(r, sb, room, events, consistent):
     res = away(sb, "a", "A")
     assert res[0] == "ok"
