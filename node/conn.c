@@ -217,6 +217,10 @@ static int write_kept(sb_conn_t *c)
     free(c->out);
     c->out = NULL;
     c->outlen = c->outoff = 0;
+    if (c->pong && c->sess && c->sess->close_sent) {
+        free(c->pong); /* our close frame went out meanwhile: nothing goes after it */
+        c->pong = NULL;
+    }
     if (c->pong) {
         /* The pong of the last ping that came while bytes were held (RFC 6455 5.5.3: only
          * the most recent ping needs one). */
@@ -465,6 +469,8 @@ static void on_control(sb_conn_t *c, const uint8_t *p, size_t len)
     sb_session_t *s = c->sess;
     switch (c->fr.opcode) {
     case 9: /* ping: the pong echoes it */
+        if (s && s->close_sent)
+            break; /* RFC 6455 5.5.1: nothing goes after our close frame */
         if (sb_conn_busy(c)) {
             /* Not behind held bytes: a client that pings and never reads would grow them
              * without bound. One pong waits, for the latest ping. */

@@ -109,6 +109,7 @@ typedef struct sb_session {
     struct sb_session *bl_prev, *bl_next; /* node's backlog: qbytes > 0, oldest qsince first */
     char *rx;
     size_t rxlen, rxcap;
+    int64_t rx_since_ms; /* when rxlen last became non-zero: an unfinished message's start */
     sb_bucket_t bucket;
     int close_code;     /* != 0: close with it at the next chance */
     char *close_reason; /* malloc'd at the close (at most SB_CLOSE_REASON_MAX bytes), or NULL */
@@ -261,6 +262,9 @@ void sb_session_flush_stop(sb_node_t *n);
 int sb_route_attach(sb_session_t *s);
 /* A complete text message from the client (after reassembly). */
 void sb_route_message(sb_session_t *s, const char *buf, size_t len);
+/* A binary message (not part of either protocol): charged to the socket's rate like any other
+ * message, then answered bad-message (PeerJS: "Invalid message"). */
+void sb_route_binary(sb_session_t *s);
 /* The socket went away without leave (clean close, reset, ping timeout, drain): removes it
  * from its room in Redis and frees its seat. */
 void sb_route_disconnect(sb_session_t *s);

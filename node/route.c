@@ -2306,6 +2306,33 @@ static void route_ice_servers(sb_session_t *s, json_t *rid)
 }
 
 static void pj_message(sb_session_t *s, const char *buf, size_t len);
+static void pj_error(sb_session_t *s, const char *msg, int code);
+
+/* A PeerJS message pays 1 from the socket's bucket: 1, or 0 after answering (and closing 4002
+ * on abuse). */
+static int pj_admit(sb_session_t *s, int64_t now)
+{
+    sb_node_t *n = s->node;
+    sb_rate_result_t rr =
+        sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, 1, now);
+    if (rr == SB_RATE_OK)
+        return 1;
+    pj_error(s, "Rate limited: message dropped", rr == SB_RATE_ABUSE ? 4002 : 0);
+    return 0;
+}
+
+void sb_route_binary(sb_session_t *s)
+{
+    if (s->close_code || !s->seat)
+        return;
+    s->node->metrics.received[SB_MSG_UNKNOWN]++;
+    if (s->pj) {
+        if (pj_admit(s, sb_mono_ms()))
+            sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
+    } else if (sb_session_admit(s, NULL)) {
+        sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol", NULL);
+    }
+}
 
 void sb_route_message(sb_session_t *s, const char *buf, size_t len)
 {
@@ -2978,12 +3005,8 @@ static void pj_message(sb_session_t *s, const char *buf, size_t len)
         return;
     }
     n->metrics.received[SB_MSG_SIGNAL]++;
-    sb_rate_result_t rr =
-        sb_bucket_take(&s->bucket, (double)n->cfg.rate, (double)n->cfg.burst, 1, now);
-    if (rr != SB_RATE_OK) {
-        pj_error(s, "Rate limited: message dropped", rr == SB_RATE_ABUSE ? 4002 : 0);
+    if (!pj_admit(s, now))
         return;
-    }
     sb_pj_msg_t m;
     if (sb_pj_decode(buf, len, &m) != 0) {
         sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);

@@ -356,9 +356,8 @@ static int check_upgrade(sb_node_t *n, const sb_req_t *r)
     if (!r->wsi) {
         /* What lws checks before it asks us (RFC 6455 4.2.1): a GET of HTTP/1.1 or later, with
          * "Upgrade" among its Connection options. */
-        const sb_wire_header_t *conn = sb_wire_header(r->head, "connection", NULL);
         if (r->head->mlen != 3 || memcmp(r->head->method, "GET", 3) != 0 || r->head->minor < 1 ||
-            !conn || !sb_wire_list_has(conn->value, conn->vlen, "upgrade"))
+            !sb_wire_header_has(r->head, "connection", "upgrade"))
             return HTTP_STATUS_BAD_REQUEST;
     }
     if (!pj_upgrade(r, n) && (!req_path(r, path, sizeof path) || strcmp(path, "/ws") != 0))
@@ -537,6 +536,8 @@ static int receive(sb_session_t *s, const char *in, size_t len, int final, size_
         s->rxcap = cap;
     }
     if (len > 0) { /* an empty frame carries no pointer worth copying from */
+        if (s->rxlen == 0)
+            s->rx_since_ms = sb_mono_ms(); /* sb_session_check_idle bounds how long it stays */
         memcpy(s->rx + s->rxlen, in, len);
         s->rxlen += len;
     }
@@ -545,12 +546,7 @@ static int receive(sb_session_t *s, const char *in, size_t len, int final, size_
     size_t total = s->rxlen;
     s->rxlen = 0;
     if (binary) {
-        n->metrics.received[SB_MSG_UNKNOWN]++;
-        if (s->pj)
-            sb_session_send(s, SB_PJ_INVALID_MESSAGE, sizeof SB_PJ_INVALID_MESSAGE - 1);
-        else
-            sb_session_send_error(s, "bad-message", "binary frames are not part of the protocol",
-                                  NULL);
+        sb_route_binary(s);
     } else if (text_ok(s, s->rx ? s->rx : "", total, check_utf8)) {
         sb_route_message(s, s->rx ? s->rx : "", total);
     }

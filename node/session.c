@@ -522,6 +522,19 @@ int sb_session_check_idle(sb_node_t *n, int64_t now_ms)
     for (sb_session_t *s = n->sessions; s; s = s->next) {
         if (s->closed || !live(s) || s->close_code || s->idle_killed)
             continue;
+        if (s->rxlen > 0 && now_ms - s->rx_since_ms >= n->cfg.ping_timeout_ms) {
+            /* A message (or one frame) left unfinished this long holds up to max_message_bytes
+             * of this socket's memory while its client answers pings: a client that sends a
+             * message sends it whole, so this is a hold, not a slow link. */
+            sb_info_limited("session %s: a message unfinished for %lld ms: closing 1008", s->id,
+                            (long long)(now_ms - s->rx_since_ms));
+            free(s->rx);
+            s->rx = NULL;
+            s->rxlen = s->rxcap = 0;
+            sb_session_close(s, 1008, "message not finished in time");
+            killed++;
+            continue;
+        }
         int64_t idle = now_ms - s->last_rx_ms;
         int pinged = s->ping_sent_ms > s->last_rx_ms; /* our ping is out and unanswered */
         if (pinged && idle >= n->cfg.ping_timeout_ms && now_ms - s->ping_sent_ms >= answer_ms) {

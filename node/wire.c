@@ -113,6 +113,16 @@ int sb_wire_header_copy(const sb_wire_head_t *h, const char *name, char *out, si
     return (int)v->vlen;
 }
 
+int sb_wire_header_has(const sb_wire_head_t *h, const char *name, const char *token)
+{
+    size_t nl = strlen(name);
+    for (int i = 0; i < h->nheaders; i++)
+        if (h->h[i].nlen == nl && strncasecmp(h->h[i].name, name, nl) == 0 &&
+            sb_wire_list_has(h->h[i].value, h->h[i].vlen, token))
+            return 1;
+    return 0;
+}
+
 int sb_wire_list_has(const char *value, size_t vlen, const char *token)
 {
     size_t tl = strlen(token);

@@ -37,6 +37,9 @@ const sb_wire_header_t *sb_wire_header(const sb_wire_head_t *h, const char *name
 /* Copies the value of header name into out (terminated) when it fits: its length, -1 when
  * absent or too long. */
 int sb_wire_header_copy(const sb_wire_head_t *h, const char *name, char *out, size_t cap);
+/* 1 when any field line of header name (a list split over several lines is one list, RFC 9110
+ * 5.3) holds token, as sb_wire_list_has. */
+int sb_wire_header_has(const sb_wire_head_t *h, const char *name, const char *token);
 /* 1 when the comma-separated list value (e.g. Connection, Sec-WebSocket-Protocol) holds token
  * (case-insensitive). */
 int sb_wire_list_has(const char *value, size_t vlen, const char *token);

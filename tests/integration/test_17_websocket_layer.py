@@ -283,3 +283,117 @@ def test_08_pings_without_reading_hold_one_pong(cluster):
     assert grown < 1024, f"{grown} KB for {sent} pings"
     assert a.ready()
     s.close()
+
+
+def test_09_nothing_after_our_close_frame(cluster):
+    """RFC 6455 5.5.1: after its close frame the node sends nothing, not even a pong. Here the
+    node closes 1007 (a text message that is not UTF-8) and the client then pings: no pong
+    comes back. Before, every ping was answered, and a client that kept pinging while reading
+    slowly held the closing connection (and its slot) open for as long as it liked."""
+    a = cluster.node("na", args=NATIVE)
+    ws = RawWS(a.port)
+    welcome_of(ws)
+    ws.send_raw(frame(1, b"\xff"))
+    code, _ = ws.recv_until_close(2)
+    assert code == 1007
+    try:
+        ws.send_raw(frame(9, b"after"))
+    except OSError:
+        pass  # already gone: nothing can come back either
+    seen = []
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            op, payload = ws.recv_frame(0.2)
+        except (EOFError, OSError):
+            break  # timed out or closed: nothing more came
+        seen.append(op)
+    assert 10 not in seen, seen
+    ws.close()
+    assert a.ready()
+
+
+def test_10_binary_frames_pay_the_rate_like_any_message(cluster):
+    """A binary frame (part of neither protocol) is answered `bad-message` and costs 1 from the
+    socket's rate bucket like a text message: a flood of them gets `rate-limited`, then 4002.
+    Before, binary frames were answered without being charged: 500 got 500 replies and no
+    close, on both WebSocket layers."""
+    a = cluster.node("na", args=NATIVE)
+    ws = RawWS(a.port)
+    welcome_of(ws)
+    try:
+        for _ in range(500):
+            ws.send_raw(frame(2, b""))
+    except OSError:
+        pass  # closed while sending: what is asserted below
+    codes = []
+    close = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            op, payload = ws.recv_frame(max(0.05, deadline - time.monotonic()))
+        except (EOFError, OSError):
+            break
+        if op == 8:
+            close = struct.unpack("!H", payload[:2])[0]
+            break
+        if op == 1:
+            codes.append(json.loads(payload).get("code"))
+    assert codes and codes[0] == "bad-message", codes[:3]
+    assert "rate-limited" in codes, set(codes)
+    assert close == 4002, (close, len(codes))
+    ws.close()
+    assert a.ready()
+
+
+def test_11_a_message_left_unfinished_is_closed_1008(cluster):
+    """A client that starts a fragmented message and never finishes it, while answering the
+    node's pings (so it is not silent), held up to --max-message-bytes of the node's memory for
+    as long as it liked. A message unfinished for --ping-timeout-ms is now closed with 1008.
+    Here: ping interval 300 ms, timeout 1000 ms; the client answers every ping; closed 1008
+    after about 1 s (before: still open after 3 s, and the final fragment was processed)."""
+    a = cluster.node("na", args=NATIVE + ["--ping-interval-ms", "300", "--ping-timeout-ms",
+                                          "1000"])
+    ws = RawWS(a.port)
+    welcome_of(ws)
+    ws.send_raw(frame(1, b'{"type":"ping","p":"' + b"x" * 30000, fin=False))
+    t0 = time.monotonic()
+    close = None
+    while time.monotonic() - t0 < 4:
+        try:
+            op, payload = ws.recv_frame(0.2)
+        except socket.timeout:
+            continue
+        except (EOFError, OSError):
+            break
+        if op == 9:
+            ws.send_raw(frame(10, payload))  # alive: answers the node's pings
+        elif op == 8:
+            close = struct.unpack("!H", payload[:2])[0]
+            break
+    took = time.monotonic() - t0
+    assert close == 1008, close
+    assert 0.9 <= took < 2.5, took
+    ws.close()
+    assert a.ready()
+
+
+def test_12_connection_split_over_two_lines(cluster):
+    """RFC 9110 5.3: `Connection: keep-alive` and `Connection: Upgrade` on two field lines are
+    one list, holding "upgrade" (a proxy may add its own line). Before: 400."""
+    a = cluster.node("na", args=NATIVE)
+    good = handshake_request("127.0.0.1", a.port).decode()
+    two = good.replace("Connection: Upgrade", "Connection: keep-alive\r\nConnection: Upgrade")
+    assert two != good
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=3)
+    try:
+        s.sendall(two.encode())
+        data = b""
+        while b"\r\n" not in data:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        assert data.startswith(b"HTTP/1.1 101"), data[:100]
+    finally:
+        s.close()
