@@ -26,9 +26,10 @@
 -- Does: truth = HLEN members, the links formed by the members' halves, each member's degree,
 -- per-node counts from the records. Every wrong room figure is rewritten and the same delta is
 -- applied to the bucket P:{T}:stats, so the bucket stays the sum of its rooms. An empty room
--- is deleted as room_remove deletes it (its members, nodes, degree and stats keys, the
--- bucket's rooms index and rooms figure; whatever figure it still held is taken off the bucket
--- and counted as a counter fix).
+-- is deleted as room_remove deletes it (its members, nodes, degree and stats keys, its resume,
+-- away and qbytes keys with the away entries' queues and deadline index entries, the bucket's
+-- rooms index and rooms figure; whatever figure it still held, away included, is taken off the
+-- bucket and counted as a counter fix).
 -- Does not: remove members without presence (it returns them); recompute the bucket's rooms or
 -- other rooms (stats_check); find half links held by sockets that are not members (their keys
 -- are only reachable by scanning); publish events (figures are not membership changes).
@@ -137,13 +138,21 @@ end
 
 local all = redis.call('HGETALL', members)
 if #all == 0 then
-    local left = redis.call('HMGET', stats, 'members', 'links', 'linked')
-    for i = 1, 3 do
+    -- As room_remove deletes an empty room: every figure it still holds (away included) off
+    -- the bucket, and its resume state with it (records, away entries and their deadline
+    -- index entries, queues), which no member owns any more.
+    local figures = {'members', 'links', 'linked', 'away'}
+    local left = redis.call('HMGET', stats, 'members', 'links', 'linked', 'away')
+    for i = 1, 4 do
         local v = num(left[i])
         if v ~= 0 then
-            bucket_add(fields[i], -v)
+            bucket_add(figures[i], -v)
             counter_fixes = counter_fixes + 1
         end
+    end
+    for _, S in ipairs(redis.call('HKEYS', base .. 'away')) do
+        redis.call('ZREM', bucket .. 'away', R .. ' ' .. S)
+        redis.call('DEL', base .. 'queue:' .. S)
     end
     local nodes_left = redis.call('HGETALL', nodes)
     for i = 2, #nodes_left, 2 do
@@ -152,7 +161,8 @@ if #all == 0 then
         end
     end
     degree_fixes = redis.call('HLEN', degree)
-    redis.call('DEL', members, nodes, degree, stats)
+    redis.call('DEL', members, nodes, degree, stats, base .. 'resume', base .. 'away',
+        base .. 'qbytes')
     if redis.call('SREM', bucket .. 'rooms', R) == 1 then
         bucket_add('rooms', -1)
     end

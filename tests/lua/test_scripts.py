@@ -851,6 +851,29 @@ def test_check_deletes_an_empty_room(r, sb, consistent):
     consistent()
 
 
+def test_check_deletes_an_empty_room_with_its_resume_state(r, sb, consistent):
+    """The leftovers of a room whose last member was away: its resume record, away entry,
+    queue and byte count, the bucket's deadline index entry and away figure. room_check deletes
+    them with the room, as room_remove does (before: the away figure stayed in the bucket and
+    the keys stayed for good)."""
+    sb.join("b", "X", "n1")
+    r.hset(K("z", "stats"), mapping={"members": 1, "away": 1, "seq": 5})
+    r.hset(K("z", "resume"), "Q", '{"h":"x","o":"","u":"","g":1000}')
+    r.hset(K("z", "away"), "Q", "{}")
+    r.rpush(K("z", "queue:Q"), "F data")
+    r.hset(K("z", "qbytes"), "Q", 6)
+    r.zadd(f"{BK}:away", {"z Q": 1})
+    r.sadd(f"{BK}:rooms", "z")
+    for f in ("rooms", "members", "away"):
+        r.hincrby(f"{BK}:stats", f, 1)
+    assert sb.check("z") == [2, 0, 0]  # members, away
+    for what in ("stats", "resume", "away", "qbytes", "queue:Q"):
+        assert r.exists(K("z", what)) == 0, what
+    assert r.zscore(f"{BK}:away", "z Q") is None
+    assert int(r.hget(f"{BK}:stats", "away") or 0) == 0
+    consistent()
+
+
 def test_check_adds_a_missing_seq_and_room_listing(r, sb, consistent):
     sb.join("a", "A", "n1")
     r.hdel(K("a", "stats"), "seq")
