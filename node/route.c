@@ -48,14 +48,15 @@ struct sb_seat {
     unsigned renamed : 1;  /* resuming under the old id already (fresh_id is the welcome's) */
     unsigned reassert : 1; /* re-asserted after a data loss, not confirmed yet: a missing
                             * presence key means "not written yet", not "reaped" */
-    int nhalves;           /* entries in halves */
-    room_t *room;          /* JOINING/JOINED/LEAVING */
-    char *meta_json;       /* compact meta as stored in Redis (with sub), once a join passed auth;
-                            * NULL for "{}" (seat_set_meta) */
-    char *maybe_room;      /* a join that timed out may have run there: undone before joining
-                            * elsewhere and at close (malloc'd, or NULL) */
-    json_t *join_rid;      /* JOINING: rid of the join (new reference) */
-    char **halves;         /* peers this socket reported `link up` to (re-asserted after a loss) */
+    unsigned queue_inflight : 16; /* its signals in flight to session_queue (route_signal) */
+    int nhalves;                  /* entries in halves */
+    room_t *room;                 /* JOINING/JOINED/LEAVING */
+    char *meta_json;  /* compact meta as stored in Redis (with sub), once a join passed auth;
+                       * NULL for "{}" (seat_set_meta) */
+    char *maybe_room; /* a join that timed out may have run there: undone before joining
+                       * elsewhere and at close (malloc'd, or NULL) */
+    json_t *join_rid; /* JOINING: rid of the join (new reference) */
+    char **halves;    /* peers this socket reported `link up` to (re-asserted after a loss) */
     sb_seat_t *auth_prev, *auth_next;
     /* Session resume. token: the resume token the coming `joined`/`resumed` carries
      * (malloc'd from the request to that reply, else NULL); tok_hash its SHA-256, binary, the
@@ -1761,8 +1762,12 @@ static void route_signal(sb_session_t *s, const sb_msg_t *m)
         data = encoded;
         dlen = strlen(encoded);
     }
-    if (peer->away) {
-        /* Its socket is lost: the signal waits in Redis for its resume. */
+    if (peer->away || t->queue_inflight > 0) {
+        /* Its socket is lost: the signal waits in Redis for its resume. And while a signal of
+         * this socket is in flight to session_queue, the next ones go the same way: that one
+         * may come back "present" (a resume our view has not seen yet) and be sent on only
+         * then, so one sent directly meanwhile would overtake it. The replies come in the
+         * order sent, so each is sent on in that order (as pj_relay does for PeerJS). */
         queue_signal(s, room_name(r), m->to, data, dlen, m->rid);
     } else if (strcmp(peer->node, n->cfg.id) == 0) {
         /* Same node: no Redis round trip. The recipient may still be joining (held). */
@@ -1828,6 +1833,7 @@ typedef struct {
     req_t *q;
     char *data;
     size_t dlen;
+    int counted; /* in its seat's queue_inflight */
 } queued_t;
 
 static void on_queued(redisReply *reply, const char *error, void *data)
@@ -1836,6 +1842,8 @@ static void on_queued(redisReply *reply, const char *error, void *data)
     req_t *q = w->q;
     sb_session_t *s = q->s;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
+    if (w->counted && s->seat && s->seat->queue_inflight > 0)
+        s->seat->queue_inflight--;
     if (s->closed || !s->seat || s->seat->state != SEAT_JOINED || !s->seat->room ||
         strcmp(room_name(s->seat->room), q->room) != 0) {
         /* gone or elsewhere meanwhile: nothing to answer */
@@ -1897,6 +1905,11 @@ static void queue_signal(sb_session_t *s, const char *room, const char *to, cons
         free(copy);
         free(w);
         send_unavailable(s, rid);
+        return;
+    }
+    if (s->seat->queue_inflight < 0xFFFF) {
+        s->seat->queue_inflight++;
+        w->counted = 1;
     }
 }
 

@@ -520,6 +520,13 @@ def test_12_a_socket_whose_presence_lapsed_resumes(cluster, redis_server, how):
     asyncio.run(main())
 
 
+def stop_behind(cluster, proxy):
+    """Stops the nodes, then the proxy they reach Redis through."""
+    for n in cluster.nodes:
+        n.proc.stop()
+    proxy.stop()
+
+
 def _sha256(text):
     import hashlib
     return hashlib.sha256(text.encode()).hexdigest()
@@ -562,9 +569,7 @@ def test_13_a_join_retried_after_its_timeout_can_leave(cluster, redis_server):
             await b.close()
         asyncio.run(main())
     finally:
-        for n in cluster.nodes:
-            n.proc.stop()
-        proxy.stop()
+        stop_behind(cluster, proxy)
 
 
 async def queue_joins(url, n):
@@ -614,9 +619,7 @@ def test_14_a_socket_closed_while_its_join_times_out_is_removed(cluster, redis_s
                 await c.close()
         asyncio.run(main())
     finally:
-        for n in cluster.nodes:
-            n.proc.stop()
-        proxy.stop()
+        stop_behind(cluster, proxy)
 
 
 @pytest.mark.single_redis("maxmemory is set on the one Redis")
@@ -688,6 +691,47 @@ def test_16_a_resume_that_timed_out_but_ran_goes_away(cluster, redis_server):
                 await x.close()
         asyncio.run(main())
     finally:
-        for n in cluster.nodes:
-            n.proc.stop()
-        proxy.stop()
+        stop_behind(cluster, proxy)
+
+
+@pytest.mark.single_redis("a request-pacing proxy fronts one Redis; cluster redirects bypass it")
+def test_17_signal_order_is_kept_across_a_resume(cluster, redis_server):
+    """X signals k to S while X's view says S is away (k goes to session_queue); S resumes
+    before that script runs, so it answers "present" and k is sent on only then. X's node has
+    meanwhile seen S come back, and X signals k+1. k+1 must not overtake k: while a signal of X
+    is in flight to session_queue, the next ones go the same way and are sent on in reply order.
+    Here X's node reaches Redis through a proxy that passes requests 16 bytes every 50 ms, to
+    widen that window. Before: S got k+1, then k."""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0, pace=(16, 0.05), pace_requests=True)
+    try:
+        args = ["--redis-timeout-ms", "8000", "--presence-ttl-ms", "30000", "--heartbeat-ms",
+                "5000"]
+        n1 = cluster.node("n1", args=args, redis_url=proxy.url)
+        n2 = cluster.node("n2", args=args)
+
+        async def main():
+            x = await Client.connect(n1.ws_url)
+            await x.join("R")
+            a = await Client.connect(n2.ws_url)
+            ja = await a.join("R")
+            await x.expect("peer-joined", id=a.id)
+            a.abort()
+            await x.expect("peer-away", id=a.id, timeout=5)
+            proxy.pacing = True
+            await x.send({"type": "signal", "to": a.id, "data": "k", "rid": "k"})
+            await asyncio.sleep(0.05)
+            a2, reply = await resume(n2.ws_url, a, ja)
+            assert reply["type"] == "resumed", reply
+            await x.expect("peer-back", id=a.id, timeout=5)
+            await x.send({"type": "signal", "to": a.id, "data": "k+1", "rid": "k1"})
+            got = [(await a2.expect("signal", timeout=15))["data"] for _ in range(2)]
+            assert got == ["k", "k+1"], got
+            await x.expect("signal-ack", rid="k", timeout=5)
+            await x.expect("signal-ack", rid="k1", timeout=5)
+            proxy.pacing = False
+            for c in (x, a2):
+                await c.close()
+        asyncio.run(main())
+    finally:
+        stop_behind(cluster, proxy)
