@@ -17,7 +17,7 @@ typedef struct {
     sb_status_t st;
     int events;
     int pending;
-    const char *error;
+    const char *error; /* a literal, kept until the last reply (never a request's text) */
     sb_status_cb cb;
     void *data;
 } collect_t;
@@ -50,7 +50,9 @@ static int failed(collect_t *c, redisReply *reply, const char *error, unsigned b
         if (sb_cluster_is_cluster(c->a->db))
             c->st.unread |= bit;
         else if (!c->error)
-            c->error = error ? error : "Redis error";
+            /* A literal: error lives in the request, freed when this callback returns, and
+             * c->error is read when the last reply settles (the callback contract). */
+            c->error = error ? "unavailable" : "Redis error";
         return 1;
     }
     return 0;
