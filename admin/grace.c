@@ -88,10 +88,19 @@ static void on_reaped(sb_admin_t *a, int status, int64_t links, void *data)
         done(g);
 }
 
+typedef struct {
+    sweep_t *g;
+    char key[SB_KEY_MAX]; /* P:{T}:away */
+} range_t;
+
 /* ZRANGE P:{T}:away 0 N-1 WITHSCORES: reap the due ones, note the next deadline. */
 static void on_range(redisReply *reply, const char *error, void *data)
 {
-    sweep_t *g = data;
+    range_t *rg = data;
+    sweep_t *g = rg->g;
+    char key[SB_KEY_MAX];
+    memcpy(key, rg->key, sizeof key);
+    free(rg);
     if (error || !reply || reply->type != REDIS_REPLY_ARRAY) {
         sb_batch_fail(&g->batch, error ? "unavailable" : "ZRANGE failed");
         settle(g);
@@ -110,11 +119,17 @@ static void on_range(redisReply *reply, const char *error, void *data)
             continue; /* sorted: the rest are later */
         }
         /* "R S": room names and ids have no spaces (common/keys.h) */
-        const char *sp = memchr(e->str, ' ', e->len);
-        if (!sp || sp == e->str || sp + 1 == e->str + e->len)
+        size_t rlen;
+        if (!sb_reap_entry(e->str, e->len, &rlen)) {
+            /* No script wrote it and none can remove it: dropped, or it would stay due. */
+            sb_warn("grace: dropping a malformed entry of %s", key);
+            const char *argv[] = {"ZREM", key, e->str};
+            size_t lens[] = {4, strlen(key), e->len};
+            sb_admin_cmd(g->a, NULL, NULL, 3, argv, lens);
             continue;
-        size_t rlen = (size_t)(sp - e->str), slen = e->len - rlen - 1;
-        sb_batch_reap(g->a, &g->batch, e->str, rlen, sp + 1, slen, "", on_reaped, g);
+        }
+        size_t slen = e->len - rlen - 1;
+        sb_batch_reap(g->a, &g->batch, e->str, rlen, e->str + rlen + 1, slen, "", on_reaped, g);
     }
     settle(g);
 }
@@ -124,12 +139,20 @@ static void on_tags(sb_admin_t *a, const sb_buckets_t *b, const char *error, voi
     (void)error; /* always NULL: unreadable slots are missing, and the next pass retries them */
     sweep_t *g = data;
     for (int i = 0; i < b->n && !g->batch.error; i++) {
-        char key[SB_KEY_MAX];
-        if (sb_key_room(key, sizeof key, a->cfg.prefix, b->tags[i], "away") < 0)
+        range_t *rg = malloc(sizeof *rg);
+        if (!rg) {
+            sb_batch_fail(&g->batch, "out of memory");
+            break;
+        }
+        rg->g = g;
+        if (sb_key_room(rg->key, sizeof rg->key, a->cfg.prefix, b->tags[i], "away") < 0) {
+            free(rg);
             continue;
-        const char *argv[] = {"ZRANGE", key, "0", SB_STR(GRACE_LAST), "WITHSCORES"};
+        }
+        const char *argv[] = {"ZRANGE", rg->key, "0", SB_STR(GRACE_LAST), "WITHSCORES"};
         sb_batch_add(&g->batch);
-        sb_batch_issued(&g->batch, sb_admin_cmd(a, on_range, g, 5, argv, NULL));
+        if (sb_batch_issued(&g->batch, sb_admin_cmd(a, on_range, rg, 5, argv, NULL)) != 0)
+            free(rg);
     }
     settle(g);
 }

@@ -85,6 +85,10 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
                     total(st, "stale_links_removed"));
     sb_prom_counter(&o, "switchboard_reconcile_runs_total",
                     "Reconcile passes completed (all admins).", total(st, "reconcile_runs"));
+    sb_prom_counter(&o, "switchboard_reconcile_check_errors_total",
+                    "room_check and stats_check calls Redis refused, their room or bucket left "
+                    "as it is (all admins).",
+                    total(st, "check_errors"));
 
     const sb_admin_metrics_t *m = &a->metrics;
     sb_hist_t passes = m->pass_duration; /* before the first pass: empty, same buckets */

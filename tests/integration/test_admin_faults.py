@@ -8,6 +8,7 @@ and the grace sweep's pace. Real redis-server (or Redis Cluster), real admin.
    the other sockets reaped, mesh-status, /metrics and POST /admin/reconcile answer 200
 02b a room whose members key has the wrong type: the pass counts it (rooms_failed), logs it,
    and goes on, so a drifted bucket is still repaired by stats_check
+02c due entries of the away index that no script wrote: dropped by the grace sweep
 03 (cluster) the shard of P:admin:totals lost: the _total counters are left out of /metrics
    (and totals is null in mesh-status), never 0
 04 (single Redis) the one bucket unreadable: mesh-status and /metrics answer 503, never zeros
@@ -16,6 +17,8 @@ and the grace sweep's pace. Real redis-server (or Redis Cluster), real admin.
 07 (cluster) P:nodes unreadable: no node-up event for nodes whose lease is unknown, nor when
    the shard returns
 08 an encoded NUL in the query: what docs/admin.md says happens"""
+import asyncio
+import json
 import os
 import re
 import socket
@@ -27,11 +30,16 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from client import Client  # noqa: E402
 from harness import Admin, http_get, parse_metrics, wait_for  # noqa: E402
 import keyspace  # noqa: E402
 
 SANITIZER = re.compile(r"ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer")
 FAST_ADMIN = ["--reconcile-interval-ms", "300"]
+QUIET_ADMIN = ["--reconcile-interval-ms", "600000"]  # passes only when asked (and at start)
+TTL_MS = 1500
+FAST_NODE = ["--presence-ttl-ms", str(TTL_MS), "--heartbeat-ms", "300", "--redis-timeout-ms",
+             "500"]
 
 
 class CutProxy:
@@ -140,3 +148,81 @@ def test_01_connection_drop_with_lease_gets_in_flight(cluster, redis_server):
         assert authed(a, "/admin/mesh-status")[0] == 200
     finally:
         proxy.stop()
+
+
+def bucket(redis_server, room, suffix):
+    return keyspace.bucket("sb", room, suffix, redis_server.cluster)
+
+
+def test_02_an_invalid_index_entry_of_a_dead_node_is_dropped(cluster, redis_server, no_resume):
+    """A socket index entry whose room is not a room name (no script writes one) used to fail
+    the node's reap, and with it mesh-status, /metrics and every pass, for good."""
+    n3 = cluster.node("n3", args=FAST_NODE)
+    admin = cluster.admin(args=QUIET_ADMIN)
+    r = redis_server.client()
+
+    index = bucket(redis_server, "room1", "node:n3:sockets")
+    bad = "bad!room AAAAAAAAAAAAAAAAAAAAAA"
+
+    async def main():
+        c = await Client.connect(n3.ws_url)
+        await c.join("room1")
+        r.sadd(index, bad)
+        assert r.smembers(index) == {bad, "room1 " + c.id}
+        n3.proc.kill()  # the socket stays in Redis: only the admin can remove it
+        n3.killed = True
+        return c.id
+    sid = asyncio.run(main())
+    wait_for(lambda: not r.exists("sb:node:n3"), TTL_MS / 1000 + 2, msg="n3's lease lapsed")
+    wait_for(lambda: not r.exists("sb:{room1}:presence:" + sid), 2, msg="presence lapsed")
+    status, body = authed(admin, "/admin/mesh-status")
+    assert status == 200, body
+    m = json.loads(body)
+    assert m["active_users"] == 0 and m["rooms"] == 0, m
+    assert m["nodes"] == [] and not m["partial"], m
+    # the entry is gone with the valid one, and the node forgotten
+    assert r.scard(index) == 0, r.smembers(index)
+    assert not r.sismember("sb:nodes", "n3")
+    status, body = authed(admin, "/metrics")
+    assert status == 200, body
+    status, body = authed(admin, "/admin/reconcile", method="POST")
+    assert status == 200, body
+    assert "reap: dropping malformed index entry of node n3" in admin.proc.log()
+
+
+def test_02b_a_room_redis_refuses_does_not_stop_the_pass(cluster, redis_server):
+    """room_check of a room whose members key is a string answers WRONGTYPE: the pass counts
+    it, logs it and goes on, so stats_check still repairs the drifted bucket."""
+    admin = cluster.admin(args=QUIET_ADMIN)
+    r = redis_server.client()
+    rooms, stats = bucket(redis_server, "broken", "rooms"), bucket(redis_server, "broken", "stats")
+    r.sadd(rooms, "broken")
+    r.set("sb:{broken}:members", "not a hash")
+    r.hset(stats, mapping={"rooms": 1, "members": 5})  # drifted: the room holds nobody
+    status, body = authed(admin, "/admin/reconcile", method="POST")
+    assert status == 200, body
+    res = json.loads(body)
+    assert res["check_errors"] == 1, res
+    assert res["stats_checked"] is True, res
+    assert r.hget(stats, "members") == "0"  # repaired by stats_check
+    assert "reconcile: room_check of broken refused: WRONGTYPE" in admin.proc.log()
+    status, body = authed(admin, "/metrics")
+    assert status == 200
+    x = parse_metrics(body.decode())
+    assert x["switchboard_reconcile_check_errors_total"] >= 1, x
+    m = admin.mesh()
+    assert m["last_reconcile"]["check_errors"] >= 1
+    assert m["totals"]["check_errors"] >= 1
+
+
+def test_02c_an_invalid_away_entry_is_dropped(cluster, redis_server):
+    """The deadline index P:{T}:away holding entries no script writes (a bad room, no space):
+    the grace sweep drops them (logged) instead of failing on them at every sweep."""
+    admin = cluster.admin(args=FAST_ADMIN)
+    r = redis_server.client()
+    away = bucket(redis_server, "room1", "away")
+    past = int(time.time() * 1000) - 10_000
+    r.zadd(away, {"bad!room AAAAAAAAAAAAAAAAAAAAAA": past, "nospace": past})
+    wait_for(lambda: r.zcard(away) == 0, 5, msg="the malformed away entries dropped")
+    assert "grace: dropping a malformed entry of " + away in admin.proc.log()
+    assert admin.post("/admin/reconcile")[0] == 200
