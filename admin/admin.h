@@ -299,7 +299,7 @@ typedef struct {
     int64_t pj_members, pj_links, pj_away; /* the PeerJS share of members, links and away */
     int missing_slots, first_missing;      /* slots whose figures could not be read (partial) */
     json_t *last;                          /* P:admin:last parsed (new reference) or NULL */
-    json_t *totals; /* object of P:admin:totals as integers (new reference) */
+    json_t *totals; /* object of P:admin:totals as integers (new reference), NULL when unread */
     json_t *events; /* newest events (new reference) or NULL */
     /* Global keys that could not be read (a Redis Cluster shard lost): SB_UNREAD_* bits. */
     unsigned unread;

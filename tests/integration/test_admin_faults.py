@@ -9,8 +9,8 @@ and the grace sweep's pace. Real redis-server (or Redis Cluster), real admin.
 02b a room whose members key has the wrong type: the pass counts it (rooms_failed), logs it,
    and goes on, so a drifted bucket is still repaired by stats_check
 02c due entries of the away index that no script wrote: dropped by the grace sweep
-03 (cluster) the shard of P:admin:totals lost: the _total counters are left out of /metrics
-   (and totals is null in mesh-status), never 0
+03 (cluster) the slot of P:admin:totals served by nobody: the _total counters are left out of
+   /metrics (and totals is null in mesh-status), never 0
 04 (single Redis) the one bucket unreadable: mesh-status and /metrics answer 503, never zeros
 05 70 away entries 10 minutes ahead: the grace sweep does not poll (ZRANGE calls counted)
 06 a deadline passed while the sweep ran: the sweep runs again soon (no lost timer)
@@ -226,3 +226,47 @@ def test_02c_an_invalid_away_entry_is_dropped(cluster, redis_server):
     wait_for(lambda: r.zcard(away) == 0, 5, msg="the malformed away entries dropped")
     assert "grace: dropping a malformed entry of " + away in admin.proc.log()
     assert admin.post("/admin/reconcile")[0] == 200
+
+
+TOTALS_SERIES = ("switchboard_stale_sockets_removed_total", "switchboard_stale_links_removed_total",
+                 "switchboard_reconcile_runs_total", "switchboard_reconcile_check_errors_total",
+                 "switchboard_invariant_violations_total")
+
+
+def test_03_unread_totals_are_left_out_not_zero(cluster, redis_server):
+    """On a Redis Cluster, P:admin:totals's slot served by nobody (CLUSTER DELSLOTS everywhere,
+    as a lost shard): the _total counters are absent from /metrics and totals is null, never
+    0 (a counter reset to Prometheus); back when the slot is served again."""
+    if not redis_server.cluster:
+        pytest.skip("a single key's shard can be lost only on a Redis Cluster")
+    rc = redis_server.rc
+    admin = cluster.admin(args=QUIET_ADMIN)
+    assert admin.post("/admin/reconcile")[0] == 200
+    before = parse_metrics(authed(admin, "/metrics")[1].decode())
+    assert before["switchboard_reconcile_runs_total"] >= 1, before
+    slot = rc.keyslot("sb:admin:totals")
+    owner = rc.owner(slot)
+    for p in rc.ports:
+        if rc.procs[p].alive():
+            rc.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
+    try:
+        wait_for(lambda: all(rc.owner(slot, p) is None for p in rc.ports), 10,
+                 msg="slot unassigned everywhere")
+        m = wait_for(lambda: (lambda m: m if "totals" in m.get("unreadable", []) else None)(
+            admin.mesh()), 15, msg="totals unreadable")
+        assert m["partial"] is True and m["totals"] is None, m
+        status, body = authed(admin, "/metrics")
+        assert status == 200, body
+        text = body.decode()
+        x = parse_metrics(text)
+        assert x["switchboard_cluster_unreadable"] >= 1
+        assert "switchboard_cluster_nodes" in x  # the rest is there
+        left = [k for k in x if k.split("{")[0] in TOTALS_SERIES]
+        assert left == [], left
+    finally:
+        rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
+        wait_for(lambda: all(rc.owner(slot, p) == owner for p in rc.ports
+                             if rc.procs[p].alive()), 20, msg="slot served again")
+    wait_for(lambda: admin.mesh()["totals"] is not None, 15, msg="totals read again")
+    after = parse_metrics(authed(admin, "/metrics")[1].decode())
+    assert after["switchboard_reconcile_runs_total"] >= before["switchboard_reconcile_runs_total"]
