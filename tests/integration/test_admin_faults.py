@@ -11,7 +11,8 @@ and the grace sweep's pace. Real redis-server (or Redis Cluster), real admin.
 02c due entries of the away index that no script wrote: dropped by the grace sweep
 03 (cluster) the slot of P:admin:totals served by nobody: the _total counters are left out of
    /metrics (and totals is null in mesh-status), never 0
-04 (single Redis) the one bucket unreadable: mesh-status and /metrics answer 503, never zeros
+04 (single Redis) the one bucket unreadable (a string at P:{#}:stats): mesh-status and /metrics
+   answer 503, never zeros
 05 70 away entries 10 minutes ahead: the grace sweep does not poll (ZRANGE calls counted)
 06 a deadline passed while the sweep ran: the sweep runs again soon (no lost timer)
 07 (cluster) P:nodes unreadable: no node-up event for nodes whose lease is unknown, nor when
@@ -270,3 +271,21 @@ def test_03_unread_totals_are_left_out_not_zero(cluster, redis_server):
     wait_for(lambda: admin.mesh()["totals"] is not None, 15, msg="totals read again")
     after = parse_metrics(authed(admin, "/metrics")[1].decode())
     assert after["switchboard_reconcile_runs_total"] >= before["switchboard_reconcile_runs_total"]
+
+
+@pytest.mark.single_redis("one bucket is the whole keyspace only on a single Redis")
+def test_04_the_one_bucket_unreadable_is_a_503(cluster, redis_server):
+    """A single Redis whose bucket P:{#}:stats cannot be read (a string there: bucket_read
+    answers WRONGTYPE): every figure is unknown, so 503, not 200 with zeros and "1 slot
+    missing"."""
+    admin = cluster.admin(args=QUIET_ADMIN)
+    r = redis_server.client()
+    assert admin.mesh()["partial"] is False
+    r.set("sb:{#}:stats", "corrupt")
+    for path in ("/admin/mesh-status", "/metrics"):
+        status, body = authed(admin, path)
+        assert status == 503, (path, status, body[:300])
+    assert "bucket_read failed" in admin.proc.log()
+    r.delete("sb:{#}:stats")
+    m = admin.mesh()
+    assert m["partial"] is False and "missing_slots" not in m, m
