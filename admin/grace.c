@@ -33,7 +33,7 @@ typedef struct sb_grace {
     sb_batch_t batch; /* the ZRANGEs and the reaps of this sweep */
     int64_t now_ms;   /* wall clock at the start (deadlines are Redis's wall clock) */
     int64_t next_ms;  /* the earliest deadline seen that is not due yet, or INT64_MAX */
-    int full;         /* a bucket had more entries than were read */
+    int full;         /* a bucket had more entries than were read, all of them due */
     int early;        /* a due entry answered "live": Redis's clock behind ours */
 } sweep_t;
 
@@ -106,8 +106,16 @@ static void on_range(redisReply *reply, const char *error, void *data)
         settle(g);
         return;
     }
-    if (reply->elements >= 2 * (GRACE_LAST + 1))
-        g->full = 1;
+    /* More entries than were read matter only when all of them are due (sorted: when the last
+     * one read is): the rest may be due too, so the next sweep comes soon. Entries ahead are in
+     * next_ms; counting them as "more" polled every GRACE_MIN_DELAY_MS for as long as a bucket
+     * held 64 away sessions, due or not. */
+    if (reply->elements >= 2 * (GRACE_LAST + 1)) {
+        const redisReply *sc = reply->element[reply->elements - 1];
+        if (sc->type == REDIS_REPLY_STRING &&
+            strtoll(sc->str, NULL, 10) + GRACE_SLACK_MS <= g->now_ms)
+            g->full = 1;
+    }
     for (size_t i = 0; i + 1 < reply->elements && !g->batch.error; i += 2) {
         const redisReply *e = reply->element[i], *sc = reply->element[i + 1];
         if (e->type != REDIS_REPLY_STRING || sc->type != REDIS_REPLY_STRING)
