@@ -61,12 +61,14 @@ static void done(sweep_t *g)
             delay = GRACE_MIN_DELAY_MS;
         else if (g->next_ms != INT64_MAX)
             delay = g->next_ms + GRACE_SLACK_MS - sb_now_ms();
+        /* A deadline that came due while this sweep ran gives a delay below 0: it is due now,
+         * not never (such a delay started no timer, and the session waited for the next pass).
+         * The floor keeps the pace of GRACE_MIN_DELAY_MS. */
+        if (g->next_ms != INT64_MAX && delay < GRACE_MIN_DELAY_MS)
+            delay = GRACE_MIN_DELAY_MS;
         /* Beyond one interval the passes (which sweep again) come first. */
-        if (delay >= 0 && delay < a->cfg.reconcile_interval_ms) {
-            if (delay < GRACE_MIN_DELAY_MS)
-                delay = GRACE_MIN_DELAY_MS;
+        if (delay >= 0 && delay < a->cfg.reconcile_interval_ms)
             uv_timer_start(&a->grace_timer, on_timer, (uint64_t)delay, 0);
-        }
     }
     a->grace_again = 0;
     free(g);

@@ -15,7 +15,8 @@ and the grace sweep's pace. Real redis-server (or Redis Cluster), real admin.
    answer 503, never zeros
 05 70 away entries 10 minutes ahead: the grace sweep does not poll (ZRANGE calls counted in
    3 s after the first pass's sweep)
-06 a deadline passed while the sweep ran: the sweep runs again soon (no lost timer)
+06 deadlines that pass while a (slowed) sweep runs: swept again 250 ms later, not at the next
+   pass (ZRANGE calls counted)
 07 (cluster) P:nodes unreadable: no node-up event for nodes whose lease is unknown, nor when
    the shard returns
 08 an encoded NUL in the query: what docs/admin.md says happens"""
@@ -329,3 +330,31 @@ def test_05_away_entries_ahead_are_not_polled(cluster, redis_server):
     print(f"ZRANGE calls in 3 s with 70 away entries 10 min ahead: {calls}")
     assert calls == 0, calls
     assert r.zcard(away) == 70
+
+
+@pytest.mark.single_redis("a proxy in front of one server slows the sweep; the timer is the same")
+def test_06_a_deadline_passed_during_the_sweep_is_swept_soon(cluster, redis_server):
+    """Every Redis reply 0.4 s late (a proxy), so a sweep takes over 0.8 s, and away entries
+    due every 100 ms over 4 s: the earliest deadline still ahead when a sweep starts has
+    passed when it ends. That gave a negative delay and no timer (nothing more until the next
+    pass, here 10 minutes); it is now swept again GRACE_MIN_DELAY_MS later, and so on until
+    the last one is due."""
+    from harness import ReplyDelayProxy
+    r = redis_server.client()
+    away = bucket(redis_server, "room1", "away")
+    t0 = int(time.time() * 1000)
+    last = t0 + 1000 + 40 * 100
+    r.zadd(away, {f"room1 {sid(i)}": t0 + 1000 + i * 100 for i in range(41)})
+    r.config_resetstat()
+    proxy = ReplyDelayProxy(redis_server.port, 0.4)
+    try:
+        admin = Admin(proxy.url, cluster.tmpdir, args=QUIET_ADMIN, wait=False)
+        cluster.admins.append(admin)
+        # past the last deadline, its slack and one slow sweep
+        time.sleep(max(0, (last + 500 - time.time() * 1000) / 1000) + 2.5)
+        calls = r.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0)
+        print(f"ZRANGE calls while 41 deadlines 100 ms apart came due: {calls}")
+        assert calls >= 3, calls
+        assert "grace: sweep incomplete" not in admin.proc.log()
+    finally:
+        proxy.stop()
