@@ -427,7 +427,10 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
     p->res.stale_sockets += nodes->reaped.sockets;
     p->res.stale_links += nodes->reaped.links;
     p->res.nodes_down += nodes->reaped.forgotten;
-    if (!error && p->by_lease && a->lease_held)
+    /* Only a whole walk tells who is up: with P:nodes unread the list is short, and a node
+     * whose lease could not be read has no epoch; noting them would log node-up for epoch ""
+     * now and for every such node again once its shard is back. */
+    if (!error && p->by_lease && a->lease_held && !nodes->index_unread && !nodes->unknown)
         note_nodes(a, nodes);
     sb_nodes_free(nodes);
     if (error) {

@@ -17,8 +17,8 @@ and the grace sweep's pace. Real redis-server (or Redis Cluster), real admin.
    3 s after the first pass's sweep)
 06 deadlines that pass while a (slowed) sweep runs: swept again 250 ms later, not at the next
    pass (ZRANGE calls counted)
-07 (cluster) P:nodes unreadable: no node-up event for nodes whose lease is unknown, nor when
-   the shard returns
+07 (cluster) a node's lease, then P:nodes, unreadable (their slot served by nobody): no
+   node-up event, during or after
 08 an encoded NUL in the query: what docs/admin.md says happens"""
 import asyncio
 import json
@@ -358,3 +358,56 @@ def test_06_a_deadline_passed_during_the_sweep_is_swept_soon(cluster, redis_serv
         assert "grace: sweep incomplete" not in admin.proc.log()
     finally:
         proxy.stop()
+
+
+def node_ups(admin):
+    status, body = admin.get("/admin/events?limit=1000")
+    assert status == 200, body
+    return [e for e in body["events"] if e["type"] == "node-up"]
+
+
+def unserve(rc, slot):
+    owner = rc.owner(slot)
+    for p in rc.ports:
+        if rc.procs[p].alive():
+            rc.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
+    wait_for(lambda: all(rc.owner(slot, p) is None for p in rc.ports), 10,
+             msg=f"slot {slot} unassigned everywhere")
+    return owner
+
+
+def serve(rc, slot, owner):
+    rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
+    wait_for(lambda: all(rc.owner(slot, p) == owner for p in rc.ports
+                         if rc.procs[p].alive()), 20, msg=f"slot {slot} served again")
+
+
+def test_07_no_node_up_from_a_partial_walk(cluster, redis_server):
+    """On a Redis Cluster, a node's lease unreadable (its slot served by nobody), then P:nodes
+    unreadable, for a few passes each, then back: no node-up at all (the nodes never changed).
+    A partial walk used to log node-up with epoch "" for the unknown lease, and node-up for
+    every node once the walk was whole again."""
+    if not redis_server.cluster:
+        pytest.skip("a single key's shard can be lost only on a Redis Cluster")
+    rc = redis_server.rc
+    for n in ("na", "nb"):
+        cluster.node(n)  # default TTL (15 s): no lease lapses during the outages
+    admin = cluster.admin(args=FAST_ADMIN)
+    wait_for(lambda: len(admin.mesh()["nodes"]) == 2, 10, msg="both nodes listed")
+    time.sleep(1)  # a few passes: the lease holder has learned both nodes
+    base = node_ups(admin)
+    shared = {rc.keyslot(k) for k in ("sb:events", "sb:admin:lock", "sb:admin:last")}
+    for key, what in (("sb:node:nb", "nodes"), ("sb:nodes", "nodes")):
+        slot = rc.keyslot(key)
+        assert slot not in shared, (key, slot)
+        owner = unserve(rc, slot)
+        try:
+            wait_for(lambda: what in admin.mesh().get("unreadable", []), 10,
+                     msg=f"{key} unreadable")
+            time.sleep(1.2)  # four passes
+        finally:
+            serve(rc, slot, owner)
+        wait_for(lambda: "unreadable" not in admin.mesh(), 15, msg="whole again")
+        time.sleep(1.2)
+        ups = node_ups(admin)
+        assert ups == base, (key, [e["data"] for e in ups if e not in base])
