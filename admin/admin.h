@@ -63,6 +63,9 @@ typedef struct {
     int64_t nodes_down; /* dead nodes forgotten */
     int64_t rooms_checked;
     int stats_checked; /* stats_check ran (skipped above SB_STATS_CHECK_MAX_ROOMS) */
+    /* room_check or stats_check calls Redis refused (a key of the wrong type, ...): each is
+     * logged and its room or bucket left as it is; the pass goes on with the others. */
+    int64_t check_errors;
 } sb_pass_result_t;
 
 #define SB_STATS_CHECK_MAX_ROOMS 1500
@@ -206,6 +209,10 @@ typedef void (*sb_reap_cb)(sb_admin_t *a, const sb_reap_result_t *r, const char 
  * node join the reap in progress. Returns 0 and calls cb once, or SB_EUNAVAIL without. Totals
  * and node-down events are recorded by the reap itself. */
 int sb_reap_node(sb_admin_t *a, const char *node, sb_reap_cb cb, void *data);
+/* 1 when s[0..len) is an index entry "R S" with R a room the keys may hold and S an id of 1..64
+ * bytes (no space or NUL); *rlen is then R's length. Entries that fail were written by no script
+ * (the callers drop them, logged). */
+int sb_reap_entry(const char *s, size_t len, size_t *rlen);
 /* room_remove "expired" of one socket. status: 1 removed (links set), 2 live, 0 gone, -1 error. */
 typedef void (*sb_reap_socket_cb)(sb_admin_t *a, int status, int64_t links, void *data);
 int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
@@ -230,7 +237,8 @@ int sb_batch_issued(sb_batch_t *b, int rc);
 void sb_batch_fail(sb_batch_t *b, const char *error);
 /* One call of the batch answered (or the issuing ended): 1 when it was the last. */
 int sb_batch_settle(sb_batch_t *b);
-/* sb_reap_socket counted in the batch (add, call, issued); its cb must call sb_batch_reaped. */
+/* sb_reap_socket counted in the batch (add, call, issued); its cb must call sb_batch_reaped. A
+ * room or id that is not valid (SB_EINVAL) is skipped, logged, without failing the batch. */
 int sb_batch_reap(sb_admin_t *a, sb_batch_t *b, const char *room, size_t rlen, const char *sid,
                   size_t slen, const char *node, sb_reap_socket_cb cb, void *data);
 /* A reap of the batch answered (status and links as sb_reap_socket_cb's): counts what it
@@ -291,7 +299,7 @@ typedef struct {
     int64_t pj_members, pj_links, pj_away; /* the PeerJS share of members, links and away */
     int missing_slots, first_missing;      /* slots whose figures could not be read (partial) */
     json_t *last;                          /* P:admin:last parsed (new reference) or NULL */
-    json_t *totals; /* object of P:admin:totals as integers (new reference) */
+    json_t *totals; /* object of P:admin:totals as integers (new reference), NULL when unread */
     json_t *events; /* newest events (new reference) or NULL */
     /* Global keys that could not be read (a Redis Cluster shard lost): SB_UNREAD_* bits. */
     unsigned unread;

@@ -91,7 +91,12 @@ static void on_chunk(redisReply *reply, const char *error, void *data)
     } else if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 5) {
         sb_warn_limited("bucket_read failed for %d slots: %s", ch->ntags,
                         error ? error : (reply && reply->str ? reply->str : "bad reply"));
-        missing(b, ch->ntags, ch->first);
+        /* On a single Redis that one bucket is the whole keyspace: every slot is missing (a
+         * 503, as with the server down), not "1 slot missing" beside figures of 0. */
+        if (rd->a->cluster)
+            missing(b, ch->ntags, ch->first);
+        else
+            missing(b, SB_SLOTS, 0);
         /* The usual cause on a cluster: a slot of the chunk moved (a reshard) and the map is
          * stale; bucket_read's "non local key" is no MOVED, so nothing else says so. */
         sb_cluster_refresh(rd->a->db);

@@ -33,7 +33,7 @@ typedef struct sb_grace {
     sb_batch_t batch; /* the ZRANGEs and the reaps of this sweep */
     int64_t now_ms;   /* wall clock at the start (deadlines are Redis's wall clock) */
     int64_t next_ms;  /* the earliest deadline seen that is not due yet, or INT64_MAX */
-    int full;         /* a bucket had more entries than were read */
+    int full;         /* a bucket had more entries than were read, all of them due */
     int early;        /* a due entry answered "live": Redis's clock behind ours */
 } sweep_t;
 
@@ -61,12 +61,14 @@ static void done(sweep_t *g)
             delay = GRACE_MIN_DELAY_MS;
         else if (g->next_ms != INT64_MAX)
             delay = g->next_ms + GRACE_SLACK_MS - sb_now_ms();
+        /* A deadline that came due while this sweep ran gives a delay below 0: it is due now,
+         * not never (such a delay started no timer, and the session waited for the next pass).
+         * The floor keeps the pace of GRACE_MIN_DELAY_MS. */
+        if (g->next_ms != INT64_MAX && delay < GRACE_MIN_DELAY_MS)
+            delay = GRACE_MIN_DELAY_MS;
         /* Beyond one interval the passes (which sweep again) come first. */
-        if (delay >= 0 && delay < a->cfg.reconcile_interval_ms) {
-            if (delay < GRACE_MIN_DELAY_MS)
-                delay = GRACE_MIN_DELAY_MS;
+        if (delay >= 0 && delay < a->cfg.reconcile_interval_ms)
             uv_timer_start(&a->grace_timer, on_timer, (uint64_t)delay, 0);
-        }
     }
     a->grace_again = 0;
     free(g);
@@ -88,17 +90,34 @@ static void on_reaped(sb_admin_t *a, int status, int64_t links, void *data)
         done(g);
 }
 
+typedef struct {
+    sweep_t *g;
+    char key[SB_KEY_MAX]; /* P:{T}:away */
+} range_t;
+
 /* ZRANGE P:{T}:away 0 N-1 WITHSCORES: reap the due ones, note the next deadline. */
 static void on_range(redisReply *reply, const char *error, void *data)
 {
-    sweep_t *g = data;
+    range_t *rg = data;
+    sweep_t *g = rg->g;
+    char key[SB_KEY_MAX];
+    memcpy(key, rg->key, sizeof key);
+    free(rg);
     if (error || !reply || reply->type != REDIS_REPLY_ARRAY) {
         sb_batch_fail(&g->batch, error ? "unavailable" : "ZRANGE failed");
         settle(g);
         return;
     }
-    if (reply->elements >= 2 * (GRACE_LAST + 1))
-        g->full = 1;
+    /* More entries than were read matter only when all of them are due (sorted: when the last
+     * one read is): the rest may be due too, so the next sweep comes soon. Entries ahead are in
+     * next_ms; counting them as "more" polled every GRACE_MIN_DELAY_MS for as long as a bucket
+     * held 64 away sessions, due or not. */
+    if (reply->elements >= 2 * (GRACE_LAST + 1)) {
+        const redisReply *sc = reply->element[reply->elements - 1];
+        if (sc->type == REDIS_REPLY_STRING &&
+            strtoll(sc->str, NULL, 10) + GRACE_SLACK_MS <= g->now_ms)
+            g->full = 1;
+    }
     for (size_t i = 0; i + 1 < reply->elements && !g->batch.error; i += 2) {
         const redisReply *e = reply->element[i], *sc = reply->element[i + 1];
         if (e->type != REDIS_REPLY_STRING || sc->type != REDIS_REPLY_STRING)
@@ -110,11 +129,17 @@ static void on_range(redisReply *reply, const char *error, void *data)
             continue; /* sorted: the rest are later */
         }
         /* "R S": room names and ids have no spaces (common/keys.h) */
-        const char *sp = memchr(e->str, ' ', e->len);
-        if (!sp || sp == e->str || sp + 1 == e->str + e->len)
+        size_t rlen;
+        if (!sb_reap_entry(e->str, e->len, &rlen)) {
+            /* No script wrote it and none can remove it: dropped, or it would stay due. */
+            sb_warn("grace: dropping a malformed entry of %s", key);
+            const char *argv[] = {"ZREM", key, e->str};
+            size_t lens[] = {4, strlen(key), e->len};
+            sb_admin_cmd(g->a, NULL, NULL, 3, argv, lens);
             continue;
-        size_t rlen = (size_t)(sp - e->str), slen = e->len - rlen - 1;
-        sb_batch_reap(g->a, &g->batch, e->str, rlen, sp + 1, slen, "", on_reaped, g);
+        }
+        size_t slen = e->len - rlen - 1;
+        sb_batch_reap(g->a, &g->batch, e->str, rlen, e->str + rlen + 1, slen, "", on_reaped, g);
     }
     settle(g);
 }
@@ -124,12 +149,20 @@ static void on_tags(sb_admin_t *a, const sb_buckets_t *b, const char *error, voi
     (void)error; /* always NULL: unreadable slots are missing, and the next pass retries them */
     sweep_t *g = data;
     for (int i = 0; i < b->n && !g->batch.error; i++) {
-        char key[SB_KEY_MAX];
-        if (sb_key_room(key, sizeof key, a->cfg.prefix, b->tags[i], "away") < 0)
+        range_t *rg = malloc(sizeof *rg);
+        if (!rg) {
+            sb_batch_fail(&g->batch, "out of memory");
+            break;
+        }
+        rg->g = g;
+        if (sb_key_room(rg->key, sizeof rg->key, a->cfg.prefix, b->tags[i], "away") < 0) {
+            free(rg);
             continue;
-        const char *argv[] = {"ZRANGE", key, "0", SB_STR(GRACE_LAST), "WITHSCORES"};
+        }
+        const char *argv[] = {"ZRANGE", rg->key, "0", SB_STR(GRACE_LAST), "WITHSCORES"};
         sb_batch_add(&g->batch);
-        sb_batch_issued(&g->batch, sb_admin_cmd(a, on_range, g, 5, argv, NULL));
+        if (sb_batch_issued(&g->batch, sb_admin_cmd(a, on_range, rg, 5, argv, NULL)) != 0)
+            free(rg);
     }
     settle(g);
 }

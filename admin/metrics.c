@@ -77,14 +77,23 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
                   "Kinds of global keys that could not be read, their shard lost (mesh-status "
                   "unreadable: nodes, last_reconcile, totals, events).",
                   unread);
-    sb_prom_counter(&o, "switchboard_stale_sockets_removed_total",
-                    "Sockets reaped after their presence expired (all admins).",
-                    total(st, "stale_sockets_removed"));
-    sb_prom_counter(&o, "switchboard_stale_links_removed_total",
-                    "Links removed by reaps, and half links repaired (all admins).",
-                    total(st, "stale_links_removed"));
-    sb_prom_counter(&o, "switchboard_reconcile_runs_total",
-                    "Reconcile passes completed (all admins).", total(st, "reconcile_runs"));
+    /* The counters of P:admin:totals, only when it was read: its shard lost (a Redis Cluster),
+     * they are left out rather than 0, which Prometheus would take for a counter reset (and
+     * count the whole value again as an increase once the shard is back). */
+    if (st->totals) {
+        sb_prom_counter(&o, "switchboard_stale_sockets_removed_total",
+                        "Sockets reaped after their presence expired (all admins).",
+                        total(st, "stale_sockets_removed"));
+        sb_prom_counter(&o, "switchboard_stale_links_removed_total",
+                        "Links removed by reaps, and half links repaired (all admins).",
+                        total(st, "stale_links_removed"));
+        sb_prom_counter(&o, "switchboard_reconcile_runs_total",
+                        "Reconcile passes completed (all admins).", total(st, "reconcile_runs"));
+        sb_prom_counter(&o, "switchboard_reconcile_check_errors_total",
+                        "room_check and stats_check calls Redis refused, their room or bucket "
+                        "left as it is (all admins).",
+                        total(st, "check_errors"));
+    }
 
     const sb_admin_metrics_t *m = &a->metrics;
     sb_hist_t passes = m->pass_duration; /* before the first pass: empty, same buckets */
@@ -95,16 +104,17 @@ char *sb_admin_metrics_render(const sb_admin_t *a, const sb_status_t *st, size_t
     sb_prom_hist(&o, "switchboard_reconcile_duration_seconds",
                  "Duration of this admin's reconcile passes.", &passes);
 
-    sb_prom_printf(&o,
-                   "# HELP switchboard_invariant_violations_total Invariant violations found and "
-                   "repaired, by kind (all admins).\n"
-                   "# TYPE switchboard_invariant_violations_total counter\n");
-    json_t *kinds = st->totals ? json_object_get(st->totals, "violations_by_kind") : NULL;
-    for (int k = 0; k < SB_VIOL__COUNT; k++) {
-        json_t *v = kinds ? json_object_get(kinds, sb_violation_names[k]) : NULL;
-        sb_prom_printf(&o, "switchboard_invariant_violations_total{kind=\"%s\"} %lld\n",
-                       sb_violation_names[k],
-                       json_is_integer(v) ? (long long)json_integer_value(v) : 0);
+    if (st->totals) {
+        sb_prom_printf(&o, "# HELP switchboard_invariant_violations_total Invariant violations "
+                           "found and repaired, by kind (all admins).\n"
+                           "# TYPE switchboard_invariant_violations_total counter\n");
+        json_t *kinds = json_object_get(st->totals, "violations_by_kind");
+        for (int k = 0; k < SB_VIOL__COUNT; k++) {
+            json_t *v = kinds ? json_object_get(kinds, sb_violation_names[k]) : NULL;
+            sb_prom_printf(&o, "switchboard_invariant_violations_total{kind=\"%s\"} %lld\n",
+                           sb_violation_names[k],
+                           json_is_integer(v) ? (long long)json_integer_value(v) : 0);
+        }
     }
     sb_prom_gauge(&o, "switchboard_admin_lease_held",
                   "1 while this admin holds the reconcile lease (one admin reconciles at a time).",

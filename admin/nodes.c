@@ -23,7 +23,7 @@ typedef struct {
     int nlapsed, ilapsed;
     struct lease_get *gets; /* one per id of the batch */
     int gets_pending;
-    const char *gets_error;
+    const char *gets_error; /* a literal (error texts die with their request) */
     sb_nodes_cb cb;
     void *data;
 } walk_t;
@@ -171,8 +171,14 @@ static void on_lease(redisReply *reply, const char *error, void *data)
         g->unknown = 1;
     } else if (error || !reply ||
                (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)) {
-        if (!w->gets_error)
-            w->gets_error = error ? error : "bad GET reply";
+        /* A literal, never error itself: it lives in the request, freed when this returns,
+         * and the batch keeps its failure until its last GET answers (ASan caught the pass
+         * logging it after a connection drop with two GETs in flight). */
+        if (!w->gets_error) {
+            if (error)
+                sb_warn("node index: lease GET failed: %s", error);
+            w->gets_error = error ? "unavailable" : "bad GET reply";
+        }
     } else if (reply->type == REDIS_REPLY_STRING) {
         g->present = 1;
         g->lease = json_loadb(reply->str, reply->len, 0, NULL);

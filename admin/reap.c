@@ -57,12 +57,25 @@ static void on_socket_removed(redisReply *reply, const char *error, void *data)
     free(s);
 }
 
+int sb_reap_entry(const char *s, size_t len, size_t *rlen)
+{
+    const char *sp = memchr(s, ' ', len);
+    if (!sp)
+        return 0;
+    size_t r = (size_t)(sp - s), slen = len - r - 1;
+    if (!sb_valid_stored_room_n(s, r) || slen == 0 || slen > SB_SID_MAX ||
+        memchr(sp + 1, '\0', slen) || memchr(sp + 1, ' ', slen))
+        return 0;
+    *rlen = r;
+    return 1;
+}
+
 int sb_reap_socket(sb_admin_t *a, const char *room, size_t rlen, const char *sid, size_t slen,
                    const char *node, sb_reap_socket_cb cb, void *data)
 {
     char key[SB_KEY_MAX], bucket[SB_KEY_MAX];
     const char *tag = sb_valid_stored_room_n(room, rlen) ? sb_admin_tag(a, room, rlen) : NULL;
-    if (!tag || slen > SB_SID_MAX ||
+    if (!tag || slen == 0 || slen > SB_SID_MAX ||
         sb_key_room_n(key, sizeof key, a->cfg.prefix, room, rlen, "members") < 0 ||
         sb_key_room(bucket, sizeof bucket, a->cfg.prefix, tag, "stats") < 0)
         return SB_EINVAL;
@@ -134,7 +147,16 @@ int sb_batch_reap(sb_admin_t *a, sb_batch_t *b, const char *room, size_t rlen, c
                   size_t slen, const char *node, sb_reap_socket_cb cb, void *data)
 {
     sb_batch_add(b);
-    return sb_batch_issued(b, sb_reap_socket(a, room, rlen, sid, slen, node, cb, data));
+    int rc = sb_reap_socket(a, room, rlen, sid, slen, node, cb, data);
+    if (rc == SB_EINVAL) {
+        /* A name no script wrote (the room or the id invalid): nothing can remove it, and
+         * failing the batch for it would fail every pass and every figure from then on. */
+        b->pending--;
+        sb_warn_limited("reap: skipping a socket with an invalid room or id (%zu and %zu bytes)",
+                        rlen, slen);
+        return rc;
+    }
+    return sb_batch_issued(b, rc);
 }
 
 int sb_batch_reaped(sb_batch_t *b, int status, int64_t links)
@@ -316,19 +338,20 @@ static void on_scan(const redisReply *items, const char *error, void *data)
         const redisReply *e = items->element[i];
         if (e->type != REDIS_REPLY_STRING)
             continue;
-        const char *sp = memchr(e->str, ' ', e->len);
-        if (!sp || sp == e->str || (size_t)(sp - e->str) + 1 >= e->len) {
-            /* Not "R S": no script wrote it and none can remove it; drop it so the index can
-             * drain and the node can be forgotten. */
+        size_t rlen;
+        if (!sb_reap_entry(e->str, e->len, &rlen)) {
+            /* Not "R S" with a room and an id the scripts write: no script wrote it and none
+             * can remove it; drop it so the index can drain and the node can be forgotten
+             * (kept, it failed the node's reap, and with it every figure, every pass). */
             sb_warn("reap: dropping malformed index entry of node %s", r->node);
             const char *argv[] = {"SREM", r->index.key, e->str};
             size_t lens[] = {4, strlen(r->index.key), e->len};
             sb_admin_cmd(a, NULL, NULL, 3, argv, lens);
             continue;
         }
-        size_t rlen = (size_t)(sp - e->str);
-        if (sb_batch_reap(a, &r->batch, e->str, rlen, sp + 1, e->len - rlen - 1, r->node, on_socket,
-                          r) != 0)
+        if (sb_batch_reap(a, &r->batch, e->str, rlen, e->str + rlen + 1, e->len - rlen - 1, r->node,
+                          on_socket, r) != 0 &&
+            r->batch.error)
             break;
     }
     if (sb_batch_settle(&r->batch))

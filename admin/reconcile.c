@@ -58,13 +58,14 @@ json_t *sb_pass_json(const sb_pass_result_t *r)
         total += r->violations[k];
         json_object_set_new(kinds, sb_violation_names[k], json_integer(r->violations[k]));
     }
-    return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:b}", "at", at, "duration_ms",
+    return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:b,s:I}", "at", at, "duration_ms",
                      (json_int_t)r->duration_ms, "stale_sockets", (json_int_t)r->stale_sockets,
                      "stale_links", (json_int_t)r->stale_links, "remaining_links",
                      (json_int_t)r->remaining_links, "violations", (json_int_t)total,
                      "violations_by_kind", kinds, "swept_sockets", (json_int_t)r->swept_sockets,
                      "nodes_down", (json_int_t)r->nodes_down, "rooms_checked",
-                     (json_int_t)r->rooms_checked, "stats_checked", r->stats_checked);
+                     (json_int_t)r->rooms_checked, "stats_checked", r->stats_checked,
+                     "check_errors", (json_int_t)r->check_errors);
 }
 
 /* ---- the end of a pass --------------------------------------------------------------------- */
@@ -88,6 +89,7 @@ static void record(sb_pass_t *p)
         sb_totals_add(a, sb_violation_totals[k], r->violations[k]);
     }
     sb_totals_add(a, "reconcile_runs", 1);
+    sb_totals_add(a, "check_errors", r->check_errors);
     sb_totals_add(a, "violations_repaired", violations);
     /* Reaps added their own sockets and links as they went; the repaired halves are the rest
      * of this pass's stale_links. */
@@ -163,12 +165,20 @@ static int next_bucket(sb_pass_t *p);
 static void on_stats_checked(redisReply *reply, const char *error, void *data)
 {
     sb_pass_t *p = data;
-    if (error || sb_reply_is_error(reply)) {
-        finish(p, error ? error : reply->str);
+    if (error) {
+        finish(p, error);
         return;
     }
-    p->res.stats_checked = 1;
-    p->res.violations[SB_VIOL_COUNTER] += sb_reply_int(reply, 0, 0);
+    if (sb_reply_is_error(reply)) {
+        /* Redis refused it (a room's stats key of the wrong type, ...): this bucket's figures
+         * stay as they are, counted and logged; the other buckets are still checked. */
+        sb_log_limited(SB_LOG_ERROR, "reconcile: stats_check of %s refused: %s", p->rooms.key,
+                       reply->str);
+        p->res.check_errors++;
+    } else {
+        p->res.stats_checked = 1;
+        p->res.violations[SB_VIOL_COUNTER] += sb_reply_int(reply, 0, 0);
+    }
     if (next_bucket(p) != 0)
         finish(p, "unavailable");
 }
@@ -249,13 +259,21 @@ static void on_checked(redisReply *reply, const char *error, void *data)
     if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 4 ||
         reply->element[3]->type != REDIS_REPLY_STRING ||
         reply->element[3]->len >= sizeof c->cursor) {
-        if (!error && sb_reply_is_error(reply))
-            sb_error("reconcile: room_check of %s refused: %s", c->room, reply->str);
-        else if (error)
+        if (error) {
             sb_warn("reconcile: room_check of %s: %s", c->room, error);
-        /* A literal: error lives in the request, freed when this returns, and the batch keeps
-         * its failure until its last call answers (ASan caught the pass logging it after). */
-        sb_batch_fail(&p->batch, error ? "unavailable" : "room_check failed");
+            /* A literal: error lives in the request, freed when this returns, and the batch
+             * keeps its failure until its last call answers (ASan caught the pass logging it
+             * after). */
+            sb_batch_fail(&p->batch, "unavailable");
+        } else {
+            /* Redis answered but refused the room (a key of the wrong type, ...): one broken
+             * room must not stop the pass for the others, or every pass would fail on it and
+             * nothing after it (stats_check) would ever run. Counted, logged, left as is: the
+             * admin cannot know what such a key should hold (docs/admin.md). */
+            sb_log_limited(SB_LOG_ERROR, "reconcile: room_check of %s refused: %s", c->room,
+                           sb_reply_is_error(reply) ? reply->str : "bad reply");
+            p->res.check_errors++;
+        }
         free(c);
         settle(p);
         return;
@@ -409,7 +427,10 @@ static void on_nodes(sb_admin_t *a, sb_nodes_t *nodes, const char *error, void *
     p->res.stale_sockets += nodes->reaped.sockets;
     p->res.stale_links += nodes->reaped.links;
     p->res.nodes_down += nodes->reaped.forgotten;
-    if (!error && p->by_lease && a->lease_held)
+    /* Only a whole walk tells who is up: with P:nodes unread the list is short, and a node
+     * whose lease could not be read has no epoch; noting them would log node-up for epoch ""
+     * now and for every such node again once its shard is back. */
+    if (!error && p->by_lease && a->lease_held && !nodes->index_unread && !nodes->unknown)
         note_nodes(a, nodes);
     sb_nodes_free(nodes);
     if (error) {

@@ -17,7 +17,7 @@ typedef struct {
     sb_status_t st;
     int events;
     int pending;
-    const char *error;
+    const char *error; /* a literal, kept until the last reply (never a request's text) */
     sb_status_cb cb;
     void *data;
 } collect_t;
@@ -50,7 +50,9 @@ static int failed(collect_t *c, redisReply *reply, const char *error, unsigned b
         if (sb_cluster_is_cluster(c->a->db))
             c->st.unread |= bit;
         else if (!c->error)
-            c->error = error ? error : "Redis error";
+            /* A literal: error lives in the request, freed when this callback returns, and
+             * c->error is read when the last reply settles (the callback contract). */
+            c->error = error ? "unavailable" : "Redis error";
         return 1;
     }
     return 0;
@@ -88,7 +90,10 @@ static void on_last(redisReply *reply, const char *error, void *data)
 static void on_totals(redisReply *reply, const char *error, void *data)
 {
     collect_t *c = data;
-    c->st.totals = sb_totals_from_reply(failed(c, reply, error, SB_UNREAD_TOTALS) ? NULL : reply);
+    /* Unread totals stay NULL (null in JSON, no _total series), never zeros: a counter that
+     * drops to 0 is a reset to Prometheus, and every rate() over it would jump. */
+    if (!failed(c, reply, error, SB_UNREAD_TOTALS))
+        c->st.totals = sb_totals_from_reply(reply);
     settle(c);
 }
 
@@ -261,7 +266,7 @@ json_t *sb_status_json(const sb_status_t *st)
     /* Entries are {id, type, at, data}: the documented shape (docs/admin.md), plus the stream id
      * for clients that dedupe. */
     json_t *events = st->events ? json_incref(st->events) : json_array();
-    json_t *totals = st->totals ? json_incref(st->totals) : json_object();
+    json_t *totals = st->totals ? json_incref(st->totals) : json_null(); /* unreadable */
     json_t *o = json_pack("{s:o,s:I,s:I,s:I,s:I,s:O,s:o,s:o,s:b}", "nodes", nodes, "rooms",
                           (json_int_t)st->rooms, "active_users", (json_int_t)st->members,
                           "p2p_links", (json_int_t)st->links, "p2p_users", (json_int_t)st->linked,

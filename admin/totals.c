@@ -14,7 +14,7 @@ const char *const sb_violation_totals[SB_VIOL__COUNT] = {
     "violations_counter", "violations_half_link", "violations_degree"};
 
 static const char *const fields[] = {"stale_sockets_removed", "stale_links_removed",
-                                     "reconcile_runs", "violations_repaired"};
+                                     "reconcile_runs", "violations_repaired", "check_errors"};
 
 void sb_totals_add(sb_admin_t *a, const char *field, int64_t delta)
 {

@@ -215,9 +215,9 @@
             ['remaining links', r.remaining_links],
             ['violations', r.violations],
         ] : [['at', 'no pass yet']]);
-        const t = s.totals || {};
-        const kinds = t.violations_by_kind || {};
-        pairs($('totals'), [
+        const t = s.totals;
+        const kinds = (t && t.violations_by_kind) || {};
+        pairs($('totals'), !t ? [['totals', 'not readable (partial)']] : [
             ['reconcile runs', t.reconcile_runs],
             ['stale sockets removed', t.stale_sockets_removed],
             ['stale links removed', t.stale_links_removed],
