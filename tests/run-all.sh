@@ -55,6 +55,7 @@ run_suite "integration on a Redis Cluster (normal)" env SB_REDIS=cluster SWITCHB
     $py -m pytest -q -p no:cacheprovider tests/integration/test_02_protocol.py \
     tests/integration/test_admin_reconcile.py tests/integration/test_08_chaos.py \
     tests/integration/test_15_resume.py tests/integration/test_16_peerjs.py \
+    tests/integration/test_admin_faults.py \
     --junitxml="$out/results/integration-cluster.xml"
 # The same node with --websocket lws (libwebsockets for every connection, the layer before the
 # node's own; still what serves TLS): the files that pin WebSocket behaviour byte by byte, and

@@ -7,7 +7,9 @@ caught up) before each test; `redis_server.url` is then the redis-cluster:// see
 `redis_server.client()` a tests/clusterview.py client that routes by slot and scans every
 primary. `redis_server.cluster` tells a test which it got (for bucket key names, via
 tests/keyspace.py). A test that has no meaning on a cluster carries
-@pytest.mark.single_redis("why") and is deselected in cluster mode (listed at the end)."""
+@pytest.mark.single_redis("why") and is deselected in cluster mode (listed at the end); one
+that has meaning only on a cluster carries @pytest.mark.cluster_only("why") and is deselected
+otherwise (run by .ci/run's cluster suite)."""
 import os
 import re
 import sys
@@ -27,24 +29,26 @@ _deselected = []
 def pytest_configure(config):
     config.addinivalue_line("markers", "single_redis(why): meaningless on a Redis Cluster; "
                             "deselected when SB_REDIS=cluster")
+    config.addinivalue_line("markers", "cluster_only(why): meaningful only on a Redis Cluster; "
+                            "deselected unless SB_REDIS=cluster")
 
 
 def pytest_collection_modifyitems(config, items):
-    if MODE != "cluster":
-        return
+    marker = "single_redis" if MODE == "cluster" else "cluster_only"
     keep, drop = [], []
     for it in items:
-        (drop if it.get_closest_marker("single_redis") else keep).append(it)
+        (drop if it.get_closest_marker(marker) else keep).append(it)
     if drop:
         items[:] = keep
         config.hook.pytest_deselected(items=drop)
         for it in drop:
-            _deselected.append(f"{it.nodeid}: {it.get_closest_marker('single_redis').args[0]}")
+            _deselected.append(f"{it.nodeid}: {it.get_closest_marker(marker).args[0]}")
 
 
 def pytest_terminal_summary(terminalreporter):
     if _deselected:
-        terminalreporter.write_sep("-", "single-Redis only, not run on the cluster")
+        terminalreporter.write_sep("-", "single-Redis only, not run on the cluster"
+                                   if MODE == "cluster" else "Redis Cluster only, not run here")
         for line in _deselected:
             terminalreporter.write_line(line)
 

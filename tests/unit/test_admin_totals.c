@@ -43,7 +43,8 @@ static void test_totals_from_reply(void **state)
     assert_int_equal(field(kinds, "counter"), 0);
     assert_int_equal(field(kinds, "half-link"), 2);
     assert_int_equal(field(kinds, "degree"), 1);
-    assert_int_equal(json_object_size(t), 5);
+    assert_int_equal(field(t, "check_errors"), 0);
+    assert_int_equal(json_object_size(t), 6); /* 5 totals and violations_by_kind */
     json_decref(t);
 
     t = sb_totals_from_reply(NULL);
