@@ -49,6 +49,8 @@ struct sb_seat {
     unsigned reassert : 1; /* re-asserted after a data loss, not confirmed yet: a missing
                             * presence key means "not written yet", not "reaped" */
     unsigned queue_inflight : 16; /* its signals in flight to session_queue (route_signal) */
+    unsigned superseded : 1;      /* PeerJS: another socket of this node claims its id: at its close
+                                   * it neither goes away nor is removed (the claim takes the id) */
     int nhalves;                  /* entries in halves */
     room_t *room;                 /* JOINING/JOINED/LEAVING */
     char *meta_json;  /* compact meta as stored in Redis (with sub), once a join passed auth;
@@ -1696,7 +1698,13 @@ void sb_route_disconnect(sb_session_t *s)
     if (t->maybe_room &&
         !(t->in_redis && t->room && strcmp(t->maybe_room, room_name(t->room)) == 0))
         remove_later(s, t->maybe_room, "disconnect");
-    if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
+    if (t->superseded) {
+        /* A PeerJS id's hash is fixed (its token's), so this socket's session_away or removal,
+         * sent after the other socket's pj_claim, would pass as this incarnation's and mark
+         * away or remove the new holder. The claim takes the id over; if it fails, the id's
+         * presence lapses and the admin reaps it. */
+        sb_debug_limited("session %s: closed while another socket claims its id", s->id);
+    } else if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
         char hash[SB_RESUME_HASH_LEN + 1];
         if (t->state == SEAT_JOINED && gets_grace(s))
             go_away(s, room_name(t->room), s->id, hash_hex(t, hash));
@@ -2580,6 +2588,15 @@ static int pj_rename(sb_session_t *s, const char *id)
 }
 
 /* A claim that did not take place: the seat leaves the room; the socket is told and closed. */
+/* A claim of id by s that did not take place (an answer, or not sent): the copy of id here, if
+ * any, is its holder again and cleans up at its close as before. */
+static void pj_claim_over(sb_node_t *n, const char *id, const sb_session_t *s)
+{
+    sb_session_t *copy = sb_map_get(&n->pj_by_id, id);
+    if (copy && copy != s && copy->seat)
+        copy->seat->superseded = 0;
+}
+
 static void pj_claim_failed(sb_session_t *s, int taken)
 {
     seat_leave_room(s->seat, 1);
@@ -2613,6 +2630,8 @@ static void on_pj_claimed(redisReply *reply, const char *error, void *data)
          * or freed) instead of waiting for the admin; session_away refuses if it had not. */
         if (error)
             go_away(s, q->room, q->peer, q->hash);
+        else
+            pj_claim_over(n, q->peer, s);
         req_free(q);
         return;
     }
@@ -2651,6 +2670,7 @@ static void pj_claim_send(req_t *q)
         NULL, NULL,  n->cfg.prefix,        q->room, q->peer, n->cfg.id, n->epoch, q->hash,
         ttl,  grace, t->sub ? t->sub : "", list};
     if (room_script(n, q->room, "pj_claim", 2, 12, args, on_pj_claimed, q) != 0) {
+        pj_claim_over(n, q->peer, s);
         pj_claim_failed(s, 0);
         req_free(q);
     }
@@ -2658,7 +2678,6 @@ static void pj_claim_send(req_t *q)
 
 static void on_pj_bucket(sb_node_t *n, void *data, int ok)
 {
-    (void)n;
     req_t *q = data;
     sb_session_t *s = q->s;
     if (s->closed || !s->seat || s->seat->state != SEAT_JOINING) {
@@ -2669,6 +2688,7 @@ static void on_pj_bucket(sb_node_t *n, void *data, int ok)
         pj_claim_send(q);
         return;
     }
+    pj_claim_over(n, q->peer, s);
     pj_claim_failed(s, 0);
     req_free(q);
 }
@@ -2735,13 +2755,16 @@ void sb_route_pj_open(sb_session_t *s, const char *key, const char *id, const ch
     t->used = 1;
     /* The id at once when no copy of it is here: messages for it that come before the reply
      * are held for it by the view. */
-    if (!sb_map_get(&n->pj_by_id, id)) {
+    sb_session_t *copy = sb_map_get(&n->pj_by_id, id);
+    if (!copy) {
         if (pj_rename(s, id) != 0 || sb_view_local_add(r->view, s->id) != 0) {
             pj_claim_failed(s, 0);
             req_free(q);
             return;
         }
         t->renamed = 1;
+    } else if (copy != s && copy->seat) {
+        copy->seat->superseded = 1; /* see its close (sb_route_disconnect) */
     }
     int rc = sb_pubsub_bucket(n, r->tag, on_pj_bucket, q);
     if (rc == 0)

@@ -659,3 +659,43 @@ def test_18_a_link_is_counted_again_after_redis_lost_its_data(cluster, redis_ser
         assert a.closed is None and b.closed is None
 
     run(main())
+
+
+@pytest.mark.single_redis("a reply-delaying proxy fronts one Redis; cluster redirects bypass it")
+def test_19_the_old_socket_closing_during_a_reclaim_on_its_node_leaves_the_new_one(cluster,
+                                                                                  redis_server):
+    """A PeerJS id reclaimed on the node that still holds its old socket, and the old socket
+    drops (a reset) while the claim is in flight. The id's hash is fixed (the token's), so the
+    old socket's `session_away`, sent after the claim on the same connection, passed both its
+    checks (this node, this hash) and marked the new holder away; the grace timer then removed
+    it. Now a socket whose id another socket of its node is claiming does not go away at its
+    close: the claim takes the id over. Here replies come 0.5 s late to widen the window; grace
+    1.5 s; after 2.5 s the id is still a member, not away, and relays."""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0.0)
+    try:
+        n1 = cluster.node("n1", args=["--redis-timeout-ms", "3000", "--resume-grace-ms", "1500",
+                                      "--presence-ttl-ms", "5000", "--heartbeat-ms", "1000"],
+                          redis_url=proxy.url)
+        n2 = cluster.node("n2", args=FAST)
+
+        async def main():
+            old = await PJ.connect(n1, "alice", token="ta")
+            bob = await PJ.connect(n2, "bob", token="tb")
+            proxy.delay = 0.5
+            new = await PJ.connect(n1, "alice", token="ta", open_=False)
+            await asyncio.sleep(0.1)  # the claim is sent; its reply is on its way
+            old.abort()
+            await new.expect("OPEN", timeout=5)
+            proxy.delay = 0.0
+            await asyncio.sleep(2.5)  # past the grace
+            st = bucket_stats(redis_server)
+            assert (st["pj_members"], st["pj_away"]) == (2, 0), st
+            await bob.send({"type": "OFFER", "dst": "alice", "payload": offer()})
+            assert (await new.expect("OFFER"))["src"] == "bob"
+            consistent(redis_server)
+        run(main())
+    finally:
+        for n in cluster.nodes:
+            n.proc.stop()
+        proxy.stop()
