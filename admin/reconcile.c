@@ -169,6 +169,11 @@ static void on_stats_checked(redisReply *reply, const char *error, void *data)
         finish(p, error);
         return;
     }
+    if (sb_reply_is_transient(reply)) { /* "not now" (OOM, LOADING, ...): the pass fails */
+        sb_warn("reconcile: stats_check of %s: %s", p->rooms.key, reply->str);
+        finish(p, "unavailable");
+        return;
+    }
     if (sb_reply_is_error(reply)) {
         /* Redis refused it (a room's stats key of the wrong type, ...): this bucket's figures
          * stay as they are, counted and logged; the other buckets are still checked. */
@@ -259,8 +264,11 @@ static void on_checked(redisReply *reply, const char *error, void *data)
     if (error || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 4 ||
         reply->element[3]->type != REDIS_REPLY_STRING ||
         reply->element[3]->len >= sizeof c->cursor) {
-        if (error) {
-            sb_warn("reconcile: room_check of %s: %s", c->room, error);
+        if (error || sb_reply_is_transient(reply)) {
+            /* No connection, a timeout, or Redis saying "not now" (OOM: room_check writes;
+             * LOADING, BUSY, a failover): the pass fails and the next one retries; a check
+             * error is a room Redis refuses for good. */
+            sb_warn("reconcile: room_check of %s: %s", c->room, error ? error : reply->str);
             /* A literal: error lives in the request, freed when this returns, and the batch
              * keeps its failure until its last call answers (ASan caught the pass logging it
              * after). */

@@ -20,7 +20,6 @@ typedef struct cmd {
     sb_redis_cb cb;
     void *data;
     int64_t started_ms;
-    int answered; /* answered "timeout" by on_tick: still in flight, its reply to be dropped */
     struct cmd *prev, *next;
 } cmd_t;
 
@@ -60,7 +59,6 @@ struct sb_redis {
     cmd_t *head, *tail; /* commands in flight, oldest first */
     cmd_t *unexpired;   /* the oldest one not yet answered "timeout" (see on_tick) */
     int npending;
-    int nanswered; /* of those, already answered "timeout" (not counted by sb_redis_pending) */
     int64_t last_reply_ms; /* when the last reply came (progress: see on_tick) */
     const char *drop_why;  /* error given to callbacks of a connection we drop */
     uv_timer_t tick;
@@ -251,8 +249,6 @@ static void unlink_cmd(sb_redis_t *r, cmd_t *c)
     else
         r->tail = c->prev;
     r->npending--;
-    if (c->answered)
-        r->nanswered--;
 }
 
 /* Schedules the next attempt with jittered exponential backoff: 50 ms doubling to 1 s. */
@@ -359,7 +355,6 @@ static int send_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const 
     c->cb = cb;
     c->data = data;
     c->started_ms = sb_mono_ms();
-    c->answered = 0;
     long len = format_argv(r, argc, argv, lens);
     if (len < 0) {
         free(c);
@@ -403,7 +398,6 @@ int sb_redis_command(sb_redis_t *r, sb_redis_cb cb, void *data, const char *fmt,
     c->cb = cb;
     c->data = data;
     c->started_ms = sb_mono_ms();
-    c->answered = 0;
     int rc = redisAsyncFormattedCommand(r->ac, on_reply, c, cmdbuf, (size_t)len);
     redisFreeCommand(cmdbuf);
     if (rc != REDIS_OK) {
@@ -802,8 +796,6 @@ static void on_tick(uv_timer_t *t)
             sb_redis_cb cb = c->cb;
             c->cb = NULL;
             if (cb) {
-                c->answered = 1;
-                r->nanswered++;
                 cb(NULL, "timeout", c->data);
                 if (r->state != ST_UP)
                     break; /* the callback dropped or closed the connection */
@@ -864,7 +856,7 @@ int64_t sb_redis_lag_ms(const sb_redis_t *r)
 
 int sb_redis_pending(const sb_redis_t *r)
 {
-    return r->npending - r->nanswered;
+    return r->npending;
 }
 
 int sb_redis_subscribe(sb_redis_t *r, const char *channel)
@@ -917,6 +909,19 @@ void sb_redis_close(sb_redis_t *r)
     }
     uv_timer_stop(&r->tick);
     uv_close((uv_handle_t *)&r->tick, on_tick_close);
+}
+
+int sb_reply_is_transient(const redisReply *reply)
+{
+    static const char *const prefixes[] = {"OOM",      "LOADING",     "BUSY",
+                                           "READONLY", "MASTERDOWN",  "MISCONF",
+                                           "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"};
+    if (!sb_reply_is_error(reply) || !reply->str)
+        return 0;
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+        if (strncmp(reply->str, prefixes[i], strlen(prefixes[i])) == 0)
+            return 1;
+    return 0;
 }
 
 int sb_reply_is_error(const redisReply *reply)

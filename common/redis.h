@@ -82,8 +82,9 @@ int sb_redis_subscribed(const sb_redis_t *r, const char *channel);
  * Safe from any callback, including this client's own reply callbacks. */
 void sb_redis_drop(sb_redis_t *r, const char *why);
 
-/* Number of commands awaiting a reply, those already answered "timeout" left out: their callback
- * has run and their late reply will be dropped, so a drain need not wait for them. */
+/* Number of commands awaiting a reply, those already answered "timeout" included: they may
+ * still be unsent (in hiredis's buffer, or the kernel's), and a close now would lose them (a
+ * drain's session_away or room_remove); a drain waits for them, up to its deadline. */
 int sb_redis_pending(const sb_redis_t *r);
 
 /* Stops for good: pending callbacks get "closing", no reconnect; the struct is freed once its
@@ -92,6 +93,10 @@ void sb_redis_close(sb_redis_t *r);
 
 /* Helpers for replies. */
 int sb_reply_is_error(const redisReply *reply);
+/* An error reply that means "not now" (Redis cannot take writes, is loading, busy, failing
+ * over: OOM, LOADING, BUSY, READONLY, MASTERDOWN, MISCONF, TRYAGAIN, CLUSTERDOWN, NOREPLICAS):
+ * a retry may succeed. 0 for any other reply, and for errors a retry will not cure. */
+int sb_reply_is_transient(const redisReply *reply);
 /* Element i of an array reply as a string (NULL when not a string/status). */
 const char *sb_reply_str(const redisReply *reply, size_t i, size_t *len);
 long long sb_reply_int(const redisReply *reply, size_t i, long long fallback);

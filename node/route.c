@@ -375,19 +375,6 @@ static sb_session_t *local_in(room_t *r, const char *id)
 
 /* ---- replies ------------------------------------------------------------------------------- */
 
-/* Redis errors that mean "not now" (it cannot take writes, or is loading, busy, failing over):
- * a retry may succeed, so the client is told `unavailable`. */
-static int transient_redis_error(const char *str)
-{
-    static const char *const prefixes[] = {"OOM",      "LOADING",     "BUSY",
-                                           "READONLY", "MASTERDOWN",  "MISCONF",
-                                           "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"};
-    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
-        if (strncmp(str, prefixes[i], strlen(prefixes[i])) == 0)
-            return 1;
-    return 0;
-}
-
 static void send_unavailable(sb_session_t *s, json_t *rid)
 {
     sb_session_send_error(s, "unavailable", "Redis is unreachable; retry later", rid);
@@ -404,7 +391,7 @@ static void send_failure(sb_session_t *s, const char *what, redisReply *reply, c
         send_unavailable(s, rid);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR && reply->str && transient_redis_error(reply->str)) {
+    if (sb_reply_is_transient(reply)) { /* "not now": a retry may succeed */
         sb_warn_limited("session %s: %s refused by Redis: %s", s->id, what, reply->str);
         sb_session_send_error(s, "unavailable", "Redis cannot take this now; retry later", rid);
         return;
@@ -1467,24 +1454,20 @@ static void route_join(sb_session_t *s, const sb_msg_t *m)
         join_failed(q);
 }
 
-static int reassert_one(sb_node_t *n, sb_session_t *s, const char *room, const char *ttl);
-
-/* A "gone" answer (the script found s's presence missing) while s's re-assert after a data loss
- * has not been confirmed: its key was lost with the data, not reaped. Re-asserted again, and the
- * request is answered `unavailable` (the client retries it once the re-assert went through);
- * 1. Otherwise 0: a reaping (rule 1). */
+/* A "gone" answer (the script found s's presence missing, or held by another node or another
+ * incarnation) while s's re-assert after a data loss has not been confirmed: maybe the data
+ * loss, maybe not. Not taken for a reaping: the request is answered `unavailable` (the client
+ * retries it), and the next presence refresh tells which (a missing key is re-asserted then,
+ * sb_route_refreshed; a key another node holds is not claimed back). 1; otherwise 0: a reaping
+ * (rule 1). */
 static int lost_not_reaped(sb_session_t *s, json_t *rid)
 {
     sb_node_t *n = s->node;
-    const char *room = sb_route_present_room(s);
-    if (!room || !s->seat->reassert || sb_mono_ms() >= n->reassert_until_ms)
+    if (!sb_route_present_room(s) || !s->seat->reassert || sb_mono_ms() >= n->reassert_until_ms)
         return 0;
-    char ttl[32];
-    snprintf(ttl, sizeof ttl, "%lld", (long long)n->cfg.presence_ttl_ms);
     sb_info_limited("session %s: request found its presence missing after a data loss: "
-                    "re-asserting it again",
+                    "unavailable until its next presence refresh",
                     s->id);
-    reassert_one(n, s, room, ttl);
     send_unavailable(s, rid);
     return 1;
 }
@@ -1516,7 +1499,7 @@ static void on_left(redisReply *reply, const char *error, void *data)
         text_send(s, &b);
         sb_info_limited("session %s: left room %s", s->id, q->room);
     } else if (status && strcmp(status, "gone") == 0) {
-        t->state = SEAT_JOINED; /* for lost_not_reaped, and as it was if that holds */
+        t->state = t->room ? SEAT_JOINED : SEAT_IDLE; /* as it was, if lost_not_reaped holds */
         if (!lost_not_reaped(s, q->rid))
             expire_seat(s, 1, "while leaving");
     } else {
@@ -2114,12 +2097,14 @@ static int resume_take(sb_seat_t *t, const redisReply *reply)
 /* The reply of a takeover (session_resume, pj_claim) found the new socket closed: 1 (q freed).
  * When the script succeeded the session is ours, so it goes away again (with the token this
  * node issued for it; without grace, freed). */
-static int gone_meanwhile(req_t *q, int ok)
+static int gone_meanwhile(req_t *q, int ok, const char *error)
 {
     sb_session_t *s = q->s;
     if (!s->closed && s->seat)
         return 0;
-    if (ok)
+    /* Taken over (or, given up on at a timeout, maybe taken over) for a socket that is gone:
+     * the session goes away; session_away refuses if the script had not run. */
+    if (ok || error)
         go_away(s, q->room, q->peer, q->hash);
     req_free(q);
     return 1;
@@ -2161,12 +2146,13 @@ static void on_resumed(redisReply *reply, const char *error, void *data)
     sb_node_t *n = s->node;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
     int ok = ok_with_arrays(reply, status, 8, 2);
-    if (gone_meanwhile(q, ok))
+    if (gone_meanwhile(q, ok, error))
         return;
     sb_seat_t *t = s->seat;
     if (!ok) {
         resume_undo(s);
         if (status && strcmp(status, "unknown") == 0) {
+            t->used = 1; /* a resume must be the first request: only `retry` allows another */
             sb_info_limited("session %s: resume of %s refused", s->id, q->peer);
             resume_failed(s, "unknown", "no such session to resume: join anew", q->rid);
         } else {
@@ -2616,7 +2602,7 @@ static void on_pj_claimed(redisReply *reply, const char *error, void *data)
     sb_node_t *n = s->node;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
     int ok = ok_with_arrays(reply, status, 6, 3);
-    if (gone_meanwhile(q, ok))
+    if (gone_meanwhile(q, ok, error))
         return;
     sb_seat_t *t = s->seat;
     if (!ok) {

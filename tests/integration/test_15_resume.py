@@ -574,8 +574,9 @@ def test_13_a_join_retried_after_its_timeout_can_leave(cluster, redis_server):
 
 async def queue_joins(url, n):
     """n sockets on url that each send a join (to a room of their own) without waiting: behind
-    a request-pacing proxy their script calls queue up, so a request sent next waits past a
-    short Redis timeout while replies keep coming (the connection stays up). The sockets."""
+    a request-pacing proxy their script calls queue up, so a request sent next waits past the
+    Redis timeout (600 ms) while replies keep coming well within it (the connection stays
+    up). The sockets."""
     cs = [await Client.connect(url) for _ in range(n)]
     for i, c in enumerate(cs):
         await c.send({"type": "join", "room": f"bg{i}", "rid": f"bg{i}"})
@@ -585,7 +586,8 @@ async def queue_joins(url, n):
 @pytest.mark.single_redis("a request-pacing proxy fronts one Redis; cluster redirects bypass it")
 def test_14_a_socket_closed_while_its_join_times_out_is_removed(cluster, redis_server):
     """The client closes while its join is in flight; Redis is slow to run what it is sent
-    (requests reach it 32 bytes every 10 ms, behind 8 other joins), so the join is answered
+    (requests reach it 32 bytes every 10 ms, behind 16 other joins: about 2 s, with a reply
+    every 0.15 s or sooner), so the join is answered
     "timeout" on its timer while the connection stays up, and runs later. The node sends the
     removal after it (same connection, so it runs second): the peer sees `peer-joined` then
     `peer-left`, and the member is gone. Before, the timeout answer was dropped for a closed
@@ -595,7 +597,7 @@ def test_14_a_socket_closed_while_its_join_times_out_is_removed(cluster, redis_s
     from harness import ReplyDelayProxy
     proxy = ReplyDelayProxy(redis_server.port, 0, pace=(32, 0.01), pace_requests=True)
     try:
-        na = cluster.node("na", args=["--redis-timeout-ms", "300", "--presence-ttl-ms", "20000"],
+        na = cluster.node("na", args=["--redis-timeout-ms", "600", "--presence-ttl-ms", "20000"],
                           redis_url=proxy.url)
         r = redis_server.client()
 
@@ -605,7 +607,7 @@ def test_14_a_socket_closed_while_its_join_times_out_is_removed(cluster, redis_s
             a = await Client.connect(na.ws_url)
             aid = a.id
             proxy.pacing = True
-            bg = await queue_joins(na.ws_url, 8)
+            bg = await queue_joins(na.ws_url, 16)
             await a.send({"type": "join", "room": "J"})
             await asyncio.sleep(0.1)
             await a.close()
@@ -635,6 +637,14 @@ def test_15_a_resume_answered_retry_is_retried_on_the_same_socket(cluster, redis
         a, b, ja = await linked_pair(n1.ws_url, n1.ws_url)
         a.abort()
         await b.expect("peer-away", id=a.id, timeout=5)
+        # `unknown` is final for its socket: a resume must be its first request
+        w = await Client.connect(n1.ws_url)
+        wrong = await w.request({"type": "resume", "id": a.id, "room": "R", "resume": "nope"})
+        assert wrong["reason"] == "unknown", wrong
+        again = await w.request({"type": "resume", "id": a.id, "room": "R",
+                                 "resume": ja["resume"]})
+        assert again["reason"] == "unknown", again
+        await w.close()
         c = await Client.connect(n1.ws_url)
         r.config_set("maxmemory", 1)
         try:
@@ -666,7 +676,7 @@ def test_16_a_resume_that_timed_out_but_ran_goes_away(cluster, redis_server):
     proxy = ReplyDelayProxy(redis_server.port, 0, pace=(32, 0.01), pace_requests=True)
     try:
         n1 = cluster.node("n1", args=["--presence-ttl-ms", "20000"])
-        n2 = cluster.node("n2", args=["--redis-timeout-ms", "300", "--presence-ttl-ms", "20000"],
+        n2 = cluster.node("n2", args=["--redis-timeout-ms", "600", "--presence-ttl-ms", "20000"],
                           redis_url=proxy.url)
         r = redis_server.client()
 
@@ -676,7 +686,7 @@ def test_16_a_resume_that_timed_out_but_ran_goes_away(cluster, redis_server):
             await b.expect("peer-away", id=a.id, timeout=5)
             c = await Client.connect(n2.ws_url)
             proxy.pacing = True
-            bg = await queue_joins(n2.ws_url, 8)
+            bg = await queue_joins(n2.ws_url, 16)
             first = await c.request({"type": "resume", "id": a.id, "room": "R",
                                      "resume": ja["resume"]}, timeout=3)
             assert first["type"] == "error" and first["reason"] == "retry", first
