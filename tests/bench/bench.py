@@ -913,10 +913,16 @@ def section4(red):
 
 # ---- section 5: cleanup latency -------------------------------------------------------------
 
+# Session resume off here (--resume-grace-ms 0): what is timed is the cleanup of a socket that is
+# gone, to its peers' peer-left. With resume on (the default) a lost socket goes away instead
+# (peer-away at once, peer-left at the end of its grace): section 11 measures that.
+NO_RESUME = ["--resume-grace-ms", "0"]
+
+
 def section5(red):
     R = {}
     red.flush()
-    n1, n2 = Node(red, "bench-x1"), Node(red, "bench-x2")
+    n1, n2 = Node(red, "bench-x1", NO_RESUME), Node(red, "bench-x2", NO_RESUME)
     pairs, rate = ENV["SB_BENCH_RESET_PAIRS"], ENV["SB_BENCH_RESET_RATE"]
     for label, urls in (("reset_same", ["--url", n1.url]),
                         ("reset_cross", ["--url", n1.url, "--url", n2.url, "--cross"])):
@@ -931,7 +937,7 @@ def section5(red):
         admin = Admin(red, ["--reconcile-interval-ms", str(interval)]) if os.path.exists(ADMIN) \
             else None
         node_args = ["--presence-ttl-ms", str(ttl), "--heartbeat-ms", str(hb),
-                     "--redis-timeout-ms", str(rto)]
+                     "--redis-timeout-ms", str(rto)] + NO_RESUME
         victim = Node(red, "bench-victim", node_args)
         survivor = Node(red, "bench-survivor", node_args)
         pairs = ENV["SB_BENCH_KILL_PAIRS"]
@@ -1511,7 +1517,10 @@ def render5(a, S):
     a(f"Times run from the reset (just before `uv_tcp_close_reset`) or from the first socket of "
       "the killed node seeing its connection drop, to the surviving peer's `peer-left`. The "
       f"design Switchboard replaces swept stale state every {OLD_SWEEP_S:.0f} s: a peer waited "
-      f"up to {OLD_SWEEP_S:.0f} s (on average {OLD_SWEEP_S / 2:.0f} s) whatever the cause.")
+      f"up to {OLD_SWEEP_S:.0f} s (on average {OLD_SWEEP_S / 2:.0f} s) whatever the cause. "
+      "The nodes run with session resume off (`--resume-grace-ms 0`): with it on, the default, "
+      "a lost socket's peers get `peer-away` at once and `peer-left` only at the end of its "
+      "grace, which section 11 measures.")
     a("")
 
 
