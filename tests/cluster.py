@@ -132,6 +132,22 @@ class RedisCluster:
                 return p
         return None
 
+    def unserve(self, slot):
+        """The slot served by nobody (CLUSTER DELSLOTS on every live node), as a lost shard
+        looks to a client: returns its owner, for serve()."""
+        owner = self.owner(slot)
+        for p in self.alive():
+            self.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
+        wait_for(lambda: all(self.owner(slot, p) is None for p in self.ports), 10,
+                 msg=f"slot {slot} unassigned everywhere")
+        return owner
+
+    def serve(self, slot, owner):
+        """The slot served by owner again (after unserve)."""
+        self.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
+        wait_for(lambda: all(self.owner(slot, p) == owner for p in self.alive()), 20,
+                 msg=f"slot {slot} served again")
+
     def keyslot(self, key):
         return self.client(self.alive()[0]).execute_command("CLUSTER", "KEYSLOT", key)
 

@@ -225,13 +225,8 @@ def test_03_unreadable_slot_peerjs_figures_partial(cluster, redis_server):
     rc = redis_server.rc
     slot = keyspace.keyslot("{" + PJ_ROOM + "}")
     assert slot != keyspace.keyslot("{nat}")
-    owner = rc.owner(slot)
-    for p in rc.ports:
-        if rc.procs[p].alive():
-            rc.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
+    owner = rc.unserve(slot)
     try:
-        wait_for(lambda: all(rc.owner(slot, p) is None for p in rc.ports), 10,
-                 msg="slot unassigned everywhere")
         # The PeerJS figures of that slot are missing, and said so; the others are intact.
         m = until_mesh(admin, {"total": {"users": 3, "links": 1, "away": 0},
                                "native": {"users": 3, "links": 1, "away": 0},
@@ -241,9 +236,7 @@ def test_03_unreadable_slot_peerjs_figures_partial(cluster, redis_server):
         assert x["switchboard_cluster_missing_slots"] == 1
         assert metric_shares(x)["peerjs"] == {"users": 0, "links": 0, "away": 0}
     finally:
-        rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
-        wait_for(lambda: all(rc.owner(slot, p) == owner for p in rc.ports
-                             if rc.procs[p].alive()), 20, msg="slot served again")
+        rc.serve(slot, owner)
     m = until_mesh(admin, both, timeout=15)
     assert m["partial"] is False and "missing_slots" not in m, m
 

@@ -277,13 +277,8 @@ def test_03_unread_totals_are_left_out_not_zero(cluster, redis_server):
     before = parse_metrics(authed(admin, "/metrics")[1].decode())
     assert before["switchboard_reconcile_runs_total"] >= 1, before
     slot = rc.keyslot("sb:admin:totals")
-    owner = rc.owner(slot)
-    for p in rc.ports:
-        if rc.procs[p].alive():
-            rc.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
+    owner = rc.unserve(slot)
     try:
-        wait_for(lambda: all(rc.owner(slot, p) is None for p in rc.ports), 10,
-                 msg="slot unassigned everywhere")
         m = wait_for(lambda: (lambda m: m if "totals" in m.get("unreadable", []) else None)(
             admin.mesh()), 15, msg="totals unreadable")
         assert m["partial"] is True and m["totals"] is None, m
@@ -296,9 +291,7 @@ def test_03_unread_totals_are_left_out_not_zero(cluster, redis_server):
         left = [k for k in x if k.split("{")[0] in TOTALS_SERIES]
         assert left == [], left
     finally:
-        rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
-        wait_for(lambda: all(rc.owner(slot, p) == owner for p in rc.ports
-                             if rc.procs[p].alive()), 20, msg="slot served again")
+        rc.serve(slot, owner)
     wait_for(lambda: admin.mesh()["totals"] is not None, 15, msg="totals read again")
     after = parse_metrics(authed(admin, "/metrics")[1].decode())
     assert after["switchboard_reconcile_runs_total"] >= before["switchboard_reconcile_runs_total"]
@@ -395,22 +388,6 @@ def node_ups(admin):
     return [e for e in body["events"] if e["type"] == "node-up"]
 
 
-def unserve(rc, slot):
-    owner = rc.owner(slot)
-    for p in rc.ports:
-        if rc.procs[p].alive():
-            rc.client(p).execute_command("CLUSTER", "DELSLOTS", slot)
-    wait_for(lambda: all(rc.owner(slot, p) is None for p in rc.ports), 10,
-             msg=f"slot {slot} unassigned everywhere")
-    return owner
-
-
-def serve(rc, slot, owner):
-    rc.client(owner).execute_command("CLUSTER", "ADDSLOTS", slot)
-    wait_for(lambda: all(rc.owner(slot, p) == owner for p in rc.ports
-                         if rc.procs[p].alive()), 20, msg=f"slot {slot} served again")
-
-
 @pytest.mark.cluster_only("a single key's shard can be lost only on a Redis Cluster")
 def test_07_no_node_up_from_a_partial_walk(cluster, redis_server):
     """On a Redis Cluster, a node's lease unreadable (its slot served by nobody), then P:nodes
@@ -428,13 +405,13 @@ def test_07_no_node_up_from_a_partial_walk(cluster, redis_server):
     for key, what in (("sb:node:nb", "nodes"), ("sb:nodes", "nodes")):
         slot = rc.keyslot(key)
         assert slot not in shared, (key, slot)
-        owner = unserve(rc, slot)
+        owner = rc.unserve(slot)
         try:
             wait_for(lambda: what in admin.mesh().get("unreadable", []), 10,
                      msg=f"{key} unreadable")
             time.sleep(1.2)  # four passes
         finally:
-            serve(rc, slot, owner)
+            rc.serve(slot, owner)
         wait_for(lambda: "unreadable" not in admin.mesh(), 15, msg="whole again")
         time.sleep(1.2)
         ups = node_ups(admin)
