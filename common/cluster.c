@@ -1,9 +1,11 @@
 /* The routing client (see cluster.h). Owns the slot map (slot -> primary_t), the primaries
  * (each with a command sb_redis_t and, once a channel lives there, a sharded subscriber), the
- * seed connections used to read the map when no primary answers, the commands waiting for a
- * retry, and the list of subscribed channels. sb_redis_t does connecting, timeouts and
+ * seed connections used to read the map when no primary answers, the commands being retried
+ * (in the order they were first sent, and with them the later commands for the same key, which
+ * wait behind them), and the list of subscribed channels. sb_redis_t does connecting, timeouts and
  * reconnects; this file only decides where things go. */
 #include "cluster.h"
+#include "grid.h"
 #include "log.h"
 #include "redis_url.h"
 #include "scripts.h"
@@ -22,6 +24,9 @@ enum {
     REFRESH_SOON_MS = 50,
     REFRESH_BROKEN_MS = 250,
     REFRESH_IDLE_MS = 5000,
+    /* Held commands are counted per hash bucket of their key, so a new command asks "is an
+     * earlier one with my key held?" with one array read in the common case. */
+    ORDER_BUCKETS = 4096,
 };
 
 typedef struct primary {
@@ -53,8 +58,15 @@ typedef struct req {
     char ask_host[256];
     int ask_port;
     int64_t deadline, due;
-    struct req *next; /* in the delayed list */
-    char why[160];    /* the error text given to cb */
+    /* Held: retried at least once (or waiting behind one that was), so in c's held list until
+     * answered; sent: on a connection now (else it waits for `due`). A command keeps its place in
+     * the list across retries, which is what keeps a key's commands in order. */
+    int held, sent;
+    unsigned bucket; /* of key, while held */
+    const char *key; /* the routing key (a copy in blob), which orders commands */
+    size_t keylen;
+    struct req *prev, *next; /* in the held list */
+    char why[160];           /* the error text given to cb */
     /* lens[argc], argv[argc], then the argument bytes (each NUL terminated). Aligned for the
      * arrays: lens first (size_t), then pointers. */
     _Alignas(max_align_t) char blob[];
@@ -78,11 +90,14 @@ struct sb_cluster {
     int map_loaded;
     sb_redis_t **seeds;
     int nseeds;
-    int refreshing;     /* a CLUSTER SLOTS in flight */
-    char *refresh_host; /* the host it went to (for "" endpoints) */
-    int64_t refresh_at; /* next map read */
-    int next_source;    /* round robin over primaries for map reads */
-    req_t *delayed;
+    int refreshing;          /* a CLUSTER SLOTS in flight */
+    char *refresh_host;      /* the host it went to (for "" endpoints) */
+    int64_t refresh_at;      /* next map read */
+    int next_source;         /* round robin over primaries for map reads */
+    req_t *held, *held_tail; /* see req_t; oldest first */
+    int nheld;
+    unsigned nheld_by[ORDER_BUCKETS];
+    unsigned char blocked[ORDER_BUCKETS / 8]; /* on_tick's: a bucket with an earlier one waiting */
     channel_t *chans;
     int nchans;
     int was_up;
@@ -95,11 +110,90 @@ struct sb_cluster {
 };
 
 static void check_state(sb_cluster_t *c);
+static void tick_within(sb_cluster_t *c, int64_t ms);
 
 /* --- requests ------------------------------------------------------------------------- */
 
+static unsigned key_bucket(const req_t *q)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < q->keylen; i++)
+        h = (h ^ (unsigned char)q->key[i]) * 16777619u;
+    return h & (ORDER_BUCKETS - 1);
+}
+
+/* q joins the held list at its tail (q is the newest command of its key there). */
+static void hold(req_t *q)
+{
+    sb_cluster_t *c = q->c;
+    if (q->held)
+        return;
+    q->held = 1;
+    q->bucket = key_bucket(q);
+    c->nheld_by[q->bucket]++;
+    c->nheld++;
+    q->next = NULL;
+    q->prev = c->held_tail;
+    if (c->held_tail)
+        c->held_tail->next = q;
+    else
+        c->held = q;
+    c->held_tail = q;
+    tick_within(c, TICK_MS);
+}
+
+static void unhold(req_t *q)
+{
+    sb_cluster_t *c = q->c;
+    if (!q->held)
+        return;
+    q->held = 0;
+    c->nheld_by[q->bucket]--;
+    c->nheld--;
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        c->held = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        c->held_tail = q->prev;
+    q->prev = q->next = NULL;
+}
+
+static int same_key(const req_t *p, const req_t *q)
+{
+    return p->slot == q->slot && p->keylen == q->keylen && memcmp(p->key, q->key, q->keylen) == 0;
+}
+
+/* 1 when an earlier command with q's key is held: q must not overtake it. */
+static int behind_held(const req_t *q)
+{
+    const sb_cluster_t *c = q->c;
+    if (c->nheld == 0 || c->nheld_by[key_bucket(q)] == 0)
+        return 0;
+    for (const req_t *p = c->held_tail; p; p = p->prev)
+        if (same_key(p, q))
+            return 1;
+    return 0;
+}
+
+/* 1 when q (held) has an earlier command of its key waiting for its retry: q, turned away too,
+ * must not be sent again before it, even where it alone could go at once (fewer redirects so
+ * far, or NOSCRIPT where the earlier one was told to wait). */
+static int earlier_waiting(const req_t *q)
+{
+    if (!q->held || q->c->nheld_by[q->bucket] < 2)
+        return 0;
+    for (const req_t *p = q->prev; p; p = p->prev)
+        if (!p->sent && same_key(p, q))
+            return 1;
+    return 0;
+}
+
 static void finish(req_t *q, redisReply *reply, const char *error)
 {
+    unhold(q);
     if (q->cb)
         q->cb(reply, error, q->data);
     free(q);
@@ -148,24 +242,29 @@ static int dispatch(req_t *q)
             return SB_EUNAVAIL;
     }
     int rc = sb_redis_argv(p->cmd, on_req_reply, q, q->argc, q->argv, q->lens);
-    if (rc == 0)
+    if (rc == 0) {
         q->via = p;
+        q->sent = 1;
+    }
     return rc;
 }
 
-/* Retries q from the tick at now + delay_ms (or as soon as its target is connected). */
+/* Retries q from the tick at now + delay_ms (or as soon as its target is connected), in its
+ * place among the held commands (a new one goes last). */
 static void delay_req(req_t *q, int64_t delay_ms)
 {
     q->due = sb_mono_ms() + delay_ms;
-    q->next = q->c->delayed;
-    q->c->delayed = q;
+    q->sent = 0;
+    hold(q);
 }
 
 static void want_refresh(sb_cluster_t *c, int64_t within_ms)
 {
     int64_t at = sb_mono_ms() + within_ms;
-    if (c->cluster && at < c->refresh_at)
+    if (c->cluster && at < c->refresh_at) {
         c->refresh_at = at;
+        tick_within(c, within_ms);
+    }
 }
 
 static int starts(const char *s, const char *prefix)
@@ -179,6 +278,7 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
     sb_cluster_t *c = q->c;
     primary_t *via = q->via;
     q->via = NULL;
+    q->sent = 0;
     if (error) {
         /* Why no retry: the command may have run before the connection dropped. The drop
          * itself makes the map be read again (on_cmd_down). */
@@ -245,8 +345,9 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         }
         /* WAIT: TRYAGAIN, a script told ASK (it waits until the slot has moved), or a
          * redirect loop: to the owner again, later. */
-        if (next == SB_NEXT_WAIT)
-            delay_req(q, delay);
+        hold(q); /* later commands of its key wait until it is answered */
+        if (next == SB_NEXT_WAIT || earlier_waiting(q))
+            delay_req(q, next == SB_NEXT_WAIT ? delay : 0);
         else if (dispatch(q) != 0)
             delay_req(q, TICK_MS); /* target not connected yet */
         return;
@@ -260,12 +361,19 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         size_t load_lens[3] = {6, 4, q->script->len};
         const char *asking = "ASKING";
         size_t alen = 6;
+        if (q->held && earlier_waiting(q)) {
+            /* The script is loaded now; the call waits for the tick, behind the earlier one. */
+            sb_redis_argv(via->cmd, NULL, NULL, 3, load, load_lens);
+            delay_req(q, 0);
+            return;
+        }
         /* Pipelined on the same connection: Redis runs them in order. After an ASK the retry
          * needs its own ASKING (it only covers the next command). */
         if (sb_redis_argv(via->cmd, NULL, NULL, 3, load, load_lens) == 0 &&
             (!was_asking || sb_redis_argv(via->cmd, NULL, NULL, 1, &asking, &alen) == 0) &&
             sb_redis_argv(via->cmd, on_req_reply, q, q->argc, q->argv, q->lens) == 0) {
             q->via = via;
+            q->sent = 1;
             return;
         }
         fail_req(q, "", "connection lost");
@@ -280,25 +388,26 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
     finish(q, reply, NULL);
 }
 
-/* Builds a request with copies of argv. The first extra_argc entries of the final argv are
- * prefix[] (e.g. EVALSHA sha n). */
-static req_t *new_req(sb_cluster_t *c, unsigned slot, sb_redis_cb cb, void *data, int nprefix,
-                      const char **prefix, int argc, const char **argv, const size_t *lens)
+/* Builds a request for key (routing and order) with copies of argv. The first nprefix entries of
+ * the final argv are prefix[] (e.g. EVALSHA sha n). */
+static req_t *new_req(sb_cluster_t *c, const char *key, size_t keylen, sb_redis_cb cb, void *data,
+                      int nprefix, const char **prefix, int argc, const char **argv,
+                      const size_t *lens)
 {
-    size_t total = 0;
+    size_t total = keylen + 1;
     for (int i = 0; i < nprefix; i++)
         total += strlen(prefix[i]) + 1;
     for (int i = 0; i < argc; i++)
         total += (lens ? lens[i] : strlen(argv[i])) + 1;
     int n = nprefix + argc;
     /* One allocation per command (the relay path sends one per signal): the struct, then the
-     * argv and lens arrays, then the argument bytes. */
+     * argv and lens arrays, then the argument bytes, then the key's. */
     size_t arrays = (size_t)n * (sizeof(char *) + sizeof(size_t));
     req_t *q = calloc(1, sizeof *q + arrays + total);
     if (!q)
         return NULL;
     q->c = c;
-    q->slot = slot;
+    q->slot = sb_slot(key, keylen);
     q->cb = cb;
     q->data = data;
     q->argc = n;
@@ -314,6 +423,10 @@ static req_t *new_req(sb_cluster_t *c, unsigned slot, sb_redis_cb cb, void *data
         q->lens[i] = l;
         p += l + 1;
     }
+    memcpy(p, key, keylen);
+    p[keylen] = '\0';
+    q->key = p;
+    q->keylen = keylen;
     q->deadline = sb_mono_ms() + c->o.timeout_ms;
     return q;
 }
@@ -326,6 +439,12 @@ static int start(req_t *q)
         free(q);
         return SB_EUNAVAIL;
     }
+    if (behind_held(q)) {
+        /* An earlier command with this key waits for a retry (a slot moving, nobody receiving
+         * yet): sent now, this one could run first. It waits behind it, answered as it is. */
+        delay_req(q, 0);
+        return 0;
+    }
     int rc = dispatch(q);
     if (rc != 0)
         free(q);
@@ -337,7 +456,7 @@ int sb_cluster_command(sb_cluster_t *c, const char *key, size_t keylen, sb_redis
 {
     if (argc < 1)
         return SB_EINVAL;
-    return start(new_req(c, sb_slot(key, keylen), cb, data, 0, NULL, argc, argv, lens));
+    return start(new_req(c, key, keylen, cb, data, 0, NULL, argc, argv, lens));
 }
 
 int sb_cluster_script(sb_cluster_t *c, const sb_embed_t *script, int nkeys, int nargs,
@@ -345,11 +464,12 @@ int sb_cluster_script(sb_cluster_t *c, const sb_embed_t *script, int nkeys, int 
 {
     if (nkeys < 0 || nkeys > nargs)
         return SB_EINVAL;
-    unsigned slot = nkeys > 0 ? sb_slot(args[0], lens ? lens[0] : strlen(args[0])) : 0;
+    const char *key = nkeys > 0 ? args[0] : ""; /* no key: slot 0 */
+    size_t keylen = nkeys > 0 ? (lens ? lens[0] : strlen(args[0])) : 0;
     char n[16];
     snprintf(n, sizeof n, "%d", nkeys);
     const char *prefix[3] = {"EVALSHA", script->sha1, n};
-    req_t *q = new_req(c, slot, cb, data, 3, prefix, nargs, args, lens);
+    req_t *q = new_req(c, key, keylen, cb, data, 3, prefix, nargs, args, lens);
     if (q)
         q->script = script;
     return start(q);
@@ -368,7 +488,7 @@ int sb_cluster_publish_received(sb_cluster_t *c, const char *channel, const char
 {
     const char *argv[3] = {"SPUBLISH", channel, payload};
     size_t lens[3] = {8, strlen(channel), len};
-    req_t *q = new_req(c, sb_slot(channel, lens[1]), cb, data, 0, NULL, 3, argv, lens);
+    req_t *q = new_req(c, channel, lens[1], cb, data, 0, NULL, 3, argv, lens);
     if (q)
         q->until_received = 1;
     return start(q);
@@ -390,6 +510,7 @@ static void on_info(redisReply *reply, const char *error, void *data)
          * is being dropped as hung: p lives on either way; only "closing" frees it). Without
          * a run id a later restart of this server would go unnoticed: ask again. */
         p->info_due = 1;
+        tick_within(p->c, TICK_MS);
         return;
     }
     if (error || !reply || reply->type != REDIS_REPLY_STRING)
@@ -784,7 +905,9 @@ static void refresh_now(sb_cluster_t *c)
             host = c->u.seeds[i].host;
         }
     }
-    c->refresh_at = sb_mono_ms() + (sb_cluster_up(c) ? REFRESH_IDLE_MS : REFRESH_BROKEN_MS);
+    int64_t every = sb_cluster_up(c) ? REFRESH_IDLE_MS : REFRESH_BROKEN_MS;
+    c->refresh_at = sb_mono_ms() + every;
+    tick_within(c, every);
     if (!via)
         return; /* nothing connected yet: the next tick tries again */
     c->refresh_host = strdup(host);
@@ -840,38 +963,89 @@ static void check_state(sb_cluster_t *c)
         c->o.on_state(c, up, c->o.data);
 }
 
+/* Sends what is due among the held commands, oldest first. A command whose key has an earlier
+ * one still waiting waits too (blocked per key bucket, so a rare collision waits a tick more);
+ * one behind an earlier one now on a connection is sent: the same connection runs them in order,
+ * and if the earlier one is turned away again, so is this one, keeping its place. The ones that
+ * ran out of time are failed after the walk, whose list their callbacks could change. */
+static void send_held(sb_cluster_t *c, int64_t now)
+{
+    memset(c->blocked, 0, sizeof c->blocked);
+    req_t *failed = NULL, **tail = &failed;
+    for (req_t *q = c->held, *next; q; q = next) {
+        next = q->next;
+        if (q->sent)
+            continue;
+        unsigned char bit = (unsigned char)(1u << (q->bucket & 7));
+        int blocked = (c->blocked[q->bucket >> 3] & bit) != 0;
+        if (!blocked && now >= q->due) {
+            if (dispatch(q) == 0)
+                continue;
+            if (now < q->deadline) {
+                q->due = now + TICK_MS; /* its primary is not connected (yet) */
+            } else {
+                snprintf(q->why, sizeof q->why, "unavailable: no connected primary for the slot");
+                unhold(q);
+                *tail = q;
+                tail = &q->next;
+                continue;
+            }
+        } else if (blocked && now >= q->due && now >= q->deadline) {
+            snprintf(q->why, sizeof q->why,
+                     "unavailable: an earlier command for its key is still being retried");
+            unhold(q);
+            *tail = q;
+            tail = &q->next;
+            continue;
+        }
+        c->blocked[q->bucket >> 3] |= bit;
+    }
+    while (failed) {
+        req_t *q = failed;
+        failed = q->next;
+        finish(q, NULL, q->why);
+    }
+}
+
+static void on_tick(uv_timer_t *t);
+
+/* The tick comes within ms (on the 20 ms grid, grid.h), or sooner if it was due sooner. Why not
+ * every 20 ms as before: an idle node then woke 50 times a second for nothing; the tick now runs
+ * while it has work (held commands, an INFO to ask again) and otherwise at the next map read
+ * (every 5 s on a cluster; never on a single Redis). Whatever gives it work calls this. */
+static void tick_within(sb_cluster_t *c, int64_t ms)
+{
+    if (c->closed)
+        return;
+    uint64_t delay = sb_grid_delay(c->o.loop, ms > 0 ? (uint64_t)ms : 0, TICK_MS);
+    if (!uv_is_active((uv_handle_t *)&c->tick) || uv_timer_get_due_in(&c->tick) > delay)
+        uv_timer_start(&c->tick, on_tick, delay, 0);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     sb_cluster_t *c = t->data;
     int64_t now = sb_mono_ms();
     if (c->cluster && !c->refreshing && now >= c->refresh_at)
         refresh_now(c);
+    int again = 0; /* more work for the next 20 ms tick */
     for (int i = 0; i < c->nprim; i++) {
         primary_t *p = c->prim[i];
         if (p->info_due && sb_redis_up(p->cmd)) {
             p->info_due = 0;
             sb_redis_command(p->cmd, on_info, p, "INFO server");
         }
+        again |= p->info_due; /* not connected yet: ask when it is */
     }
-    /* Delayed retries: take the list, then put back what must wait longer. */
-    req_t *list = c->delayed;
-    c->delayed = NULL;
-    while (list) {
-        req_t *q = list;
-        list = q->next;
-        if (c->closed) {
-            /* A callback of this loop closed the client. */
-            finish(q, NULL, "closing");
-        } else if (now < q->due) {
-            q->next = c->delayed;
-            c->delayed = q;
-        } else if (dispatch(q) != 0) {
-            if (now >= q->deadline)
-                fail_req(q, "", "no connected primary for the slot");
-            else
-                delay_req(q, TICK_MS);
-        }
-    }
+    if (c->held && !c->closed)
+        send_held(c, now);
+    if (c->closed)
+        return;
+    if (again || c->held)
+        tick_within(c, TICK_MS);
+    else if (c->cluster)
+        tick_within(c, c->refresh_at - sb_mono_ms() > TICK_MS ? c->refresh_at - sb_mono_ms()
+                                                              : TICK_MS);
 }
 
 sb_cluster_t *sb_cluster_new(const sb_cluster_opts_t *opts)
@@ -896,7 +1070,7 @@ sb_cluster_t *sb_cluster_new(const sb_cluster_opts_t *opts)
     c->cluster = c->u.cluster;
     uv_timer_init(opts->loop, &c->tick);
     c->tick.data = c;
-    uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
+    uv_timer_start(&c->tick, on_tick, TICK_MS, 0);
     if (!c->cluster) {
         /* One shard owning every slot; its "map" never changes. */
         primary_t *p = add_primary(c, c->u.path ? c->u.path : c->u.host, c->u.port, "");
@@ -948,9 +1122,19 @@ void sb_cluster_close(sb_cluster_t *c)
     if (c->closed)
         return;
     c->closed = 1;
-    while (c->delayed) {
-        req_t *q = c->delayed;
-        c->delayed = q->next;
+    /* The held commands not on a connection end here; those on one end with it. */
+    req_t *waiting = NULL, **tail = &waiting;
+    for (req_t *q = c->held, *next; q; q = next) {
+        next = q->next;
+        if (!q->sent) {
+            unhold(q);
+            *tail = q;
+            tail = &q->next;
+        }
+    }
+    while (waiting) {
+        req_t *q = waiting;
+        waiting = q->next;
         finish(q, NULL, "closing");
     }
     for (int i = 0; i < c->nchans; i++)
@@ -1055,8 +1239,8 @@ int sb_cluster_pending(const sb_cluster_t *c)
     int n = 0;
     for (int i = 0; i < c->nprim; i++)
         n += sb_redis_pending(c->prim[i]->cmd);
-    for (const req_t *q = c->delayed; q; q = q->next)
-        n++;
+    for (const req_t *q = c->held; q; q = q->next)
+        n += !q->sent; /* the sent ones are counted by their connection */
     return n;
 }
 

@@ -62,6 +62,10 @@ int sb_cluster_is_cluster(const sb_cluster_t *c);
  * has moved, within timeout_ms, then fails "unavailable". When the command could not be served
  * because of the cluster's state (CLUSTERDOWN, lost primary, uncovered slot, redirect loop), cb
  * gets reply NULL and an error starting with "unavailable": callers map it like a transport error.
+ * Order: commands with the same routing key (key, KEYS[1], the channel) run in the order they were
+ * given while one of them is retried: the later ones wait behind it (from the next 20 ms tick, and
+ * within their own timeout), and a retry keeps its place. Only a later one already sent when the
+ * earlier one was turned away can run first, if what turned it away changed in between.
  */
 
 /* Runs argv (argc strings, lens may be NULL for strlen) on the primary of key's slot. */
@@ -84,8 +88,8 @@ int sb_cluster_publish(sb_cluster_t *c, const char *channel, const char *payload
  * published again after 10, 20, 40, 80, 160, 160, ... ms until someone receives it or the
  * timeout passes (the reply is then 0; a receiver that is dead costs a few publishes). For a
  * channel someone is known to subscribe to: after its slot moved, the subscribers re-subscribe on
- * the new owner a moment later, and a message published in between is lost. Order: a later message
- * sent meanwhile may overtake the one waiting. */
+ * the new owner a moment later, and a message published in between is lost. Order: later commands
+ * for the same channel wait behind it (as behind any command being retried, below). */
 int sb_cluster_publish_received(sb_cluster_t *c, const char *channel, const char *payload,
                                 size_t len, sb_redis_cb cb, void *data);
 

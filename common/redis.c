@@ -5,6 +5,7 @@
 #include "redis.h"
 #include "redis_url.h"
 #include "uvredis.h"
+#include "grid.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -82,8 +83,11 @@ struct sb_redis {
 };
 
 static void connect_now(sb_redis_t *r);
+static void tick_on(sb_redis_t *r);
 
 static void unref(sb_redis_t *r);
+
+enum { TICK_MS = 20 };
 
 static void on_tick_close(uv_handle_t *h)
 {
@@ -234,6 +238,7 @@ static void link_cmd(sb_redis_t *r, cmd_t *c)
     if (!r->unexpired)
         r->unexpired = c;
     r->npending++;
+    tick_on(r);
 }
 
 static void unlink_cmd(sb_redis_t *r, cmd_t *c)
@@ -263,6 +268,7 @@ static void schedule_retry(sb_redis_t *r)
     /* Jitter in [backoff/2, backoff]: many nodes restarting together do not reconnect in step. */
     int64_t delay = r->backoff_ms / 2 + (int64_t)(random() % (r->backoff_ms / 2 + 1));
     r->retry_at = sb_mono_ms() + delay;
+    tick_on(r);
 }
 
 /* The connection went away (ours or hiredis's doing): report once, then retry. */
@@ -702,6 +708,7 @@ static void connect_now(sb_redis_t *r)
 {
     r->drop_why = NULL;
     r->attempt_deadline = sb_mono_ms() + r->o.timeout_ms;
+    tick_on(r);
     if (r->u.path) {
         start_context(r, NULL);
         return;
@@ -756,10 +763,22 @@ void sb_redis_drop(sb_redis_t *r, const char *why)
     went_down(r, why);
 }
 
-static void on_tick(uv_timer_t *t)
+static void on_tick(uv_timer_t *t);
+
+/* Why a 20 ms tick: command timeouts and readiness must be noticed well within the 2 s the
+ * contract allows, at negligible cost (one timer per connection, not per command). Why it runs
+ * only while there is something to time (a connection being made or retried, a command awaiting
+ * its reply): an idle process should not wake 50 times a second for each of its connections.
+ * Armed on the 20 ms grid (grid.h), so the ticks of every connection and of the cluster client
+ * come in one wake-up (docs/design.md, "Idle wake-ups"). */
+static void tick_on(sb_redis_t *r)
 {
-    sb_redis_t *r = t->data;
-    int64_t now = sb_mono_ms();
+    if (r->state != ST_CLOSED && !uv_is_active((uv_handle_t *)&r->tick))
+        uv_timer_start(&r->tick, on_tick, sb_grid_delay(r->o.loop, TICK_MS, TICK_MS), 0);
+}
+
+static void tick_check(sb_redis_t *r, int64_t now)
+{
     switch (r->state) {
     case ST_DOWN:
         if (now >= r->retry_at)
@@ -808,6 +827,15 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+static void on_tick(uv_timer_t *t)
+{
+    sb_redis_t *r = t->data;
+    tick_check(r, sb_mono_ms());
+    /* Again while there is something to time (tick_on starts it when there is again). */
+    if (r->state != ST_CLOSED && !(r->state == ST_UP && !r->head))
+        uv_timer_start(&r->tick, on_tick, sb_grid_delay(r->o.loop, TICK_MS, TICK_MS), 0);
+}
+
 sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts)
 {
     sb_redis_t *r = calloc(1, sizeof *r);
@@ -837,10 +865,7 @@ sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts)
     r->refs = 1;
     uv_timer_init(opts->loop, &r->tick);
     r->tick.data = r;
-    /* Why a 20 ms tick: command timeouts and readiness must be noticed well within the 2 s
-     * the contract allows, at negligible cost (one timer per connection, not per command). */
-    uv_timer_start(&r->tick, on_tick, 20, 20);
-    connect_now(r);
+    connect_now(r); /* starts the tick (tick_on) */
     return r;
 }
 

@@ -6,6 +6,7 @@
 #include "scripts.h"
 #include "log.h"
 #include "slot.h"
+#include "grid.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -103,12 +104,17 @@ static void on_drained(sb_node_t *n)
     stop_now(n);
 }
 
+enum { SWEEP_MS = 50 };
+
 static void on_sweep(uv_timer_t *t)
 {
     sb_node_t *n = t->data;
     int64_t now = sb_mono_ms();
     if (n->stopping)
         return;
+    /* Every 50 ms on the grid (grid.h): at every other 100 ms it shares a wake-up with the
+     * Redis clients' 20 ms ticks when they run. */
+    uv_timer_start(t, on_sweep, sb_grid_delay(t->loop, SWEEP_MS, SWEEP_MS), 0);
     sb_route_sweep(n, now);
     sb_pubsub_sweep(n, now);
     sb_presence_probe_tick(n, now);
@@ -269,7 +275,7 @@ int main(int argc, char **argv)
         sb_listen_exit(); /* logged; lws cannot be torn down safely now (common/listen.h) */
     uv_timer_init(&loop, &n->sweep);
     n->sweep.data = n;
-    uv_timer_start(&n->sweep, on_sweep, 50, 50);
+    uv_timer_start(&n->sweep, on_sweep, sb_grid_delay(&loop, SWEEP_MS, SWEEP_MS), 0);
     uv_signal_init(&loop, &n->sigint);
     uv_signal_init(&loop, &n->sigterm);
     n->sigint.data = n->sigterm.data = n;

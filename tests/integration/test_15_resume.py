@@ -415,7 +415,6 @@ def test_10_resume_after_redis_restarted_empty(cluster, redis_server):
     """After a data loss the nodes re-assert their sockets with their resume records, so a
     socket lost afterwards still gets its grace and its token still works."""
     n1, n2 = cluster.node("n1", args=FAST), cluster.node("n2", args=FAST)
-    r = redis_server.client()
 
     async def main():
         a, b, ja = await linked_pair(n1.ws_url, n2.ws_url)

@@ -271,6 +271,35 @@ def test_03_ask_during_a_migration(rc, probes):
     p.quit()
 
 
+def test_03b_scripts_waiting_for_a_migration_keep_their_order(rc, probes):
+    """Scripts on a key whose slot is migrating wait (ASK: a script does not follow it) and are
+    sent again every 10 to 50 ms; later scripts on the same key wait behind them. Once the slot
+    has moved they run in the order given: each INCRBY 1 returns one more than the one before.
+    Before the fix the waiting ones were retried in reverse order every tick, and a later one
+    could run before an earlier one still waiting."""
+    p = probes(rc.url)
+    p.wait_up()
+    key = "{ord-test}n"
+    slot = rc.keyslot(key)
+    assert p.cmd(key, "SET", key, "0")["reply"] == "OK"
+    src = rc.owner(slot)
+    dst = next(x for x in rc.primaries() if x != src)
+    rc.move_slot(slot, dst, finish=False)
+    rc.migrate_keys(slot, src, dst, keys=[key])  # src now says ASK for key
+    p.send("\n".join(f"script o{i} 1 {key} 1" for i in range(10)))
+    time.sleep(0.15)  # they are waiting (ASK, then backoff)
+    p.send("\n".join(f"script o{i} 1 {key} 1" for i in range(10, 20)))
+    time.sleep(0.15)
+    rc.migrate_keys(slot, src, dst)
+    rc.finish_slot(slot, dst)
+    got = [p.wait(lambda o, i=i: o.get("id") == f"o{i}", 10, msg=f"script o{i}")
+           for i in range(20)]
+    assert [o.get("reply") for o in got] == list(range(1, 21)), [o.get("reply") for o in got]
+    assert p.state()["stats"]["ask"] >= 10
+    rc.move_slot(slot, src)
+    p.quit()
+
+
 def test_04_dead_seed_is_skipped(rc, probes):
     dead = free_port()
     p = probes(f"redis-cluster://127.0.0.1:{dead},127.0.0.1:{rc.ports[1]}")
@@ -415,6 +444,38 @@ def test_06c_commands_answered_timeout_stay_pending_until_they_ran(tmp_path, pro
         p.quit()
     finally:
         proxy.stop()
+        r.stop()
+
+
+def test_06d_publishes_waiting_for_a_receiver_keep_their_order(tmp_path, probes):
+    """publish_received sends a message again while nobody receives it (10, 20, 40, 80, 160 ms
+    apart). Messages on the same channel given meanwhile wait behind it, so the receiver gets
+    them all in the order given once it subscribes. Before the fix the waiting ones were sent
+    again in reverse order every tick, and the ones given after the subscription came first."""
+    r = RedisServer(str(tmp_path))
+    try:
+        a, b = probes(r.url, "pub"), probes(r.url, "sub")
+        a.wait_up()
+        b.wait_up()
+        a.send("\n".join(f"pubr m{i} ord {i}" for i in range(30)))
+        time.sleep(0.3)  # all 30 were published to nobody and wait
+        assert r.client().info("commandstats")["cmdstat_spublish"]["calls"] >= 60
+        b.send("sub ord")
+        b.wait(lambda o: o.get("event") == "subscribed", msg="subscribed")
+        a.send("\n".join(f"pubr m{i} ord {i}" for i in range(30, 60)))
+        replies = [a.wait(lambda o, i=i: o.get("id") == f"m{i}", 5, msg=f"m{i} answered")
+                   for i in range(60)]
+        assert all(o.get("reply") == 1 for o in replies), replies
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got += [int(o["payload"]) for o in b.events("message")]
+        time.sleep(0.2)  # and nothing more (a message received is not sent again)
+        got += [int(o["payload"]) for o in b.events("message")]
+        assert got == list(range(60)), got
+        a.quit()
+        b.quit()
+    finally:
         r.stop()
 
 

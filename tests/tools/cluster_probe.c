@@ -4,6 +4,7 @@
  *   cmd ID KEY ARG...      run ARG... routed by KEY         -> {"id":ID,"reply":...}
  *   script ID NKEYS ARG... the probe's script (INCRBY KEYS[1] ARGV[1], returns the value)
  *   pub ID CHANNEL PAYLOAD SPUBLISH                          -> {"id":ID,"reply":N}
+ *   pubr ID CHANNEL PAYLOAD  the same, again while nobody receives it (publish_received)
  *   sub CHANNEL | unsub CHANNEL
  *   state                  -> {"state":{"up":..,"holes":..,"pending":..,"primaries":[...]}}
  *   owner SLOT             -> {"owner":"host:port"} (or null)
@@ -177,6 +178,8 @@ static void run_line(probe_t *p, char *line)
                                NULL, on_reply, id);
     } else if (strcmp(verb, "pub") == 0 && argc == 4) {
         rc = sb_cluster_publish(p->c, argv[2], argv[3], strlen(argv[3]), on_reply, id);
+    } else if (strcmp(verb, "pubr") == 0 && argc == 4) {
+        rc = sb_cluster_publish_received(p->c, argv[2], argv[3], strlen(argv[3]), on_reply, id);
     } else {
         free(id);
         id = NULL;

@@ -1,0 +1,20 @@
+/* A shared time grid for the process's periodic timers. */
+#ifndef SB_GRID_H
+#define SB_GRID_H
+
+#include <stdint.h>
+#include <uv.h>
+
+/* The delay (ms, at least `at_least`) to the next multiple of `grid` on the loop's clock
+ * (uv_now). Timers armed this way expire in the same loop iteration when they are due on the
+ * same grid point, so a process wakes once for all of them rather than once for each (a
+ * repeating timer keeps the phase it was started with; re-arming a one-shot on the grid at each
+ * expiry does not drift). docs/design.md, "Idle wake-ups". */
+static inline uint64_t sb_grid_delay(uv_loop_t *loop, uint64_t at_least, uint64_t grid)
+{
+    uint64_t due = uv_now(loop) + at_least;
+    uint64_t off = due % grid;
+    return at_least + (off ? grid - off : 0);
+}
+
+#endif
