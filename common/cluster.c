@@ -62,6 +62,7 @@ typedef struct req {
      * answered; sent: on a connection now (else it waits for `due`). A command keeps its place in
      * the list across retries, which is what keeps a key's commands in order. */
     int held, sent;
+    uint64_t seq;    /* the order it was given in */
     unsigned bucket; /* of key, while held */
     const char *key; /* the routing key (a copy in blob), which orders commands */
     size_t keylen;
@@ -94,7 +95,9 @@ struct sb_cluster {
     char *refresh_host;      /* the host it went to (for "" endpoints) */
     int64_t refresh_at;      /* next map read */
     int next_source;         /* round robin over primaries for map reads */
-    req_t *held, *held_tail; /* see req_t; oldest first */
+    req_t *held, *held_tail; /* see req_t; in the order given */
+    req_t *failing;          /* send_held's: out of time, their callbacks to come */
+    uint64_t seq;            /* of the last command given */
     int nheld;
     unsigned nheld_by[ORDER_BUCKETS];
     unsigned char blocked[ORDER_BUCKETS / 8]; /* on_tick's: a bucket with an earlier one waiting */
@@ -122,7 +125,9 @@ static unsigned key_bucket(const req_t *q)
     return h & (ORDER_BUCKETS - 1);
 }
 
-/* q joins the held list at its tail (q is the newest command of its key there). */
+/* q joins the held list in the order commands were given: usually at its tail; before the
+ * commands given after it when they got there first (they waited behind an earlier one of their
+ * key while q was still on a connection, its reply in a later read). */
 static void hold(req_t *q)
 {
     sb_cluster_t *c = q->c;
@@ -132,14 +137,20 @@ static void hold(req_t *q)
     q->bucket = key_bucket(q);
     c->nheld_by[q->bucket]++;
     c->nheld++;
-    q->next = NULL;
-    q->prev = c->held_tail;
-    if (c->held_tail)
-        c->held_tail->next = q;
+    req_t *after = c->held_tail;
+    while (after && after->seq > q->seq)
+        after = after->prev;
+    q->prev = after;
+    q->next = after ? after->next : c->held;
+    if (q->next)
+        q->next->prev = q;
+    else
+        c->held_tail = q;
+    if (after)
+        after->next = q;
     else
         c->held = q;
-    c->held_tail = q;
-    tick_within(c, TICK_MS);
+    tick_within(c, 1);
 }
 
 static void unhold(req_t *q)
@@ -427,6 +438,7 @@ static req_t *new_req(sb_cluster_t *c, const char *key, size_t keylen, sb_redis_
     p[keylen] = '\0';
     q->key = p;
     q->keylen = keylen;
+    q->seq = ++c->seq;
     q->deadline = sb_mono_ms() + c->o.timeout_ms;
     return q;
 }
@@ -510,7 +522,7 @@ static void on_info(redisReply *reply, const char *error, void *data)
          * is being dropped as hung: p lives on either way; only "closing" frees it). Without
          * a run id a later restart of this server would go unnoticed: ask again. */
         p->info_due = 1;
-        tick_within(p->c, TICK_MS);
+        tick_within(p->c, 1);
         return;
     }
     if (error || !reply || reply->type != REDIS_REPLY_STRING)
@@ -971,7 +983,9 @@ static void check_state(sb_cluster_t *c)
 static void send_held(sb_cluster_t *c, int64_t now)
 {
     memset(c->blocked, 0, sizeof c->blocked);
-    req_t *failed = NULL, **tail = &failed;
+    req_t **tail = &c->failing;
+    while (*tail)
+        tail = &(*tail)->next;
     for (req_t *q = c->held, *next; q; q = next) {
         next = q->next;
         if (q->sent)
@@ -1000,16 +1014,19 @@ static void send_held(sb_cluster_t *c, int64_t now)
         }
         c->blocked[q->bucket >> 3] |= bit;
     }
-    while (failed) {
-        req_t *q = failed;
-        failed = q->next;
+    /* Kept in c: a callback that closes the client has sb_cluster_close finish the rest
+     * ("closing", before it returns), as the contract says. */
+    while (c->failing) {
+        req_t *q = c->failing;
+        c->failing = q->next;
         finish(q, NULL, q->why);
     }
 }
 
 static void on_tick(uv_timer_t *t);
 
-/* The tick comes within ms (on the 20 ms grid, grid.h), or sooner if it was due sooner. Why not
+/* The tick comes at the first point of the 20 ms grid (grid.h) at least ms from now (1: the
+ * next one), or sooner if it was due sooner. Why not
  * every 20 ms as before: an idle node then woke 50 times a second for nothing; the tick now runs
  * while it has work (held commands, an INFO to ask again) and otherwise at the next map read
  * (every 5 s on a cluster; never on a single Redis). Whatever gives it work calls this. */
@@ -1017,7 +1034,7 @@ static void tick_within(sb_cluster_t *c, int64_t ms)
 {
     if (c->closed)
         return;
-    uint64_t delay = sb_grid_delay(c->o.loop, ms > 0 ? (uint64_t)ms : 0, TICK_MS);
+    uint64_t delay = sb_grid_delay(c->o.loop, ms > 1 ? (uint64_t)ms : 1, TICK_MS);
     if (!uv_is_active((uv_handle_t *)&c->tick) || uv_timer_get_due_in(&c->tick) > delay)
         uv_timer_start(&c->tick, on_tick, delay, 0);
 }
@@ -1042,10 +1059,9 @@ static void on_tick(uv_timer_t *t)
     if (c->closed)
         return;
     if (again || c->held)
-        tick_within(c, TICK_MS);
+        tick_within(c, 1); /* the next grid point */
     else if (c->cluster)
-        tick_within(c, c->refresh_at - sb_mono_ms() > TICK_MS ? c->refresh_at - sb_mono_ms()
-                                                              : TICK_MS);
+        tick_within(c, c->refresh_at - sb_mono_ms());
 }
 
 sb_cluster_t *sb_cluster_new(const sb_cluster_opts_t *opts)
@@ -1122,8 +1138,12 @@ void sb_cluster_close(sb_cluster_t *c)
     if (c->closed)
         return;
     c->closed = 1;
-    /* The held commands not on a connection end here; those on one end with it. */
-    req_t *waiting = NULL, **tail = &waiting;
+    /* The held commands not on a connection end here (with those out of time whose callbacks
+     * send_held has not made yet); those on one end with it. */
+    req_t *waiting = c->failing, **tail = &waiting;
+    c->failing = NULL;
+    while (*tail)
+        tail = &(*tail)->next;
     for (req_t *q = c->held, *next; q; q = next) {
         next = q->next;
         if (!q->sent) {

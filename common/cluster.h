@@ -65,7 +65,8 @@ int sb_cluster_is_cluster(const sb_cluster_t *c);
  * Order: commands with the same routing key (key, KEYS[1], the channel) run in the order they were
  * given while one of them is retried: the later ones wait behind it (from the next 20 ms tick, and
  * within their own timeout), and a retry keeps its place. Only a later one already sent when the
- * earlier one was turned away can run first, if what turned it away changed in between.
+ * earlier one was turned away can run first, if what turned it away changed in between. A command
+ * that waits behind another returns 0 even if its primary is down: it fails at its timeout.
  */
 
 /* Runs argv (argc strings, lens may be NULL for strlen) on the primary of key's slot. */

@@ -774,7 +774,7 @@ static void on_tick(uv_timer_t *t);
 static void tick_on(sb_redis_t *r)
 {
     if (r->state != ST_CLOSED && !uv_is_active((uv_handle_t *)&r->tick))
-        uv_timer_start(&r->tick, on_tick, sb_grid_delay(r->o.loop, TICK_MS, TICK_MS), 0);
+        uv_timer_start(&r->tick, on_tick, sb_grid_delay(r->o.loop, 1, TICK_MS), 0);
 }
 
 static void tick_check(sb_redis_t *r, int64_t now)
@@ -833,7 +833,7 @@ static void on_tick(uv_timer_t *t)
     tick_check(r, sb_mono_ms());
     /* Again while there is something to time (tick_on starts it when there is again). */
     if (r->state != ST_CLOSED && !(r->state == ST_UP && !r->head))
-        uv_timer_start(&r->tick, on_tick, sb_grid_delay(r->o.loop, TICK_MS, TICK_MS), 0);
+        uv_timer_start(&r->tick, on_tick, sb_grid_delay(r->o.loop, 1, TICK_MS), 0);
 }
 
 sb_redis_t *sb_redis_new(const sb_redis_opts_t *opts)

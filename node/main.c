@@ -114,7 +114,7 @@ static void on_sweep(uv_timer_t *t)
         return;
     /* Every 50 ms on the grid (grid.h): at every other 100 ms it shares a wake-up with the
      * Redis clients' 20 ms ticks when they run. */
-    uv_timer_start(t, on_sweep, sb_grid_delay(t->loop, SWEEP_MS, SWEEP_MS), 0);
+    uv_timer_start(t, on_sweep, sb_grid_delay(t->loop, 1, SWEEP_MS), 0);
     sb_route_sweep(n, now);
     sb_pubsub_sweep(n, now);
     sb_presence_probe_tick(n, now);

@@ -479,6 +479,43 @@ def test_06d_publishes_waiting_for_a_receiver_keep_their_order(tmp_path, probes)
         r.stop()
 
 
+def test_06e_a_command_turned_away_in_a_later_read_keeps_its_place(tmp_path, probes):
+    """m0 and m1 are on the connection together, nobody receives; m0's reply comes first (the
+    replies trickle through a proxy) and m0 waits; m2, given now, waits behind it; m1's reply
+    comes later and m1 takes its place between them, not after m2. Found by review: m1 went to
+    the end of the list, and the receiver got 0, 2, 1. The timing does not always line up that
+    way (on the old code one round in three or four failed), so four rounds."""
+    from harness import ReplyDelayProxy
+    r = RedisServer(str(tmp_path))
+    proxy = ReplyDelayProxy(r.port, 0, pace=(4, 0.08))  # ":0\r\n" is 4 bytes: 80 ms apart
+    try:
+        a, b = probes(proxy.url, "pub"), probes(r.url, "sub")
+        a.wait_up()
+        b.wait_up()
+        for k in range(4):
+            ch = f"ord{k}"
+            proxy.pacing = True
+            a.send(f"pubr {k}m0 {ch} 0\npubr {k}m1 {ch} 1")
+            time.sleep(0.04)  # m0's reply is in, m1's is not
+            a.send(f"pubr {k}m2 {ch} 2")
+            time.sleep(0.1)  # m1's reply is in
+            proxy.pacing = False
+            time.sleep(0.4)  # each sent again a few times, to nobody, in the held list's order
+            b.send(f"sub {ch}")
+            b.wait(lambda o: o.get("event") == "subscribed", msg="subscribed")
+            replies = [a.wait(lambda o, i=i: o.get("id") == f"{k}m{i}", 5, msg=f"m{i} answered")
+                       for i in range(3)]
+            assert all(o.get("reply") == 1 for o in replies), replies
+            time.sleep(0.2)
+            got = [int(o["payload"]) for o in b.events("message")]
+            assert got == [0, 1, 2], (k, got)
+        a.quit()
+        b.quit()
+    finally:
+        proxy.stop()
+        r.stop()
+
+
 def test_07_uncovered_slot_fails_only_that_slot_clusterdown_fails_all(rc, probes):
     p = probes(rc.url)
     p.wait_up()
