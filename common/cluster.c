@@ -992,26 +992,21 @@ static void send_held(sb_cluster_t *c, int64_t now)
             continue;
         unsigned char bit = (unsigned char)(1u << (q->bucket & 7));
         int blocked = (c->blocked[q->bucket >> 3] & bit) != 0;
-        if (!blocked && now >= q->due) {
-            if (dispatch(q) == 0)
-                continue;
-            if (now < q->deadline) {
-                q->due = now + TICK_MS; /* its primary is not connected (yet) */
-            } else {
-                snprintf(q->why, sizeof q->why, "unavailable: no connected primary for the slot");
-                unhold(q);
-                *tail = q;
-                tail = &q->next;
-                continue;
-            }
-        } else if (blocked && now >= q->due && now >= q->deadline) {
-            snprintf(q->why, sizeof q->why,
-                     "unavailable: an earlier command for its key is still being retried");
+        if (!blocked && now >= q->due && dispatch(q) == 0)
+            continue;
+        if (now >= q->deadline) {
+            /* Out of time: waiting behind an earlier one, or its primary not connected. (A
+             * wait for a redirect or a receiver never ends past the deadline.) */
+            snprintf(q->why, sizeof q->why, "unavailable: %s",
+                     blocked ? "an earlier command for its key is still being retried"
+                             : "no connected primary for the slot");
             unhold(q);
             *tail = q;
             tail = &q->next;
             continue;
         }
+        if (!blocked && now >= q->due)
+            q->due = now + TICK_MS; /* its primary is not connected (yet) */
         c->blocked[q->bucket >> 3] |= bit;
     }
     /* Kept in c: a callback that closes the client has sb_cluster_close finish the rest

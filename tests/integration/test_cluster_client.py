@@ -516,6 +516,31 @@ def test_06e_a_command_turned_away_in_a_later_read_keeps_its_place(tmp_path, pro
         r.stop()
 
 
+def test_06f_no_callback_after_close_from_one_that_ran_out_of_time(tmp_path, probes):
+    """Three publishes wait for a receiver (nobody subscribes), then Redis is killed: they are
+    tried again until their timeout and all run out of time in the same tick. The first one's
+    callback closes the client; the other two get "closing" from sb_cluster_close, before it
+    returns (common/cluster.h: no callback after close). Found by review: they were called
+    after close had returned, with "unavailable"."""
+    r = RedisServer(str(tmp_path))
+    try:
+        p = probes(r.url)
+        p.wait_up()
+        p.send("\n".join(f"pubq q{i} gone {i}" for i in range(3)))
+        time.sleep(0.3)  # each published to nobody a few times, waiting between tries
+        r.kill()
+        got = [p.wait(lambda o, i=i: o.get("id") == f"q{i}", 10, msg=f"q{i} answered")
+               for i in range(3)]
+        assert got[0]["error"].startswith("unavailable"), got
+        assert all(o["error"] == "closing" and not o["after_close"] for o in got[1:]), got
+        o = p.wait(lambda o: o.get("event") == "exit", 10, msg="exit")
+        assert o["loop_close"] == 0, p.log()
+        assert p.p.wait(10) == 0
+        assert not SANITIZER.search(p.log()), p.log()
+    finally:
+        r.stop()
+
+
 def test_07_uncovered_slot_fails_only_that_slot_clusterdown_fails_all(rc, probes):
     p = probes(rc.url)
     p.wait_up()

@@ -5,6 +5,9 @@
  *   script ID NKEYS ARG... the probe's script (INCRBY KEYS[1] ARGV[1], returns the value)
  *   pub ID CHANNEL PAYLOAD SPUBLISH                          -> {"id":ID,"reply":N}
  *   pubr ID CHANNEL PAYLOAD  the same, again while nobody receives it (publish_received)
+ *   pubq ID CHANNEL PAYLOAD  as pubr; its callback, the first of them to come, quits (closes the
+ *                            client inside a callback); each pubq reply says whether it came
+ *                            after sb_cluster_close returned ("after_close")
  *   sub CHANNEL | unsub CHANNEL
  *   state                  -> {"state":{"up":..,"holes":..,"pending":..,"primaries":[...]}}
  *   owner SLOT             -> {"owner":"host:port"} (or null)
@@ -32,7 +35,11 @@ typedef struct {
     char line[65536];
     size_t used;
     int quitting;
+    int close_returned; /* sb_cluster_close has returned */
 } probe_t;
+
+static probe_t *the_probe;
+static void quit(probe_t *p);
 
 static void emit(json_t *o) /* steals o */
 {
@@ -75,6 +82,18 @@ static void on_reply(redisReply *reply, const char *error, void *data)
     else
         emit(json_pack("{s:s,s:o}", "id", id, "reply", reply_json(reply)));
     free(id);
+}
+
+static void on_reply_quit(redisReply *reply, const char *error, void *data)
+{
+    probe_t *p = the_probe;
+    char *id = data;
+    emit(json_pack("{s:s,s:o,s:o,s:b}", "id", id, "reply", reply ? reply_json(reply) : json_null(),
+                   "error", error ? json_string(error) : json_null(), "after_close",
+                   p->close_returned));
+    free(id);
+    if (!p->quitting)
+        quit(p);
 }
 
 static void on_state(sb_cluster_t *c, int up, void *data)
@@ -156,6 +175,15 @@ static void on_closed(uv_handle_t *h)
     (void)h;
 }
 
+static void quit(probe_t *p)
+{
+    p->quitting = 1;
+    uv_read_stop((uv_stream_t *)&p->in);
+    sb_cluster_close(p->c);
+    p->close_returned = 1;
+    uv_close((uv_handle_t *)&p->in, on_closed);
+}
+
 static void run_line(probe_t *p, char *line)
 {
     char *argv[64];
@@ -180,6 +208,9 @@ static void run_line(probe_t *p, char *line)
         rc = sb_cluster_publish(p->c, argv[2], argv[3], strlen(argv[3]), on_reply, id);
     } else if (strcmp(verb, "pubr") == 0 && argc == 4) {
         rc = sb_cluster_publish_received(p->c, argv[2], argv[3], strlen(argv[3]), on_reply, id);
+    } else if (strcmp(verb, "pubq") == 0 && argc == 4) {
+        rc =
+            sb_cluster_publish_received(p->c, argv[2], argv[3], strlen(argv[3]), on_reply_quit, id);
     } else {
         free(id);
         id = NULL;
@@ -203,12 +234,9 @@ static void run_line(probe_t *p, char *line)
             }
         } else if (strcmp(verb, "refresh") == 0)
             sb_cluster_refresh(p->c);
-        else if (strcmp(verb, "quit") == 0) {
-            p->quitting = 1;
-            uv_read_stop((uv_stream_t *)&p->in);
-            sb_cluster_close(p->c);
-            uv_close((uv_handle_t *)&p->in, on_closed);
-        } else
+        else if (strcmp(verb, "quit") == 0)
+            quit(p);
+        else
             emit(json_pack("{s:s}", "bad", verb));
         return;
     }
@@ -262,6 +290,7 @@ int main(int argc, char **argv)
     }
     sb_log_set_level(getenv("PROBE_DEBUG") ? SB_LOG_DEBUG : SB_LOG_INFO);
     static probe_t p;
+    the_probe = &p;
     uv_loop_init(&p.loop);
     unsigned char md[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)probe_lua, sizeof probe_lua - 1, md);
