@@ -992,7 +992,9 @@ static void send_held(sb_cluster_t *c, int64_t now)
             continue;
         unsigned char bit = (unsigned char)(1u << (q->bucket & 7));
         int blocked = (c->blocked[q->bucket >> 3] & bit) != 0;
-        if (!blocked && now >= q->due && dispatch(q) == 0)
+        /* Out of time and not blocked: one last try now (its 20 ms wait for a primary may end
+         * past the deadline, and the primary may be back). */
+        if (!blocked && (now >= q->due || now >= q->deadline) && dispatch(q) == 0)
             continue;
         if (now >= q->deadline) {
             /* Out of time: waiting behind an earlier one, or its primary not connected. (A
