@@ -372,7 +372,7 @@ static void on_req_reply(redisReply *reply, const char *error, void *data)
         size_t load_lens[3] = {6, 4, q->script->len};
         const char *asking = "ASKING";
         size_t alen = 6;
-        if (q->held && earlier_waiting(q)) {
+        if (earlier_waiting(q)) {
             /* The script is loaded now; the call waits for the tick, behind the earlier one. */
             sb_redis_argv(via->cmd, NULL, NULL, 3, load, load_lens);
             delay_req(q, 0);
@@ -983,9 +983,7 @@ static void check_state(sb_cluster_t *c)
 static void send_held(sb_cluster_t *c, int64_t now)
 {
     memset(c->blocked, 0, sizeof c->blocked);
-    req_t **tail = &c->failing;
-    while (*tail)
-        tail = &(*tail)->next;
+    req_t **tail = &c->failing; /* empty: only this fills it, and it empties it before returning */
     for (req_t *q = c->held, *next; q; q = next) {
         next = q->next;
         if (q->sent)
