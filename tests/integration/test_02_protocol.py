@@ -693,6 +693,7 @@ def test_13_internal_and_transient_redis_errors(cluster, redis_server):
     run(main())
     assert "join failed: WRONGTYPE" in a.proc.log()  # logged as an error, with the reason
     r.delete("sb:{broken}:members")
+    wait_for(lambda: not r.exists("sb:{canary}:members"), 3, msg="room canary emptied")
     assert invariants.check(r) == []
 
 

@@ -186,7 +186,6 @@ def test_04_refusals_change_nothing(cluster, redis_server):
         await c.close()
         await b.expect("peer-back", id=a.id)
         # A resume that is not the first thing a socket does is refused.
-        await c.close()
         d = await Client.connect(n2.ws_url)
         await d.join("Q")
         rep = await d.request({"type": "resume", "id": a.id, "room": "R",
