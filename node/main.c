@@ -104,7 +104,15 @@ static void on_drained(sb_node_t *n)
     stop_now(n);
 }
 
-enum { SWEEP_MS = 50 };
+/* SWEEP_IDLE_MS: the pub/sub probe's period (presence.c), all an idle node has to time. */
+enum { SWEEP_MS = 50, SWEEP_IDLE_MS = 500 };
+
+/* Nothing for the sweep to time but the pub/sub probe: no socket, no grace or PeerJS expiry
+ * running, no room listed, no join waiting for a subscription, no drain. */
+static int sweep_idle(const sb_node_t *n)
+{
+    return !n->nsessions && !n->draining && !n->bucket_waits && !sb_route_has_timed_work(n);
+}
 
 static void on_sweep(uv_timer_t *t)
 {
@@ -113,8 +121,10 @@ static void on_sweep(uv_timer_t *t)
     if (n->stopping)
         return;
     /* Every 50 ms on the grid (grid.h): at every other 100 ms it shares a wake-up with the
-     * Redis clients' 20 ms ticks when they run. */
-    uv_timer_start(t, on_sweep, sb_grid_delay(t->loop, 1, SWEEP_MS), 0);
+     * Redis clients' 20 ms ticks when they run. Every 500 ms while idle (docs/design.md, "Idle
+     * wake-ups"); sb_node_sweep_soon brings it back to 50 ms when a socket comes. */
+    uv_timer_start(t, on_sweep, sb_grid_delay(t->loop, 1, sweep_idle(n) ? SWEEP_IDLE_MS : SWEEP_MS),
+                   0);
     sb_route_sweep(n, now);
     sb_pubsub_sweep(n, now);
     sb_presence_probe_tick(n, now);
@@ -156,11 +166,19 @@ static void on_sweep(uv_timer_t *t)
     }
 }
 
+void sb_node_sweep_soon(sb_node_t *n)
+{
+    if (!n->stopping && uv_is_active((uv_handle_t *)&n->sweep) &&
+        uv_timer_get_due_in(&n->sweep) > SWEEP_MS)
+        uv_timer_start(&n->sweep, on_sweep, sb_grid_delay(n->sweep.loop, 1, SWEEP_MS), 0);
+}
+
 void sb_node_begin_drain(sb_node_t *n)
 {
     if (n->draining)
         return;
     n->draining = 1;
+    sb_node_sweep_soon(n); /* drain progress is timed by the sweep */
     n->drain_deadline_ms = sb_mono_ms() + n->cfg.drain_timeout_ms;
     /* With resume on, 1012: the client resumes elsewhere at once (its session goes away, not
      * gone: route.c); without, 1001: reconnect and join again. */

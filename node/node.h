@@ -285,6 +285,9 @@ void sb_route_pj_free(sb_node_t *n);
 
 /* Periodic: gap timeouts, held signals, token timeouts, resume graces that ended. */
 void sb_route_sweep(sb_node_t *n, int64_t now_ms);
+/* 1 while the sweep has something of route.c's to time: graces, PeerJS expiries, listed rooms,
+ * token or join timeouts, re-asserted sockets not confirmed yet. */
+int sb_route_has_timed_work(const sb_node_t *n);
 /* After a data loss: resyncs add members only until a heartbeat (+200 ms) from now, then every
  * room is read in full (n->loss_timer). Again when the last refused re-assert of ours went
  * through (the other nodes' are sent again at their heartbeats). */
@@ -412,5 +415,7 @@ int sb_conn_fd(const sb_conn_t *c);
 /* 1 and a reason when /readyz should answer 200. */
 int sb_node_ready(sb_node_t *n, const char **why);
 void sb_node_begin_drain(sb_node_t *n);
+/* The next sweep within 50 ms (a socket came to an idle node, whose sweep runs every 500). */
+void sb_node_sweep_soon(sb_node_t *n);
 
 #endif

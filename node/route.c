@@ -1046,6 +1046,12 @@ static void sweep_listed(sb_node_t *n, sb_acts_t *acts)
     }
 }
 
+int sb_route_has_timed_work(const sb_node_t *n)
+{
+    return n->away_head || n->pj_exp_head || n->sweep_head || n->auth_head ||
+           n->reasserts_unconfirmed > 0;
+}
+
 void sb_route_sweep(sb_node_t *n, int64_t now_ms)
 {
     away_sweep(n, now_ms);

@@ -84,7 +84,8 @@ sb_session_t *sb_session_new(sb_node_t *n, struct lws *wsi)
     if (n->sessions)
         n->sessions->prev = s;
     n->sessions = s;
-    n->nsessions++;
+    if (n->nsessions++ == 0)
+        sb_node_sweep_soon(n); /* an idle node sweeps every 500 ms: back to every 50 */
     return s;
 }
 
