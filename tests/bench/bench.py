@@ -1105,7 +1105,10 @@ def render(M, R, started, elapsed):
       "uses (OPEN on connect, a message with `\"dst\"` relayed with `\"src\"` put in front, "
       "everything else dropped), one `recv` of all a socket has and one `sendmsg` per message, "
       "an idle socket holding its record and id only. No JSON checked, no limits, no pings: a "
-      "measuring stick for what the kernel and the client cost, not a server.")
+      "measuring stick for what the kernel and the client cost, not a server. With `--redis` "
+      "(the floor across), two of them on one redis-server: a message for a socket the other "
+      "holds is PUBLISHed, already relayed, to the other's channel on a `CLIENT REPLY OFF` "
+      "connection (one `send` per `epoll_wait` batch), and the subscriber writes it out.")
     a("- `tests/bench/redis_tool.c`: populates Redis in the key schema of `lua/README.md` with a "
       "pipeline; a bare `SCAN COUNT 1000`; a PUBLISH-to-subscriber round trip (one in flight, "
       "time from writing PUBLISH to reading the message on the subscriber); a draining "

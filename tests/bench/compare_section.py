@@ -36,13 +36,16 @@ def js_ready(b):
 
 class JsServer:
     """peerjs-server (one process), one Socket.IO + redis-adapter process, or the floor relay
-    (tests/bench/floor.c: the PeerJS wire subset the load client uses, on raw epoll)."""
+    (tests/bench/floor.c: the PeerJS wire subset the load client uses, on raw epoll; with hop
+    = (redis, its channel, the other floor's channel), one of two floors joined by pub/sub)."""
 
-    def __init__(self, b, kind, red=None):
+    def __init__(self, b, kind, red=None, hop=None):
         self.port = b.free_port()
         if kind == "floor":
             argv = [os.path.join(b.BUILD, "bench", "sb-floor"), "--listen",
                     f"127.0.0.1:{self.port}"]
+            if hop:
+                argv += ["--redis", f"127.0.0.1:{hop[0].port}", "--me", hop[1], "--peer", hop[2]]
         else:
             script = "peerjs-server.mjs" if kind == "peerjs" else "sio-server.mjs"
             argv = ["node", os.path.join(JS, script), str(self.port)] + (
@@ -91,8 +94,11 @@ def wait_ev(b, p, ev, timeout):
 # ---- section 8: the comparison -----------------------------------------------------------------
 
 # "floor": not a system anyone would pick, the least any relay costs on this machine and load
-# (tests/bench/floor.c); it tells which targets no server could meet here.
-STACKS = ("peerjs", "sio", "sb-same", "sb-cross", "floor")
+# (tests/bench/floor.c); it tells which targets no server could meet here. "floor-cross": two
+# floors joined through the same redis-server by pub/sub, the least any relay with that hop
+# costs (side a on one, side b on the other, as sb-cross).
+STACKS = ("peerjs", "sio", "sb-same", "sb-cross", "floor", "floor-cross")
+IDLE_OF = {"peerjs": "peerjs", "sio": "sio", "sb-same": "sb", "floor": "floor"}  # idle columns
 PROFILED = (("sb-same", "relay"), ("sb-same", "rate"), ("sb-cross", "relay"), ("sb-cross", "rate"))
 
 
@@ -102,6 +108,10 @@ def start_stack(b, red, stack):
     if stack in ("peerjs", "floor"):
         s = JsServer(b, stack)
         return [s], [s.pid], [s.url], "peerjs"
+    if stack == "floor-cross":
+        f1 = JsServer(b, "floor", hop=(red, "f1", "f2"))
+        f2 = JsServer(b, "floor", hop=(red, "f2", "f1"))
+        return [f1, f2], [f1.pid, f2.pid, red.proc.pid], [f1.url, f2.url], "peerjs"
     if stack == "sio":
         s1, s2 = JsServer(b, "sio", red), JsServer(b, "sio", red)
         return [s1, s2], [s1.pid, s2.pid, red.proc.pid], [s1.url, s2.url], "sio"
@@ -365,7 +375,9 @@ def render8(b, a, S):
     f0, f2 = b.f0, b.f2
     names = {"peerjs": "peerjs-server 1.0.2", "sio": "Socket.IO 4.8 + redis-adapter",
              "sb-same": "Switchboard same node", "sb-cross": "Switchboard across nodes",
-             "floor": "floor (reference: a C relay on raw epoll)"}
+             "floor": "floor (reference: a C relay on raw epoll)",
+             "floor-cross": "floor across (reference: two floors through Redis pub/sub)"}
+    cols = [s for s in STACKS if S["runs"].get(s)]  # results saved before a stack was added lack it
     a("## 8. Beside peerjs-server and Socket.IO + redis-adapter")
     a("")
     a(f"One load client for every stack (`tests/bench/js/load.mjs`: Node.js `ws`, socket.io-client "
@@ -374,7 +386,7 @@ def render8(b, a, S):
       "the next on each echo; every delivery counts); at a fixed rate, "
       f"{E['SB_BENCH_CMP_RATE']:,} messages/s open loop, directions alternating. Messages are a "
       "fake ICE candidate, about 210 B of JSON on the wire "
-      f"({span([r.get('frame_bytes') for s in STACKS for r in S['runs'][s]['relay']], f0)} B per "
+      f"({span([r.get('frame_bytes') for s in cols for r in S['runs'][s]['relay']], f0)} B per "
       f"frame). {E['SB_BENCH_CMP_SECONDS']:g} s measured after {E['SB_BENCH_WARMUP']:g} s of "
       "warm-up; a fresh set of servers per run; "
       f"{E['SB_BENCH_CMP_REPEATS']} repeats, the stacks interleaved. Server CPU counts every server "
@@ -391,19 +403,27 @@ def render8(b, a, S):
       "beyond its id. It reads everything a socket has at once and writes each message with one "
       "`sendmsg`. What it costs is about what the kernel, the loopback TCP path and the "
       "WebSocket framing cost with this client on this machine: a target that the floor itself "
-      "misses against peerjs-server is one no server could meet here.")
+      "misses against peerjs-server is one no server could meet here."
+      + (" The floor across is two such processes on the redis-server the nodes use, side a on "
+         "one and side b on the other: a message for a socket the floor does not hold is "
+         "PUBLISHed, already relayed, to the other floor's channel, and the other floor, "
+         "subscribed to its own, writes it to the socket. Its publishing connection runs `CLIENT "
+         "REPLY OFF` (no reply to read, which a server that wants to know a message was received "
+         "cannot do) and the PUBLISHes of one `epoll_wait` batch go out in one `send`: the least "
+         "any relay with a Redis pub/sub hop costs here, so an across-node target it misses is "
+         "one no server built on that hop could meet here." if "floor-cross" in cols else ""))
     a("")
-    a("| figure | " + " | ".join(names[s] for s in STACKS) + " |")
-    a("| --- |" + " --- |" * len(STACKS))
+    a("| figure | " + " | ".join(names[s] for s in cols) + " |")
+    a("| --- |" + " --- |" * len(cols))
 
     def row(label, mode, key, fmt):
         a(f"| {label} | " + " | ".join(span([r.get(key) for r in S['runs'][s][mode]], fmt)
-                                        for s in STACKS) + " |")
+                                        for s in cols) + " |")
     row("messages/s flat out", "relay", "msgs_per_s", f0)
     row("messages per server CPU-second (Redis included)", "relay", "msgs_per_cpu_s", f0)
     a("| server CPU flat out (% of a core, each process) | " + " | ".join(
         "; ".join("+".join(f0(c) for c in r["cpu_each_pct"]) for r in S["runs"][s]["relay"])
-        for s in STACKS) + " |")
+        for s in cols) + " |")
     row("client CPU flat out (%)", "relay", "client_cpu_pct", f0)
     row("server switches-in per message flat out", "relay", "switches_per_msg", f2)
     row(f"server switches-in per message at {E['SB_BENCH_CMP_RATE']:,} msg/s", "rate",
@@ -414,9 +434,9 @@ def render8(b, a, S):
         "cpu_us_per_msg", f0)
     sc = S.get("syscalls") or {}
     for mode, label in (("relay", "flat out"), ("rate", f"at {E['SB_BENCH_CMP_RATE']:,} msg/s")):
-        if any(f"{s} {mode}" in sc for s in STACKS):
+        if any(f"{s} {mode}" in sc for s in cols):
             a(f"| server system calls per message {label}: all (reads, writes, polls) | " +
-              " | ".join(syscalls_cell(sc.get(f"{s} {mode}")) for s in STACKS) + " |")
+              " | ".join(syscalls_cell(sc.get(f"{s} {mode}")) for s in cols) + " |")
     row(f"one-way latency p50 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p50_us",
         lambda x: f"{x / 1000:.2f}")
     row(f"one-way latency p99 at {E['SB_BENCH_CMP_RATE']:,} msg/s (ms)", "rate", "lat_p99_us",
@@ -427,16 +447,15 @@ def render8(b, a, S):
 
     def idle(stack, key, fmt):
         return fmt(I[stack][key]) if stack in I and I[stack].get(key) is not None else "n/a"
-    a("| RSS per idle connection (joined, for us; B) | " + " | ".join([
-        idle("peerjs", "bytes_per_conn", f0), idle("sio", "bytes_per_conn", f0),
-        idle("sb", "bytes_per_conn", f0), "", idle("floor", "bytes_per_conn", f0)]) + " |")
+    def idle_row(key):
+        return " | ".join(idle(IDLE_OF[s], key, f0) if s in IDLE_OF else "" for s in cols)
+    a("| RSS per idle connection (joined, for us; B) | " + idle_row("bytes_per_conn") + " |")
     for key, label in (("connects_per_s", "connects (+ join for us) per second"),
                        ("server_cpu_us_per_connect",
                         "server CPU per connect (+ join; Redis included; us)"),
                        ("server_cpu_pct", "server CPU while connecting (%)"),
                        ("client_cpu_pct", "client CPU while connecting (%, all client processes)")):
-        a(f"| {label} | " + " | ".join([idle("peerjs", key, f0), idle("sio", key, f0),
-                                        idle("sb", key, f0), "", idle("floor", key, f0)]) + " |")
+        a(f"| {label} | " + idle_row(key) + " |")
     a("")
     if I:
         a("Idle connections: " + "; ".join(
@@ -466,6 +485,13 @@ def render8(b, a, S):
            per_repeat_ratio(S, "sb-cross", "peerjs", "relay", "msgs_per_cpu_s"), lambda m: m >= 1)
     target("across nodes msgs per server CPU-s >= 4 x Socket.IO",
            per_repeat_ratio(S, "sb-cross", "sio", "relay", "msgs_per_cpu_s"), lambda m: m >= 4)
+    if "floor-cross" in cols:
+        target("(reference, not a target: the floor across's msgs per server CPU-s / peerjs')",
+               per_repeat_ratio(S, "floor-cross", "peerjs", "relay", "msgs_per_cpu_s"),
+               lambda m: None)
+        target("(reference, not a target: the floor across's msgs per server CPU-s / "
+               "Socket.IO's)", per_repeat_ratio(S, "floor-cross", "sio", "relay",
+                                                 "msgs_per_cpu_s"), lambda m: None)
     target(f"same node CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s <= 0.5 x peerjs",
            per_repeat_ratio(S, "sb-same", "peerjs", "rate", "cpu_us_per_msg"),
            lambda m: m <= 0.5)
@@ -475,12 +501,22 @@ def render8(b, a, S):
     target(f"across nodes CPU per msg at {E['SB_BENCH_CMP_RATE']:,}/s <= 1 x peerjs",
            per_repeat_ratio(S, "sb-cross", "peerjs", "rate", "cpu_us_per_msg"),
            lambda m: m <= 1)
-    for stack, bound, label in (("sb-same", 1.0, "same node"), ("sb-cross", 1.5, "across nodes")):
+    if "floor-cross" in cols:
+        target(f"(reference, not a target: the floor across's CPU per msg at "
+               f"{E['SB_BENCH_CMP_RATE']:,}/s / peerjs')",
+               per_repeat_ratio(S, "floor-cross", "peerjs", "rate", "cpu_us_per_msg"),
+               lambda m: None)
+    for stack, bound, label in (("sb-same", 1.0, "same node"), ("sb-cross", 1.5, "across nodes"),
+                                ("floor-cross", None, "(reference, not a target: the floor "
+                                 "across's)")):
+        if stack not in cols:
+            continue
         v = [r["lat_p99_us"] / 1000 for r in S["runs"][stack]["rate"] if r.get("lat_p99_us")]
         m = med(v)
-        T.append((f"{label} p99 at {E['SB_BENCH_CMP_RATE']:,}/s <= {bound:g} ms",
+        T.append((f"{label} p99 at {E['SB_BENCH_CMP_RATE']:,}/s" +
+                  (f" <= {bound:g} ms" if bound else ""),
                   "n/a" if m is None else f"{m:.2f} ms ({span(v, lambda x: f'{x:.2f}')})",
-                  None if m is None else m <= bound))
+                  None if m is None or bound is None else m <= bound))
     if "sb" in I:
         v = I["sb"]["bytes_per_conn"]
         T.append(("RSS per idle joined socket <= 2,048 B", f"{v:,.0f} B", v <= 2048))
@@ -855,9 +891,29 @@ def why(b, a, S, T):
     def hit(prefix):
         return any(t.startswith(prefix) for t in missed)
 
-    def floor_ratio(mode, key):
-        v = per_repeat_ratio(S, "floor", "peerjs", mode, key) if runs.get("floor") else []
+    def floor_ratio(mode, key, floor="floor", other="peerjs"):
+        v = per_repeat_ratio(S, floor, other, mode, key) if runs.get(floor) else []
         return med(v), span(v, lambda x: f"{x:.2f}")
+
+    def redis_share(stack, mode):
+        """Redis's share of the server CPU (the last of the counted processes), median."""
+        return med([r["cpu_each_pct"][-1] / sum(r["cpu_each_pct"]) * 100
+                    for r in runs[stack][mode] if sum(r.get("cpu_each_pct") or [0])])
+
+    def floor_cross_cpu_text():
+        fr, fspan = floor_ratio("rate", "cpu_us_per_msg", "floor-cross")
+        if fr is None:
+            return ""
+        return (f" The floor across (two floors through the same Redis, no reply read) spent "
+                f"{m('floor-cross', 'rate', 'cpu_us_per_msg'):.0f} us per message at this rate, "
+                f"{fr:.2f} x peerjs-server's ({fspan}), Redis {redis_share('floor-cross', 'rate'):.0f}"
+                f"% of it, with {m('floor-cross', 'rate', 'switches_per_msg'):.2f} switches-in per "
+                "message: " + ("over the target in the median, so on this machine a relay whose "
+                               "messages cross processes through Redis pub/sub is at the target "
+                               "at best, in its best runs; " if fr > 1 else "within the target; ")
+                + f"the nodes spent {m('sb-cross', 'rate', 'cpu_us_per_msg') - m('floor-cross', 'rate', 'cpu_us_per_msg'):.0f}"
+                " us more per message than it (the reply to each PUBLISH read, JSON checked, "
+                "order and delivery kept).")
     out = []
     pr = _prof(S, "sb-cross rate")
     kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
@@ -888,7 +944,8 @@ def why(b, a, S, T):
             "hop. The PUBLISH's reply, which can wake node 1 a second time, was measured at "
             "a tenth to a sixth of this cost (signals sent with their reply skipped: 0.84-0.90 "
             "x the server CPU), short of the target and at a price in delivery guarantees or "
-            "Redis CPU (docs/design.md, \"The PUBLISH reply across nodes\").")
+            "Redis CPU (docs/design.md, \"The PUBLISH reply across nodes\")."
+            + floor_cross_cpu_text())
     ps_rate = _prof(S, "sb-same rate")
     k_same = next((p for p, d, _ in ps_rate.get("dsos", []) if d.startswith("[kernel")), None)
     lib_same = sum(p for p, d, _ in ps_rate.get("dsos", [])
@@ -940,15 +997,37 @@ def why(b, a, S, T):
             f"{m('peerjs', 'rate', 'runq_wait_ms_per_s'):.0f} ms/s; the p50 "
             f"({m(stack, 'rate', 'lat_p50_us') / 1000:.2f} ms) shows the path itself is cheap, "
             "the tail is waiting for a core. peerjs-server's own p99 in the same run: "
-            f"{m('peerjs', 'rate', 'lat_p99_us') / 1000:.2f} ms.")
+            f"{m('peerjs', 'rate', 'lat_p99_us') / 1000:.2f} ms."
+            + (f" The floor across, on the same three-process path: p99 "
+               f"{m('floor-cross', 'rate', 'lat_p99_us') / 1000:.2f} ms, p50 "
+               f"{m('floor-cross', 'rate', 'lat_p50_us') / 1000:.2f} ms."
+               if stack == "sb-cross" and runs.get("floor-cross") else ""))
     def floor_relay_text():
         fr, fspan = floor_ratio("relay", "msgs_per_cpu_s")
         if fr is None:
             return ""
+        xr, xspan = floor_ratio("relay", "msgs_per_cpu_s", "floor-cross", "sio")
         return (f" The floor relayed {fr:.2f} x peerjs-server's messages per CPU-second ({fspan})"
                 f", switched in {m('floor', 'relay', 'switches_per_msg'):.2f} times per message"
                 + (": under 2 x, so with this client on this machine no relay shows the same-node "
-                   "target." if fr < 2 else "."))
+                   "target." if fr < 2 else ".")
+                + ("" if xr is None else floor_cross_relay_text(xr, xspan)))
+
+    def floor_cross_relay_text(xr, xspan):
+        node = med(per_repeat_ratio(S, "sb-cross", "sio", "relay", "msgs_per_cpu_s"))
+        text = (f" The floor across relayed {xr:.2f} x Socket.IO's messages per CPU-second "
+                f"({xspan}; Redis {redis_share('floor-cross', 'relay'):.0f}% of its server CPU, "
+                f"{m('floor-cross', 'relay', 'switches_per_msg'):.2f} switches-in per message)")
+        if node is not None and xr < node:
+            return text + (
+                f", less than the nodes' {node:.2f} x: flat out the fewest system calls per "
+                "message is not the least CPU per message (the nodes, switched in "
+                f"{m('sb-cross', 'relay', 'switches_per_msg'):.2f} times per message, share "
+                "their wake-ups across more messages), so here the floor across bounds nothing; "
+                "it shows that relaying through one Redis costs the same order of CPU whoever "
+                "relays.")
+        return text + (": under 4 x, so no relay through Redis pub/sub shows the Socket.IO "
+                       "target on this machine." if xr < 4 else ".")
     if hit("across nodes msgs per server CPU-s") or hit("same node msgs"):
         ps_ = _prof(S, "sb-same relay")
         ew = next((p for p, n in ps_.get("syscalls", []) if n == "epoll_wait"), None)

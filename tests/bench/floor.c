@@ -12,11 +12,20 @@
  * relay can make per message; an idle socket holds its record and its id only (buffers exist
  * while a partial frame or an unsent remainder does).
  *
- * usage: sb-floor --listen HOST:PORT */
+ * Across processes (--redis): two floors share one redis-server, as two nodes do. A message
+ * whose "dst" is not on this floor is PUBLISHed, already relayed ("src" in front), to the other
+ * floor's channel as DST '\n' TEXT; the other floor, subscribed to its own channel, finds DST in
+ * the pub/sub message and writes the text as a frame. The publishing connection runs CLIENT
+ * REPLY OFF (no reply to read: the fewest wake-ups any server with a Redis hop can have, which
+ * a server that wants to know a message was received cannot do), and the PUBLISHes of one
+ * epoll batch go out in one send().
+ *
+ * usage: sb-floor --listen HOST:PORT [--redis HOST:PORT --me CHANNEL --peer CHANNEL] */
 #include <openssl/sha.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -48,6 +57,12 @@ typedef struct conn {
 
 static int ep;
 static conn_t **table;
+/* --redis: the PUBLISH connection (its unsent bytes) and the SUBSCRIBE one. */
+static int pub_fd = -1, sub_fd = -1, pub_want_out;
+static unsigned char *pub_out, *sub_in;
+static size_t pub_len, pub_cap, sub_len;
+static const char *peer_channel;
+static conn_t pub_tag, sub_tag; /* their epoll data.ptr */
 static size_t nbuckets = 1u << 16;
 static unsigned char rbuf[MAX_FRAME + MAX_HEAD + 64];
 
@@ -168,6 +183,198 @@ static int send_text(conn_t *c, const char *pre, size_t plen, const unsigned cha
     return put(c, h, hl + plen, body, blen);
 }
 
+/* ---- --redis: the hop ------------------------------------------------------------------------ */
+
+static int pub_append(const void *p, size_t n)
+{
+    if (pub_len + n > pub_cap) {
+        size_t cap = pub_cap ? pub_cap : 65536;
+        while (cap < pub_len + n)
+            cap *= 2;
+        unsigned char *b = realloc(pub_out, cap);
+        if (!b)
+            return -1;
+        pub_out = b;
+        pub_cap = cap;
+    }
+    memcpy(pub_out + pub_len, p, n);
+    pub_len += n;
+    return 0;
+}
+
+/* PUBLISH peer_channel DST\nPRE BODY, appended to what goes out at the end of the batch. */
+static int publish(const char *dst, const char *pre, size_t plen, const unsigned char *body,
+                   size_t blen)
+{
+    char head[160];
+    size_t dl = strlen(dst);
+    int n = snprintf(head, sizeof head, "*3\r\n$7\r\nPUBLISH\r\n$%zu\r\n%s\r\n$%zu\r\n%s\n",
+                     strlen(peer_channel), peer_channel, dl + 1 + plen + blen, dst);
+    if (pub_append(head, (size_t)n) || pub_append(pre, plen) || pub_append(body, blen) ||
+        pub_append("\r\n", 2))
+        return -1;
+    return 0;
+}
+
+/* Sends what the batch published (one send() when the socket takes it all). */
+static void pub_flush(void)
+{
+    if (!pub_len)
+        return;
+    ssize_t n = send(pub_fd, pub_out, pub_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        perror("sb-floor: redis");
+        exit(1);
+    }
+    if (n > 0) {
+        memmove(pub_out, pub_out + n, pub_len - (size_t)n);
+        pub_len -= (size_t)n;
+    }
+    int want = pub_len > 0;
+    if (want != pub_want_out) {
+        struct epoll_event ev = {.events = want ? EPOLLOUT : 0, .data.ptr = &pub_tag};
+        epoll_ctl(ep, EPOLL_CTL_MOD, pub_fd, &ev);
+        pub_want_out = want;
+    }
+}
+
+/* A RESP element at p[0..len): a bulk string (its bytes in *v, *vl) or an integer (*v NULL);
+ * returns its length, 0 when incomplete, -1 when not one of those. */
+static long resp_elem(const unsigned char *p, size_t len, const unsigned char **v, size_t *vl)
+{
+    const unsigned char *e = memmem(p, len, "\r\n", 2);
+    if (!e)
+        return 0;
+    size_t hl = (size_t)(e - p) + 2;
+    *v = NULL;
+    if (p[0] == ':')
+        return (long)hl;
+    if (p[0] != '$')
+        return -1;
+    size_t n = strtoul((const char *)p + 1, NULL, 10);
+    if (len < hl + n + 2)
+        return 0;
+    *v = p + hl;
+    *vl = n;
+    return (long)(hl + n + 2);
+}
+
+/* Pub/sub messages in sub_in: each "message" written to its DST's socket as a text frame. */
+static void sub_messages(void)
+{
+    size_t at = 0;
+    while (at < sub_len) {
+        const unsigned char *p = sub_in + at;
+        size_t len = sub_len - at;
+        const unsigned char *e = memmem(p, len, "\r\n", 2);
+        if (!e)
+            break;
+        if (p[0] != '*') {
+            fprintf(stderr, "sb-floor: unexpected reply from redis\n");
+            exit(1);
+        }
+        long k = strtol((const char *)p + 1, NULL, 10);
+        size_t used = (size_t)(e - p) + 2;
+        const unsigned char *v[3] = {0};
+        size_t vl[3] = {0};
+        int whole = 1;
+        for (long i = 0; i < k; i++) {
+            const unsigned char *x;
+            size_t xl = 0;
+            long m = resp_elem(p + used, len - used, &x, &xl);
+            if (m < 0) {
+                fprintf(stderr, "sb-floor: unexpected reply from redis\n");
+                exit(1);
+            }
+            if (m == 0) {
+                whole = 0;
+                break;
+            }
+            if (i < 3) {
+                v[i] = x;
+                vl[i] = xl;
+            }
+            used += (size_t)m;
+        }
+        if (!whole)
+            break;
+        at += used;
+        if (k != 3 || !v[0] || vl[0] != 7 || memcmp(v[0], "message", 7) != 0 || !v[2])
+            continue; /* the subscribe confirmation */
+        const unsigned char *nl = memchr(v[2], '\n', vl[2]);
+        if (!nl || nl - v[2] > ID_MAX)
+            continue;
+        char dst[ID_MAX + 1];
+        memcpy(dst, v[2], (size_t)(nl - v[2]));
+        dst[nl - v[2]] = '\0';
+        conn_t *to = find(dst);
+        if (to && to->open && send_text(to, "", 0, nl + 1, vl[2] - (size_t)(nl + 1 - v[2])) != 0)
+            shutdown(to->fd, SHUT_RDWR);
+    }
+    memmove(sub_in, sub_in + at, sub_len - at);
+    sub_len -= at;
+}
+
+static void sub_readable(void)
+{
+    if (sub_len == MAX_FRAME * 4) {
+        fprintf(stderr, "sb-floor: pub/sub message too long\n");
+        exit(1);
+    }
+    /* One read per event, as for the sockets: what it leaves, the next epoll_wait reports. */
+    ssize_t n = recv(sub_fd, sub_in + sub_len, MAX_FRAME * 4 - sub_len, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        fprintf(stderr, "sb-floor: redis closed the subscription\n");
+        exit(1);
+    }
+    sub_len += (size_t)n;
+    sub_messages();
+}
+
+static int redis_connect(const struct sockaddr_in *sa, const char *cmd)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (fd < 0 || connect(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) {
+        perror("sb-floor: --redis");
+        exit(1);
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (send(fd, cmd, strlen(cmd), MSG_NOSIGNAL) != (ssize_t)strlen(cmd)) {
+        perror("sb-floor: --redis");
+        exit(1);
+    }
+    return fd;
+}
+
+/* The two connections; returns once the subscription is confirmed. */
+static void redis_setup(const struct sockaddr_in *sa, const char *me)
+{
+    pub_fd = redis_connect(sa, "*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n");
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "*2\r\n$9\r\nSUBSCRIBE\r\n$%zu\r\n%s\r\n", strlen(me), me);
+    sub_fd = redis_connect(sa, cmd);
+    sub_in = malloc(MAX_FRAME * 4);
+    char ok[256];
+    size_t got = 0;
+    while (got < 4 || memcmp(ok + got - 4, ":1\r\n", 4) != 0) {
+        ssize_t n = recv(sub_fd, ok + got, 1, 0); /* once, at start: byte by byte is fine */
+        if (n <= 0 || ++got == sizeof ok) {
+            fprintf(stderr, "sb-floor: SUBSCRIBE %s: no confirmation\n", me);
+            exit(1);
+        }
+    }
+    struct epoll_event pev = {.events = 0, .data.ptr = &pub_tag};
+    struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &sub_tag};
+    if (!sub_in || fcntl(pub_fd, F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(sub_fd, F_SETFL, O_NONBLOCK) != 0 || epoll_ctl(ep, EPOLL_CTL_ADD, pub_fd, &pev) ||
+        epoll_ctl(ep, EPOLL_CTL_ADD, sub_fd, &sev)) {
+        perror("sb-floor: --redis");
+        exit(1);
+    }
+}
+
 /* A text message of c: to its "dst" with "src" put in front of its first member. */
 static int relay(conn_t *c, const unsigned char *p, size_t len)
 {
@@ -183,10 +390,12 @@ static int relay(conn_t *c, const unsigned char *p, size_t len)
     memcpy(dst, d, (size_t)(e - d));
     dst[e - d] = '\0';
     conn_t *to = find(dst);
-    if (!to || !to->open)
-        return 0;
     char pre[80];
     int n = snprintf(pre, sizeof pre, "{\"src\":\"%s\",", c->id);
+    if (!to && pub_fd >= 0)
+        return publish(dst, pre, (size_t)n, p + 1, len - 1);
+    if (!to || !to->open)
+        return 0;
     /* A failed send shuts the recipient down rather than freeing it: this batch of events
      * may still name it. Its own next event (a hang-up) frees it. */
     if (send_text(to, pre, (size_t)n, p + 1, len - 1) != 0)
@@ -356,18 +565,39 @@ static void on_readable(conn_t *c)
     c->inlen = rest;
 }
 
+/* IPV4:PORT into *sa; -1 when it is not one. */
+static int addr(const char *s, struct sockaddr_in *sa)
+{
+    const char *colon = strrchr(s, ':');
+    char host[64];
+    if (!colon || colon - s >= (long)sizeof host || !colon[1])
+        return -1;
+    snprintf(host, sizeof host, "%.*s", (int)(colon - s), s);
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)atoi(colon + 1));
+    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3 || strcmp(argv[1], "--listen") != 0 || !strchr(argv[2], ':')) {
-        fprintf(stderr, "usage: sb-floor --listen HOST:PORT\n");
-        return 2;
+    const char *listen_at = NULL, *redis_at = NULL, *me = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--listen") == 0)
+            listen_at = argv[i + 1];
+        else if (strcmp(argv[i], "--redis") == 0)
+            redis_at = argv[i + 1];
+        else if (strcmp(argv[i], "--me") == 0)
+            me = argv[i + 1];
+        else if (strcmp(argv[i], "--peer") == 0)
+            peer_channel = argv[i + 1];
     }
-    char host[64];
-    snprintf(host, sizeof host, "%.*s", (int)(strchr(argv[2], ':') - argv[2]), argv[2]);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)atoi(strchr(argv[2], ':') + 1))};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        fprintf(stderr, "sb-floor: --listen: not an IPv4 address: %s\n", host);
+    struct sockaddr_in sa, rsa;
+    if (argc % 2 != 1 || !listen_at || addr(listen_at, &sa) != 0 ||
+        (redis_at && (addr(redis_at, &rsa) != 0 || !me || !peer_channel)) ||
+        (!redis_at && (me || peer_channel))) {
+        fprintf(stderr, "usage: sb-floor --listen IPV4:PORT "
+                        "[--redis IPV4:PORT --me CHANNEL --peer CHANNEL]\n");
         return 2;
     }
     struct rlimit rl;
@@ -386,6 +616,8 @@ int main(int argc, char **argv)
     ep = epoll_create1(0);
     struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &lev);
+    if (redis_at)
+        redis_setup(&rsa, me);
     printf("{\"event\":\"listening\"}\n");
     fflush(stdout);
     struct epoll_event evs[256];
@@ -408,6 +640,14 @@ int main(int argc, char **argv)
                 }
                 continue;
             }
+            if (c == &sub_tag) {
+                sub_readable();
+                continue;
+            }
+            if (c == &pub_tag) {
+                pub_flush();
+                continue;
+            }
             /* A socket is freed only in its own event (relay() shuts a recipient down), so
              * no entry of this batch names a freed one. */
             if (evs[i].events & (EPOLLERR | EPOLLHUP) && !(evs[i].events & EPOLLIN)) {
@@ -419,5 +659,7 @@ int main(int argc, char **argv)
             else if (evs[i].events & EPOLLIN)
                 on_readable(c);
         }
+        if (pub_fd >= 0)
+            pub_flush(); /* what this batch published, in one send() */
     }
 }
