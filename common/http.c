@@ -29,8 +29,49 @@ sb_http_method_t sb_http_method(struct lws *wsi, char *path, size_t len)
     return SB_HTTP_OTHER;
 }
 
+/* 1 when s[0..n) holds a control character (below 0x20, or DEL). */
+static int has_control(const char *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 1;
+    return 0;
+}
+
+/* 1 when the URI, url-decoded as lws keeps it, holds a control character: in the path (any
+ * method's URI token) or in a query parameter (each a fragment of WSI_TOKEN_HTTP_URI_ARGS). */
+static int uri_has_control(struct lws *wsi)
+{
+    static char buf[4096 + 1]; /* the header space (sb_listen): one request at a time */
+    static const enum lws_token_indexes uris[] = {
+        WSI_TOKEN_GET_URI,   WSI_TOKEN_POST_URI,    WSI_TOKEN_PUT_URI, WSI_TOKEN_DELETE_URI,
+        WSI_TOKEN_PATCH_URI, WSI_TOKEN_OPTIONS_URI, WSI_TOKEN_HEAD_URI};
+    for (size_t i = 0; i < sizeof uris / sizeof uris[0]; i++) {
+        int n = lws_hdr_total_length(wsi, uris[i]) > 0 ? lws_hdr_copy(wsi, buf, sizeof buf, uris[i])
+                                                       : 0;
+        if (n > 0 && has_control(buf, n))
+            return 1;
+    }
+    for (int i = 0;; i++) {
+        int n = lws_hdr_copy_fragment(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0)
+            return 0; /* no more (one too long to copy is the routes' to refuse) */
+        if (has_control(buf, n))
+            return 1;
+    }
+}
+
 unsigned sb_http_check_framing(struct lws *wsi)
 {
+    /* A decoded CR or LF ("%0a") ends lws 4.1.6's request line where it is: the URI is cut
+     * there, the version and the next header line are lost, and it would answer as HTTP/1.0 to
+     * what it kept. Such a request is known by its missing version (lws keeps "HTTP/1.1" as
+     * WSI_TOKEN_HTTP and "HTTP/1.0" as WSI_TOKEN_HTTP1_0). Any other control character that
+     * reaches the decoded path or query would split a line in a log that prints it. */
+    if ((lws_hdr_total_length(wsi, WSI_TOKEN_HTTP) <= 0 &&
+         lws_hdr_total_length(wsi, WSI_TOKEN_HTTP1_0) <= 0) ||
+        uri_has_control(wsi))
+        return HTTP_STATUS_BAD_REQUEST;
     /* No route takes a body, so no request needs Transfer-Encoding; with a Content-Length it
      * is the other classic smuggling pair (RFC 9112 section 6.1). */
     if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)

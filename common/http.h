@@ -27,7 +27,9 @@ sb_http_method_t sb_http_method(struct lws *wsi, char *path, size_t len);
 /* 0 when the request's framing is acceptable, else the status to refuse it with (400): a
  * Content-Length that is repeated (lws keeps each as a fragment and reads the first), empty,
  * or anything but digits ("+44", "0, 44": RFC 9112 section 6.3, a request smuggling vector
- * behind a proxy that reads another value); any Transfer-Encoding (no route takes a body). */
+ * behind a proxy that reads another value); any Transfer-Encoding (no route takes a body); a
+ * request line without an HTTP version (a "%0a" in the URI ends lws's request line there); a
+ * control character in the url-decoded path or query. */
 unsigned sb_http_check_framing(struct lws *wsi);
 
 /* One response's status line and headers. Every answer gets Cache-Control: no-store,

@@ -2,7 +2,8 @@
 raw adoption refused at once, methods an endpoint does not serve refused, ill-formed or repeated
 Content-Length refused (400), the admin's query-string token refusal not bypassable by the
 shape of the query, Sec-WebSocket-Key checked, Origin compared whole, a client's own pings
-counted as life, a 1-byte close payload answered 1002, and header names lws stalls on.
+counted as life, a 1-byte close payload answered 1002, header names lws stalls on, and
+control characters in the URI refused.
 Each test failed before its fix. Real redis-server, real node and admin, loopback only."""
 import socket
 import struct
@@ -264,3 +265,36 @@ def test_09_header_name_prefix_stall_is_bounded(edge):
         s.close()
     took = time.monotonic() - t0
     assert took < 13, took
+
+
+# ---- control characters in the URI ------------------------------------------------------------
+
+CONTROL_URIS = [("query-lf", b"/livez?a=%0a"), ("query-crlf", b"/livez?a=%0d%0a"),
+                ("query-nul", b"/livez?a=%00b"), ("query-name", b"/livez?%0a=1"),
+                ("query-del", b"/livez?a=%7f"), ("path-lf", b"/livez%0a"),
+                ("path-tab", b"/li%09vez")]
+
+
+@pytest.mark.parametrize("case,uri", CONTROL_URIS, ids=[c[0] for c in CONTROL_URIS])
+def test_10_control_characters_in_the_uri_400(edge, case, uri):
+    """A url-decoded control character in the path or the query: 400 from the node's and the
+    admin's HTTP routes, the admin's token-guarded ones included (before this, "%0a" ended
+    lws's request line early: the admin answered /metrics?a=%0a with "HTTP/1.0 200" and the
+    figures). Other requests on the same servers are served as before."""
+    node, admin = edge
+    auth = b"Authorization: Bearer " + admin.token.encode() + b"\r\n"
+    metrics = uri.replace(b"/livez", b"/metrics").replace(b"/li%09vez", b"/met%09rics")
+    for port, u, extra in ((node.port, uri, b""), (admin.port, uri, b""),
+                           (admin.port, metrics, auth)):
+        line, _ = exchange(port, b"GET " + u + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+        if case == "query-nul":  # lws itself drops the connection at a decoded NUL, unanswered
+            assert status_of(line) == 400 or line == "", (case, port, u, line)
+        else:
+            assert status_of(line) == 400, (case, port, u, line)
+    line, _ = exchange(admin.port, b"GET /metrics?a=%20b HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+    assert line.startswith("HTTP/1.1 200"), line
+    # an HTTP/1.0 request (it has its version) is served as before
+    line, _ = exchange(node.port, b"GET /livez HTTP/1.0\r\n\r\n")
+    assert status_of(line) == 200, line
+    assert http_get(admin.http + "/livez?a=b")[0] == 200
+    assert node.ready()
