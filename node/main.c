@@ -261,6 +261,7 @@ int main(int argc, char **argv)
     n->started_ms = sb_now_ms();
     sb_map_init(&n->sess_by_id);
     sb_map_init(&n->pj_by_id);
+    sb_map_init(&n->pj_orphans);
     sb_map_init(&n->rooms);
     sb_map_init(&n->buckets);
     sb_metrics_init(&n->metrics);
@@ -317,6 +318,7 @@ int main(int argc, char **argv)
     sb_route_pj_free(n);
     sb_map_free(&n->sess_by_id);
     sb_map_free(&n->pj_by_id);
+    sb_map_free(&n->pj_orphans); /* its values freed by sb_route_pj_free */
     sb_map_free(&n->rooms);
     sb_map_free(&n->buckets);
     sb_metrics_free(&n->metrics);

@@ -184,8 +184,9 @@ struct sb_node {
      * when they are waited for (a missing presence key or member means "not written yet") */
     int reasserts_unconfirmed;
     int64_t reassert_until_ms;
-    struct sb_away *away_head, *away_tail;       /* route.c: sockets we marked away, by deadline */
-    sb_map_t pj_by_id;                           /* route.c: PeerJS sockets by their PeerJS id */
+    struct sb_away *away_head, *away_tail; /* route.c: sockets we marked away, by deadline */
+    sb_map_t pj_by_id;                     /* route.c: PeerJS sockets by their PeerJS id */
+    sb_map_t pj_orphans; /* route.c: ids whose socket closed while a claim of them was in flight */
     struct sb_pj_exp *pj_exp_head, *pj_exp_tail; /* route.c: PeerJS expire timers, by due */
     int64_t pj_alive_check_ms;                   /* route.c: the last alive-timeout pass */
     /* conn.c: connections with a deadline, the tick that enforces them, the receive buffer. */

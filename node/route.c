@@ -1223,13 +1223,14 @@ static void log_cleanup(sb_node_t *n, const char *room, const char *sid, const c
 static void on_disconnect_removed(redisReply *reply, const char *error, void *data)
 {
     req_t *q = data;
+    const char *sid = q->peer[0] ? q->peer : q->s->id; /* peer: another id's (an orphan's) */
     if (error) {
-        sb_warn_limited("session %s: cleanup failed: %s", q->s->id, error);
+        sb_warn_limited("session %s: cleanup failed: %s", sid, error);
     } else if (reply && reply->type == REDIS_REPLY_ARRAY) {
-        sb_debug_limited("session %s: cleanup %s, %lld links removed", q->s->id,
+        sb_debug_limited("session %s: cleanup %s, %lld links removed", sid,
                          sb_reply_str(reply, 0, NULL) ? sb_reply_str(reply, 0, NULL) : "?",
                          sb_reply_int(reply, 1, 0));
-        log_cleanup(q->s->node, q->room, q->s->id, q->mode, reply);
+        log_cleanup(q->s->node, q->room, sid, q->mode, reply);
     }
     req_free(q);
 }
@@ -1675,10 +1676,61 @@ static int gets_grace(const sb_session_t *s)
     return s->close_code == 0 || s->close_code == 1012;
 }
 
+/* A PeerJS socket that closed while another socket of this node claimed its id: the cleanup
+ * its close would have run, kept until the claim is answered. */
+typedef struct {
+    int grace; /* session_away (a lost socket), else room_remove */
+    char room[SB_ROOM_MAX + 1];
+    char hash[SB_RESUME_HASH_LEN + 1];
+} pj_orphan_t;
+
+static void pj_orphan_keep(sb_node_t *n, const sb_session_t *s, const char *room, const char *hash)
+{
+    free(sb_map_del(&n->pj_orphans, s->id)); /* an older one of the id: this close is later */
+    pj_orphan_t *o = calloc(1, sizeof *o);
+    if (!o || sb_map_put(&n->pj_orphans, s->id, o) != 0) {
+        sb_log_limited(SB_LOG_ERROR,
+                       "session %s: out of memory: if the claim of its id fails, "
+                       "its presence will lapse and the admin will reap it",
+                       s->id);
+        free(o);
+        return;
+    }
+    o->grace = gets_grace(s);
+    snprintf(o->room, sizeof o->room, "%s", room);
+    snprintf(o->hash, sizeof o->hash, "%s", hash);
+}
+
+/* The claim of id by s is answered: taken over (the id is s's now), the orphan's cleanup is
+ * dropped; not taken over, it runs now, with the orphan's own hash (so it can only touch the
+ * record of the socket that closed). */
+static void pj_orphan_settle(sb_node_t *n, const char *id, sb_session_t *s, int taken_over)
+{
+    pj_orphan_t *o = sb_map_del(&n->pj_orphans, id);
+    if (!o)
+        return;
+    if (taken_over) {
+        /* nothing left to clean: the claim replaced its record */
+    } else if (o->grace) {
+        go_away(s, o->room, id, o->hash);
+    } else {
+        req_t *q = req_new(s, NULL, o->room);
+        if (q) {
+            q->mode = "disconnect";
+            snprintf(q->peer, sizeof q->peer, "%s", id);
+            snprintf(q->hash, sizeof q->hash, "%s", o->hash);
+            if (run_remove(n, o->room, id, "disconnect", o->hash, on_disconnect_removed, q) != 0)
+                req_free(q);
+        }
+    }
+    free(o);
+}
+
 void sb_route_disconnect(sb_session_t *s)
 {
     sb_node_t *n = s->node;
     sb_seat_t *t = s->seat;
+    char hash_buf[SB_RESUME_HASH_LEN + 1];
     if (s->pj && sb_map_get(&n->pj_by_id, s->id) == s)
         sb_map_del(&n->pj_by_id, s->id);
     if (!t)
@@ -1690,9 +1742,11 @@ void sb_route_disconnect(sb_session_t *s)
     if (t->superseded) {
         /* A PeerJS id's hash is fixed (its token's), so this socket's session_away or removal,
          * sent after the other socket's pj_claim, would pass as this incarnation's and mark
-         * away or remove the new holder. The claim takes the id over; if it fails, the id's
-         * presence lapses and the admin reaps it. */
+         * away or remove the new holder. The claim takes the id over; if it does not, the
+         * cleanup kept here runs when its answer comes (pj_orphan_settle). */
         sb_debug_limited("session %s: closed while another socket claims its id", s->id);
+        if (t->room && t->in_redis && t->state != SEAT_LEAVING)
+            pj_orphan_keep(n, s, room_name(t->room), hash_hex(t, hash_buf));
     } else if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
         char hash[SB_RESUME_HASH_LEN + 1];
         if (t->state == SEAT_JOINED && gets_grace(s))
@@ -2582,11 +2636,12 @@ static int pj_rename(sb_session_t *s, const char *id)
 /* A claim that did not take place: the seat leaves the room; the socket is told and closed. */
 /* A claim of id by s that did not take place (an answer, or not sent): the copy of id here, if
  * any, is its holder again and cleans up at its close as before. */
-static void pj_claim_over(sb_node_t *n, const char *id, const sb_session_t *s)
+static void pj_claim_over(sb_node_t *n, const char *id, sb_session_t *s)
 {
     sb_session_t *copy = sb_map_get(&n->pj_by_id, id);
     if (copy && copy != s && copy->seat)
         copy->seat->superseded = 0;
+    pj_orphan_settle(n, id, s, 0); /* or it closed meanwhile: its cleanup, now */
 }
 
 static void pj_claim_failed(sb_session_t *s, int taken)
@@ -2608,6 +2663,7 @@ static void on_pj_claimed(redisReply *reply, const char *error, void *data)
     sb_node_t *n = s->node;
     const char *status = error ? NULL : sb_reply_str(reply, 0, NULL);
     int ok = ok_with_arrays(reply, status, 6, 3);
+    pj_orphan_settle(n, q->peer, s, ok);
     if (gone_meanwhile(q, ok, error))
         return;
     sb_seat_t *t = s->seat;
@@ -3111,8 +3167,15 @@ static void pj_sweep(sb_node_t *n, int64_t now_ms)
         }
 }
 
+static void free_value(void *value, void *arg)
+{
+    (void)arg;
+    free(value);
+}
+
 void sb_route_pj_free(sb_node_t *n)
 {
+    sb_map_each(&n->pj_orphans, free_value, NULL);
     while (n->pj_exp_head) {
         sb_pj_exp_t *x = n->pj_exp_head;
         n->pj_exp_head = x->next;

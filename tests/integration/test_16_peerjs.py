@@ -3,6 +3,7 @@
 WebSocket clients speak the PeerJS wire protocol here; tests/browser runs the real peerjs client.
 Real redis-server (or a Redis Cluster with SB_REDIS=cluster), several real nodes."""
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -664,6 +665,24 @@ def test_18_a_link_is_counted_again_after_redis_lost_its_data(cluster, redis_ser
     run(main())
 
 
+@contextlib.contextmanager
+def claim_window(cluster, redis_server):
+    """(proxy, n1, n2): n1 reaches Redis through a reply-delaying proxy (set proxy.delay to
+    hold a claim's answer), grace 1.5 s; n2 direct. Both nodes stopped before the proxy."""
+    from harness import ReplyDelayProxy
+    proxy = ReplyDelayProxy(redis_server.port, 0.0)
+    try:
+        n1 = cluster.node("n1", args=["--redis-timeout-ms", "3000", "--resume-grace-ms", "1500",
+                                      "--presence-ttl-ms", "5000", "--heartbeat-ms", "1000"],
+                          redis_url=proxy.url)
+        n2 = cluster.node("n2", args=FAST)
+        yield proxy, n1, n2
+    finally:
+        for n in cluster.nodes:
+            n.proc.stop()
+        proxy.stop()
+
+
 @pytest.mark.single_redis("a reply-delaying proxy fronts one Redis; cluster redirects bypass it")
 def test_19_the_old_socket_closing_during_a_reclaim_on_its_node_leaves_the_new_one(cluster,
                                                                                   redis_server):
@@ -674,13 +693,7 @@ def test_19_the_old_socket_closing_during_a_reclaim_on_its_node_leaves_the_new_o
     it. Now a socket whose id another socket of its node is claiming does not go away at its
     close: the claim takes the id over. Here replies come 0.5 s late to widen the window; grace
     1.5 s; after 2.5 s the id is still a member, not away, and relays."""
-    from harness import ReplyDelayProxy
-    proxy = ReplyDelayProxy(redis_server.port, 0.0)
-    try:
-        n1 = cluster.node("n1", args=["--redis-timeout-ms", "3000", "--resume-grace-ms", "1500",
-                                      "--presence-ttl-ms", "5000", "--heartbeat-ms", "1000"],
-                          redis_url=proxy.url)
-        n2 = cluster.node("n2", args=FAST)
+    with claim_window(cluster, redis_server) as (proxy, n1, n2):
 
         async def main():
             old = await PJ.connect(n1, "alice", token="ta")
@@ -698,7 +711,43 @@ def test_19_the_old_socket_closing_during_a_reclaim_on_its_node_leaves_the_new_o
             assert (await new.expect("OFFER"))["src"] == "bob"
             consistent(redis_server)
         run(main())
-    finally:
-        for n in cluster.nodes:
-            n.proc.stop()
-        proxy.stop()
+
+
+@pytest.mark.single_redis("a reply-delaying proxy fronts one Redis; cluster redirects bypass it")
+def test_20_the_old_socket_closing_during_a_failed_claim_is_still_cleaned_up(cluster,
+                                                                           redis_server):
+    """The other side of test_19: the claim of the id by another socket of the node fails (a
+    different token: ID-TAKEN), and the old socket closed while it was in flight. Its close
+    left the cleanup to the claim (it could not tell the claim would fail); it used to stay
+    undone until the id's presence lapsed and the admin reaped it (with no admin, never).
+    Now the cleanup is kept and runs when the claim's answer says it did not take the id: a
+    clean close frees the id at once, a reset makes it away for the grace, then frees it."""
+    with claim_window(cluster, redis_server) as (proxy, n1, n2):
+
+        async def main():
+            bob = await PJ.connect(n2, "bob", token="tb")
+            for how in ("close", "reset"):
+                old = await PJ.connect(n1, "alice", token="ta")
+                await until(lambda: bucket_stats(redis_server)["pj_members"] == 2, 3,
+                            msg="alice and bob")
+                proxy.delay = 0.5
+                other = await PJ.connect(n1, "alice", token="not-ta", open_=False)
+                await asyncio.sleep(0.1)  # the claim is sent; its reply is on its way
+                if how == "close":
+                    await old.close()
+                else:
+                    old.abort()
+                await other.expect("ID-TAKEN", timeout=5)
+                proxy.delay = 0.0
+                if how == "reset":
+                    await until(lambda: bucket_stats(redis_server)["pj_away"] == 1, 2,
+                                msg="alice away for the grace")
+                await until(lambda: bucket_stats(redis_server)["pj_members"] == 1, 4,
+                            msg=f"alice freed after her socket's {how}")
+                assert bucket_stats(redis_server)["pj_away"] == 0
+                consistent(redis_server)
+            # the id is free: a new socket takes it with any token
+            again = await PJ.connect(n1, "alice", token="third")
+            await bob.send({"type": "OFFER", "dst": "alice", "payload": offer()})
+            assert (await again.expect("OFFER"))["src"] == "bob"
+        run(main())
