@@ -61,6 +61,17 @@ static int uri_has_control(struct lws *wsi)
     }
 }
 
+/* An HTTP/2 request (TLS with ALPN h2): it has a :path and no request line, so no version. */
+static int is_h2(struct lws *wsi)
+{
+#if defined(LWS_ROLE_H2)
+    return lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_COLON_PATH) > 0;
+#else
+    (void)wsi;
+    return 0;
+#endif
+}
+
 unsigned sb_http_check_framing(struct lws *wsi)
 {
     /* A decoded CR or LF ("%0a") ends lws 4.1.6's request line where it is: the URI is cut
@@ -68,7 +79,7 @@ unsigned sb_http_check_framing(struct lws *wsi)
      * what it kept. Such a request is known by its missing version (lws keeps "HTTP/1.1" as
      * WSI_TOKEN_HTTP and "HTTP/1.0" as WSI_TOKEN_HTTP1_0). Any other control character that
      * reaches the decoded path or query would split a line in a log that prints it. */
-    if ((lws_hdr_total_length(wsi, WSI_TOKEN_HTTP) <= 0 &&
+    if ((!is_h2(wsi) && lws_hdr_total_length(wsi, WSI_TOKEN_HTTP) <= 0 &&
          lws_hdr_total_length(wsi, WSI_TOKEN_HTTP1_0) <= 0) ||
         uri_has_control(wsi))
         return HTTP_STATUS_BAD_REQUEST;

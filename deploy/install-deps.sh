@@ -10,7 +10,8 @@ pkgs=(build-essential cmake pkg-config libwebsockets-dev libwebsockets-evlib-uv
 # Tests: unit, integration, browser, load balancer.
 if [ "${SWITCHBOARD_DEPS:-all}" = all ]; then
     pkgs+=(libcmocka-dev python3-pytest python3-websockets python3-redis python3-yaml
-           haproxy nginx chromium iproute2 util-linux curl clang libclang-rt-14-dev valgrind)
+           haproxy nginx chromium iproute2 util-linux curl openssl clang libclang-rt-14-dev
+           valgrind)
 fi
 
 missing=()

@@ -438,7 +438,9 @@ void sb_presence_probe_tick(sb_node_t *n, int64_t now_ms)
         n->pubsub_ok = 0;
         n->probe_nonce = 0;
         sb_cluster_drop_subscriber(n->db, n->home, "probe timeout");
-    } else if (!n->probe_nonce && now_ms - n->probe_sent_ms >= 500) {
+    } else if (!n->probe_nonce && now_ms - n->probe_sent_ms >= 500 - 25) {
+        /* 500 less a margin: the probe's time is read a few ms after its sweep's grid point,
+         * and an idle node sweeps every 500 ms exactly, so ">= 500" skipped every other one. */
         send_probe(n);
     }
 }

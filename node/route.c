@@ -1561,6 +1561,7 @@ static void away_timer(sb_node_t *n, const char *room, const char *sid)
     else
         n->away_head = w;
     n->away_tail = w;
+    sb_node_sweep_soon(n); /* the reply can come after the node's last socket went: idle sweep */
 }
 
 void sb_route_away_free(sb_node_t *n)
@@ -2918,6 +2919,7 @@ static void pj_expire_timer(sb_node_t *n, const char *src, const char *dst)
     else
         n->pj_exp_head = x;
     n->pj_exp_tail = x;
+    sb_node_sweep_soon(n); /* as away_timer's */
 }
 
 /* A message in flight to pj_send, with its frame (kept for "here"). */

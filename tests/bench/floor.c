@@ -168,16 +168,22 @@ static size_t frame_head(unsigned char *h, int opcode, size_t len)
         h[1] = (unsigned char)len;
         return 2;
     }
-    h[1] = 126;
-    h[2] = (unsigned char)(len >> 8);
-    h[3] = (unsigned char)len;
-    return 4;
+    if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        return 4;
+    }
+    h[1] = 127; /* a relayed frame near MAX_FRAME with "src" in front */
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
 }
 
 static int send_text(conn_t *c, const char *pre, size_t plen, const unsigned char *body,
                      size_t blen)
 {
-    unsigned char h[4 + 80];
+    unsigned char h[10 + 80];
     size_t hl = frame_head(h, 1, plen + blen);
     memcpy(h + hl, pre, plen); /* plen <= 80: {"src":"ID", */
     return put(c, h, hl + plen, body, blen);
@@ -210,6 +216,8 @@ static int publish(const char *dst, const char *pre, size_t plen, const unsigned
     size_t dl = strlen(dst);
     int n = snprintf(head, sizeof head, "*3\r\n$7\r\nPUBLISH\r\n$%zu\r\n%s\r\n$%zu\r\n%s\n",
                      strlen(peer_channel), peer_channel, dl + 1 + plen + blen, dst);
+    if (n < 0 || (size_t)n >= sizeof head) /* channel and id are bounded at start and by ID_MAX */
+        return -1;
     if (pub_append(head, (size_t)n) || pub_append(pre, plen) || pub_append(body, blen) ||
         pub_append("\r\n", 2))
         return -1;
@@ -249,8 +257,8 @@ static long resp_elem(const unsigned char *p, size_t len, const unsigned char **
     *v = NULL;
     if (p[0] == ':')
         return (long)hl;
-    if (p[0] != '$')
-        return -1;
+    if (p[0] != '$' || p[1] == '-')
+        return -1; /* (a nil bulk: pub/sub sends none) */
     size_t n = strtoul((const char *)p + 1, NULL, 10);
     if (len < hl + n + 2)
         return 0;
@@ -356,14 +364,22 @@ static void redis_setup(const struct sockaddr_in *sa, const char *me)
     snprintf(cmd, sizeof cmd, "*2\r\n$9\r\nSUBSCRIBE\r\n$%zu\r\n%s\r\n", strlen(me), me);
     sub_fd = redis_connect(sa, cmd);
     sub_in = malloc(MAX_FRAME * 4);
-    char ok[256];
+    /* The confirmation, exactly: ["subscribe", me, 1]. */
+    char want[256], ok[256];
+    int wl = snprintf(want, sizeof want, "*3\r\n$9\r\nsubscribe\r\n$%zu\r\n%s\r\n:1\r\n",
+                      strlen(me), me);
     size_t got = 0;
-    while (got < 4 || memcmp(ok + got - 4, ":1\r\n", 4) != 0) {
-        ssize_t n = recv(sub_fd, ok + got, 1, 0); /* once, at start: byte by byte is fine */
-        if (n <= 0 || ++got == sizeof ok) {
+    while (got < (size_t)wl) {
+        ssize_t n = recv(sub_fd, ok + got, (size_t)wl - got, 0);
+        if (n <= 0) {
             fprintf(stderr, "sb-floor: SUBSCRIBE %s: no confirmation\n", me);
             exit(1);
         }
+        got += (size_t)n;
+    }
+    if (memcmp(ok, want, (size_t)wl) != 0) {
+        fprintf(stderr, "sb-floor: SUBSCRIBE %s: unexpected answer\n", me);
+        exit(1);
     }
     struct epoll_event pev = {.events = 0, .data.ptr = &pub_tag};
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &sub_tag};
@@ -496,7 +512,7 @@ static long frames(conn_t *c, unsigned char *p, size_t len)
         if (op == 8)
             return -1;
         if (op == 9) {
-            unsigned char h[4];
+            unsigned char h[10];
             if (put(c, h, frame_head(h, 10, plen), d, plen) != 0)
                 return -1;
         }
@@ -600,6 +616,10 @@ int main(int argc, char **argv)
                         "[--redis IPV4:PORT --me CHANNEL --peer CHANNEL]\n");
         return 2;
     }
+    if (redis_at && (strlen(me) > 64 || strlen(peer_channel) > 64)) {
+        fprintf(stderr, "sb-floor: --me and --peer: 64 characters at most\n");
+        return 2;
+    }
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
@@ -645,6 +665,10 @@ int main(int argc, char **argv)
                 continue;
             }
             if (c == &pub_tag) {
+                if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+                    fprintf(stderr, "sb-floor: redis closed the publishing connection\n");
+                    exit(1);
+                }
                 pub_flush();
                 continue;
             }

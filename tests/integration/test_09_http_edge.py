@@ -298,3 +298,31 @@ def test_10_control_characters_in_the_uri_400(edge, case, uri):
     assert status_of(line) == 200, line
     assert http_get(admin.http + "/livez?a=b")[0] == 200
     assert node.ready()
+
+
+def test_11_http2_over_tls_is_served_and_checked(cluster, tmp_path):
+    """A node serving TLS itself offers HTTP/2 (ALPN h2, what browsers and curl pick): an h2
+    request has no request line, so no HTTP version token, and the check of test_10 must not
+    take that for a cut request line (it did: every h2 request was 400, found in review).
+    Control characters in an h2 query are refused as over HTTP/1.1."""
+    import shutil
+    import subprocess
+    if not shutil.which("curl"):
+        pytest.fail("curl is needed (deploy/install-deps.sh installs it)")
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"], check=True,
+                   capture_output=True)
+    node = cluster.node("tls", args=["--tls-cert", cert, "--tls-key", key], wait=False)
+
+    def curl(path, *flags):
+        r = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                            *flags, f"https://127.0.0.1:{node.port}{path}"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout
+    wait_for(lambda: curl("/livez").startswith("200"), 10, msg="TLS node up")
+    assert curl("/livez", "--http2") == "200 2", curl("/livez", "--http2")
+    assert curl("/readyz", "--http2") == "200 2"
+    assert curl("/livez", "--http1.1") == "200 1.1"
+    assert curl("/livez?a=%0a", "--http2").startswith("400"), curl("/livez?a=%0a", "--http2")
+    assert curl("/livez?a=%0a", "--http1.1").startswith("400")
