@@ -1235,21 +1235,33 @@ static void on_disconnect_removed(redisReply *reply, const char *error, void *da
     req_free(q);
 }
 
-/* Removes sid from room in Redis in the background (disconnect or expired). */
-static void remove_later(sb_session_t *s, const char *room, const char *mode)
+/* Removes sid (hash: its incarnation) from room in Redis in the background, for s: s's own id,
+ * or another's whose cleanup s runs (a PeerJS orphan). */
+static void remove_id_later(sb_session_t *s, const char *room, const char *sid, const char *hash,
+                            const char *mode)
 {
     req_t *q = req_new(s, NULL, room);
     if (!q) {
         sb_log_limited(SB_LOG_ERROR,
                        "session %s: out of memory removing it from room %s: the admin will reap it",
-                       s->id, room);
+                       sid, room);
         return;
     }
     q->mode = mode;
-    if (s->seat)
-        hash_hex(s->seat, q->hash);
-    if (run_remove(s->node, room, s->id, mode, q->hash, on_disconnect_removed, q) != 0)
+    if (strcmp(sid, s->id) != 0)
+        snprintf(q->peer, sizeof q->peer, "%s", sid); /* on_disconnect_removed logs it */
+    snprintf(q->hash, sizeof q->hash, "%s", hash);
+    if (run_remove(s->node, room, sid, mode, q->hash, on_disconnect_removed, q) != 0)
         req_free(q);
+}
+
+/* Removes s from room in Redis in the background (disconnect or expired). */
+static void remove_later(sb_session_t *s, const char *room, const char *mode)
+{
+    char hash[SB_RESUME_HASH_LEN + 1] = "";
+    if (s->seat)
+        hash_hex(s->seat, hash);
+    remove_id_later(s, room, s->id, hash, mode);
 }
 
 static void forget_maybe_room(sb_seat_t *t)
@@ -1685,19 +1697,20 @@ typedef struct {
     char hash[SB_RESUME_HASH_LEN + 1];
 } pj_orphan_t;
 
-static void pj_orphan_keep(sb_node_t *n, const sb_session_t *s, const char *room, const char *hash)
+static void pj_orphan_keep(sb_node_t *n, const char *id, const char *room, const char *hash,
+                           int grace)
 {
-    free(sb_map_del(&n->pj_orphans, s->id)); /* an older one of the id: this close is later */
+    free(sb_map_del(&n->pj_orphans, id)); /* an older one of the id: this close is later */
     pj_orphan_t *o = calloc(1, sizeof *o);
-    if (!o || sb_map_put(&n->pj_orphans, s->id, o) != 0) {
+    if (!o || sb_map_put(&n->pj_orphans, id, o) != 0) {
         sb_log_limited(SB_LOG_ERROR,
                        "session %s: out of memory: if the claim of its id fails, "
                        "its presence will lapse and the admin will reap it",
-                       s->id);
+                       id);
         free(o);
         return;
     }
-    o->grace = gets_grace(s);
+    o->grace = grace;
     snprintf(o->room, sizeof o->room, "%s", room);
     snprintf(o->hash, sizeof o->hash, "%s", hash);
 }
@@ -1715,14 +1728,7 @@ static void pj_orphan_settle(sb_node_t *n, const char *id, sb_session_t *s, int 
     } else if (o->grace) {
         go_away(s, o->room, id, o->hash);
     } else {
-        req_t *q = req_new(s, NULL, o->room);
-        if (q) {
-            q->mode = "disconnect";
-            snprintf(q->peer, sizeof q->peer, "%s", id);
-            snprintf(q->hash, sizeof q->hash, "%s", o->hash);
-            if (run_remove(n, o->room, id, "disconnect", o->hash, on_disconnect_removed, q) != 0)
-                req_free(q);
-        }
+        remove_id_later(s, o->room, id, o->hash, "disconnect");
     }
     free(o);
 }
@@ -1731,7 +1737,6 @@ void sb_route_disconnect(sb_session_t *s)
 {
     sb_node_t *n = s->node;
     sb_seat_t *t = s->seat;
-    char hash_buf[SB_RESUME_HASH_LEN + 1];
     if (s->pj && sb_map_get(&n->pj_by_id, s->id) == s)
         sb_map_del(&n->pj_by_id, s->id);
     if (!t)
@@ -1740,20 +1745,21 @@ void sb_route_disconnect(sb_session_t *s)
     if (t->maybe_room &&
         !(t->in_redis && t->room && strcmp(t->maybe_room, room_name(t->room)) == 0))
         remove_later(s, t->maybe_room, "disconnect");
+    char hash[SB_RESUME_HASH_LEN + 1];
+    int cleanup = t->room && t->in_redis && t->state != SEAT_LEAVING;
+    int grace = cleanup && t->state == SEAT_JOINED && gets_grace(s);
     if (t->superseded) {
         /* A PeerJS id's hash is fixed (its token's), so this socket's session_away or removal,
          * sent after the other socket's pj_claim, would pass as this incarnation's and mark
          * away or remove the new holder. The claim takes the id over; if it does not, the
          * cleanup kept here runs when its answer comes (pj_orphan_settle). */
         sb_debug_limited("session %s: closed while another socket claims its id", s->id);
-        if (t->room && t->in_redis && t->state != SEAT_LEAVING)
-            pj_orphan_keep(n, s, room_name(t->room), hash_hex(t, hash_buf));
-    } else if (t->room && t->in_redis && t->state != SEAT_LEAVING) {
-        char hash[SB_RESUME_HASH_LEN + 1];
-        if (t->state == SEAT_JOINED && gets_grace(s))
-            go_away(s, room_name(t->room), s->id, hash_hex(t, hash));
-        else
-            remove_later(s, room_name(t->room), "disconnect");
+        if (cleanup)
+            pj_orphan_keep(n, s->id, room_name(t->room), hash_hex(t, hash), grace);
+    } else if (grace) {
+        go_away(s, room_name(t->room), s->id, hash_hex(t, hash));
+    } else if (cleanup) {
+        remove_later(s, room_name(t->room), "disconnect");
     }
     /* JOINING: the join's reply sees `closed` and undoes it (on_joined). LEAVING: the leave
      * runs on. Either way the seat leaves the view now. */
