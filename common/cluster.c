@@ -52,7 +52,8 @@ typedef struct req {
     size_t *lens;
     primary_t *via;          /* where it was last sent (valid while its reply is pending) */
     int redirects, noscript; /* redirects: MOVED/ASK/TRYAGAIN met so far */
-    int until_received;      /* SPUBLISH: again while nobody received it (see cluster.h) */
+    int until_received;      /* SPUBLISH: again while nobody received it (see cluster.h); its
+                              * reply may be read late (sb_redis_argv_lazy) */
     int64_t receiver_wait;   /* the next wait for that */
     int asking;              /* next send goes to ask_host:ask_port after ASKING */
     char ask_host[256];
@@ -252,7 +253,8 @@ static int dispatch(req_t *q)
         if (sb_redis_argv(p->cmd, NULL, NULL, 1, &asking, &alen) != 0)
             return SB_EUNAVAIL;
     }
-    int rc = sb_redis_argv(p->cmd, on_req_reply, q, q->argc, q->argv, q->lens);
+    int rc = (q->until_received ? sb_redis_argv_lazy : sb_redis_argv)(p->cmd, on_req_reply, q,
+                                                                      q->argc, q->argv, q->lens);
     if (rc == 0) {
         q->via = p;
         q->sent = 1;
@@ -680,6 +682,7 @@ static primary_t *add_primary(sb_cluster_t *c, const char *host, int port, const
         .url = url,
         .name = c->name,
         .timeout_ms = c->o.timeout_ms,
+        .lazy_ms = c->o.lazy_ms,
         .on_up = on_cmd_up,
         .on_down = on_cmd_down,
         .observe = on_observe,

@@ -40,6 +40,9 @@ typedef struct {
      * have been missed: resync what the channel carries. May be NULL. */
     void (*on_subscribed)(sb_cluster_t *c, const char *channel, void *data);
     void (*observe)(double seconds, void *data); /* command latency; may be NULL */
+    /* > 0: the replies of sb_cluster_publish_received may be read up to this many ms late, at
+     * the loop's next wake-up for something else (sb_redis_opts_t.lazy_ms). */
+    int lazy_ms;
     void *data;
 } sb_cluster_opts_t;
 
@@ -90,7 +93,8 @@ int sb_cluster_publish(sb_cluster_t *c, const char *channel, const char *payload
  * timeout passes (the reply is then 0; a receiver that is dead costs a few publishes). For a
  * channel someone is known to subscribe to: after its slot moved, the subscribers re-subscribe on
  * the new owner a moment later, and a message published in between is lost. Order: later commands
- * for the same channel wait behind it (as behind any command being retried, below). */
+ * for the same channel wait behind it (as behind any command being retried, below). With
+ * opts.lazy_ms its reply may be read that much late (it then does not wake the process). */
 int sb_cluster_publish_received(sb_cluster_t *c, const char *channel, const char *payload,
                                 size_t len, sb_redis_cb cb, void *data);
 

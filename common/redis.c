@@ -21,6 +21,7 @@ typedef struct cmd {
     sb_redis_cb cb;
     void *data;
     int64_t started_ms;
+    int lazy; /* its reply may be read late (sb_redis_argv_lazy) */
     struct cmd *prev, *next;
 } cmd_t;
 
@@ -60,6 +61,7 @@ struct sb_redis {
     cmd_t *head, *tail; /* commands in flight, oldest first */
     cmd_t *unexpired;   /* the oldest one not yet answered "timeout" (see on_tick) */
     int npending;
+    int neager;            /* of those, not lazy (see sb_redis_argv_lazy) */
     int64_t last_reply_ms; /* when the last reply came (progress: see on_tick) */
     const char *drop_why;  /* error given to callbacks of a connection we drop */
     uv_timer_t tick;
@@ -238,6 +240,8 @@ static void link_cmd(sb_redis_t *r, cmd_t *c)
     if (!r->unexpired)
         r->unexpired = c;
     r->npending++;
+    if (!c->lazy && r->neager++ == 0 && r->ac)
+        sb_uvredis_eager(r->ac, 1);
     tick_on(r);
 }
 
@@ -254,6 +258,8 @@ static void unlink_cmd(sb_redis_t *r, cmd_t *c)
     else
         r->tail = c->prev;
     r->npending--;
+    if (!c->lazy && --r->neager == 0 && r->ac)
+        sb_uvredis_eager(r->ac, 0);
 }
 
 /* Schedules the next attempt with jittered exponential backoff: 50 ms doubling to 1 s. */
@@ -295,7 +301,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         err = r->drop_why ? r->drop_why : (ac->errstr[0] ? ac->errstr : "disconnected");
     } else {
         r->last_reply_ms = sb_mono_ms();
-        if (r->o.observe)
+        /* A lazy reply's wait includes the loop's, not only Redis's. */
+        if (r->o.observe && !c->lazy)
             r->o.observe((double)(r->last_reply_ms - c->started_ms) / 1000.0, r->o.data);
     }
     /* cb is NULL for a command already answered "timeout" (on_tick): its late reply is
@@ -350,7 +357,7 @@ static long format_argv(sb_redis_t *r, int argc, const char **argv, const size_t
 }
 
 static int send_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
-                     const size_t *lens, int allow_handshake)
+                     const size_t *lens, int allow_handshake, int lazy)
 {
     if (!r->ac || !(r->state == ST_UP || (allow_handshake && r->state == ST_HANDSHAKE)))
         return SB_EUNAVAIL;
@@ -361,6 +368,7 @@ static int send_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const 
     c->cb = cb;
     c->data = data;
     c->started_ms = sb_mono_ms();
+    c->lazy = lazy && r->o.lazy_ms > 0;
     long len = format_argv(r, argc, argv, lens);
     if (len < 0) {
         free(c);
@@ -379,7 +387,15 @@ int sb_redis_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const cha
 {
     if (r->o.subscriber)
         return SB_EINVAL;
-    return send_argv(r, cb, data, argc, argv, lens, 0);
+    return send_argv(r, cb, data, argc, argv, lens, 0, 0);
+}
+
+int sb_redis_argv_lazy(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
+                       const size_t *lens)
+{
+    if (r->o.subscriber)
+        return SB_EINVAL;
+    return send_argv(r, cb, data, argc, argv, lens, 0, 1);
 }
 
 int sb_redis_command(sb_redis_t *r, sb_redis_cb cb, void *data, const char *fmt, ...)
@@ -404,6 +420,7 @@ int sb_redis_command(sb_redis_t *r, sb_redis_cb cb, void *data, const char *fmt,
     c->cb = cb;
     c->data = data;
     c->started_ms = sb_mono_ms();
+    c->lazy = 0;
     int rc = redisAsyncFormattedCommand(r->ac, on_reply, c, cmdbuf, (size_t)len);
     redisFreeCommand(cmdbuf);
     if (rc != REDIS_OK) {
@@ -620,14 +637,14 @@ static void on_connect(const redisAsyncContext *cac, int status)
     if (r->u.pass) {
         const char *argv[3] = {"AUTH", r->u.user ? r->u.user : r->u.pass, r->u.pass};
         int argc = r->u.user ? 3 : 2;
-        if (send_argv(r, on_handshake, r, argc, argv, NULL, 1) == 0)
+        if (send_argv(r, on_handshake, r, argc, argv, NULL, 1, 0) == 0)
             r->handshake_left++;
     }
     if (r->u.db > 0) {
         char db[16];
         snprintf(db, sizeof db, "%d", r->u.db);
         const char *argv[2] = {"SELECT", db};
-        if (send_argv(r, on_handshake, r, 2, argv, NULL, 1) == 0)
+        if (send_argv(r, on_handshake, r, 2, argv, NULL, 1, 0) == 0)
             r->handshake_left++;
     }
     if (r->handshake_left == 0)
@@ -662,6 +679,8 @@ static void start_context(sb_redis_t *r, const char *ip)
         went_down(r, "event loop attach failed");
         return;
     }
+    if (r->o.lazy_ms > 0 && !r->o.subscriber)
+        sb_uvredis_lazy(ac, r->o.lazy_ms);
     ac->data = r;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);

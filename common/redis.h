@@ -45,6 +45,10 @@ typedef struct {
                        void *data);
     /* Latency of every completed command, in seconds (for a histogram); may be NULL. */
     void (*observe)(double seconds, void *data);
+    /* > 0: replies of commands sent with sb_redis_argv_lazy may be read up to this many ms late,
+     * at the loop's next wake-up for something else (common/uvredis.h, sb_uvredis_lazy): they
+     * no longer wake the process on their own. Not in pub/sub mode. */
+    int lazy_ms;
     void *data;
 } sb_redis_opts_t;
 
@@ -67,6 +71,10 @@ int64_t sb_redis_lag_ms(const sb_redis_t *r);
 int sb_redis_command(sb_redis_t *r, sb_redis_cb cb, void *data, const char *fmt, ...);
 int sb_redis_argv(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
                   const size_t *lens);
+/* As sb_redis_argv, but with opts.lazy_ms set its reply may be read up to lazy_ms late (while
+ * only such commands await replies); its latency is not observed. */
+int sb_redis_argv_lazy(sb_redis_t *r, sb_redis_cb cb, void *data, int argc, const char **argv,
+                       const size_t *lens);
 
 /* Pub/sub mode: subscribes now if connected and again after every reconnect. */
 int sb_redis_subscribe(sb_redis_t *r, const char *channel);

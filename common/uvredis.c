@@ -3,6 +3,7 @@
 #include "uvredis.h"
 #include "log.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 typedef struct {
@@ -17,7 +18,25 @@ typedef struct {
     int flush_due; /* hiredis has output for the flush */
     int writing;   /* inside redisAsyncHandleWrite: a write request now means "socket full" */
     int open;      /* uv handles not yet closed */
+    /* Lazy replies (sb_uvredis_lazy): while `deferred`, the poll does not watch for reads.
+     * Replies are read by `check` after each wake-up of the loop (for anything else); `late`
+     * runs in one of two roles: `bound`, lazy_ms after the first reply not yet read (read it
+     * then), or quiet, QUIET_MS after the last write (watch reads again: an idle connection
+     * notices a close as usual). */
+    int lazy_ms;       /* 0: off */
+    int eager;         /* a command whose reply is wanted at once is pending */
+    int deferred;      /* reads not watched now */
+    int bound;         /* `late` is the bound of a reply not yet read */
+    uint64_t wrote_at; /* loop time of the last write while deferred */
+    uv_check_t check;
+    uv_timer_t late;
 } glue_t;
+
+/* hiredis has callbacks waiting for replies (commands sent or buffered, not yet answered). */
+static int awaiting(const glue_t *g)
+{
+    return g->ac && g->ac->replies.head != NULL;
+}
 
 static void on_poll(uv_poll_t *handle, int status, int events)
 {
@@ -57,21 +76,81 @@ static void on_poll(uv_poll_t *handle, int status, int events)
     }
 }
 
+static void on_check(uv_check_t *h);
+static void on_late(uv_timer_t *t);
+
+/* Why not `bound` alone: a connection that stays deferred while traffic flows would then need a
+ * timer every lazy_ms to notice it went idle, and that timer wakes the loop between messages. */
+enum { QUIET_MS = 50 };
+
+static void arm_quiet(glue_t *g)
+{
+    uint64_t quiet = QUIET_MS > g->lazy_ms ? QUIET_MS : (uint64_t)g->lazy_ms;
+    uint64_t since = uv_now(g->poll.loop) - g->wrote_at;
+    g->bound = 0;
+    uv_timer_start(&g->late, on_late, since < quiet ? quiet - since : 0, 0);
+}
+
 /* Why compare first: libuv 1.44's uv_poll_start re-registers the fd (epoll_ctl DEL, then ADD)
- * even when the events are the same, and hiredis asks for reads after every write. */
+ * even when the events are the same, and hiredis asks for reads after every write (which is
+ * also when a lazy connection defers its reads: hiredis calls add_read after each write). */
 static void update(glue_t *g)
 {
-    if (g->events == g->watched)
+    if (g->lazy_ms && !g->eager && g->ac && (g->ac->c.flags & REDIS_CONNECTED) && awaiting(g)) {
+        if (!g->deferred || !g->bound) {
+            /* The bound runs from the first reply not yet read, not from the last write. */
+            g->deferred = 1;
+            g->bound = 1;
+            uv_timer_start(&g->late, on_late, (uint64_t)g->lazy_ms, 0);
+        }
+        uv_check_start(&g->check, on_check);
+        g->wrote_at = uv_now(g->poll.loop);
+    } else if (g->eager || !g->lazy_ms) {
+        g->deferred = 0;
+    }
+    int want = g->deferred ? g->events & ~UV_READABLE : g->events;
+    if (want == g->watched)
         return;
-    g->watched = g->events;
-    if (g->events)
-        uv_poll_start(&g->poll, g->events, on_poll);
+    g->watched = want;
+    if (want)
+        uv_poll_start(&g->poll, want, on_poll);
     else
         uv_poll_stop(&g->poll);
 }
 
-/* Everything hiredis buffered in this loop iteration (e.g. one PUBLISH per relayed signal) goes
- * out in one write() (hiredis writes its whole output buffer). */
+/* After the loop's poll returned (woken for anything): the replies that came meanwhile. A read
+ * that finds none costs one recv returning EAGAIN. */
+static void on_check(uv_check_t *h)
+{
+    glue_t *g = h->data;
+    if (g->deferred && awaiting(g))
+        redisAsyncHandleRead(g->ac); /* may free the context (g->ac cleared) */
+    if (awaiting(g))
+        return;
+    uv_check_stop(h);
+    if (g->ac && g->deferred && g->bound)
+        arm_quiet(g);
+}
+
+static void on_late(uv_timer_t *t)
+{
+    glue_t *g = t->data;
+    if (!g->ac || !g->deferred)
+        return;
+    if (g->bound) {
+        redisAsyncHandleRead(g->ac);
+        if (!g->ac)
+            return;
+        if (!awaiting(g)) {
+            arm_quiet(g);
+            return;
+        }
+        /* A reply still missing: Redis runs behind. Its reply wakes the loop as usual. */
+    }
+    g->deferred = 0;
+    update(g);
+}
+
 static void on_flush(uv_prepare_t *h)
 {
     glue_t *g = h->data;
@@ -137,6 +216,8 @@ static void cleanup(void *p)
     /* Why: a uv handle may only be freed in its close callback (both, here). */
     uv_close((uv_handle_t *)&g->poll, on_close);
     uv_close((uv_handle_t *)&g->flush, on_close);
+    uv_close((uv_handle_t *)&g->check, on_close);
+    uv_close((uv_handle_t *)&g->late, on_close);
 }
 
 int sb_uvredis_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -151,10 +232,14 @@ int sb_uvredis_attach(redisAsyncContext *ac, uv_loop_t *loop)
         return -1;
     }
     uv_prepare_init(loop, &g->flush);
-    g->open = 2;
+    uv_check_init(loop, &g->check);
+    uv_timer_init(loop, &g->late);
+    g->open = 4;
     g->ac = ac;
     g->poll.data = g;
     g->flush.data = g;
+    g->check.data = g;
+    g->late.data = g;
     ac->ev.addRead = add_read;
     ac->ev.delRead = del_read;
     ac->ev.addWrite = add_write;
@@ -171,4 +256,29 @@ int sb_uvredis_divert_reads(redisAsyncContext *ac, void (*on_readable)(redisAsyn
         return -1;
     g->on_readable = on_readable;
     return 0;
+}
+
+int sb_uvredis_lazy(redisAsyncContext *ac, int ms)
+{
+    glue_t *g = ac->ev.data;
+    if (!g || ac->ev.addRead != add_read || g->on_readable || ms < 0)
+        return -1;
+    g->lazy_ms = ms;
+    if (!ms) {
+        g->deferred = 0;
+        update(g);
+    }
+    return 0;
+}
+
+void sb_uvredis_eager(redisAsyncContext *ac, int eager)
+{
+    glue_t *g = ac->ev.data;
+    if (!g || ac->ev.addRead != add_read || !g->lazy_ms || g->eager == !!eager)
+        return;
+    g->eager = !!eager;
+    if (g->eager && g->deferred) {
+        g->deferred = 0;
+        update(g); /* its reply wakes the loop as usual */
+    }
 }

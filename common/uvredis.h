@@ -17,4 +17,18 @@ int sb_uvredis_attach(redisAsyncContext *ac, uv_loop_t *loop);
  * -1 when ac is not attached. */
 int sb_uvredis_divert_reads(redisAsyncContext *ac, void (*on_readable)(redisAsyncContext *ac));
 
+/* Lazy replies, for a connection whose replies may wait a little (the node's command
+ * connections: the reply to a relayed signal's SPUBLISH). While every command awaiting its reply
+ * may wait, the loop does not watch the socket for reads: replies are read after the loop's next
+ * wake-up for anything else, and at the latest ms after the first one was due, so a reply no
+ * longer wakes the process on its own when other traffic flows. As soon as a command that may not
+ * wait is pending (sb_uvredis_eager), reads are watched again. A connection that writes nothing
+ * for ms, or whose reply is still missing ms after it was deferred, is watched as usual. ms 0
+ * turns it off. Returns 0, or -1 when ac is not attached or its reads are diverted. */
+int sb_uvredis_lazy(redisAsyncContext *ac, int ms);
+
+/* eager 1: a command whose reply may not wait is pending on ac (read at once, as without lazy
+ * replies); 0: none is. No effect unless sb_uvredis_lazy turned lazy replies on. */
+void sb_uvredis_eager(redisAsyncContext *ac, int eager);
+
 #endif

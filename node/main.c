@@ -276,6 +276,9 @@ int main(int argc, char **argv)
                             .on_message = on_db_message,
                             .on_subscribed = on_db_subscribed,
                             .observe = sb_metrics_observe,
+                            /* A relayed signal's SPUBLISH reply is read at the next wake-up
+                             * (docs/design.md, "Lazy PUBLISH replies"). */
+                            .lazy_ms = (int)n->cfg.redis_lazy_reply_ms,
                             .data = n};
     n->db = sb_cluster_new(&co);
     n->cluster = n->db && sb_cluster_is_cluster(n->db);

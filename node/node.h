@@ -21,7 +21,8 @@
 
 typedef struct {
     char *listen, *redis, *id, *prefix, *log_level;
-    int64_t redis_timeout_ms, presence_ttl_ms, heartbeat_ms, ping_interval_ms, ping_timeout_ms;
+    int64_t redis_timeout_ms, redis_lazy_reply_ms, presence_ttl_ms, heartbeat_ms, ping_interval_ms,
+        ping_timeout_ms;
     int64_t max_message_bytes, max_room_members, rate, burst, max_send_queue_bytes;
     sb_strlist_t allowed_origins, turn_urls;
     char *auth_secret_file, *turn_secret_file, *tls_cert, *tls_key;

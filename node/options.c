@@ -20,6 +20,9 @@ static const sb_option_t node_options[] = {
      "redis-cluster://[user:pass@]host:port[,host:port...]"},
     {"redis-timeout-ms", SB_OPT_INT, "1000", 10, 60000, OFF(redis_timeout_ms),
      "timeout of every Redis command and connect"},
+    {"redis-lazy-reply-ms", SB_OPT_INT, "1", 0, 100, OFF(redis_lazy_reply_ms),
+     "how late the reply to a relayed signal's PUBLISH may be read (at the node's next wake-up "
+     "for anything else, at most this late); 0 = at once"},
     {"id", SB_OPT_NAME, NULL, 0, 0, OFF(id), "node id, [A-Za-z0-9._:-] (default hostname:port)"},
     {"prefix", SB_OPT_NAME, "sb", 0, 0, OFF(prefix), "Redis key prefix"},
     {"presence-ttl-ms", SB_OPT_INT, "15000", 100, DAY, OFF(presence_ttl_ms),

@@ -912,8 +912,8 @@ def why(b, a, S, T):
                                "messages cross processes through Redis pub/sub is at the target "
                                "at best, in its best runs; " if fr > 1 else "within the target; ")
                 + f"the nodes spent {m('sb-cross', 'rate', 'cpu_us_per_msg') - m('floor-cross', 'rate', 'cpu_us_per_msg'):.0f}"
-                " us more per message than it (the reply to each PUBLISH read, JSON checked, "
-                "order and delivery kept).")
+                " us more per message than it (each PUBLISH's reply written by Redis and read, "
+                "JSON checked, order and delivery kept).")
     out = []
     pr = _prof(S, "sb-cross rate")
     kern = next((p for p, d, _ in pr.get("dsos", []) if d.startswith("[kernel")), None)
@@ -923,7 +923,9 @@ def why(b, a, S, T):
         out.append(
             f"**Across nodes, CPU per message at {rate}/s.** At this rate messages seldom arrive "
             "together, so each one wakes every process on its path: node 1 (the client's frame, "
-            "then a PUBLISH), Redis, node 2 (the message, then the write to the client): "
+            "then a PUBLISH; its reply is read at node 1's next wake-up, not by a wake-up of "
+            "its own: --redis-lazy-reply-ms), Redis, node 2 (the message, then the write to the "
+            "client): "
             f"{m('sb-cross', 'rate', 'switches_per_msg'):.2f} switches-in of a server process per "
             f"message, against {m('peerjs', 'rate', 'switches_per_msg'):.2f} for peerjs-server "
             "(one process, no hop) and "
@@ -941,10 +943,9 @@ def why(b, a, S, T):
             "across-node relay per CPU-second is near or above peerjs-server's. So the cost is "
             "the Redis hop itself (three processes per message instead of one), not the node's "
             "code; fewer wake-ups would need messages held back to batch them (latency), or no "
-            "hop. The PUBLISH's reply, which can wake node 1 a second time, was measured at "
-            "a tenth to a sixth of this cost (signals sent with their reply skipped: 0.84-0.90 "
-            "x the server CPU), short of the target and at a price in delivery guarantees or "
-            "Redis CPU (docs/design.md, \"The PUBLISH reply across nodes\")."
+            "hop. The PUBLISH's reply no longer wakes node 1 on its own (docs/design.md, \"Lazy "
+            "PUBLISH replies\": 9-24% less server CPU per message at this rate); Redis still "
+            "writes it."
             + floor_cross_cpu_text())
     ps_rate = _prof(S, "sb-same rate")
     k_same = next((p for p, d, _ in ps_rate.get("dsos", []) if d.startswith("[kernel")), None)

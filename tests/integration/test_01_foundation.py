@@ -149,7 +149,7 @@ def test_06_bad_options_exit_2(args, env, needle):
 def test_07_help_lists_every_option():
     p = subprocess.run([node_binary(), "--help"], capture_output=True, text=True, timeout=10)
     assert p.returncode == 0
-    for opt in ["listen", "redis", "redis-timeout-ms", "id", "prefix", "presence-ttl-ms",
+    for opt in ["listen", "redis", "redis-timeout-ms", "redis-lazy-reply-ms", "id", "prefix", "presence-ttl-ms",
                 "heartbeat-ms", "ping-interval-ms", "ping-timeout-ms", "max-message-bytes",
                 "max-room-members", "rate", "burst", "max-send-queue-bytes", "allowed-origin",
                 "auth-secret-file", "auth-timeout-ms", "turn-secret-file", "turn-url",
