@@ -27,7 +27,9 @@ typedef struct {
     int eager;         /* a command whose reply is wanted at once is pending */
     int deferred;      /* reads not watched now */
     int bound;         /* `late` is the bound of a reply not yet read */
-    uint64_t wrote_at; /* loop time of the last write while deferred */
+    int behind;        /* a reply was still missing at the bound: reads watched until it came */
+    int unflushed;     /* commands hiredis queued since the last write (not sent yet) */
+    uint64_t wrote_at; /* loop time of the last write (or read) while deferred */
     uv_check_t check;
     uv_timer_t late;
 } glue_t;
@@ -36,6 +38,21 @@ typedef struct {
 static int awaiting(const glue_t *g)
 {
     return g->ac && g->ac->replies.head != NULL;
+}
+
+/* A command already written is still unanswered: hiredis keeps one callback per command, oldest
+ * first, and the last `unflushed` of them are still in its output buffer. Why not `awaiting`:
+ * the wake-up that reads the last reply usually queues the next command before the check runs,
+ * and that one is not due yet. */
+static int answer_due(const glue_t *g)
+{
+    if (!g->ac)
+        return 0;
+    int n = 0;
+    for (const redisCallback *cb = g->ac->replies.head; cb; cb = cb->next)
+        if (++n > g->unflushed)
+            return 1;
+    return 0;
 }
 
 static void on_poll(uv_poll_t *handle, int status, int events)
@@ -67,9 +84,12 @@ static void on_poll(uv_poll_t *handle, int status, int events)
             g->on_readable(g->ac);
         else
             redisAsyncHandleRead(g->ac);
+        if (g->behind && !answer_due(g))
+            g->behind = 0; /* caught up: the next write defers reads again */
     }
     /* The read may have freed the context (disconnect): cleanup cleared g->ac then. */
     if (g->ac && (events & UV_WRITABLE)) {
+        g->unflushed = 0;
         g->writing = 1;
         redisAsyncHandleWrite(g->ac);
         g->writing = 0;
@@ -96,7 +116,8 @@ static void arm_quiet(glue_t *g)
  * also when a lazy connection defers its reads: hiredis calls add_read after each write). */
 static void update(glue_t *g)
 {
-    if (g->lazy_ms && !g->eager && g->ac && (g->ac->c.flags & REDIS_CONNECTED) && awaiting(g)) {
+    if (g->lazy_ms && !g->eager && !g->behind && g->ac && (g->ac->c.flags & REDIS_CONNECTED) &&
+        awaiting(g)) {
         if (!g->deferred || !g->bound) {
             /* The bound runs from the first reply not yet read, not from the last write. */
             g->deferred = 1;
@@ -105,7 +126,7 @@ static void update(glue_t *g)
         }
         uv_check_start(&g->check, on_check);
         g->wrote_at = uv_now(g->poll.loop);
-    } else if (g->eager || !g->lazy_ms) {
+    } else if (g->eager || g->behind || !g->lazy_ms) {
         g->deferred = 0;
     }
     int want = g->deferred ? g->events & ~UV_READABLE : g->events;
@@ -123,10 +144,11 @@ static void update(glue_t *g)
 static void on_check(uv_check_t *h)
 {
     glue_t *g = h->data;
-    if (g->deferred && awaiting(g))
+    if (g->deferred && answer_due(g))
         redisAsyncHandleRead(g->ac); /* may free the context (g->ac cleared) */
-    if (awaiting(g))
+    if (answer_due(g))
         return;
+    /* The next write (the flush before the next poll) starts both again. */
     uv_check_stop(h);
     if (g->ac && g->deferred && g->bound)
         arm_quiet(g);
@@ -141,11 +163,13 @@ static void on_late(uv_timer_t *t)
         redisAsyncHandleRead(g->ac);
         if (!g->ac)
             return;
-        if (!awaiting(g)) {
+        if (!answer_due(g)) {
             arm_quiet(g);
             return;
         }
-        /* A reply still missing: Redis runs behind. Its reply wakes the loop as usual. */
+        /* A reply still missing: Redis runs behind. Its reply wakes the loop as usual, and
+         * reads stay watched until it came (not this timer every lazy_ms meanwhile). */
+        g->behind = 1;
     }
     g->deferred = 0;
     update(g);
@@ -158,6 +182,7 @@ static void on_flush(uv_prepare_t *h)
     if (!g->ac || !g->flush_due)
         return;
     g->flush_due = 0;
+    g->unflushed = 0;
     /* May free the context (a write error disconnects): g itself lives until its handles
      * closed, which is after this callback. */
     g->writing = 1;
@@ -186,6 +211,7 @@ static void add_write(void *p)
      * for from inside a write means the socket took only part of the buffer. */
     if ((g->ac->c.flags & REDIS_CONNECTED) && !g->writing) {
         g->flush_due = 1;
+        g->unflushed++; /* hiredis asks once per command it queues */
         uv_prepare_start(&g->flush, on_flush);
         return;
     }

@@ -116,8 +116,8 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Sends PING, lets the loop write it, has the server read it and answer +PONG. */
-static void ping_answered(fix_t *f)
+/* Sends PING, lets the loop write it, has the server read it. */
+static void ping_sent(fix_t *f)
 {
     assert_int_equal(redisAsyncCommand(f->ac, on_reply, NULL, "PING"), REDIS_OK);
     char buf[64];
@@ -130,6 +130,12 @@ static void ping_answered(fix_t *f)
             got += (size_t)n;
     }
     assert_int_equal(got, 14);
+}
+
+/* The same, and the server answers +PONG. */
+static void ping_answered(fix_t *f)
+{
+    ping_sent(f);
     assert_int_equal(send(f->srv, "+PONG\r\n", 7, 0), 7);
 }
 
@@ -160,6 +166,27 @@ static void test_lazy_reply_read_by_the_bound(void **state)
         uv_run(&f->loop, UV_RUN_ONCE);
     assert_int_equal(f->replies, 1);
     assert_true(sb_mono_ms() - t0 >= LAZY_MS - 5);
+}
+
+static void test_reply_missing_at_the_bound_wakes_the_loop(void **state)
+{
+    fix_t *f = *state;
+    assert_int_equal(sb_uvredis_lazy(f->ac, LAZY_MS), 0);
+    ping_sent(f);
+    /* No answer by the bound (Redis runs behind): reads are watched again from then on, so the
+     * late reply wakes the loop instead of the bound polling for it every LAZY_MS. */
+    int64_t t0 = sb_mono_ms();
+    uv_run(&f->loop, UV_RUN_ONCE);
+    assert_true(sb_mono_ms() - t0 >= LAZY_MS - 5);
+    assert_int_equal(f->replies, 0);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* libuv registers the fd again at its next poll */
+    assert_int_equal(send(f->srv, "+PONG\r\n", 7, 0), 7);
+    assert_int_equal(ready_in_loop(f), 1);
+    uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(f->replies, 1);
+    /* Caught up: the next command defers reads again. */
+    ping_answered(f);
+    assert_int_equal(ready_in_loop(f), 0);
 }
 
 static void test_eager_command_is_read_at_once(void **state)
@@ -217,6 +244,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lazy_reply_read_at_next_wakeup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lazy_reply_read_by_the_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reply_missing_at_the_bound_wakes_the_loop, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_eager_command_is_read_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_without_lazy_replies_reads_are_watched, setup,
                                         teardown),
