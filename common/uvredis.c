@@ -239,7 +239,7 @@ static void cleanup(void *p)
     glue_t *g = p;
     g->ac = NULL;
     uv_poll_stop(&g->poll);
-    /* Why: a uv handle may only be freed in its close callback (both, here). */
+    /* Why: a uv handle may only be freed in its close callback (all four, here). */
     uv_close((uv_handle_t *)&g->poll, on_close);
     uv_close((uv_handle_t *)&g->flush, on_close);
     uv_close((uv_handle_t *)&g->check, on_close);

@@ -24,7 +24,8 @@ int sb_uvredis_divert_reads(redisAsyncContext *ac, void (*on_readable)(redisAsyn
  * longer wakes the process on its own when other traffic flows. As soon as a command that may not
  * wait is pending (sb_uvredis_eager), reads are watched again. A connection that writes nothing
  * for 50 ms (at least ms) is watched as usual; one whose reply is still missing ms after it was
- * due is watched until that reply came. ms 0 turns it off. Returns 0, or -1 when ac is not attached or its reads are diverted. */
+ * due is watched until that reply came. ms 0 turns it off. Returns 0, or -1 when ac is not attached
+ * or its reads are diverted. */
 int sb_uvredis_lazy(redisAsyncContext *ac, int ms);
 
 /* eager 1: a command whose reply may not wait is pending on ac (read at once, as without lazy
